@@ -1,0 +1,21 @@
+//! Compiles `proto/` at build time with protox (a pure-Rust protobuf compiler), so a fresh
+//! machine needs no system `protoc`. The file descriptor set is also written out for
+//! gRPC server reflection, which is how integrators read the API's documentation.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/payoutregistry/v1/registry.proto"];
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(protos, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("payoutregistry_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! Storage: one trait, one implementation per backend.
+//!
+//! [`Store`] is everything the service asks of its database. [`postgres::PgStore`]
+//! (production) and [`sqlite::SqliteStore`] (the embedded default) implement it; the
+//! backend is chosen from the database URL's scheme by [`connect`]. The transaction
+//! scripts (what is read, checked and written for each command) are written once in
+//! `sql.rs` and instantiated for each backend, because the rules they apply must not
+//! drift apart; each backend file holds only what truly differs (connection set-up,
+//! locking, migrations).
+//!
+//! All SQL lives in this module. Nothing here knows about gRPC: refusals are
+//! [`Rejection`]s, everything else is an internal error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{
+    Account, ChangeAccount, CitizenId, CitizenStatus, LinkAccount, ProgramCode, Rejection,
+    Resolution, SetPreference, Timestamp,
+};
+
+/// The columns of `accounts`, in `rows::AccountRow` order. A macro so that it can be
+/// spliced into SQL string literals with `concat!`.
+macro_rules! account_columns {
+    () => {
+        "account_id, citizen_id, kind, provider_code, account_ref, holder_name, status, \
+         verification_method, verified_by, verified_at, evidence_ref, version, created_at, \
+         updated_at"
+    };
+}
+
+pub mod postgres;
+pub mod reference;
+mod rows;
+pub mod sqlite;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request breaks a rule; nothing was changed (except a recorded duplicate claim).
+    /// Sent to the client with its reason.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The database failed. Logged in full; the client sees only a request id.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row could not be read back into a domain value: a bug or a hand-edited
+    /// database. Logged in full; the client sees only a request id.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The store cannot be opened as configured (an unknown URL scheme, say).
+    #[error("{0}")]
+    Config(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Who is writing, when, and under which idempotency key.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    /// The authenticated client, recorded as the actor of the change.
+    pub actor: String,
+    pub idempotency: Option<Idempotency>,
+    pub now: Timestamp,
+}
+
+/// A write's idempotency key and a digest of the request it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: Uuid,
+    /// SHA-256 over the operation name and the request without its key.
+    pub request_hash: Vec<u8>,
+}
+
+/// What is stored under an idempotency key: the first answer, replayed on retry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum StoredOutcome {
+    Account(Box<Account>),
+    /// A refusal that committed something (a duplicate claim), replayed as-is so that a
+    /// retry does not record the claim twice.
+    Refused {
+        reason: String,
+        field: Option<String>,
+        message: String,
+    },
+}
+
+/// A citizen's facts as the population platform reports them.
+#[derive(Debug, Clone)]
+pub struct CitizenRecord {
+    pub citizen_id: CitizenId,
+    pub full_name: Option<String>,
+    pub date_of_birth: Option<String>,
+    pub status: CitizenStatus,
+    pub died_on: Option<String>,
+    /// The source's version; a record older than the stored one changes nothing.
+    pub source_version: i64,
+}
+
+/// What happened to a citizen record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CitizenUpsert {
+    Created,
+    Updated,
+    /// Same or older source version than the stored record: ignored.
+    Stale,
+}
+
+/// A citizen's choice of account for one program (`None`: the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preference {
+    pub program: Option<ProgramCode>,
+    pub account_id: Uuid,
+    pub since: Timestamp,
+}
+
+/// One state an account was in.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub account: Account,
+    pub change: String,
+    pub actor: String,
+    pub reason: String,
+    pub valid_from: Timestamp,
+}
+
+/// A refused claim on an account held by another citizen.
+#[derive(Debug, Clone)]
+pub struct DuplicateClaim {
+    pub claim_id: Uuid,
+    pub claimant: CitizenId,
+    pub holder: CitizenId,
+    pub holder_account_id: Uuid,
+    pub context: String,
+    pub detected_at: Timestamp,
+    pub actor: String,
+}
+
+/// One appended event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub occurred_at: Timestamp,
+    pub event_type: String,
+    pub citizen_id: String,
+    pub account_id: Option<Uuid>,
+    pub actor: String,
+    pub reason: String,
+    pub payload: String,
+}
+
+/// A provider from the reference data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub code: String,
+    pub kind: crate::domain::AccountKind,
+    pub name: String,
+    pub short_name: String,
+    pub active: bool,
+}
+
+/// A resolution request as the store sees it.
+#[derive(Debug, Clone)]
+pub struct ResolveQuery {
+    pub citizen_id: CitizenId,
+    pub program: Option<ProgramCode>,
+    /// `None`: resolve from the current state.
+    pub as_of: Option<Timestamp>,
+}
+
+/// Settings that change what the store decides, not how it connects.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long the previous account keeps being paid after a preference change.
+    pub cooling_off: Duration,
+    /// Connections in the pool (readers on SQLite; writers are always one).
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cooling_off: Duration::from_secs(72 * 3600),
+            max_connections: 16,
+        }
+    }
+}
+
+/// Everything the service asks of its database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations and seeds the reference data from `reference/*.csv`.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Links a new account (LinkAccount).
+    async fn link_account(&self, ctx: &WriteContext, cmd: &LinkAccount) -> StoreResult<Account>;
+
+    /// Verifies, rejects, suspends, reinstates or closes an account.
+    async fn change_account(&self, ctx: &WriteContext, cmd: &ChangeAccount)
+        -> StoreResult<Account>;
+
+    /// Sets the default or a program preference (SetDefaultAccount).
+    async fn set_preference(&self, ctx: &WriteContext, cmd: &SetPreference)
+        -> StoreResult<Account>;
+
+    /// Records a citizen's facts from the population platform; last source version wins.
+    async fn upsert_citizen(
+        &self,
+        ctx: &WriteContext,
+        rec: &CitizenRecord,
+    ) -> StoreResult<CitizenUpsert>;
+
+    async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>>;
+
+    /// A citizen's accounts (oldest first) and preferences.
+    async fn list_citizen_accounts(
+        &self,
+        citizen: &CitizenId,
+        include_closed: bool,
+    ) -> StoreResult<(Vec<Account>, Vec<Preference>)>;
+
+    /// Versions after `after_version`, oldest first, at most `limit`.
+    async fn account_history(
+        &self,
+        id: Uuid,
+        after_version: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<HistoryEntry>>;
+
+    /// Which account pays, now or as of a past instant. `now` is the current instant
+    /// (injected, so that cooling-off can be tested without sleeping).
+    async fn resolve(&self, q: &ResolveQuery, now: Timestamp) -> StoreResult<Resolution>;
+
+    /// Refused claims on accounts, newest first.
+    async fn duplicate_claims(&self, limit: u32) -> StoreResult<Vec<DuplicateClaim>>;
+
+    /// Events after `after_position`, in position order.
+    async fn events_after(&self, after_position: i64, limit: u32) -> StoreResult<Vec<Event>>;
+
+    async fn providers(&self) -> StoreResult<Vec<Provider>>;
+}
+
+/// Opens the store named by `url`: `postgres://...` or `sqlite://...` (a file; created
+/// when missing).
+pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url, options).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url, options).await?))
+    } else {
+        Err(StoreError::Config(
+            "database URL must start with postgres://, postgresql:// or sqlite:".into(),
+        ))
+    }
+}
+
+/// The unique constraints a write can lose a race on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UniqueTarget {
+    /// `accounts_one_holder`: another citizen's claim on the account won.
+    Holder,
+    /// `accounts_one_open_link`: the same citizen linked the same account concurrently.
+    OpenLink,
+    /// `idempotency_keys` primary key: the same key was sent twice at once.
+    Idempotency,
+}
+
+impl UniqueTarget {
+    fn from_constraint(name: &str) -> Option<UniqueTarget> {
+        match name {
+            "accounts_one_holder" => Some(UniqueTarget::Holder),
+            "accounts_one_open_link" => Some(UniqueTarget::OpenLink),
+            "idempotency_keys_pkey" => Some(UniqueTarget::Idempotency),
+            _ => None,
+        }
+    }
+
+    /// SQLite reports `UNIQUE constraint failed: table.col, table.col`.
+    fn from_sqlite_message(message: &str) -> Option<UniqueTarget> {
+        let columns = message.split("failed:").nth(1)?.trim();
+        match columns {
+            "accounts.kind, accounts.provider_code, accounts.account_ref" => {
+                Some(UniqueTarget::Holder)
+            }
+            "accounts.citizen_id, accounts.kind, accounts.provider_code, accounts.account_ref" => {
+                Some(UniqueTarget::OpenLink)
+            }
+            "idempotency_keys.client_id, idempotency_keys.key" => Some(UniqueTarget::Idempotency),
+            _ => None,
+        }
+    }
+}

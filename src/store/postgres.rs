@@ -1,0 +1,69 @@
+//! PostgreSQL, the production backend.
+//!
+//! Several service instances may share one database, so correctness comes from the
+//! database: rows are locked with `FOR UPDATE` (citizen first, then account), and the
+//! partial unique index `accounts_one_holder` decides races between claims on one
+//! account.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference, Provider,
+    ResolveQuery, Store, StoreError, StoreOptions, StoreResult, WriteContext,
+};
+use crate::domain::{
+    Account, ChangeAccount, CitizenId, LinkAccount, ProgramCode, Rejection, Resolution,
+    SetPreference, Timestamp,
+};
+
+type DB = sqlx::Postgres;
+type Backend = PgStore;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+const LOCK_CITIZEN: &str =
+    "SELECT full_name, status, source_version FROM citizens WHERE citizen_id = $1 FOR UPDATE";
+const LOCK_ACCOUNT: &str = concat!(
+    "SELECT ",
+    account_columns!(),
+    " FROM accounts WHERE account_id = $1 FOR UPDATE"
+);
+
+/// The PostgreSQL store: one pool shared by reads and writes.
+pub struct PgStore {
+    write: PgPool,
+    read: PgPool,
+    options: StoreOptions,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
+        let connect = PgConnectOptions::from_str(url)?.application_name("payout-registry");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .connect_with(connect)
+            .await?;
+        Ok(PgStore {
+            write: pool.clone(),
+            read: pool,
+            options,
+        })
+    }
+}
+
+/// PostgreSQL names the violated constraint.
+fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
+    let db = e.as_database_error()?;
+    if !db.is_unique_violation() {
+        return None;
+    }
+    UniqueTarget::from_constraint(db.constraint()?)
+}
+
+include!("transactions.rs");

@@ -1,0 +1,79 @@
+//! SQLite, the embedded default: one file under `./data/`, no server to run.
+//!
+//! SQLite allows one writer at a time, so writes go through a pool of exactly one
+//! connection (transactions queue in the process instead of failing with SQLITE_BUSY),
+//! and reads use a separate pool in WAL mode, which never blocks on the writer.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+use uuid::Uuid;
+
+use super::{
+    CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference, Provider,
+    ResolveQuery, Store, StoreError, StoreOptions, StoreResult, WriteContext,
+};
+use crate::domain::{
+    Account, ChangeAccount, CitizenId, LinkAccount, ProgramCode, Rejection, Resolution,
+    SetPreference, Timestamp,
+};
+
+type DB = sqlx::Sqlite;
+type Backend = SqliteStore;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+// The single writer connection already excludes other writers; no row locks needed.
+const LOCK_CITIZEN: &str =
+    "SELECT full_name, status, source_version FROM citizens WHERE citizen_id = $1";
+const LOCK_ACCOUNT: &str = concat!(
+    "SELECT ",
+    account_columns!(),
+    " FROM accounts WHERE account_id = $1"
+);
+
+/// The SQLite store: a one-connection writer pool and a reader pool.
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    options: StoreOptions,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStore> {
+        let connect = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .connect_with(connect.read_only(true))
+            .await?;
+        Ok(SqliteStore {
+            write,
+            read,
+            options,
+        })
+    }
+}
+
+/// SQLite names the violated columns rather than the index.
+fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
+    let db = e.as_database_error()?;
+    if !db.is_unique_violation() {
+        return None;
+    }
+    UniqueTarget::from_sqlite_message(db.message())
+}
+
+include!("transactions.rs");
