@@ -19,3 +19,10 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("payoutregistry_descriptor");
 }
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod server;
+pub mod telemetry;

@@ -336,8 +336,7 @@ impl ProgramCode {
             return Ok(None);
         }
         let well_formed = s.len() <= 40
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
         if !well_formed {
             return Err(Rejection::field(
@@ -497,7 +496,9 @@ mod tests {
             method: VerificationMethod::NameMatch,
             evidence_ref: "tx-1".into(),
         };
-        assert!(check_verification(&input, Some("NGUYEN VAN DUC"), Some("Nguyễn  Văn Đức")).is_ok());
+        assert!(
+            check_verification(&input, Some("NGUYEN VAN DUC"), Some("Nguyễn  Văn Đức")).is_ok()
+        );
         assert_eq!(
             check_verification(&input, Some("NGUYEN VAN DUNG"), Some("Nguyễn Văn Đức"))
                 .unwrap_err()
@@ -536,11 +537,15 @@ mod tests {
     #[test]
     fn account_refs_are_normalised_by_kind() {
         assert_eq!(
-            AccountRef::parse(AccountKind::Ewallet, "0912 345 678").unwrap().as_str(),
+            AccountRef::parse(AccountKind::Ewallet, "0912 345 678")
+                .unwrap()
+                .as_str(),
             "+84912345678"
         );
         assert_eq!(
-            AccountRef::parse(AccountKind::BankAccount, "0071-0001-23456").unwrap().as_str(),
+            AccountRef::parse(AccountKind::BankAccount, "0071-0001-23456")
+                .unwrap()
+                .as_str(),
             "0071000123456"
         );
         assert!(AccountRef::parse(AccountKind::MobileMoney, "0071000123456").is_err());
@@ -557,7 +562,10 @@ mod tests {
     fn program_codes_must_be_upper_case_codes() {
         assert_eq!(ProgramCode::parse_optional("").unwrap(), None);
         assert_eq!(
-            ProgramCode::parse_optional("PENSION").unwrap().unwrap().as_str(),
+            ProgramCode::parse_optional("PENSION")
+                .unwrap()
+                .unwrap()
+                .as_str(),
             "PENSION"
         );
         assert!(ProgramCode::parse_optional("pension").is_err());

@@ -190,9 +190,15 @@ mod tests {
     fn a_deceased_citizen_is_never_paid_even_with_a_verified_default() {
         let mut inputs = active(None, Some(pref(verified())));
         inputs.citizen = Some(CitizenStatus::Deceased);
-        assert_eq!(resolve(&inputs, Timestamp(0), COOLING), Resolution::CitizenDeceased);
+        assert_eq!(
+            resolve(&inputs, Timestamp(0), COOLING),
+            Resolution::CitizenDeceased
+        );
         inputs.citizen = Some(CitizenStatus::IdRevoked);
-        assert_eq!(resolve(&inputs, Timestamp(0), COOLING), Resolution::CitizenIdRevoked);
+        assert_eq!(
+            resolve(&inputs, Timestamp(0), COOLING),
+            Resolution::CitizenIdRevoked
+        );
     }
 
     #[test]
@@ -203,7 +209,10 @@ mod tests {
             AccountStatus::Closed,
             AccountStatus::Rejected,
         ] {
-            let inputs = active(None, Some(pref(account(status, VerificationMethod::InPerson))));
+            let inputs = active(
+                None,
+                Some(pref(account(status, VerificationMethod::InPerson))),
+            );
             assert_eq!(
                 resolve(&inputs, Timestamp(0), COOLING),
                 Resolution::NoVerifiedAccount,
@@ -218,7 +227,13 @@ mod tests {
         let inputs = active(Some(pref(program.clone())), Some(pref(verified())));
         let r = resolve(&inputs, Timestamp(0), COOLING);
         assert_eq!(resolved_id(&r), Some(program.id));
-        assert!(matches!(r, Resolution::Resolved { matched_program: true, .. }));
+        assert!(matches!(
+            r,
+            Resolution::Resolved {
+                matched_program: true,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -229,7 +244,13 @@ mod tests {
             let inputs = active(program, Some(pref(default.clone())));
             let r = resolve(&inputs, Timestamp(0), COOLING);
             assert_eq!(resolved_id(&r), Some(default.id));
-            assert!(matches!(r, Resolution::Resolved { matched_program: false, .. }));
+            assert!(matches!(
+                r,
+                Resolution::Resolved {
+                    matched_program: false,
+                    ..
+                }
+            ));
         }
     }
 
@@ -295,6 +316,9 @@ mod tests {
             previous_for_change(Some(&current), third, Timestamp(0).plus(COOLING), COOLING),
             Some(first_change.id)
         );
-        assert_eq!(previous_for_change(None, third, Timestamp(0), COOLING), None);
+        assert_eq!(
+            previous_for_change(None, third, Timestamp(0), COOLING),
+            None
+        );
     }
 }

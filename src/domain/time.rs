@@ -24,7 +24,10 @@ impl Timestamp {
     }
 
     pub fn plus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(d.as_micros().min(i64::MAX as u128) as i64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_micros().min(i64::MAX as u128) as i64),
+        )
     }
 
     /// RFC 3339 form, for humans and CLI output.
@@ -60,6 +63,9 @@ mod tests {
 
     #[test]
     fn plus_adds_whole_microseconds() {
-        assert_eq!(Timestamp(10).plus(Duration::from_millis(1)), Timestamp(1010));
+        assert_eq!(
+            Timestamp(10).plus(Duration::from_millis(1)),
+            Timestamp(1010)
+        );
     }
 }

@@ -66,7 +66,10 @@ mod tests {
     #[test]
     fn every_bank_is_keyed_by_a_six_digit_napas_bin() {
         let providers = providers().unwrap();
-        for p in providers.iter().filter(|p| p.kind == AccountKind::BankAccount) {
+        for p in providers
+            .iter()
+            .filter(|p| p.kind == AccountKind::BankAccount)
+        {
             assert!(
                 p.code.len() == 6 && p.code.bytes().all(|b| b.is_ascii_digit()),
                 "{}",
@@ -79,7 +82,15 @@ mod tests {
     fn the_reference_data_has_the_big_four_the_social_policy_bank_wallets_and_mobile_money() {
         let providers = providers().unwrap();
         let has = |code: &str| providers.iter().any(|p| p.code == code);
-        for code in ["970436", "970415", "970418", "970405", "999888", "MOMO", "VIETTELMONEY"] {
+        for code in [
+            "970436",
+            "970415",
+            "970418",
+            "970405",
+            "999888",
+            "MOMO",
+            "VIETTELMONEY",
+        ] {
             assert!(has(code), "missing {code}");
         }
         assert!(providers.iter().any(|p| p.kind == AccountKind::Ewallet));

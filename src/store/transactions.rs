@@ -14,9 +14,9 @@
 // registry's correctness, so it exists exactly once.
 
 use crate::domain::{
-    check_verification, check_version, previous_for_change, resolve, AccountAction,
-    AccountStatus, Change, CitizenStatus, PreferenceAt, Reason, ResolutionInputs,
-    VerificationInput, MAX_OPEN_ACCOUNTS,
+    check_verification, check_version, previous_for_change, resolve, AccountAction, AccountStatus,
+    Change, CitizenStatus, PreferenceAt, Reason, ResolutionInputs, VerificationInput,
+    MAX_OPEN_ACCOUNTS,
 };
 use crate::store::rows::{AccountRow, CitizenRow, EventRow, HistoryRow, PreferenceRow};
 use crate::store::{StoredOutcome, UniqueTarget};
@@ -120,7 +120,12 @@ impl Backend {
         Err(last_error.unwrap_or_else(|| corrupt("write retries exhausted")))
     }
 
-    async fn link_in(&self, tx: &mut Tx, ctx: &WriteContext, cmd: &LinkAccount) -> StoreResult<Outcome> {
+    async fn link_in(
+        &self,
+        tx: &mut Tx,
+        ctx: &WriteContext,
+        cmd: &LinkAccount,
+    ) -> StoreResult<Outcome> {
         let citizen = ensure_citizen(tx, ctx, &cmd.citizen_id).await?;
         if citizen.status != CitizenStatus::Active.as_str() {
             return Err(Rejection::field(
@@ -208,12 +213,18 @@ impl Backend {
                     verification: v.clone(),
                     holder_name: None,
                 };
-                self.apply(tx, ctx, &citizen, &account, &action, &cmd.reason).await
+                self.apply(tx, ctx, &citizen, &account, &action, &cmd.reason)
+                    .await
             }
         }
     }
 
-    async fn change_in(&self, tx: &mut Tx, ctx: &WriteContext, cmd: &ChangeAccount) -> StoreResult<Outcome> {
+    async fn change_in(
+        &self,
+        tx: &mut Tx,
+        ctx: &WriteContext,
+        cmd: &ChangeAccount,
+    ) -> StoreResult<Outcome> {
         let citizen_id: Option<String> =
             sqlx::query_scalar("SELECT citizen_id FROM accounts WHERE account_id = $1")
                 .bind(cmd.account_id)
@@ -228,7 +239,8 @@ impl Backend {
             .await?
             .ok_or_else(|| not_found(cmd.account_id))?;
         check_version(cmd.expected_version, account.version)?;
-        self.apply(tx, ctx, &citizen, &account, &cmd.action, &cmd.reason).await
+        self.apply(tx, ctx, &citizen, &account, &cmd.action, &cmd.reason)
+            .await
     }
 
     /// Applies `action` to a locked account: the state machine, verification evidence,
@@ -300,7 +312,12 @@ impl Backend {
         Ok(Outcome::Done(next))
     }
 
-    async fn prefer_in(&self, tx: &mut Tx, ctx: &WriteContext, cmd: &SetPreference) -> StoreResult<Outcome> {
+    async fn prefer_in(
+        &self,
+        tx: &mut Tx,
+        ctx: &WriteContext,
+        cmd: &SetPreference,
+    ) -> StoreResult<Outcome> {
         let not_owned = || {
             Rejection::field(
                 Reason::AccountNotOwnedByCitizen,
@@ -335,7 +352,10 @@ impl Backend {
             return Err(Rejection::field(
                 Reason::AccountNotVerified,
                 "account_id",
-                format!("only a VERIFIED account can be paid into; this one is {}", account.status),
+                format!(
+                    "only a VERIFIED account can be paid into; this one is {}",
+                    account.status
+                ),
             )
             .into());
         }
@@ -362,9 +382,21 @@ impl Backend {
             }),
             None => None,
         };
-        let previous =
-            previous_for_change(current_at.as_ref(), account.id, ctx.now, self.options.cooling_off);
-        write_preference(tx, ctx, &account, cmd.program.as_ref(), previous, &cmd.reason).await?;
+        let previous = previous_for_change(
+            current_at.as_ref(),
+            account.id,
+            ctx.now,
+            self.options.cooling_off,
+        );
+        write_preference(
+            tx,
+            ctx,
+            &account,
+            cmd.program.as_ref(),
+            previous,
+            &cmd.reason,
+        )
+        .await?;
         Ok(Outcome::Done(account))
     }
 
@@ -382,7 +414,10 @@ impl Backend {
             Some(_) => CitizenUpsert::Updated,
             None => CitizenUpsert::Created,
         };
-        let name = rec.full_name.as_deref().map(crate::domain::name::normalize_name);
+        let name = rec
+            .full_name
+            .as_deref()
+            .map(crate::domain::name::normalize_name);
         sqlx::query(
             "INSERT INTO citizens (citizen_id, province_code, full_name, date_of_birth, status, \
              died_on, source_version, created_at, updated_at) \
@@ -439,17 +474,16 @@ impl Backend {
 
     async fn resolve_current(&self, q: &ResolveQuery) -> StoreResult<ResolutionInputs> {
         let key = ProgramCode::key(q.program.as_ref());
-        let rows: Vec<(String, Option<String>, Option<Uuid>, Option<Uuid>, Option<i64>)> =
-            sqlx::query_as(
-                "SELECT c.status, p.program_code, p.account_id, p.previous_account_id, p.since \
+        let rows: Vec<CitizenPreferenceRow> = sqlx::query_as(
+            "SELECT c.status, p.program_code, p.account_id, p.previous_account_id, p.since \
                  FROM citizens c LEFT JOIN preferences p \
                  ON p.citizen_id = c.citizen_id AND p.program_code IN ($2, '') \
                  WHERE c.citizen_id = $1",
-            )
-            .bind(q.citizen_id.as_str())
-            .bind(key)
-            .fetch_all(&self.read)
-            .await?;
+        )
+        .bind(q.citizen_id.as_str())
+        .bind(key)
+        .fetch_all(&self.read)
+        .await?;
         let Some(first) = rows.first() else {
             return Ok(ResolutionInputs::default());
         };
@@ -476,7 +510,11 @@ impl Backend {
         }))
     }
 
-    async fn resolve_as_of(&self, q: &ResolveQuery, at: Timestamp) -> StoreResult<ResolutionInputs> {
+    async fn resolve_as_of(
+        &self,
+        q: &ResolveQuery,
+        at: Timestamp,
+    ) -> StoreResult<ResolutionInputs> {
         let mut conn = self.read.acquire().await?;
         let status: Option<String> = sqlx::query_scalar(
             "SELECT status FROM citizen_history WHERE citizen_id = $1 AND valid_from <= $2 \
@@ -540,7 +578,11 @@ impl Backend {
         }
         let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
-            concat!("SELECT ", account_columns!(), " FROM accounts WHERE account_id IN ({})"),
+            concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM accounts WHERE account_id IN ({})"
+            ),
             placeholders.join(", ")
         );
         let mut query = sqlx::query_as::<_, AccountRow>(&sql);
@@ -555,6 +597,15 @@ impl Backend {
             .collect()
     }
 }
+
+/// The citizen's status, joined with each matching preference (if any).
+type CitizenPreferenceRow = (
+    String,
+    Option<String>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<i64>,
+);
 
 /// Builds resolution inputs from preference rows (program key and default) and a way to
 /// find each account's state.
@@ -645,7 +696,11 @@ async fn remember(tx: &mut Tx, ctx: &WriteContext, outcome: &StoredOutcome) -> S
 
 /// The citizen row, locked; created ACTIVE (with its first history entry) when the
 /// registry has not seen the citizen before.
-async fn ensure_citizen(tx: &mut Tx, ctx: &WriteContext, id: &CitizenId) -> StoreResult<CitizenRow> {
+async fn ensure_citizen(
+    tx: &mut Tx,
+    ctx: &WriteContext,
+    id: &CitizenId,
+) -> StoreResult<CitizenRow> {
     let inserted = sqlx::query(
         "INSERT INTO citizens (citizen_id, province_code, status, created_at, updated_at) \
          VALUES ($1, $2, 'ACTIVE', $3, $3) ON CONFLICT (citizen_id) DO NOTHING",
@@ -706,7 +761,11 @@ where
     .transpose()
 }
 
-async fn check_provider(tx: &mut Tx, code: &str, kind: crate::domain::AccountKind) -> StoreResult<()> {
+async fn check_provider(
+    tx: &mut Tx,
+    code: &str,
+    kind: crate::domain::AccountKind,
+) -> StoreResult<()> {
     let row: Option<(String, bool)> =
         sqlx::query_as("SELECT kind, active FROM providers WHERE code = $1")
             .bind(code)
@@ -986,15 +1045,27 @@ impl Store for Backend {
         self.execute(ctx, Command::Link(cmd)).await
     }
 
-    async fn change_account(&self, ctx: &WriteContext, cmd: &ChangeAccount) -> StoreResult<Account> {
+    async fn change_account(
+        &self,
+        ctx: &WriteContext,
+        cmd: &ChangeAccount,
+    ) -> StoreResult<Account> {
         self.execute(ctx, Command::Change(cmd)).await
     }
 
-    async fn set_preference(&self, ctx: &WriteContext, cmd: &SetPreference) -> StoreResult<Account> {
+    async fn set_preference(
+        &self,
+        ctx: &WriteContext,
+        cmd: &SetPreference,
+    ) -> StoreResult<Account> {
         self.execute(ctx, Command::Prefer(cmd)).await
     }
 
-    async fn upsert_citizen(&self, ctx: &WriteContext, rec: &CitizenRecord) -> StoreResult<CitizenUpsert> {
+    async fn upsert_citizen(
+        &self,
+        ctx: &WriteContext,
+        rec: &CitizenRecord,
+    ) -> StoreResult<CitizenUpsert> {
         let mut tx = self.write.begin().await?;
         let outcome = self.upsert_citizen_in(&mut tx, ctx, rec).await?;
         tx.commit().await?;
@@ -1044,7 +1115,12 @@ impl Store for Backend {
         Ok((accounts, prefs))
     }
 
-    async fn account_history(&self, id: Uuid, after_version: u64, limit: u32) -> StoreResult<Vec<HistoryEntry>> {
+    async fn account_history(
+        &self,
+        id: Uuid,
+        after_version: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<HistoryEntry>> {
         sqlx::query_as::<_, HistoryRow>(concat!(
             "SELECT ",
             account_columns!(),

@@ -1,0 +1,667 @@
+//! The command line: run the service, migrate, and a client for lookups and the README
+//! walkthrough.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::auth::{hash_token, Authenticator};
+use crate::config::{ClientConfig, Settings};
+use crate::grpc::convert::timestamp_in;
+use crate::proto;
+use crate::proto::account_registry_client::AccountRegistryClient;
+use crate::proto::payout_resolver_client::PayoutResolverClient;
+use crate::store::StoreOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "payout-registry",
+    version,
+    about = "Registry of verified social-security payout accounts"
+)]
+pub struct Cli {
+    /// TOML configuration file (else PAYOUT_REGISTRY_CONFIG, else defaults).
+    #[arg(long, global = true, env = "PAYOUT_REGISTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gRPC service (migrations are applied first).
+    Serve,
+    /// Apply database migrations and load the reference data, then exit.
+    Migrate,
+    /// Print the SHA-256 of a bearer token, for a client's `token_sha256`. Without a
+    /// token, generates a new random one and prints both.
+    HashToken { token: Option<String> },
+    /// Call a running registry.
+    #[command(subcommand)]
+    Client(Box<ClientCommand>),
+}
+
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// The registry's address.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50051",
+        env = "PAYOUT_REGISTRY_ADDR"
+    )]
+    pub addr: String,
+    /// Bearer token (else PAYOUT_REGISTRY_TOKEN, else the development token file).
+    #[arg(long, env = "PAYOUT_REGISTRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the token, used when no token is given.
+    #[arg(long, default_value = "data/dev-token")]
+    pub token_file: PathBuf,
+    /// Why you are reading this citizen's data (recorded by the registry).
+    #[arg(long, default_value = "operator lookup")]
+    pub purpose: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    Bank,
+    Ewallet,
+    MobileMoney,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MethodArg {
+    IssuerConfirmed,
+    NameMatch,
+    VneidDeclared,
+    InPerson,
+}
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Link an account to a citizen.
+    Link {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        citizen: String,
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// NAPAS BIN for banks, or a wallet code such as MOMO.
+        #[arg(long)]
+        provider: String,
+        /// Account number or mobile number.
+        #[arg(long = "ref")]
+        account_ref: String,
+        #[arg(long)]
+        holder: Option<String>,
+        /// Verify at link time with this method (needs --evidence).
+        #[arg(long, value_enum, requires = "evidence")]
+        verify: Option<MethodArg>,
+        #[arg(long)]
+        evidence: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<Uuid>,
+    },
+    /// Verify a pending account.
+    Verify {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        account: String,
+        #[arg(long, value_enum)]
+        method: MethodArg,
+        #[arg(long)]
+        evidence: String,
+        #[arg(long)]
+        holder: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<Uuid>,
+    },
+    /// Choose the account a citizen is paid into (by default, or for --program).
+    SetDefault {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        citizen: String,
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value = "")]
+        program: String,
+        #[arg(long)]
+        idempotency_key: Option<Uuid>,
+    },
+    /// Reject, suspend, reinstate or close an account.
+    Change {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(value_enum)]
+        action: ChangeArg,
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        idempotency_key: Option<Uuid>,
+    },
+    /// Which account pays this citizen, now or --as-of an RFC 3339 instant.
+    Resolve {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        citizen: String,
+        #[arg(long, default_value = "")]
+        program: String,
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Only ask whether the citizen can be paid.
+        #[arg(long)]
+        exists_only: bool,
+    },
+    /// A citizen's accounts and preferences.
+    List {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        citizen: String,
+        #[arg(long)]
+        include_closed: bool,
+    },
+    /// Every state an account has been in.
+    History {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        account: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ChangeArg {
+    Reject,
+    Suspend,
+    Reinstate,
+    Close,
+}
+
+/// Runs the command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => serve(cli.config.as_deref()).await,
+        Command::Migrate => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            crate::telemetry::init(settings.log_format, &settings.log_level);
+            let store = open_store(&settings).await?;
+            store.migrate().await?;
+            println!("migrations applied and reference data loaded");
+            Ok(())
+        }
+        Command::HashToken { token } => {
+            let token = token.unwrap_or_else(new_token);
+            println!(
+                "token:        {token}\ntoken_sha256: {}",
+                hash_token(&token)
+            );
+            Ok(())
+        }
+        Command::Client(c) => client(*c).await,
+    }
+}
+
+fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn crate::store::Store>> {
+    if settings.is_embedded() {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    }
+    let options = StoreOptions {
+        cooling_off: settings.cooling_off(),
+        max_connections: settings.db_max_connections,
+    };
+    Ok(crate::store::connect(settings.database_url.expose(), options).await?)
+}
+
+async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
+    let mut settings = Settings::load(config)?;
+    crate::telemetry::init(settings.log_format, &settings.log_level);
+    if !settings.listen.ip().is_loopback() && !settings.allow_plaintext_non_loopback {
+        anyhow::bail!(
+            "refusing to serve plain text on {}: listen on loopback, or set \
+             allow_plaintext_non_loopback = true behind a TLS-terminating proxy",
+            settings.listen
+        );
+    }
+    if settings.clients.is_empty() && settings.dev_client && settings.is_embedded() {
+        settings.clients.push(dev_client(&settings.data_dir)?);
+    }
+    if settings.clients.is_empty() {
+        tracing::warn!("no clients configured: every call will be refused");
+    }
+    let store = open_store(&settings).await?;
+    store.migrate().await?;
+    let state = crate::grpc::AppState::new(store, settings.cooling_off());
+    let auth = Arc::new(Authenticator::new(&settings.clients));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, embedded = settings.is_embedded(), "payout-registry listening");
+    let options = crate::server::ServerOptions {
+        max_message_bytes: settings.max_message_bytes,
+        shutdown_grace: std::time::Duration::from_secs(settings.shutdown_grace_secs),
+    };
+    crate::server::serve(
+        listener,
+        state,
+        auth,
+        options,
+        crate::server::shutdown_signal(),
+    )
+    .await
+}
+
+/// The development client: every scope, its token in `<data_dir>/dev-token` (mode 0600),
+/// printed once when created.
+fn dev_client(data_dir: &Path) -> anyhow::Result<ClientConfig> {
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("dev-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            println!("development client: token in {}", path.display());
+            t.trim().to_owned()
+        }
+        Err(_) => {
+            let token = new_token();
+            write_private(&path, &token)?;
+            println!(
+                "development client created with every scope; token (also in {}):\n{token}",
+                path.display()
+            );
+            token
+        }
+    };
+    Ok(ClientConfig {
+        id: "dev".into(),
+        token_sha256: hash_token(&token),
+        scopes: crate::auth::Scope::ALL
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+    })
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// Adds the bearer token and the purpose to every request.
+#[derive(Clone)]
+pub struct Bearer {
+    authorization: MetadataValue<tonic::metadata::Ascii>,
+    purpose: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        if let Some(p) = &self.purpose {
+            req.metadata_mut().insert("x-purpose", p.clone());
+        }
+        Ok(req)
+    }
+}
+
+async fn connect(
+    conn: &Connection,
+) -> anyhow::Result<(AccountRegistryClient<Authed>, PayoutResolverClient<Authed>)> {
+    let token = match &conn.token {
+        Some(t) => t.clone(),
+        None => std::fs::read_to_string(&conn.token_file)
+            .with_context(|| {
+                format!(
+                    "no --token given and {} is unreadable (is the server running on the embedded default?)",
+                    conn.token_file.display()
+                )
+            })?
+            .trim()
+            .to_owned(),
+    };
+    let channel = Channel::from_shared(conn.addr.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", conn.addr))?;
+    let bearer = Bearer {
+        authorization: format!("Bearer {token}").parse()?,
+        purpose: conn.purpose.parse().ok(),
+    };
+    Ok((
+        AccountRegistryClient::with_interceptor(channel.clone(), bearer.clone()),
+        PayoutResolverClient::with_interceptor(channel, bearer),
+    ))
+}
+
+fn kind(k: KindArg) -> i32 {
+    match k {
+        KindArg::Bank => proto::AccountKind::BankAccount,
+        KindArg::Ewallet => proto::AccountKind::Ewallet,
+        KindArg::MobileMoney => proto::AccountKind::MobileMoney,
+    }
+    .into()
+}
+
+fn method(m: MethodArg) -> i32 {
+    match m {
+        MethodArg::IssuerConfirmed => proto::VerificationMethod::IssuerConfirmed,
+        MethodArg::NameMatch => proto::VerificationMethod::NameMatch,
+        MethodArg::VneidDeclared => proto::VerificationMethod::VneidDeclared,
+        MethodArg::InPerson => proto::VerificationMethod::InPerson,
+    }
+    .into()
+}
+
+fn key(k: Option<Uuid>) -> String {
+    k.unwrap_or_else(Uuid::new_v4).to_string()
+}
+
+/// One line per account: what an operator needs to read and to paste into the next
+/// command.
+fn print_account(a: &proto::Account) {
+    let status = proto::AccountStatus::try_from(a.status)
+        .map(|s| s.as_str_name())
+        .unwrap_or("?");
+    let kind = proto::AccountKind::try_from(a.kind)
+        .map(|k| k.as_str_name())
+        .unwrap_or("?");
+    println!(
+        "account {}  citizen {}  {} {} {}  {}  version {}",
+        a.account_id, a.citizen_id, kind, a.provider_code, a.account_ref, status, a.version
+    );
+}
+
+fn status_error(e: tonic::Status) -> anyhow::Error {
+    use tonic_types::StatusExt;
+    let details = e.get_error_details();
+    let reason = details
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default();
+    let fields: Vec<String> = details
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "{:?}: {} [reason {reason}{}]",
+        e.code(),
+        e.message(),
+        if fields.is_empty() {
+            String::new()
+        } else {
+            format!(", field {}", fields.join(","))
+        }
+    )
+}
+
+async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClientCommand::Link {
+            conn,
+            citizen,
+            kind: k,
+            provider,
+            account_ref,
+            holder,
+            verify,
+            evidence,
+            idempotency_key,
+        } => {
+            let (mut registry, _) = connect(&conn).await?;
+            let verification = verify.map(|m| proto::Verification {
+                method: method(m),
+                evidence_ref: evidence.unwrap_or_default(),
+                ..Default::default()
+            });
+            let r = registry
+                .link_account(proto::LinkAccountRequest {
+                    idempotency_key: key(idempotency_key),
+                    citizen_id: citizen,
+                    kind: kind(k),
+                    provider_code: provider,
+                    account_ref,
+                    holder_name: holder.unwrap_or_default(),
+                    verification,
+                    reason: "linked from the command line".into(),
+                })
+                .await
+                .map_err(status_error)?;
+            r.into_inner().account.iter().for_each(print_account);
+        }
+        ClientCommand::Verify {
+            conn,
+            account,
+            method: m,
+            evidence,
+            holder,
+            idempotency_key,
+        } => {
+            let (mut registry, _) = connect(&conn).await?;
+            let r = registry
+                .verify_account(proto::VerifyAccountRequest {
+                    idempotency_key: key(idempotency_key),
+                    account_id: account,
+                    expected_version: None,
+                    verification: Some(proto::Verification {
+                        method: method(m),
+                        evidence_ref: evidence,
+                        ..Default::default()
+                    }),
+                    holder_name: holder.unwrap_or_default(),
+                    reason: "verified from the command line".into(),
+                })
+                .await
+                .map_err(status_error)?;
+            r.into_inner().account.iter().for_each(print_account);
+        }
+        ClientCommand::SetDefault {
+            conn,
+            citizen,
+            account,
+            program,
+            idempotency_key,
+        } => {
+            let (mut registry, _) = connect(&conn).await?;
+            let r = registry
+                .set_default_account(proto::SetDefaultAccountRequest {
+                    idempotency_key: key(idempotency_key),
+                    citizen_id: citizen,
+                    account_id: account,
+                    program_code: program,
+                    expected_version: None,
+                    reason: "set from the command line".into(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let program = if r.program_code.is_empty() {
+                "default".to_owned()
+            } else {
+                r.program_code
+            };
+            print!("{program} account now: ");
+            r.account.iter().for_each(print_account);
+        }
+        ClientCommand::Change {
+            conn,
+            action,
+            account,
+            reason,
+            idempotency_key,
+        } => {
+            let (mut registry, _) = connect(&conn).await?;
+            let (idempotency_key, account_id) = (key(idempotency_key), account);
+            let r = match action {
+                ChangeArg::Reject => registry
+                    .reject_account(proto::RejectAccountRequest {
+                        idempotency_key,
+                        account_id,
+                        expected_version: None,
+                        reason,
+                    })
+                    .await
+                    .map(|r| r.into_inner().account),
+                ChangeArg::Suspend => registry
+                    .suspend_account(proto::SuspendAccountRequest {
+                        idempotency_key,
+                        account_id,
+                        expected_version: None,
+                        reason,
+                    })
+                    .await
+                    .map(|r| r.into_inner().account),
+                ChangeArg::Reinstate => registry
+                    .reinstate_account(proto::ReinstateAccountRequest {
+                        idempotency_key,
+                        account_id,
+                        expected_version: None,
+                        reason,
+                    })
+                    .await
+                    .map(|r| r.into_inner().account),
+                ChangeArg::Close => registry
+                    .close_account(proto::CloseAccountRequest {
+                        idempotency_key,
+                        account_id,
+                        expected_version: None,
+                        reason,
+                    })
+                    .await
+                    .map(|r| r.into_inner().account),
+            };
+            r.map_err(status_error)?.iter().for_each(print_account);
+        }
+        ClientCommand::Resolve {
+            conn,
+            citizen,
+            program,
+            as_of,
+            exists_only,
+        } => {
+            let (_, mut resolver) = connect(&conn).await?;
+            let as_of = match as_of {
+                Some(s) => {
+                    let t = crate::domain::Timestamp::parse_rfc3339(&s).ok_or_else(|| {
+                        anyhow::anyhow!("--as-of must be RFC 3339, e.g. 2026-05-01T00:00:00Z")
+                    })?;
+                    Some(crate::grpc::convert::timestamp_out(t))
+                }
+                None => None,
+            };
+            let scope = if exists_only {
+                proto::ResolveScope::ExistsOnly
+            } else {
+                proto::ResolveScope::Details
+            };
+            let r = resolver
+                .resolve(proto::ResolveRequest {
+                    citizen_id: citizen,
+                    program_code: program,
+                    as_of,
+                    scope: scope.into(),
+                    purpose: conn.purpose.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let outcome = proto::ResolveOutcome::try_from(r.outcome)
+                .map(|o| o.as_str_name())
+                .unwrap_or("?");
+            println!("outcome: {outcome}");
+            if let Some(a) = &r.account {
+                print!("pay into: ");
+                print_account(a);
+            }
+            if r.cooling_off {
+                let until = r
+                    .cooling_off_until
+                    .as_ref()
+                    .and_then(|t| timestamp_in("cooling_off_until", t).ok())
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default();
+                println!("cooling off: a recent change takes effect at {until}");
+            }
+        }
+        ClientCommand::List {
+            conn,
+            citizen,
+            include_closed,
+        } => {
+            let (mut registry, _) = connect(&conn).await?;
+            let r = registry
+                .list_citizen_accounts(proto::ListCitizenAccountsRequest {
+                    citizen_id: citizen,
+                    include_closed,
+                    purpose: conn.purpose.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            r.accounts.iter().for_each(print_account);
+            for p in &r.preferences {
+                let program = if p.program_code.is_empty() {
+                    "default"
+                } else {
+                    &p.program_code
+                };
+                println!("preference {program} -> account {}", p.account_id);
+            }
+        }
+        ClientCommand::History { conn, account } => {
+            let (mut registry, _) = connect(&conn).await?;
+            let mut page_token = String::new();
+            loop {
+                let r = registry
+                    .get_account_history(proto::GetAccountHistoryRequest {
+                        account_id: account.clone(),
+                        page_size: 100,
+                        page_token,
+                        purpose: conn.purpose.clone(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                for e in &r.entries {
+                    let at = e
+                        .valid_from
+                        .as_ref()
+                        .and_then(|t| timestamp_in("valid_from", t).ok())
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default();
+                    print!("{at}  {:<10} by {:<12} ", e.change, e.actor);
+                    e.account.iter().for_each(print_account);
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+        }
+    }
+    Ok(())
+}

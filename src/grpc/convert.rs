@@ -1,0 +1,462 @@
+//! Proto <-> domain conversion, in one place.
+//!
+//! Every incoming message becomes a validated domain command through `TryFrom`, so a
+//! handler only ever holds valid data; a failure names the request field at fault.
+//! Outgoing accounts are masked here unless the caller may see full numbers.
+
+use uuid::Uuid;
+
+use crate::domain::{
+    bounded_text, required_text, Account, AccountAction, AccountKind, AccountRef, ChangeAccount,
+    CitizenId, HolderName, LinkAccount, ProgramCode, Reason, Rejection, Resolution, SetPreference,
+    Timestamp, VerificationInput, VerificationMethod, MAX_EVIDENCE_LEN, MAX_REASON_LEN,
+};
+use crate::proto;
+use crate::store::{HistoryEntry, Preference, ResolveQuery};
+
+/// Parses a citizen id from request field `field`.
+pub fn citizen_id(field: &str, raw: &str) -> Result<CitizenId, Rejection> {
+    CitizenId::parse(raw.trim()).map_err(|r| r.at(field))
+}
+
+/// Parses an account id (UUID) from request field `field`.
+pub fn account_id(field: &str, raw: &str) -> Result<Uuid, Rejection> {
+    Uuid::parse_str(raw.trim()).map_err(|_| {
+        Rejection::field(
+            Reason::AccountIdInvalid,
+            field,
+            format!("{field} must be a UUID"),
+        )
+    })
+}
+
+fn kind(raw: i32) -> Result<AccountKind, Rejection> {
+    match proto::AccountKind::try_from(raw) {
+        Ok(proto::AccountKind::BankAccount) => Ok(AccountKind::BankAccount),
+        Ok(proto::AccountKind::Ewallet) => Ok(AccountKind::Ewallet),
+        Ok(proto::AccountKind::MobileMoney) => Ok(AccountKind::MobileMoney),
+        _ => Err(Rejection::field(
+            Reason::AccountKindInvalid,
+            "kind",
+            "kind must be BANK_ACCOUNT, EWALLET or MOBILE_MONEY",
+        )),
+    }
+}
+
+fn kind_out(k: AccountKind) -> proto::AccountKind {
+    match k {
+        AccountKind::BankAccount => proto::AccountKind::BankAccount,
+        AccountKind::Ewallet => proto::AccountKind::Ewallet,
+        AccountKind::MobileMoney => proto::AccountKind::MobileMoney,
+    }
+}
+
+fn method(raw: i32) -> Result<VerificationMethod, Rejection> {
+    match proto::VerificationMethod::try_from(raw) {
+        Ok(proto::VerificationMethod::IssuerConfirmed) => Ok(VerificationMethod::IssuerConfirmed),
+        Ok(proto::VerificationMethod::NameMatch) => Ok(VerificationMethod::NameMatch),
+        Ok(proto::VerificationMethod::VneidDeclared) => Ok(VerificationMethod::VneidDeclared),
+        Ok(proto::VerificationMethod::InPerson) => Ok(VerificationMethod::InPerson),
+        _ => Err(Rejection::field(
+            Reason::VerificationMethodInvalid,
+            "verification.method",
+            "verification.method must be ISSUER_CONFIRMED, NAME_MATCH, VNEID_DECLARED or IN_PERSON",
+        )),
+    }
+}
+
+fn method_out(m: VerificationMethod) -> proto::VerificationMethod {
+    match m {
+        VerificationMethod::IssuerConfirmed => proto::VerificationMethod::IssuerConfirmed,
+        VerificationMethod::NameMatch => proto::VerificationMethod::NameMatch,
+        VerificationMethod::VneidDeclared => proto::VerificationMethod::VneidDeclared,
+        VerificationMethod::InPerson => proto::VerificationMethod::InPerson,
+    }
+}
+
+fn status_out(s: crate::domain::AccountStatus) -> proto::AccountStatus {
+    use crate::domain::AccountStatus as S;
+    match s {
+        S::PendingVerification => proto::AccountStatus::PendingVerification,
+        S::Verified => proto::AccountStatus::Verified,
+        S::Suspended => proto::AccountStatus::Suspended,
+        S::Closed => proto::AccountStatus::Closed,
+        S::Rejected => proto::AccountStatus::Rejected,
+    }
+}
+
+fn verification(v: &proto::Verification) -> Result<VerificationInput, Rejection> {
+    Ok(VerificationInput {
+        method: method(v.method)?,
+        evidence_ref: required_text(
+            "verification.evidence_ref",
+            &v.evidence_ref,
+            MAX_EVIDENCE_LEN,
+        )?,
+    })
+}
+
+fn holder_name(raw: &str) -> Result<Option<HolderName>, Rejection> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    HolderName::parse(raw).map(Some)
+}
+
+fn reason(raw: &str) -> Result<String, Rejection> {
+    bounded_text("reason", raw, MAX_REASON_LEN)
+}
+
+fn required_reason(raw: &str) -> Result<String, Rejection> {
+    required_text("reason", raw, MAX_REASON_LEN)
+}
+
+/// A protobuf timestamp as an instant; out-of-range values are refused.
+pub fn timestamp_in(field: &str, t: &prost_types::Timestamp) -> Result<Timestamp, Rejection> {
+    let invalid = || {
+        Rejection::field(
+            Reason::TimestampInvalid,
+            field,
+            format!("{field} is not a valid instant"),
+        )
+    };
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid());
+    }
+    t.seconds
+        .checked_mul(1_000_000)
+        .and_then(|us| us.checked_add(i64::from(t.nanos / 1000)))
+        .map(Timestamp)
+        .ok_or_else(invalid)
+}
+
+pub fn timestamp_out(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.micros().div_euclid(1_000_000),
+        nanos: (t.micros().rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+impl TryFrom<&proto::LinkAccountRequest> for LinkAccount {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::LinkAccountRequest) -> Result<LinkAccount, Rejection> {
+        let kind = kind(r.kind)?;
+        Ok(LinkAccount {
+            citizen_id: citizen_id("citizen_id", &r.citizen_id)?,
+            kind,
+            provider_code: required_text("provider_code", &r.provider_code, 20)?,
+            account_ref: AccountRef::parse(kind, &r.account_ref)?,
+            holder_name: holder_name(&r.holder_name)?,
+            verification: r.verification.as_ref().map(verification).transpose()?,
+            reason: reason(&r.reason)?,
+        })
+    }
+}
+
+/// Builds the command shared by the five status-changing RPCs.
+fn change(
+    account: &str,
+    expected_version: Option<u64>,
+    action: AccountAction,
+    reason: String,
+) -> Result<ChangeAccount, Rejection> {
+    Ok(ChangeAccount {
+        account_id: account_id("account_id", account)?,
+        expected_version,
+        action,
+        reason,
+    })
+}
+
+impl TryFrom<&proto::VerifyAccountRequest> for ChangeAccount {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::VerifyAccountRequest) -> Result<ChangeAccount, Rejection> {
+        let v = r.verification.as_ref().ok_or_else(|| {
+            Rejection::field(
+                Reason::FieldRequired,
+                "verification",
+                "verification is required",
+            )
+        })?;
+        let action = AccountAction::Verify {
+            verification: verification(v)?,
+            holder_name: holder_name(&r.holder_name)?,
+        };
+        change(
+            &r.account_id,
+            r.expected_version,
+            action,
+            reason(&r.reason)?,
+        )
+    }
+}
+
+impl TryFrom<&proto::RejectAccountRequest> for ChangeAccount {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::RejectAccountRequest) -> Result<ChangeAccount, Rejection> {
+        change(
+            &r.account_id,
+            r.expected_version,
+            AccountAction::Reject,
+            required_reason(&r.reason)?,
+        )
+    }
+}
+
+impl TryFrom<&proto::SuspendAccountRequest> for ChangeAccount {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::SuspendAccountRequest) -> Result<ChangeAccount, Rejection> {
+        change(
+            &r.account_id,
+            r.expected_version,
+            AccountAction::Suspend,
+            required_reason(&r.reason)?,
+        )
+    }
+}
+
+impl TryFrom<&proto::ReinstateAccountRequest> for ChangeAccount {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::ReinstateAccountRequest) -> Result<ChangeAccount, Rejection> {
+        change(
+            &r.account_id,
+            r.expected_version,
+            AccountAction::Reinstate,
+            required_reason(&r.reason)?,
+        )
+    }
+}
+
+impl TryFrom<&proto::CloseAccountRequest> for ChangeAccount {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::CloseAccountRequest) -> Result<ChangeAccount, Rejection> {
+        change(
+            &r.account_id,
+            r.expected_version,
+            AccountAction::Close,
+            required_reason(&r.reason)?,
+        )
+    }
+}
+
+impl TryFrom<&proto::SetDefaultAccountRequest> for SetPreference {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::SetDefaultAccountRequest) -> Result<SetPreference, Rejection> {
+        Ok(SetPreference {
+            citizen_id: citizen_id("citizen_id", &r.citizen_id)?,
+            account_id: account_id("account_id", &r.account_id)?,
+            program: ProgramCode::parse_optional(&r.program_code)?,
+            expected_version: r.expected_version,
+            reason: reason(&r.reason)?,
+        })
+    }
+}
+
+/// A resolution request and whether the caller asked for the yes/no form only.
+pub struct ResolveRequest {
+    pub query: ResolveQuery,
+    pub exists_only: bool,
+}
+
+impl TryFrom<&proto::ResolveRequest> for ResolveRequest {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::ResolveRequest) -> Result<ResolveRequest, Rejection> {
+        let exists_only = match proto::ResolveScope::try_from(r.scope) {
+            Ok(proto::ResolveScope::ExistsOnly) => true,
+            Ok(proto::ResolveScope::Details | proto::ResolveScope::Unspecified) => false,
+            Err(_) => {
+                return Err(Rejection::field(
+                    Reason::FieldRequired,
+                    "scope",
+                    "scope must be DETAILS or EXISTS_ONLY",
+                ))
+            }
+        };
+        Ok(ResolveRequest {
+            query: ResolveQuery {
+                citizen_id: citizen_id("citizen_id", &r.citizen_id)?,
+                program: ProgramCode::parse_optional(&r.program_code)?,
+                as_of: r
+                    .as_of
+                    .as_ref()
+                    .map(|t| timestamp_in("as_of", t))
+                    .transpose()?,
+            },
+            exists_only,
+        })
+    }
+}
+
+/// An account as sent to a client: the account number masked unless `full`.
+pub fn account_out(a: &Account, full: bool) -> proto::Account {
+    proto::Account {
+        account_id: a.id.to_string(),
+        citizen_id: a.citizen_id.as_str().to_owned(),
+        kind: kind_out(a.kind).into(),
+        provider_code: a.provider_code.clone(),
+        account_ref: if full {
+            a.account_ref.as_str().to_owned()
+        } else {
+            a.account_ref.masked()
+        },
+        account_ref_masked: !full,
+        holder_name: a.holder_name.clone().unwrap_or_default(),
+        status: status_out(a.status).into(),
+        verification: a.verification.as_ref().map(|v| proto::Verification {
+            method: method_out(v.method).into(),
+            verified_by: v.verified_by.clone(),
+            verified_at: Some(timestamp_out(v.verified_at)),
+            evidence_ref: v.evidence_ref.clone(),
+        }),
+        version: a.version,
+        created_at: Some(timestamp_out(a.created_at)),
+        updated_at: Some(timestamp_out(a.updated_at)),
+    }
+}
+
+pub fn history_out(h: &HistoryEntry, full: bool) -> proto::AccountHistoryEntry {
+    proto::AccountHistoryEntry {
+        account: Some(account_out(&h.account, full)),
+        change: h.change.clone(),
+        actor: h.actor.clone(),
+        reason: h.reason.clone(),
+        valid_from: Some(timestamp_out(h.valid_from)),
+    }
+}
+
+pub fn preference_out(p: &Preference) -> proto::PayoutPreference {
+    proto::PayoutPreference {
+        program_code: ProgramCode::key(p.program.as_ref()).to_owned(),
+        account_id: p.account_id.to_string(),
+        since: Some(timestamp_out(p.since)),
+    }
+}
+
+/// A resolution as sent to a client. The yes/no form carries no account.
+pub fn resolution_out(
+    r: &Resolution,
+    program: Option<&ProgramCode>,
+    at: Timestamp,
+    exists_only: bool,
+    full: bool,
+) -> proto::ResolveResponse {
+    use proto::ResolveOutcome as O;
+    let mut out = proto::ResolveResponse {
+        as_of: Some(timestamp_out(at)),
+        ..Default::default()
+    };
+    let outcome = match r {
+        Resolution::Resolved {
+            account,
+            matched_program,
+            cooling_off_until,
+        } => {
+            if !exists_only {
+                out.account = Some(account_out(account, full));
+                if *matched_program {
+                    out.matched_program_code = ProgramCode::key(program).to_owned();
+                }
+                out.cooling_off = cooling_off_until.is_some();
+                out.cooling_off_until = cooling_off_until.map(timestamp_out);
+            }
+            O::Resolved
+        }
+        Resolution::NoVerifiedAccount => O::NoVerifiedAccount,
+        Resolution::CitizenDeceased => O::CitizenDeceased,
+        Resolution::CitizenIdRevoked => O::CitizenIdRevoked,
+        Resolution::UnknownCitizen => O::UnknownCitizen,
+    };
+    out.outcome = outcome.into();
+    out
+}
+
+/// History pages are addressed by the last version seen.
+pub fn page_token_in(raw: &str) -> Result<u64, Rejection> {
+    if raw.is_empty() {
+        return Ok(0);
+    }
+    raw.strip_prefix("v")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            Rejection::field(
+                Reason::PageTokenInvalid,
+                "page_token",
+                "page_token was not issued by this service",
+            )
+        })
+}
+
+pub fn page_token_out(last_version: u64) -> String {
+    format!("v{last_version}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_through_protobuf() {
+        for us in [0i64, 1, 999_999, 1_000_000, -1, 1_777_000_000_123_456] {
+            let t = Timestamp(us);
+            assert_eq!(timestamp_in("as_of", &timestamp_out(t)).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn out_of_range_timestamps_are_refused() {
+        let bad = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert_eq!(
+            timestamp_in("as_of", &bad).unwrap_err().reason,
+            Reason::TimestampInvalid
+        );
+        let huge = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert!(timestamp_in("as_of", &huge).is_err());
+    }
+
+    #[test]
+    fn a_link_request_with_a_bad_citizen_id_names_the_field() {
+        let r = proto::LinkAccountRequest {
+            citizen_id: "099000000001".into(),
+            kind: proto::AccountKind::BankAccount.into(),
+            provider_code: "970436".into(),
+            account_ref: "0071000123456".into(),
+            ..Default::default()
+        };
+        let err = LinkAccount::try_from(&r).unwrap_err();
+        assert_eq!(err.reason, Reason::CitizenIdInvalidProvince);
+        assert_eq!(err.field.as_deref(), Some("citizen_id"));
+    }
+
+    #[test]
+    fn an_unspecified_kind_is_refused() {
+        let r = proto::LinkAccountRequest {
+            citizen_id: "001099012345".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            LinkAccount::try_from(&r).unwrap_err().reason,
+            Reason::AccountKindInvalid
+        );
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_ones_are_refused() {
+        assert_eq!(page_token_in(&page_token_out(7)).unwrap(), 7);
+        assert_eq!(page_token_in("").unwrap(), 0);
+        assert!(page_token_in("7").is_err());
+    }
+}

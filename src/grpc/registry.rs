@@ -1,0 +1,250 @@
+//! `AccountRegistry`: link, verify and manage accounts; read them and their history.
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    account_id, account_out, citizen_id, history_out, page_token_in, page_token_out, preference_out,
+};
+use super::{AppState, Call};
+use crate::auth::Scope;
+use crate::domain::{Account, ChangeAccount, LinkAccount, Rejection, SetPreference};
+use crate::proto::account_registry_server::AccountRegistry;
+use crate::proto::*;
+
+/// Default and largest history page.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+pub struct AccountRegistryService {
+    state: AppState,
+}
+
+impl AccountRegistryService {
+    pub fn new(state: AppState) -> Self {
+        AccountRegistryService { state }
+    }
+
+    /// The five status changes share one path: parse, run, answer with the account.
+    async fn change<M>(
+        &self,
+        request: Request<M>,
+        operation: &str,
+        key: fn(&mut M) -> &mut String,
+    ) -> Result<(Account, bool), Status>
+    where
+        M: Message + Clone,
+        for<'a> ChangeAccount: TryFrom<&'a M, Error = Rejection>,
+    {
+        let call = Call::of(&request)?;
+        let mut req = request.into_inner();
+        let raw_key = key(&mut req).clone();
+        let ctx = call.write_context(&self.state, operation, &raw_key, &req, |r| key(r).clear())?;
+        let cmd = ChangeAccount::try_from(&req).map_err(|r| call.reject(r))?;
+        let account = self
+            .state
+            .store
+            .change_account(&ctx, &cmd)
+            .await
+            .map_err(|e| call.fail(e))?;
+        tracing::info!(account = %account.id, status = %account.status, version = account.version, "{operation}");
+        Ok((account, Self::full(&call)))
+    }
+
+    fn full(call: &Call) -> bool {
+        call.caller.has(Scope::ResolveFull)
+    }
+}
+
+/// Wraps the account of a change in its RPC's response, masked for the caller.
+macro_rules! answer {
+    ($self:ident, $request:ident, $op:literal, $resp:ident) => {{
+        let (account, full) = $self
+            .change($request, $op, |r| &mut r.idempotency_key)
+            .await?;
+        Ok(Response::new($resp {
+            account: Some(account_out(&account, full)),
+        }))
+    }};
+}
+
+#[tonic::async_trait]
+impl AccountRegistry for AccountRegistryService {
+    async fn link_account(
+        &self,
+        request: Request<LinkAccountRequest>,
+    ) -> Result<Response<LinkAccountResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let ctx = call.write_context(
+            &self.state,
+            "LinkAccount",
+            &req.idempotency_key,
+            &req,
+            |r| r.idempotency_key.clear(),
+        )?;
+        let cmd = LinkAccount::try_from(&req).map_err(|r| call.reject(r))?;
+        let account = self
+            .state
+            .store
+            .link_account(&ctx, &cmd)
+            .await
+            .map_err(|e| call.fail(e))?;
+        tracing::info!(account = %account.id, citizen = %account.citizen_id, account_ref = %account.account_ref, "account linked");
+        Ok(Response::new(LinkAccountResponse {
+            account: Some(account_out(&account, Self::full(&call))),
+        }))
+    }
+
+    async fn verify_account(
+        &self,
+        request: Request<VerifyAccountRequest>,
+    ) -> Result<Response<VerifyAccountResponse>, Status> {
+        answer!(self, request, "VerifyAccount", VerifyAccountResponse)
+    }
+
+    async fn reject_account(
+        &self,
+        request: Request<RejectAccountRequest>,
+    ) -> Result<Response<RejectAccountResponse>, Status> {
+        answer!(self, request, "RejectAccount", RejectAccountResponse)
+    }
+
+    async fn set_default_account(
+        &self,
+        request: Request<SetDefaultAccountRequest>,
+    ) -> Result<Response<SetDefaultAccountResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let ctx = call.write_context(
+            &self.state,
+            "SetDefaultAccount",
+            &req.idempotency_key,
+            &req,
+            |r| r.idempotency_key.clear(),
+        )?;
+        let cmd = SetPreference::try_from(&req).map_err(|r| call.reject(r))?;
+        let account = self
+            .state
+            .store
+            .set_preference(&ctx, &cmd)
+            .await
+            .map_err(|e| call.fail(e))?;
+        tracing::info!(account = %account.id, program = req.program_code.as_str(), "payout preference set");
+        Ok(Response::new(SetDefaultAccountResponse {
+            account: Some(account_out(&account, Self::full(&call))),
+            program_code: cmd
+                .program
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn suspend_account(
+        &self,
+        request: Request<SuspendAccountRequest>,
+    ) -> Result<Response<SuspendAccountResponse>, Status> {
+        answer!(self, request, "SuspendAccount", SuspendAccountResponse)
+    }
+
+    async fn reinstate_account(
+        &self,
+        request: Request<ReinstateAccountRequest>,
+    ) -> Result<Response<ReinstateAccountResponse>, Status> {
+        answer!(self, request, "ReinstateAccount", ReinstateAccountResponse)
+    }
+
+    async fn close_account(
+        &self,
+        request: Request<CloseAccountRequest>,
+    ) -> Result<Response<CloseAccountResponse>, Status> {
+        answer!(self, request, "CloseAccount", CloseAccountResponse)
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<Response<GetAccountResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let id = account_id("account_id", &req.account_id).map_err(|r| call.reject(r))?;
+        let account = self
+            .state
+            .store
+            .get_account(id)
+            .await
+            .map_err(|e| call.fail(e))?
+            .ok_or_else(|| call.reject(not_found(id)))?;
+        Ok(Response::new(GetAccountResponse {
+            account: Some(account_out(&account, Self::full(&call))),
+        }))
+    }
+
+    async fn list_citizen_accounts(
+        &self,
+        request: Request<ListCitizenAccountsRequest>,
+    ) -> Result<Response<ListCitizenAccountsResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let citizen = citizen_id("citizen_id", &req.citizen_id).map_err(|r| call.reject(r))?;
+        let (accounts, prefs) = self
+            .state
+            .store
+            .list_citizen_accounts(&citizen, req.include_closed)
+            .await
+            .map_err(|e| call.fail(e))?;
+        let full = Self::full(&call);
+        Ok(Response::new(ListCitizenAccountsResponse {
+            accounts: accounts.iter().map(|a| account_out(a, full)).collect(),
+            preferences: prefs.iter().map(preference_out).collect(),
+        }))
+    }
+
+    async fn get_account_history(
+        &self,
+        request: Request<GetAccountHistoryRequest>,
+    ) -> Result<Response<GetAccountHistoryResponse>, Status> {
+        let call = Call::of(&request)?;
+        let req = request.into_inner();
+        let id = account_id("account_id", &req.account_id).map_err(|r| call.reject(r))?;
+        let after = page_token_in(&req.page_token).map_err(|r| call.reject(r))?;
+        let size = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let store = &self.state.store;
+        if after == 0
+            && store
+                .get_account(id)
+                .await
+                .map_err(|e| call.fail(e))?
+                .is_none()
+        {
+            return Err(call.reject(not_found(id)));
+        }
+        // One more than the page, to know whether another page follows.
+        let mut entries = store
+            .account_history(id, after, size + 1)
+            .await
+            .map_err(|e| call.fail(e))?;
+        let more = entries.len() > size as usize;
+        entries.truncate(size as usize);
+        let next_page_token = match (more, entries.last()) {
+            (true, Some(last)) => page_token_out(last.account.version),
+            _ => String::new(),
+        };
+        let full = Self::full(&call);
+        Ok(Response::new(GetAccountHistoryResponse {
+            entries: entries.iter().map(|h| history_out(h, full)).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+fn not_found(id: uuid::Uuid) -> Rejection {
+    Rejection::field(
+        crate::domain::Reason::AccountNotFound,
+        "account_id",
+        format!("no account {id}"),
+    )
+}

@@ -1,0 +1,124 @@
+//! The gRPC server: services, health, reflection, auth, and graceful shutdown.
+//!
+//! [`serve`] takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0`,
+//! read the port, and never sleep waiting for the server to come up.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::auth::{AuthLayer, Authenticator};
+use crate::grpc::{AccountRegistryService, AppState, PayoutResolverService};
+use crate::proto::account_registry_server::AccountRegistryServer;
+use crate::proto::payout_resolver_server::PayoutResolverServer;
+
+/// How the server runs, beyond what handlers need.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest a graceful shutdown waits for in-flight calls before returning.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_message_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves the registry on `listener` until `shutdown` resolves, then stops accepting
+/// calls and waits (at most the grace period) for calls in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    auth: Arc<Authenticator>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AccountRegistryServer<AccountRegistryService>>()
+        .await;
+    health_reporter
+        .set_serving::<PayoutResolverServer<PayoutResolverService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let max = options.max_message_bytes;
+    let registry = AccountRegistryServer::new(AccountRegistryService::new(state.clone()))
+        .max_decoding_message_size(max);
+    let resolver =
+        PayoutResolverServer::new(PayoutResolverService::new(state)).max_decoding_message_size(max);
+
+    // Once shutdown is signalled, mark the services NOT_SERVING so load balancers stop
+    // sending work, then let tonic drain.
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let reporter = health_reporter.clone();
+    let drain = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: draining calls in flight");
+        reporter
+            .set_not_serving::<AccountRegistryServer<AccountRegistryService>>()
+            .await;
+        reporter
+            .set_not_serving::<PayoutResolverServer<PayoutResolverService>>()
+            .await;
+        let _ = signalled_tx.send(());
+    };
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .timeout(Duration::from_secs(60))
+        .layer(AuthLayer::new(auth))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(registry)
+        .add_service(resolver)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        _ = async {
+            let _ = signalled_rx.await;
+            tokio::time::sleep(options.shutdown_grace).await;
+        } => tracing::warn!("grace period over: stopping with calls still in flight"),
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
