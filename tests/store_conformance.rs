@@ -14,13 +14,20 @@ use uuid::Uuid;
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn ctx(now: Timestamp) -> WriteContext {
-    WriteContext { actor: "test-client".into(), idempotency: None, now }
+    WriteContext {
+        actor: "test-client".into(),
+        idempotency: None,
+        now,
+    }
 }
 
 fn ctx_key(now: Timestamp, key: Uuid, body: &str) -> WriteContext {
     WriteContext {
         actor: "test-client".into(),
-        idempotency: Some(Idempotency { key, request_hash: body.as_bytes().to_vec() }),
+        idempotency: Some(Idempotency {
+            key,
+            request_hash: body.as_bytes().to_vec(),
+        }),
         now,
     }
 }
@@ -43,20 +50,31 @@ fn bank_link(citizen: &str, number: &str) -> LinkAccount {
 
 fn verified_link(citizen: &str, number: &str, method: VerificationMethod) -> LinkAccount {
     LinkAccount {
-        verification: Some(VerificationInput { method, evidence_ref: "ev-1".into() }),
+        verification: Some(VerificationInput {
+            method,
+            evidence_ref: "ev-1".into(),
+        }),
         ..bank_link(citizen, number)
     }
 }
 
 fn action(account: &Account, action: AccountAction) -> ChangeAccount {
-    ChangeAccount { account_id: account.id, expected_version: None, action, reason: "test".into() }
+    ChangeAccount {
+        account_id: account.id,
+        expected_version: None,
+        action,
+        reason: "test".into(),
+    }
 }
 
 fn verify(account: &Account, method: VerificationMethod) -> ChangeAccount {
     action(
         account,
         AccountAction::Verify {
-            verification: VerificationInput { method, evidence_ref: "ev-2".into() },
+            verification: VerificationInput {
+                method,
+                evidence_ref: "ev-2".into(),
+            },
             holder_name: None,
         },
     )
@@ -103,7 +121,10 @@ async fn setup(backend: Backend) -> (TestDb, Arc<dyn Store>) {
 async fn linking_creates_a_pending_account_with_its_first_history_entry(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let now = Timestamp::now();
-    let a = store.link_account(&ctx(now), &bank_link("001099012345", "0071 0001 23456")).await.unwrap();
+    let a = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071 0001 23456"))
+        .await
+        .unwrap();
     assert_eq!(a.status, AccountStatus::PendingVerification);
     assert_eq!(a.version, 1);
     assert_eq!(a.account_ref.as_str(), "0071000123456");
@@ -114,4 +135,877 @@ async fn linking_creates_a_pending_account_with_its_first_history_entry(backend:
     assert_eq!(history[0].actor, "test-client");
 }
 
-on_both_backends!(linking_creates_a_pending_account_with_its_first_history_entry);
+async fn verifying_makes_the_first_verified_account_the_default(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let a = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000123456"))
+        .await
+        .unwrap();
+    let v = store
+        .change_account(&ctx(now), &verify(&a, VerificationMethod::InPerson))
+        .await
+        .unwrap();
+    assert_eq!(v.status, AccountStatus::Verified);
+    assert_eq!(v.version, 2);
+    let verification = v.verification.clone().unwrap();
+    assert_eq!(verification.method, VerificationMethod::InPerson);
+    assert_eq!(verification.verified_by, "test-client");
+    let (_, prefs) = store
+        .list_citizen_accounts(&a.citizen_id, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        prefs,
+        vec![Preference {
+            program: None,
+            account_id: a.id,
+            since: now
+        }]
+    );
+    let r = store
+        .resolve(&query("001099012345", None, None), now)
+        .await
+        .unwrap();
+    assert_eq!(resolved_id(&r), Some(a.id));
+}
+
+async fn illegal_transitions_are_refused_and_change_nothing(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let a = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000123456"))
+        .await
+        .unwrap();
+    for bad in [AccountAction::Suspend, AccountAction::Reinstate] {
+        let r = rejected(store.change_account(&ctx(now), &action(&a, bad)).await);
+        assert_eq!(r.reason, Reason::IllegalTransition);
+    }
+    let closed = store
+        .change_account(&ctx(now), &action(&a, AccountAction::Close))
+        .await
+        .unwrap();
+    assert_eq!(closed.status, AccountStatus::Closed);
+    let r = rejected(
+        store
+            .change_account(&ctx(now), &verify(&closed, VerificationMethod::InPerson))
+            .await,
+    );
+    assert_eq!(r.reason, Reason::IllegalTransition);
+    assert_eq!(store.get_account(a.id).await.unwrap().unwrap(), closed);
+    assert_eq!(store.account_history(a.id, 0, 10).await.unwrap().len(), 2);
+}
+
+async fn a_second_citizen_claiming_a_verified_account_is_refused_and_recorded(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let holder = store
+        .link_account(
+            &ctx(now),
+            &verified_link(
+                "001099012345",
+                "0071000123456",
+                VerificationMethod::IssuerConfirmed,
+            ),
+        )
+        .await
+        .unwrap();
+    for link in [
+        bank_link("079200012345", "0071000123456"),
+        verified_link(
+            "079200012345",
+            "0071-000-123456",
+            VerificationMethod::InPerson,
+        ),
+    ] {
+        let r = rejected(store.link_account(&ctx(now), &link).await);
+        assert_eq!(r.reason, Reason::AccountOwnedByAnotherCitizen);
+        assert!(
+            !r.message.contains("001099012345"),
+            "the refusal must not reveal the holder"
+        );
+    }
+    let claims = store.duplicate_claims(10).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    assert!(claims
+        .iter()
+        .all(|c| c.holder == holder.citizen_id && c.claimant == cid("079200012345")));
+    assert!(claims
+        .iter()
+        .all(|c| c.holder_account_id == holder.id && c.context == "LINK"));
+    let events = store.events_after(0, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "DUPLICATE_CLAIM_DETECTED")
+            .count(),
+        2
+    );
+    // The refused claimant got no account.
+    assert_eq!(db.count("SELECT COUNT(*) FROM accounts").await, 1);
+}
+
+async fn verifying_an_account_another_citizen_holds_is_refused_and_recorded(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    // Both citizens link while neither holds it; the first verification wins.
+    let first = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000123456"))
+        .await
+        .unwrap();
+    let second = store
+        .link_account(&ctx(now), &bank_link("079200012345", "0071000123456"))
+        .await
+        .unwrap();
+    store
+        .change_account(
+            &ctx(now),
+            &verify(&first, VerificationMethod::IssuerConfirmed),
+        )
+        .await
+        .unwrap();
+    let r = rejected(
+        store
+            .change_account(
+                &ctx(now),
+                &verify(&second, VerificationMethod::IssuerConfirmed),
+            )
+            .await,
+    );
+    assert_eq!(r.reason, Reason::AccountOwnedByAnotherCitizen);
+    assert_eq!(
+        store.get_account(second.id).await.unwrap().unwrap().status,
+        AccountStatus::PendingVerification
+    );
+    let claims = store.duplicate_claims(10).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].context, "VERIFY");
+}
+
+async fn a_suspended_account_still_belongs_to_its_holder(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let a = store
+        .link_account(
+            &ctx(now),
+            &verified_link(
+                "001099012345",
+                "0071000123456",
+                VerificationMethod::InPerson,
+            ),
+        )
+        .await
+        .unwrap();
+    store
+        .change_account(&ctx(now), &action(&a, AccountAction::Suspend))
+        .await
+        .unwrap();
+    let r = rejected(
+        store
+            .link_account(
+                &ctx(now),
+                &verified_link(
+                    "079200012345",
+                    "0071000123456",
+                    VerificationMethod::InPerson,
+                ),
+            )
+            .await,
+    );
+    assert_eq!(r.reason, Reason::AccountOwnedByAnotherCitizen);
+}
+
+async fn a_stale_expected_version_is_aborted_and_changes_nothing(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let a = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000123456"))
+        .await
+        .unwrap();
+    let mut cmd = verify(&a, VerificationMethod::InPerson);
+    cmd.expected_version = Some(7);
+    let r = rejected(store.change_account(&ctx(now), &cmd).await);
+    assert_eq!(r.reason, Reason::VersionMismatch);
+    assert_eq!(store.get_account(a.id).await.unwrap().unwrap(), a);
+    cmd.expected_version = Some(1);
+    assert_eq!(
+        store.change_account(&ctx(now), &cmd).await.unwrap().version,
+        2
+    );
+}
+
+async fn a_repeated_idempotency_key_returns_the_first_answer(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let key = Uuid::new_v4();
+    let link = bank_link("001099012345", "0071000123456");
+    let first = store
+        .link_account(&ctx_key(now, key, "body-1"), &link)
+        .await
+        .unwrap();
+    let again = store
+        .link_account(&ctx_key(now, key, "body-1"), &link)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(db.count("SELECT COUNT(*) FROM accounts").await, 1);
+    let other = bank_link("001099012345", "0071000999999");
+    let r = rejected(
+        store
+            .link_account(&ctx_key(now, key, "body-2"), &other)
+            .await,
+    );
+    assert_eq!(r.reason, Reason::IdempotencyKeyReused);
+    // Keys belong to their client: another client may use the same key.
+    let mut other_client = ctx_key(now, key, "body-2");
+    other_client.actor = "another-client".into();
+    store.link_account(&other_client, &other).await.unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM accounts").await, 2);
+}
+
+async fn idempotency_keys_survive_a_restart(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let key = Uuid::new_v4();
+    let link = bank_link("001099012345", "0071000123456");
+    let first = store
+        .link_account(&ctx_key(now, key, "b"), &link)
+        .await
+        .unwrap();
+    drop(store);
+    let reopened = db.store().await;
+    assert_eq!(
+        reopened
+            .link_account(&ctx_key(now, key, "b"), &link)
+            .await
+            .unwrap(),
+        first
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM accounts").await, 1);
+}
+
+async fn retrying_a_refused_duplicate_claim_does_not_record_it_twice(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    store
+        .link_account(
+            &ctx(now),
+            &verified_link(
+                "001099012345",
+                "0071000123456",
+                VerificationMethod::InPerson,
+            ),
+        )
+        .await
+        .unwrap();
+    let key = Uuid::new_v4();
+    let claim = bank_link("079200012345", "0071000123456");
+    for _ in 0..3 {
+        let r = rejected(
+            store
+                .link_account(&ctx_key(now, key, "claim"), &claim)
+                .await,
+        );
+        assert_eq!(r.reason, Reason::AccountOwnedByAnotherCitizen);
+    }
+    assert_eq!(store.duplicate_claims(10).await.unwrap().len(), 1);
+}
+
+async fn a_citizen_may_have_at_most_ten_open_accounts(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let mut accounts = Vec::new();
+    for i in 0..10 {
+        accounts.push(
+            store
+                .link_account(
+                    &ctx(now),
+                    &bank_link("001099012345", &format!("00710001234{i:02}")),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let r = rejected(
+        store
+            .link_account(&ctx(now), &bank_link("001099012345", "0071000999999"))
+            .await,
+    );
+    assert_eq!(r.reason, Reason::TooManyOpenAccounts);
+    // Closing one makes room.
+    store
+        .change_account(&ctx(now), &action(&accounts[0], AccountAction::Close))
+        .await
+        .unwrap();
+    store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000999999"))
+        .await
+        .unwrap();
+}
+
+async fn the_same_citizen_cannot_link_the_same_account_twice_while_it_is_open(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let a = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000123456"))
+        .await
+        .unwrap();
+    let r = rejected(
+        store
+            .link_account(&ctx(now), &bank_link("001099012345", "0071-0001-23456"))
+            .await,
+    );
+    assert_eq!(r.reason, Reason::AccountAlreadyLinked);
+    store
+        .change_account(&ctx(now), &action(&a, AccountAction::Close))
+        .await
+        .unwrap();
+    let again = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000123456"))
+        .await
+        .unwrap();
+    assert_ne!(again.id, a.id);
+}
+
+async fn providers_must_exist_be_active_and_match_the_kind(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let with_provider = |code: &str, kind: AccountKind, r: &str| LinkAccount {
+        provider_code: code.into(),
+        kind,
+        account_ref: AccountRef::parse(kind, r).unwrap(),
+        ..bank_link("001099012345", "0071000123456")
+    };
+    let cases = [
+        (
+            with_provider("123456", AccountKind::BankAccount, "0071000123456"),
+            Reason::ProviderUnknown,
+        ),
+        (
+            with_provider("970406", AccountKind::BankAccount, "0071000123456"),
+            Reason::ProviderInactive,
+        ),
+        (
+            with_provider("MOMO", AccountKind::BankAccount, "0071000123456"),
+            Reason::ProviderKindMismatch,
+        ),
+        (
+            with_provider("970436", AccountKind::Ewallet, "0912345678"),
+            Reason::ProviderKindMismatch,
+        ),
+    ];
+    for (link, reason) in cases {
+        assert_eq!(
+            rejected(store.link_account(&ctx(now), &link).await).reason,
+            reason
+        );
+    }
+    let momo = store
+        .link_account(
+            &ctx(now),
+            &with_provider("MOMO", AccountKind::Ewallet, "0912 345 678"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(momo.account_ref.as_str(), "+84912345678");
+    assert!(store
+        .providers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.code == "999888"));
+}
+
+async fn resolution_prefers_the_program_then_the_default_and_only_pays_verified_accounts(
+    backend: Backend,
+) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let c = "001099012345";
+    assert_eq!(
+        store.resolve(&query(c, None, None), now).await.unwrap(),
+        Resolution::UnknownCitizen
+    );
+    let pending = store
+        .link_account(&ctx(now), &bank_link(c, "0071000000001"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.resolve(&query(c, None, None), now).await.unwrap(),
+        Resolution::NoVerifiedAccount
+    );
+    let default = store
+        .change_account(&ctx(now), &verify(&pending, VerificationMethod::InPerson))
+        .await
+        .unwrap();
+    let pension = store
+        .link_account(
+            &ctx(now),
+            &verified_link(c, "0071000000002", VerificationMethod::IssuerConfirmed),
+        )
+        .await
+        .unwrap();
+    store
+        .set_preference(&ctx(now), &prefer(&pension, Some("PENSION")))
+        .await
+        .unwrap();
+    let r = store
+        .resolve(&query(c, Some("PENSION"), None), now)
+        .await
+        .unwrap();
+    assert_eq!(resolved_id(&r), Some(pension.id));
+    assert!(matches!(
+        r,
+        Resolution::Resolved {
+            matched_program: true,
+            ..
+        }
+    ));
+    let r = store
+        .resolve(&query(c, Some("SOCIAL_ALLOWANCE"), None), now)
+        .await
+        .unwrap();
+    assert_eq!(resolved_id(&r), Some(default.id));
+    // A suspended program account falls back to the default; a suspended default pays nobody.
+    store
+        .change_account(&ctx(now), &action(&pension, AccountAction::Suspend))
+        .await
+        .unwrap();
+    let r = store
+        .resolve(&query(c, Some("PENSION"), None), now)
+        .await
+        .unwrap();
+    assert_eq!(resolved_id(&r), Some(default.id));
+    store
+        .change_account(&ctx(now), &action(&default, AccountAction::Suspend))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .resolve(&query(c, Some("PENSION"), None), now)
+            .await
+            .unwrap(),
+        Resolution::NoVerifiedAccount
+    );
+}
+
+async fn preferences_need_a_verified_account_of_the_same_citizen_and_a_known_program(
+    backend: Backend,
+) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let pending = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000000001"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected(
+            store
+                .set_preference(&ctx(now), &prefer(&pending, None))
+                .await
+        )
+        .reason,
+        Reason::AccountNotVerified
+    );
+    let other = store
+        .link_account(
+            &ctx(now),
+            &verified_link(
+                "079200012345",
+                "0071000000002",
+                VerificationMethod::InPerson,
+            ),
+        )
+        .await
+        .unwrap();
+    let mut steal = prefer(&other, None);
+    steal.citizen_id = cid("001099012345");
+    assert_eq!(
+        rejected(store.set_preference(&ctx(now), &steal).await).reason,
+        Reason::AccountNotOwnedByCitizen
+    );
+    assert_eq!(
+        rejected(
+            store
+                .set_preference(&ctx(now), &prefer(&other, Some("NOPE")))
+                .await
+        )
+        .reason,
+        Reason::ProgramUnknown
+    );
+}
+
+async fn death_and_revocation_stop_payment_and_stale_records_change_nothing(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let c = "001099012345";
+    let a = store
+        .link_account(
+            &ctx(now),
+            &verified_link(c, "0071000000001", VerificationMethod::InPerson),
+        )
+        .await
+        .unwrap();
+    let record = |status, version| CitizenRecord {
+        citizen_id: cid(c),
+        full_name: Some("Nguyễn Văn Đức".into()),
+        date_of_birth: Some("1999-01-02".into()),
+        status,
+        died_on: (status == CitizenStatus::Deceased).then(|| "2026-10-01".into()),
+        source_version: version,
+    };
+    assert_eq!(
+        store
+            .upsert_citizen(&ctx(now), &record(CitizenStatus::Deceased, 10))
+            .await
+            .unwrap(),
+        CitizenUpsert::Updated
+    );
+    assert_eq!(
+        store.resolve(&query(c, None, None), now).await.unwrap(),
+        Resolution::CitizenDeceased
+    );
+    // A replayed older ACTIVE record must not resurrect the citizen.
+    assert_eq!(
+        store
+            .upsert_citizen(&ctx(now), &record(CitizenStatus::Active, 9))
+            .await
+            .unwrap(),
+        CitizenUpsert::Stale
+    );
+    assert_eq!(
+        store.resolve(&query(c, None, None), now).await.unwrap(),
+        Resolution::CitizenDeceased
+    );
+    assert_eq!(
+        store
+            .upsert_citizen(&ctx(now), &record(CitizenStatus::IdRevoked, 11))
+            .await
+            .unwrap(),
+        CitizenUpsert::Updated
+    );
+    assert_eq!(
+        store.resolve(&query(c, None, None), now).await.unwrap(),
+        Resolution::CitizenIdRevoked
+    );
+    // A newer record can correct an erroneous death.
+    store
+        .upsert_citizen(&ctx(now), &record(CitizenStatus::Active, 12))
+        .await
+        .unwrap();
+    assert_eq!(
+        resolved_id(&store.resolve(&query(c, None, None), now).await.unwrap()),
+        Some(a.id)
+    );
+    let events = store.events_after(0, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "CITIZEN_STATUS_CHANGED")
+            .count(),
+        3
+    );
+    // A deceased citizen cannot link new accounts.
+    store
+        .upsert_citizen(&ctx(now), &record(CitizenStatus::Deceased, 13))
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected(
+            store
+                .link_account(&ctx(now), &bank_link(c, "0071000000009"))
+                .await
+        )
+        .reason,
+        Reason::CitizenNotActive
+    );
+}
+
+async fn name_match_verification_compares_normalised_names(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let c = "001099012345";
+    let a = store
+        .link_account(&ctx(now), &bank_link(c, "0071000000001"))
+        .await
+        .unwrap();
+    let by_name = |name: &str| {
+        action(
+            &a,
+            AccountAction::Verify {
+                verification: VerificationInput {
+                    method: VerificationMethod::NameMatch,
+                    evidence_ref: "napas-123".into(),
+                },
+                holder_name: Some(HolderName::parse(name).unwrap()),
+            },
+        )
+    };
+    assert_eq!(
+        rejected(
+            store
+                .change_account(&ctx(now), &by_name("NGUYEN VAN DUC"))
+                .await
+        )
+        .reason,
+        Reason::CitizenNameUnknown
+    );
+    store
+        .upsert_citizen(
+            &ctx(now),
+            &CitizenRecord {
+                citizen_id: cid(c),
+                full_name: Some("Nguyễn  Văn Đức".into()),
+                date_of_birth: None,
+                status: CitizenStatus::Active,
+                died_on: None,
+                source_version: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected(
+            store
+                .change_account(&ctx(now), &by_name("NGUYEN VAN DUNG"))
+                .await
+        )
+        .reason,
+        Reason::HolderNameMismatch
+    );
+    let v = store
+        .change_account(&ctx(now), &by_name("nguyen van duc"))
+        .await
+        .unwrap();
+    assert_eq!(v.status, AccountStatus::Verified);
+    assert_eq!(v.holder_name.as_deref(), Some("NGUYEN VAN DUC"));
+}
+
+async fn resolution_as_of_a_past_instant_answers_from_history(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let t0 = Timestamp::now();
+    let c = "001099012345";
+    let a = store
+        .link_account(&ctx(t0), &bank_link(c, "0071000000001"))
+        .await
+        .unwrap();
+    let t1 = t0.plus(HOUR);
+    store
+        .change_account(&ctx(t1), &verify(&a, VerificationMethod::IssuerConfirmed))
+        .await
+        .unwrap();
+    let b = store
+        .link_account(
+            &ctx(t1),
+            &verified_link(c, "0071000000002", VerificationMethod::IssuerConfirmed),
+        )
+        .await
+        .unwrap();
+    let t2 = t1.plus(HOUR);
+    store
+        .set_preference(&ctx(t2), &prefer(&b, None))
+        .await
+        .unwrap();
+    let t3 = t2.plus(HOUR);
+    store
+        .change_account(&ctx(t3), &action(&b, AccountAction::Suspend))
+        .await
+        .unwrap();
+    let at = |t: Timestamp| query(c, None, Some(t));
+    let now = t3.plus(HOUR);
+    assert_eq!(
+        store
+            .resolve(&at(Timestamp(t0.micros() - 1)), now)
+            .await
+            .unwrap(),
+        Resolution::UnknownCitizen
+    );
+    assert_eq!(
+        store.resolve(&at(t0), now).await.unwrap(),
+        Resolution::NoVerifiedAccount
+    );
+    assert_eq!(
+        resolved_id(&store.resolve(&at(t1), now).await.unwrap()),
+        Some(a.id)
+    );
+    assert_eq!(
+        resolved_id(&store.resolve(&at(t2), now).await.unwrap()),
+        Some(b.id)
+    );
+    assert_eq!(
+        store.resolve(&at(t3), now).await.unwrap(),
+        Resolution::NoVerifiedAccount
+    );
+    assert_eq!(
+        store.resolve(&query(c, None, None), now).await.unwrap(),
+        Resolution::NoVerifiedAccount
+    );
+}
+
+async fn cooling_off_keeps_paying_the_previous_account_unless_the_issuer_confirmed_the_new_one(
+    backend: Backend,
+) {
+    let (_db, store) = setup(backend).await;
+    let t0 = Timestamp::now();
+    let c = "001099012345";
+    let old = store
+        .link_account(
+            &ctx(t0),
+            &verified_link(c, "0071000000001", VerificationMethod::InPerson),
+        )
+        .await
+        .unwrap();
+    let declared = store
+        .link_account(
+            &ctx(t0),
+            &verified_link(c, "0071000000002", VerificationMethod::VneidDeclared),
+        )
+        .await
+        .unwrap();
+    let t1 = t0.plus(HOUR);
+    store
+        .set_preference(&ctx(t1), &prefer(&declared, None))
+        .await
+        .unwrap();
+    let during = store
+        .resolve(&query(c, None, None), t1.plus(HOUR))
+        .await
+        .unwrap();
+    assert_eq!(resolved_id(&during), Some(old.id));
+    assert!(
+        matches!(during, Resolution::Resolved { cooling_off_until: Some(u), .. } if u == t1.plus(COOLING_OFF))
+    );
+    // The same answer as of that instant, from history.
+    let as_of = store
+        .resolve(&query(c, None, Some(t1.plus(HOUR))), t1.plus(HOUR * 100))
+        .await
+        .unwrap();
+    assert_eq!(resolved_id(&as_of), Some(old.id));
+    let after = store
+        .resolve(&query(c, None, None), t1.plus(COOLING_OFF))
+        .await
+        .unwrap();
+    assert_eq!(resolved_id(&after), Some(declared.id));
+    // An issuer-confirmed account is paid at once.
+    let confirmed = store
+        .link_account(
+            &ctx(t1),
+            &verified_link(c, "0071000000003", VerificationMethod::IssuerConfirmed),
+        )
+        .await
+        .unwrap();
+    let t2 = t1.plus(COOLING_OFF).plus(HOUR);
+    store
+        .set_preference(&ctx(t2), &prefer(&confirmed, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        resolved_id(&store.resolve(&query(c, None, None), t2).await.unwrap()),
+        Some(confirmed.id)
+    );
+}
+
+async fn every_change_appends_history_and_an_event_in_order(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let a = store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071000000001"))
+        .await
+        .unwrap();
+    store
+        .change_account(&ctx(now), &verify(&a, VerificationMethod::InPerson))
+        .await
+        .unwrap();
+    let a = store
+        .change_account(&ctx(now), &action(&a, AccountAction::Suspend))
+        .await
+        .unwrap();
+    let a = store
+        .change_account(
+            &ctx(now),
+            &ChangeAccount {
+                expected_version: Some(3),
+                ..action(&a, AccountAction::Reinstate)
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .change_account(&ctx(now), &action(&a, AccountAction::Close))
+        .await
+        .unwrap();
+    let history = store.account_history(a.id, 0, 100).await.unwrap();
+    let changes: Vec<_> = history.iter().map(|h| h.change.as_str()).collect();
+    assert_eq!(
+        changes,
+        ["LINKED", "VERIFIED", "SUSPENDED", "REINSTATED", "CLOSED"]
+    );
+    let versions: Vec<_> = history.iter().map(|h| h.account.version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(store.account_history(a.id, 2, 2).await.unwrap().len(), 2);
+    let events: Vec<_> = store.events_after(0, 100).await.unwrap();
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "ACCOUNT_LINKED",
+            "ACCOUNT_VERIFIED",
+            "DEFAULT_CHANGED",
+            "ACCOUNT_SUSPENDED",
+            "ACCOUNT_REINSTATED",
+            "ACCOUNT_CLOSED"
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].position < w[1].position));
+    assert!(events.iter().all(|e| e.actor == "test-client"));
+}
+
+async fn history_cannot_be_rewritten_even_with_direct_sql(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    store
+        .link_account(
+            &ctx(now),
+            &verified_link(
+                "001099012345",
+                "0071000000001",
+                VerificationMethod::InPerson,
+            ),
+        )
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE account_history SET status = 'CLOSED'",
+        "DELETE FROM account_history",
+        "DELETE FROM preference_history",
+        "UPDATE citizen_history SET status = 'DECEASED'",
+        "UPDATE events SET event_type = 'X'",
+    ] {
+        let err = db.execute_raw(sql).await.expect_err(sql);
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+}
+
+on_both_backends!(
+    linking_creates_a_pending_account_with_its_first_history_entry,
+    verifying_makes_the_first_verified_account_the_default,
+    illegal_transitions_are_refused_and_change_nothing,
+    a_second_citizen_claiming_a_verified_account_is_refused_and_recorded,
+    verifying_an_account_another_citizen_holds_is_refused_and_recorded,
+    a_suspended_account_still_belongs_to_its_holder,
+    a_stale_expected_version_is_aborted_and_changes_nothing,
+    a_repeated_idempotency_key_returns_the_first_answer,
+    idempotency_keys_survive_a_restart,
+    retrying_a_refused_duplicate_claim_does_not_record_it_twice,
+    a_citizen_may_have_at_most_ten_open_accounts,
+    the_same_citizen_cannot_link_the_same_account_twice_while_it_is_open,
+    providers_must_exist_be_active_and_match_the_kind,
+    resolution_prefers_the_program_then_the_default_and_only_pays_verified_accounts,
+    preferences_need_a_verified_account_of_the_same_citizen_and_a_known_program,
+    death_and_revocation_stop_payment_and_stale_records_change_nothing,
+    name_match_verification_compares_normalised_names,
+    resolution_as_of_a_past_instant_answers_from_history,
+    cooling_off_keeps_paying_the_previous_account_unless_the_issuer_confirmed_the_new_one,
+    every_change_appends_history_and_an_event_in_order,
+    history_cannot_be_rewritten_even_with_direct_sql,
+);

@@ -650,47 +650,58 @@ fn stored_result(stored: StoredOutcome) -> StoreResult<Account> {
     }
 }
 
-/// The first answer given under this client's idempotency key, if any. The same key with
-/// a different request is refused.
+/// Takes this client's idempotency key for the transaction, or returns the first answer
+/// given under it. The key's row is inserted first thing, so a concurrent request with
+/// the same key waits on it and then replays this one's answer instead of running the
+/// write a second time. The same key with a different request is refused.
 async fn replay(tx: &mut Tx, ctx: &WriteContext) -> StoreResult<Option<StoredOutcome>> {
     let Some(idem) = &ctx.idempotency else {
         return Ok(None);
     };
-    let row: Option<(Vec<u8>, String)> = sqlx::query_as(
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (client_id, key, request_hash, response, created_at) \
+         VALUES ($1, $2, $3, '', $4) ON CONFLICT (client_id, key) DO NOTHING",
+    )
+    .bind(&ctx.actor)
+    .bind(idem.key)
+    .bind(&idem.request_hash)
+    .bind(ctx.now.micros())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if claimed == 1 {
+        return Ok(None);
+    }
+    let (hash, json): (Vec<u8>, String) = sqlx::query_as(
         "SELECT request_hash, response FROM idempotency_keys WHERE client_id = $1 AND key = $2",
     )
     .bind(&ctx.actor)
     .bind(idem.key)
-    .fetch_optional(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    match row {
-        None => Ok(None),
-        Some((hash, _)) if hash != idem.request_hash => Err(Rejection::field(
+    if hash != idem.request_hash {
+        return Err(Rejection::field(
             Reason::IdempotencyKeyReused,
             "idempotency_key",
             "this idempotency key was already used with a different request",
         )
-        .into()),
-        Some((_, json)) => Ok(Some(serde_json::from_str(&json).map_err(corrupt)?)),
+        .into());
     }
+    Ok(Some(serde_json::from_str(&json).map_err(corrupt)?))
 }
 
+/// Records the answer under the key taken by [`replay`].
 async fn remember(tx: &mut Tx, ctx: &WriteContext, outcome: &StoredOutcome) -> StoreResult<()> {
     let Some(idem) = &ctx.idempotency else {
         return Ok(());
     };
     let json = serde_json::to_string(outcome).map_err(corrupt)?;
-    sqlx::query(
-        "INSERT INTO idempotency_keys (client_id, key, request_hash, response, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&ctx.actor)
-    .bind(idem.key)
-    .bind(&idem.request_hash)
-    .bind(json)
-    .bind(ctx.now.micros())
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE client_id = $1 AND key = $2")
+        .bind(&ctx.actor)
+        .bind(idem.key)
+        .bind(json)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -101,12 +101,24 @@ impl TestDb {
     pub async fn execute_raw(&self, sql: &str) -> Result<u64, String> {
         match self.backend {
             Backend::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&self.url).await.map_err(|e| e.to_string())?;
-                sqlx::query(sql).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| e.to_string())
             }
             Backend::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&self.url).await.map_err(|e| e.to_string())?;
-                sqlx::query(sql).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -115,12 +127,22 @@ impl TestDb {
     pub async fn count(&self, sql: &str) -> i64 {
         match self.backend {
             Backend::Postgres => {
-                let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
-                sqlx::query_scalar(sql).fetch_one(&mut c).await.expect("count")
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("count")
             }
             Backend::Sqlite => {
-                let mut c = sqlx::SqliteConnection::connect(&self.url).await.expect("connect");
-                sqlx::query_scalar(sql).fetch_one(&mut c).await.expect("count")
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("count")
             }
         }
     }
@@ -132,7 +154,10 @@ impl Drop for TestDb {
         let admin = pg_admin_url();
         // Drop runs outside any runtime we may block; use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -145,7 +170,8 @@ impl Drop for TestDb {
     }
 }
 
-const PG_HELP: &str = "the PostgreSQL tests need a server: set DATABASE_URL=postgres://user@host:port/db \
+const PG_HELP: &str =
+    "the PostgreSQL tests need a server: set DATABASE_URL=postgres://user@host:port/db \
      (a role that may CREATE DATABASE), or install the PostgreSQL server binaries \
      (Debian/Ubuntu: apt-get install postgresql) so the tests can start a throw-away cluster";
 
@@ -198,9 +224,17 @@ fn start_throwaway_cluster() -> String {
     let (Some(initdb), Some(pg_ctl)) = (find_pg_bin("initdb"), find_pg_bin("pg_ctl")) else {
         panic!("no DATABASE_URL and no initdb/pg_ctl found: {PG_HELP}");
     };
-    let dir = tempfile::Builder::new().prefix("payout-pg-").tempdir().expect("temp dir").keep();
+    let dir = tempfile::Builder::new()
+        .prefix("payout-pg-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
     let data = dir.join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // PostgreSQL refuses to run as root; run it as the `postgres` user then.
     let as_root = unsafe_is_root();
     let run = |program: &PathBuf, args: &[&str]| {
@@ -211,7 +245,10 @@ fn start_throwaway_cluster() -> String {
         } else {
             Command::new(program)
         };
-        let out = cmd.args(args).output().unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+        let out = cmd
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
         assert!(
             out.status.success(),
             "{} failed: {}{}",
@@ -221,15 +258,43 @@ fn start_throwaway_cluster() -> String {
         );
     };
     if as_root {
-        let _ = Command::new("chown").args(["-R", "postgres"]).arg(&dir).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir)
+            .status();
     }
     let data_s = data.to_string_lossy().to_string();
-    run(&initdb, &["-D", &data_s, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+    run(
+        &initdb,
+        &[
+            "-D",
+            &data_s,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+    );
     let opts = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
         dir.display()
     );
-    run(&pg_ctl, &["-D", &data_s, "-o", &opts, "-l", &format!("{}/log", dir.display()), "-w", "start"]);
+    run(
+        &pg_ctl,
+        &[
+            "-D",
+            &data_s,
+            "-o",
+            &opts,
+            "-l",
+            &format!("{}/log", dir.display()),
+            "-w",
+            "start",
+        ],
+    );
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} -D {data} stop -m immediate; rm -rf {dir}",
         pid = std::process::id(),
@@ -285,7 +350,17 @@ fn clients() -> Vec<ClientConfig> {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
     };
     vec![
-        c("welfare-admin", ADMIN, &["accounts.write", "accounts.verify", "accounts.read", "resolve", "resolve.full"]),
+        c(
+            "welfare-admin",
+            ADMIN,
+            &[
+                "accounts.write",
+                "accounts.verify",
+                "accounts.read",
+                "resolve",
+                "resolve.full",
+            ],
+        ),
         c("vss-payroll", PAYER, &["resolve", "resolve.full"]),
         c("province-office", MASKED, &["resolve", "accounts.read"]),
         c("eligibility-check", EXISTS, &["resolve.exists"]),
@@ -304,8 +379,10 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-pub type Registry = AccountRegistryClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
-pub type Resolver = PayoutResolverClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
+pub type Registry =
+    AccountRegistryClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
+pub type Resolver =
+    PayoutResolverClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 
 /// Sends a bearer token (or none).
 #[derive(Clone)]
@@ -314,7 +391,8 @@ pub struct Token(Option<String>);
 impl tonic::service::Interceptor for Token {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(t) = &self.0 {
-            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
         }
         Ok(req)
     }
@@ -331,10 +409,18 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let auth = Arc::new(Authenticator::new(&clients()));
-    let server = tokio::spawn(serve(listener, state, auth, ServerOptions::default(), async {
-        let _ = rx.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let server = tokio::spawn(serve(
+        listener,
+        state,
+        auth,
+        ServerOptions::default(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
     TestApp {
         db,
         store,
@@ -348,10 +434,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 impl TestApp {
     pub fn registry(&self, token: Option<&str>) -> Registry {
-        AccountRegistryClient::with_interceptor(self.channel.clone(), Token(token.map(str::to_owned)))
+        AccountRegistryClient::with_interceptor(
+            self.channel.clone(),
+            Token(token.map(str::to_owned)),
+        )
     }
     pub fn resolver(&self, token: Option<&str>) -> Resolver {
-        PayoutResolverClient::with_interceptor(self.channel.clone(), Token(token.map(str::to_owned)))
+        PayoutResolverClient::with_interceptor(
+            self.channel.clone(),
+            Token(token.map(str::to_owned)),
+        )
     }
     pub fn channel(&self) -> Channel {
         self.channel.clone()
