@@ -205,4 +205,12 @@ mod tests {
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("unknown scope"), "{err}");
     }
+
+    #[test]
+    fn the_example_configuration_in_deploy_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/registry.example.toml");
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.clients.len(), 2);
+        assert!(!s.dev_client);
+    }
 }

@@ -633,6 +633,13 @@ async fn preferences_need_a_verified_account_of_the_same_citizen_and_a_known_pro
         .reason,
         Reason::ProgramUnknown
     );
+    let typo = store
+        .resolve(
+            &query("079200012345", Some("PENSON"), None),
+            Timestamp::now(),
+        )
+        .await;
+    assert_eq!(rejected(typo).reason, Reason::ProgramUnknown);
 }
 
 async fn death_and_revocation_stop_payment_and_stale_records_change_nothing(backend: Backend) {

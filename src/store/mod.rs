@@ -262,6 +262,9 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<Arc<dyn St
     }
 }
 
+/// The program codes of the reference data, read once per process.
+type KnownPrograms = std::sync::RwLock<Option<Arc<std::collections::HashSet<String>>>>;
+
 /// The unique constraints a write can lose a race on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UniqueTarget {

@@ -40,6 +40,8 @@ pub struct PgStore {
     write: PgPool,
     read: PgPool,
     options: StoreOptions,
+    /// Program codes, cached (see `check_program`).
+    programs: KnownPrograms,
 }
 
 impl PgStore {
@@ -53,6 +55,7 @@ impl PgStore {
             write: pool.clone(),
             read: pool,
             options,
+            programs: KnownPrograms::default(),
         })
     }
 }

@@ -41,6 +41,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
     options: StoreOptions,
+    /// Program codes, cached (see `check_program`).
+    programs: KnownPrograms,
 }
 
 impl SqliteStore {
@@ -63,6 +65,7 @@ impl SqliteStore {
             write,
             read,
             options,
+            programs: KnownPrograms::default(),
         })
     }
 }

@@ -19,7 +19,8 @@ use crate::domain::{
     MAX_OPEN_ACCOUNTS,
 };
 use crate::store::rows::{AccountRow, CitizenRow, EventRow, HistoryRow, PreferenceRow};
-use crate::store::{StoredOutcome, UniqueTarget};
+use crate::store::{KnownPrograms, StoredOutcome, UniqueTarget};
+use std::sync::Arc;
 
 type Tx = sqlx::Transaction<'static, DB>;
 
@@ -126,6 +127,24 @@ impl Backend {
         ctx: &WriteContext,
         cmd: &LinkAccount,
     ) -> StoreResult<Outcome> {
+        let account = Account {
+            id: Uuid::now_v7(),
+            citizen_id: cmd.citizen_id.clone(),
+            kind: cmd.kind,
+            provider_code: cmd.provider_code.clone(),
+            account_ref: cmd.account_ref.clone(),
+            holder_name: cmd.holder_name.as_ref().map(|h| h.as_str().to_owned()),
+            status: AccountStatus::PendingVerification,
+            verification: None,
+            version: 1,
+            created_at: ctx.now,
+            updated_at: ctx.now,
+        };
+        // A claim on an account another citizen holds is refused before anything is
+        // created for the claimant; only the claim itself is recorded.
+        if let Some(refused) = claim_conflict(tx, ctx, &account, "LINK").await? {
+            return Ok(Outcome::Refuse(refused));
+        }
         let citizen = ensure_citizen(tx, ctx, &cmd.citizen_id).await?;
         if citizen.status != CitizenStatus::Active.as_str() {
             return Err(Rejection::field(
@@ -168,25 +187,12 @@ impl Backend {
             )
             .into());
         }
-        let holder_name = cmd.holder_name.as_ref().map(|h| h.as_str().to_owned());
         if let Some(v) = &cmd.verification {
-            check_verification(v, holder_name.as_deref(), citizen.full_name.as_deref())?;
-        }
-        let account = Account {
-            id: Uuid::now_v7(),
-            citizen_id: cmd.citizen_id.clone(),
-            kind: cmd.kind,
-            provider_code: cmd.provider_code.clone(),
-            account_ref: cmd.account_ref.clone(),
-            holder_name,
-            status: AccountStatus::PendingVerification,
-            verification: None,
-            version: 1,
-            created_at: ctx.now,
-            updated_at: ctx.now,
-        };
-        if let Some(refused) = claim_conflict(tx, ctx, &account, "LINK").await? {
-            return Ok(Outcome::Refuse(refused));
+            check_verification(
+                v,
+                account.holder_name.as_deref(),
+                citizen.full_name.as_deref(),
+            )?;
         }
         sqlx::query(
             "INSERT INTO accounts (account_id, citizen_id, kind, provider_code, account_ref, \
@@ -325,21 +331,7 @@ impl Backend {
                 "the citizen has no such account",
             )
         };
-        if let Some(program) = &cmd.program {
-            let known: Option<String> =
-                sqlx::query_scalar("SELECT code FROM programs WHERE code = $1")
-                    .bind(program.as_str())
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            if known.is_none() {
-                return Err(Rejection::field(
-                    Reason::ProgramUnknown,
-                    "program_code",
-                    "no such program in the reference data",
-                )
-                .into());
-            }
-        }
+        self.check_program(cmd.program.as_ref()).await?;
         lock_citizen(tx, cmd.citizen_id.as_str())
             .await?
             .ok_or_else(not_owned)?;
@@ -360,18 +352,22 @@ impl Backend {
             .into());
         }
         let key = ProgramCode::key(cmd.program.as_ref());
-        let current: Option<PreferenceRow> = sqlx::query_as(
+        // What pays this program now: its own preference, else the default. A program's
+        // first preference is a change of account like any other and cools off against
+        // the default it replaces.
+        let rows: Vec<PreferenceRow> = sqlx::query_as(
             "SELECT program_code, account_id, previous_account_id, since FROM preferences \
-             WHERE citizen_id = $1 AND program_code = $2",
+             WHERE citizen_id = $1 AND program_code IN ($2, '')",
         )
         .bind(cmd.citizen_id.as_str())
         .bind(key)
-        .fetch_optional(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
-        if current.as_ref().is_some_and(|c| c.account_id == account.id) {
+        let own = rows.iter().find(|r| r.program_code == key);
+        if own.is_some_and(|c| c.account_id == account.id) {
             return Ok(Outcome::Done(account));
         }
-        let current_at = match current {
+        let current_at = match own.or_else(|| rows.iter().find(|r| r.program_code.is_empty())) {
             Some(row) => Some(PreferenceAt {
                 account: load_account(&mut **tx, row.account_id).await?,
                 since: Timestamp(row.since),
@@ -570,6 +566,40 @@ impl Backend {
         Ok(inputs_from(Some(citizen), &prefs, key, |id| {
             accounts.iter().find(|a| a.id == id).cloned()
         }))
+    }
+
+    /// Refuses a program code that is not in the reference data. The codes are read once
+    /// and kept: they change only when `migrate` loads new reference data.
+    async fn check_program(&self, program: Option<&ProgramCode>) -> StoreResult<()> {
+        let Some(program) = program else {
+            return Ok(());
+        };
+        let cached = self
+            .programs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let known = match cached {
+            Some(known) => known,
+            None => {
+                let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM programs")
+                    .fetch_all(&self.read)
+                    .await?;
+                let known = std::sync::Arc::new(codes.into_iter().collect());
+                *self.programs.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Arc::clone(&known));
+                known
+            }
+        };
+        if known.contains(program.as_str()) {
+            return Ok(());
+        }
+        Err(Rejection::field(
+            Reason::ProgramUnknown,
+            "program_code",
+            "no such program in the reference data",
+        )
+        .into())
     }
 
     async fn accounts_by_id(&self, ids: &[Uuid]) -> StoreResult<Vec<Account>> {
@@ -1049,6 +1079,7 @@ impl Store for Backend {
             .await?;
         }
         tx.commit().await?;
+        *self.programs.write().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
 
@@ -1149,6 +1180,7 @@ impl Store for Backend {
     }
 
     async fn resolve(&self, q: &ResolveQuery, now: Timestamp) -> StoreResult<Resolution> {
+        self.check_program(q.program.as_ref()).await?;
         let (inputs, at) = match q.as_of {
             None => (self.resolve_current(q).await?, now),
             Some(at) => (self.resolve_as_of(q, at).await?, at),
