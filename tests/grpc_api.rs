@@ -1388,6 +1388,9 @@ async fn program_codes_must_be_known_upper_case_codes(backend: Backend) {
     for program in ["NOPE", "pension"] {
         let result = set_default(&app, citizen, &account.account_id, program).await;
         invalid(result, "PROGRAM_UNKNOWN", "program_code");
+        // A payer's typo is an error, not a silent fallback to the default account.
+        let result = resolve_with(&app, PAYER, resolve_request(citizen, program)).await;
+        invalid(result, "PROGRAM_UNKNOWN", "program_code");
     }
     let listed = list_accounts(&app, citizen, false).await;
     assert_eq!(
@@ -1618,8 +1621,10 @@ async fn account_history_refuses_foreign_page_tokens_and_unknown_accounts(backen
         let result = history_page(&app, ADMIN, &account.account_id, 1, token).await;
         invalid(result, "PAGE_TOKEN_INVALID", "page_token");
     }
-    let unknown = history_page(&app, ADMIN, &Uuid::new_v4().to_string(), 1, "").await;
-    refused(unknown, Code::NotFound, "ACCOUNT_NOT_FOUND");
+    for token in ["", "v1"] {
+        let unknown = history_page(&app, ADMIN, &Uuid::new_v4().to_string(), 1, token).await;
+        refused(unknown, Code::NotFound, "ACCOUNT_NOT_FOUND");
+    }
 }
 
 // ------------------------------------------------------------------------------------

@@ -213,12 +213,13 @@ impl AccountRegistry for AccountRegistryService {
             n => n.min(MAX_PAGE),
         };
         let store = &self.state.store;
-        if after == 0
-            && store
-                .get_account(id)
-                .await
-                .map_err(|e| call.fail(e))?
-                .is_none()
+        // Checked on every page: a page token must not turn an unknown account into an
+        // empty history.
+        if store
+            .get_account(id)
+            .await
+            .map_err(|e| call.fail(e))?
+            .is_none()
         {
             return Err(call.reject(not_found(id)));
         }
