@@ -1,11 +1,20 @@
 //! Who is calling, and may they?
 //!
-//! Clients present `authorization: Bearer <token>`. The registry keeps only SHA-256
-//! digests of tokens (from the configuration) and looks the digest up, so a token never
-//! sits in memory longer than one request and comparison time does not depend on how much
-//! of a token matched. Every RPC needs one of the scopes in [`required`]; anything not
-//! listed is denied (deny by default). Health checks and reflection are public: they
-//! reveal nothing about citizens.
+//! A client is identified by the verified certificate it presented over mutual TLS (its
+//! Common Name is a configured `cert_subject`; see [`crate::tls`]), or by
+//! `authorization: Bearer <token>`, which is meant for development. The certificate wins:
+//! a call that carries both must name the same client with each, or it is refused.
+//!
+//! The registry keeps only SHA-256 digests of tokens (from the configuration). The digest
+//! of a presented token is compared with every configured digest in constant time, with
+//! no early exit, so neither how much of a token matched nor which client it belongs to
+//! shows in the timing. Tokens are accepted over TLS and over plain text from loopback;
+//! from other addresses in plain text only when the configuration explicitly allows plain
+//! text there (`allow_plaintext_non_loopback`, e.g. behind a TLS-terminating proxy).
+//!
+//! Every RPC needs one of the scopes in [`required`]; anything not listed is denied (deny
+//! by default). Health checks and reflection are public: they reveal nothing about
+//! citizens.
 //!
 //! The check runs as a tower layer in front of every service, which also gives each call
 //! a request id and a tracing span.
@@ -18,6 +27,7 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tower::{Layer, Service};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -47,6 +57,8 @@ pub enum Scope {
     EventsAll,
     /// Investigators: reverse lookups, duplicate claims, access logs.
     Oversight,
+    /// Payers: report failed credits (suspends the account).
+    PayoutsReport,
 }
 
 impl Scope {
@@ -61,6 +73,7 @@ impl Scope {
         Scope::EventsSubscribe,
         Scope::EventsAll,
         Scope::Oversight,
+        Scope::PayoutsReport,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +88,7 @@ impl Scope {
             Scope::EventsSubscribe => "events.subscribe",
             Scope::EventsAll => "events.all",
             Scope::Oversight => "oversight",
+            Scope::PayoutsReport => "payouts.report",
         }
     }
 
@@ -114,8 +128,13 @@ pub fn required(path: &str) -> Option<Access> {
             "GetAccount" | "ListCitizenAccounts" | "GetAccountHistory" => {
                 Access::AnyOf(&[AccountsRead])
             }
+            "ReportPayoutFailure" => Access::AnyOf(&[PayoutsReport]),
             _ => return None,
         },
+        (
+            "payoutregistry.v1.Oversight",
+            "FindAccountHolders" | "ListDuplicateClaims" | "ListAccessLog",
+        ) => Access::AnyOf(&[Oversight]),
         ("payoutregistry.v1.PayoutResolver", "Resolve") => {
             // The handler further requires `resolve` for details.
             Access::AnyOf(&[Resolve, ResolveExists])
@@ -148,10 +167,66 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The configured clients, by token digest.
+/// What the connection says about the caller, before any header is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The call arrived over TLS.
+    pub tls: bool,
+    /// The remote address is a loopback address.
+    pub loopback: bool,
+    /// The client certificate the TLS handshake verified, if one was presented.
+    pub certificate: PeerCertificate,
+}
+
+/// A verified client certificate, as far as identification is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerCertificate {
+    /// Plain text, or TLS without a client certificate.
+    Absent,
+    /// The certificate's subject Common Name.
+    Named(String),
+    /// A certificate without one readable Common Name: it names nobody, and is refused
+    /// rather than ignored.
+    Unnamed,
+}
+
+impl Peer {
+    /// A plain-text connection from loopback (the development default).
+    pub const LOOPBACK: Peer = Peer {
+        tls: false,
+        loopback: true,
+        certificate: PeerCertificate::Absent,
+    };
+
+    /// Reads tonic's connect info from a request's extensions.
+    pub fn from_extensions(ext: &http::Extensions) -> Peer {
+        let loopback = ext
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())
+            .is_some_and(|addr| crate::tls::is_loopback(addr.ip()));
+        let certificate = match crate::tls::peer_leaf_certificate(ext) {
+            None => PeerCertificate::Absent,
+            Some(der) => match crate::tls::common_name(&der) {
+                Some(name) => PeerCertificate::Named(name),
+                None => PeerCertificate::Unnamed,
+            },
+        };
+        Peer {
+            tls: crate::tls::is_tls(ext),
+            loopback,
+            certificate,
+        }
+    }
+}
+
+/// The configured clients, by certificate subject and by token digest.
 #[derive(Debug, Default)]
 pub struct Authenticator {
-    by_digest: HashMap<[u8; 32], Caller>,
+    by_subject: HashMap<String, Caller>,
+    /// Scanned in full on every lookup; see [`Authenticator::token_caller`].
+    tokens: Vec<([u8; 32], Caller)>,
+    /// Accept tokens in plain text from any address, not only loopback.
+    plaintext_tokens_from_anywhere: bool,
 }
 
 /// Why a call was refused before reaching its handler.
@@ -163,23 +238,37 @@ pub enum Denied {
 
 impl Authenticator {
     pub fn new(clients: &[ClientConfig]) -> Authenticator {
-        let mut by_digest = HashMap::new();
+        let mut by_subject = HashMap::new();
+        let mut tokens = Vec::new();
         for c in clients {
+            let caller = Caller {
+                client_id: c.id.clone(),
+                scopes: c.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+            };
+            if let Some(subject) = &c.cert_subject {
+                by_subject.insert(subject.clone(), caller.clone());
+            }
             let mut digest = [0u8; 32];
             // Settings::validate has checked the hex already.
-            if hex::decode_to_slice(&c.token_sha256, &mut digest).is_err() {
-                continue;
+            if let Some(hex_digest) = &c.token_sha256 {
+                if hex::decode_to_slice(hex_digest, &mut digest).is_ok() {
+                    tokens.push((digest, caller));
+                }
             }
-            let scopes = c.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
-            by_digest.insert(
-                digest,
-                Caller {
-                    client_id: c.id.clone(),
-                    scopes,
-                },
-            );
         }
-        Authenticator { by_digest }
+        Authenticator {
+            by_subject,
+            tokens,
+            plaintext_tokens_from_anywhere: false,
+        }
+    }
+
+    /// Accept bearer tokens in plain text from non-loopback addresses too. Only for a
+    /// server explicitly allowed to listen in plain text there (behind a TLS-terminating
+    /// proxy); by default a token must arrive over TLS or from loopback.
+    pub fn accept_plaintext_tokens_from_anywhere(mut self, allow: bool) -> Authenticator {
+        self.plaintext_tokens_from_anywhere = allow;
+        self
     }
 
     /// Decides a call: `Ok(None)` for a public method, `Ok(Some(caller))` for an
@@ -187,26 +276,14 @@ impl Authenticator {
     pub fn authorize(
         &self,
         path: &str,
+        peer: &Peer,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Option<Caller>, Denied> {
         let access = required(path);
         if access == Some(Access::Public) {
             return Ok(None);
         }
-        let token = authorization
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(Denied::Unauthenticated(
-                "missing credentials: send `authorization: Bearer <token>`",
-            ))?;
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let caller = self
-            .by_digest
-            .get(&digest)
-            .cloned()
-            .ok_or(Denied::Unauthenticated("invalid credentials"))?;
+        let caller = self.identify(peer, authorization)?;
         match access {
             Some(Access::AnyOf(scopes)) if scopes.iter().any(|s| caller.has(*s)) => {
                 Ok(Some(caller))
@@ -224,6 +301,76 @@ impl Authenticator {
                 "this method is not open to any client".into(),
             )),
         }
+    }
+
+    /// Who is calling: the certificate's client, else the token's. Any credential that
+    /// is presented must be valid, and a certificate and a token must agree.
+    fn identify(
+        &self,
+        peer: &Peer,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Result<Caller, Denied> {
+        let by_certificate = match &peer.certificate {
+            PeerCertificate::Absent => None,
+            PeerCertificate::Named(subject) => Some(self.by_subject.get(subject).cloned().ok_or(
+                Denied::Unauthenticated("the client certificate names no configured client"),
+            )?),
+            PeerCertificate::Unnamed => {
+                return Err(Denied::Unauthenticated(
+                    "the client certificate has no single subject Common Name",
+                ))
+            }
+        };
+        let by_token = match authorization {
+            None => None,
+            Some(value) => {
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .ok_or(Denied::Unauthenticated(
+                        "malformed credentials: send `authorization: Bearer <token>`",
+                    ))?;
+                if !(peer.tls || peer.loopback || self.plaintext_tokens_from_anywhere) {
+                    return Err(Denied::Unauthenticated(
+                        "bearer tokens are accepted only over TLS or from loopback",
+                    ));
+                }
+                Some(
+                    self.token_caller(token)
+                        .ok_or(Denied::Unauthenticated("invalid credentials"))?,
+                )
+            }
+        };
+        match (by_certificate, by_token) {
+            (Some(cert), Some(token)) if cert.client_id != token.client_id => {
+                Err(Denied::Unauthenticated(
+                    "the client certificate and the bearer token name different clients",
+                ))
+            }
+            (Some(caller), _) | (None, Some(caller)) => Ok(caller),
+            (None, None) => Err(Denied::Unauthenticated(
+                "missing credentials: present a client certificate or send \
+                 `authorization: Bearer <token>`",
+            )),
+        }
+    }
+
+    /// The client whose token digest matches. Every configured digest is compared with
+    /// `ct_eq` and the match is selected without branching, so the time taken does not
+    /// depend on which digest (if any) matched, nor on how many bytes of it did.
+    fn token_caller(&self, token: &str) -> Option<Caller> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = u32::MAX;
+        for (i, (configured, _)) in self.tokens.iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            found.conditional_assign(&index, configured.ct_eq(&digest));
+        }
+        self.tokens
+            .get(usize::try_from(found).ok()?)
+            .map(|(_, caller)| caller.clone())
     }
 }
 
@@ -282,9 +429,10 @@ where
             method = %path,
             client = tracing::field::Empty,
         );
-        let decision = self
-            .auth
-            .authorize(&path, req.headers().get(http::header::AUTHORIZATION));
+        let peer = Peer::from_extensions(req.extensions());
+        let decision =
+            self.auth
+                .authorize(&path, &peer, req.headers().get(http::header::AUTHORIZATION));
         // Take the service that was made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -335,24 +483,68 @@ mod tests {
     use super::*;
 
     fn auth() -> Authenticator {
-        Authenticator::new(&[ClientConfig {
-            id: "payroll".into(),
-            token_sha256: hash_token("s3cret"),
-            scopes: vec!["resolve".into()],
-        }])
+        Authenticator::new(&[
+            ClientConfig {
+                id: "payroll".into(),
+                token_sha256: Some(hash_token("s3cret")),
+                cert_subject: Some("payroll".into()),
+                scopes: vec!["resolve".into()],
+            },
+            ClientConfig {
+                id: "vneid".into(),
+                token_sha256: Some(hash_token("vneid-token")),
+                cert_subject: None,
+                scopes: vec!["accounts.write".into()],
+            },
+            ClientConfig {
+                id: "province-office".into(),
+                token_sha256: None,
+                cert_subject: Some("province-office".into()),
+                scopes: vec!["accounts.read".into()],
+            },
+        ])
     }
 
     fn bearer(t: &str) -> http::HeaderValue {
         http::HeaderValue::from_str(&format!("Bearer {t}")).unwrap()
     }
 
+    /// A mutual-TLS connection whose verified certificate has this Common Name.
+    fn with_cert(subject: &str) -> Peer {
+        Peer {
+            tls: true,
+            loopback: false,
+            certificate: PeerCertificate::Named(subject.into()),
+        }
+    }
+
+    /// A TLS connection from a remote address, without a client certificate.
+    const REMOTE_TLS: Peer = Peer {
+        tls: true,
+        loopback: false,
+        certificate: PeerCertificate::Absent,
+    };
+
+    /// Plain text from a remote address.
+    const REMOTE_PLAIN: Peer = Peer {
+        tls: false,
+        loopback: false,
+        certificate: PeerCertificate::Absent,
+    };
+
+    const LOCAL: &Peer = &Peer::LOOPBACK;
     const RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/Resolve";
     const LINK: &str = "/payoutregistry.v1.AccountRegistry/LinkAccount";
+    const GET: &str = "/payoutregistry.v1.AccountRegistry/GetAccount";
+
+    fn client_of(result: Result<Option<Caller>, Denied>) -> String {
+        result.unwrap().unwrap().client_id
+    }
 
     #[test]
     fn a_known_token_with_the_scope_is_allowed() {
         let caller = auth()
-            .authorize(RESOLVE, Some(&bearer("s3cret")))
+            .authorize(RESOLVE, LOCAL, Some(&bearer("s3cret")))
             .unwrap()
             .unwrap();
         assert_eq!(caller.client_id, "payroll");
@@ -362,16 +554,16 @@ mod tests {
     fn missing_or_wrong_tokens_are_unauthenticated() {
         let a = auth();
         assert!(matches!(
-            a.authorize(RESOLVE, None),
+            a.authorize(RESOLVE, LOCAL, None),
             Err(Denied::Unauthenticated(_))
         ));
         assert!(matches!(
-            a.authorize(RESOLVE, Some(&bearer("wrong"))),
+            a.authorize(RESOLVE, LOCAL, Some(&bearer("wrong"))),
             Err(Denied::Unauthenticated(_))
         ));
         let basic = http::HeaderValue::from_static("Basic czNjcmV0");
         assert!(matches!(
-            a.authorize(RESOLVE, Some(&basic)),
+            a.authorize(RESOLVE, LOCAL, Some(&basic)),
             Err(Denied::Unauthenticated(_))
         ));
     }
@@ -379,7 +571,7 @@ mod tests {
     #[test]
     fn a_client_without_the_scope_is_denied() {
         assert!(matches!(
-            auth().authorize(LINK, Some(&bearer("s3cret"))),
+            auth().authorize(LINK, LOCAL, Some(&bearer("s3cret"))),
             Err(Denied::PermissionDenied(_))
         ));
     }
@@ -387,7 +579,19 @@ mod tests {
     #[test]
     fn unlisted_methods_are_denied_to_everyone() {
         assert!(matches!(
-            auth().authorize("/payoutregistry.v1.Secret/Dump", Some(&bearer("s3cret"))),
+            auth().authorize(
+                "/payoutregistry.v1.Secret/Dump",
+                LOCAL,
+                Some(&bearer("s3cret"))
+            ),
+            Err(Denied::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            auth().authorize(
+                "/payoutregistry.v1.Secret/Dump",
+                &with_cert("payroll"),
+                None
+            ),
             Err(Denied::PermissionDenied(_))
         ));
     }
@@ -395,7 +599,11 @@ mod tests {
     #[test]
     fn health_checks_need_no_credentials() {
         assert_eq!(
-            auth().authorize("/grpc.health.v1.Health/Check", None),
+            auth().authorize("/grpc.health.v1.Health/Check", LOCAL, None),
+            Ok(None)
+        );
+        assert_eq!(
+            auth().authorize("/grpc.health.v1.Health/Check", &with_cert("nobody"), None),
             Ok(None)
         );
     }
@@ -405,5 +613,130 @@ mod tests {
         for s in Scope::ALL {
             assert_eq!(Scope::parse(s.as_str()), Some(*s));
         }
+    }
+
+    #[test]
+    fn a_configured_certificate_subject_identifies_its_client_without_a_token() {
+        let a = auth();
+        assert_eq!(
+            client_of(a.authorize(GET, &with_cert("province-office"), None)),
+            "province-office"
+        );
+        assert_eq!(
+            client_of(a.authorize(RESOLVE, &with_cert("payroll"), None)),
+            "payroll"
+        );
+    }
+
+    #[test]
+    fn an_unconfigured_or_unnamed_certificate_is_unauthenticated() {
+        let a = auth();
+        assert!(matches!(
+            a.authorize(RESOLVE, &with_cert("stranger"), None),
+            Err(Denied::Unauthenticated(_))
+        ));
+        let unnamed = Peer {
+            certificate: PeerCertificate::Unnamed,
+            ..REMOTE_TLS
+        };
+        assert!(matches!(
+            a.authorize(RESOLVE, &unnamed, Some(&bearer("s3cret"))),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn a_valid_token_does_not_rescue_an_unconfigured_certificate() {
+        assert!(matches!(
+            auth().authorize(RESOLVE, &with_cert("stranger"), Some(&bearer("s3cret"))),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn a_certificate_and_a_token_of_the_same_client_are_accepted() {
+        assert_eq!(
+            client_of(auth().authorize(RESOLVE, &with_cert("payroll"), Some(&bearer("s3cret")))),
+            "payroll"
+        );
+    }
+
+    #[test]
+    fn a_certificate_and_a_token_naming_different_clients_are_refused() {
+        assert!(matches!(
+            auth().authorize(
+                LINK,
+                &with_cert("province-office"),
+                Some(&bearer("vneid-token"))
+            ),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn a_certificate_with_an_invalid_token_is_refused() {
+        assert!(matches!(
+            auth().authorize(RESOLVE, &with_cert("payroll"), Some(&bearer("wrong"))),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn the_certificate_client_needs_the_scope_too() {
+        assert!(matches!(
+            auth().authorize(LINK, &with_cert("province-office"), None),
+            Err(Denied::PermissionDenied(_))
+        ));
+    }
+
+    #[test]
+    fn tokens_are_accepted_over_tls_and_from_loopback_but_not_in_plain_text_from_afar() {
+        let a = auth();
+        let token = bearer("vneid-token");
+        assert_eq!(client_of(a.authorize(LINK, LOCAL, Some(&token))), "vneid");
+        assert_eq!(
+            client_of(a.authorize(LINK, &REMOTE_TLS, Some(&token))),
+            "vneid"
+        );
+        assert!(matches!(
+            a.authorize(LINK, &REMOTE_PLAIN, Some(&token)),
+            Err(Denied::Unauthenticated(_))
+        ));
+        let proxied = auth().accept_plaintext_tokens_from_anywhere(true);
+        assert_eq!(
+            client_of(proxied.authorize(LINK, &REMOTE_PLAIN, Some(&token))),
+            "vneid"
+        );
+    }
+
+    #[test]
+    fn a_client_with_only_a_certificate_has_no_token() {
+        // The certificate-only client's digest slot must not match an empty or any
+        // other token.
+        let a = auth();
+        for t in ["", "province-office", "0"] {
+            assert!(a.token_caller(t).is_none(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn every_configured_token_finds_its_own_client() {
+        let clients: Vec<ClientConfig> = (0..20)
+            .map(|i| ClientConfig {
+                id: format!("client-{i}"),
+                token_sha256: Some(hash_token(&format!("token-{i}"))),
+                cert_subject: None,
+                scopes: vec![],
+            })
+            .collect();
+        let a = Authenticator::new(&clients);
+        for i in 0..20 {
+            assert_eq!(
+                a.token_caller(&format!("token-{i}")).unwrap().client_id,
+                format!("client-{i}")
+            );
+        }
+        assert!(a.token_caller("token-20").is_none());
+        assert!(Authenticator::default().token_caller("token-0").is_none());
     }
 }

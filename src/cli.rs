@@ -1,5 +1,5 @@
-//! The command line: run the service, migrate, and a client for lookups and the README
-//! walkthrough.
+//! The command line: run the service, migrate, make development certificates, and a
+//! client for lookups and the README walkthrough.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use uuid::Uuid;
 
 use crate::auth::{hash_token, Authenticator};
@@ -41,24 +41,78 @@ pub enum Command {
     /// Print the SHA-256 of a bearer token, for a client's `token_sha256`. Without a
     /// token, generates a new random one and prints both.
     HashToken { token: Option<String> },
+    /// Make a development CA, a server certificate (localhost, 127.0.0.1, ::1) and client
+    /// certificates (Common Name = client id) for mutual TLS. Never overwrites.
+    DevCerts {
+        /// Directory to write `ca.pem`, `server.pem`, `<client>.pem` and their keys to.
+        #[arg(long, default_value = "data/certs")]
+        out: PathBuf,
+        /// A client id to issue a certificate for (repeat for several).
+        #[arg(long = "client", default_values = ["dev", "vss-payroll"])]
+        clients: Vec<String>,
+    },
     /// Call a running registry.
     #[command(subcommand)]
     Client(Box<ClientCommand>),
+    /// Load generator: drive a running registry and print throughput and latency.
+    Bench(BenchArgs),
+}
+
+/// `bench`: which scenario, how hard, for how long.
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub scenario: BenchScenario,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Bearer token of a client with `accounts.write` and `resolve` (for seeding and
+    /// resolving); defaults to the development token file.
+    #[arg(long, env = "PAYOUT_REGISTRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, default_value = "data/dev-token")]
+    pub token_file: PathBuf,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Citizens to seed (through LinkAccount) and resolve.
+    #[arg(long, default_value_t = 1000)]
+    pub citizens: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BenchScenario {
+    /// Unary Resolve of seeded citizens.
+    Resolve,
+    /// grpc.health.v1 Health/Check: the transport's ceiling.
+    Health,
 }
 
 #[derive(Args, Clone)]
 pub struct Connection {
-    /// The registry's address.
+    /// The registry's address (`https://` is used whenever --ca is given).
     #[arg(
         long,
         default_value = "http://127.0.0.1:50051",
         env = "PAYOUT_REGISTRY_ADDR"
     )]
     pub addr: String,
-    /// Bearer token (else PAYOUT_REGISTRY_TOKEN, else the development token file).
+    /// PEM CA certificate that issued the server's certificate: connect over TLS.
+    #[arg(long, env = "PAYOUT_REGISTRY_CA")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (its Common Name identifies the client).
+    #[arg(long, env = "PAYOUT_REGISTRY_CERT", requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "PAYOUT_REGISTRY_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Bearer token (else PAYOUT_REGISTRY_TOKEN, else the development token file unless
+    /// --cert is given).
     #[arg(long, env = "PAYOUT_REGISTRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// File holding the token, used when no token is given.
+    /// File holding the token, used when neither a token nor --cert is given.
     #[arg(long, default_value = "data/dev-token")]
     pub token_file: PathBuf,
     /// Why you are reading this citizen's data (recorded by the registry).
@@ -208,8 +262,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::DevCerts { out, clients } => dev_certs(&out, &clients),
         Command::Client(c) => client(*c).await,
+        Command::Bench(args) => bench(args).await,
     }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let token = match args.token {
+        Some(t) => t,
+        None => std::fs::read_to_string(&args.token_file)
+            .with_context(|| format!("no --token and {} is unreadable", args.token_file.display()))?
+            .trim()
+            .to_owned(),
+    };
+    let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
+    let duration = std::time::Duration::from_secs(args.seconds);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("machine: {cores} cores");
+    match args.scenario {
+        BenchScenario::Resolve => {
+            let mut registry = AccountRegistryClient::new(channel.clone());
+            let ids = crate::bench::seed(&mut registry, &token, args.citizens, 0).await?;
+            let figures =
+                crate::bench::resolve(channel, &token, Arc::new(ids), args.concurrency, duration)
+                    .await?;
+            figures.print("resolve", args.concurrency);
+        }
+        BenchScenario::Health => {
+            crate::bench::health(channel, args.concurrency, duration)
+                .await?
+                .print("health", args.concurrency);
+        }
+    }
+    Ok(())
+}
+
+fn dev_certs(out: &Path, clients: &[String]) -> anyhow::Result<()> {
+    let ids: Vec<&str> = clients.iter().map(String::as_str).collect();
+    let files = crate::tls::generate_dev_certs(out, &ids)?;
+    println!(
+        "development certificates in {} (keys mode 0600; for local use only):",
+        out.display()
+    );
+    println!("  CA       {}", files.ca_cert.display());
+    println!(
+        "  server   {}  ({})",
+        files.server_cert.display(),
+        crate::tls::DEV_SERVER_NAMES.join(", ")
+    );
+    for c in &files.clients {
+        println!(
+            "  client   {}  (cert_subject = {:?})",
+            c.cert.display(),
+            c.client_id
+        );
+    }
+    println!(
+        "\nServe with them by adding to the configuration:\n\n[tls]\ncert_file = {:?}\n\
+         key_file = {:?}\nclient_ca_file = {:?}",
+        files.server_cert.display().to_string(),
+        files.server_key.display().to_string(),
+        files.ca_cert.display().to_string(),
+    );
+    Ok(())
 }
 
 fn new_token() -> String {
@@ -231,9 +349,16 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn crate::store:
 async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
     let mut settings = Settings::load(config)?;
     crate::telemetry::init(settings.log_format, &settings.log_level);
-    if !settings.listen.ip().is_loopback() && !settings.allow_plaintext_non_loopback {
+    let tls = match &settings.tls {
+        Some(t) => Some(crate::tls::server_tls_config(t).context("loading the [tls] files")?),
+        None => None,
+    };
+    if tls.is_none()
+        && !settings.listen.ip().is_loopback()
+        && !settings.allow_plaintext_non_loopback
+    {
         anyhow::bail!(
-            "refusing to serve plain text on {}: listen on loopback, or set \
+            "refusing to serve plain text on {}: listen on loopback, configure [tls], or set \
              allow_plaintext_non_loopback = true behind a TLS-terminating proxy",
             settings.listen
         );
@@ -246,15 +371,30 @@ async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
     }
     let store = open_store(&settings).await?;
     store.migrate().await?;
-    let state = crate::grpc::AppState::new(store, settings.cooling_off());
-    let auth = Arc::new(Authenticator::new(&settings.clients));
+    let mut state = crate::grpc::AppState::new(store, settings.cooling_off());
+    state.limits = Arc::new(crate::limits::Limits::new(settings.rate_limits.clone()));
+    if !settings.access_log_enabled {
+        tracing::warn!("the access log is disabled: reads are not recorded (benchmarks only)");
+        state.access = crate::access_log::AccessLog::disabled();
+    }
+    let auth = Arc::new(
+        Authenticator::new(&settings.clients)
+            .accept_plaintext_tokens_from_anywhere(settings.allow_plaintext_non_loopback),
+    );
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, embedded = settings.is_embedded(), "payout-registry listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        embedded = settings.is_embedded(),
+        tls = tls.is_some(),
+        "payout-registry listening"
+    );
     let options = crate::server::ServerOptions {
         max_message_bytes: settings.max_message_bytes,
         shutdown_grace: std::time::Duration::from_secs(settings.shutdown_grace_secs),
+        request_timeout: std::time::Duration::from_secs(settings.request_timeout_secs),
+        tls,
     };
     crate::server::serve(
         listener,
@@ -267,7 +407,8 @@ async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
 }
 
 /// The development client: every scope, its token in `<data_dir>/dev-token` (mode 0600),
-/// printed once when created.
+/// printed once when created. Over mutual TLS it is the `dev` certificate that
+/// `dev-certs` makes.
 fn dev_client(data_dir: &Path) -> anyhow::Result<ClientConfig> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join("dev-token");
@@ -288,7 +429,8 @@ fn dev_client(data_dir: &Path) -> anyhow::Result<ClientConfig> {
     };
     Ok(ClientConfig {
         id: "dev".into(),
-        token_sha256: hash_token(&token),
+        token_sha256: Some(hash_token(&token)),
+        cert_subject: Some("dev".into()),
         scopes: crate::auth::Scope::ALL
             .iter()
             .map(|s| s.as_str().to_owned())
@@ -297,31 +439,24 @@ fn dev_client(data_dir: &Path) -> anyhow::Result<ClientConfig> {
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
+    crate::tls::write_new_file(path, contents, true)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
-/// Adds the bearer token and the purpose to every request.
+/// Adds the bearer token (if any) and the purpose to every request.
 #[derive(Clone)]
 pub struct Bearer {
-    authorization: MetadataValue<tonic::metadata::Ascii>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     purpose: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("authorization", self.authorization.clone());
+        if let Some(a) = &self.authorization {
+            req.metadata_mut().insert("authorization", a.clone());
+        }
         if let Some(p) = &self.purpose {
             req.metadata_mut().insert("x-purpose", p.clone());
         }
@@ -332,30 +467,63 @@ impl tonic::service::Interceptor for Bearer {
 async fn connect(
     conn: &Connection,
 ) -> anyhow::Result<(AccountRegistryClient<Authed>, PayoutResolverClient<Authed>)> {
-    let token = match &conn.token {
-        Some(t) => t.clone(),
-        None => std::fs::read_to_string(&conn.token_file)
-            .with_context(|| {
-                format!(
-                    "no --token given and {} is unreadable (is the server running on the embedded default?)",
-                    conn.token_file.display()
-                )
-            })?
-            .trim()
-            .to_owned(),
+    // A client certificate identifies the caller by itself; the development token file
+    // is read only without one (it may belong to another client than the certificate).
+    let token = match (&conn.token, &conn.cert) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(_)) => None,
+        (None, None) => Some(
+            std::fs::read_to_string(&conn.token_file)
+                .with_context(|| {
+                    format!(
+                        "no --token or --cert given and {} is unreadable (is the server running on the embedded default?)",
+                        conn.token_file.display()
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        ),
     };
-    let channel = Channel::from_shared(conn.addr.clone())?
+    let endpoint = match client_tls(conn)? {
+        Some(tls) => {
+            let addr = match conn.addr.split_once("://") {
+                Some((_, rest)) => format!("https://{rest}"),
+                None => format!("https://{}", conn.addr),
+            };
+            Channel::from_shared(addr)?.tls_config(tls)?
+        }
+        None if conn.addr.starts_with("https://") => {
+            anyhow::bail!("an https:// address needs --ca (the CA of the server's certificate)")
+        }
+        None => Channel::from_shared(conn.addr.clone())?,
+    };
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("connecting to {}", conn.addr))?;
     let bearer = Bearer {
-        authorization: format!("Bearer {token}").parse()?,
+        authorization: token.map(|t| format!("Bearer {t}").parse()).transpose()?,
         purpose: conn.purpose.parse().ok(),
     };
     Ok((
         AccountRegistryClient::with_interceptor(channel.clone(), bearer.clone()),
         PayoutResolverClient::with_interceptor(channel, bearer),
     ))
+}
+
+/// The client's TLS settings, when --ca is given: the server is verified against that
+/// CA, and --cert/--key (if given) are presented as the client's identity.
+fn client_tls(conn: &Connection) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &conn.ca else {
+        return Ok(None);
+    };
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&conn.cert, &conn.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 fn kind(k: KindArg) -> i32 {

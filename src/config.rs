@@ -3,7 +3,8 @@
 //! `PAYOUT_REGISTRY_CONFIG` (or `--config`) names the TOML file; every setting can be
 //! overridden by `PAYOUT_REGISTRY__<NAME>` (e.g. `PAYOUT_REGISTRY__LISTEN=0.0.0.0:50051`),
 //! and `DATABASE_URL` overrides `database_url`. Secrets (the database URL, which may hold
-//! a password) are wrapped so that `Debug` never prints them.
+//! a password) are wrapped so that `Debug` never prints them. The optional `[tls]` section
+//! holds only file paths: key material is read when the server starts, never kept here.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,16 +34,51 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A client allowed to call the registry, and what it may do.
+/// A client allowed to call the registry, and what it may do. It is identified by its
+/// TLS client certificate, by a bearer token, or by either (at least one is required).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// Recorded as the actor of every change the client makes.
     pub id: String,
     /// Hex SHA-256 of the client's bearer token (`payout-registry hash-token` prints it).
     /// The token itself is never stored.
-    pub token_sha256: String,
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// The Common Name of the client's certificate (issued by `[tls] client_ca_file`)
+    /// that identifies this client over mutual TLS.
+    #[serde(default)]
+    pub cert_subject: Option<String>,
     /// Scopes granted, e.g. `["resolve", "accounts.read"]`.
     pub scopes: Vec<String>,
+}
+
+/// The `[tls]` section: serve gRPC over TLS, normally with client certificates.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM certificate(s) of the CA that issues client certificates.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse the TLS handshake of a client without a valid certificate. `false` also
+    /// lets token-only clients in (over TLS); certificates are still checked when sent.
+    #[serde(default = "default_true")]
+    pub require_client_cert: bool,
+    /// Longest a TLS handshake may take, so idle connections cannot pile up.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_handshake_timeout_secs() -> u64 {
+    10
 }
 
 /// Log output format.
@@ -65,8 +101,12 @@ pub struct Settings {
     pub database_url: Secret,
     /// Where the embedded database and the development token live.
     pub data_dir: PathBuf,
-    /// Plain-text gRPC is refused on non-loopback addresses unless this is set.
+    /// Plain-text gRPC is refused on non-loopback addresses unless this is set (or `[tls]`
+    /// is configured). It also lets bearer tokens arrive in plain text from non-loopback
+    /// peers, e.g. from a TLS-terminating proxy.
     pub allow_plaintext_non_loopback: bool,
+    /// Serve over TLS (mutual TLS by default); plain text when absent.
+    pub tls: Option<TlsSettings>,
     /// Hours the previous account keeps being paid after a default or preference change.
     pub cooling_off_hours: u64,
     /// Database connections in the pool.
@@ -80,6 +120,13 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Longest one call may take (unary calls, body included).
+    pub request_timeout_secs: u64,
+    /// Per-client rate limits and the in-flight limit.
+    pub rate_limits: crate::limits::RateLimitConfig,
+    /// Record every read in the access log. Turn off only to measure the log's cost in a
+    /// benchmark: Decree 13/2023/ND-CP requires the record in production.
+    pub access_log_enabled: bool,
     /// `json` or `pretty`.
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `payout_registry=debug,info`.
@@ -93,12 +140,16 @@ impl Default for Settings {
             database_url: Secret::new("sqlite://data/registry.db"),
             data_dir: PathBuf::from("data"),
             allow_plaintext_non_loopback: false,
+            tls: None,
             cooling_off_hours: 72,
             db_max_connections: 16,
             dev_client: true,
             clients: Vec::new(),
             shutdown_grace_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,
+            request_timeout_secs: 60,
+            rate_limits: crate::limits::RateLimitConfig::default(),
+            access_log_enabled: true,
             log_format: LogFormat::Json,
             log_level: "info".into(),
         }
@@ -130,12 +181,43 @@ impl Settings {
 
     fn validate(&self) -> Result<(), config::ConfigError> {
         let bad = |m: String| Err(config::ConfigError::Message(m));
+        let mut digests = std::collections::HashSet::new();
+        let mut subjects = std::collections::HashSet::new();
         for c in &self.clients {
-            if c.token_sha256.len() != 64 || hex::decode(&c.token_sha256).is_err() {
+            if c.token_sha256.is_none() && c.cert_subject.is_none() {
                 return bad(format!(
-                    "client {}: token_sha256 must be 64 hex characters (see `hash-token`)",
+                    "client {}: needs a token_sha256, a cert_subject, or both",
                     c.id
                 ));
+            }
+            if let Some(digest) = &c.token_sha256 {
+                if digest.len() != 64 || hex::decode(digest).is_err() {
+                    return bad(format!(
+                        "client {}: token_sha256 must be 64 hex characters (see `hash-token`)",
+                        c.id
+                    ));
+                }
+                if !digests.insert(digest.to_ascii_lowercase()) {
+                    return bad(format!(
+                        "client {}: another client has the same token_sha256",
+                        c.id
+                    ));
+                }
+            }
+            if let Some(subject) = &c.cert_subject {
+                if subject.trim().is_empty() || subject.trim() != subject {
+                    return bad(format!(
+                        "client {}: cert_subject must be a certificate Common Name, without \
+                         surrounding spaces",
+                        c.id
+                    ));
+                }
+                if !subjects.insert(subject.as_str()) {
+                    return bad(format!(
+                        "client {}: another client has the cert_subject {subject:?}",
+                        c.id
+                    ));
+                }
             }
             for s in &c.scopes {
                 if crate::auth::Scope::parse(s).is_none() {
@@ -145,6 +227,18 @@ impl Settings {
         }
         if self.max_message_bytes == 0 {
             return bad("max_message_bytes must be positive".into());
+        }
+        if let Some(tls) = &self.tls {
+            if tls.require_client_cert && tls.client_ca_file.is_none() {
+                return bad(
+                    "[tls] require_client_cert needs client_ca_file (the CA that issues client \
+                     certificates), or set require_client_cert = false"
+                        .into(),
+                );
+            }
+            if tls.handshake_timeout_secs == 0 {
+                return bad("[tls] handshake_timeout_secs must be positive".into());
+            }
         }
         Ok(())
     }
@@ -212,5 +306,89 @@ mod tests {
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.clients.len(), 2);
         assert!(!s.dev_client);
+    }
+
+    fn load_toml(toml: &str) -> Result<Settings, config::ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        Settings::load(Some(&path))
+    }
+
+    #[test]
+    fn a_client_may_be_identified_by_certificate_alone() {
+        let s = load_toml(
+            "[[clients]]\nid = \"vss-payroll\"\ncert_subject = \"vss-payroll\"\n\
+             scopes = [\"resolve\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.clients[0].cert_subject.as_deref(), Some("vss-payroll"));
+        assert_eq!(s.clients[0].token_sha256, None);
+    }
+
+    #[test]
+    fn a_client_without_a_token_or_a_certificate_is_refused() {
+        let err = load_toml("[[clients]]\nid = \"x\"\nscopes = [\"resolve\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token_sha256, a cert_subject"), "{err}");
+    }
+
+    #[test]
+    fn two_clients_cannot_share_a_certificate_subject_or_a_token() {
+        let digest = "ab".repeat(32);
+        let err = load_toml(
+            "[[clients]]\nid = \"a\"\ncert_subject = \"same\"\nscopes = []\n\
+             [[clients]]\nid = \"b\"\ncert_subject = \"same\"\nscopes = []\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cert_subject"), "{err}");
+        let err = load_toml(&format!(
+            "[[clients]]\nid = \"a\"\ntoken_sha256 = \"{digest}\"\nscopes = []\n\
+             [[clients]]\nid = \"b\"\ntoken_sha256 = \"{}\"\nscopes = []\n",
+            digest.to_uppercase()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("same token_sha256"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_client_key_is_refused() {
+        let err = load_toml(
+            &("[[clients]]\nid = \"a\"\ncert_subjet = \"a\"\ntoken_sha256 = \"".to_owned()
+                + &"ab".repeat(32)
+                + "\"\nscopes = []\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cert_subjet"), "{err}");
+    }
+
+    #[test]
+    fn the_tls_section_requires_client_certificates_by_default() {
+        let s = load_toml(
+            "[tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let tls = s.tls.unwrap();
+        assert!(tls.require_client_cert);
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(tls.handshake_timeout_secs, 10);
+        assert!(Settings::default().tls.is_none());
+    }
+
+    #[test]
+    fn requiring_client_certificates_without_a_client_ca_is_refused() {
+        let err = load_toml("[tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_ca_file"), "{err}");
+        let s = load_toml(
+            "[tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\nrequire_client_cert = false\n",
+        )
+        .unwrap();
+        assert!(!s.tls.unwrap().require_client_cert);
     }
 }

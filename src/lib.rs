@@ -20,9 +20,14 @@ pub mod proto {
         tonic::include_file_descriptor_set!("payoutregistry_descriptor");
 }
 
+pub mod access_log;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod grpc;
+pub mod limits;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
+pub mod transport;

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::auth::{AuthLayer, Authenticator};
-use crate::grpc::{AccountRegistryService, AppState, PayoutResolverService};
+use crate::grpc::{AccountRegistryService, AppState, OversightService, PayoutResolverService};
 use crate::proto::account_registry_server::AccountRegistryServer;
+use crate::proto::oversight_server::OversightServer;
 use crate::proto::payout_resolver_server::PayoutResolverServer;
 
 /// How the server runs, beyond what handlers need.
@@ -23,6 +23,11 @@ pub struct ServerOptions {
     pub max_message_bytes: usize,
     /// Longest a graceful shutdown waits for in-flight calls before returning.
     pub shutdown_grace: Duration,
+    /// Longest one call may take, body included: a client that opens a call and never
+    /// finishes sending it is cut off after this.
+    pub request_timeout: Duration,
+    /// Serve over TLS (see [`crate::tls::server_tls_config`]); plain text when `None`.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerOptions {
@@ -30,6 +35,8 @@ impl Default for ServerOptions {
         ServerOptions {
             max_message_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -50,6 +57,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<PayoutResolverServer<PayoutResolverService>>()
         .await;
+    health_reporter
+        .set_serving::<OversightServer<OversightService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -61,8 +71,10 @@ pub async fn serve(
     let max = options.max_message_bytes;
     let registry = AccountRegistryServer::new(AccountRegistryService::new(state.clone()))
         .max_decoding_message_size(max);
-    let resolver =
-        PayoutResolverServer::new(PayoutResolverService::new(state)).max_decoding_message_size(max);
+    let resolver = PayoutResolverServer::new(PayoutResolverService::new(state.clone()))
+        .max_decoding_message_size(max);
+    let oversight =
+        OversightServer::new(OversightService::new(state)).max_decoding_message_size(max);
 
     // Once shutdown is signalled, mark the services NOT_SERVING so load balancers stop
     // sending work, then let tonic drain.
@@ -79,16 +91,29 @@ pub async fn serve(
             .await;
         let _ = signalled_tx.send(());
     };
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .timeout(Duration::from_secs(60))
+        .timeout(options.request_timeout)
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(registry)
         .add_service(resolver)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        .add_service(oversight)
+        .serve_with_incoming_shutdown(
+            // A connection must complete its handshake within the call timeout (at most
+            // 10 s), or it is closed: see `transport`.
+            crate::transport::guarded(
+                listener,
+                options.request_timeout.min(Duration::from_secs(10)),
+            ),
+            drain,
+        );
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,

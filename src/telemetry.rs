@@ -3,15 +3,26 @@
 //!
 //! Personal data never reaches a log in clear: citizen ids and account references are
 //! logged through their masked `Display` forms, and refusal messages never quote input.
+//! `tests/log_masking.rs` runs calls with the logs captured and searches them for the
+//! test data.
 
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` overrides `level` when set.
+/// Installs the global subscriber, writing to stderr. `RUST_LOG` overrides `level`.
 pub fn init(format: LogFormat, level: &str) {
+    init_with_writer(format, level, std::io::stderr);
+}
+
+/// Installs the global subscriber writing to `writer` (tests capture logs with it).
+pub fn init_with_writer<W>(format: LogFormat, level: &str, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt().with_env_filter(filter).with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder
             .json()

@@ -108,7 +108,10 @@ async fn many_citizens_claiming_one_account_at_once_leave_exactly_one_holder(bac
         TASKS - 1,
         "{results:?}"
     );
-    assert_eq!(store.duplicate_claims(100).await.unwrap().len(), TASKS - 1);
+    assert_eq!(
+        store.duplicate_claims(None, None, 100).await.unwrap().len(),
+        TASKS - 1
+    );
     assert_eq!(
         db.count("SELECT COUNT(*) FROM accounts WHERE status = 'VERIFIED'")
             .await,
@@ -161,7 +164,10 @@ async fn concurrent_verifications_of_competing_claims_leave_exactly_one_holder(b
             .await,
         1
     );
-    assert_eq!(store.duplicate_claims(100).await.unwrap().len(), TASKS - 1);
+    assert_eq!(
+        store.duplicate_claims(None, None, 100).await.unwrap().len(),
+        TASKS - 1
+    );
 }
 
 async fn one_idempotency_key_sent_many_times_at_once_creates_one_account(backend: Backend) {

@@ -225,7 +225,7 @@ async fn a_second_citizen_claiming_a_verified_account_is_refused_and_recorded(ba
             "the refusal must not reveal the holder"
         );
     }
-    let claims = store.duplicate_claims(10).await.unwrap();
+    let claims = store.duplicate_claims(None, None, 10).await.unwrap();
     assert_eq!(claims.len(), 2);
     assert!(claims
         .iter()
@@ -277,7 +277,7 @@ async fn verifying_an_account_another_citizen_holds_is_refused_and_recorded(back
         store.get_account(second.id).await.unwrap().unwrap().status,
         AccountStatus::PendingVerification
     );
-    let claims = store.duplicate_claims(10).await.unwrap();
+    let claims = store.duplicate_claims(None, None, 10).await.unwrap();
     assert_eq!(claims.len(), 1);
     assert_eq!(claims[0].context, "VERIFY");
 }
@@ -408,7 +408,10 @@ async fn retrying_a_refused_duplicate_claim_does_not_record_it_twice(backend: Ba
         );
         assert_eq!(r.reason, Reason::AccountOwnedByAnotherCitizen);
     }
-    assert_eq!(store.duplicate_claims(10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.duplicate_claims(None, None, 10).await.unwrap().len(),
+        1
+    );
 }
 
 async fn a_citizen_may_have_at_most_ten_open_accounts(backend: Backend) {
@@ -993,7 +996,193 @@ async fn history_cannot_be_rewritten_even_with_direct_sql(backend: Backend) {
     }
 }
 
+async fn payout_failures_are_recorded_and_suspend_verified_accounts(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let a = store
+        .link_account(
+            &ctx(now),
+            &verified_link(
+                "001099012345",
+                "0071000000001",
+                VerificationMethod::InPerson,
+            ),
+        )
+        .await
+        .unwrap();
+    let report = ReportPayoutFailure {
+        account_id: a.id,
+        program: ProgramCode::parse_optional("PENSION").unwrap(),
+        failure_code: PayoutFailureCode::AccountFrozen,
+        payer_reference: "run-7".into(),
+        failed_at: Some(now),
+        reason: "returned".into(),
+    };
+    let (suspended, first_id) = store
+        .report_payout_failure(&ctx(now), &report)
+        .await
+        .unwrap();
+    assert_eq!(suspended.status, AccountStatus::Suspended);
+    let (again, second_id) = store
+        .report_payout_failure(&ctx(now), &report)
+        .await
+        .unwrap();
+    assert_eq!(
+        again, suspended,
+        "an account already suspended does not change"
+    );
+    assert_ne!(first_id, second_id);
+    assert_eq!(db.count("SELECT COUNT(*) FROM payout_failures").await, 2);
+    assert_eq!(
+        store
+            .resolve(&query("001099012345", None, None), now)
+            .await
+            .unwrap(),
+        Resolution::NoVerifiedAccount
+    );
+    let unknown = ReportPayoutFailure {
+        account_id: Uuid::new_v4(),
+        ..report
+    };
+    assert_eq!(
+        rejected(store.report_payout_failure(&ctx(now), &unknown).await).reason,
+        Reason::AccountNotFound
+    );
+}
+
+async fn the_access_log_is_appended_in_batches_and_read_newest_first(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let entry = |citizen: &str, i: i64| AccessEntry {
+        citizen_id: cid(citizen),
+        client_id: "vss".into(),
+        method: "/payoutregistry.v1.PayoutResolver/Resolve".into(),
+        purpose: format!("run {i}"),
+        accessed_at: Timestamp(now.micros() + i),
+        request_id: Uuid::new_v4(),
+    };
+    let batch: Vec<AccessEntry> = (0..12_000)
+        .map(|i| {
+            entry(
+                if i % 2 == 0 {
+                    "001099012345"
+                } else {
+                    "079200012345"
+                },
+                i,
+            )
+        })
+        .collect();
+    store.append_access_log(&batch).await.unwrap();
+    let first = store
+        .access_log(&cid("001099012345"), None, 3)
+        .await
+        .unwrap();
+    let purposes: Vec<_> = first.iter().map(|(_, e)| e.purpose.as_str()).collect();
+    assert_eq!(purposes, ["run 11998", "run 11996", "run 11994"]);
+    let next = store
+        .access_log(&cid("001099012345"), Some(first[2].0), 2)
+        .await
+        .unwrap();
+    assert_eq!(next[0].1.purpose, "run 11992");
+    let mut all = 0;
+    let mut before = None;
+    loop {
+        let page = store
+            .access_log(&cid("079200012345"), before, 1000)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        all += page.len();
+        before = page.last().map(|(id, _)| *id);
+    }
+    assert_eq!(all, 6000);
+}
+
+async fn every_claim_on_an_account_is_found_in_reverse(backend: Backend) {
+    let (_db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let first = store
+        .link_account(
+            &ctx(now),
+            &verified_link(
+                "001099012345",
+                "0071000000001",
+                VerificationMethod::InPerson,
+            ),
+        )
+        .await
+        .unwrap();
+    store
+        .change_account(&ctx(now), &action(&first, AccountAction::Close))
+        .await
+        .unwrap();
+    store
+        .link_account(
+            &ctx(now.plus(HOUR)),
+            &verified_link(
+                "079200012345",
+                "0071000000001",
+                VerificationMethod::InPerson,
+            ),
+        )
+        .await
+        .unwrap();
+    for (i, claimant) in ["048300012345", "048300012346", "048300012347"]
+        .iter()
+        .enumerate()
+    {
+        let later = now.plus(HOUR * (2 + i as u32));
+        rejected(
+            store
+                .link_account(&ctx(later), &bank_link(claimant, "0071000000001"))
+                .await,
+        );
+    }
+    let key = AccountKey {
+        kind: AccountKind::BankAccount,
+        provider_code: "970436".into(),
+        account_ref: AccountRef::parse(AccountKind::BankAccount, "0071000000001").unwrap(),
+    };
+    let claims = store.account_claims(&key).await.unwrap();
+    let holders: Vec<_> = claims
+        .iter()
+        .map(|a| (a.citizen_id.as_str().to_owned(), a.status))
+        .collect();
+    assert_eq!(
+        holders,
+        [
+            ("001099012345".to_owned(), AccountStatus::Closed),
+            ("079200012345".to_owned(), AccountStatus::Verified)
+        ]
+    );
+    let page1 = store.duplicate_claims(Some(&key), None, 2).await.unwrap();
+    let claimants: Vec<_> = page1.iter().map(|c| c.claimant.as_str()).collect();
+    assert_eq!(claimants, ["048300012347", "048300012346"]);
+    let last = page1.last().unwrap();
+    let page2 = store
+        .duplicate_claims(Some(&key), Some((last.detected_at, last.claim_id)), 2)
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 1);
+    assert_eq!(page2[0].claimant.as_str(), "048300012345");
+    let other = AccountKey {
+        account_ref: AccountRef::parse(AccountKind::BankAccount, "0071000000002").unwrap(),
+        ..key
+    };
+    assert!(store
+        .duplicate_claims(Some(&other), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 on_both_backends!(
+    payout_failures_are_recorded_and_suspend_verified_accounts,
+    the_access_log_is_appended_in_batches_and_read_newest_first,
+    every_claim_on_an_account_is_found_in_reverse,
     linking_creates_a_pending_account_with_its_first_history_entry,
     verifying_makes_the_first_verified_account_the_default,
     illegal_transitions_are_refused_and_change_nothing,

@@ -97,6 +97,17 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// Why a credit failed, as the payer reported it.
+    PayoutFailureCode, PayoutFailureCodeInvalid, "failure_code" {
+        AccountClosedAtProvider = "ACCOUNT_CLOSED_AT_PROVIDER",
+        HolderNameMismatch = "HOLDER_NAME_MISMATCH",
+        AccountFrozen = "ACCOUNT_FROZEN",
+        AccountNotFoundAtProvider = "ACCOUNT_NOT_FOUND_AT_PROVIDER",
+        Other = "OTHER",
+    }
+}
+
 impl AccountStatus {
     /// Open accounts count towards the per-citizen limit and block a second link of the
     /// same account by the same citizen.
@@ -412,6 +423,18 @@ pub struct SetPreference {
     pub account_id: Uuid,
     pub program: Option<ProgramCode>,
     pub expected_version: Option<u64>,
+    pub reason: String,
+}
+
+/// A payer's report that a credit to an account failed (rule 6): recorded, and a
+/// VERIFIED account is suspended so that it is no longer resolved.
+#[derive(Debug, Clone)]
+pub struct ReportPayoutFailure {
+    pub account_id: Uuid,
+    pub program: Option<ProgramCode>,
+    pub failure_code: PayoutFailureCode,
+    pub payer_reference: String,
+    pub failed_at: Option<Timestamp>,
     pub reason: String,
 }
 

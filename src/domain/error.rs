@@ -84,6 +84,9 @@ reasons! {
     HolderNameMismatch = "HOLDER_NAME_MISMATCH" => FailedPrecondition,
     VersionMismatch = "VERSION_MISMATCH" => Aborted,
     IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED" => AlreadyExists,
+    PayoutFailureCodeInvalid = "PAYOUT_FAILURE_CODE_INVALID" => InvalidArgument,
+    PurposeRequired = "PURPOSE_REQUIRED" => InvalidArgument,
+    TextInvalid = "TEXT_INVALID" => InvalidArgument,
 }
 
 impl fmt::Display for Reason {

@@ -33,8 +33,20 @@ pub const MAX_REASON_LEN: usize = 500;
 pub const MAX_EVIDENCE_LEN: usize = 200;
 
 /// Checks a free-text field's length (in characters) and strips surrounding white space.
+/// Control characters other than tab and line breaks are refused: NUL cannot be stored by
+/// PostgreSQL at all, and the others only serve to hide text from a human reader.
 pub fn bounded_text(field: &str, value: &str, max: usize) -> Result<String, Rejection> {
     let value = value.trim();
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(Rejection::field(
+            Reason::TextInvalid,
+            field,
+            format!("{field} must not contain control characters"),
+        ));
+    }
     if value.chars().count() > max {
         return Err(Rejection::field(
             Reason::TextTooLong,
@@ -56,4 +68,41 @@ pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, Rej
         ));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_text_refuses_control_characters_but_keeps_line_breaks() {
+        for bad in ["\0", "before\0after", "a\u{1b}[31m", "\u{7f}"] {
+            let err = bounded_text("reason", bad, 100).unwrap_err();
+            assert_eq!(err.reason, Reason::TextInvalid, "{bad:?}");
+            assert_eq!(err.field.as_deref(), Some("reason"));
+        }
+        assert_eq!(
+            bounded_text("reason", " line 1\nline 2\t ", 100).unwrap(),
+            "line 1\nline 2"
+        );
+        assert_eq!(
+            bounded_text("reason", "Hồ sơ số 12", 100).unwrap(),
+            "Hồ sơ số 12"
+        );
+    }
+
+    #[test]
+    fn free_text_is_bounded_in_characters_and_required_text_is_not_empty() {
+        assert!(bounded_text("reason", &"đ".repeat(10), 10).is_ok());
+        assert_eq!(
+            bounded_text("reason", &"đ".repeat(11), 10)
+                .unwrap_err()
+                .reason,
+            Reason::TextTooLong
+        );
+        assert_eq!(
+            required_text("reason", "   ", 10).unwrap_err().reason,
+            Reason::FieldRequired
+        );
+    }
 }

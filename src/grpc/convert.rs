@@ -8,11 +8,14 @@ use uuid::Uuid;
 
 use crate::domain::{
     bounded_text, required_text, Account, AccountAction, AccountKind, AccountRef, ChangeAccount,
-    CitizenId, HolderName, LinkAccount, ProgramCode, Reason, Rejection, Resolution, SetPreference,
-    Timestamp, VerificationInput, VerificationMethod, MAX_EVIDENCE_LEN, MAX_REASON_LEN,
+    CitizenId, HolderName, LinkAccount, PayoutFailureCode, ProgramCode, Reason, Rejection,
+    ReportPayoutFailure, Resolution, SetPreference, Timestamp, VerificationInput,
+    VerificationMethod, MAX_EVIDENCE_LEN, MAX_REASON_LEN,
 };
 use crate::proto;
-use crate::store::{HistoryEntry, Preference, ResolveQuery};
+use crate::store::{
+    AccessEntry, AccountKey, DuplicateClaim, HistoryEntry, Preference, ResolveQuery,
+};
 
 /// Parses a citizen id from request field `field`.
 pub fn citizen_id(field: &str, raw: &str) -> Result<CitizenId, Rejection> {
@@ -259,6 +262,144 @@ impl TryFrom<&proto::SetDefaultAccountRequest> for SetPreference {
     }
 }
 
+impl TryFrom<&proto::ReportPayoutFailureRequest> for ReportPayoutFailure {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::ReportPayoutFailureRequest) -> Result<ReportPayoutFailure, Rejection> {
+        let failure_code = match proto::PayoutFailureCode::try_from(r.failure_code) {
+            Ok(proto::PayoutFailureCode::Unspecified) | Err(_) => {
+                return Err(Rejection::field(
+                    Reason::PayoutFailureCodeInvalid,
+                    "failure_code",
+                    "failure_code must be one of the PayoutFailureCode values",
+                ))
+            }
+            Ok(code) => PayoutFailureCode::parse(code.as_str_name())?,
+        };
+        Ok(ReportPayoutFailure {
+            account_id: account_id("account_id", &r.account_id)?,
+            program: ProgramCode::parse_optional(&r.program_code)?,
+            failure_code,
+            payer_reference: required_text(
+                "payer_reference",
+                &r.payer_reference,
+                MAX_EVIDENCE_LEN,
+            )?,
+            failed_at: r
+                .failed_at
+                .as_ref()
+                .map(|t| timestamp_in("failed_at", t))
+                .transpose()?,
+            reason: reason(&r.reason)?,
+        })
+    }
+}
+
+impl TryFrom<&proto::FindAccountHoldersRequest> for AccountKey {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::FindAccountHoldersRequest) -> Result<AccountKey, Rejection> {
+        let kind = kind(r.kind)?;
+        Ok(AccountKey {
+            kind,
+            provider_code: required_text("provider_code", &r.provider_code, 20)?,
+            account_ref: AccountRef::parse(kind, &r.account_ref)?,
+        })
+    }
+}
+
+/// A refused claim as sent to an investigator; the account number masked unless `full`.
+pub fn duplicate_claim_out(c: &DuplicateClaim, full: bool) -> proto::DuplicateClaim {
+    proto::DuplicateClaim {
+        claim_id: c.claim_id.to_string(),
+        claimant_citizen_id: c.claimant.as_str().to_owned(),
+        holder_citizen_id: c.holder.as_str().to_owned(),
+        holder_account_id: c.holder_account_id.to_string(),
+        context: c.context.clone(),
+        detected_at: Some(timestamp_out(c.detected_at)),
+        actor: c.actor.clone(),
+        kind: kind_out(c.kind).into(),
+        provider_code: c.provider_code.clone(),
+        account_ref: if full {
+            c.account_ref.as_str().to_owned()
+        } else {
+            c.account_ref.masked()
+        },
+    }
+}
+
+/// One citizen's claim on an account, for FindAccountHolders.
+pub fn holder_out(a: &Account) -> proto::AccountHolder {
+    proto::AccountHolder {
+        citizen_id: a.citizen_id.as_str().to_owned(),
+        account_id: a.id.to_string(),
+        status: status_out(a.status).into(),
+        linked_at: Some(timestamp_out(a.created_at)),
+        verified_at: a
+            .verification
+            .as_ref()
+            .map(|v| timestamp_out(v.verified_at)),
+        updated_at: Some(timestamp_out(a.updated_at)),
+    }
+}
+
+pub fn access_entry_out(e: &AccessEntry) -> proto::AccessLogEntry {
+    proto::AccessLogEntry {
+        client_id: e.client_id.clone(),
+        method: e.method.clone(),
+        purpose: e.purpose.clone(),
+        accessed_at: Some(timestamp_out(e.accessed_at)),
+        request_id: e.request_id.to_string(),
+    }
+}
+
+/// Duplicate-claim pages are addressed by the last claim seen: `c<micros>_<uuid>`.
+pub fn claims_token_in(raw: &str) -> Result<Option<(Timestamp, Uuid)>, Rejection> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.strip_prefix('c')
+        .and_then(|r| r.split_once('_'))
+        .and_then(|(t, id)| Some((Timestamp(t.parse().ok()?), Uuid::parse_str(id).ok()?)))
+        .map(Some)
+        .ok_or_else(foreign_token)
+}
+
+pub fn claims_token_out(c: &DuplicateClaim) -> String {
+    format!("c{}_{}", c.detected_at.micros(), c.claim_id)
+}
+
+/// Access-log pages are addressed by the last entry's id: `a<id>`.
+pub fn access_token_in(raw: &str) -> Result<Option<i64>, Rejection> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.strip_prefix('a')
+        .and_then(|id| id.parse().ok())
+        .map(Some)
+        .ok_or_else(foreign_token)
+}
+
+pub fn access_token_out(id: i64) -> String {
+    format!("a{id}")
+}
+
+fn foreign_token() -> Rejection {
+    Rejection::field(
+        Reason::PageTokenInvalid,
+        "page_token",
+        "page_token was not issued by this service",
+    )
+}
+
+/// A page size: 0 means the default, anything above the maximum is capped.
+pub fn page_size(requested: u32, default: u32, max: u32) -> u32 {
+    match requested {
+        0 => default,
+        n => n.min(max),
+    }
+}
+
 /// A resolution request and whether the caller asked for the yes/no form only.
 pub struct ResolveRequest {
     pub query: ResolveQuery,
@@ -383,15 +524,9 @@ pub fn page_token_in(raw: &str) -> Result<u64, Rejection> {
     if raw.is_empty() {
         return Ok(0);
     }
-    raw.strip_prefix("v")
+    raw.strip_prefix('v')
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            Rejection::field(
-                Reason::PageTokenInvalid,
-                "page_token",
-                "page_token was not issued by this service",
-            )
-        })
+        .ok_or_else(foreign_token)
 }
 
 pub fn page_token_out(last_version: u64) -> String {

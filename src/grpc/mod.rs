@@ -14,14 +14,21 @@ use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 
+use crate::access_log::AccessLog;
 use crate::auth::{Caller, RequestId, Scope};
-use crate::domain::{Category, Reason, Rejection, Timestamp};
-use crate::store::{Idempotency, Store, StoreError, WriteContext};
+use crate::domain::{bounded_text, Category, CitizenId, Reason, Rejection, Timestamp};
+use crate::limits::{Admission, Limits, RateLimitConfig, Refused, RpcClass};
+use crate::store::{AccessEntry, Idempotency, Store, StoreError, WriteContext};
+
+/// Longest purpose accepted.
+const MAX_PURPOSE_LEN: usize = 200;
 
 pub mod convert;
+mod oversight;
 mod registry;
 mod resolver;
 
+pub use oversight::OversightService;
 pub use registry::AccountRegistryService;
 pub use resolver::PayoutResolverService;
 
@@ -35,14 +42,22 @@ pub struct AppState {
     pub cooling_off: Duration,
     /// The clock; tests inject a fixed one to exercise cooling-off without sleeping.
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Where reads of citizens' data are recorded.
+    pub access: AccessLog,
+    /// Rate limits and the in-flight limit.
+    pub limits: Arc<Limits>,
 }
 
 impl AppState {
+    /// State with default limits and a running access-log writer (call inside a Tokio
+    /// runtime).
     pub fn new(store: Arc<dyn Store>, cooling_off: Duration) -> AppState {
         AppState {
+            access: AccessLog::start(store.clone(), 10_000, 2_000),
             store,
             cooling_off,
             clock: Arc::new(Timestamp::now),
+            limits: Arc::new(Limits::new(RateLimitConfig::default())),
         }
     }
 
@@ -51,10 +66,12 @@ impl AppState {
     }
 }
 
-/// One call's identity: who is calling and under which request id.
+/// One call's identity: who is calling, under which request id, and why.
 pub struct Call {
     pub caller: Caller,
     pub request_id: Uuid,
+    /// The `x-purpose` metadata, if sent.
+    purpose_header: Option<String>,
 }
 
 impl Call {
@@ -71,9 +88,104 @@ impl Call {
             .get::<Caller>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("missing credentials"))?;
-        Ok(Call { caller, request_id })
+        let purpose_header = request
+            .metadata()
+            .get("x-purpose")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Call {
+            caller,
+            request_id,
+            purpose_header,
+        })
     }
 
+    /// Admits the call under the caller's rate limit for `class` and the in-flight
+    /// limit. Keep the admission until the call is answered.
+    pub fn admit(&self, state: &AppState, class: RpcClass) -> Result<Admission, Status> {
+        state
+            .limits
+            .admit(&self.caller.client_id, class, std::time::Instant::now())
+            .map_err(|refused| {
+                let (code, reason, message, retry) = match refused {
+                    Refused::RateLimited(wait) => (
+                        Code::ResourceExhausted,
+                        "RATE_LIMITED",
+                        "rate limit exceeded for this client; retry after the delay in RetryInfo",
+                        wait,
+                    ),
+                    Refused::Overloaded => (
+                        Code::Unavailable,
+                        "OVERLOADED",
+                        "the registry is at its limit of calls in flight; retry shortly",
+                        Duration::from_millis(100),
+                    ),
+                };
+                tracing::warn!(
+                    reason,
+                    retry_ms = retry.as_millis() as u64,
+                    "call not admitted"
+                );
+                let mut details = ErrorDetails::new();
+                details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                details.set_retry_info(Some(retry));
+                details.set_request_info(self.request_id.to_string(), "");
+                Status::with_error_details(code, message, details)
+            })
+    }
+
+    /// The purpose of a read: the request's `purpose` field, else `x-purpose` metadata.
+    /// Reads of citizens' data without one are refused.
+    pub fn purpose(&self, field: &str) -> Result<String, Status> {
+        let raw = if field.trim().is_empty() {
+            self.purpose_header.as_deref().unwrap_or("")
+        } else {
+            field
+        };
+        let purpose = bounded_text("purpose", raw, MAX_PURPOSE_LEN).map_err(|r| self.reject(r))?;
+        if purpose.is_empty() {
+            return Err(self.reject(Rejection::field(
+                Reason::PurposeRequired,
+                "purpose",
+                "state why you read this citizen's data: the `purpose` field or `x-purpose` metadata",
+            )));
+        }
+        Ok(purpose)
+    }
+
+    /// Records that this call read these citizens' data, and waits until the record is
+    /// committed: no answer leaves without its access-log entry.
+    pub async fn log_reads(
+        &self,
+        state: &AppState,
+        method: &str,
+        purpose: &str,
+        citizens: impl IntoIterator<Item = CitizenId>,
+    ) -> Result<(), Status> {
+        let mut seen = std::collections::HashSet::new();
+        let entries: Vec<AccessEntry> = citizens
+            .into_iter()
+            .filter(|c| seen.insert(c.clone()))
+            .map(|citizen_id| AccessEntry {
+                citizen_id,
+                client_id: self.caller.client_id.clone(),
+                method: method.to_owned(),
+                purpose: purpose.to_owned(),
+                accessed_at: state.now(),
+                request_id: self.request_id,
+            })
+            .collect();
+        state.access.record(entries).await.map_err(|_| {
+            self.internal(
+                Code::Unavailable,
+                "ACCESS_LOG_UNAVAILABLE",
+                "the access log cannot be written, so the read is refused; retry shortly",
+            )
+        })
+    }
+
+    /// Refuses the call unless the caller holds `scope` (for requirements finer than
+    /// the per-method table in `auth`).
     pub fn require(&self, scope: Scope) -> Result<(), Status> {
         if self.caller.has(scope) {
             Ok(())

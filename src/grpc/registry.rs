@@ -8,7 +8,10 @@ use super::convert::{
 };
 use super::{AppState, Call};
 use crate::auth::Scope;
-use crate::domain::{Account, ChangeAccount, LinkAccount, Rejection, SetPreference};
+use crate::domain::{
+    Account, ChangeAccount, LinkAccount, Rejection, ReportPayoutFailure, SetPreference,
+};
+use crate::limits::RpcClass;
 use crate::proto::account_registry_server::AccountRegistry;
 use crate::proto::*;
 
@@ -37,6 +40,7 @@ impl AccountRegistryService {
         for<'a> ChangeAccount: TryFrom<&'a M, Error = Rejection>,
     {
         let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Write)?;
         let mut req = request.into_inner();
         let raw_key = key(&mut req).clone();
         let ctx = call.write_context(&self.state, operation, &raw_key, &req, |r| key(r).clear())?;
@@ -75,6 +79,7 @@ impl AccountRegistry for AccountRegistryService {
         request: Request<LinkAccountRequest>,
     ) -> Result<Response<LinkAccountResponse>, Status> {
         let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Write)?;
         let req = request.into_inner();
         let ctx = call.write_context(
             &self.state,
@@ -115,6 +120,7 @@ impl AccountRegistry for AccountRegistryService {
         request: Request<SetDefaultAccountRequest>,
     ) -> Result<Response<SetDefaultAccountResponse>, Status> {
         let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Write)?;
         let req = request.into_inner();
         let ctx = call.write_context(
             &self.state,
@@ -166,15 +172,18 @@ impl AccountRegistry for AccountRegistryService {
         request: Request<GetAccountRequest>,
     ) -> Result<Response<GetAccountResponse>, Status> {
         let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Read)?;
         let req = request.into_inner();
+        let purpose = call.purpose(&req.purpose)?;
         let id = account_id("account_id", &req.account_id).map_err(|r| call.reject(r))?;
-        let account = self
-            .state
-            .store
-            .get_account(id)
-            .await
-            .map_err(|e| call.fail(e))?
-            .ok_or_else(|| call.reject(not_found(id)))?;
+        let account = self.account(&call, id).await?;
+        call.log_reads(
+            &self.state,
+            GET_ACCOUNT,
+            &purpose,
+            [account.citizen_id.clone()],
+        )
+        .await?;
         Ok(Response::new(GetAccountResponse {
             account: Some(account_out(&account, Self::full(&call))),
         }))
@@ -185,7 +194,9 @@ impl AccountRegistry for AccountRegistryService {
         request: Request<ListCitizenAccountsRequest>,
     ) -> Result<Response<ListCitizenAccountsResponse>, Status> {
         let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Read)?;
         let req = request.into_inner();
+        let purpose = call.purpose(&req.purpose)?;
         let citizen = citizen_id("citizen_id", &req.citizen_id).map_err(|r| call.reject(r))?;
         let (accounts, prefs) = self
             .state
@@ -193,6 +204,8 @@ impl AccountRegistry for AccountRegistryService {
             .list_citizen_accounts(&citizen, req.include_closed)
             .await
             .map_err(|e| call.fail(e))?;
+        call.log_reads(&self.state, LIST_CITIZEN_ACCOUNTS, &purpose, [citizen])
+            .await?;
         let full = Self::full(&call);
         Ok(Response::new(ListCitizenAccountsResponse {
             accounts: accounts.iter().map(|a| account_out(a, full)).collect(),
@@ -205,26 +218,22 @@ impl AccountRegistry for AccountRegistryService {
         request: Request<GetAccountHistoryRequest>,
     ) -> Result<Response<GetAccountHistoryResponse>, Status> {
         let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Read)?;
         let req = request.into_inner();
+        let purpose = call.purpose(&req.purpose)?;
         let id = account_id("account_id", &req.account_id).map_err(|r| call.reject(r))?;
         let after = page_token_in(&req.page_token).map_err(|r| call.reject(r))?;
         let size = match req.page_size {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let store = &self.state.store;
         // Checked on every page: a page token must not turn an unknown account into an
         // empty history.
-        if store
-            .get_account(id)
-            .await
-            .map_err(|e| call.fail(e))?
-            .is_none()
-        {
-            return Err(call.reject(not_found(id)));
-        }
+        let account = self.account(&call, id).await?;
         // One more than the page, to know whether another page follows.
-        let mut entries = store
+        let mut entries = self
+            .state
+            .store
             .account_history(id, after, size + 1)
             .await
             .map_err(|e| call.fail(e))?;
@@ -234,13 +243,68 @@ impl AccountRegistry for AccountRegistryService {
             (true, Some(last)) => page_token_out(last.account.version),
             _ => String::new(),
         };
+        call.log_reads(
+            &self.state,
+            GET_ACCOUNT_HISTORY,
+            &purpose,
+            [account.citizen_id],
+        )
+        .await?;
         let full = Self::full(&call);
         Ok(Response::new(GetAccountHistoryResponse {
             entries: entries.iter().map(|h| history_out(h, full)).collect(),
             next_page_token,
         }))
     }
+
+    async fn report_payout_failure(
+        &self,
+        request: Request<ReportPayoutFailureRequest>,
+    ) -> Result<Response<ReportPayoutFailureResponse>, Status> {
+        let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Write)?;
+        let req = request.into_inner();
+        let ctx = call.write_context(
+            &self.state,
+            "ReportPayoutFailure",
+            &req.idempotency_key,
+            &req,
+            |r| r.idempotency_key.clear(),
+        )?;
+        let cmd = ReportPayoutFailure::try_from(&req).map_err(|r| call.reject(r))?;
+        let (account, failure_id) = self
+            .state
+            .store
+            .report_payout_failure(&ctx, &cmd)
+            .await
+            .map_err(|e| call.fail(e))?;
+        tracing::warn!(
+            account = %account.id,
+            failure_code = %cmd.failure_code,
+            status = %account.status,
+            "payout failure reported"
+        );
+        Ok(Response::new(ReportPayoutFailureResponse {
+            account: Some(account_out(&account, Self::full(&call))),
+            failure_id: failure_id.to_string(),
+        }))
+    }
 }
+
+impl AccountRegistryService {
+    async fn account(&self, call: &Call, id: uuid::Uuid) -> Result<Account, Status> {
+        self.state
+            .store
+            .get_account(id)
+            .await
+            .map_err(|e| call.fail(e))?
+            .ok_or_else(|| call.reject(not_found(id)))
+    }
+}
+
+const GET_ACCOUNT: &str = "/payoutregistry.v1.AccountRegistry/GetAccount";
+const LIST_CITIZEN_ACCOUNTS: &str = "/payoutregistry.v1.AccountRegistry/ListCitizenAccounts";
+const GET_ACCOUNT_HISTORY: &str = "/payoutregistry.v1.AccountRegistry/GetAccountHistory";
 
 fn not_found(id: uuid::Uuid) -> Rejection {
     Rejection::field(

@@ -5,8 +5,12 @@ use tonic::{Request, Response, Status};
 use super::convert::{resolution_out, ResolveRequest};
 use super::{AppState, Call};
 use crate::auth::Scope;
+use crate::domain::Resolution;
+use crate::limits::RpcClass;
 use crate::proto::payout_resolver_server::PayoutResolver;
 use crate::proto::{ResolveOutcome, ResolveRequest as ProtoResolveRequest, ResolveResponse};
+
+const RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/Resolve";
 
 pub struct PayoutResolverService {
     state: AppState,
@@ -25,6 +29,8 @@ impl PayoutResolver for PayoutResolverService {
         request: Request<ProtoResolveRequest>,
     ) -> Result<Response<ResolveResponse>, Status> {
         let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Resolve)?;
+        let purpose = call.purpose(&request.get_ref().purpose)?;
         let req = ResolveRequest::try_from(request.get_ref()).map_err(|r| call.reject(r))?;
         if !req.exists_only {
             // `resolve.exists` clients may only ask yes/no.
@@ -37,6 +43,23 @@ impl PayoutResolver for PayoutResolverService {
             .resolve(&req.query, now)
             .await
             .map_err(|e| call.fail(e))?;
+        if resolution == Resolution::UnknownCitizen {
+            // Misses cost more: enumerating citizen ids must be slow and visible.
+            let limits = &self.state.limits;
+            limits.charge(
+                &call.caller.client_id,
+                RpcClass::Resolve,
+                limits.unknown_citizen_cost(),
+                std::time::Instant::now(),
+            );
+        }
+        call.log_reads(
+            &self.state,
+            RESOLVE,
+            &purpose,
+            [req.query.citizen_id.clone()],
+        )
+        .await?;
         let at = req.query.as_of.unwrap_or(now);
         let out = resolution_out(
             &resolution,

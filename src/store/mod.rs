@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Account, ChangeAccount, CitizenId, CitizenStatus, LinkAccount, ProgramCode, Rejection,
-    Resolution, SetPreference, Timestamp,
+    ReportPayoutFailure, Resolution, SetPreference, Timestamp,
 };
 
 /// The columns of `accounts`, in `rows::AccountRow` order. A macro so that it can be
@@ -82,7 +82,7 @@ pub struct Idempotency {
 /// What is stored under an idempotency key: the first answer, replayed on retry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum StoredOutcome {
-    Account(Box<Account>),
+    Answer(Answer),
     /// A refusal that committed something (a duplicate claim), replayed as-is so that a
     /// retry does not record the claim twice.
     Refused {
@@ -90,6 +90,35 @@ enum StoredOutcome {
         field: Option<String>,
         message: String,
     },
+}
+
+/// A write's answer: the account as it now is, and for a payout-failure report the id of
+/// the recorded failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub account: Account,
+    #[serde(default)]
+    pub failure_id: Option<Uuid>,
+}
+
+impl Answer {
+    fn of(account: Account) -> Answer {
+        Answer {
+            account,
+            failure_id: None,
+        }
+    }
+}
+
+/// One read of a citizen's data, for the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessEntry {
+    pub citizen_id: CitizenId,
+    pub client_id: String,
+    pub method: String,
+    pub purpose: String,
+    pub accessed_at: Timestamp,
+    pub request_id: Uuid,
 }
 
 /// A citizen's facts as the population platform reports them.
@@ -135,6 +164,9 @@ pub struct HistoryEntry {
 #[derive(Debug, Clone)]
 pub struct DuplicateClaim {
     pub claim_id: Uuid,
+    pub kind: crate::domain::AccountKind,
+    pub provider_code: String,
+    pub account_ref: crate::domain::AccountRef,
     pub claimant: CitizenId,
     pub holder: CitizenId,
     pub holder_account_id: Uuid,
@@ -155,6 +187,14 @@ pub struct Event {
     pub actor: String,
     pub reason: String,
     pub payload: String,
+}
+
+/// Identifies one account at its provider, whoever claims it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountKey {
+    pub kind: crate::domain::AccountKind,
+    pub provider_code: String,
+    pub account_ref: crate::domain::AccountRef,
 }
 
 /// A provider from the reference data.
@@ -239,8 +279,37 @@ pub trait Store: Send + Sync + 'static {
     /// (injected, so that cooling-off can be tested without sleeping).
     async fn resolve(&self, q: &ResolveQuery, now: Timestamp) -> StoreResult<Resolution>;
 
-    /// Refused claims on accounts, newest first.
-    async fn duplicate_claims(&self, limit: u32) -> StoreResult<Vec<DuplicateClaim>>;
+    /// Records a payer's failed credit and suspends a VERIFIED account
+    /// (ReportPayoutFailure). Answers the account and the failure's id.
+    async fn report_payout_failure(
+        &self,
+        ctx: &WriteContext,
+        cmd: &ReportPayoutFailure,
+    ) -> StoreResult<(Account, Uuid)>;
+
+    /// Refused claims on accounts, newest first: all of them, or those on one account;
+    /// `before` is the `(detected_at, claim_id)` of the last claim of the previous page.
+    async fn duplicate_claims(
+        &self,
+        on: Option<&AccountKey>,
+        before: Option<(Timestamp, Uuid)>,
+        limit: u32,
+    ) -> StoreResult<Vec<DuplicateClaim>>;
+
+    /// Every account row, in any status, for this (kind, provider, account_ref): the
+    /// citizens who ever claimed it, oldest first.
+    async fn account_claims(&self, on: &AccountKey) -> StoreResult<Vec<Account>>;
+
+    /// Appends reads to the access log, in one statement.
+    async fn append_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()>;
+
+    /// A citizen's access log, newest first; `before_id` pages on.
+    async fn access_log(
+        &self,
+        citizen: &CitizenId,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, AccessEntry)>>;
 
     /// Events after `after_position`, in position order.
     async fn events_after(&self, after_position: i64, limit: u32) -> StoreResult<Vec<Event>>;

@@ -14,8 +14,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference, Provider,
-    ResolveQuery, Store, StoreError, StoreOptions, StoreResult, WriteContext,
+    AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference,
+    Provider, ResolveQuery, Store, StoreError, StoreOptions, StoreResult, WriteContext,
 };
 use crate::domain::{
     Account, ChangeAccount, CitizenId, LinkAccount, ProgramCode, Rejection, Resolution,

@@ -6,7 +6,7 @@
 
 use uuid::Uuid;
 
-use super::{Event, HistoryEntry, StoreError};
+use super::{DuplicateClaim, Event, HistoryEntry, StoreError};
 use crate::domain::{
     Account, AccountKind, AccountRef, AccountStatus, CitizenId, Timestamp, Verification,
     VerificationMethod,
@@ -137,5 +137,41 @@ impl From<EventRow> for Event {
             reason: r.reason,
             payload: r.payload,
         }
+    }
+}
+
+/// A row of `duplicate_claims`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DuplicateClaimRow {
+    pub claim_id: Uuid,
+    pub kind: String,
+    pub provider_code: String,
+    pub account_ref: String,
+    pub claimant_citizen_id: String,
+    pub holder_citizen_id: String,
+    pub holder_account_id: Uuid,
+    pub context: String,
+    pub detected_at: i64,
+    pub actor: String,
+}
+
+impl TryFrom<DuplicateClaimRow> for DuplicateClaim {
+    type Error = StoreError;
+
+    fn try_from(r: DuplicateClaimRow) -> Result<DuplicateClaim, StoreError> {
+        Ok(DuplicateClaim {
+            claim_id: r.claim_id,
+            kind: AccountKind::parse(&r.kind).map_err(|_| {
+                StoreError::Corrupt(format!("claim {}: unreadable kind", r.claim_id))
+            })?,
+            provider_code: r.provider_code,
+            account_ref: AccountRef::from_stored(r.account_ref),
+            claimant: CitizenId::from_stored(r.claimant_citizen_id),
+            holder: CitizenId::from_stored(r.holder_citizen_id),
+            holder_account_id: r.holder_account_id,
+            context: r.context,
+            detected_at: Timestamp(r.detected_at),
+            actor: r.actor,
+        })
     }
 }

@@ -13,21 +13,24 @@
 // partial indexes). What is checked, in which order and with which locks held, is the
 // registry's correctness, so it exists exactly once.
 
+use crate::domain::ReportPayoutFailure;
 use crate::domain::{
     check_verification, check_version, previous_for_change, resolve, AccountAction, AccountStatus,
     Change, CitizenStatus, PreferenceAt, Reason, ResolutionInputs, VerificationInput,
     MAX_OPEN_ACCOUNTS,
 };
-use crate::store::rows::{AccountRow, CitizenRow, EventRow, HistoryRow, PreferenceRow};
-use crate::store::{KnownPrograms, StoredOutcome, UniqueTarget};
+use crate::store::rows::{
+    AccountRow, CitizenRow, DuplicateClaimRow, EventRow, HistoryRow, PreferenceRow,
+};
+use crate::store::{AccessEntry, Answer, KnownPrograms, StoredOutcome, UniqueTarget};
 use std::sync::Arc;
 
 type Tx = sqlx::Transaction<'static, DB>;
 
 /// What a transaction script decided.
 enum Outcome {
-    /// Commit, and answer with the account.
-    Done(Account),
+    /// Commit, and answer.
+    Done(Answer),
     /// Commit what was recorded (a duplicate claim), and refuse the request.
     Refuse(Rejection),
 }
@@ -43,6 +46,7 @@ enum Command<'a> {
     Link(&'a LinkAccount),
     Change(&'a ChangeAccount),
     Prefer(&'a SetPreference),
+    Failure(&'a ReportPayoutFailure),
 }
 
 fn owned_by_another() -> Rejection {
@@ -69,7 +73,7 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 impl Backend {
     /// Runs one write: replays a stored answer for a repeated idempotency key, else runs
     /// the script, stores its answer under the key and commits, all in one transaction.
-    async fn execute(&self, ctx: &WriteContext, cmd: Command<'_>) -> StoreResult<Account> {
+    async fn execute(&self, ctx: &WriteContext, cmd: Command<'_>) -> StoreResult<Answer> {
         let mut last_error = None;
         for _ in 0..WRITE_ATTEMPTS {
             let mut tx = self.write.begin().await?;
@@ -80,12 +84,10 @@ impl Backend {
                 Command::Link(c) => self.link_in(&mut tx, ctx, c).await,
                 Command::Change(c) => self.change_in(&mut tx, ctx, c).await,
                 Command::Prefer(c) => self.prefer_in(&mut tx, ctx, c).await,
+                Command::Failure(c) => self.failure_in(&mut tx, ctx, c).await,
             };
             let (stored, result) = match outcome {
-                Ok(Outcome::Done(account)) => (
-                    StoredOutcome::Account(Box::new(account.clone())),
-                    Ok(account),
-                ),
+                Ok(Outcome::Done(answer)) => (StoredOutcome::Answer(answer.clone()), Ok(answer)),
                 Ok(Outcome::Refuse(r)) => (
                     StoredOutcome::Refused {
                         reason: r.reason.as_str().to_owned(),
@@ -213,7 +215,7 @@ impl Backend {
         .await?;
         record_account_change(tx, ctx, &account, Change::Linked, &cmd.reason).await?;
         match &cmd.verification {
-            None => Ok(Outcome::Done(account)),
+            None => Ok(Outcome::Done(Answer::of(account))),
             Some(v) => {
                 let action = AccountAction::Verify {
                     verification: v.clone(),
@@ -315,7 +317,7 @@ impl Backend {
                 write_preference(tx, ctx, &next, None, None, "first verified account").await?;
             }
         }
-        Ok(Outcome::Done(next))
+        Ok(Outcome::Done(Answer::of(next)))
     }
 
     async fn prefer_in(
@@ -365,7 +367,7 @@ impl Backend {
         .await?;
         let own = rows.iter().find(|r| r.program_code == key);
         if own.is_some_and(|c| c.account_id == account.id) {
-            return Ok(Outcome::Done(account));
+            return Ok(Outcome::Done(Answer::of(account)));
         }
         let current_at = match own.or_else(|| rows.iter().find(|r| r.program_code.is_empty())) {
             Some(row) => Some(PreferenceAt {
@@ -393,7 +395,90 @@ impl Backend {
             &cmd.reason,
         )
         .await?;
-        Ok(Outcome::Done(account))
+        Ok(Outcome::Done(Answer::of(account)))
+    }
+
+    async fn failure_in(
+        &self,
+        tx: &mut Tx,
+        ctx: &WriteContext,
+        cmd: &ReportPayoutFailure,
+    ) -> StoreResult<Outcome> {
+        self.check_program(cmd.program.as_ref()).await?;
+        let citizen_id: Option<String> =
+            sqlx::query_scalar("SELECT citizen_id FROM accounts WHERE account_id = $1")
+                .bind(cmd.account_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let citizen_id = citizen_id.ok_or_else(|| not_found(cmd.account_id))?;
+        let citizen = lock_citizen(tx, &citizen_id)
+            .await?
+            .ok_or_else(|| corrupt("account without citizen"))?;
+        let account = lock_account(tx, cmd.account_id)
+            .await?
+            .ok_or_else(|| not_found(cmd.account_id))?;
+        let failure_id = Uuid::now_v7();
+        let program = ProgramCode::key(cmd.program.as_ref());
+        sqlx::query(
+            "INSERT INTO payout_failures (failure_id, account_id, citizen_id, program_code, \
+             failure_code, payer_reference, failed_at, reported_at, actor, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(failure_id)
+        .bind(account.id)
+        .bind(account.citizen_id.as_str())
+        .bind(program)
+        .bind(cmd.failure_code.as_str())
+        .bind(&cmd.payer_reference)
+        .bind(cmd.failed_at.map(Timestamp::micros))
+        .bind(ctx.now.micros())
+        .bind(&ctx.actor)
+        .bind(&cmd.reason)
+        .execute(&mut **tx)
+        .await?;
+        let payload = serde_json::json!({
+            "failure_id": failure_id,
+            "failure_code": cmd.failure_code.as_str(),
+            "program_code": program,
+            "payer_reference": cmd.payer_reference,
+            "failed_at": cmd.failed_at,
+            "account": account,
+        });
+        insert_event(
+            tx,
+            ctx,
+            "PAYOUT_FAILURE_REPORTED",
+            account.citizen_id.as_str(),
+            Some(account.id),
+            &cmd.reason,
+            &payload,
+        )
+        .await?;
+        // Rule 6: a failed credit stops payment into the account until someone
+        // reinstates it. An account that is already not payable stays as it is.
+        let account = if account.status == AccountStatus::Verified {
+            let reason = format!("payout failure {}: {}", cmd.failure_code, cmd.reason);
+            match self
+                .apply(
+                    tx,
+                    ctx,
+                    &citizen,
+                    &account,
+                    &AccountAction::Suspend,
+                    &reason,
+                )
+                .await?
+            {
+                Outcome::Done(answer) => answer.account,
+                Outcome::Refuse(r) => return Ok(Outcome::Refuse(r)),
+            }
+        } else {
+            account
+        };
+        Ok(Outcome::Done(Answer {
+            account,
+            failure_id: Some(failure_id),
+        }))
     }
 
     async fn upsert_citizen_in(
@@ -662,9 +747,9 @@ fn inputs_from(
     }
 }
 
-fn stored_result(stored: StoredOutcome) -> StoreResult<Account> {
+fn stored_result(stored: StoredOutcome) -> StoreResult<Answer> {
     match stored {
-        StoredOutcome::Account(a) => Ok(*a),
+        StoredOutcome::Answer(a) => Ok(a),
         StoredOutcome::Refused {
             reason,
             field,
@@ -1084,7 +1169,7 @@ impl Store for Backend {
     }
 
     async fn link_account(&self, ctx: &WriteContext, cmd: &LinkAccount) -> StoreResult<Account> {
-        self.execute(ctx, Command::Link(cmd)).await
+        Ok(self.execute(ctx, Command::Link(cmd)).await?.account)
     }
 
     async fn change_account(
@@ -1092,7 +1177,7 @@ impl Store for Backend {
         ctx: &WriteContext,
         cmd: &ChangeAccount,
     ) -> StoreResult<Account> {
-        self.execute(ctx, Command::Change(cmd)).await
+        Ok(self.execute(ctx, Command::Change(cmd)).await?.account)
     }
 
     async fn set_preference(
@@ -1100,7 +1185,7 @@ impl Store for Backend {
         ctx: &WriteContext,
         cmd: &SetPreference,
     ) -> StoreResult<Account> {
-        self.execute(ctx, Command::Prefer(cmd)).await
+        Ok(self.execute(ctx, Command::Prefer(cmd)).await?.account)
     }
 
     async fn upsert_citizen(
@@ -1188,25 +1273,113 @@ impl Store for Backend {
         Ok(resolve(&inputs, at, self.options.cooling_off))
     }
 
-    async fn duplicate_claims(&self, limit: u32) -> StoreResult<Vec<DuplicateClaim>> {
-        let rows: Vec<(Uuid, String, String, Uuid, String, i64, String)> = sqlx::query_as(
-            "SELECT claim_id, claimant_citizen_id, holder_citizen_id, holder_account_id, context, \
-             detected_at, actor FROM duplicate_claims ORDER BY detected_at DESC, claim_id DESC \
-             LIMIT $1",
+    async fn report_payout_failure(
+        &self,
+        ctx: &WriteContext,
+        cmd: &ReportPayoutFailure,
+    ) -> StoreResult<(Account, Uuid)> {
+        let answer = self.execute(ctx, Command::Failure(cmd)).await?;
+        let failure_id = answer
+            .failure_id
+            .ok_or_else(|| corrupt("payout failure answer without its id"))?;
+        Ok((answer.account, failure_id))
+    }
+
+    async fn duplicate_claims(
+        &self,
+        on: Option<&AccountKey>,
+        before: Option<(Timestamp, Uuid)>,
+        limit: u32,
+    ) -> StoreResult<Vec<DuplicateClaim>> {
+        let rows: Vec<DuplicateClaimRow> = sqlx::query_as(
+            "SELECT claim_id, kind, provider_code, account_ref, claimant_citizen_id, \
+             holder_citizen_id, holder_account_id, context, detected_at, actor \
+             FROM duplicate_claims \
+             WHERE ($1 IS NULL OR (kind = $1 AND provider_code = $2 AND account_ref = $3)) \
+             AND ($4 IS NULL OR detected_at < $4 OR (detected_at = $4 AND claim_id < $5)) \
+             ORDER BY detected_at DESC, claim_id DESC LIMIT $6",
         )
+        .bind(on.map(|k| k.kind.as_str()))
+        .bind(on.map(|k| k.provider_code.as_str()))
+        .bind(on.map(|k| k.account_ref.as_str()))
+        .bind(before.map(|(t, _)| t.micros()))
+        .bind(before.map(|(_, id)| id))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter().map(DuplicateClaim::try_from).collect()
+    }
+
+    async fn account_claims(&self, on: &AccountKey) -> StoreResult<Vec<Account>> {
+        sqlx::query_as::<_, AccountRow>(concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE kind = $1 AND provider_code = $2 AND account_ref = $3 \
+             ORDER BY created_at, account_id"
+        ))
+        .bind(on.kind.as_str())
+        .bind(&on.provider_code)
+        .bind(on.account_ref.as_str())
+        .fetch_all(&self.read)
+        .await?
+        .into_iter()
+        .map(Account::try_from)
+        .collect()
+    }
+
+    async fn append_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // One multi-row INSERT per batch; chunks keep under both backends' parameter
+        // limits (6 parameters a row).
+        for chunk in entries.chunks(5000) {
+            let mut q = sqlx::QueryBuilder::<DB>::new(
+                "INSERT INTO access_log (citizen_id, client_id, method, purpose, accessed_at, \
+                 request_id) ",
+            );
+            q.push_values(chunk, |mut row, e| {
+                row.push_bind(e.citizen_id.as_str())
+                    .push_bind(&e.client_id)
+                    .push_bind(&e.method)
+                    .push_bind(&e.purpose)
+                    .push_bind(e.accessed_at.micros())
+                    .push_bind(e.request_id);
+            });
+            q.build().execute(&self.write).await?;
+        }
+        Ok(())
+    }
+
+    async fn access_log(
+        &self,
+        citizen: &CitizenId,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, AccessEntry)>> {
+        let rows: Vec<(i64, String, String, String, i64, Uuid)> = sqlx::query_as(
+            "SELECT id, client_id, method, purpose, accessed_at, request_id FROM access_log \
+             WHERE citizen_id = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(citizen.as_str())
+        .bind(before_id)
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| DuplicateClaim {
-                claim_id: r.0,
-                claimant: CitizenId::from_stored(r.1),
-                holder: CitizenId::from_stored(r.2),
-                holder_account_id: r.3,
-                context: r.4,
-                detected_at: Timestamp(r.5),
-                actor: r.6,
+            .map(|(id, client_id, method, purpose, at, request_id)| {
+                (
+                    id,
+                    AccessEntry {
+                        citizen_id: citizen.clone(),
+                        client_id,
+                        method,
+                        purpose,
+                        accessed_at: Timestamp(at),
+                        request_id,
+                    },
+                )
             })
             .collect())
     }

@@ -1,6 +1,9 @@
 //! The test harness: a fresh database per test on either backend, and the real server on
 //! `127.0.0.1:0` with real tonic clients.
 //!
+//! [`spawn_tls_app`] gives the same server over mutual TLS, with certificates made by
+//! `generate_dev_certs` in a temp dir of the test's own.
+//!
 //! PostgreSQL: `DATABASE_URL` (an admin connection; each test creates and drops its own
 //! database) when set; otherwise a throw-away cluster is started from the system's
 //! PostgreSQL binaries, once per test binary; if there are none, the tests fail with a
@@ -9,21 +12,24 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use payout_registry::auth::{hash_token, Authenticator};
-use payout_registry::config::ClientConfig;
+use payout_registry::config::{ClientConfig, TlsSettings};
 use payout_registry::domain::Timestamp;
 use payout_registry::grpc::AppState;
+use payout_registry::limits::{Limits, RateLimitConfig};
 use payout_registry::proto::account_registry_client::AccountRegistryClient;
+use payout_registry::proto::oversight_client::OversightClient;
 use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
 use payout_registry::server::{serve, ServerOptions};
 use payout_registry::store::{connect, Store, StoreOptions};
+use payout_registry::tls::{generate_dev_certs, server_tls_config, DevCertFiles};
 use sqlx::Connection;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use uuid::Uuid;
 
 pub const COOLING_OFF: Duration = Duration::from_secs(72 * 3600);
@@ -336,17 +342,20 @@ impl TestClock {
     }
 }
 
-/// The clients every test server knows, by token.
+/// The clients every test server knows, by token. Each also has a certificate subject
+/// equal to its id, used only by [`spawn_tls_app`] (see [`TlsMaterial`]).
 pub const ADMIN: &str = "admin-token";
 pub const PAYER: &str = "payer-token";
 pub const MASKED: &str = "masked-token";
 pub const EXISTS: &str = "exists-token";
 pub const NOSCOPE: &str = "noscope-token";
+pub const AUDITOR: &str = "auditor-token";
 
 fn clients() -> Vec<ClientConfig> {
     let c = |id: &str, token: &str, scopes: &[&str]| ClientConfig {
         id: id.into(),
-        token_sha256: hash_token(token),
+        token_sha256: Some(hash_token(token)),
+        cert_subject: Some(id.into()),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
     };
     vec![
@@ -361,10 +370,15 @@ fn clients() -> Vec<ClientConfig> {
                 "resolve.full",
             ],
         ),
-        c("vss-payroll", PAYER, &["resolve", "resolve.full"]),
+        c(
+            "vss-payroll",
+            PAYER,
+            &["resolve", "resolve.full", "payouts.report"],
+        ),
         c("province-office", MASKED, &["resolve", "accounts.read"]),
         c("eligibility-check", EXISTS, &["resolve.exists"]),
         c("stranger", NOSCOPE, &[]),
+        c("auditor", AUDITOR, &["oversight"]),
     ]
 }
 
@@ -383,41 +397,76 @@ pub type Registry =
     AccountRegistryClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 pub type Resolver =
     PayoutResolverClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
+pub type Overseer =
+    OversightClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 
-/// Sends a bearer token (or none).
+/// The purpose test clients state in `x-purpose` unless a test says otherwise.
+pub const TEST_PURPOSE: &str = "integration test";
+
+/// Sends a bearer token (or none) and a purpose (or none).
 #[derive(Clone)]
-pub struct Token(Option<String>);
+pub struct Token {
+    token: Option<String>,
+    purpose: Option<&'static str>,
+}
+
+impl Token {
+    fn new(token: Option<&str>, purpose: Option<&'static str>) -> Token {
+        Token {
+            token: token.map(str::to_owned),
+            purpose,
+        }
+    }
+}
 
 impl tonic::service::Interceptor for Token {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.0 {
+        if let Some(t) = &self.token {
             req.metadata_mut()
                 .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        if let Some(p) = self.purpose {
+            req.metadata_mut().insert("x-purpose", p.parse().unwrap());
         }
         Ok(req)
     }
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_tuned(backend, ServerOptions::default(), |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, options: ServerOptions) -> TestApp {
+    spawn_app_tuned(backend, options, |_| {}).await
+}
+
+pub async fn spawn_app_with_limits(backend: Backend, limits: RateLimitConfig) -> TestApp {
+    spawn_app_tuned(backend, ServerOptions::default(), move |state| {
+        state.limits = Arc::new(Limits::new(limits));
+    })
+    .await
+}
+
+/// The server with `options`, and its state adjusted by `configure` before it starts.
+pub async fn spawn_app_tuned(
+    backend: Backend,
+    options: ServerOptions,
+    configure: impl FnOnce(&mut AppState),
+) -> TestApp {
     let db = TestDb::new(backend).await;
     let store = db.store().await;
     let clock = TestClock::new();
     let mut state = AppState::new(store.clone(), COOLING_OFF);
     let c = clock.clone();
     state.clock = Arc::new(move || c.now());
+    configure(&mut state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let auth = Arc::new(Authenticator::new(&clients()));
-    let server = tokio::spawn(serve(
-        listener,
-        state,
-        auth,
-        ServerOptions::default(),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let server = tokio::spawn(serve(listener, state, auth, options, async {
+        let _ = rx.await;
+    }));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
@@ -436,14 +485,27 @@ impl TestApp {
     pub fn registry(&self, token: Option<&str>) -> Registry {
         AccountRegistryClient::with_interceptor(
             self.channel.clone(),
-            Token(token.map(str::to_owned)),
+            Token::new(token, Some(TEST_PURPOSE)),
         )
     }
     pub fn resolver(&self, token: Option<&str>) -> Resolver {
         PayoutResolverClient::with_interceptor(
             self.channel.clone(),
-            Token(token.map(str::to_owned)),
+            Token::new(token, Some(TEST_PURPOSE)),
         )
+    }
+    pub fn oversight(&self, token: Option<&str>) -> Overseer {
+        OversightClient::with_interceptor(
+            self.channel.clone(),
+            Token::new(token, Some(TEST_PURPOSE)),
+        )
+    }
+    /// Clients that send no `x-purpose`: the request's `purpose` field is all there is.
+    pub fn registry_without_purpose(&self, token: Option<&str>) -> Registry {
+        AccountRegistryClient::with_interceptor(self.channel.clone(), Token::new(token, None))
+    }
+    pub fn resolver_without_purpose(&self, token: Option<&str>) -> Resolver {
+        PayoutResolverClient::with_interceptor(self.channel.clone(), Token::new(token, None))
     }
     pub fn channel(&self) -> Channel {
         self.channel.clone()
@@ -457,6 +519,158 @@ impl TestApp {
             h.await.expect("server task").expect("server result");
         }
     }
+}
+
+/// The certificate Common Names of the TLS test clients: the token clients' ids, so each
+/// has the same scopes by certificate as by token.
+pub const ADMIN_CERT: &str = "welfare-admin";
+pub const PAYER_CERT: &str = "vss-payroll";
+pub const MASKED_CERT: &str = "province-office";
+pub const EXISTS_CERT: &str = "eligibility-check";
+pub const NOSCOPE_CERT: &str = "stranger";
+/// Issued by the test CA, but no configured client has this `cert_subject`.
+pub const UNKNOWN_CERT: &str = "unknown-office";
+
+/// Certificates for a TLS test server (a CA of its own, the server's, and one per client
+/// above), in a temp dir that lives as long as this value.
+pub struct TlsMaterial {
+    pub files: DevCertFiles,
+    dir: tempfile::TempDir,
+}
+
+impl TlsMaterial {
+    pub fn generate() -> TlsMaterial {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids = [
+            ADMIN_CERT,
+            PAYER_CERT,
+            MASKED_CERT,
+            EXISTS_CERT,
+            NOSCOPE_CERT,
+            UNKNOWN_CERT,
+        ];
+        let files = generate_dev_certs(dir.path(), &ids).expect("generate test certificates");
+        TlsMaterial { files, dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The `[tls]` settings for these files, as an operator would write them.
+    pub fn settings(&self, require_client_cert: bool) -> TlsSettings {
+        tls_settings(self.dir(), require_client_cert)
+    }
+
+    /// The CA certificate, for clients to verify the server with.
+    pub fn ca(&self) -> Certificate {
+        Certificate::from_pem(std::fs::read(&self.files.ca_cert).expect("read ca.pem"))
+    }
+
+    /// A client's certificate and key.
+    pub fn identity(&self, client_id: &str) -> Identity {
+        client_identity(self.dir(), client_id)
+    }
+
+    /// TLS for a client that trusts this CA and presents `client_id`'s certificate, or
+    /// no certificate.
+    pub fn client_tls(&self, client_id: Option<&str>) -> ClientTlsConfig {
+        let tls = ClientTlsConfig::new().ca_certificate(self.ca());
+        match client_id {
+            Some(id) => tls.identity(self.identity(id)),
+            None => tls,
+        }
+    }
+
+    /// A channel to `app` presenting `client_id`'s certificate (or none).
+    pub fn channel(&self, app: &TestApp, client_id: Option<&str>) -> Channel {
+        tls_channel(app.addr, self.client_tls(client_id))
+    }
+}
+
+/// The `[tls]` settings for the files `dev-certs` writes in `dir`.
+pub fn tls_settings(dir: &Path, require_client_cert: bool) -> TlsSettings {
+    TlsSettings {
+        cert_file: dir.join("server.pem"),
+        key_file: dir.join("server.key"),
+        client_ca_file: Some(dir.join("ca.pem")),
+        require_client_cert,
+        handshake_timeout_secs: 10,
+    }
+}
+
+/// `<client>.pem` and `<client>.key` from a `dev-certs` directory.
+pub fn client_identity(dir: &Path, client_id: &str) -> Identity {
+    let read = |ext: &str| {
+        let path = dir.join(format!("{client_id}.{ext}"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    };
+    Identity::from_pem(read("pem"), read("key"))
+}
+
+/// The server over mutual TLS: every call needs a client certificate from the test CA.
+/// The app's own clients ([`TestApp::registry`], ...) speak TLS without a certificate;
+/// use [`TlsMaterial::channel`] and [`registry_on`] for a client with one.
+pub async fn spawn_tls_app(backend: Backend) -> (TestApp, TlsMaterial) {
+    spawn_tls_app_with(backend, true).await
+}
+
+/// The server over TLS; with `require_client_cert = false` token-only clients get in too.
+pub async fn spawn_tls_app_with(
+    backend: Backend,
+    require_client_cert: bool,
+) -> (TestApp, TlsMaterial) {
+    let material = TlsMaterial::generate();
+    let app = spawn_tls_app_from(
+        backend,
+        &material.settings(require_client_cert),
+        material.client_tls(None),
+    )
+    .await;
+    (app, material)
+}
+
+/// The server over TLS configured by `settings` (loaded the way `serve` loads `[tls]`);
+/// the app's own channel uses `channel_tls`.
+pub async fn spawn_tls_app_from(
+    backend: Backend,
+    settings: &TlsSettings,
+    channel_tls: ClientTlsConfig,
+) -> TestApp {
+    let options = ServerOptions {
+        tls: Some(server_tls_config(settings).expect("server TLS configuration")),
+        ..ServerOptions::default()
+    };
+    let mut app = spawn_app_with(backend, options).await;
+    app.channel = tls_channel(app.addr, channel_tls);
+    app
+}
+
+/// A channel to a TLS server on `addr`, dialled by IP address (the test server's
+/// certificate names 127.0.0.1).
+pub fn tls_channel(addr: SocketAddr, tls: ClientTlsConfig) -> Channel {
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .expect("client TLS configuration")
+        .connect_lazy()
+}
+
+/// A plain-text channel to `addr`.
+pub fn plaintext_channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+/// A registry client on any channel, with a bearer token or none.
+pub fn registry_on(channel: Channel, token: Option<&str>) -> Registry {
+    AccountRegistryClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
+}
+
+/// A resolver client on any channel, with a bearer token or none.
+pub fn resolver_on(channel: Channel, token: Option<&str>) -> Resolver {
+    PayoutResolverClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
 }
 
 /// Generates one test per backend for each listed case: `backends!(case_a, case_b)`
