@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::store::{AccessEntry, Store};
 
@@ -29,11 +29,20 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Starts the writer. At most `queue` reads wait to be written; at most `max_batch`
-    /// go into one INSERT.
-    pub fn start(store: Arc<dyn Store>, queue: usize, max_batch: usize) -> AccessLog {
+    /// Starts `writers` writer tasks. At most `queue` reads wait to be written; at most
+    /// `max_batch` go into one INSERT. Several writers overlap their commits, so a read
+    /// waits for about one commit rather than for the batch ahead of it and then its own.
+    pub fn start(
+        store: Arc<dyn Store>,
+        queue: usize,
+        max_batch: usize,
+        writers: usize,
+    ) -> AccessLog {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(write_batches(store, rx, max_batch.max(1)));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(write_batches(store.clone(), rx.clone(), max_batch.max(1)));
+        }
         AccessLog { tx: Some(tx) }
     }
 
@@ -58,19 +67,31 @@ impl AccessLog {
     }
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let mut count = batch[0].entries.len();
-        while count < max_batch {
-            match rx.try_recv() {
-                Ok(p) => {
-                    count += p.entries.len();
-                    batch.push(p);
-                }
-                Err(_) => break,
+/// Takes the next batch: waits for one read, then whatever else is queued, up to
+/// `max_batch` entries. `None` once every handle is gone.
+async fn next_batch(rx: &Mutex<mpsc::Receiver<Pending>>, max_batch: usize) -> Option<Vec<Pending>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut count = first.entries.len();
+    let mut batch = vec![first];
+    while count < max_batch {
+        match rx.try_recv() {
+            Ok(p) => {
+                count += p.entries.len();
+                batch.push(p);
             }
+            Err(_) => break,
         }
+    }
+    Some(batch)
+}
+
+async fn write_batches(
+    store: Arc<dyn Store>,
+    rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    max_batch: usize,
+) {
+    while let Some(batch) = next_batch(&rx, max_batch).await {
         let entries: Vec<AccessEntry> = batch.iter().flat_map(|p| p.entries.clone()).collect();
         if store.append_access_log(&entries).await.is_ok() {
             for p in batch {

@@ -269,12 +269,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let token = match args.token {
-        Some(t) => t,
-        None => std::fs::read_to_string(&args.token_file)
-            .with_context(|| format!("no --token and {} is unreadable", args.token_file.display()))?
-            .trim()
-            .to_owned(),
+    let token = || -> anyhow::Result<String> {
+        match &args.token {
+            Some(t) => Ok(t.clone()),
+            None => Ok(std::fs::read_to_string(&args.token_file)
+                .with_context(|| {
+                    format!("no --token and {} is unreadable", args.token_file.display())
+                })?
+                .trim()
+                .to_owned()),
+        }
     };
     let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
     let duration = std::time::Duration::from_secs(args.seconds);
@@ -285,6 +289,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario {
         BenchScenario::Resolve => {
             let mut registry = AccountRegistryClient::new(channel.clone());
+            let token = token()?;
             let ids = crate::bench::seed(&mut registry, &token, args.citizens, 0).await?;
             let figures =
                 crate::bench::resolve(channel, &token, Arc::new(ids), args.concurrency, duration)

@@ -171,7 +171,7 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true),
         );
-        if let Ok(url) = std::env::var("DATABASE_URL") {
+        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
             builder = builder.set_override("database_url", url)?;
         }
         let settings: Settings = builder.build()?.try_deserialize()?;

@@ -14,7 +14,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{spawn_app, Backend, TestApp, ADMIN, EXISTS, MASKED, NOSCOPE, PAYER};
+use common::{
+    spawn_secure_app as spawn_app, Backend, TestApp, ADMIN, AUDITOR, EXISTS, MASKED, NOSCOPE, PAYER,
+};
 use payout_registry::proto::{
     Account, AccountHistoryEntry, AccountKind, AccountStatus, CloseAccountRequest,
     GetAccountHistoryRequest, GetAccountHistoryResponse, GetAccountRequest, LinkAccountRequest,
@@ -22,6 +24,10 @@ use payout_registry::proto::{
     RejectAccountRequest, ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope,
     SetDefaultAccountRequest, SetDefaultAccountResponse, SuspendAccountRequest, Verification,
     VerificationMethod, VerifyAccountRequest,
+};
+use payout_registry::proto::{
+    FindAccountHoldersRequest, ListAccessLogRequest, ListDuplicateClaimsRequest,
+    ReportPayoutFailureRequest,
 };
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
@@ -506,11 +512,15 @@ enum Rpc {
     GetAccount,
     ListCitizenAccounts,
     GetAccountHistory,
+    ReportPayoutFailure,
     Resolve,
+    FindAccountHolders,
+    ListDuplicateClaims,
+    ListAccessLog,
 }
 
 /// Each RPC with a client holding its scope, and a client holding only other scopes.
-const SCOPE_TABLE: [(Rpc, &str, &str); 11] = [
+const SCOPE_TABLE: [(Rpc, &str, &str); 15] = [
     (Rpc::LinkAccount, ADMIN, MASKED),
     (Rpc::VerifyAccount, ADMIN, MASKED),
     (Rpc::RejectAccount, ADMIN, MASKED),
@@ -521,7 +531,11 @@ const SCOPE_TABLE: [(Rpc, &str, &str); 11] = [
     (Rpc::GetAccount, MASKED, PAYER),
     (Rpc::ListCitizenAccounts, MASKED, PAYER),
     (Rpc::GetAccountHistory, MASKED, PAYER),
+    (Rpc::ReportPayoutFailure, PAYER, ADMIN),
     (Rpc::Resolve, PAYER, NOSCOPE),
+    (Rpc::FindAccountHolders, AUDITOR, ADMIN),
+    (Rpc::ListDuplicateClaims, AUDITOR, PAYER),
+    (Rpc::ListAccessLog, AUDITOR, MASKED),
 ];
 
 /// Calls `rpc` with an empty request: enough to see whether the call passes the auth
@@ -566,9 +580,39 @@ async fn call_with_empty_request(app: &TestApp, rpc: Rpc, token: Option<&str>) -
             let request = GetAccountHistoryRequest::default();
             r.get_account_history(request).await.map(drop)
         }
+        Rpc::ReportPayoutFailure => {
+            let request = ReportPayoutFailureRequest::default();
+            r.report_payout_failure(request).await.map(drop)
+        }
         Rpc::Resolve => {
             let request = ResolveRequest::default();
             app.resolver(token).resolve(request).await.map(drop)
+        }
+        Rpc::FindAccountHolders => {
+            let request = FindAccountHoldersRequest::default();
+            app.oversight(token)
+                .find_account_holders(request)
+                .await
+                .map(drop)
+        }
+        Rpc::ListDuplicateClaims => {
+            // The one call an empty request can satisfy: page through every claim with
+            // a bad page token to make it a refusal past the auth layer.
+            let request = ListDuplicateClaimsRequest {
+                page_token: "not-a-token".into(),
+                ..Default::default()
+            };
+            app.oversight(token)
+                .list_duplicate_claims(request)
+                .await
+                .map(drop)
+        }
+        Rpc::ListAccessLog => {
+            let request = ListAccessLogRequest::default();
+            app.oversight(token)
+                .list_access_log(request)
+                .await
+                .map(drop)
         }
     };
     result.expect_err("an empty request is never accepted")

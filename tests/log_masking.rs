@@ -10,7 +10,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::{spawn_app, Backend, TestApp, ADMIN, AUDITOR, PAYER};
+use common::{spawn_secure_app as spawn_app, Backend, TestApp, ADMIN, AUDITOR, PAYER};
 use payout_registry::config::LogFormat;
 use payout_registry::proto::*;
 use uuid::Uuid;

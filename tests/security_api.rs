@@ -7,7 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{spawn_app, spawn_app_with_limits, Backend, TestApp, ADMIN, AUDITOR, MASKED, PAYER};
+use common::{
+    spawn_secure_app as spawn_app, spawn_secure_app_with_limits, Backend, TestApp, ADMIN, AUDITOR,
+    MASKED, PAYER,
+};
 use payout_registry::limits::{BucketConfig, RateLimitConfig};
 use payout_registry::proto::*;
 use tonic::{Code, Status};
@@ -602,7 +605,7 @@ fn tight_limits(burst: f64, unknown_cost: f64) -> RateLimitConfig {
 }
 
 async fn a_client_over_its_rate_limit_is_told_when_to_retry(backend: Backend) {
-    let app = spawn_app_with_limits(backend, tight_limits(3.0, 0.0)).await;
+    let app = spawn_secure_app_with_limits(backend, tight_limits(3.0, 0.0)).await;
     verified_account(&app, "001089100010", "0071100000010").await;
     for _ in 0..3 {
         app.resolver(Some(PAYER))
@@ -631,7 +634,7 @@ async fn a_client_over_its_rate_limit_is_told_when_to_retry(backend: Backend) {
 }
 
 async fn lookups_of_unknown_citizens_exhaust_the_rate_limit_faster(backend: Backend) {
-    let app = spawn_app_with_limits(backend, tight_limits(10.0, 4.0)).await;
+    let app = spawn_secure_app_with_limits(backend, tight_limits(10.0, 4.0)).await;
     verified_account(&app, "001089100011", "0071100000011").await;
     // Hits: ten fit in the burst.
     for _ in 0..10 {

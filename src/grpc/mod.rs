@@ -53,7 +53,7 @@ impl AppState {
     /// runtime).
     pub fn new(store: Arc<dyn Store>, cooling_off: Duration) -> AppState {
         AppState {
-            access: AccessLog::start(store.clone(), 10_000, 2_000),
+            access: AccessLog::start(store.clone(), 10_000, 2_000, 4),
             store,
             cooling_off,
             clock: Arc::new(Timestamp::now),

@@ -36,6 +36,33 @@ const LOCK_ACCOUNT: &str = concat!(
     " FROM accounts WHERE account_id = $1"
 );
 
+/// SQLite commits the access log like everything else.
+const ACCESS_LOG_PREAMBLE: Option<&str> = None;
+
+/// Writes a batch of access-log entries as multi-row INSERTs (chunks stay under SQLite's
+/// limit of bound parameters).
+async fn insert_access_log(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    entries: &[super::AccessEntry],
+) -> StoreResult<()> {
+    for chunk in entries.chunks(5000) {
+        let mut q = sqlx::QueryBuilder::<DB>::new(
+            "INSERT INTO access_log (citizen_id, client_id, method, purpose, accessed_at, \
+             request_id) ",
+        );
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(e.citizen_id.as_str())
+                .push_bind(&e.client_id)
+                .push_bind(&e.method)
+                .push_bind(&e.purpose)
+                .push_bind(e.accessed_at.micros())
+                .push_bind(e.request_id);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// The SQLite store: a one-connection writer pool and a reader pool.
 pub struct SqliteStore {
     write: SqlitePool,

@@ -7,7 +7,9 @@
 //   PostgreSQL; SQLite serialises writers on a single connection instead);
 // - `fn unique_target(&sqlx::Error) -> Option<UniqueTarget>`: which unique constraint a
 //   database error violated;
-// - `MIGRATOR`: its migrations folder.
+// - `MIGRATOR`: its migrations folder;
+// - `ACCESS_LOG_PREAMBLE`: a statement run first in each access-log batch, if any, and
+//   `insert_access_log`: the batch's set-based INSERT.
 //
 // The SQL here is the dialect both backends accept (`$n` parameters, ON CONFLICT,
 // partial indexes). What is checked, in which order and with which locks held, is the
@@ -1331,23 +1333,12 @@ impl Store for Backend {
         if entries.is_empty() {
             return Ok(());
         }
-        // One multi-row INSERT per batch; chunks keep under both backends' parameter
-        // limits (6 parameters a row).
-        for chunk in entries.chunks(5000) {
-            let mut q = sqlx::QueryBuilder::<DB>::new(
-                "INSERT INTO access_log (citizen_id, client_id, method, purpose, accessed_at, \
-                 request_id) ",
-            );
-            q.push_values(chunk, |mut row, e| {
-                row.push_bind(e.citizen_id.as_str())
-                    .push_bind(&e.client_id)
-                    .push_bind(&e.method)
-                    .push_bind(&e.purpose)
-                    .push_bind(e.accessed_at.micros())
-                    .push_bind(e.request_id);
-            });
-            q.build().execute(&self.write).await?;
+        let mut tx = self.write.begin().await?;
+        if let Some(preamble) = ACCESS_LOG_PREAMBLE {
+            sqlx::query(preamble).execute(&mut *tx).await?;
         }
+        insert_access_log(&mut tx, entries).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -391,6 +391,8 @@ pub struct TestApp {
     channel: Channel,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Certificates of a TLS server, kept as long as the app.
+    tls: Option<TlsMaterial>,
 }
 
 pub type Registry =
@@ -440,13 +442,6 @@ pub async fn spawn_app_with(backend: Backend, options: ServerOptions) -> TestApp
     spawn_app_tuned(backend, options, |_| {}).await
 }
 
-pub async fn spawn_app_with_limits(backend: Backend, limits: RateLimitConfig) -> TestApp {
-    spawn_app_tuned(backend, ServerOptions::default(), move |state| {
-        state.limits = Arc::new(Limits::new(limits));
-    })
-    .await
-}
-
 /// The server with `options`, and its state adjusted by `configure` before it starts.
 pub async fn spawn_app_tuned(
     backend: Backend,
@@ -478,6 +473,7 @@ pub async fn spawn_app_tuned(
         channel,
         shutdown: Some(tx),
         server: Some(server),
+        tls: None,
     }
 }
 
@@ -628,6 +624,37 @@ pub async fn spawn_tls_app_with(
     )
     .await;
     (app, material)
+}
+
+/// The server over real TLS, with token clients allowed (`require_client_cert = false`)
+/// and its state adjusted by `configure`: the app's own clients speak TLS and present
+/// their bearer tokens, so every test written against [`TestApp`] runs over TLS.
+pub async fn spawn_secure_app_tuned(
+    backend: Backend,
+    configure: impl FnOnce(&mut AppState),
+) -> TestApp {
+    let material = TlsMaterial::generate();
+    let options = ServerOptions {
+        tls: Some(server_tls_config(&material.settings(false)).expect("server TLS configuration")),
+        ..ServerOptions::default()
+    };
+    let mut app = spawn_app_tuned(backend, options, configure).await;
+    app.channel = tls_channel(app.addr, material.client_tls(None));
+    app.tls = Some(material);
+    app
+}
+
+/// [`spawn_secure_app_tuned`] with the default state.
+pub async fn spawn_secure_app(backend: Backend) -> TestApp {
+    spawn_secure_app_tuned(backend, |_| {}).await
+}
+
+/// [`spawn_secure_app_tuned`] with these rate limits.
+pub async fn spawn_secure_app_with_limits(backend: Backend, limits: RateLimitConfig) -> TestApp {
+    spawn_secure_app_tuned(backend, move |state| {
+        state.limits = Arc::new(Limits::new(limits));
+    })
+    .await
 }
 
 /// The server over TLS configured by `settings` (loaded the way `serve` loads `[tls]`);
