@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    spawn_secure_app as spawn_app, spawn_secure_app_with_limits, Backend, TestApp, ADMIN, AUDITOR,
-    MASKED, PAYER,
+    spawn_secure_app as spawn_app, spawn_secure_app_tuned, spawn_secure_app_with_limits, Backend,
+    TestApp, ADMIN, AUDITOR, MASKED, PAYER,
 };
 use payout_registry::limits::{BucketConfig, RateLimitConfig};
 use payout_registry::proto::*;
@@ -29,6 +29,7 @@ on_both_backends!(
     oversight_is_closed_to_clients_without_the_oversight_scope,
     a_client_over_its_rate_limit_is_told_when_to_retry,
     lookups_of_unknown_citizens_exhaust_the_rate_limit_faster,
+    calls_beyond_the_in_flight_limit_are_refused_at_once_not_queued,
 );
 
 const VIETCOMBANK: &str = "970436";
@@ -657,4 +658,97 @@ async fn lookups_of_unknown_citizens_exhaust_the_rate_limit_faster(backend: Back
         .resolve(resolve_request("001089100977", "p"))
         .await;
     refused(result, Code::ResourceExhausted, "RATE_LIMITED");
+}
+
+/// Holds the access log's table locked from another connection, so that every read
+/// waits in flight for its log entry until the lock is released.
+enum LogLock {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+async fn lock_access_log(app: &TestApp) -> LogLock {
+    use sqlx::Connection;
+    match app.db.backend {
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.db.url)
+                .await
+                .expect("connect");
+            sqlx::query("BEGIN").execute(&mut c).await.expect("begin");
+            sqlx::query("LOCK TABLE access_log IN EXCLUSIVE MODE")
+                .execute(&mut c)
+                .await
+                .expect("lock");
+            LogLock::Postgres(c)
+        }
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.db.url)
+                .await
+                .expect("connect");
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut c)
+                .await
+                .expect("lock the writer");
+            LogLock::Sqlite(c)
+        }
+    }
+}
+
+async fn release(lock: LogLock) {
+    match lock {
+        LogLock::Postgres(mut c) => drop(sqlx::query("ROLLBACK").execute(&mut c).await),
+        LogLock::Sqlite(mut c) => drop(sqlx::query("ROLLBACK").execute(&mut c).await),
+    }
+}
+
+async fn calls_beyond_the_in_flight_limit_are_refused_at_once_not_queued(backend: Backend) {
+    let limits = RateLimitConfig {
+        max_concurrent_calls: 2,
+        ..RateLimitConfig::default()
+    };
+    let app = spawn_secure_app_tuned(backend, move |state| {
+        state.limits = std::sync::Arc::new(payout_registry::limits::Limits::new(limits));
+    })
+    .await;
+    verified_account(&app, "001089100012", "0071100000012").await;
+    let lock = lock_access_log(&app).await;
+    // Two reads go in flight and wait for their access-log entries.
+    let in_flight: Vec<_> = (0..2)
+        .map(|_| {
+            let mut resolver = app.resolver(Some(PAYER));
+            tokio::spawn(
+                async move { resolver.resolve(resolve_request("001089100012", "p")).await },
+            )
+        })
+        .collect();
+    // Give both calls time to reach the server and block on the log. Should they not
+    // have, the third call is admitted and blocks too; the timeout below then fails the
+    // test instead of hanging it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let mut third = app.resolver(Some(MASKED));
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        third.resolve(resolve_request("001089100012", "p")),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    release(lock).await;
+    let result = answer.expect("the third call is answered at once, not queued");
+    let status = refused(result, Code::Unavailable, "OVERLOADED");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "shed at once, not queued: {elapsed:?}"
+    );
+    assert!(status.get_error_details().retry_info().is_some());
+    for call in in_flight {
+        call.await
+            .expect("task")
+            .expect("the waiting reads complete once the log is free");
+    }
+    // With the load gone, calls are admitted again.
+    app.resolver(Some(MASKED))
+        .resolve(resolve_request("001089100012", "p"))
+        .await
+        .expect("admitted");
 }
