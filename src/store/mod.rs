@@ -4,9 +4,9 @@
 //! (production) and [`sqlite::SqliteStore`] (the embedded default) implement it; the
 //! backend is chosen from the database URL's scheme by [`connect`]. The transaction
 //! scripts (what is read, checked and written for each command) are written once in
-//! `sql.rs` and instantiated for each backend, because the rules they apply must not
-//! drift apart; each backend file holds only what truly differs (connection set-up,
-//! locking, migrations).
+//! `transactions.rs` and compiled into each backend with `include!`, because the rules
+//! they apply must not drift apart; each backend file holds only what truly differs
+//! (connection set-up, locking, migrations, the access log's bulk insert).
 //!
 //! All SQL lives in this module. Nothing here knows about gRPC: refusals are
 //! [`Rejection`]s, everything else is an internal error.
