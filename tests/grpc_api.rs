@@ -15,7 +15,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    spawn_secure_app as spawn_app, Backend, TestApp, ADMIN, AUDITOR, EXISTS, MASKED, NOSCOPE, PAYER,
+    refused, spawn_secure_app as spawn_app, Backend, TestApp, ADMIN, AUDITOR, EXISTS, MASKED,
+    NOSCOPE, PAYER,
 };
 use payout_registry::proto::{
     Account, AccountHistoryEntry, AccountKind, AccountStatus, CloseAccountRequest,
@@ -98,7 +99,6 @@ const BIDV: &str = "970418";
 const DONGA_BANK: &str = "970406";
 /// The client id behind the ADMIN token, recorded as the actor of its changes.
 const ADMIN_CLIENT: &str = "welfare-admin";
-const ERROR_DOMAIN: &str = "payoutregistry.gov.vn";
 const HOUR: Duration = Duration::from_secs(3600);
 
 use VerificationMethod::{InPerson, IssuerConfirmed, NameMatch, VneidDeclared};
@@ -442,21 +442,6 @@ fn shifted(t: &prost_types::Timestamp, seconds: i64) -> prost_types::Timestamp {
 // ------------------------------------------------------------------------------------
 // Assertions on refusals
 // ------------------------------------------------------------------------------------
-
-/// Asserts that a call was refused with `code` and the stable `reason` in its ErrorInfo,
-/// and returns the status for further checks.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, reason: &str) -> Status {
-    let status = result.expect_err("the call should have been refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    let details = status.get_error_details();
-    let info = details
-        .error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    assert_eq!(info.reason, reason, "{status:?}");
-    assert_eq!(info.domain, ERROR_DOMAIN);
-    status
-}
 
 /// Asserts INVALID_ARGUMENT with `reason` and a BadRequest field violation on `field`.
 #[track_caller]

@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    spawn_secure_app as spawn_app, spawn_secure_app_tuned, spawn_secure_app_with_limits, Backend,
-    TestApp, ADMIN, AUDITOR, MASKED, PAYER,
+    refused, spawn_secure_app as spawn_app, spawn_secure_app_tuned, spawn_secure_app_with_limits,
+    Backend, TestApp, ADMIN, AUDITOR, MASKED, PAYER,
 };
 use payout_registry::limits::{BucketConfig, RateLimitConfig};
 use payout_registry::proto::*;
-use tonic::{Code, Status};
+use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
@@ -36,19 +36,6 @@ const VIETCOMBANK: &str = "970436";
 
 fn key() -> String {
     Uuid::new_v4().to_string()
-}
-
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, reason: &str) -> Status {
-    let status = result.expect_err("the call should have been refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    let info = status.get_error_details().error_info().cloned();
-    assert_eq!(
-        info.map(|i| i.reason).as_deref(),
-        Some(reason),
-        "{status:?}"
-    );
-    status
 }
 
 /// Links a Vietcombank account verified in person; the citizen's first becomes default.

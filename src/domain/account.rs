@@ -438,6 +438,15 @@ pub struct ReportPayoutFailure {
     pub reason: String,
 }
 
+/// The refusal for an account id the registry does not know.
+pub fn account_not_found(id: Uuid) -> Rejection {
+    Rejection::field(
+        Reason::AccountNotFound,
+        "account_id",
+        format!("no account {id}"),
+    )
+}
+
 /// Refuses a write whose `expected_version` is stale.
 pub fn check_version(expected: Option<u64>, actual: u64) -> Result<(), Rejection> {
     match expected {

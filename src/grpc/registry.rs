@@ -4,12 +4,14 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    account_id, account_out, citizen_id, history_out, page_token_in, page_token_out, preference_out,
+    account_id, account_out, citizen_id, history_out, page_size, page_token_in, page_token_out,
+    preference_out,
 };
 use super::{AppState, Call};
 use crate::auth::Scope;
 use crate::domain::{
-    Account, ChangeAccount, LinkAccount, Rejection, ReportPayoutFailure, SetPreference,
+    account_not_found, Account, ChangeAccount, LinkAccount, Rejection, ReportPayoutFailure,
+    SetPreference,
 };
 use crate::limits::RpcClass;
 use crate::proto::account_registry_server::AccountRegistry;
@@ -223,10 +225,7 @@ impl AccountRegistry for AccountRegistryService {
         let purpose = call.purpose(&req.purpose)?;
         let id = account_id("account_id", &req.account_id).map_err(|r| call.reject(r))?;
         let after = page_token_in(&req.page_token).map_err(|r| call.reject(r))?;
-        let size = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
+        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE);
         // Checked on every page: a page token must not turn an unknown account into an
         // empty history.
         let account = self.account(&call, id).await?;
@@ -298,18 +297,10 @@ impl AccountRegistryService {
             .get_account(id)
             .await
             .map_err(|e| call.fail(e))?
-            .ok_or_else(|| call.reject(not_found(id)))
+            .ok_or_else(|| call.reject(account_not_found(id)))
     }
 }
 
 const GET_ACCOUNT: &str = "/payoutregistry.v1.AccountRegistry/GetAccount";
 const LIST_CITIZEN_ACCOUNTS: &str = "/payoutregistry.v1.AccountRegistry/ListCitizenAccounts";
 const GET_ACCOUNT_HISTORY: &str = "/payoutregistry.v1.AccountRegistry/GetAccountHistory";
-
-fn not_found(id: uuid::Uuid) -> Rejection {
-    Rejection::field(
-        crate::domain::Reason::AccountNotFound,
-        "account_id",
-        format!("no account {id}"),
-    )
-}

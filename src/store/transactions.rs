@@ -17,7 +17,7 @@
 
 use crate::domain::ReportPayoutFailure;
 use crate::domain::{
-    check_verification, check_version, previous_for_change, resolve, AccountAction, AccountStatus,
+    account_not_found, check_verification, check_version, previous_for_change, resolve, AccountAction, AccountStatus,
     Change, CitizenStatus, PreferenceAt, Reason, ResolutionInputs, VerificationInput,
     MAX_OPEN_ACCOUNTS,
 };
@@ -57,14 +57,6 @@ fn owned_by_another() -> Rejection {
         "account_ref",
         "this account is already verified for another citizen; the claim has been recorded \
          for investigation",
-    )
-}
-
-fn not_found(id: Uuid) -> Rejection {
-    Rejection::field(
-        Reason::AccountNotFound,
-        "account_id",
-        format!("no account {id}"),
     )
 }
 
@@ -240,14 +232,14 @@ impl Backend {
                 .bind(cmd.account_id)
                 .fetch_optional(&mut **tx)
                 .await?;
-        let citizen_id = citizen_id.ok_or_else(|| not_found(cmd.account_id))?;
+        let citizen_id = citizen_id.ok_or_else(|| account_not_found(cmd.account_id))?;
         // Citizen first, then account: every write takes its locks in this order.
         let citizen = lock_citizen(tx, &citizen_id)
             .await?
             .ok_or_else(|| corrupt("account without citizen"))?;
         let account = lock_account(tx, cmd.account_id)
             .await?
-            .ok_or_else(|| not_found(cmd.account_id))?;
+            .ok_or_else(|| account_not_found(cmd.account_id))?;
         check_version(cmd.expected_version, account.version)?;
         self.apply(tx, ctx, &citizen, &account, &cmd.action, &cmd.reason)
             .await
@@ -412,13 +404,13 @@ impl Backend {
                 .bind(cmd.account_id)
                 .fetch_optional(&mut **tx)
                 .await?;
-        let citizen_id = citizen_id.ok_or_else(|| not_found(cmd.account_id))?;
+        let citizen_id = citizen_id.ok_or_else(|| account_not_found(cmd.account_id))?;
         let citizen = lock_citizen(tx, &citizen_id)
             .await?
             .ok_or_else(|| corrupt("account without citizen"))?;
         let account = lock_account(tx, cmd.account_id)
             .await?
-            .ok_or_else(|| not_found(cmd.account_id))?;
+            .ok_or_else(|| account_not_found(cmd.account_id))?;
         let failure_id = Uuid::now_v7();
         let program = ProgramCode::key(cmd.program.as_ref());
         sqlx::query(

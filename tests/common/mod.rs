@@ -715,3 +715,26 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// The `google.rpc.ErrorInfo.domain` of the service's errors.
+pub const ERROR_DOMAIN: &str = "payoutregistry.gov.vn";
+
+/// Asserts that a call was refused with `code` and the stable `reason` in its ErrorInfo
+/// (in the service's error domain), and returns the status for further checks.
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    reason: &str,
+) -> tonic::Status {
+    use tonic_types::StatusExt;
+    let status = result.expect_err("the call should have been refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, ERROR_DOMAIN);
+    status
+}
