@@ -135,7 +135,10 @@ pub fn required(path: &str) -> Option<Access> {
             "payoutregistry.v1.Oversight",
             "FindAccountHolders" | "ListDuplicateClaims" | "ListAccessLog",
         ) => Access::AnyOf(&[Oversight]),
-        ("payoutregistry.v1.PayoutResolver", "Resolve") => {
+        ("payoutregistry.v1.PopulationSync", "SyncCitizens" | "SyncAccounts") => {
+            Access::AnyOf(&[SyncPopulation])
+        }
+        ("payoutregistry.v1.PayoutResolver", "Resolve" | "BatchResolve") => {
             // The handler further requires `resolve` for details.
             Access::AnyOf(&[Resolve, ResolveExists])
         }

@@ -25,6 +25,8 @@ pub enum RpcClass {
     Read,
     Resolve,
     Oversight,
+    /// Records and ids in bulk streams (BatchResolve, PopulationSync), one token each.
+    Bulk,
 }
 
 /// One bucket's shape.
@@ -45,6 +47,8 @@ pub struct RateLimitConfig {
     pub read: BucketConfig,
     pub resolve: BucketConfig,
     pub oversight: BucketConfig,
+    /// Per record or id in a bulk stream; a stream over its rate is slowed down, not cut.
+    pub bulk: BucketConfig,
     /// Extra tokens a lookup of an unknown citizen costs.
     pub unknown_citizen_cost: f64,
     /// Most calls served at once; more are refused immediately.
@@ -59,6 +63,7 @@ impl Default for RateLimitConfig {
             read: bucket(500.0, 1000.0),
             resolve: bucket(20_000.0, 40_000.0),
             oversight: bucket(10.0, 50.0),
+            bulk: bucket(1_000_000.0, 1_000_000.0),
             unknown_citizen_cost: 20.0,
             max_concurrent_calls: 4096,
         }
@@ -72,6 +77,7 @@ impl RateLimitConfig {
             RpcClass::Read => self.read,
             RpcClass::Resolve => self.resolve,
             RpcClass::Oversight => self.oversight,
+            RpcClass::Bulk => self.bulk,
         }
     }
 }
@@ -133,6 +139,19 @@ impl Limits {
         bucket.tokens = (bucket.tokens - cost).max(-shape.burst);
     }
 
+    /// Charges `cost` tokens for work a stream is about to do and answers how long the
+    /// stream should pause first so that the client stays within its rate.
+    pub fn pace(&self, client: &str, class: RpcClass, cost: f64, now: Instant) -> Duration {
+        let shape = self.config.bucket(class);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = refilled(&mut buckets, client, class, shape, now);
+        bucket.tokens -= cost;
+        if bucket.tokens >= 0.0 || shape.per_second <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(-bucket.tokens / shape.per_second)
+    }
+
     /// The extra cost of a lookup that found no citizen.
     pub fn unknown_citizen_cost(&self) -> f64 {
         self.config.unknown_citizen_cost
@@ -184,9 +203,21 @@ mod tests {
             read: b,
             resolve: b,
             oversight: b,
+            bulk: b,
             unknown_citizen_cost: 5.0,
             max_concurrent_calls: 2,
         })
+    }
+
+    #[test]
+    fn a_stream_over_its_rate_is_paced_not_refused() {
+        let l = limits(1000.0, 1000.0);
+        let t0 = Instant::now();
+        assert_eq!(l.pace("a", RpcClass::Bulk, 1000.0, t0), Duration::ZERO);
+        let wait = l.pace("a", RpcClass::Bulk, 500.0, t0);
+        assert_eq!(wait, Duration::from_millis(500));
+        // Another client is not slowed down.
+        assert_eq!(l.pace("b", RpcClass::Bulk, 10.0, t0), Duration::ZERO);
     }
 
     #[test]

@@ -11,10 +11,14 @@ use tokio::net::TcpListener;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::auth::{AuthLayer, Authenticator};
-use crate::grpc::{AccountRegistryService, AppState, OversightService, PayoutResolverService};
+use crate::grpc::{
+    AccountRegistryService, AppState, OversightService, PayoutResolverService,
+    PopulationSyncService,
+};
 use crate::proto::account_registry_server::AccountRegistryServer;
 use crate::proto::oversight_server::OversightServer;
 use crate::proto::payout_resolver_server::PayoutResolverServer;
+use crate::proto::population_sync_server::PopulationSyncServer;
 
 /// How the server runs, beyond what handlers need.
 #[derive(Debug, Clone)]
@@ -60,6 +64,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<OversightServer<OversightService>>()
         .await;
+    health_reporter
+        .set_serving::<PopulationSyncServer<PopulationSyncService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -72,6 +79,8 @@ pub async fn serve(
     let registry = AccountRegistryServer::new(AccountRegistryService::new(state.clone()))
         .max_decoding_message_size(max);
     let resolver = PayoutResolverServer::new(PayoutResolverService::new(state.clone()))
+        .max_decoding_message_size(max);
+    let population = PopulationSyncServer::new(PopulationSyncService::new(state.clone()))
         .max_decoding_message_size(max);
     let oversight =
         OversightServer::new(OversightService::new(state)).max_decoding_message_size(max);
@@ -105,6 +114,7 @@ pub async fn serve(
         .add_service(registry)
         .add_service(resolver)
         .add_service(oversight)
+        .add_service(population)
         .serve_with_incoming_shutdown(
             // A connection must complete its handshake within the call timeout (at most
             // 10 s), or it is closed: see `transport`.

@@ -519,9 +519,15 @@ request_decoders_never_panic! {
         );
     list_access_log_request_decoding_never_panics: ListAccessLogRequest =>
         |r| (
-            convert::citizen_id("citizen_id", &r.citizen_id).map(drop),
+            convert::citizen_lookup("citizen_id", &r.citizen_id).map(drop),
             convert::access_token_in(&r.page_token).map(drop),
         );
+    batch_resolve_request_decoding_never_panics: BatchResolveRequest =>
+        |r| convert::ResolveRequest::try_from(&r).map(drop);
+    sync_citizens_request_decoding_never_panics: SyncCitizensRequest =>
+        |r| r.record.as_ref().map(|c| convert::sync_citizen(c, time::macros::date!(2026 - 11 - 28)).map(drop));
+    sync_accounts_request_decoding_never_panics: SyncAccountsRequest =>
+        |r| r.record.as_ref().map(|a| convert::sync_account(a).map(drop));
 }
 
 /// Keeps the list above complete: a request message added to the proto without a

@@ -587,6 +587,7 @@ fn tight_limits(burst: f64, unknown_cost: f64) -> RateLimitConfig {
         read: b,
         resolve: b,
         oversight: b,
+        bulk: b,
         unknown_citizen_cost: unknown_cost,
         max_concurrent_calls: 64,
     }

@@ -87,6 +87,13 @@ reasons! {
     PayoutFailureCodeInvalid = "PAYOUT_FAILURE_CODE_INVALID" => InvalidArgument,
     PurposeRequired = "PURPOSE_REQUIRED" => InvalidArgument,
     TextInvalid = "TEXT_INVALID" => InvalidArgument,
+    LegacyIdInvalid = "LEGACY_ID_INVALID" => InvalidArgument,
+    LegacyIdTaken = "LEGACY_ID_TAKEN" => FailedPrecondition,
+    SourceVersionInvalid = "SOURCE_VERSION_INVALID" => InvalidArgument,
+    CitizenStatusInvalid = "CITIZEN_STATUS_INVALID" => InvalidArgument,
+    DateInvalid = "DATE_INVALID" => InvalidArgument,
+    SyncRecordMoved = "SYNC_RECORD_MOVED" => FailedPrecondition,
+    RecordDuplicatedInBatch = "RECORD_DUPLICATED_IN_BATCH" => InvalidArgument,
 }
 
 impl fmt::Display for Reason {

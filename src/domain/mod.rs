@@ -14,6 +14,7 @@ pub mod mask;
 pub mod msisdn;
 pub mod name;
 pub mod resolve;
+pub mod sync;
 pub mod time;
 
 pub use account::*;
@@ -21,6 +22,7 @@ pub use citizen_id::CitizenId;
 pub use error::{Category, Reason, Rejection};
 pub use name::HolderName;
 pub use resolve::*;
+pub use sync::{CitizenLookup, LegacyId, RecordOutcome, SyncAccount, SyncCitizen};
 pub use time::Timestamp;
 
 /// At most this many accounts may be open (pending, verified or suspended) per citizen.

@@ -30,6 +30,13 @@ impl Timestamp {
         )
     }
 
+    /// The UTC calendar date of this instant (the epoch's for an out-of-range value).
+    pub fn date(self) -> ::time::Date {
+        ::time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1000)
+            .map(|t| t.date())
+            .unwrap_or(::time::Date::MIN)
+    }
+
     /// RFC 3339 form, for humans and CLI output.
     pub fn to_rfc3339(self) -> String {
         let nanos = i128::from(self.0) * 1000;

@@ -8,9 +8,10 @@ use uuid::Uuid;
 
 use crate::domain::{
     bounded_text, required_text, Account, AccountAction, AccountKind, AccountRef, ChangeAccount,
-    CitizenId, HolderName, LinkAccount, PayoutFailureCode, ProgramCode, Reason, Rejection,
-    ReportPayoutFailure, Resolution, SetPreference, Timestamp, VerificationInput,
-    VerificationMethod, MAX_EVIDENCE_LEN, MAX_REASON_LEN,
+    CitizenId, CitizenLookup, CitizenStatus, HolderName, LinkAccount, PayoutFailureCode,
+    ProgramCode, Reason, Rejection, ReportPayoutFailure, Resolution, SetPreference, SyncAccount,
+    SyncCitizen, Timestamp, VerificationInput, VerificationMethod, MAX_EVIDENCE_LEN,
+    MAX_REASON_LEN,
 };
 use crate::proto;
 use crate::store::{
@@ -400,17 +401,23 @@ pub fn page_size(requested: u32, default: u32, max: u32) -> u32 {
     }
 }
 
-/// A resolution request and whether the caller asked for the yes/no form only.
+/// A resolution request and whether the caller asked for the yes/no form only. The
+/// citizen may be named by a legacy number, resolved to its citizen id by the handler.
 pub struct ResolveRequest {
-    pub query: ResolveQuery,
+    pub lookup: CitizenLookup,
+    pub program: Option<ProgramCode>,
+    pub as_of: Option<Timestamp>,
     pub exists_only: bool,
 }
 
-impl TryFrom<&proto::ResolveRequest> for ResolveRequest {
-    type Error = Rejection;
-
-    fn try_from(r: &proto::ResolveRequest) -> Result<ResolveRequest, Rejection> {
-        let exists_only = match proto::ResolveScope::try_from(r.scope) {
+impl ResolveRequest {
+    pub fn parse(
+        citizen: &str,
+        program_code: &str,
+        as_of: Option<&prost_types::Timestamp>,
+        scope: i32,
+    ) -> Result<ResolveRequest, Rejection> {
+        let exists_only = match proto::ResolveScope::try_from(scope) {
             Ok(proto::ResolveScope::ExistsOnly) => true,
             Ok(proto::ResolveScope::Details | proto::ResolveScope::Unspecified) => false,
             Err(_) => {
@@ -422,17 +429,99 @@ impl TryFrom<&proto::ResolveRequest> for ResolveRequest {
             }
         };
         Ok(ResolveRequest {
-            query: ResolveQuery {
-                citizen_id: citizen_id("citizen_id", &r.citizen_id)?,
-                program: ProgramCode::parse_optional(&r.program_code)?,
-                as_of: r
-                    .as_of
-                    .as_ref()
-                    .map(|t| timestamp_in("as_of", t))
-                    .transpose()?,
-            },
+            lookup: citizen_lookup("citizen_id", citizen)?,
+            program: ProgramCode::parse_optional(program_code)?,
+            as_of: as_of.map(|t| timestamp_in("as_of", t)).transpose()?,
             exists_only,
         })
+    }
+
+    /// The store's query, once the citizen id is known.
+    pub fn query(&self, citizen_id: CitizenId) -> ResolveQuery {
+        ResolveQuery {
+            citizen_id,
+            program: self.program.clone(),
+            as_of: self.as_of,
+        }
+    }
+}
+
+impl TryFrom<&proto::ResolveRequest> for ResolveRequest {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::ResolveRequest) -> Result<ResolveRequest, Rejection> {
+        ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope)
+    }
+}
+
+impl TryFrom<&proto::BatchResolveRequest> for ResolveRequest {
+    type Error = Rejection;
+
+    fn try_from(r: &proto::BatchResolveRequest) -> Result<ResolveRequest, Rejection> {
+        ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope)
+    }
+}
+
+/// Parses a citizen named for a lookup: a citizen id or a legacy 9-digit CMND number.
+pub fn citizen_lookup(field: &str, raw: &str) -> Result<CitizenLookup, Rejection> {
+    CitizenLookup::parse(raw.trim()).map_err(|r| r.at(field))
+}
+
+/// A citizen record from the population platform, validated against `today`.
+pub fn sync_citizen(r: &proto::CitizenRecord, today: time::Date) -> Result<SyncCitizen, Rejection> {
+    let status = match proto::CitizenStatus::try_from(r.status) {
+        Ok(proto::CitizenStatus::Active) => Some(CitizenStatus::Active),
+        Ok(proto::CitizenStatus::Deceased) => Some(CitizenStatus::Deceased),
+        Ok(proto::CitizenStatus::IdRevoked) => Some(CitizenStatus::IdRevoked),
+        Ok(proto::CitizenStatus::Unspecified) | Err(_) => None,
+    };
+    SyncCitizen::parse(
+        &r.record_id,
+        r.version,
+        r.citizen_id.trim(),
+        &r.full_name,
+        &r.date_of_birth,
+        status,
+        &r.date_of_death,
+        &r.legacy_ids,
+        today,
+    )
+}
+
+/// A declared account from the population platform, validated.
+pub fn sync_account(r: &proto::AccountRecord) -> Result<SyncAccount, Rejection> {
+    let (record_id, version) = crate::domain::sync::record_key(&r.record_id, r.version)?;
+    let kind = kind(r.kind)?;
+    let confirmation = match proto::Confirmation::try_from(r.confirmation) {
+        Ok(proto::Confirmation::Unspecified) => None,
+        Ok(proto::Confirmation::NameMatch) => Some(VerificationMethod::NameMatch),
+        Ok(proto::Confirmation::IssuerConfirmed) => Some(VerificationMethod::IssuerConfirmed),
+        Err(_) => return Err(Rejection::field(
+            Reason::VerificationMethodInvalid,
+            "confirmation",
+            "confirmation must be unset, CONFIRMATION_NAME_MATCH or CONFIRMATION_ISSUER_CONFIRMED",
+        )),
+    };
+    Ok(SyncAccount {
+        record_id,
+        version,
+        citizen_id: citizen_id("citizen_id", &r.citizen_id)?,
+        kind,
+        provider_code: required_text("provider_code", &r.provider_code, 20)?,
+        account_ref: AccountRef::parse(kind, &r.account_ref)?,
+        holder_name: holder_name(&r.holder_name)?,
+        confirmation,
+        removed: r.removed,
+    })
+}
+
+/// A refused record (or BatchResolve request) as sent in a stream.
+pub fn record_error(record_id: &str, r: &Rejection) -> proto::RecordError {
+    proto::RecordError {
+        record_id: record_id.to_owned(),
+        reason: r.reason.as_str().to_owned(),
+        field: r.field.clone().unwrap_or_default(),
+        message: r.message.clone(),
     }
 }
 

@@ -16,7 +16,9 @@ use uuid::Uuid;
 
 use crate::access_log::AccessLog;
 use crate::auth::{Caller, RequestId, Scope};
-use crate::domain::{bounded_text, Category, CitizenId, Reason, Rejection, Timestamp};
+use crate::domain::{
+    bounded_text, Category, CitizenId, CitizenLookup, Reason, Rejection, Timestamp,
+};
 use crate::limits::{Admission, Limits, RateLimitConfig, Refused, RpcClass};
 use crate::store::{AccessEntry, Idempotency, Store, StoreError, WriteContext};
 
@@ -25,10 +27,12 @@ const MAX_PURPOSE_LEN: usize = 200;
 
 pub mod convert;
 mod oversight;
+mod population;
 mod registry;
 mod resolver;
 
 pub use oversight::OversightService;
+pub use population::PopulationSyncService;
 pub use registry::AccountRegistryService;
 pub use resolver::PayoutResolverService;
 
@@ -134,6 +138,20 @@ impl Call {
             })
     }
 
+    /// Charges `records` to the caller's bulk rate and waits as long as it asks: a bulk
+    /// stream over its rate is slowed down, not cut.
+    pub async fn pace(&self, state: &AppState, records: usize) {
+        let wait = state.limits.pace(
+            &self.caller.client_id,
+            RpcClass::Bulk,
+            records as f64,
+            std::time::Instant::now(),
+        );
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// The purpose of a read: the request's `purpose` field, else `x-purpose` metadata.
     /// Reads of citizens' data without one are refused.
     pub fn purpose(&self, field: &str) -> Result<String, Status> {
@@ -182,6 +200,25 @@ impl Call {
                 "the access log cannot be written, so the read is refused; retry shortly",
             )
         })
+    }
+
+    /// The citizen a lookup names: a citizen id as sent, or the citizen a legacy CMND
+    /// number belongs to (`None` when no citizen has that number).
+    pub async fn find_citizen(
+        &self,
+        state: &AppState,
+        field: &str,
+        raw: &str,
+    ) -> Result<Option<CitizenId>, Status> {
+        match convert::citizen_lookup(field, raw).map_err(|r| self.reject(r))? {
+            CitizenLookup::Id(id) => Ok(Some(id)),
+            CitizenLookup::Legacy(legacy) => Ok(state
+                .store
+                .citizens_by_legacy_id(std::slice::from_ref(&legacy))
+                .await
+                .map_err(|e| self.fail(e))?
+                .remove(&legacy)),
+        }
     }
 
     /// Refuses the call unless the caller holds `scope` (for requirements finer than

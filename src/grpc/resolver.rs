@@ -1,16 +1,37 @@
-//! `PayoutResolver`: which account does the money go to?
+//! `PayoutResolver`: which account does the money go to, for one citizen or for a
+//! payroll run of millions.
 
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
-use super::convert::{resolution_out, ResolveRequest};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{record_error, resolution_out, ResolveRequest};
 use super::{AppState, Call};
 use crate::auth::Scope;
-use crate::domain::Resolution;
+use crate::domain::{CitizenId, CitizenLookup, LegacyId, Rejection, Resolution};
 use crate::limits::RpcClass;
 use crate::proto::payout_resolver_server::PayoutResolver;
-use crate::proto::{ResolveOutcome, ResolveRequest as ProtoResolveRequest, ResolveResponse};
+use crate::proto::{
+    BatchResolveRequest, BatchResolveResponse, ResolveOutcome,
+    ResolveRequest as ProtoResolveRequest, ResolveResponse,
+};
 
 const RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/Resolve";
+const BATCH_RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/BatchResolve";
+
+/// Most requests looked up together (one round trip to the database).
+pub const BATCH_SIZE: usize = 1000;
+
+/// How long a batch waits for more requests after its first before it is looked up.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+
+/// Answers buffered between the lookup task and the transport: with the HTTP/2 window,
+/// all the memory a slow reader can make the server hold for one stream.
+const ANSWER_BUFFER: usize = 2 * BATCH_SIZE;
 
 pub struct PayoutResolverService {
     state: AppState,
@@ -22,8 +43,113 @@ impl PayoutResolverService {
     }
 }
 
+/// One request of a batch, parsed, with the purpose it is read for.
+struct Pending {
+    request: ResolveRequest,
+    purpose: String,
+}
+
+/// Resolves a batch: legacy numbers through their aliases (one query), every citizen in
+/// one lookup, every read recorded in the access log (one commit) before anything is
+/// answered. Unknown citizens cost the client extra rate-limit tokens.
+async fn resolve_all(
+    state: &AppState,
+    call: &Call,
+    method: &str,
+    pending: &[Pending],
+) -> Result<Vec<(Resolution, Option<CitizenId>)>, Status> {
+    let legacy: Vec<LegacyId> = pending
+        .iter()
+        .filter_map(|p| match &p.request.lookup {
+            CitizenLookup::Legacy(l) => Some(l.clone()),
+            CitizenLookup::Id(_) => None,
+        })
+        .collect();
+    let aliases = if legacy.is_empty() {
+        Default::default()
+    } else {
+        state
+            .store
+            .citizens_by_legacy_id(&legacy)
+            .await
+            .map_err(|e| call.fail(e))?
+    };
+    let citizens: Vec<Option<CitizenId>> = pending
+        .iter()
+        .map(|p| match &p.request.lookup {
+            CitizenLookup::Id(id) => Some(id.clone()),
+            CitizenLookup::Legacy(l) => aliases.get(l).cloned(),
+        })
+        .collect();
+    let queries: Vec<_> = pending
+        .iter()
+        .zip(&citizens)
+        .filter_map(|(p, c)| c.clone().map(|c| p.request.query(c)))
+        .collect();
+    let now = state.now();
+    let mut found = state
+        .store
+        .resolve_many(&queries, now)
+        .await
+        .map_err(|e| call.fail(e))?
+        .into_iter();
+    let mut out = Vec::with_capacity(pending.len());
+    let mut unknown = 0usize;
+    for citizen in citizens {
+        let resolution = match &citizen {
+            Some(_) => found.next().unwrap_or(Resolution::UnknownCitizen),
+            None => Resolution::UnknownCitizen,
+        };
+        if resolution == Resolution::UnknownCitizen {
+            unknown += 1;
+        }
+        out.push((resolution, citizen));
+    }
+    if unknown > 0 {
+        // Misses cost more: enumerating citizen ids must be slow and visible.
+        let limits = &state.limits;
+        limits.charge(
+            &call.caller.client_id,
+            RpcClass::Resolve,
+            limits.unknown_citizen_cost() * unknown as f64,
+            Instant::now(),
+        );
+    }
+    // The access log is written per purpose; a batch almost always has one.
+    let mut purposes: Vec<&str> = pending.iter().map(|p| p.purpose.as_str()).collect();
+    purposes.sort_unstable();
+    purposes.dedup();
+    for purpose in purposes {
+        let read = pending
+            .iter()
+            .zip(&out)
+            .filter(|(p, _)| p.purpose == purpose)
+            .filter_map(|(_, (_, c))| c.clone());
+        call.log_reads(state, method, purpose, read).await?;
+    }
+    Ok(out)
+}
+
+fn answer(
+    call: &Call,
+    request: &ResolveRequest,
+    resolution: &Resolution,
+    now: crate::domain::Timestamp,
+) -> ResolveResponse {
+    resolution_out(
+        resolution,
+        request.program.as_ref(),
+        request.as_of.unwrap_or(now),
+        request.exists_only,
+        call.caller.has(Scope::ResolveFull),
+    )
+}
+
 #[tonic::async_trait]
 impl PayoutResolver for PayoutResolverService {
+    type BatchResolveStream =
+        Pin<Box<dyn Stream<Item = Result<BatchResolveResponse, Status>> + Send>>;
+
     async fn resolve(
         &self,
         request: Request<ProtoResolveRequest>,
@@ -36,44 +162,148 @@ impl PayoutResolver for PayoutResolverService {
             // `resolve.exists` clients may only ask yes/no.
             call.require(Scope::Resolve)?;
         }
+        let pending = [Pending {
+            request: req,
+            purpose,
+        }];
         let now = self.state.now();
-        let resolution = self
-            .state
-            .store
-            .resolve(&req.query, now)
-            .await
-            .map_err(|e| call.fail(e))?;
-        if resolution == Resolution::UnknownCitizen {
-            // Misses cost more: enumerating citizen ids must be slow and visible.
-            let limits = &self.state.limits;
-            limits.charge(
-                &call.caller.client_id,
-                RpcClass::Resolve,
-                limits.unknown_citizen_cost(),
-                std::time::Instant::now(),
-            );
-        }
-        call.log_reads(
-            &self.state,
-            RESOLVE,
-            &purpose,
-            [req.query.citizen_id.clone()],
-        )
-        .await?;
-        let at = req.query.as_of.unwrap_or(now);
-        let out = resolution_out(
-            &resolution,
-            req.query.program.as_ref(),
-            at,
-            req.exists_only,
-            call.caller.has(Scope::ResolveFull),
-        );
+        let (resolution, citizen) = resolve_all(&self.state, &call, RESOLVE, &pending)
+            .await?
+            .pop()
+            .ok_or_else(|| Status::internal("no resolution"))?;
+        let out = answer(&call, &pending[0].request, &resolution, now);
         tracing::info!(
-            citizen = %req.query.citizen_id,
-            outcome = ResolveOutcome::try_from(out.outcome).map(|o| o.as_str_name()).unwrap_or("?"),
+            citizen = citizen.as_ref().map(CitizenId::masked).unwrap_or_default(),
+            outcome = ResolveOutcome::try_from(out.outcome)
+                .map(|o| o.as_str_name())
+                .unwrap_or("?"),
             cooling_off = out.cooling_off,
             "resolved"
         );
         Ok(Response::new(out))
     }
+
+    async fn batch_resolve(
+        &self,
+        request: Request<Streaming<BatchResolveRequest>>,
+    ) -> Result<Response<Self::BatchResolveStream>, Status> {
+        let call = Call::of(&request)?;
+        let admitted = call.admit(&self.state, RpcClass::Resolve)?;
+        let state = self.state.clone();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(ANSWER_BUFFER);
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let answered = batch_loop(&state, &call, inbound, &tx).await;
+            match answered {
+                Ok(n) => tracing::info!(requests = n, "batch resolve finished"),
+                Err(status) => {
+                    tracing::info!(code = ?status.code(), "batch resolve ended with an error");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Reads requests in batches, resolves each batch, and sends the answers in request
+/// order. Sending waits while the client is not reading, and reading waits on sending:
+/// a slow reader slows the whole stream down and memory stays bounded.
+async fn batch_loop(
+    state: &AppState,
+    call: &Call,
+    mut inbound: Streaming<BatchResolveRequest>,
+    tx: &mpsc::Sender<Result<BatchResolveResponse, Status>>,
+) -> Result<u64, Status> {
+    let mut stream_purpose: Option<String> = None;
+    let mut answered = 0u64;
+    loop {
+        let batch = next_batch(&mut inbound, BATCH_SIZE, BATCH_LINGER).await?;
+        if batch.is_empty() {
+            return Ok(answered);
+        }
+        call.pace(state, batch.len()).await;
+        // Parse every request; refusals are answered in place.
+        let mut slots: Vec<Result<usize, Rejection>> = Vec::with_capacity(batch.len());
+        let mut pending = Vec::with_capacity(batch.len());
+        for r in &batch {
+            if stream_purpose.is_none() && !r.purpose.trim().is_empty() {
+                stream_purpose = Some(r.purpose.clone());
+            }
+            let parsed = ResolveRequest::try_from(r).and_then(|request| {
+                let raw = if r.purpose.trim().is_empty() {
+                    stream_purpose.as_deref().unwrap_or("")
+                } else {
+                    &r.purpose
+                };
+                let purpose = call.purpose(raw).map_err(|_| {
+                    Rejection::field(
+                        crate::domain::Reason::PurposeRequired,
+                        "purpose",
+                        "state why you read these citizens' data: `purpose` on the first \
+                         request or `x-purpose` metadata",
+                    )
+                })?;
+                Ok(Pending { request, purpose })
+            });
+            match parsed {
+                Ok(p) => {
+                    if !p.request.exists_only {
+                        call.require(Scope::Resolve)?;
+                    }
+                    slots.push(Ok(pending.len()));
+                    pending.push(p);
+                }
+                Err(r) => slots.push(Err(r)),
+            }
+        }
+        let now = state.now();
+        let resolved = if pending.is_empty() {
+            Vec::new()
+        } else {
+            resolve_all(state, call, BATCH_RESOLVE, &pending).await?
+        };
+        for (r, slot) in batch.into_iter().zip(slots) {
+            let out = match slot {
+                Ok(i) => BatchResolveResponse {
+                    correlation_id: r.correlation_id,
+                    result: Some(answer(call, &pending[i].request, &resolved[i].0, now)),
+                    error: None,
+                },
+                Err(rejection) => BatchResolveResponse {
+                    error: Some(record_error(&r.correlation_id, &rejection)),
+                    correlation_id: r.correlation_id,
+                    result: None,
+                },
+            };
+            if tx.send(Ok(out)).await.is_err() {
+                // The client went away; nothing more to do.
+                return Ok(answered);
+            }
+            answered += 1;
+        }
+    }
+}
+
+/// Waits for the next message, then takes what arrives within `linger`, up to `max`.
+/// Empty at the end of the stream. A client that cancels ends the stream with its error.
+pub async fn next_batch<T>(
+    inbound: &mut Streaming<T>,
+    max: usize,
+    linger: Duration,
+) -> Result<Vec<T>, Status> {
+    let mut batch = Vec::new();
+    match inbound.next().await {
+        None => return Ok(batch),
+        Some(first) => batch.push(first?),
+    }
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, inbound.next()).await {
+            Ok(Some(next)) => batch.push(next?),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(batch)
 }

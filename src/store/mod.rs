@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{
-    Account, ChangeAccount, CitizenId, CitizenStatus, LinkAccount, ProgramCode, Rejection,
-    ReportPayoutFailure, Resolution, SetPreference, Timestamp,
+    Account, ChangeAccount, CitizenId, CitizenStatus, LegacyId, LinkAccount, ProgramCode,
+    RecordOutcome, Rejection, ReportPayoutFailure, Resolution, SetPreference, SyncAccount,
+    SyncCitizen, Timestamp,
 };
 
 /// The columns of `accounts`, in `rows::AccountRow` order. A macro so that it can be
@@ -37,6 +38,7 @@ pub mod postgres;
 pub mod reference;
 mod rows;
 pub mod sqlite;
+pub mod sync;
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +259,37 @@ pub trait Store: Send + Sync + 'static {
         ctx: &WriteContext,
         rec: &CitizenRecord,
     ) -> StoreResult<CitizenUpsert>;
+
+    /// Applies a batch of citizen records from the population platform in one
+    /// transaction: one outcome per record, in order. A rejected record changes nothing;
+    /// its neighbours are applied.
+    async fn sync_citizens(
+        &self,
+        ctx: &WriteContext,
+        batch: &[SyncCitizen],
+    ) -> StoreResult<Vec<RecordOutcome>>;
+
+    /// Applies a batch of declared-account records in one transaction, as
+    /// [`Store::sync_citizens`].
+    async fn sync_accounts(
+        &self,
+        ctx: &WriteContext,
+        batch: &[SyncAccount],
+    ) -> StoreResult<Vec<RecordOutcome>>;
+
+    /// The citizens that registered legacy numbers belong to (unknown numbers are absent).
+    async fn citizens_by_legacy_id(
+        &self,
+        ids: &[LegacyId],
+    ) -> StoreResult<std::collections::HashMap<LegacyId, CitizenId>>;
+
+    /// Resolves many queries at once (current-state queries in one round trip); one
+    /// resolution per query, in order.
+    async fn resolve_many(
+        &self,
+        queries: &[ResolveQuery],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Resolution>>;
 
     async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>>;
 

@@ -98,4 +98,8 @@ fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
     UniqueTarget::from_constraint(db.constraint()?)
 }
 
+/// Locks the rows a bulk select returns (see batch.rs).
+const FOR_UPDATE: &str = " FOR UPDATE";
+
 include!("transactions.rs");
+include!("batch.rs");

@@ -106,4 +106,8 @@ fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
     UniqueTarget::from_sqlite_message(db.message())
 }
 
+/// Locks the rows a bulk select returns (see batch.rs).
+const FOR_UPDATE: &str = "";
+
 include!("transactions.rs");
+include!("batch.rs");

@@ -17,9 +17,9 @@
 
 use crate::domain::ReportPayoutFailure;
 use crate::domain::{
-    account_not_found, check_verification, check_version, previous_for_change, resolve, AccountAction, AccountStatus,
-    Change, CitizenStatus, PreferenceAt, Reason, ResolutionInputs, VerificationInput,
-    MAX_OPEN_ACCOUNTS,
+    account_not_found, check_verification, check_version, previous_for_change, resolve,
+    AccountAction, AccountStatus, Change, CitizenStatus, PreferenceAt, Reason, ResolutionInputs,
+    VerificationInput, MAX_OPEN_ACCOUNTS,
 };
 use crate::store::rows::{
     AccountRow, CitizenRow, DuplicateClaimRow, EventRow, HistoryRow, PreferenceRow,
@@ -49,15 +49,6 @@ enum Command<'a> {
     Change(&'a ChangeAccount),
     Prefer(&'a SetPreference),
     Failure(&'a ReportPayoutFailure),
-}
-
-fn owned_by_another() -> Rejection {
-    Rejection::field(
-        Reason::AccountOwnedByAnotherCitizen,
-        "account_ref",
-        "this account is already verified for another citizen; the claim has been recorded \
-         for investigation",
-    )
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -547,44 +538,6 @@ impl Backend {
         Ok(outcome)
     }
 
-    async fn resolve_current(&self, q: &ResolveQuery) -> StoreResult<ResolutionInputs> {
-        let key = ProgramCode::key(q.program.as_ref());
-        let rows: Vec<CitizenPreferenceRow> = sqlx::query_as(
-            "SELECT c.status, p.program_code, p.account_id, p.previous_account_id, p.since \
-                 FROM citizens c LEFT JOIN preferences p \
-                 ON p.citizen_id = c.citizen_id AND p.program_code IN ($2, '') \
-                 WHERE c.citizen_id = $1",
-        )
-        .bind(q.citizen_id.as_str())
-        .bind(key)
-        .fetch_all(&self.read)
-        .await?;
-        let Some(first) = rows.first() else {
-            return Ok(ResolutionInputs::default());
-        };
-        let citizen = CitizenStatus::parse(&first.0).ok_or_else(|| corrupt("citizen status"))?;
-        let prefs: Vec<PreferenceRow> = rows
-            .iter()
-            .filter_map(|(_, program, account, previous, since)| {
-                Some(PreferenceRow {
-                    program_code: program.clone()?,
-                    account_id: (*account)?,
-                    previous_account_id: *previous,
-                    since: (*since)?,
-                })
-            })
-            .collect();
-        let ids: Vec<Uuid> = prefs
-            .iter()
-            .flat_map(|p| [Some(p.account_id), p.previous_account_id])
-            .flatten()
-            .collect();
-        let accounts = self.accounts_by_id(&ids).await?;
-        Ok(inputs_from(Some(citizen), &prefs, key, |id| {
-            accounts.iter().find(|a| a.id == id).cloned()
-        }))
-    }
-
     async fn resolve_as_of(
         &self,
         q: &ResolveQuery,
@@ -680,41 +633,7 @@ impl Backend {
         )
         .into())
     }
-
-    async fn accounts_by_id(&self, ids: &[Uuid]) -> StoreResult<Vec<Account>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            concat!(
-                "SELECT ",
-                account_columns!(),
-                " FROM accounts WHERE account_id IN ({})"
-            ),
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query_as::<_, AccountRow>(&sql);
-        for id in ids {
-            query = query.bind(*id);
-        }
-        query
-            .fetch_all(&self.read)
-            .await?
-            .into_iter()
-            .map(Account::try_from)
-            .collect()
-    }
 }
-
-/// The citizen's status, joined with each matching preference (if any).
-type CitizenPreferenceRow = (
-    String,
-    Option<String>,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<i64>,
-);
 
 /// Builds resolution inputs from preference rows (program key and default) and a way to
 /// find each account's state.
@@ -957,15 +876,17 @@ async fn claim_conflict(
     .bind(&ctx.actor)
     .execute(&mut **tx)
     .await?;
-    let payload = serde_json::json!({
-        "claim_id": claim_id,
-        "context": context,
-        "claimant_citizen_id": claim.citizen_id.as_str(),
-        "holder_citizen_id": holder,
-        "holder_account_id": holder_account,
-        "kind": claim.kind.as_str(),
-        "provider_code": claim.provider_code,
-        "account_ref": claim.account_ref.as_str(),
+    let payload = crate::store::sync::duplicate_claim_payload(&DuplicateClaim {
+        claim_id,
+        kind: claim.kind,
+        provider_code: claim.provider_code.clone(),
+        account_ref: claim.account_ref.clone(),
+        claimant: claim.citizen_id.clone(),
+        holder: CitizenId::from_stored(holder),
+        holder_account_id: holder_account,
+        context: context.to_owned(),
+        detected_at: ctx.now,
+        actor: ctx.actor.clone(),
     });
     insert_event(
         tx,
@@ -977,7 +898,7 @@ async fn claim_conflict(
         &payload,
     )
     .await?;
-    Ok(Some(owned_by_another()))
+    Ok(Some(crate::store::sync::owned_by_another()))
 }
 
 /// Appends the account's new version to its history and announces it.
@@ -1259,12 +1180,39 @@ impl Store for Backend {
     }
 
     async fn resolve(&self, q: &ResolveQuery, now: Timestamp) -> StoreResult<Resolution> {
-        self.check_program(q.program.as_ref()).await?;
-        let (inputs, at) = match q.as_of {
-            None => (self.resolve_current(q).await?, now),
-            Some(at) => (self.resolve_as_of(q, at).await?, at),
-        };
-        Ok(resolve(&inputs, at, self.options.cooling_off))
+        let mut answers = self.resolve_many_impl(std::slice::from_ref(q), now).await?;
+        answers.pop().ok_or_else(|| corrupt("no resolution"))
+    }
+
+    async fn resolve_many(
+        &self,
+        queries: &[ResolveQuery],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Resolution>> {
+        self.resolve_many_impl(queries, now).await
+    }
+
+    async fn sync_citizens(
+        &self,
+        ctx: &WriteContext,
+        batch: &[SyncCitizen],
+    ) -> StoreResult<Vec<RecordOutcome>> {
+        self.sync_citizens_impl(ctx, batch).await
+    }
+
+    async fn sync_accounts(
+        &self,
+        ctx: &WriteContext,
+        batch: &[SyncAccount],
+    ) -> StoreResult<Vec<RecordOutcome>> {
+        self.sync_accounts_impl(ctx, batch).await
+    }
+
+    async fn citizens_by_legacy_id(
+        &self,
+        ids: &[LegacyId],
+    ) -> StoreResult<HashMap<LegacyId, CitizenId>> {
+        self.citizens_by_legacy_id_impl(ids).await
     }
 
     async fn report_payout_failure(

@@ -350,6 +350,7 @@ pub const MASKED: &str = "masked-token";
 pub const EXISTS: &str = "exists-token";
 pub const NOSCOPE: &str = "noscope-token";
 pub const AUDITOR: &str = "auditor-token";
+pub const SYNC: &str = "sync-token";
 
 fn clients() -> Vec<ClientConfig> {
     let c = |id: &str, token: &str, scopes: &[&str]| ClientConfig {
@@ -379,6 +380,7 @@ fn clients() -> Vec<ClientConfig> {
         c("eligibility-check", EXISTS, &["resolve.exists"]),
         c("stranger", NOSCOPE, &[]),
         c("auditor", AUDITOR, &["oversight"]),
+        c("population-platform", SYNC, &["sync.population"]),
     ]
 }
 
@@ -399,6 +401,9 @@ pub type Registry =
     AccountRegistryClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 pub type Resolver =
     PayoutResolverClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
+pub type Population = payout_registry::proto::population_sync_client::PopulationSyncClient<
+    tonic::service::interceptor::InterceptedService<Channel, Token>,
+>;
 pub type Overseer =
     OversightClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 
@@ -495,6 +500,16 @@ impl TestApp {
             self.channel.clone(),
             Token::new(token, Some(TEST_PURPOSE)),
         )
+    }
+    pub fn population(&self, token: Option<&str>) -> Population {
+        population_on(self.channel.clone(), token)
+    }
+    /// A channel on a connection of its own (dropping it cuts that connection only).
+    pub fn new_channel(&self) -> Channel {
+        match &self.tls {
+            Some(material) => tls_channel(self.addr, material.client_tls(None)),
+            None => plaintext_channel(self.addr),
+        }
     }
     /// Clients that send no `x-purpose`: the request's `purpose` field is all there is.
     pub fn registry_without_purpose(&self, token: Option<&str>) -> Registry {
@@ -693,6 +708,14 @@ pub fn plaintext_channel(addr: SocketAddr) -> Channel {
 /// A registry client on any channel, with a bearer token or none.
 pub fn registry_on(channel: Channel, token: Option<&str>) -> Registry {
     AccountRegistryClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
+}
+
+/// A population-sync client on any channel.
+pub fn population_on(channel: Channel, token: Option<&str>) -> Population {
+    payout_registry::proto::population_sync_client::PopulationSyncClient::with_interceptor(
+        channel,
+        Token::new(token, Some(TEST_PURPOSE)),
+    )
 }
 
 /// A resolver client on any channel, with a bearer token or none.

@@ -1,0 +1,241 @@
+//! `PopulationSync`: bulk streams of citizens' facts and declared accounts from the
+//! population platform.
+//!
+//! Both RPCs run the same loop: read up to [`SYNC_BATCH`] records, validate each (a bad
+//! one is rejected alone), apply the batch in one transaction, then acknowledge it with
+//! the last record committed and the counts so far. The acknowledgement is sent only
+//! after the commit, so everything up to it is durable; the registry's per-record ledger
+//! makes anything sent again after a cut stream STALE.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{record_error, sync_account, sync_citizen};
+use super::resolver::next_batch;
+use super::{AppState, Call};
+use crate::domain::{Reason, RecordOutcome, Rejection};
+use crate::limits::RpcClass;
+use crate::proto::population_sync_server::PopulationSync;
+use crate::proto::{SyncAccountsRequest, SyncAck, SyncCitizensRequest};
+use crate::store::{Store, StoreResult, WriteContext};
+
+/// Records applied per transaction.
+pub const SYNC_BATCH: usize = 1000;
+
+/// How long a batch waits for more records after its first.
+const SYNC_LINGER: Duration = Duration::from_millis(20);
+
+/// Acknowledgements buffered for a client that is slow to read them.
+const ACK_BUFFER: usize = 4;
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<SyncAck, Status>> + Send>>;
+
+pub struct PopulationSyncService {
+    state: AppState,
+}
+
+impl PopulationSyncService {
+    pub fn new(state: AppState) -> Self {
+        PopulationSyncService { state }
+    }
+}
+
+/// How one stream reads and applies its records.
+trait SyncKind: Send + Sync + 'static {
+    type Message: Send + 'static;
+    type Record: Send + Sync + 'static;
+    const NAME: &'static str;
+    fn record_id(m: &Self::Message) -> &str;
+    fn parse(m: &Self::Message, today: time::Date) -> Result<Self::Record, Rejection>;
+    fn apply<'a>(
+        store: &'a dyn Store,
+        ctx: &'a WriteContext,
+        batch: &'a [Self::Record],
+    ) -> BoxFuture<'a, StoreResult<Vec<RecordOutcome>>>;
+}
+
+fn missing_record() -> Rejection {
+    Rejection::field(Reason::FieldRequired, "record", "record is required")
+}
+
+struct Citizens;
+
+impl SyncKind for Citizens {
+    type Message = SyncCitizensRequest;
+    type Record = crate::domain::SyncCitizen;
+    const NAME: &'static str = "citizens";
+
+    fn record_id(m: &SyncCitizensRequest) -> &str {
+        m.record
+            .as_ref()
+            .map(|r| r.record_id.as_str())
+            .unwrap_or("")
+    }
+
+    fn parse(m: &SyncCitizensRequest, today: time::Date) -> Result<Self::Record, Rejection> {
+        sync_citizen(m.record.as_ref().ok_or_else(missing_record)?, today)
+    }
+
+    fn apply<'a>(
+        store: &'a dyn Store,
+        ctx: &'a WriteContext,
+        batch: &'a [Self::Record],
+    ) -> BoxFuture<'a, StoreResult<Vec<RecordOutcome>>> {
+        store.sync_citizens(ctx, batch)
+    }
+}
+
+struct Accounts;
+
+impl SyncKind for Accounts {
+    type Message = SyncAccountsRequest;
+    type Record = crate::domain::SyncAccount;
+    const NAME: &'static str = "accounts";
+
+    fn record_id(m: &SyncAccountsRequest) -> &str {
+        m.record
+            .as_ref()
+            .map(|r| r.record_id.as_str())
+            .unwrap_or("")
+    }
+
+    fn parse(m: &SyncAccountsRequest, _today: time::Date) -> Result<Self::Record, Rejection> {
+        sync_account(m.record.as_ref().ok_or_else(missing_record)?)
+    }
+
+    fn apply<'a>(
+        store: &'a dyn Store,
+        ctx: &'a WriteContext,
+        batch: &'a [Self::Record],
+    ) -> BoxFuture<'a, StoreResult<Vec<RecordOutcome>>> {
+        store.sync_accounts(ctx, batch)
+    }
+}
+
+impl PopulationSyncService {
+    fn start<K: SyncKind>(
+        &self,
+        request: Request<Streaming<K::Message>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let call = Call::of(&request)?;
+        let admitted = call.admit(&self.state, RpcClass::Write)?;
+        let state = self.state.clone();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(ACK_BUFFER);
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            match sync_loop::<K>(&state, &call, inbound, &tx).await {
+                Ok(ack) => tracing::info!(
+                    stream = K::NAME,
+                    records = ack.records_committed,
+                    applied = ack.applied,
+                    stale = ack.stale,
+                    rejected = ack.rejected,
+                    "sync stream finished"
+                ),
+                Err(status) => {
+                    tracing::warn!(stream = K::NAME, code = ?status.code(), "sync stream ended with an error");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl PopulationSync for PopulationSyncService {
+    type SyncCitizensStream = AckStream;
+    type SyncAccountsStream = AckStream;
+
+    async fn sync_citizens(
+        &self,
+        request: Request<Streaming<SyncCitizensRequest>>,
+    ) -> Result<Response<AckStream>, Status> {
+        self.start::<Citizens>(request)
+    }
+
+    async fn sync_accounts(
+        &self,
+        request: Request<Streaming<SyncAccountsRequest>>,
+    ) -> Result<Response<AckStream>, Status> {
+        self.start::<Accounts>(request)
+    }
+}
+
+/// Applies batches until the client ends the stream; answers the last acknowledgement.
+async fn sync_loop<K: SyncKind>(
+    state: &AppState,
+    call: &Call,
+    mut inbound: Streaming<K::Message>,
+    tx: &mpsc::Sender<Result<SyncAck, Status>>,
+) -> Result<SyncAck, Status> {
+    let mut totals = SyncAck::default();
+    loop {
+        let batch = next_batch(&mut inbound, SYNC_BATCH, SYNC_LINGER).await?;
+        let Some(last) = batch.last() else {
+            return Ok(totals);
+        };
+        let last_record_id = K::record_id(last).to_owned();
+        call.pace(state, batch.len()).await;
+        let now = state.now();
+        let today = now.date();
+        let mut valid: Vec<K::Record> = Vec::with_capacity(batch.len());
+        let mut refused: Vec<Option<Rejection>> = Vec::with_capacity(batch.len());
+        for message in &batch {
+            match K::parse(message, today) {
+                Ok(record) => {
+                    valid.push(record);
+                    refused.push(None);
+                }
+                Err(r) => refused.push(Some(r)),
+            }
+        }
+        let ctx = WriteContext {
+            actor: call.caller.client_id.clone(),
+            idempotency: None,
+            now,
+        };
+        let mut outcomes = K::apply(state.store.as_ref(), &ctx, &valid)
+            .await
+            .map_err(|e| call.fail(e))?
+            .into_iter();
+        let mut ack = SyncAck {
+            last_record_id,
+            ..SyncAck::default()
+        };
+        for (message, refused) in batch.iter().zip(refused) {
+            let outcome = match refused {
+                None => outcomes.next().ok_or_else(|| {
+                    Status::internal("the store answered fewer outcomes than records")
+                })?,
+                Some(r) => RecordOutcome::Rejected(r),
+            };
+            match outcome {
+                RecordOutcome::Applied => totals.applied += 1,
+                RecordOutcome::Stale => totals.stale += 1,
+                RecordOutcome::Rejected(r) => {
+                    totals.rejected += 1;
+                    ack.errors.push(record_error(K::record_id(message), &r));
+                }
+            }
+        }
+        totals.records_committed += batch.len() as u64;
+        ack.records_committed = totals.records_committed;
+        ack.applied = totals.applied;
+        ack.stale = totals.stale;
+        ack.rejected = totals.rejected;
+        totals.last_record_id = ack.last_record_id.clone();
+        if tx.send(Ok(ack)).await.is_err() {
+            // The client went away after the commit; it resumes from its last ack and
+            // what it sends again is STALE.
+            return Ok(totals);
+        }
+    }
+}

@@ -1,0 +1,644 @@
+//! Planning a population-sync batch: what each record does, decided in memory against the
+//! state the transaction read (and locked), then written with one statement per table.
+//!
+//! The planner walks the batch in order, so a record sees the effect of the records before
+//! it in the same batch (two revisions of one record, two claims on one account), exactly
+//! as if they had been applied one by one. It applies the same rules as the single-record
+//! commands: the account state machine, `check_verification`, the one-holder rule (a
+//! refused claim is recorded and announced), the open-account limit, the first verified
+//! account becoming the default. What it decides is a [`Work`]: rows to write.
+
+use std::collections::{HashMap, HashSet};
+
+use uuid::Uuid;
+
+use super::{DuplicateClaim, WriteContext};
+use crate::domain::{
+    check_verification, Account, AccountAction, AccountKind, AccountRef, AccountStatus, Change,
+    CitizenId, CitizenStatus, Reason, RecordOutcome, Rejection, SyncAccount, SyncCitizen,
+    VerificationInput, MAX_OPEN_ACCOUNTS,
+};
+
+/// The two sync streams, as named in `sync_records.stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStream {
+    Citizens,
+    Accounts,
+}
+
+impl SyncStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStream::Citizens => "CITIZENS",
+            SyncStream::Accounts => "ACCOUNTS",
+        }
+    }
+}
+
+/// What a batch needs to know of each record before it reads the database.
+pub trait SyncRecord: Sync {
+    fn record_id(&self) -> &str;
+    fn citizen_id(&self) -> &CitizenId;
+    /// Legacy numbers the record registers.
+    fn legacy_ids(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The account the record declares.
+    fn account_key(&self) -> Option<AccountKeyTuple> {
+        None
+    }
+}
+
+impl SyncRecord for SyncCitizen {
+    fn record_id(&self) -> &str {
+        &self.record_id
+    }
+    fn citizen_id(&self) -> &CitizenId {
+        &self.citizen_id
+    }
+    fn legacy_ids(&self) -> Vec<String> {
+        self.legacy_ids
+            .iter()
+            .map(|l| l.as_str().to_owned())
+            .collect()
+    }
+}
+
+impl SyncRecord for SyncAccount {
+    fn record_id(&self) -> &str {
+        &self.record_id
+    }
+    fn citizen_id(&self) -> &CitizenId {
+        &self.citizen_id
+    }
+    fn account_key(&self) -> Option<AccountKeyTuple> {
+        Some((
+            self.kind,
+            self.provider_code.clone(),
+            self.account_ref.clone(),
+        ))
+    }
+}
+
+/// A citizen row as the planner needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CitizenState {
+    pub full_name: Option<String>,
+    pub date_of_birth: Option<String>,
+    pub status: CitizenStatus,
+    pub died_on: Option<String>,
+    pub source_version: Option<i64>,
+}
+
+/// Identifies an account at its provider.
+pub type AccountKeyTuple = (AccountKind, String, AccountRef);
+
+fn key_of(a: &Account) -> AccountKeyTuple {
+    (a.kind, a.provider_code.clone(), a.account_ref.clone())
+}
+
+/// What the transaction read before planning.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// `sync_records` of this stream: record id -> (version, account id).
+    pub ledger: HashMap<String, (i64, Option<Uuid>)>,
+    /// The batch's citizens that exist (locked on PostgreSQL).
+    pub citizens: HashMap<String, CitizenState>,
+    /// Legacy numbers of the batch that are already registered -> their citizen.
+    pub aliases: HashMap<String, String>,
+    /// Accounts the batch may touch: the citizens' open accounts and those named by the
+    /// ledger.
+    pub accounts: HashMap<Uuid, Account>,
+    /// Held (VERIFIED or SUSPENDED) accounts with the batch's keys -> (citizen, account).
+    pub holders: HashMap<AccountKeyTuple, (String, Uuid)>,
+    /// Citizens of the batch that have a default preference.
+    pub has_default: HashSet<String>,
+    /// Provider code -> (kind, active).
+    pub providers: HashMap<String, (AccountKind, bool)>,
+}
+
+/// A citizen row to write (insert or update).
+#[derive(Debug, Clone)]
+pub struct CitizenWrite {
+    pub citizen_id: CitizenId,
+    pub state: CitizenState,
+    /// Whether the row existed when the batch read it.
+    pub existed: bool,
+}
+
+/// A row of `citizen_history`.
+#[derive(Debug, Clone)]
+pub struct CitizenHistoryWrite {
+    pub citizen_id: String,
+    pub state: CitizenState,
+    pub reason: &'static str,
+}
+
+/// A row of `events`.
+#[derive(Debug, Clone)]
+pub struct EventWrite {
+    pub event_type: String,
+    pub citizen_id: String,
+    pub account_id: Option<Uuid>,
+    pub reason: String,
+    pub payload: serde_json::Value,
+}
+
+/// A row of `sync_records`.
+#[derive(Debug, Clone)]
+pub struct LedgerWrite {
+    pub record_id: String,
+    pub version: i64,
+    pub outcome: &'static str,
+    pub citizen_id: String,
+    pub account_id: Option<Uuid>,
+}
+
+/// A new default preference.
+#[derive(Debug, Clone)]
+pub struct DefaultWrite {
+    pub account: Account,
+}
+
+/// Everything a batch writes, table by table.
+#[derive(Debug, Default)]
+pub struct Work {
+    pub outcomes: Vec<RecordOutcome>,
+    /// Final state per citizen, in citizen-id order.
+    pub citizens: Vec<CitizenWrite>,
+    pub citizen_history: Vec<CitizenHistoryWrite>,
+    pub aliases: Vec<(String, String)>,
+    /// Final state per account (inserted or updated), in id order.
+    pub accounts: Vec<Account>,
+    /// Each version an account passed through in the batch, with its change and reason.
+    pub account_history: Vec<(Account, Change, String)>,
+    pub duplicate_claims: Vec<DuplicateClaim>,
+    pub defaults: Vec<DefaultWrite>,
+    pub events: Vec<EventWrite>,
+    /// Final entry per record id.
+    pub ledger: Vec<LedgerWrite>,
+}
+
+const SYNC_REASON: &str = "population sync";
+
+fn outcome_text(outcome: &RecordOutcome) -> &'static str {
+    match outcome {
+        RecordOutcome::Applied | RecordOutcome::Stale => "APPLIED",
+        RecordOutcome::Rejected(r) => r.reason.as_str(),
+    }
+}
+
+/// The refusal of a claim on an account another citizen holds. It does not say who.
+pub fn owned_by_another() -> Rejection {
+    Rejection::field(
+        Reason::AccountOwnedByAnotherCitizen,
+        "account_ref",
+        "this account is already verified for another citizen; the claim has been recorded \
+         for investigation",
+    )
+}
+
+/// The event payload announcing a refused claim (DUPLICATE_CLAIM_DETECTED).
+pub fn duplicate_claim_payload(c: &DuplicateClaim) -> serde_json::Value {
+    serde_json::json!({
+        "claim_id": c.claim_id,
+        "context": c.context,
+        "claimant_citizen_id": c.claimant.as_str(),
+        "holder_citizen_id": c.holder.as_str(),
+        "holder_account_id": c.holder_account_id,
+        "kind": c.kind.as_str(),
+        "provider_code": c.provider_code,
+        "account_ref": c.account_ref.as_str(),
+    })
+}
+
+/// Keeps the last ledger entry per record id.
+fn final_ledger(entries: Vec<LedgerWrite>) -> Vec<LedgerWrite> {
+    let mut by_id: HashMap<String, LedgerWrite> = HashMap::new();
+    for e in entries {
+        by_id.insert(e.record_id.clone(), e);
+    }
+    let mut out: Vec<LedgerWrite> = by_id.into_values().collect();
+    out.sort_by(|a, b| a.record_id.cmp(&b.record_id));
+    out
+}
+
+/// Plans a batch of citizen records.
+pub fn plan_citizens(_ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded) -> Work {
+    let mut work = Work::default();
+    let mut ledger = loaded.ledger.clone();
+    let mut citizens: HashMap<String, (CitizenState, bool)> = loaded
+        .citizens
+        .iter()
+        .map(|(id, s)| (id.clone(), (s.clone(), true)))
+        .collect();
+    let mut touched: Vec<CitizenId> = Vec::new();
+    let mut aliases = loaded.aliases.clone();
+    let mut ledger_writes = Vec::new();
+    for rec in batch {
+        let id = rec.citizen_id.as_str();
+        let seen = ledger.get(&rec.record_id).map(|(v, _)| *v);
+        let current = citizens.get(id);
+        let stale = seen.is_some_and(|v| v >= rec.version)
+            || current.is_some_and(|(s, _)| s.source_version.is_some_and(|v| v >= rec.version));
+        if stale {
+            work.outcomes.push(RecordOutcome::Stale);
+            continue;
+        }
+        let outcome = match aliases_conflict(rec, &aliases) {
+            Some(refused) => RecordOutcome::Rejected(refused),
+            None => {
+                let previous = current.map(|(s, _)| s.status);
+                let existed = current.is_some_and(|(_, existed)| *existed);
+                let state = CitizenState {
+                    full_name: rec.full_name.clone(),
+                    date_of_birth: rec.date_of_birth.clone(),
+                    status: rec.status,
+                    died_on: rec.died_on.clone(),
+                    source_version: Some(rec.version),
+                };
+                for legacy in &rec.legacy_ids {
+                    if !aliases.contains_key(legacy.as_str()) {
+                        aliases.insert(legacy.as_str().to_owned(), id.to_owned());
+                        work.aliases
+                            .push((legacy.as_str().to_owned(), id.to_owned()));
+                    }
+                }
+                work.citizen_history.push(CitizenHistoryWrite {
+                    citizen_id: id.to_owned(),
+                    state: state.clone(),
+                    reason: SYNC_REASON,
+                });
+                if previous.unwrap_or(CitizenStatus::Active) != rec.status {
+                    work.events.push(EventWrite {
+                        event_type: "CITIZEN_STATUS_CHANGED".into(),
+                        citizen_id: id.to_owned(),
+                        account_id: None,
+                        reason: SYNC_REASON.into(),
+                        payload: serde_json::json!({
+                            "citizen_id": id,
+                            "previous_status": previous.map(CitizenStatus::as_str),
+                            "status": rec.status.as_str(),
+                            "died_on": rec.died_on,
+                            "source_version": rec.version,
+                            "record_id": rec.record_id,
+                        }),
+                    });
+                }
+                citizens.insert(id.to_owned(), (state, existed));
+                touched.push(rec.citizen_id.clone());
+                RecordOutcome::Applied
+            }
+        };
+        ledger.insert(rec.record_id.clone(), (rec.version, None));
+        ledger_writes.push(LedgerWrite {
+            record_id: rec.record_id.clone(),
+            version: rec.version,
+            outcome: outcome_text(&outcome),
+            citizen_id: id.to_owned(),
+            account_id: None,
+        });
+        work.outcomes.push(outcome);
+    }
+    touched.sort();
+    touched.dedup();
+    work.citizens = touched
+        .into_iter()
+        .filter_map(|cid| {
+            let (state, existed) = citizens.get(cid.as_str())?.clone();
+            Some(CitizenWrite {
+                citizen_id: cid,
+                state,
+                existed,
+            })
+        })
+        .collect();
+    work.ledger = final_ledger(ledger_writes);
+    work
+}
+
+fn aliases_conflict(rec: &SyncCitizen, aliases: &HashMap<String, String>) -> Option<Rejection> {
+    rec.legacy_ids.iter().find_map(|legacy| {
+        aliases
+            .get(legacy.as_str())
+            .filter(|owner| owner.as_str() != rec.citizen_id.as_str())
+            .map(|_| {
+                Rejection::field(
+                    Reason::LegacyIdTaken,
+                    "legacy_ids",
+                    "a legacy number on this record is registered to another citizen",
+                )
+            })
+    })
+}
+
+/// The planner's working copy of the accounts a batch touches.
+struct Accounts<'a> {
+    ctx: &'a WriteContext,
+    /// Current state of every account read or created, and whether it is new.
+    accounts: HashMap<Uuid, (Account, bool)>,
+    changed: HashSet<Uuid>,
+    holders: HashMap<AccountKeyTuple, (String, Uuid)>,
+    has_default: HashSet<String>,
+}
+
+impl Accounts<'_> {
+    fn open_of<'s>(&'s self, citizen: &'s str) -> impl Iterator<Item = &'s Account> + 's {
+        self.accounts
+            .values()
+            .map(|(a, _)| a)
+            .filter(move |a| a.citizen_id.as_str() == citizen && a.status.is_open())
+    }
+
+    /// Stores a new version of an account, with its history row and event.
+    fn record(&mut self, work: &mut Work, account: Account, change: Change, is_new: bool) {
+        if account.status.is_held() {
+            self.holders.insert(
+                key_of(&account),
+                (account.citizen_id.as_str().to_owned(), account.id),
+            );
+        } else if self
+            .holders
+            .get(&key_of(&account))
+            .is_some_and(|(_, id)| *id == account.id)
+        {
+            self.holders.remove(&key_of(&account));
+        }
+        work.account_history
+            .push((account.clone(), change, SYNC_REASON.to_owned()));
+        work.events.push(EventWrite {
+            event_type: format!("ACCOUNT_{}", change.as_str()),
+            citizen_id: account.citizen_id.as_str().to_owned(),
+            account_id: Some(account.id),
+            reason: SYNC_REASON.into(),
+            payload: serde_json::to_value(&account).unwrap_or_default(),
+        });
+        self.changed.insert(account.id);
+        let was_new = self
+            .accounts
+            .get(&account.id)
+            .map(|(_, n)| *n)
+            .unwrap_or(is_new);
+        self.accounts.insert(account.id, (account, was_new));
+    }
+
+    /// Refuses a claim on an account held by another citizen, recording it.
+    fn claim_conflict(
+        &mut self,
+        work: &mut Work,
+        claim: &Account,
+        context: &str,
+    ) -> Option<Rejection> {
+        let (holder, holder_account) = self.holders.get(&key_of(claim))?.clone();
+        if holder == claim.citizen_id.as_str() {
+            return None;
+        }
+        let claim = DuplicateClaim {
+            claim_id: Uuid::now_v7(),
+            kind: claim.kind,
+            provider_code: claim.provider_code.clone(),
+            account_ref: claim.account_ref.clone(),
+            claimant: claim.citizen_id.clone(),
+            holder: CitizenId::from_stored(holder),
+            holder_account_id: holder_account,
+            context: context.to_owned(),
+            detected_at: self.ctx.now,
+            actor: self.ctx.actor.clone(),
+        };
+        work.events.push(EventWrite {
+            event_type: "DUPLICATE_CLAIM_DETECTED".into(),
+            citizen_id: claim.claimant.as_str().to_owned(),
+            account_id: None,
+            reason: "account already verified for another citizen".into(),
+            payload: duplicate_claim_payload(&claim),
+        });
+        work.duplicate_claims.push(claim);
+        Some(owned_by_another())
+    }
+
+    /// Verifies `account` with the record's confirmation: the rules of VerifyAccount.
+    fn verify(
+        &mut self,
+        work: &mut Work,
+        account: &Account,
+        rec: &SyncAccount,
+        method: crate::domain::VerificationMethod,
+        registered_name: Option<&str>,
+    ) -> Result<Account, Rejection> {
+        let input = VerificationInput {
+            method,
+            evidence_ref: rec.evidence(),
+        };
+        let action = AccountAction::Verify {
+            verification: input.clone(),
+            holder_name: rec.holder_name.clone(),
+        };
+        let next = account.changed(
+            action.change(),
+            &self.ctx.actor,
+            self.ctx.now,
+            Some(&input),
+            rec.holder_name.as_ref(),
+        )?;
+        check_verification(&input, next.holder_name.as_deref(), registered_name)?;
+        if let Some(refused) = self.claim_conflict(work, account, "VERIFY") {
+            return Err(refused);
+        }
+        Ok(next)
+    }
+}
+
+fn check_provider(loaded: &Loaded, rec: &SyncAccount) -> Result<(), Rejection> {
+    match loaded.providers.get(&rec.provider_code) {
+        None => Err(Rejection::field(
+            Reason::ProviderUnknown,
+            "provider_code",
+            "no such provider in the reference data",
+        )),
+        Some((kind, _)) if *kind != rec.kind => Err(Rejection::field(
+            Reason::ProviderKindMismatch,
+            "provider_code",
+            format!("this provider offers {kind}, not {}", rec.kind),
+        )),
+        Some((_, false)) => Err(Rejection::field(
+            Reason::ProviderInactive,
+            "provider_code",
+            "this provider is no longer active",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Plans a batch of account records. Citizens the registry has never heard of are created
+/// (ACTIVE, no registered name) as LinkAccount does; `loaded.citizens` must hold them.
+pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded) -> Work {
+    let mut work = Work::default();
+    let mut ledger = loaded.ledger.clone();
+    let mut ledger_writes = Vec::new();
+    let mut state = Accounts {
+        ctx,
+        accounts: loaded
+            .accounts
+            .iter()
+            .map(|(id, a)| (*id, (a.clone(), false)))
+            .collect(),
+        changed: HashSet::new(),
+        holders: loaded.holders.clone(),
+        has_default: loaded.has_default.clone(),
+    };
+    for rec in batch {
+        let seen = ledger.get(&rec.record_id).cloned();
+        if seen.is_some_and(|(v, _)| v >= rec.version) {
+            work.outcomes.push(RecordOutcome::Stale);
+            continue;
+        }
+        let declared = seen.and_then(|(_, id)| id);
+        // A refusal is decided before anything is recorded for the record, so it leaves
+        // the work untouched except for a recorded duplicate claim.
+        let (outcome, account_id) =
+            match apply_account(&mut state, &mut work, loaded, rec, declared) {
+                Ok(id) => (RecordOutcome::Applied, id),
+                Err(refused) => (RecordOutcome::Rejected(refused), declared),
+            };
+        ledger.insert(rec.record_id.clone(), (rec.version, account_id));
+        ledger_writes.push(LedgerWrite {
+            record_id: rec.record_id.clone(),
+            version: rec.version,
+            outcome: outcome_text(&outcome),
+            citizen_id: rec.citizen_id.as_str().to_owned(),
+            account_id,
+        });
+        work.outcomes.push(outcome);
+    }
+    let mut changed: Vec<Uuid> = state.changed.iter().copied().collect();
+    changed.sort();
+    work.accounts = changed
+        .into_iter()
+        .filter_map(|id| state.accounts.get(&id).map(|(a, _)| a.clone()))
+        .collect();
+    work.ledger = final_ledger(ledger_writes);
+    work
+}
+
+/// Applies one account record; answers the account it declares (if any).
+fn apply_account(
+    state: &mut Accounts<'_>,
+    work: &mut Work,
+    loaded: &Loaded,
+    rec: &SyncAccount,
+    declared: Option<Uuid>,
+) -> Result<Option<Uuid>, Rejection> {
+    let citizen_id = rec.citizen_id.as_str();
+    let citizen = loaded.citizens.get(citizen_id);
+    let registered_name = citizen.and_then(|c| c.full_name.as_deref());
+    // The account this record is about: the one it declared before, else an open account
+    // of the citizen with the same key (linked by another channel).
+    let target = match declared
+        .and_then(|id| state.accounts.get(&id))
+        .map(|(a, _)| a.clone())
+    {
+        Some(a)
+            if a.citizen_id.as_str() != citizen_id
+                || a.kind != rec.kind
+                || a.provider_code != rec.provider_code
+                || a.account_ref != rec.account_ref =>
+        {
+            return Err(Rejection::field(
+                Reason::SyncRecordMoved,
+                "record_id",
+                "this record id declared another account; withdraw it (removed) and declare \
+                 the new account under a new record id",
+            ))
+        }
+        Some(a) if a.status.is_open() => Some(a),
+        _ => state
+            .open_of(citizen_id)
+            .find(|a| {
+                a.kind == rec.kind
+                    && a.provider_code == rec.provider_code
+                    && a.account_ref == rec.account_ref
+            })
+            .cloned(),
+    };
+    if rec.removed {
+        let Some(account) = target else {
+            return Ok(declared);
+        };
+        let next = account.changed(Change::Closed, &state.ctx.actor, state.ctx.now, None, None)?;
+        let id = next.id;
+        state.record(work, next, Change::Closed, false);
+        return Ok(Some(id));
+    }
+    let account = match target {
+        Some(account) => account,
+        None => {
+            // A new link: the rules of LinkAccount.
+            let account = Account {
+                id: Uuid::now_v7(),
+                citizen_id: rec.citizen_id.clone(),
+                kind: rec.kind,
+                provider_code: rec.provider_code.clone(),
+                account_ref: rec.account_ref.clone(),
+                holder_name: rec.holder_name.as_ref().map(|h| h.as_str().to_owned()),
+                status: AccountStatus::PendingVerification,
+                verification: None,
+                version: 1,
+                created_at: state.ctx.now,
+                updated_at: state.ctx.now,
+            };
+            if let Some(refused) = state.claim_conflict(work, &account, "LINK") {
+                return Err(refused);
+            }
+            if citizen.is_some_and(|c| c.status != CitizenStatus::Active) {
+                return Err(Rejection::field(
+                    Reason::CitizenNotActive,
+                    "citizen_id",
+                    "the citizen is not active (deceased or id revoked): no account can be linked",
+                ));
+            }
+            check_provider(loaded, rec)?;
+            if state.open_of(citizen_id).count() >= MAX_OPEN_ACCOUNTS {
+                return Err(Rejection::field(
+                    Reason::TooManyOpenAccounts,
+                    "citizen_id",
+                    format!("a citizen may have at most {MAX_OPEN_ACCOUNTS} open accounts"),
+                ));
+            }
+            let verified = match rec.confirmation {
+                Some(method) => Some(state.verify(work, &account, rec, method, registered_name)?),
+                None => None,
+            };
+            state.record(work, account.clone(), Change::Linked, true);
+            if let Some(next) = verified {
+                finish_verification(state, work, next);
+            }
+            return Ok(Some(account.id));
+        }
+    };
+    // Declared again without a confirmation, or already verified: nothing to change.
+    if let (AccountStatus::PendingVerification, Some(method)) = (account.status, rec.confirmation) {
+        let next = state.verify(work, &account, rec, method, registered_name)?;
+        finish_verification(state, work, next);
+    }
+    Ok(Some(account.id))
+}
+
+/// Records a verification, and makes the account the default if the citizen has none.
+fn finish_verification(state: &mut Accounts<'_>, work: &mut Work, next: Account) {
+    let citizen = next.citizen_id.as_str().to_owned();
+    state.record(work, next.clone(), Change::Verified, false);
+    if state.has_default.insert(citizen.clone()) {
+        work.events.push(EventWrite {
+            event_type: "DEFAULT_CHANGED".into(),
+            citizen_id: citizen,
+            account_id: Some(next.id),
+            reason: "first verified account".into(),
+            payload: serde_json::json!({
+                "program_code": "",
+                "previous_account_id": serde_json::Value::Null,
+                "account": next,
+            }),
+        });
+        work.defaults.push(DefaultWrite { account: next });
+    }
+}

@@ -1,0 +1,825 @@
+//! Population sync and batch resolution end to end: the police data-sync job's streams
+//! (SyncCitizens, SyncAccounts) and a payroll run's BatchResolve, through real tonic
+//! clients over TLS against the real server, on SQLite and on PostgreSQL.
+//!
+//! Citizen ids here are `0010850nnnnn`: province 001 (Hà Nội), a man born in 1985.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{population_on, spawn_secure_app, Backend, TestApp, EXISTS, PAYER, SYNC};
+use futures::StreamExt;
+use payout_registry::proto::{
+    AccountKind, AccountRecord, AccountStatus, BatchResolveRequest, BatchResolveResponse,
+    CitizenRecord, CitizenStatus, Confirmation, ListCitizenAccountsRequest,
+    ListDuplicateClaimsRequest, ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope,
+    SyncAccountsRequest, SyncAck, SyncCitizensRequest,
+};
+use tonic::Code;
+
+on_both_backends!(
+    citizen_records_apply_once_and_replays_or_older_versions_are_stale,
+    death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it,
+    a_bad_record_is_rejected_alone_and_its_neighbours_are_applied,
+    legacy_cmnd_numbers_resolve_to_their_citizen_wherever_an_id_is_looked_up,
+    declared_accounts_follow_the_verification_and_one_holder_rules,
+    a_cut_stream_resumes_from_its_last_acknowledgement_without_double_application,
+    batch_resolve_answers_every_request_in_order_with_its_correlation_id,
+    batch_resolve_slows_down_for_a_slow_reader_instead_of_buffering,
+    the_streams_require_their_scopes,
+);
+
+fn cid(n: u32) -> String {
+    format!("0010850{n:05}")
+}
+
+fn citizen(record: &str, version: i64, n: u32, name: &str) -> CitizenRecord {
+    CitizenRecord {
+        record_id: record.into(),
+        version,
+        citizen_id: cid(n),
+        full_name: name.into(),
+        date_of_birth: "1985-04-12".into(),
+        status: CitizenStatus::Active.into(),
+        ..Default::default()
+    }
+}
+
+fn deceased(mut r: CitizenRecord, on: &str) -> CitizenRecord {
+    r.status = CitizenStatus::Deceased.into();
+    r.date_of_death = on.into();
+    r
+}
+
+fn bank(
+    record: &str,
+    version: i64,
+    n: u32,
+    number: &str,
+    confirmation: Confirmation,
+) -> AccountRecord {
+    AccountRecord {
+        record_id: record.into(),
+        version,
+        citizen_id: cid(n),
+        kind: AccountKind::BankAccount.into(),
+        provider_code: "970436".into(),
+        account_ref: number.into(),
+        holder_name: "NGUYEN VAN AN".into(),
+        confirmation: confirmation.into(),
+        removed: false,
+    }
+}
+
+/// Sends every record on one stream and collects every acknowledgement.
+async fn sync_citizens(app: &TestApp, records: Vec<CitizenRecord>) -> Vec<SyncAck> {
+    let requests = records
+        .into_iter()
+        .map(|r| SyncCitizensRequest { record: Some(r) });
+    let mut acks = app
+        .population(Some(SYNC))
+        .sync_citizens(tokio_stream::iter(requests))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(ack) = acks.message().await.expect("ack") {
+        out.push(ack);
+    }
+    out
+}
+
+async fn sync_accounts(app: &TestApp, records: Vec<AccountRecord>) -> Vec<SyncAck> {
+    let requests = records
+        .into_iter()
+        .map(|r| SyncAccountsRequest { record: Some(r) });
+    let mut acks = app
+        .population(Some(SYNC))
+        .sync_accounts(tokio_stream::iter(requests))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(ack) = acks.message().await.expect("ack") {
+        out.push(ack);
+    }
+    out
+}
+
+/// The counts after the last acknowledgement: (committed, applied, stale, rejected).
+fn totals(acks: &[SyncAck]) -> (u64, u64, u64, u64) {
+    let last = acks.last().expect("at least one ack");
+    (
+        last.records_committed,
+        last.applied,
+        last.stale,
+        last.rejected,
+    )
+}
+
+async fn resolve(app: &TestApp, citizen: &str) -> ResolveResponse {
+    app.resolver(Some(PAYER))
+        .resolve(ResolveRequest {
+            citizen_id: citizen.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("resolve")
+        .into_inner()
+}
+
+fn outcome(r: &ResolveResponse) -> ResolveOutcome {
+    ResolveOutcome::try_from(r.outcome).unwrap()
+}
+
+async fn citizen_records_apply_once_and_replays_or_older_versions_are_stale(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    let first = vec![
+        citizen("c1", 10, 1, "Nguyễn Văn An"),
+        citizen("c2", 10, 2, "Trần Thị Bình"),
+        citizen("c3", 10, 3, "Lê Văn Cường"),
+    ];
+    let acks = sync_citizens(&app, first.clone()).await;
+    assert_eq!(totals(&acks), (3, 3, 0, 0));
+    assert_eq!(acks.last().unwrap().last_record_id, "c3");
+
+    // The same stream again, and an older version of c1: nothing changes.
+    let mut again = first.clone();
+    again.push(citizen("c1", 9, 1, "Wrong Name"));
+    assert_eq!(totals(&sync_citizens(&app, again).await), (4, 0, 4, 0));
+    let history = app
+        .db
+        .count(&format!(
+            "SELECT COUNT(*) FROM citizen_history WHERE citizen_id = '{}'",
+            cid(1)
+        ))
+        .await;
+    assert_eq!(history, 1, "a replay must not append history");
+
+    // A newer version replaces the facts: NAME_MATCH now compares with the new name.
+    assert_eq!(
+        totals(&sync_citizens(&app, vec![citizen("c1", 11, 1, "Nguyễn Văn Ân Mới")]).await),
+        (1, 1, 0, 0)
+    );
+    let acks = sync_accounts(
+        &app,
+        vec![AccountRecord {
+            holder_name: "NGUYEN VAN AN MOI".into(),
+            ..bank("a1", 1, 1, "0011000000001", Confirmation::NameMatch)
+        }],
+    )
+    .await;
+    assert_eq!(totals(&acks), (1, 1, 0, 0), "{acks:?}");
+    assert_eq!(
+        outcome(&resolve(&app, &cid(1)).await),
+        ResolveOutcome::Resolved
+    );
+}
+
+async fn death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    sync_citizens(
+        &app,
+        vec![
+            citizen("c10", 1, 10, "Nguyễn Văn An"),
+            citizen("c11", 1, 11, "Nguyễn Văn An"),
+        ],
+    )
+    .await;
+    let acks = sync_accounts(
+        &app,
+        vec![
+            bank("a10", 1, 10, "0011000000010", Confirmation::IssuerConfirmed),
+            bank("a11", 1, 11, "0011000000011", Confirmation::IssuerConfirmed),
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (2, 2, 0, 0));
+    let paid = resolve(&app, &cid(10)).await;
+    assert_eq!(outcome(&paid), ResolveOutcome::Resolved);
+
+    let acks = sync_citizens(
+        &app,
+        vec![
+            deceased(citizen("c10", 2, 10, "Nguyễn Văn An"), "2026-10-01"),
+            CitizenRecord {
+                status: CitizenStatus::IdRevoked.into(),
+                ..citizen("c11", 2, 11, "Nguyễn Văn An")
+            },
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (2, 2, 0, 0));
+    // The ack came after the commit: from now on nothing is paid.
+    assert_eq!(
+        outcome(&resolve(&app, &cid(10)).await),
+        ResolveOutcome::CitizenDeceased
+    );
+    assert_eq!(
+        outcome(&resolve(&app, &cid(11)).await),
+        ResolveOutcome::CitizenIdRevoked
+    );
+    let events = app
+        .db
+        .count("SELECT COUNT(*) FROM events WHERE event_type = 'CITIZEN_STATUS_CHANGED'")
+        .await;
+    assert_eq!(events, 2, "each status change is announced");
+    // A late copy of the old ACTIVE record does not bring the citizen back...
+    sync_citizens(&app, vec![citizen("c10", 1, 10, "Nguyễn Văn An")]).await;
+    assert_eq!(
+        outcome(&resolve(&app, &cid(10)).await),
+        ResolveOutcome::CitizenDeceased
+    );
+    // ...but a newer one correcting an erroneous death does.
+    sync_citizens(&app, vec![citizen("c10", 3, 10, "Nguyễn Văn An")]).await;
+    let back = resolve(&app, &cid(10)).await;
+    assert_eq!(outcome(&back), ResolveOutcome::Resolved);
+    assert_eq!(back.account, paid.account);
+}
+
+async fn a_bad_record_is_rejected_alone_and_its_neighbours_are_applied(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    let mut records = Vec::new();
+    for n in 0..10u32 {
+        records.push(citizen(&format!("ok{n}"), 1, 100 + n, "Phạm Thị Dung"));
+    }
+    // Bad ones in between: each refused with its record id and reason.
+    records.insert(
+        2,
+        CitizenRecord {
+            citizen_id: "999085000001".into(),
+            ..citizen("bad-province", 1, 1, "X")
+        },
+    );
+    records.insert(5, deceased(citizen("bad-death", 1, 200, "X"), ""));
+    records.insert(7, citizen("bad-version", 0, 201, "X"));
+    records.insert(
+        9,
+        CitizenRecord {
+            date_of_birth: "1990-01-01".into(),
+            ..citizen("bad-birth", 1, 202, "X")
+        },
+    );
+    records.push(CitizenRecord {
+        legacy_ids: vec!["12345".into()],
+        ..citizen("bad-cmnd", 1, 203, "X")
+    });
+    let acks = sync_citizens(&app, records).await;
+    assert_eq!(totals(&acks), (15, 10, 0, 5));
+    let mut errors: Vec<(String, String, String)> = acks
+        .iter()
+        .flat_map(|a| a.errors.iter())
+        .map(|e| (e.record_id.clone(), e.reason.clone(), e.field.clone()))
+        .collect();
+    errors.sort();
+    assert_eq!(
+        errors,
+        vec![
+            (
+                "bad-birth".into(),
+                "DATE_INVALID".into(),
+                "date_of_birth".into()
+            ),
+            (
+                "bad-cmnd".into(),
+                "LEGACY_ID_INVALID".into(),
+                "legacy_ids".into()
+            ),
+            (
+                "bad-death".into(),
+                "FIELD_REQUIRED".into(),
+                "date_of_death".into()
+            ),
+            (
+                "bad-province".into(),
+                "CITIZEN_ID_INVALID_PROVINCE".into(),
+                "citizen_id".into()
+            ),
+            (
+                "bad-version".into(),
+                "SOURCE_VERSION_INVALID".into(),
+                "version".into()
+            ),
+        ]
+    );
+    let applied = app
+        .db
+        .count("SELECT COUNT(*) FROM citizens WHERE source_version IS NOT NULL")
+        .await;
+    assert_eq!(
+        applied, 10,
+        "the good neighbours were applied, the bad ones not at all"
+    );
+
+    // Accounts: an unknown provider and an invalid number are refused; the rest applied.
+    let acks = sync_accounts(
+        &app,
+        vec![
+            bank("a1", 1, 100, "0011000000100", Confirmation::IssuerConfirmed),
+            AccountRecord {
+                provider_code: "NOPE".into(),
+                ..bank("a2", 1, 101, "0011000000101", Confirmation::IssuerConfirmed)
+            },
+            bank("a3", 1, 102, "12", Confirmation::IssuerConfirmed),
+            bank("a4", 1, 103, "0011000000103", Confirmation::Unspecified),
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (4, 2, 0, 2));
+    let reasons: Vec<&str> = acks
+        .iter()
+        .flat_map(|a| a.errors.iter())
+        .map(|e| e.reason.as_str())
+        .collect();
+    assert_eq!(reasons, vec!["PROVIDER_UNKNOWN", "BANK_ACCOUNT_INVALID"]);
+    assert_eq!(
+        outcome(&resolve(&app, &cid(100)).await),
+        ResolveOutcome::Resolved
+    );
+    assert_eq!(
+        outcome(&resolve(&app, &cid(101)).await),
+        ResolveOutcome::NoVerifiedAccount
+    );
+}
+
+async fn legacy_cmnd_numbers_resolve_to_their_citizen_wherever_an_id_is_looked_up(
+    backend: Backend,
+) {
+    let app = spawn_secure_app(backend).await;
+    let acks = sync_citizens(
+        &app,
+        vec![
+            CitizenRecord {
+                legacy_ids: vec!["012345678".into(), "087654321".into()],
+                ..citizen("c1", 1, 300, "Võ Văn Tài")
+            },
+            CitizenRecord {
+                legacy_ids: vec!["012345678".into()],
+                ..citizen("c2", 1, 301, "Đỗ Thị Hoa")
+            },
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (2, 1, 0, 1));
+    assert_eq!(acks[0].errors[0].record_id, "c2");
+    assert_eq!(acks[0].errors[0].reason, "LEGACY_ID_TAKEN");
+    sync_accounts(
+        &app,
+        vec![bank(
+            "a1",
+            1,
+            300,
+            "0011000000300",
+            Confirmation::IssuerConfirmed,
+        )],
+    )
+    .await;
+
+    let by_id = resolve(&app, &cid(300)).await;
+    let by_cmnd = resolve(&app, "087654321").await;
+    assert_eq!(outcome(&by_cmnd), ResolveOutcome::Resolved);
+    assert_eq!(by_cmnd.account, by_id.account);
+    assert_eq!(by_cmnd.account.as_ref().unwrap().citizen_id, cid(300));
+    assert_eq!(
+        outcome(&resolve(&app, "099999999").await),
+        ResolveOutcome::UnknownCitizen
+    );
+
+    let listed = app
+        .registry(Some(common::MASKED))
+        .list_citizen_accounts(ListCitizenAccountsRequest {
+            citizen_id: "012345678".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.accounts.len(), 1);
+    assert_eq!(listed.accounts[0].citizen_id, cid(300));
+    // The read is logged under the citizen id, not the alias.
+    let logged = app
+        .db
+        .count(&format!(
+            "SELECT COUNT(*) FROM access_log WHERE citizen_id = '{}'",
+            cid(300)
+        ))
+        .await;
+    assert_eq!(logged, 3);
+    // A malformed lookup is refused with the citizen id's rules.
+    let err = app
+        .resolver(Some(PAYER))
+        .resolve(ResolveRequest {
+            citizen_id: "12345678".into(),
+            ..Default::default()
+        })
+        .await;
+    common::refused(err, Code::InvalidArgument, "CITIZEN_ID_INVALID_LENGTH");
+}
+
+async fn declared_accounts_follow_the_verification_and_one_holder_rules(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    sync_citizens(
+        &app,
+        vec![
+            citizen("c1", 1, 400, "Nguyễn Văn An"),
+            citizen("c2", 1, 401, "Hoàng Văn Bảo"),
+        ],
+    )
+    .await;
+    let acks = sync_accounts(
+        &app,
+        vec![
+            // Declared only: linked, not payable.
+            bank("d1", 1, 400, "0011000000400", Confirmation::Unspecified),
+            // NAME_MATCH against the registered name "NGUYEN VAN AN": matches.
+            AccountRecord {
+                kind: AccountKind::Ewallet.into(),
+                provider_code: "MOMO".into(),
+                ..bank("d2", 1, 400, "0912000400", Confirmation::NameMatch)
+            },
+            // NAME_MATCH for the other citizen, whose name differs: refused.
+            bank("d3", 1, 401, "0011000000401", Confirmation::NameMatch),
+            // Another citizen claims the account verified for citizen 400: refused and recorded.
+            AccountRecord {
+                kind: AccountKind::Ewallet.into(),
+                provider_code: "MOMO".into(),
+                ..bank(
+                    "d4",
+                    1,
+                    401,
+                    "+84 912 000 400",
+                    Confirmation::IssuerConfirmed,
+                )
+            },
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (4, 2, 0, 2), "{acks:?}");
+    let reasons: Vec<(&str, &str)> = acks
+        .iter()
+        .flat_map(|a| a.errors.iter())
+        .map(|e| (e.record_id.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("d3", "HOLDER_NAME_MISMATCH"),
+            ("d4", "ACCOUNT_OWNED_BY_ANOTHER_CITIZEN")
+        ]
+    );
+    let claims = app
+        .oversight(Some(common::AUDITOR))
+        .list_duplicate_claims(ListDuplicateClaimsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(claims.claims.len(), 1);
+
+    let list = |n: u32| {
+        let app = &app;
+        async move {
+            app.registry(Some(common::MASKED))
+                .list_citizen_accounts(ListCitizenAccountsRequest {
+                    citizen_id: cid(n),
+                    include_closed: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let accounts = list(400).await;
+    let status_of = |provider: &str| {
+        let a = accounts
+            .accounts
+            .iter()
+            .find(|a| a.provider_code == provider)
+            .unwrap();
+        AccountStatus::try_from(a.status).unwrap()
+    };
+    assert_eq!(
+        status_of("MOMO"),
+        AccountStatus::Verified,
+        "the wallet (first verified: the default)"
+    );
+    assert_eq!(accounts.accounts.len(), 2);
+    let paid = resolve(&app, &cid(400)).await;
+    assert_eq!(paid.account.as_ref().unwrap().provider_code, "MOMO");
+
+    // A newer version brings the bank's confirmation; a replay of it is stale; the
+    // withdrawal of the wallet closes it and the bank account is paid instead once chosen.
+    let acks = sync_accounts(
+        &app,
+        vec![
+            bank("d1", 2, 400, "0011000000400", Confirmation::IssuerConfirmed),
+            bank("d1", 2, 400, "0011000000400", Confirmation::IssuerConfirmed),
+            AccountRecord {
+                removed: true,
+                kind: AccountKind::Ewallet.into(),
+                provider_code: "MOMO".into(),
+                ..bank("d2", 2, 400, "0912000400", Confirmation::NameMatch)
+            },
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (3, 2, 1, 0), "{acks:?}");
+    let accounts = list(400).await;
+    let statuses: Vec<(String, AccountStatus)> = accounts
+        .accounts
+        .iter()
+        .map(|a| {
+            (
+                a.provider_code.clone(),
+                AccountStatus::try_from(a.status).unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.contains(&("970436".into(), AccountStatus::Verified)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&("MOMO".into(), AccountStatus::Closed)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        accounts.accounts.len(),
+        2,
+        "the record kept naming the same accounts"
+    );
+    // The default was the closed wallet: nothing verified is chosen until the citizen picks.
+    assert_eq!(
+        outcome(&resolve(&app, &cid(400)).await),
+        ResolveOutcome::NoVerifiedAccount
+    );
+    // Each state is in the account's history, with the sync client as actor.
+    let history = app
+        .db
+        .count("SELECT COUNT(*) FROM account_history WHERE actor = 'population-platform'")
+        .await;
+    // Wallet: linked, verified, closed; bank: linked, verified. Refusals wrote nothing.
+    assert_eq!(history, 5);
+}
+
+async fn a_cut_stream_resumes_from_its_last_acknowledgement_without_double_application(
+    backend: Backend,
+) {
+    let app = spawn_secure_app(backend).await;
+    const N: u32 = 2500;
+    let records: Vec<CitizenRecord> = (0..N)
+        .map(|n| citizen(&format!("r{n:05}"), 1, 1000 + n, "Bùi Văn Long"))
+        .collect();
+    // First attempt: its own connection, cut after the first acknowledgement while the
+    // client is still sending.
+    let channel = app.new_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel::<SyncCitizensRequest>(64);
+    let mut acks = population_on(channel.clone(), Some(SYNC))
+        .sync_citizens(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let to_send = records.clone();
+    let sender = tokio::spawn(async move {
+        for (i, r) in to_send.into_iter().enumerate() {
+            if tx
+                .send(SyncCitizensRequest { record: Some(r) })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if i == 1500 {
+                // Keep the stream open, half-sent, until it is cut.
+                std::future::pending::<()>().await;
+            }
+        }
+    });
+    let first = acks
+        .message()
+        .await
+        .unwrap()
+        .expect("an ack before the cut");
+    assert!(first.records_committed > 0);
+    sender.abort();
+    drop(acks);
+    drop(channel);
+
+    // Resume: everything after the last acknowledged record, on a new connection.
+    let resume_from = first.records_committed as usize;
+    assert_eq!(first.last_record_id, format!("r{:05}", resume_from - 1));
+    let acks = sync_citizens(&app, records[resume_from..].to_vec()).await;
+    let (committed, applied, stale, rejected) = totals(&acks);
+    assert_eq!(committed as usize, N as usize - resume_from);
+    assert_eq!(rejected, 0);
+    // Whatever the cut stream committed after its last ack is reported stale now.
+    assert_eq!(first.applied + applied, N as u64 - stale);
+
+    let citizens = app.db.count("SELECT COUNT(*) FROM citizens").await;
+    let history = app.db.count("SELECT COUNT(*) FROM citizen_history").await;
+    assert_eq!(citizens, N as i64, "no record lost");
+    assert_eq!(history, N as i64, "no record applied twice");
+}
+
+fn batch_request(correlation: &str, citizen: &str) -> BatchResolveRequest {
+    BatchResolveRequest {
+        correlation_id: correlation.into(),
+        citizen_id: citizen.into(),
+        ..Default::default()
+    }
+}
+
+async fn batch_resolve_answers_every_request_in_order_with_its_correlation_id(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    let mut citizens = Vec::new();
+    let mut accounts = Vec::new();
+    for n in 0..300u32 {
+        let mut c = citizen(&format!("c{n}"), 1, 2000 + n, "Đặng Văn Minh");
+        if n % 50 == 0 {
+            c = deceased(c, "2026-01-01");
+        }
+        if n == 7 {
+            c.legacy_ids = vec!["111222333".into()];
+        }
+        citizens.push(c);
+        if n % 3 != 0 {
+            accounts.push(bank(
+                &format!("a{n}"),
+                1,
+                2000 + n,
+                &format!("00220{:08}", n),
+                Confirmation::IssuerConfirmed,
+            ));
+        }
+    }
+    sync_citizens(&app, citizens).await;
+    sync_accounts(&app, accounts).await;
+
+    // 2,500 requests: three passes over the population plus unknown, invalid and CMND ids.
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..2500u32 {
+        let n = i % 300;
+        let (citizen, want) = match i % 11 {
+            5 => (cid(9000 + i), Some(ResolveOutcome::UnknownCitizen)),
+            9 => ("0010850ABCDE".to_owned(), None),
+            10 => ("111222333".to_owned(), Some(ResolveOutcome::Resolved)),
+            _ if n % 50 == 0 => (cid(2000 + n), Some(ResolveOutcome::CitizenDeceased)),
+            _ if n % 3 == 0 => (cid(2000 + n), Some(ResolveOutcome::NoVerifiedAccount)),
+            _ => (cid(2000 + n), Some(ResolveOutcome::Resolved)),
+        };
+        requests.push(batch_request(&format!("corr-{i}"), &citizen));
+        expected.push(want);
+    }
+    let mut responses = app
+        .resolver(Some(PAYER))
+        .batch_resolve(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got: Vec<BatchResolveResponse> = Vec::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        got.push(r);
+    }
+    assert_eq!(got.len(), 2500);
+    for (i, (r, want)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            r.correlation_id,
+            format!("corr-{i}"),
+            "answers come back in request order"
+        );
+        match want {
+            Some(outcome_wanted) => {
+                let result = r.result.as_ref().unwrap_or_else(|| panic!("{i}: {r:?}"));
+                assert_eq!(outcome(result), *outcome_wanted, "request {i}");
+                if *outcome_wanted == ResolveOutcome::Resolved {
+                    let account = result.account.as_ref().unwrap();
+                    assert!(
+                        !account.account_ref.contains('*'),
+                        "resolve.full sees the number"
+                    );
+                    if i % 11 != 10 {
+                        assert_eq!(account.citizen_id, cid(2000 + (i as u32 % 300)));
+                    } else {
+                        assert_eq!(account.citizen_id, cid(2007));
+                    }
+                }
+            }
+            None => {
+                let error = r
+                    .error
+                    .as_ref()
+                    .expect("an invalid id is answered in place");
+                assert_eq!(error.reason, "CITIZEN_ID_NOT_DIGITS");
+                assert_eq!(error.field, "citizen_id");
+                assert!(r.result.is_none());
+            }
+        }
+    }
+    // Every read of a known citizen is in the access log.
+    let logged = app
+        .db
+        .count("SELECT COUNT(*) FROM access_log WHERE method LIKE '%BatchResolve'")
+        .await;
+    let known = expected
+        .iter()
+        .filter(|w| !matches!(w, None | Some(ResolveOutcome::UnknownCitizen)))
+        .count();
+    assert!(
+        logged as usize >= 300 && logged as usize <= known,
+        "{logged} entries for {known} reads"
+    );
+}
+
+async fn batch_resolve_slows_down_for_a_slow_reader_instead_of_buffering(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    sync_citizens(&app, vec![citizen("c1", 1, 5000, "Lý Thị Mai")]).await;
+    sync_accounts(
+        &app,
+        vec![bank(
+            "a1",
+            1,
+            5000,
+            "0033000005000",
+            Confirmation::IssuerConfirmed,
+        )],
+    )
+    .await;
+    // HTTP/2 lets each side buffer up to its flow-control window (1 MiB of requests on
+    // the server, 2 MiB of answers on the client); requests are made heavy enough (a
+    // long purpose) that the windows hold only a fraction of the stream.
+    const TOTAL: usize = 60_000;
+    let purpose = "payroll run 2026-12 for the monthly social allowance of the province, batch \
+                   one of four, prepared by the provincial welfare office";
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let requests = futures::stream::iter(0..TOTAL).map(move |i| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        BatchResolveRequest {
+            purpose: purpose.into(),
+            ..batch_request(&i.to_string(), &cid(5000))
+        }
+    });
+    let mut responses = app
+        .resolver(Some(PAYER))
+        .batch_resolve(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    // Read one answer, then nothing for a while: the server must stop taking requests.
+    responses.message().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let taken = pulled.load(Ordering::Relaxed);
+    assert!(
+        taken < TOTAL * 3 / 5,
+        "the server kept reading ({taken} of {TOTAL} requests) while its answers were not read"
+    );
+    // Then everything arrives, in order.
+    let mut next = 1usize;
+    while let Some(r) = responses.message().await.unwrap() {
+        assert_eq!(r.correlation_id, next.to_string());
+        next += 1;
+    }
+    assert_eq!(next, TOTAL);
+}
+
+async fn the_streams_require_their_scopes(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    let denied = app
+        .population(Some(PAYER))
+        .sync_citizens(tokio_stream::iter(vec![SyncCitizensRequest {
+            record: Some(citizen("c1", 1, 1, "X")),
+        }]))
+        .await;
+    assert_eq!(denied.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM citizens").await, 0);
+
+    // A yes/no client may batch-resolve yes/no, not details.
+    let exists_only = BatchResolveRequest {
+        scope: ResolveScope::ExistsOnly.into(),
+        ..batch_request("1", &cid(1))
+    };
+    let mut ok = app
+        .resolver(Some(EXISTS))
+        .batch_resolve(tokio_stream::iter(vec![exists_only]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = ok.message().await.unwrap().unwrap();
+    assert!(answer.result.unwrap().account.is_none());
+    let mut details = app
+        .resolver(Some(EXISTS))
+        .batch_resolve(tokio_stream::iter(vec![batch_request("1", &cid(1))]))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = match details.message().await {
+        Ok(Some(r)) => panic!("a yes/no client got details: {r:?}"),
+        Ok(None) => panic!("the stream ended without refusing"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
