@@ -56,6 +56,44 @@ pub enum Command {
     Client(Box<ClientCommand>),
     /// Load generator: drive a running registry and print throughput and latency.
     Bench(BenchArgs),
+    /// Make a realistic synthetic population: valid citizen ids across all 63 provinces,
+    /// Vietnamese names, banks, wallets and mobile money, some deceased, some duplicate
+    /// claims, some legacy CMND numbers. Written as CSV files (--out) or straight into the
+    /// configured database (--into-store).
+    DemoData {
+        /// How many citizens (about 1.5 accounts each).
+        #[arg(long, default_value_t = 10_000)]
+        citizens: u64,
+        /// Same seed, same population.
+        #[arg(long, default_value_t = 21)]
+        seed: u64,
+        /// Directory for citizens.csv and accounts.csv.
+        #[arg(
+            long,
+            conflicts_with = "into_store",
+            required_unless_present = "into_store"
+        )]
+        out: Option<PathBuf>,
+        /// Write into the configured database (DATABASE_URL or the embedded default).
+        #[arg(long)]
+        into_store: bool,
+    },
+    /// Stream citizens and/or accounts CSV files to a running registry (PopulationSync),
+    /// with a progress bar; resumes after an interruption from `<file>.progress`.
+    /// Rejected records are listed in `<file>.rejected.csv`.
+    Import {
+        #[command(flatten)]
+        conn: Connection,
+        /// Citizens file (imported first).
+        #[arg(long)]
+        citizens: Option<PathBuf>,
+        /// Declared-accounts file.
+        #[arg(long)]
+        accounts: Option<PathBuf>,
+        /// Stop after sending this many records of each file (import in parts).
+        #[arg(long)]
+        max_records: Option<u64>,
+    },
 }
 
 /// `bench`: which scenario, how hard, for how long.
@@ -202,12 +240,21 @@ pub enum ClientCommand {
         #[arg(long)]
         idempotency_key: Option<Uuid>,
     },
-    /// Which account pays this citizen, now or --as-of an RFC 3339 instant.
+    /// Which account pays this citizen, now or --as-of an RFC 3339 instant; or, with
+    /// --file, every citizen id in a file (one per line) through BatchResolve, written as
+    /// a payroll CSV to --out.
     Resolve {
         #[command(flatten)]
         conn: Connection,
+        /// A 12-digit citizen id or a legacy 9-digit CMND number.
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        citizen: Option<String>,
+        /// A file of citizen ids, one per line.
+        #[arg(long, requires = "out")]
+        file: Option<PathBuf>,
+        /// Where to write the payroll CSV.
         #[arg(long)]
-        citizen: String,
+        out: Option<PathBuf>,
         #[arg(long, default_value = "")]
         program: String,
         #[arg(long)]
@@ -265,6 +312,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DevCerts { out, clients } => dev_certs(&out, &clients),
         Command::Client(c) => client(*c).await,
         Command::Bench(args) => bench(args).await,
+        Command::DemoData {
+            citizens,
+            seed,
+            out,
+            into_store,
+        } => demo_data(cli.config.as_deref(), citizens, seed, out, into_store).await,
+        Command::Import {
+            conn,
+            citizens,
+            accounts,
+            max_records,
+        } => import(conn, citizens, accounts, max_records).await,
     }
 }
 
@@ -300,6 +359,103 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             crate::bench::health(channel, args.concurrency, duration)
                 .await?
                 .print("health", args.concurrency);
+        }
+    }
+    Ok(())
+}
+
+async fn demo_data(
+    config: Option<&Path>,
+    citizens: u64,
+    seed: u64,
+    out: Option<PathBuf>,
+    into_store: bool,
+) -> anyhow::Result<()> {
+    let spec = crate::demo::DemoSpec { citizens, seed };
+    let started = std::time::Instant::now();
+    if into_store {
+        let settings = Settings::load(config)?;
+        let store = open_store(&settings).await?;
+        store.migrate().await?;
+        let (c, a) = crate::bulk::demo_store(store, &spec).await?;
+        println!(
+            "citizens: {} applied, {} stale, {} rejected\naccounts: {} applied, {} stale, {} \
+             rejected (the rejected ones are the planted duplicate claims)\n{:.1} s",
+            c.applied,
+            c.stale,
+            c.rejected,
+            a.applied,
+            a.stale,
+            a.rejected,
+            started.elapsed().as_secs_f64()
+        );
+    } else if let Some(dir) = out {
+        let (c, a) = crate::bulk::demo_csv(&spec, &dir)?;
+        println!(
+            "wrote {} and {} in {:.1} s",
+            c.display(),
+            a.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn import(
+    conn: Connection,
+    citizens: Option<PathBuf>,
+    accounts: Option<PathBuf>,
+    max_records: Option<u64>,
+) -> anyhow::Result<()> {
+    if citizens.is_none() && accounts.is_none() {
+        anyhow::bail!("nothing to import: give --citizens and/or --accounts");
+    }
+    let (channel, bearer) = connect_channel(&conn).await?;
+    let files = [
+        (crate::bulk::FileKind::Citizens, citizens),
+        (crate::bulk::FileKind::Accounts, accounts),
+    ];
+    for (kind, path) in files {
+        let Some(path) = path else { continue };
+        let started = std::time::Instant::now();
+        let r = crate::bulk::import_file(channel.clone(), bearer.clone(), kind, &path, max_records)
+            .await
+            .with_context(|| {
+                format!(
+                    "importing {} (run the same command again to resume)",
+                    path.display()
+                )
+            })?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{}: {} records committed in {secs:.1} s ({:.0}/s){}: {} applied, {} stale, {} \
+             rejected, {} malformed lines{}",
+            path.display(),
+            r.committed,
+            r.committed as f64 / secs.max(1e-9),
+            if r.resumed_after_line > 0 {
+                format!(", resumed after line {}", r.resumed_after_line)
+            } else {
+                String::new()
+            },
+            r.applied,
+            r.stale,
+            r.rejected,
+            r.malformed,
+            if r.complete {
+                String::new()
+            } else {
+                format!(
+                    "; not finished, run again to resume ({})",
+                    crate::bulk::checkpoint_path(&path).display()
+                )
+            }
+        );
+        if r.rejected > 0 {
+            println!(
+                "  rejected records are listed in {}.rejected.csv",
+                path.display()
+            );
         }
     }
     Ok(())
@@ -448,13 +604,23 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
-type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// Adds the bearer token (if any) and the purpose to every request.
 #[derive(Clone)]
 pub struct Bearer {
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     purpose: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Bearer {
+    /// Sends `Bearer <token>` (if any) and the purpose with every request.
+    pub fn new(token: Option<&str>, purpose: &str) -> anyhow::Result<Bearer> {
+        Ok(Bearer {
+            authorization: token.map(|t| format!("Bearer {t}").parse()).transpose()?,
+            purpose: Some(purpose.parse()?),
+        })
+    }
 }
 
 impl tonic::service::Interceptor for Bearer {
@@ -472,6 +638,15 @@ impl tonic::service::Interceptor for Bearer {
 async fn connect(
     conn: &Connection,
 ) -> anyhow::Result<(AccountRegistryClient<Authed>, PayoutResolverClient<Authed>)> {
+    let (channel, bearer) = connect_channel(conn).await?;
+    Ok((
+        AccountRegistryClient::with_interceptor(channel.clone(), bearer.clone()),
+        PayoutResolverClient::with_interceptor(channel, bearer),
+    ))
+}
+
+/// A connection to the registry, and what to send with every call on it.
+pub async fn connect_channel(conn: &Connection) -> anyhow::Result<(Channel, Bearer)> {
     // A client certificate identifies the caller by itself; the development token file
     // is read only without one (it may belong to another client than the certificate).
     let token = match (&conn.token, &conn.cert) {
@@ -510,10 +685,7 @@ async fn connect(
         authorization: token.map(|t| format!("Bearer {t}").parse()).transpose()?,
         purpose: conn.purpose.parse().ok(),
     };
-    Ok((
-        AccountRegistryClient::with_interceptor(channel.clone(), bearer.clone()),
-        PayoutResolverClient::with_interceptor(channel, bearer),
-    ))
+    Ok((channel, bearer))
 }
 
 /// The client's TLS settings, when --ca is given: the server is verified against that
@@ -732,11 +904,30 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Resolve {
             conn,
             citizen,
+            file,
+            out,
             program,
             as_of,
             exists_only,
         } => {
             let (_, mut resolver) = connect(&conn).await?;
+            if let (Some(file), Some(out)) = (file, out) {
+                let started = std::time::Instant::now();
+                let n = crate::bulk::resolve_file(resolver, &file, &out, &program, exists_only)
+                    .await
+                    .map_err(|e| match e.downcast::<tonic::Status>() {
+                        Ok(s) => status_error(s),
+                        Err(e) => e,
+                    })?;
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "{n} ids resolved in {secs:.1} s ({:.0}/s); payroll written to {}",
+                    n as f64 / secs.max(1e-9),
+                    out.display()
+                );
+                return Ok(());
+            }
+            let citizen = citizen.unwrap_or_default();
             let as_of = match as_of {
                 Some(s) => {
                     let t = crate::domain::Timestamp::parse_rfc3339(&s).ok_or_else(|| {

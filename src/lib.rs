@@ -23,8 +23,11 @@ pub mod proto {
 pub mod access_log;
 pub mod auth;
 pub mod bench;
+pub mod bulk;
 pub mod cli;
 pub mod config;
+pub mod csvio;
+pub mod demo;
 pub mod grpc;
 pub mod limits;
 pub mod server;

@@ -1,0 +1,518 @@
+//! Bulk work from the command line: synthetic populations (`demo-data`), CSV files
+//! streamed to a running registry through the sync streams (`import`), and payroll files
+//! resolved through BatchResolve (`client resolve --file`).
+//!
+//! Everything streams: files are read one record at a time on a blocking thread and fed
+//! to the gRPC stream through a bounded channel, so memory does not grow with the file.
+//! `import` keeps a checkpoint next to the file (`<file>.progress`: the last data line
+//! the registry acknowledged as committed); run it again after an interruption and it
+//! resumes after that line. Records it sends twice are reported STALE by the registry
+//! and change nothing.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::cli::{Authed, Bearer};
+use crate::csvio;
+use crate::demo::{self, DemoSpec};
+use crate::domain::{RecordOutcome, Timestamp};
+use crate::proto;
+use crate::proto::payout_resolver_client::PayoutResolverClient;
+use crate::proto::population_sync_client::PopulationSyncClient;
+use crate::store::{Store, WriteContext};
+
+/// Records read ahead of the stream.
+const READ_AHEAD: usize = 1024;
+
+/// Records per transaction when `demo-data` writes straight into the store.
+const STORE_BATCH: usize = 1000;
+
+fn bar(len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = format!(
+        "{{spinner}} {what} [{{bar:40}}] {{human_pos}}/{{human_len}} ({{per_sec}}, eta {{eta}}) {{msg}}"
+    );
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Counts the data lines of a file (for the progress bar), without holding it.
+fn data_lines(path: &Path) -> anyhow::Result<u64> {
+    let reader = BufReader::new(File::open(path)?);
+    let mut n = 0u64;
+    for line in reader.split(b'\n') {
+        if !line?.is_empty() {
+            n += 1;
+        }
+    }
+    Ok(n.saturating_sub(1))
+}
+
+/// Writes a synthetic population as `citizens.csv` and `accounts.csv` in `dir`.
+pub fn demo_csv(spec: &DemoSpec, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let citizens_path = dir.join("citizens.csv");
+    let accounts_path = dir.join("accounts.csv");
+    let create = |p: &Path| {
+        File::create(p)
+            .map(BufWriter::new)
+            .with_context(|| format!("creating {}", p.display()))
+    };
+    let progress = bar(Some(spec.citizens), "citizens");
+    let mut citizens = csvio::CitizenWriter::new(create(&citizens_path)?);
+    let mut accounts = csvio::AccountWriter::new(create(&accounts_path)?);
+    for i in 0..spec.citizens {
+        citizens.write(&demo::citizen_at(spec, i))?;
+        for a in demo::accounts_at(spec, i) {
+            accounts.write(&a)?;
+        }
+        if i.is_multiple_of(4096) {
+            progress.set_position(i);
+        }
+    }
+    citizens.finish()?.flush()?;
+    accounts.finish()?.flush()?;
+    progress.finish();
+    Ok((citizens_path, accounts_path))
+}
+
+/// Counts of records by outcome.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub applied: u64,
+    pub stale: u64,
+    pub rejected: u64,
+}
+
+impl Counts {
+    fn add(&mut self, outcomes: &[RecordOutcome]) {
+        for o in outcomes {
+            match o {
+                RecordOutcome::Applied => self.applied += 1,
+                RecordOutcome::Stale => self.stale += 1,
+                RecordOutcome::Rejected(_) => self.rejected += 1,
+            }
+        }
+    }
+}
+
+/// Writes a synthetic population straight into the store, through the same batch
+/// transactions the sync streams use (validation, history, events, ledger).
+pub async fn demo_store(
+    store: Arc<dyn Store>,
+    spec: &DemoSpec,
+) -> anyhow::Result<(Counts, Counts)> {
+    let today = Timestamp::now().date();
+    let ctx = || WriteContext {
+        actor: "demo-data".into(),
+        idempotency: None,
+        now: Timestamp::now(),
+    };
+    let progress = bar(Some(spec.citizens), "citizens");
+    let mut citizen_counts = Counts::default();
+    let mut batch = Vec::with_capacity(STORE_BATCH);
+    for (i, record) in demo::citizens(spec).enumerate() {
+        match crate::grpc::convert::sync_citizen(&record, today) {
+            Ok(c) => batch.push(c),
+            Err(_) => citizen_counts.rejected += 1,
+        }
+        if batch.len() == STORE_BATCH {
+            citizen_counts.add(&store.sync_citizens(&ctx(), &batch).await?);
+            batch.clear();
+            progress.set_position(i as u64 + 1);
+        }
+    }
+    citizen_counts.add(&store.sync_citizens(&ctx(), &batch).await?);
+    progress.finish();
+    let progress = bar(None, "accounts");
+    let mut account_counts = Counts::default();
+    let mut batch = Vec::with_capacity(STORE_BATCH);
+    for record in demo::accounts(spec) {
+        match crate::grpc::convert::sync_account(&record) {
+            Ok(a) => batch.push(a),
+            Err(_) => account_counts.rejected += 1,
+        }
+        if batch.len() == STORE_BATCH {
+            account_counts.add(&store.sync_accounts(&ctx(), &batch).await?);
+            progress.inc(batch.len() as u64);
+            batch.clear();
+        }
+    }
+    account_counts.add(&store.sync_accounts(&ctx(), &batch).await?);
+    progress.finish();
+    Ok((citizen_counts, account_counts))
+}
+
+/// What an import run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    /// The data line the run started after (0: from the beginning).
+    pub resumed_after_line: u64,
+    /// Records the registry committed in this run.
+    pub committed: u64,
+    pub applied: u64,
+    pub stale: u64,
+    pub rejected: u64,
+    /// Lines that could not be read as records (never sent).
+    pub malformed: u64,
+    /// Whether the whole file was committed (else the checkpoint was kept).
+    pub complete: bool,
+}
+
+/// Which sync stream a file goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Citizens,
+    Accounts,
+}
+
+/// The checkpoint file of an import.
+pub fn checkpoint_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".progress");
+    PathBuf::from(name)
+}
+
+fn read_checkpoint(path: &Path) -> anyhow::Result<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s
+            .lines()
+            .find_map(|l| l.strip_prefix("line="))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| {
+                format!(
+                    "{} is not a checkpoint; delete it to start over",
+                    path.display()
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_checkpoint(path: &Path, line: u64, record_id: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("progress.tmp");
+    std::fs::write(&tmp, format!("line={line}\nrecord_id={record_id}\n"))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Streams one CSV file to the registry, resuming after its checkpoint. `max_records`
+/// stops after that many records have been sent (to import a file in parts).
+pub async fn import_file(
+    channel: Channel,
+    bearer: Bearer,
+    kind: FileKind,
+    path: &Path,
+    max_records: Option<u64>,
+) -> anyhow::Result<ImportReport> {
+    let checkpoint = checkpoint_path(path);
+    let resume_after = read_checkpoint(&checkpoint)?;
+    let total = data_lines(path).with_context(|| format!("reading {}", path.display()))?;
+    let rejected_path = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".rejected.csv");
+        PathBuf::from(name)
+    };
+    let progress = bar(Some(total), "records");
+    progress.set_position(resume_after.min(total));
+    // Sent, not yet acknowledged: (data line, record id). Bounded by flow control.
+    let in_flight: Arc<Mutex<VecDeque<(u64, String)>>> = Arc::default();
+    let malformed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut population =
+        PopulationSyncClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20);
+
+    // Reads the file on a blocking thread, feeding the stream.
+    let spawn_reader = |tx: mpsc::Sender<(u64, String, Request)>| {
+        let malformed = malformed.clone();
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut sent = 0u64;
+            let mut send = |line: u64, id: String, request: Request| -> bool {
+                if line <= resume_after {
+                    return true;
+                }
+                if max_records.is_some_and(|m| sent >= m) {
+                    return false;
+                }
+                sent += 1;
+                tx.blocking_send((line, id, request)).is_ok()
+            };
+            let report_malformed = |e: csvio::CsvError| {
+                malformed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                eprintln!("{}: {e}", path.display());
+            };
+            match kind {
+                FileKind::Citizens => {
+                    for item in csvio::read_citizens(BufReader::new(file)) {
+                        match item {
+                            Ok((line, r)) => {
+                                let id = r.record_id.clone();
+                                if !send(line, id, Request::Citizen(r)) {
+                                    break;
+                                }
+                            }
+                            Err(e) => report_malformed(e),
+                        }
+                    }
+                }
+                FileKind::Accounts => {
+                    for item in csvio::read_accounts(BufReader::new(file)) {
+                        match item {
+                            Ok((line, r)) => {
+                                let id = r.record_id.clone();
+                                if !send(line, id, Request::Account(r)) {
+                                    break;
+                                }
+                            }
+                            Err(e) => report_malformed(e),
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let (read_tx, mut read_rx) = mpsc::channel::<(u64, String, Request)>(READ_AHEAD);
+    let reader = spawn_reader(read_tx);
+    // Records go on the stream only once their line is remembered as in flight.
+    let (citizen_tx, citizen_rx) = mpsc::channel::<proto::SyncCitizensRequest>(READ_AHEAD);
+    let (account_tx, account_rx) = mpsc::channel::<proto::SyncAccountsRequest>(READ_AHEAD);
+    let feeder = {
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            while let Some((line, id, request)) = read_rx.recv().await {
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((line, id));
+                let sent = match request {
+                    Request::Citizen(r) => citizen_tx
+                        .send(proto::SyncCitizensRequest { record: Some(r) })
+                        .await
+                        .is_ok(),
+                    Request::Account(r) => account_tx
+                        .send(proto::SyncAccountsRequest { record: Some(r) })
+                        .await
+                        .is_ok(),
+                };
+                if !sent {
+                    break;
+                }
+            }
+        })
+    };
+    let mut acks = match kind {
+        FileKind::Citizens => {
+            drop(account_rx);
+            population
+                .sync_citizens(ReceiverStream::new(citizen_rx))
+                .await?
+                .into_inner()
+        }
+        FileKind::Accounts => {
+            drop(citizen_rx);
+            population
+                .sync_accounts(ReceiverStream::new(account_rx))
+                .await?
+                .into_inner()
+        }
+    };
+    let mut rejected_out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&rejected_path)
+        .with_context(|| format!("opening {}", rejected_path.display()))?;
+    let mut report = ImportReport {
+        resumed_after_line: resume_after,
+        ..ImportReport::default()
+    };
+    let mut committed_before = 0u64;
+    let mut last_line = resume_after;
+    let outcome: anyhow::Result<()> = async {
+        while let Some(ack) = acks.message().await? {
+            let newly = ack.records_committed - committed_before;
+            committed_before = ack.records_committed;
+            {
+                let mut q = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                for _ in 0..newly {
+                    if let Some((line, _)) = q.pop_front() {
+                        last_line = line;
+                    }
+                }
+            }
+            for e in &ack.errors {
+                writeln!(
+                    rejected_out,
+                    "{},{},{},\"{}\"",
+                    e.record_id,
+                    e.reason,
+                    e.field,
+                    e.message.replace('"', "'")
+                )?;
+            }
+            write_checkpoint(&checkpoint, last_line, &ack.last_record_id)?;
+            report.committed = ack.records_committed;
+            report.applied = ack.applied;
+            report.stale = ack.stale;
+            report.rejected = ack.rejected;
+            progress.set_position(last_line.min(total));
+        }
+        Ok(())
+    }
+    .await;
+    feeder.abort();
+    let _ = reader.await;
+    progress.finish();
+    outcome?;
+    report.malformed = malformed.load(std::sync::atomic::Ordering::Relaxed);
+    report.complete = in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_empty()
+        && max_records.is_none_or(|m| report.committed < m);
+    if report.complete {
+        // Everything is in: a new run starts over (and finds everything STALE).
+        let _ = std::fs::remove_file(&checkpoint);
+    }
+    Ok(report)
+}
+
+/// One record read from a file.
+enum Request {
+    Citizen(proto::CitizenRecord),
+    Account(proto::AccountRecord),
+}
+
+/// Resolves every citizen id in `input` (one per line; blank lines and `#` comments
+/// skipped) through BatchResolve and writes a payroll CSV to `output`, in input order.
+pub async fn resolve_file(
+    mut resolver: PayoutResolverClient<Authed>,
+    input: &Path,
+    output: &Path,
+    program: &str,
+    exists_only: bool,
+) -> anyhow::Result<u64> {
+    let total = data_lines(input)? + 1;
+    let progress = bar(Some(total), "ids");
+    let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let (tx, rx) = mpsc::channel::<proto::BatchResolveRequest>(READ_AHEAD);
+    let program = program.to_owned();
+    let scope = if exists_only {
+        proto::ResolveScope::ExistsOnly
+    } else {
+        proto::ResolveScope::Details
+    };
+    let in_flight: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let queue = in_flight.clone();
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            let id = line.split(',').next().unwrap_or("").trim().to_owned();
+            if id.is_empty() || id.starts_with('#') || id == "citizen_id" {
+                continue;
+            }
+            queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(id.clone());
+            let request = proto::BatchResolveRequest {
+                correlation_id: (n + 1).to_string(),
+                citizen_id: id,
+                program_code: program.clone(),
+                scope: scope.into(),
+                ..Default::default()
+            };
+            if tx.blocking_send(request).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    let mut answers = resolver
+        .batch_resolve(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut out = csv::Writer::from_writer(BufWriter::new(
+        File::create(output).with_context(|| format!("creating {}", output.display()))?,
+    ));
+    out.write_record([
+        "citizen_id",
+        "outcome",
+        "kind",
+        "provider_code",
+        "account_ref",
+        "cooling_off",
+        "error",
+    ])?;
+    let mut written = 0u64;
+    while let Some(answer) = answers.message().await? {
+        let id = in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+            .unwrap_or_default();
+        let row = match (&answer.result, &answer.error) {
+            (Some(r), _) => {
+                let outcome = proto::ResolveOutcome::try_from(r.outcome)
+                    .map(|o| o.as_str_name())
+                    .unwrap_or("?");
+                let (kind, provider, account) = match &r.account {
+                    Some(a) => (
+                        proto::AccountKind::try_from(a.kind)
+                            .map(|k| k.as_str_name())
+                            .unwrap_or("?"),
+                        a.provider_code.as_str(),
+                        a.account_ref.as_str(),
+                    ),
+                    None => ("", "", ""),
+                };
+                [
+                    id.as_str(),
+                    outcome,
+                    kind,
+                    provider,
+                    account,
+                    if r.cooling_off { "true" } else { "false" },
+                    "",
+                ]
+                .map(str::to_owned)
+            }
+            (None, Some(e)) => [
+                id.clone(),
+                "ERROR".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                e.reason.clone(),
+            ],
+            (None, None) => anyhow::bail!("an answer without result or error"),
+        };
+        out.write_record(&row)?;
+        written += 1;
+        if written.is_multiple_of(1024) {
+            progress.set_position(written);
+        }
+    }
+    reader.await??;
+    out.flush()?;
+    progress.finish();
+    Ok(written)
+}

@@ -1,0 +1,173 @@
+//! The bulk command-line paths end to end, on both backends: `demo-data` into CSV files
+//! and into the store, `import` of those files through the sync streams (including a
+//! resume after an interrupted run), and `client resolve --file` writing a payroll CSV.
+//! They drive the same functions the CLI calls, against the real server over TLS.
+
+mod common;
+
+use common::{spawn_secure_app, Backend, TestApp, PAYER, SYNC};
+use payout_registry::bulk::{self, FileKind};
+use payout_registry::cli::Bearer;
+use payout_registry::demo::{self, DemoSpec};
+use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
+
+on_both_backends!(
+    an_import_interrupted_midway_resumes_after_its_checkpoint_and_applies_each_record_once,
+    a_payroll_file_resolves_in_order_through_batch_resolve,
+    demo_data_written_straight_into_the_store_has_the_planted_anomalies,
+);
+
+fn bearer(token: &str) -> Bearer {
+    Bearer::new(Some(token), "bulk test").unwrap()
+}
+
+async fn import(
+    app: &TestApp,
+    kind: FileKind,
+    path: &std::path::Path,
+    max: Option<u64>,
+) -> bulk::ImportReport {
+    bulk::import_file(app.new_channel(), bearer(SYNC), kind, path, max)
+        .await
+        .expect("import")
+}
+
+async fn an_import_interrupted_midway_resumes_after_its_checkpoint_and_applies_each_record_once(
+    backend: Backend,
+) {
+    let app = spawn_secure_app(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DemoSpec {
+        citizens: 3000,
+        seed: 7,
+    };
+    let (citizens, accounts) = bulk::demo_csv(&spec, dir.path()).unwrap();
+
+    // The first run stops after 1,200 records, as an interrupted run would.
+    let first = import(&app, FileKind::Citizens, &citizens, Some(1200)).await;
+    assert_eq!(first.committed, 1200);
+    assert!(!first.complete);
+    assert!(bulk::checkpoint_path(&citizens).exists());
+    // The second run starts after the checkpoint: nothing is sent twice.
+    let second = import(&app, FileKind::Citizens, &citizens, None).await;
+    assert_eq!(second.resumed_after_line, 1200);
+    assert_eq!(second.committed, 1800);
+    assert_eq!(second.stale, 0);
+    assert!(second.complete);
+    assert!(
+        !bulk::checkpoint_path(&citizens).exists(),
+        "a finished import leaves no checkpoint"
+    );
+    assert_eq!(first.applied + second.applied, 3000);
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM citizens").await, 3000);
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM citizen_history").await,
+        3000
+    );
+
+    let accounts_run = import(&app, FileKind::Accounts, &accounts, None).await;
+    assert!(accounts_run.complete);
+    assert!(accounts_run.applied > 3000, "{accounts_run:?}");
+    assert!(
+        accounts_run.rejected > 0,
+        "the planted duplicate claims are refused: {accounts_run:?}"
+    );
+    let mut rejected = accounts.as_os_str().to_owned();
+    rejected.push(".rejected.csv");
+    let listed = std::fs::read_to_string(rejected).unwrap();
+    assert_eq!(listed.lines().count() as u64, accounts_run.rejected);
+    assert!(listed.contains("ACCOUNT_OWNED_BY_ANOTHER_CITIZEN"));
+
+    // Replaying a finished file changes nothing: every record is stale.
+    let replay = import(&app, FileKind::Accounts, &accounts, None).await;
+    assert_eq!(replay.applied, 0);
+    assert_eq!(replay.stale + replay.rejected, replay.committed);
+}
+
+async fn a_payroll_file_resolves_in_order_through_batch_resolve(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DemoSpec {
+        citizens: 400,
+        seed: 11,
+    };
+    let (citizens, accounts) = bulk::demo_csv(&spec, dir.path()).unwrap();
+    import(&app, FileKind::Citizens, &citizens, None).await;
+    import(&app, FileKind::Accounts, &accounts, None).await;
+
+    let ids: Vec<String> = (0..400).map(|i| demo::citizen_id_at(&spec, i)).collect();
+    let mut input = String::from("citizen_id\n");
+    for id in &ids {
+        input.push_str(id);
+        input.push('\n');
+    }
+    input.push_str("not-an-id\n");
+    let input_path = dir.path().join("ids.txt");
+    std::fs::write(&input_path, input).unwrap();
+    let out = dir.path().join("payroll.csv");
+    let resolver = PayoutResolverClient::with_interceptor(app.new_channel(), bearer(PAYER));
+    let written = bulk::resolve_file(resolver, &input_path, &out, "PENSION", false)
+        .await
+        .unwrap();
+    assert_eq!(written, 401);
+    let mut reader = csv::Reader::from_path(&out).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 401);
+    for (row, id) in rows.iter().zip(&ids) {
+        assert_eq!(&row[0], id, "rows follow the input order");
+    }
+    let resolved = rows.iter().filter(|r| &r[1] == "RESOLVED").count();
+    let deceased = rows.iter().filter(|r| &r[1] == "CITIZEN_DECEASED").count();
+    assert!(resolved > 250, "{resolved} of 400 resolved");
+    assert!(rows
+        .iter()
+        .filter(|r| &r[1] == "RESOLVED")
+        .all(|r| !r[4].is_empty() && !r[4].contains('*')));
+    assert!(deceased < 30);
+    assert_eq!(&rows[400][1], "ERROR");
+    assert_eq!(&rows[400][6], "CITIZEN_ID_INVALID_LENGTH");
+}
+
+async fn demo_data_written_straight_into_the_store_has_the_planted_anomalies(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    let spec = DemoSpec {
+        citizens: 2000,
+        seed: 3,
+    };
+    let (citizens, accounts) = bulk::demo_store(app.store.clone(), &spec).await.unwrap();
+    assert_eq!(citizens.applied, 2000);
+    assert_eq!(citizens.rejected, 0);
+    assert!(
+        accounts.rejected > 0,
+        "duplicate claims are planted: {accounts:?}"
+    );
+    // Refused: the duplicate claims, and NAME_MATCH records whose holder name is short.
+    let claims = app.db.count("SELECT COUNT(*) FROM duplicate_claims").await;
+    assert!(
+        claims > 0 && claims as u64 <= accounts.rejected,
+        "{claims} claims, {accounts:?}"
+    );
+    let deceased = app
+        .db
+        .count("SELECT COUNT(*) FROM citizens WHERE status = 'DECEASED'")
+        .await;
+    assert!((10..=80).contains(&deceased), "{deceased} deceased of 2000");
+    let aliases = app.db.count("SELECT COUNT(*) FROM citizen_aliases").await;
+    assert!(aliases > 100, "{aliases} legacy numbers");
+    let provinces = app
+        .db
+        .count("SELECT COUNT(DISTINCT province_code) FROM citizens")
+        .await;
+    assert_eq!(provinces, 63);
+    // Demo data is ordinary data: it resolves.
+    let mut resolver = app.resolver(Some(PAYER));
+    let answer = resolver
+        .resolve(payout_registry::proto::ResolveRequest {
+            citizen_id: demo::citizen_id_at(&spec, 1),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(answer.outcome, 0);
+}
