@@ -135,6 +135,9 @@ pub fn required(path: &str) -> Option<Access> {
             "payoutregistry.v1.Oversight",
             "FindAccountHolders" | "ListDuplicateClaims" | "ListAccessLog",
         ) => Access::AnyOf(&[Oversight]),
+        ("payoutregistry.v1.ChangeFeed", "Subscribe" | "CommitPosition" | "GetPosition") => {
+            Access::AnyOf(&[EventsSubscribe, EventsAll])
+        }
         ("payoutregistry.v1.PopulationSync", "SyncCitizens" | "SyncAccounts") => {
             Access::AnyOf(&[SyncPopulation])
         }

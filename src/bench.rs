@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -164,4 +165,199 @@ where
         elapsed: started.elapsed(),
         latency,
     })
+}
+
+/// The server's resident set size, sampled every 100 ms while a scenario runs (Linux:
+/// `/proc/<pid>/status`).
+pub struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+/// VmRSS of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let first = rss_kib(pid).unwrap_or(0);
+            let mut max = first;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(rss_kib(pid).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (first, max)
+        });
+        RssSampler { stop, task }
+    }
+
+    /// Stops sampling and prints the RSS at the start and its peak.
+    pub async fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok((first, max)) = self.task.await {
+            println!(
+                "server RSS: {:.1} MiB at start, {:.1} MiB peak",
+                first as f64 / 1024.0,
+                max as f64 / 1024.0
+            );
+        }
+    }
+}
+
+/// Sends `n` BatchResolve requests for ids chosen by `id_at` on one stream and measures
+/// ids/s and each id's latency (request sent to answer received).
+pub async fn batch_resolve<C>(
+    mut client: PayoutResolverClient<C>,
+    n: u64,
+    id_at: impl Fn(u64) -> String + Send + 'static,
+) -> anyhow::Result<Figures>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Send,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let sent: Arc<std::sync::Mutex<std::collections::VecDeque<Instant>>> = Arc::default();
+    let queue = sent.clone();
+    let requests = futures::stream::iter(0..n).map(move |i| {
+        queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Instant::now());
+        proto::BatchResolveRequest {
+            correlation_id: i.to_string(),
+            citizen_id: id_at(i),
+            purpose: if i == 0 {
+                "benchmark".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        }
+    });
+    let started = Instant::now();
+    let mut answers = client.batch_resolve(requests).await?.into_inner();
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut errors = 0u64;
+    while let Some(answer) = answers.message().await? {
+        let t = sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+            .unwrap_or(started);
+        let _ = latency.record(t.elapsed().as_micros() as u64);
+        if answer.error.is_some() {
+            errors += 1;
+        }
+    }
+    Ok(Figures {
+        calls: latency.len(),
+        errors,
+        elapsed: started.elapsed(),
+        latency,
+    })
+}
+
+/// Streams `n` declared-account records (new record ids, so each is applied) on one
+/// SyncAccounts stream; the latency is a record's time from sent to acknowledged.
+pub async fn sync_accounts<C>(
+    mut client: crate::proto::population_sync_client::PopulationSyncClient<C>,
+    n: u64,
+    seed: u64,
+) -> anyhow::Result<Figures>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Send,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let spec = crate::demo::DemoSpec {
+        citizens: u64::MAX / 2,
+        seed,
+    };
+    let run = Uuid::new_v4().simple().to_string();
+    let sent: Arc<std::sync::Mutex<std::collections::VecDeque<Instant>>> = Arc::default();
+    let queue = sent.clone();
+    let requests = futures::stream::iter(0..)
+        .flat_map(move |i| futures::stream::iter(crate::demo::accounts_at(&spec, i)))
+        .take(n as usize)
+        .map(move |mut record| {
+            record.record_id = format!("bench-{run}-{}", record.record_id);
+            queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(Instant::now());
+            proto::SyncAccountsRequest {
+                record: Some(record),
+            }
+        });
+    let started = Instant::now();
+    let mut acks = client.sync_accounts(requests).await?.into_inner();
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut committed = 0u64;
+    let mut rejected = 0u64;
+    while let Some(ack) = acks.message().await? {
+        let mut q = sent.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in committed..ack.records_committed {
+            if let Some(t) = q.pop_front() {
+                let _ = latency.record(t.elapsed().as_micros() as u64);
+            }
+        }
+        committed = ack.records_committed;
+        rejected = ack.rejected;
+    }
+    Ok(Figures {
+        calls: latency.len(),
+        errors: rejected,
+        elapsed: started.elapsed(),
+        latency,
+    })
+}
+
+/// The baseline for BatchResolve: the same lookup the store makes, straight over sqlx,
+/// `keys` ids per `= ANY($1)` select, `concurrency` connections, for `duration`.
+/// Answers the ids looked up per second and the latency of each select.
+pub async fn raw_any(
+    database_url: &str,
+    ids: Arc<Vec<String>>,
+    keys: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(concurrency as u32)
+        .connect(database_url)
+        .await?;
+    let figures = run(concurrency, duration, move |i| {
+        let pool = pool.clone();
+        let ids = ids.clone();
+        async move {
+            let batch: Vec<String> = (0..keys)
+                .map(|k| ids[(i * keys + k * 7919) % ids.len()].clone())
+                .collect();
+            sqlx::query(
+                "SELECT c.citizen_id, c.status, p.program_code, p.since, a.account_id, \
+                 a.status, a.account_ref, b.account_id, b.status \
+                 FROM citizens c LEFT JOIN preferences p ON p.citizen_id = c.citizen_id \
+                 LEFT JOIN accounts a ON a.account_id = p.account_id \
+                 LEFT JOIN accounts b ON b.account_id = p.previous_account_id \
+                 WHERE c.citizen_id = ANY($1)",
+            )
+            .bind(batch)
+            .fetch_all(&pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+        }
+    })
+    .await?;
+    Ok(figures)
 }

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod csvio;
 pub mod demo;
+pub mod feed;
 pub mod grpc;
 pub mod limits;
 pub mod server;

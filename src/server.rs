@@ -12,10 +12,11 @@ use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::grpc::{
-    AccountRegistryService, AppState, OversightService, PayoutResolverService,
+    AccountRegistryService, AppState, ChangeFeedService, OversightService, PayoutResolverService,
     PopulationSyncService,
 };
 use crate::proto::account_registry_server::AccountRegistryServer;
+use crate::proto::change_feed_server::ChangeFeedServer;
 use crate::proto::oversight_server::OversightServer;
 use crate::proto::payout_resolver_server::PayoutResolverServer;
 use crate::proto::population_sync_server::PopulationSyncServer;
@@ -67,6 +68,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<PopulationSyncServer<PopulationSyncService>>()
         .await;
+    health_reporter
+        .set_serving::<ChangeFeedServer<ChangeFeedService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -80,6 +84,8 @@ pub async fn serve(
         .max_decoding_message_size(max);
     let resolver = PayoutResolverServer::new(PayoutResolverService::new(state.clone()))
         .max_decoding_message_size(max);
+    let feed =
+        ChangeFeedServer::new(ChangeFeedService::new(state.clone())).max_decoding_message_size(max);
     let population = PopulationSyncServer::new(PopulationSyncService::new(state.clone()))
         .max_decoding_message_size(max);
     let oversight =
@@ -115,6 +121,7 @@ pub async fn serve(
         .add_service(resolver)
         .add_service(oversight)
         .add_service(population)
+        .add_service(feed)
         .serve_with_incoming_shutdown(
             // A connection must complete its handshake within the call timeout (at most
             // 10 s), or it is closed: see `transport`.

@@ -526,6 +526,18 @@ request_decoders_never_panic! {
         |r| convert::ResolveRequest::try_from(&r).map(drop);
     sync_citizens_request_decoding_never_panics: SyncCitizensRequest =>
         |r| r.record.as_ref().map(|c| convert::sync_citizen(c, time::macros::date!(2026 - 11 - 28)).map(drop));
+    subscribe_request_decoding_never_panics: SubscribeRequest =>
+        |r| (
+            convert::consumer_name(&r.consumer).map(drop),
+            convert::feed_position_in("after_position", r.after_position).map(drop),
+        );
+    commit_position_request_decoding_never_panics: CommitPositionRequest =>
+        |r| (
+            convert::consumer_name(&r.consumer).map(drop),
+            convert::feed_position_in("position", r.position).map(drop),
+        );
+    get_position_request_decoding_never_panics: GetPositionRequest =>
+        |r| convert::consumer_name(&r.consumer).map(drop);
     sync_accounts_request_decoding_never_panics: SyncAccountsRequest =>
         |r| r.record.as_ref().map(|a| convert::sync_account(a).map(drop));
 }

@@ -93,7 +93,8 @@ reasons! {
     CitizenStatusInvalid = "CITIZEN_STATUS_INVALID" => InvalidArgument,
     DateInvalid = "DATE_INVALID" => InvalidArgument,
     SyncRecordMoved = "SYNC_RECORD_MOVED" => FailedPrecondition,
-    RecordDuplicatedInBatch = "RECORD_DUPLICATED_IN_BATCH" => InvalidArgument,
+    WatchListRequired = "WATCH_LIST_REQUIRED" => FailedPrecondition,
+    FeedPositionInvalid = "FEED_POSITION_INVALID" => InvalidArgument,
 }
 
 impl fmt::Display for Reason {

@@ -515,6 +515,25 @@ pub fn sync_account(r: &proto::AccountRecord) -> Result<SyncAccount, Rejection> 
     })
 }
 
+/// Longest change-feed consumer name.
+const MAX_CONSUMER_LEN: usize = 100;
+
+/// A change-feed consumer name (may be empty where optional).
+pub fn consumer_name(raw: &str) -> Result<String, Rejection> {
+    bounded_text("consumer", raw, MAX_CONSUMER_LEN)
+}
+
+/// A feed position from request field `field`.
+pub fn feed_position_in(field: &str, p: u64) -> Result<i64, Rejection> {
+    i64::try_from(p).map_err(|_| {
+        Rejection::field(
+            Reason::FeedPositionInvalid,
+            field,
+            format!("{field} is beyond any feed position"),
+        )
+    })
+}
+
 /// A refused record (or BatchResolve request) as sent in a stream.
 pub fn record_error(record_id: &str, r: &Rejection) -> proto::RecordError {
     proto::RecordError {

@@ -26,11 +26,13 @@ use crate::store::{AccessEntry, Idempotency, Store, StoreError, WriteContext};
 const MAX_PURPOSE_LEN: usize = 200;
 
 pub mod convert;
+mod feed;
 mod oversight;
 mod population;
 mod registry;
 mod resolver;
 
+pub use feed::ChangeFeedService;
 pub use oversight::OversightService;
 pub use population::PopulationSyncService;
 pub use registry::AccountRegistryService;
@@ -50,18 +52,22 @@ pub struct AppState {
     pub access: AccessLog,
     /// Rate limits and the in-flight limit.
     pub limits: Arc<Limits>,
+    /// This instance's change-feed sequencer (stopped with the last clone).
+    pub sequencer: Arc<crate::feed::SequencerHandle>,
 }
 
 impl AppState {
     /// State with default limits and a running access-log writer (call inside a Tokio
     /// runtime).
     pub fn new(store: Arc<dyn Store>, cooling_off: Duration) -> AppState {
+        let sequencer = Arc::new(crate::feed::start(store.clone()));
         AppState {
             access: AccessLog::start(store.clone(), 10_000, 2_000, 4),
             store,
             cooling_off,
             clock: Arc::new(Timestamp::now),
             limits: Arc::new(Limits::new(RateLimitConfig::default())),
+            sequencer,
         }
     }
 

@@ -213,77 +213,134 @@ impl PayoutResolver for PayoutResolverService {
 async fn batch_loop(
     state: &AppState,
     call: &Call,
-    mut inbound: Streaming<BatchResolveRequest>,
+    inbound: Streaming<BatchResolveRequest>,
     tx: &mpsc::Sender<Result<BatchResolveResponse, Status>>,
 ) -> Result<u64, Status> {
-    let mut stream_purpose: Option<String> = None;
-    let mut answered = 0u64;
-    loop {
-        let batch = next_batch(&mut inbound, BATCH_SIZE, BATCH_LINGER).await?;
-        if batch.is_empty() {
-            return Ok(answered);
-        }
-        call.pace(state, batch.len()).await;
-        // Parse every request; refusals are answered in place.
-        let mut slots: Vec<Result<usize, Rejection>> = Vec::with_capacity(batch.len());
-        let mut pending = Vec::with_capacity(batch.len());
-        for r in &batch {
-            if stream_purpose.is_none() && !r.purpose.trim().is_empty() {
-                stream_purpose = Some(r.purpose.clone());
+    // Reading and parsing is sequential (the stream's purpose is set by its first
+    // request); lookups of consecutive batches overlap; answers keep request order.
+    let (batch_tx, batch_rx) = mpsc::channel::<ParsedBatch>(1);
+    let reader = async move {
+        let mut inbound = inbound;
+        let mut stream_purpose: Option<String> = None;
+        loop {
+            let batch = next_batch(&mut inbound, BATCH_SIZE, BATCH_LINGER).await?;
+            if batch.is_empty() {
+                return Ok::<(), Status>(());
             }
-            let parsed = ResolveRequest::try_from(r).and_then(|request| {
-                let raw = if r.purpose.trim().is_empty() {
-                    stream_purpose.as_deref().unwrap_or("")
-                } else {
-                    &r.purpose
-                };
-                let purpose = call.purpose(raw).map_err(|_| {
-                    Rejection::field(
-                        crate::domain::Reason::PurposeRequired,
-                        "purpose",
-                        "state why you read these citizens' data: `purpose` on the first \
-                         request or `x-purpose` metadata",
-                    )
-                })?;
-                Ok(Pending { request, purpose })
-            });
-            match parsed {
-                Ok(p) => {
-                    if !p.request.exists_only {
-                        call.require(Scope::Resolve)?;
-                    }
-                    slots.push(Ok(pending.len()));
-                    pending.push(p);
+            call.pace(state, batch.len()).await;
+            let parsed = parse_batch(call, batch, &mut stream_purpose)?;
+            if batch_tx.send(parsed).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let writer = async {
+        let mut answers = ReceiverStream::new(batch_rx)
+            .map(|b| answer_batch(state, call, b))
+            .buffered(LOOKUPS_IN_FLIGHT);
+        let mut answered = 0u64;
+        while let Some(batch) = answers.next().await {
+            for out in batch? {
+                if tx.send(Ok(out)).await.is_err() {
+                    // The client went away; nothing more to do.
+                    return Ok(answered);
                 }
-                Err(r) => slots.push(Err(r)),
+                answered += 1;
             }
         }
-        let now = state.now();
-        let resolved = if pending.is_empty() {
-            Vec::new()
-        } else {
-            resolve_all(state, call, BATCH_RESOLVE, &pending).await?
-        };
-        for (r, slot) in batch.into_iter().zip(slots) {
-            let out = match slot {
-                Ok(i) => BatchResolveResponse {
-                    correlation_id: r.correlation_id,
-                    result: Some(answer(call, &pending[i].request, &resolved[i].0, now)),
-                    error: None,
-                },
-                Err(rejection) => BatchResolveResponse {
-                    error: Some(record_error(&r.correlation_id, &rejection)),
-                    correlation_id: r.correlation_id,
-                    result: None,
-                },
+        Ok::<u64, Status>(answered)
+    };
+    let (read, written) = tokio::join!(reader, writer);
+    let answered = written?;
+    read?;
+    Ok(answered)
+}
+
+/// Batches looked up at once on one stream: one batch's lookup overlaps the previous
+/// one's access-log commit and answers.
+const LOOKUPS_IN_FLIGHT: usize = 2;
+
+/// A batch of requests, parsed: for each request its slot in `pending` or its refusal.
+struct ParsedBatch {
+    requests: Vec<BatchResolveRequest>,
+    slots: Vec<Result<usize, Rejection>>,
+    pending: Vec<Pending>,
+}
+
+fn parse_batch(
+    call: &Call,
+    batch: Vec<BatchResolveRequest>,
+    stream_purpose: &mut Option<String>,
+) -> Result<ParsedBatch, Status> {
+    let mut slots: Vec<Result<usize, Rejection>> = Vec::with_capacity(batch.len());
+    let mut pending = Vec::with_capacity(batch.len());
+    for r in &batch {
+        if stream_purpose.is_none() && !r.purpose.trim().is_empty() {
+            *stream_purpose = Some(r.purpose.clone());
+        }
+        let parsed = ResolveRequest::try_from(r).and_then(|request| {
+            let raw = if r.purpose.trim().is_empty() {
+                stream_purpose.as_deref().unwrap_or("")
+            } else {
+                &r.purpose
             };
-            if tx.send(Ok(out)).await.is_err() {
-                // The client went away; nothing more to do.
-                return Ok(answered);
+            let purpose = call.purpose(raw).map_err(|_| {
+                Rejection::field(
+                    crate::domain::Reason::PurposeRequired,
+                    "purpose",
+                    "state why you read these citizens' data: `purpose` on the first \
+                     request or `x-purpose` metadata",
+                )
+            })?;
+            Ok(Pending { request, purpose })
+        });
+        match parsed {
+            Ok(p) => {
+                if !p.request.exists_only {
+                    call.require(Scope::Resolve)?;
+                }
+                slots.push(Ok(pending.len()));
+                pending.push(p);
             }
-            answered += 1;
+            Err(r) => slots.push(Err(r)),
         }
     }
+    Ok(ParsedBatch {
+        requests: batch,
+        slots,
+        pending,
+    })
+}
+
+/// Looks a parsed batch up and builds its answers, in request order.
+async fn answer_batch(
+    state: &AppState,
+    call: &Call,
+    batch: ParsedBatch,
+) -> Result<Vec<BatchResolveResponse>, Status> {
+    let now = state.now();
+    let resolved = if batch.pending.is_empty() {
+        Vec::new()
+    } else {
+        resolve_all(state, call, BATCH_RESOLVE, &batch.pending).await?
+    };
+    Ok(batch
+        .requests
+        .into_iter()
+        .zip(batch.slots)
+        .map(|(r, slot)| match slot {
+            Ok(i) => BatchResolveResponse {
+                correlation_id: r.correlation_id,
+                result: Some(answer(call, &batch.pending[i].request, &resolved[i].0, now)),
+                error: None,
+            },
+            Err(rejection) => BatchResolveResponse {
+                error: Some(record_error(&r.correlation_id, &rejection)),
+                correlation_id: r.correlation_id,
+                result: None,
+            },
+        })
+        .collect())
 }
 
 /// Waits for the next message, then takes what arrives within `linger`, up to `max`.

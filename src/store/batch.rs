@@ -3,7 +3,8 @@
 //
 // Each backend also provides `FOR_UPDATE`: the clause that locks the rows a select
 // returns (" FOR UPDATE" on PostgreSQL; empty on SQLite, whose single writer connection
-// already excludes other writers).
+// already excludes other writers), and `BULK_PREAMBLE`: statements run first in every
+// bulk transaction.
 //
 // Every statement here handles a whole batch: keys are bound as one `IN (...)` list and
 // rows are written as one multi-row INSERT (chunked under the backends' limits on bound
@@ -11,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row as _};
 
 use crate::domain::{LegacyId, RecordOutcome, SyncAccount, SyncCitizen};
@@ -19,9 +19,10 @@ use crate::store::sync::{
     plan_accounts, plan_citizens, AccountKeyTuple, CitizenState, Loaded, SyncRecord, SyncStream,
     Work,
 };
+use crate::store::values::{Row, Val};
 
-/// Most parameters bound in one statement (SQLite allows 32,766; PostgreSQL 65,535).
-const MAX_BINDS: usize = 30_000;
+/// Most keys looked up in one statement.
+const LOOKUP_CHUNK: usize = 1000;
 
 /// How often a batch is retried after losing a race with a concurrent transaction (a
 /// unique violation on a row it could not lock in advance, or a deadlock).
@@ -37,58 +38,63 @@ fn lost_race(e: &StoreError) -> bool {
     })
 }
 
-/// Appends ` IN (k1, k2, ...)` binding each key.
-fn push_in<'a, T>(q: &mut QueryBuilder<'a, DB>, keys: impl IntoIterator<Item = T>)
-where
-    T: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB> + Send,
-{
-    q.push(" IN (");
-    let mut list = q.separated(", ");
-    for k in keys {
-        list.push_bind(k);
-    }
-    list.push_unseparated(")");
+/// Text keys as bound values.
+fn text_keys<'k>(keys: impl IntoIterator<Item = &'k str>) -> Vec<Val> {
+    keys.into_iter()
+        .map(|k| Val::Text(Some(k.to_owned())))
+        .collect()
 }
 
-/// Runs `head VALUES (...), (...) tail` over `rows`, in chunks that stay under the bound
-/// parameter limit; answers the rows affected.
-async fn insert_rows<'r, T>(
+/// Runs `head <rows> tail` over the rows `push` makes of `items` (a multi-row INSERT or
+/// upsert), chunked where the backend limits bound parameters; answers the rows affected.
+async fn insert_rows<T>(
     tx: &mut Tx,
     head: &str,
     tail: &str,
-    rows: &'r [T],
+    items: &[T],
     columns: usize,
-    mut push: impl FnMut(&mut Separated<'_, 'r, DB, &'static str>, &'r T),
+    mut push: impl FnMut(&mut Row, &T),
 ) -> StoreResult<u64> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<Row> = items
+        .iter()
+        .map(|item| {
+            let mut row = Row(Vec::with_capacity(columns));
+            push(&mut row, item);
+            row
+        })
+        .collect();
+    let per_statement = BINDS_PER_STATEMENT.map_or(rows.len(), |b| (b / columns).max(1));
     let mut affected = 0;
-    for chunk in rows.chunks((MAX_BINDS / columns).max(1)) {
+    for chunk in rows.chunks(per_statement) {
         let mut q = QueryBuilder::<DB>::new(head);
-        q.push_values(chunk, |mut b, row| push(&mut b, row));
+        push_relation(&mut q, chunk)?;
         q.push(tail);
         affected += q.build().execute(&mut **tx).await?.rows_affected();
     }
     Ok(affected)
 }
 
-/// Runs a select of `head IN (keys) tail` in chunks and collects the rows.
-async fn select_in<'k, K, R>(
+/// Runs a select of `head <IN keys> tail` and collects the rows. Batches are bounded
+/// (1,000 records), so the keys always fit in one statement.
+async fn select_in<R>(
     ex: &mut <DB as sqlx::Database>::Connection,
     head: &str,
     tail: &str,
-    keys: &'k [K],
+    keys: &[Val],
 ) -> StoreResult<Vec<R>>
 where
-    &'k K: 'k + sqlx::Encode<'k, DB> + sqlx::Type<DB> + Send,
     R: for<'row> sqlx::FromRow<'row, <DB as sqlx::Database>::Row> + Send + Unpin,
 {
-    let mut out = Vec::new();
-    for chunk in keys.chunks(MAX_BINDS) {
-        let mut q = QueryBuilder::<DB>::new(head);
-        push_in(&mut q, chunk.iter());
-        q.push(tail);
-        out.extend(q.build_query_as::<R>().fetch_all(&mut *ex).await?);
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    let mut q = QueryBuilder::<DB>::new(head);
+    push_in(&mut q, keys)?;
+    q.push(tail);
+    Ok(q.build_query_as::<R>().fetch_all(&mut *ex).await?)
 }
 
 fn citizen_status(s: &str) -> StoreResult<CitizenStatus> {
@@ -134,6 +140,9 @@ impl Backend {
         let mut last = None;
         for _ in 0..BATCH_ATTEMPTS {
             let mut tx = self.write.begin().await?;
+            for statement in BULK_PREAMBLE {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
             let attempt = async {
                 if stream == SyncStream::Accounts {
                     ensure_citizens(&mut tx, ctx, &citizens).await?;
@@ -187,7 +196,10 @@ impl Backend {
                     }
                     return Err(e);
                 }
-                Ok(()) => return Ok(work.outcomes),
+                Ok(()) => {
+                    self.changed.send_modify(|n| *n = n.wrapping_add(1));
+                    return Ok(work.outcomes);
+                }
             }
         }
         Err(last.unwrap_or_else(|| corrupt("sync retries exhausted")))
@@ -197,8 +209,31 @@ impl Backend {
     /// with all its preferences and the accounts they point at.
     async fn current_inputs(&self, citizens: &[&str]) -> StoreResult<CurrentInputs> {
         let mut out = CurrentInputs::new();
-        let mut conn = self.read.acquire().await?;
-        for chunk in citizens.chunks(MAX_BINDS) {
+        if citizens.len() == 1 {
+            // One key (unary Resolve): the primary key decides the plan; no transaction.
+            let mut conn = self.read.acquire().await?;
+            read_inputs(&mut conn, citizens, &mut out).await?;
+        } else {
+            // Many keys: a read-only transaction, so the bulk preamble applies to it alone.
+            let mut tx = self.read.begin().await?;
+            for statement in BULK_PREAMBLE {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            read_inputs(&mut tx, citizens, &mut out).await?;
+            tx.commit().await?;
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the current-state inputs of `citizens` into `out`.
+async fn read_inputs(
+    conn: &mut <DB as sqlx::Database>::Connection,
+    citizens: &[&str],
+    out: &mut CurrentInputs,
+) -> StoreResult<()> {
+    {
+        for chunk in citizens.chunks(LOOKUP_CHUNK) {
             let mut q = QueryBuilder::<DB>::new(concat!(
                 "SELECT c.citizen_id, c.status, p.program_code, p.since, p.previous_account_id, ",
                 "a.account_id, a.citizen_id, a.kind, a.provider_code, a.account_ref, a.holder_name, ",
@@ -212,7 +247,7 @@ impl Backend {
                 "LEFT JOIN accounts b ON b.account_id = p.previous_account_id ",
                 "WHERE c.citizen_id"
             ));
-            push_in(&mut q, chunk.iter().copied());
+            push_in(&mut q, &text_keys(chunk.iter().copied()))?;
             for row in q.build().fetch_all(&mut *conn).await? {
                 let id: String = row.try_get(0)?;
                 let status: String = row.try_get(1)?;
@@ -242,7 +277,7 @@ impl Backend {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -279,25 +314,25 @@ async fn ensure_citizens(
     citizens: &[CitizenId],
 ) -> StoreResult<()> {
     let now = ctx.now.micros();
-    let mut created: Vec<String> = Vec::new();
-    for chunk in citizens.chunks(MAX_BINDS / 5) {
-        let mut q = QueryBuilder::<DB>::new(
-            "INSERT INTO citizens (citizen_id, province_code, status, created_at, updated_at) ",
-        );
-        q.push_values(chunk, |mut b, c| {
-            b.push_bind(c.as_str())
+    let rows: Vec<Row> = citizens
+        .iter()
+        .map(|c| {
+            let mut row = Row::default();
+            row.push_bind(c.as_str())
                 .push_bind(c.province_code())
                 .push_bind("ACTIVE")
                 .push_bind(now)
                 .push_bind(now);
-        });
-        q.push(" ON CONFLICT (citizen_id) DO NOTHING RETURNING citizen_id");
-        created.extend(
-            q.build_query_scalar::<String>()
-                .fetch_all(&mut **tx)
-                .await?,
-        );
-    }
+            row
+        })
+        .collect();
+    // A batch has at most 1,000 citizens: one statement on either backend.
+    let mut q = QueryBuilder::<DB>::new(
+        "INSERT INTO citizens (citizen_id, province_code, status, created_at, updated_at) ",
+    );
+    push_relation(&mut q, &rows)?;
+    q.push(" ON CONFLICT (citizen_id) DO NOTHING RETURNING citizen_id");
+    let created: Vec<String> = q.build_query_scalar().fetch_all(&mut **tx).await?;
     let reason = "first seen when an account was declared";
     insert_rows(
         tx,
@@ -335,7 +370,7 @@ async fn load(
         "SELECT citizen_id, full_name, date_of_birth, status, died_on, source_version \
          FROM citizens WHERE citizen_id",
         &format!(" ORDER BY citizen_id{FOR_UPDATE}"),
-        &citizen_keys,
+        &text_keys(citizen_keys.iter().copied()),
     )
     .await?;
     for (id, full_name, date_of_birth, status, died_on, source_version) in rows {
@@ -355,7 +390,7 @@ async fn load(
     );
     q.push_bind(stream.as_str());
     q.push(" AND record_id");
-    push_in(&mut q, record_ids.iter().copied());
+    push_in(&mut q, &text_keys(record_ids.iter().copied()))?;
     let rows: Vec<(String, i64, Option<Uuid>)> = q.build_query_as().fetch_all(&mut **tx).await?;
     loaded.ledger.reserve(batch_len);
     for (id, version, account) in rows {
@@ -366,7 +401,7 @@ async fn load(
             tx.as_mut(),
             "SELECT legacy_id, citizen_id FROM citizen_aliases WHERE legacy_id",
             "",
-            legacy,
+            &text_keys(legacy.iter().map(String::as_str)),
         )
         .await?;
         loaded.aliases.extend(rows);
@@ -390,14 +425,14 @@ async fn load_accounts(
             " FROM accounts WHERE citizen_id"
         ),
         " AND status IN ('PENDING_VERIFICATION', 'VERIFIED', 'SUSPENDED')",
-        &citizen_keys,
+        &text_keys(citizen_keys.iter().copied()),
     )
     .await?;
     let declared: Vec<Uuid> = loaded.ledger.values().filter_map(|(_, id)| *id).collect();
     let mut rows = open;
     if !declared.is_empty() {
         rows.extend(
-            select_in::<Uuid, AccountRow>(
+            select_in::<AccountRow>(
                 tx.as_mut(),
                 concat!(
                     "SELECT ",
@@ -405,7 +440,10 @@ async fn load_accounts(
                     " FROM accounts WHERE account_id"
                 ),
                 "",
-                &declared,
+                &declared
+                    .iter()
+                    .map(|id| Val::Uuid(Some(*id)))
+                    .collect::<Vec<_>>(),
             )
             .await?,
         );
@@ -414,11 +452,11 @@ async fn load_accounts(
         let a = Account::try_from(row)?;
         loaded.accounts.insert(a.id, a);
     }
-    let defaults: Vec<String> = select_in::<&str, (String,)>(
+    let defaults: Vec<String> = select_in::<(String,)>(
         tx.as_mut(),
         "SELECT citizen_id FROM preferences WHERE program_code = '' AND citizen_id",
         "",
-        &citizen_keys,
+        &text_keys(citizen_keys.iter().copied()),
     )
     .await?
     .into_iter()
@@ -443,22 +481,25 @@ async fn load_holders(
     loaded: &mut Loaded,
     keys: &[AccountKeyTuple],
 ) -> StoreResult<()> {
-    for chunk in keys.chunks(MAX_BINDS / 3) {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let key_rows: Vec<Row> = keys
+        .iter()
+        .map(|(kind, provider, account_ref)| {
+            let mut row = Row::default();
+            row.push_bind(kind.as_str())
+                .push_bind(provider.as_str())
+                .push_bind(account_ref.as_str());
+            row
+        })
+        .collect();
+    {
         let mut q = QueryBuilder::<DB>::new(
             "SELECT citizen_id, account_id, kind, provider_code, account_ref FROM accounts \
              WHERE status IN ('VERIFIED', 'SUSPENDED') AND (kind, provider_code, account_ref) IN (",
         );
-        let mut first = true;
-        for (kind, provider, account_ref) in chunk {
-            q.push(if first { "VALUES (" } else { ", (" });
-            first = false;
-            q.push_bind(kind.as_str())
-                .push(", ")
-                .push_bind(provider.as_str())
-                .push(", ")
-                .push_bind(account_ref.as_str())
-                .push(")");
-        }
+        push_relation(&mut q, &key_rows)?;
         q.push(")");
         let rows: Vec<(String, Uuid, String, String, String)> =
             q.build_query_as().fetch_all(&mut **tx).await?;
@@ -678,7 +719,7 @@ async fn write_work(
     Ok(true)
 }
 
-fn push_account<'r>(b: &mut Separated<'_, 'r, DB, &'static str>, a: &'r Account) {
+fn push_account(b: &mut Row, a: &Account) {
     let v = a.verification.as_ref();
     b.push_bind(a.id)
         .push_bind(a.citizen_id.as_str())
@@ -725,7 +766,7 @@ impl Backend {
             &mut conn,
             "SELECT legacy_id, citizen_id FROM citizen_aliases WHERE legacy_id",
             "",
-            &keys,
+            &text_keys(keys.iter().copied()),
         )
         .await?;
         let mut out = HashMap::new();
@@ -774,5 +815,43 @@ impl Backend {
             out.push(resolve(&inputs, at, self.options.cooling_off));
         }
         Ok(out)
+    }
+}
+
+impl Backend {
+    async fn sequence_events_impl(&self, limit: u32) -> StoreResult<u64> {
+        let mut tx = self.write.begin().await?;
+        // Instances take turns here: the head row is locked until this commits, and the
+        // next sequencer's statements see what this one assigned.
+        let head: i64 = sqlx::query_scalar(&format!(
+            "SELECT last_position FROM feed_head WHERE id = 1{FOR_UPDATE}"
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
+        let assigned = sqlx::query(
+            "UPDATE events SET feed_position = $1 + s.rn FROM (SELECT position, \
+             row_number() OVER (ORDER BY position) AS rn FROM events \
+             WHERE feed_position IS NULL ORDER BY position LIMIT $2) AS s \
+             WHERE events.position = s.position",
+        )
+        .bind(head)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if assigned == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        sqlx::query("UPDATE feed_head SET last_position = $1 WHERE id = 1")
+            .bind(head + assigned as i64)
+            .execute(&mut *tx)
+            .await?;
+        for statement in FEED_ADVANCED {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(assigned)
     }
 }

@@ -39,6 +39,7 @@ pub mod reference;
 mod rows;
 pub mod sqlite;
 pub mod sync;
+pub mod values;
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +181,10 @@ pub struct DuplicateClaim {
 /// One appended event.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// Write order (a sequence value; concurrent writers commit these out of order).
     pub position: i64,
+    /// Commit order: the feed's gapless position, once the sequencer has assigned it.
+    pub feed_position: Option<i64>,
     pub event_id: Uuid,
     pub occurred_at: Timestamp,
     pub event_type: String,
@@ -344,8 +348,36 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<(i64, AccessEntry)>>;
 
-    /// Events after `after_position`, in position order.
+    /// Events after `after_position`, in write (`position`) order, sequenced or not.
     async fn events_after(&self, after_position: i64, limit: u32) -> StoreResult<Vec<Event>>;
+
+    /// Gives the committed events that have no feed position yet the next consecutive
+    /// ones after the feed's head (at most `limit`), in one transaction; several server
+    /// instances may call this at once (they take turns on the head row). Answers how
+    /// many were sequenced.
+    async fn sequence_events(&self, limit: u32) -> StoreResult<u64>;
+
+    /// Sequenced events after feed position `after`, in feed order.
+    async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>>;
+
+    /// The last feed position assigned (0 when none).
+    async fn feed_head(&self) -> StoreResult<i64>;
+
+    /// Records a named consumer's position.
+    async fn commit_consumer(
+        &self,
+        client_id: &str,
+        name: &str,
+        position: i64,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// A named consumer's position, if it ever committed one.
+    async fn consumer_position(&self, client_id: &str, name: &str) -> StoreResult<Option<i64>>;
+
+    /// Ticks whenever events may have been written or sequenced: by this process, or (on
+    /// PostgreSQL, through LISTEN/NOTIFY) by any instance sharing the database.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
 
     async fn providers(&self) -> StoreResult<Vec<Provider>>;
 }

@@ -122,6 +122,7 @@ pub(crate) struct EventRow {
     pub actor: String,
     pub reason: String,
     pub payload: String,
+    pub feed_position: Option<i64>,
 }
 
 impl From<EventRow> for Event {
@@ -136,6 +137,7 @@ impl From<EventRow> for Event {
             actor: r.actor,
             reason: r.reason,
             payload: r.payload,
+            feed_position: r.feed_position,
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct SqliteStore {
     options: StoreOptions,
     /// Program codes, cached (see `check_program`).
     programs: KnownPrograms,
+    /// Ticks on writes and sequencing (one process owns the file).
+    changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl SqliteStore {
@@ -93,6 +95,7 @@ impl SqliteStore {
             read,
             options,
             programs: KnownPrograms::default(),
+            changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64)),
         })
     }
 }
@@ -106,8 +109,61 @@ fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
     UniqueTarget::from_sqlite_message(db.message())
 }
 
+/// SQLite plans every statement afresh; nothing to set.
+const BULK_PREAMBLE: &[&str] = &[];
+
+/// One process owns the file: the in-process signal is all there is.
+const FEED_ADVANCED: &[&str] = &[];
+
 /// Locks the rows a bulk select returns (see batch.rs).
 const FOR_UPDATE: &str = "";
+
+/// Appends `rows` as multi-row `VALUES`.
+fn push_relation<'a>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    rows: &[super::values::Row],
+) -> StoreResult<()> {
+    q.push("VALUES ");
+    for (i, row) in rows.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { ", (" });
+        for (j, v) in row.0.iter().enumerate() {
+            if j > 0 {
+                q.push(", ");
+            }
+            push_val(q, v);
+        }
+        q.push(")");
+    }
+    Ok(())
+}
+
+fn push_val<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, v: &super::values::Val) {
+    use super::values::Val;
+    match v {
+        Val::Text(t) => q.push_bind(t.clone()),
+        Val::Int(i) => q.push_bind(*i),
+        Val::Uuid(u) => q.push_bind(*u),
+    };
+}
+
+/// Appends ` IN (k1, k2, ...)`.
+fn push_in<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, keys: &[super::values::Val]) -> StoreResult<()> {
+    q.push(" IN (");
+    if keys.is_empty() {
+        q.push("NULL");
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        push_val(q, k);
+    }
+    q.push(")");
+    Ok(())
+}
+
+/// SQLite allows 32,766 bound parameters per statement: rows are written in chunks.
+const BINDS_PER_STATEMENT: Option<usize> = Some(30_000);
 
 include!("transactions.rs");
 include!("batch.rs");

@@ -103,6 +103,7 @@ impl Backend {
                 }
                 other => other?,
             }
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
             return result;
         }
         Err(last_error.unwrap_or_else(|| corrupt("write retries exhausted")))
@@ -1318,13 +1319,74 @@ impl Store for Backend {
     async fn events_after(&self, after_position: i64, limit: u32) -> StoreResult<Vec<Event>> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, actor, \
-             reason, payload FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+             reason, payload, feed_position FROM events WHERE position > $1 ORDER BY position \
+             LIMIT $2",
         )
         .bind(after_position)
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
         Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    async fn sequence_events(&self, limit: u32) -> StoreResult<u64> {
+        self.sequence_events_impl(limit).await
+    }
+
+    async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, actor, \
+             reason, payload, feed_position FROM events WHERE feed_position > $1 \
+             ORDER BY feed_position LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    async fn feed_head(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT last_position FROM feed_head WHERE id = 1")
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
+    async fn commit_consumer(
+        &self,
+        client_id: &str,
+        name: &str,
+        position: i64,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO feed_consumers (client_id, name, position, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (client_id, name) DO UPDATE \
+             SET position = excluded.position, updated_at = excluded.updated_at",
+        )
+        .bind(client_id)
+        .bind(name)
+        .bind(position)
+        .bind(now.micros())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn consumer_position(&self, client_id: &str, name: &str) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT position FROM feed_consumers WHERE client_id = $1 AND name = $2",
+        )
+        .bind(client_id)
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     async fn providers(&self) -> StoreResult<Vec<Provider>> {

@@ -351,6 +351,10 @@ pub const EXISTS: &str = "exists-token";
 pub const NOSCOPE: &str = "noscope-token";
 pub const AUDITOR: &str = "auditor-token";
 pub const SYNC: &str = "sync-token";
+/// Every citizen's events, account numbers masked.
+pub const FEED: &str = "feed-token";
+/// `events.subscribe` only: needs a watch list.
+pub const WATCHER: &str = "watcher-token";
 
 fn clients() -> Vec<ClientConfig> {
     let c = |id: &str, token: &str, scopes: &[&str]| ClientConfig {
@@ -381,6 +385,8 @@ fn clients() -> Vec<ClientConfig> {
         c("stranger", NOSCOPE, &[]),
         c("auditor", AUDITOR, &["oversight"]),
         c("population-platform", SYNC, &["sync.population"]),
+        c("feed-reader", FEED, &["events.subscribe", "events.all"]),
+        c("province-cache", WATCHER, &["events.subscribe"]),
     ]
 }
 
@@ -708,6 +714,61 @@ pub fn plaintext_channel(addr: SocketAddr) -> Channel {
 /// A registry client on any channel, with a bearer token or none.
 pub fn registry_on(channel: Channel, token: Option<&str>) -> Registry {
     AccountRegistryClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
+}
+
+pub type Feed = payout_registry::proto::change_feed_client::ChangeFeedClient<
+    tonic::service::interceptor::InterceptedService<Channel, Token>,
+>;
+
+/// A change-feed client on any channel.
+pub fn feed_on(channel: Channel, token: Option<&str>) -> Feed {
+    payout_registry::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+        channel,
+        Token::new(token, Some(TEST_PURPOSE)),
+    )
+}
+
+/// Another server instance over the same database as an app (plain text on loopback),
+/// stopped when dropped.
+pub struct Instance {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Instance {
+    pub async fn start(db: &TestDb) -> Instance {
+        let store = db.store().await;
+        let state = AppState::new(store, COOLING_OFF);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let auth = Arc::new(Authenticator::new(&clients()));
+        tokio::spawn(serve(
+            listener,
+            state,
+            auth,
+            ServerOptions::default(),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Instance {
+            addr,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn channel(&self) -> Channel {
+        plaintext_channel(self.addr)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// A population-sync client on any channel.

@@ -1,0 +1,253 @@
+//! `ChangeFeed`: every change in commit order, from any position, then live.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{consumer_name, feed_position_in as position_in, timestamp_out};
+use super::{AppState, Call};
+use crate::auth::Scope;
+use crate::domain::{Reason, Rejection};
+use crate::limits::RpcClass;
+use crate::proto::change_feed_server::ChangeFeed;
+use crate::proto::{
+    CommitPositionRequest, CommitPositionResponse, FeedEvent, GetPositionRequest,
+    GetPositionResponse, SubscribeRequest,
+};
+use crate::store::Event;
+
+/// Events read per query while catching up.
+const PAGE: u32 = 1000;
+
+/// Events buffered for a subscriber that reads slowly (then the reader waits).
+const BUFFER: usize = 1024;
+
+/// How long a live subscriber waits without a signal before looking anyway.
+const SAFETY_TICK: Duration = Duration::from_secs(1);
+
+pub struct ChangeFeedService {
+    state: AppState,
+}
+
+impl ChangeFeedService {
+    pub fn new(state: AppState) -> Self {
+        ChangeFeedService { state }
+    }
+}
+
+/// Which events a subscriber wants.
+struct Filter {
+    types: HashSet<String>,
+    programs: HashSet<String>,
+}
+
+impl Filter {
+    fn passes(&self, e: &Event) -> bool {
+        if !self.types.is_empty() && !self.types.contains(&e.event_type) {
+            return false;
+        }
+        if self.programs.is_empty() {
+            return true;
+        }
+        // Events about one program name it in their payload; the others always pass.
+        match serde_json::from_str::<serde_json::Value>(&e.payload)
+            .ok()
+            .and_then(|p| {
+                p.get("program_code")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }) {
+            Some(program) => self.programs.contains(&program),
+            None => true,
+        }
+    }
+}
+
+/// Replaces every `account_ref` in a payload by its masked form.
+fn mask_payload(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "account_ref" {
+                    if let serde_json::Value::String(s) = v {
+                        *s = crate::domain::mask::mask_tail(s, 4);
+                    }
+                } else {
+                    mask_payload(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_payload),
+        _ => {}
+    }
+}
+
+fn event_out(e: Event, full: bool) -> FeedEvent {
+    let payload_json = if full {
+        e.payload
+    } else {
+        match serde_json::from_str::<serde_json::Value>(&e.payload) {
+            Ok(mut v) => {
+                mask_payload(&mut v);
+                v.to_string()
+            }
+            Err(_) => String::new(),
+        }
+    };
+    FeedEvent {
+        position: e.feed_position.unwrap_or_default().max(0) as u64,
+        event_id: e.event_id.to_string(),
+        occurred_at: Some(timestamp_out(e.occurred_at)),
+        event_type: e.event_type,
+        citizen_id: e.citizen_id,
+        account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
+        actor: e.actor,
+        reason: e.reason,
+        payload_json,
+    }
+}
+
+#[tonic::async_trait]
+impl ChangeFeed for ChangeFeedService {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<FeedEvent, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let call = Call::of(&request)?;
+        let admitted = call.admit(&self.state, RpcClass::Read)?;
+        let req = request.into_inner();
+        if !call.caller.has(Scope::EventsAll) {
+            // Data minimisation: a subscriber sees only the citizens it serves.
+            return Err(call.reject(Rejection::new(
+                Reason::WatchListRequired,
+                "without the events.all scope a subscription must be limited to a watch list \
+                 of the citizens the consumer serves",
+            )));
+        }
+        let consumer = consumer_name(&req.consumer).map_err(|r| call.reject(r))?;
+        let mut after =
+            position_in("after_position", req.after_position).map_err(|r| call.reject(r))?;
+        if req.from_consumer_position {
+            if consumer.is_empty() {
+                return Err(call.reject(Rejection::field(
+                    Reason::FieldRequired,
+                    "consumer",
+                    "from_consumer_position needs the consumer's name",
+                )));
+            }
+            after = self
+                .state
+                .store
+                .consumer_position(&call.caller.client_id, &consumer)
+                .await
+                .map_err(|e| call.fail(e))?
+                .unwrap_or(0);
+        }
+        let filter = Filter {
+            types: req.event_types.into_iter().collect(),
+            programs: req.program_codes.into_iter().collect(),
+        };
+        let full = call.caller.has(Scope::ResolveFull);
+        let store = self.state.store.clone();
+        let (tx, rx) = mpsc::channel(BUFFER);
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let mut changes = store.changes();
+            loop {
+                // Mark the signal seen before reading: a change after this read wakes us.
+                changes.borrow_and_update();
+                let page = match store.feed_after(after, PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = tx.send(Err(call.fail(e))).await;
+                        return;
+                    }
+                };
+                if page.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::timeout(SAFETY_TICK, changes.changed()) => {}
+                        _ = tx.closed() => return,
+                    }
+                    continue;
+                }
+                for e in page {
+                    after = e.feed_position.unwrap_or(after);
+                    if filter.passes(&e) && tx.send(Ok(event_out(e, full))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn commit_position(
+        &self,
+        request: Request<CommitPositionRequest>,
+    ) -> Result<Response<CommitPositionResponse>, Status> {
+        let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Write)?;
+        let req = request.into_inner();
+        let consumer = consumer_name(&req.consumer).map_err(|r| call.reject(r))?;
+        if consumer.is_empty() {
+            return Err(call.reject(Rejection::field(
+                Reason::FieldRequired,
+                "consumer",
+                "consumer is required",
+            )));
+        }
+        let position = position_in("position", req.position).map_err(|r| call.reject(r))?;
+        let head = self
+            .state
+            .store
+            .feed_head()
+            .await
+            .map_err(|e| call.fail(e))?;
+        if position > head {
+            return Err(call.reject(Rejection::field(
+                Reason::FeedPositionInvalid,
+                "position",
+                "position is beyond the feed's head",
+            )));
+        }
+        self.state
+            .store
+            .commit_consumer(
+                &call.caller.client_id,
+                &consumer,
+                position,
+                self.state.now(),
+            )
+            .await
+            .map_err(|e| call.fail(e))?;
+        Ok(Response::new(CommitPositionResponse {
+            position: req.position,
+        }))
+    }
+
+    async fn get_position(
+        &self,
+        request: Request<GetPositionRequest>,
+    ) -> Result<Response<GetPositionResponse>, Status> {
+        let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Read)?;
+        let consumer = consumer_name(&request.get_ref().consumer).map_err(|r| call.reject(r))?;
+        let store = &self.state.store;
+        let position = store
+            .consumer_position(&call.caller.client_id, &consumer)
+            .await
+            .map_err(|e| call.fail(e))?;
+        let head = store.feed_head().await.map_err(|e| call.fail(e))?;
+        Ok(Response::new(GetPositionResponse {
+            position: position.unwrap_or(0).max(0) as u64,
+            found: position.is_some(),
+            head: head.max(0) as u64,
+        }))
+    }
+}
