@@ -135,9 +135,10 @@ pub fn required(path: &str) -> Option<Access> {
             "payoutregistry.v1.Oversight",
             "FindAccountHolders" | "ListDuplicateClaims" | "ListAccessLog",
         ) => Access::AnyOf(&[Oversight]),
-        ("payoutregistry.v1.ChangeFeed", "Subscribe" | "CommitPosition" | "GetPosition") => {
-            Access::AnyOf(&[EventsSubscribe, EventsAll])
-        }
+        (
+            "payoutregistry.v1.ChangeFeed",
+            "Subscribe" | "CommitPosition" | "GetPosition" | "EditWatchList",
+        ) => Access::AnyOf(&[EventsSubscribe, EventsAll]),
         ("payoutregistry.v1.PopulationSync", "SyncCitizens" | "SyncAccounts") => {
             Access::AnyOf(&[SyncPopulation])
         }

@@ -303,6 +303,24 @@ pub enum ClientCommand {
         #[arg(long)]
         include_closed: bool,
     },
+    /// Print the change feed live (catch-up from --after, then every new event), one line
+    /// per event, until interrupted. Needs `events.all`, or --consumer with a watch list.
+    Tail {
+        #[command(flatten)]
+        conn: Connection,
+        /// Start after this feed position (default: the current head, i.e. only new events).
+        #[arg(long)]
+        after: Option<u64>,
+        /// A named consumer (its watch list filters the events).
+        #[arg(long, default_value = "")]
+        consumer: String,
+        /// Only these event types (repeat).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Also print each event's payload (JSON).
+        #[arg(long)]
+        payload: bool,
+    },
     /// Every state an account has been in.
     History {
         #[command(flatten)]
@@ -1015,6 +1033,65 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
                     .map(|r| r.into_inner().account),
             };
             r.map_err(status_error)?.iter().for_each(print_account);
+        }
+        ClientCommand::Tail {
+            conn,
+            after,
+            consumer,
+            types,
+            payload,
+        } => {
+            let (channel, bearer) = connect_channel(&conn).await?;
+            let mut feed = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+                channel, bearer,
+            );
+            let after = match after {
+                Some(a) => a,
+                None => {
+                    feed.get_position(proto::GetPositionRequest {
+                        consumer: consumer.clone(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .head
+                }
+            };
+            let mut events = feed
+                .subscribe(proto::SubscribeRequest {
+                    after_position: after,
+                    consumer,
+                    event_types: types,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            eprintln!("following the change feed after position {after} (Ctrl-C to stop)");
+            while let Some(e) = events.message().await.map_err(status_error)? {
+                let at = e
+                    .occurred_at
+                    .as_ref()
+                    .and_then(|t| timestamp_in("occurred_at", t).ok())
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default();
+                println!(
+                    "{:>10} {at} {:<26} citizen {} account {} by {}: {}",
+                    e.position,
+                    e.event_type,
+                    crate::domain::mask::mask_citizen_id(&e.citizen_id),
+                    if e.account_id.is_empty() {
+                        "-"
+                    } else {
+                        &e.account_id
+                    },
+                    e.actor,
+                    e.reason
+                );
+                if payload {
+                    println!("           {}", e.payload_json);
+                }
+            }
         }
         ClientCommand::Resolve {
             conn,

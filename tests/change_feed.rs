@@ -13,7 +13,7 @@ use common::{
 };
 use payout_registry::proto::{
     CommitPositionRequest, FeedEvent, GetPositionRequest, LinkAccountRequest, SubscribeRequest,
-    Verification, VerificationMethod,
+    Verification, VerificationMethod, WatchListEdit, WatchListSummary,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -22,17 +22,23 @@ on_both_backends!(
     a_subscriber_catches_up_then_receives_live_events,
     named_consumers_commit_and_resume_from_their_position,
     subscriptions_are_filtered_minimised_and_masked,
+    a_watch_list_limits_a_subscription_to_the_citizens_it_serves,
 );
 
 /// Links (and verifies) an account for citizen `n`: two events, three with the default.
 async fn change(app: &TestApp, n: u32) {
+    link(app, n, 0).await
+}
+
+/// Links and verifies the citizen's `k`th account.
+async fn link(app: &TestApp, n: u32, k: u32) {
     app.registry(Some(ADMIN))
         .link_account(LinkAccountRequest {
             idempotency_key: Uuid::new_v4().to_string(),
             citizen_id: format!("0480890{n:05}"),
             kind: payout_registry::proto::AccountKind::BankAccount.into(),
             provider_code: "970436".into(),
-            account_ref: format!("00480{n:08}"),
+            account_ref: format!("0048{k}{n:08}"),
             verification: Some(Verification {
                 method: VerificationMethod::IssuerConfirmed.into(),
                 evidence_ref: "feed test".into(),
@@ -211,6 +217,74 @@ async fn subscriptions_are_filtered_minimised_and_masked(backend: Backend) {
     change(&app, 1).await;
     let e = next(&mut verified_only).await;
     assert_eq!((e.event_type.as_str(), e.position), ("ACCOUNT_VERIFIED", 5));
+}
+
+async fn edit(app: &TestApp, consumer: &str, add: &[u32], remove: &[u32]) -> WatchListSummary {
+    let id = |n: &u32| format!("0480890{n:05}");
+    feed_on(app.channel(), Some(WATCHER))
+        .edit_watch_list(tokio_stream::iter(vec![WatchListEdit {
+            consumer: consumer.into(),
+            add: add.iter().map(id).collect(),
+            remove: remove.iter().map(id).collect(),
+        }]))
+        .await
+        .expect("edit watch list")
+        .into_inner()
+}
+
+async fn a_watch_list_limits_a_subscription_to_the_citizens_it_serves(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    let watched = SubscribeRequest {
+        consumer: "hanoi-roll".into(),
+        ..Default::default()
+    };
+    // An empty list is no list.
+    refused(
+        feed_on(app.channel(), Some(WATCHER))
+            .subscribe(watched.clone())
+            .await,
+        Code::FailedPrecondition,
+        "WATCH_LIST_REQUIRED",
+    );
+    let summary = edit(&app, "hanoi-roll", &[1, 3, 3], &[]).await;
+    assert_eq!((summary.size, summary.added), (2, 2));
+    for n in 0..5 {
+        change(&app, n).await;
+    }
+    let mut stream = subscribe(&app, WATCHER, watched.clone()).await;
+    let mut citizens = Vec::new();
+    for _ in 0..6 {
+        citizens.push(next(&mut stream).await.citizen_id);
+    }
+    let expected: Vec<String> = [1u32, 1, 1, 3, 3, 3]
+        .iter()
+        .map(|n| format!("0480890{n:05}"))
+        .collect();
+    assert_eq!(citizens, expected, "only the watched citizens' events");
+    // Removing a citizen stops its events; the others still arrive, live.
+    let summary = edit(&app, "hanoi-roll", &[4], &[3]).await;
+    assert_eq!((summary.size, summary.added, summary.removed), (2, 1, 1));
+    link(&app, 3, 1).await;
+    link(&app, 4, 1).await;
+    // Citizen 4's new events are positions 18 and 19 (its older ones, 13 to 15, may come
+    // first: they are after the subscription's position and 4 is now watched). Citizen 3's
+    // new events (16, 17) never come.
+    loop {
+        let e = next(&mut stream).await;
+        assert_eq!(e.citizen_id, "048089000004", "position {}", e.position);
+        if e.position == 19 {
+            break;
+        }
+    }
+    // An invalid id refuses the message.
+    let bad = feed_on(app.channel(), Some(WATCHER))
+        .edit_watch_list(tokio_stream::iter(vec![WatchListEdit {
+            consumer: "hanoi-roll".into(),
+            add: vec!["12345".into()],
+            remove: vec![],
+        }]))
+        .await;
+    refused(bad, Code::InvalidArgument, "CITIZEN_ID_INVALID_LENGTH");
 }
 
 mod postgres_instances {

@@ -59,3 +59,11 @@ END;
 $$;
 CREATE TRIGGER events_written AFTER INSERT ON events
     FOR EACH STATEMENT EXECUTE FUNCTION events_written();
+
+-- Consumers' watch lists: the citizens whose events a subscription carries.
+CREATE TABLE watch_lists (
+    client_id   TEXT NOT NULL,
+    consumer    TEXT NOT NULL,
+    citizen_id  TEXT NOT NULL,
+    PRIMARY KEY (client_id, consumer, citizen_id)
+);

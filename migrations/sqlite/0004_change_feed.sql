@@ -32,3 +32,10 @@ CREATE TABLE feed_consumers (
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (client_id, name)
 ) WITHOUT ROWID;
+
+CREATE TABLE watch_lists (
+    client_id   TEXT NOT NULL,
+    consumer    TEXT NOT NULL,
+    citizen_id  TEXT NOT NULL,
+    PRIMARY KEY (client_id, consumer, citizen_id)
+) WITHOUT ROWID;

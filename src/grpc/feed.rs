@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{consumer_name, feed_position_in as position_in, timestamp_out};
+use super::convert::{self, consumer_name, feed_position_in as position_in, timestamp_out};
 use super::{AppState, Call};
 use crate::auth::Scope;
 use crate::domain::{Reason, Rejection};
@@ -17,7 +17,7 @@ use crate::limits::RpcClass;
 use crate::proto::change_feed_server::ChangeFeed;
 use crate::proto::{
     CommitPositionRequest, CommitPositionResponse, FeedEvent, GetPositionRequest,
-    GetPositionResponse, SubscribeRequest,
+    GetPositionResponse, SubscribeRequest, WatchListEdit, WatchListSummary,
 };
 use crate::store::Event;
 
@@ -26,6 +26,9 @@ const PAGE: u32 = 1000;
 
 /// Events buffered for a subscriber that reads slowly (then the reader waits).
 const BUFFER: usize = 1024;
+
+/// Most ids added or removed per watch-list message.
+const MAX_WATCH_EDIT: usize = 10_000;
 
 /// How long a live subscriber waits without a signal before looking anyway.
 const SAFETY_TICK: Duration = Duration::from_secs(1);
@@ -122,15 +125,25 @@ impl ChangeFeed for ChangeFeedService {
         let call = Call::of(&request)?;
         let admitted = call.admit(&self.state, RpcClass::Read)?;
         let req = request.into_inner();
-        if !call.caller.has(Scope::EventsAll) {
+        let consumer = consumer_name(&req.consumer).map_err(|r| call.reject(r))?;
+        let watched = if consumer.is_empty() {
+            false
+        } else {
+            self.state
+                .store
+                .watch_list_size(&call.caller.client_id, &consumer)
+                .await
+                .map_err(|e| call.fail(e))?
+                > 0
+        };
+        if !watched && !call.caller.has(Scope::EventsAll) {
             // Data minimisation: a subscriber sees only the citizens it serves.
             return Err(call.reject(Rejection::new(
                 Reason::WatchListRequired,
-                "without the events.all scope a subscription must be limited to a watch list \
-                 of the citizens the consumer serves",
+                "without the events.all scope a subscription must name a consumer whose \
+                 watch list holds the citizens it serves (EditWatchList)",
             )));
         }
-        let consumer = consumer_name(&req.consumer).map_err(|r| call.reject(r))?;
         let mut after =
             position_in("after_position", req.after_position).map_err(|r| call.reject(r))?;
         if req.from_consumer_position {
@@ -159,11 +172,31 @@ impl ChangeFeed for ChangeFeedService {
         tokio::spawn(async move {
             let _admitted = admitted;
             let mut changes = store.changes();
+            let client = call.caller.client_id.clone();
             loop {
                 // Mark the signal seen before reading: a change after this read wakes us.
                 changes.borrow_and_update();
-                let page = match store.feed_after(after, PAGE).await {
-                    Ok(page) => page,
+                let read = async {
+                    if !watched {
+                        return Ok((store.feed_after(after, PAGE).await?, None));
+                    }
+                    // Every position up to the head is visible: once no watched event
+                    // remains below it, the next read can start there.
+                    let head = store.feed_head().await?;
+                    let page = store
+                        .feed_after_watched(after, &client, &consumer, PAGE)
+                        .await?;
+                    Ok::<_, crate::store::StoreError>((page, Some(head)))
+                };
+                let page = match read.await {
+                    Ok((page, head)) => {
+                        if page.is_empty() {
+                            if let Some(head) = head {
+                                after = after.max(head);
+                            }
+                        }
+                        page
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(call.fail(e))).await;
                         return;
@@ -229,6 +262,69 @@ impl ChangeFeed for ChangeFeedService {
         Ok(Response::new(CommitPositionResponse {
             position: req.position,
         }))
+    }
+
+    async fn edit_watch_list(
+        &self,
+        request: Request<tonic::Streaming<WatchListEdit>>,
+    ) -> Result<Response<WatchListSummary>, Status> {
+        let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Write)?;
+        let mut edits = request.into_inner();
+        let mut summary = WatchListSummary::default();
+        let mut consumer: Option<String> = None;
+        while let Some(edit) = edits.message().await? {
+            let name = consumer_name(&edit.consumer).map_err(|r| call.reject(r))?;
+            if name.is_empty() {
+                return Err(call.reject(Rejection::field(
+                    Reason::FieldRequired,
+                    "consumer",
+                    "consumer is required",
+                )));
+            }
+            if consumer.get_or_insert_with(|| name.clone()) != &name {
+                return Err(call.reject(Rejection::field(
+                    Reason::FieldRequired,
+                    "consumer",
+                    "one stream edits one consumer's watch list",
+                )));
+            }
+            if edit.add.len() + edit.remove.len() > MAX_WATCH_EDIT {
+                return Err(call.reject(Rejection::field(
+                    Reason::TextTooLong,
+                    "add",
+                    format!("at most {MAX_WATCH_EDIT} ids per message"),
+                )));
+            }
+            call.pace(&self.state, edit.add.len() + edit.remove.len())
+                .await;
+            let parse = |ids: &[String], field: &str| {
+                ids.iter()
+                    .map(|id| convert::citizen_id(field, id))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let add = parse(&edit.add, "add").map_err(|r| call.reject(r))?;
+            let remove = parse(&edit.remove, "remove").map_err(|r| call.reject(r))?;
+            let (added, removed) = self
+                .state
+                .store
+                .edit_watch_list(&call.caller.client_id, &name, &add, &remove)
+                .await
+                .map_err(|e| call.fail(e))?;
+            summary.added += added;
+            summary.removed += removed;
+        }
+        let Some(name) = consumer else {
+            return Ok(Response::new(summary));
+        };
+        summary.size = self
+            .state
+            .store
+            .watch_list_size(&call.caller.client_id, &name)
+            .await
+            .map_err(|e| call.fail(e))?;
+        summary.consumer = name;
+        Ok(Response::new(summary))
     }
 
     async fn get_position(

@@ -855,3 +855,38 @@ impl Backend {
         Ok(assigned)
     }
 }
+
+impl Backend {
+    async fn edit_watch_list_impl(
+        &self,
+        client_id: &str,
+        consumer: &str,
+        add: &[CitizenId],
+        remove: &[CitizenId],
+    ) -> StoreResult<(u64, u64)> {
+        let mut tx = self.write.begin().await?;
+        let added = insert_rows(
+            &mut tx,
+            "INSERT INTO watch_lists (client_id, consumer, citizen_id) ",
+            " ON CONFLICT DO NOTHING",
+            add,
+            3,
+            |b, c| {
+                b.push_bind(client_id).push_bind(consumer).push_bind(c.as_str());
+            },
+        )
+        .await?;
+        let mut removed = 0;
+        if !remove.is_empty() {
+            let mut q = QueryBuilder::<DB>::new("DELETE FROM watch_lists WHERE client_id = ");
+            q.push_bind(client_id.to_owned())
+                .push(" AND consumer = ")
+                .push_bind(consumer.to_owned())
+                .push(" AND citizen_id");
+            push_in(&mut q, &text_keys(remove.iter().map(CitizenId::as_str)))?;
+            removed = q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok((added, removed))
+    }
+}

@@ -375,6 +375,27 @@ pub trait Store: Send + Sync + 'static {
     /// A named consumer's position, if it ever committed one.
     async fn consumer_position(&self, client_id: &str, name: &str) -> StoreResult<Option<i64>>;
 
+    /// Adds and removes citizens on a consumer's watch list; answers (added, removed).
+    async fn edit_watch_list(
+        &self,
+        client_id: &str,
+        consumer: &str,
+        add: &[CitizenId],
+        remove: &[CitizenId],
+    ) -> StoreResult<(u64, u64)>;
+
+    /// How many citizens are on a consumer's watch list.
+    async fn watch_list_size(&self, client_id: &str, consumer: &str) -> StoreResult<u64>;
+
+    /// Like [`Store::feed_after`], only events of citizens on the consumer's watch list.
+    async fn feed_after_watched(
+        &self,
+        after: i64,
+        client_id: &str,
+        consumer: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>>;
+
     /// Ticks whenever events may have been written or sequenced: by this process, or (on
     /// PostgreSQL, through LISTEN/NOTIFY) by any instance sharing the database.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;

@@ -1385,6 +1385,51 @@ impl Store for Backend {
         .await?)
     }
 
+    async fn edit_watch_list(
+        &self,
+        client_id: &str,
+        consumer: &str,
+        add: &[CitizenId],
+        remove: &[CitizenId],
+    ) -> StoreResult<(u64, u64)> {
+        self.edit_watch_list_impl(client_id, consumer, add, remove)
+            .await
+    }
+
+    async fn watch_list_size(&self, client_id: &str, consumer: &str) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM watch_lists WHERE client_id = $1 AND consumer = $2",
+        )
+        .bind(client_id)
+        .bind(consumer)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn feed_after_watched(
+        &self,
+        after: i64,
+        client_id: &str,
+        consumer: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT e.position, e.event_id, e.occurred_at, e.event_type, e.citizen_id, \
+             e.account_id, e.actor, e.reason, e.payload, e.feed_position FROM events e \
+             WHERE e.feed_position > $1 AND EXISTS (SELECT 1 FROM watch_lists w \
+             WHERE w.client_id = $2 AND w.consumer = $3 AND w.citizen_id = e.citizen_id) \
+             ORDER BY e.feed_position LIMIT $4",
+        )
+        .bind(after)
+        .bind(client_id)
+        .bind(consumer)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
     }
