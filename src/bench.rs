@@ -361,3 +361,127 @@ pub async fn raw_any(
     .await?;
     Ok(figures)
 }
+
+/// Reads the change feed from position 0 to the head as it was when the run started;
+/// answers the events read and the time taken (the latency histogram holds nothing).
+pub async fn feed_catchup<C>(
+    mut client: crate::proto::change_feed_client::ChangeFeedClient<C>,
+) -> anyhow::Result<Figures>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Send,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let head = client
+        .get_position(proto::GetPositionRequest::default())
+        .await?
+        .into_inner()
+        .head;
+    let started = Instant::now();
+    let mut events = client
+        .subscribe(proto::SubscribeRequest::default())
+        .await?
+        .into_inner();
+    let mut n = 0u64;
+    let mut latency = Histogram::<u64>::new(3)?;
+    while n < head {
+        match events.message().await? {
+            Some(_) => n += 1,
+            None => break,
+        }
+    }
+    let _ = latency.record(started.elapsed().as_micros() as u64);
+    Ok(Figures {
+        calls: n,
+        errors: 0,
+        elapsed: started.elapsed(),
+        latency,
+    })
+}
+
+/// Writes `rate` changes per second (LinkAccount of new citizens, each verified at link
+/// time: three events) for `duration` while a subscriber reads the live feed; the latency
+/// is each event's commit-to-receipt lag (receipt time minus the event's time, both on
+/// this machine's clock).
+pub async fn feed_lag(
+    channel: tonic::transport::Channel,
+    token: &str,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    let bearer = crate::cli::Bearer::new(Some(token), "benchmark")?;
+    let mut feed = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+        channel.clone(),
+        bearer.clone(),
+    );
+    let head = feed
+        .get_position(proto::GetPositionRequest::default())
+        .await?
+        .into_inner()
+        .head;
+    let mut events = feed
+        .subscribe(proto::SubscribeRequest {
+            after_position: head,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let spec = crate::demo::DemoSpec {
+        citizens: u64::MAX / 2,
+        seed: rand::random(),
+    };
+    let writer = tokio::spawn(async move {
+        let registry = AccountRegistryClient::with_interceptor(channel, bearer);
+        let started = Instant::now();
+        let mut i = 0u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        while started.elapsed() < duration {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let mut registry = registry.clone();
+            let citizen = crate::demo::citizen_id_at(&spec, i);
+            tasks.spawn(async move {
+                let _ = registry
+                    .link_account(proto::LinkAccountRequest {
+                        idempotency_key: Uuid::new_v4().to_string(),
+                        citizen_id: citizen,
+                        kind: proto::AccountKind::BankAccount.into(),
+                        provider_code: "970418".into(),
+                        account_ref: format!("31{i:011}"),
+                        verification: Some(proto::Verification {
+                            method: proto::VerificationMethod::IssuerConfirmed.into(),
+                            evidence_ref: "bench".into(),
+                            ..Default::default()
+                        }),
+                        reason: "feed lag benchmark".into(),
+                        ..Default::default()
+                    })
+                    .await;
+            });
+            i += 1;
+        }
+        while tasks.join_next().await.is_some() {}
+        i
+    });
+    let mut latency = Histogram::<u64>::new(3)?;
+    let started = Instant::now();
+    let deadline = started + duration + Duration::from_secs(5);
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), events.message()).await;
+        let Ok(Ok(Some(e))) = next else { break };
+        let now = crate::domain::Timestamp::now().micros();
+        if let Some(t) = e.occurred_at {
+            let at = t.seconds * 1_000_000 + i64::from(t.nanos / 1000);
+            let _ = latency.record((now - at).max(0) as u64);
+        }
+    }
+    let writes = writer.await?;
+    println!("feed-lag: {writes} writes at {rate}/s requested");
+    Ok(Figures {
+        calls: latency.len(),
+        errors: 0,
+        elapsed: started.elapsed(),
+        latency,
+    })
+}

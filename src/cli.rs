@@ -143,6 +143,9 @@ pub struct BenchArgs {
     /// raw-any: keys per `= ANY` select.
     #[arg(long, default_value_t = 1000)]
     pub keys: usize,
+    /// feed-lag: writes per second.
+    #[arg(long, default_value_t = 300)]
+    pub rate: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,6 +160,11 @@ pub enum BenchScenario {
     Health,
     /// Baseline: the resolver's lookup straight on PostgreSQL, --keys ids per `= ANY`.
     RawAny,
+    /// Change feed: read every event from position 0 to the head (catch-up throughput).
+    FeedCatchup,
+    /// Change feed: --rate writes per second for --seconds while a subscriber measures
+    /// each event's commit-to-receipt lag.
+    FeedLag,
 }
 
 #[derive(Args, Clone)]
@@ -472,6 +480,24 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 .await?
                 .print("health", args.concurrency);
         }
+        BenchScenario::FeedCatchup => {
+            let client = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+                channel,
+                bearer()?,
+            )
+            .max_decoding_message_size(64 << 20);
+            let figures = bench::feed_catchup(client).await?;
+            println!(
+                "feed-catchup: {} events in {:.1} s: {:.0} events/s",
+                figures.calls,
+                figures.elapsed.as_secs_f64(),
+                figures.calls as f64 / figures.elapsed.as_secs_f64()
+            );
+        }
+        BenchScenario::FeedLag => {
+            let figures = bench::feed_lag(channel, &token()?, args.rate, duration).await?;
+            figures.print("feed-lag (per event: commit to receipt)", 1);
+        }
         BenchScenario::RawAny => {
             let url = args
                 .database_url
@@ -671,6 +697,15 @@ async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
         tracing::warn!("the access log is disabled: reads are not recorded (benchmarks only)");
         state.access = crate::access_log::AccessLog::disabled();
     }
+    let _pruner = (settings.event_retention_days > 0).then(|| {
+        let retention =
+            std::time::Duration::from_secs(u64::from(settings.event_retention_days) * 86_400);
+        crate::feed::SequencerHandle::spawn(crate::feed::pruner(
+            state.store.clone(),
+            retention,
+            std::time::Duration::from_secs(3600),
+        ))
+    });
     let auth = Arc::new(
         Authenticator::new(&settings.clients)
             .accept_plaintext_tokens_from_anywhere(settings.allow_plaintext_non_loopback),

@@ -127,6 +127,9 @@ pub struct Settings {
     /// Record every read in the access log. Turn off only to measure the log's cost in a
     /// benchmark: Decree 13/2023/ND-CP requires the record in production.
     pub access_log_enabled: bool,
+    /// Change-feed events older than this many days are pruned (hourly), never beyond the
+    /// slowest named consumer's position. 0 keeps every event.
+    pub event_retention_days: u32,
     /// `json` or `pretty`.
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `payout_registry=debug,info`.
@@ -150,6 +153,7 @@ impl Default for Settings {
             request_timeout_secs: 60,
             rate_limits: crate::limits::RateLimitConfig::default(),
             access_log_enabled: true,
+            event_retention_days: 0,
             log_format: LogFormat::Json,
             log_level: "info".into(),
         }

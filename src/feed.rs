@@ -45,11 +45,34 @@ pub fn start(store: Arc<dyn Store>) -> SequencerHandle {
     SequencerHandle(tokio::spawn(sequencer(store)))
 }
 
-/// Stops the sequencer when dropped.
+/// A background task (the sequencer, the pruner), stopped when dropped.
 pub struct SequencerHandle(tokio::task::JoinHandle<()>);
+
+impl SequencerHandle {
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> SequencerHandle {
+        SequencerHandle(tokio::spawn(task))
+    }
+}
 
 impl Drop for SequencerHandle {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Prunes events older than `retention` every `every`, until the task is aborted.
+pub async fn pruner(store: Arc<dyn Store>, retention: Duration, every: Duration) {
+    loop {
+        let horizon = crate::domain::Timestamp(
+            crate::domain::Timestamp::now()
+                .micros()
+                .saturating_sub(retention.as_micros().min(i64::MAX as u128) as i64),
+        );
+        match store.prune_events(horizon).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "pruned change-feed events past retention"),
+            Err(e) => tracing::error!(error = %e, "pruning events failed"),
+        }
+        tokio::time::sleep(every).await;
     }
 }

@@ -23,7 +23,70 @@ on_both_backends!(
     named_consumers_commit_and_resume_from_their_position,
     subscriptions_are_filtered_minimised_and_masked,
     a_watch_list_limits_a_subscription_to_the_citizens_it_serves,
+    retention_prunes_old_events_but_never_past_the_slowest_consumer,
 );
+
+async fn retention_prunes_old_events_but_never_past_the_slowest_consumer(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    for n in 0..3 {
+        change(&app, n).await;
+    }
+    let mut stream = subscribe(&app, FEED, SubscribeRequest::default()).await;
+    for _ in 0..9 {
+        next(&mut stream).await;
+    }
+    drop(stream);
+    let mut feed = feed_on(app.channel(), Some(FEED));
+    feed.commit_position(CommitPositionRequest {
+        consumer: "slow".into(),
+        position: 4,
+    })
+    .await
+    .unwrap();
+    // Every event is older than a horizon a day ahead; the slow consumer holds back 5..9.
+    let tomorrow = payout_registry::domain::Timestamp::now().plus(Duration::from_secs(86_400));
+    assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 4);
+    let position = feed
+        .get_position(GetPositionRequest {
+            consumer: "slow".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((position.earliest, position.head), (5, 9));
+    let status = refused(
+        feed.subscribe(SubscribeRequest::default()).await,
+        Code::OutOfRange,
+        "FEED_POSITION_PRUNED",
+    );
+    assert!(
+        status.message().contains("earliest position kept is 5"),
+        "{status:?}"
+    );
+    let mut resumed = subscribe(
+        &app,
+        FEED,
+        SubscribeRequest {
+            consumer: "slow".into(),
+            from_consumer_position: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(next(&mut resumed).await.position, 5);
+    // A horizon in the past prunes nothing.
+    let yesterday = payout_registry::domain::Timestamp(
+        payout_registry::domain::Timestamp::now().micros() - 86_400_000_000,
+    );
+    feed.commit_position(CommitPositionRequest {
+        consumer: "slow".into(),
+        position: 9,
+    })
+    .await
+    .unwrap();
+    assert_eq!(app.store.prune_events(yesterday).await.unwrap(), 0);
+    assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 5);
+}
 
 /// Links (and verifies) an account for citizen `n`: two events, three with the default.
 async fn change(app: &TestApp, n: u32) {

@@ -6,7 +6,9 @@ CREATE INDEX events_unsequenced ON events (position) WHERE feed_position IS NULL
 
 CREATE TABLE feed_head (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
-    last_position INTEGER NOT NULL
+    last_position INTEGER NOT NULL,
+    -- Events up to here were pruned (retention); the feed starts after it.
+    pruned_through INTEGER NOT NULL DEFAULT 0
 );
 INSERT INTO feed_head (id, last_position) VALUES (1, 0);
 

@@ -21,6 +21,8 @@ pub enum Category {
     Aborted,
     /// The idempotency key was used before with a different request: ALREADY_EXISTS.
     AlreadyExists,
+    /// A position outside what is kept (pruned events): OUT_OF_RANGE.
+    OutOfRange,
 }
 
 macro_rules! reasons {
@@ -95,6 +97,7 @@ reasons! {
     SyncRecordMoved = "SYNC_RECORD_MOVED" => FailedPrecondition,
     WatchListRequired = "WATCH_LIST_REQUIRED" => FailedPrecondition,
     FeedPositionInvalid = "FEED_POSITION_INVALID" => InvalidArgument,
+    FeedPositionPruned = "FEED_POSITION_PRUNED" => OutOfRange,
 }
 
 impl fmt::Display for Reason {

@@ -162,6 +162,23 @@ impl ChangeFeed for ChangeFeedService {
                 .map_err(|e| call.fail(e))?
                 .unwrap_or(0);
         }
+        let pruned = self
+            .state
+            .store
+            .feed_pruned_through()
+            .await
+            .map_err(|e| call.fail(e))?;
+        if after < pruned {
+            return Err(call.reject(Rejection::field(
+                Reason::FeedPositionPruned,
+                "after_position",
+                format!(
+                    "events up to position {pruned} were pruned; the earliest position kept is {} \
+                     (resume after {pruned} and rebuild from a snapshot)",
+                    pruned + 1
+                ),
+            )));
+        }
         let filter = Filter {
             types: req.event_types.into_iter().collect(),
             programs: req.program_codes.into_iter().collect(),
@@ -340,10 +357,15 @@ impl ChangeFeed for ChangeFeedService {
             .await
             .map_err(|e| call.fail(e))?;
         let head = store.feed_head().await.map_err(|e| call.fail(e))?;
+        let pruned = store
+            .feed_pruned_through()
+            .await
+            .map_err(|e| call.fail(e))?;
         Ok(Response::new(GetPositionResponse {
             position: position.unwrap_or(0).max(0) as u64,
             found: position.is_some(),
             head: head.max(0) as u64,
+            earliest: (pruned + 1).max(1) as u64,
         }))
     }
 }

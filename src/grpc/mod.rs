@@ -284,6 +284,7 @@ impl Call {
             Category::NotFound => Code::NotFound,
             Category::Aborted => Code::Aborted,
             Category::AlreadyExists => Code::AlreadyExists,
+            Category::OutOfRange => Code::OutOfRange,
         };
         let mut details = ErrorDetails::new();
         details.set_error_info(r.reason.as_str(), ERROR_DOMAIN, HashMap::new());

@@ -363,6 +363,13 @@ pub trait Store: Send + Sync + 'static {
     /// The last feed position assigned (0 when none).
     async fn feed_head(&self) -> StoreResult<i64>;
 
+    /// The last feed position pruned (0 when none): the feed starts after it.
+    async fn feed_pruned_through(&self) -> StoreResult<i64>;
+
+    /// Deletes sequenced events that occurred before `before`, but none after the
+    /// slowest named consumer's position; answers how many were deleted.
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64>;
+
     /// Records a named consumer's position.
     async fn commit_consumer(
         &self,

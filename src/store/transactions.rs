@@ -1354,6 +1354,54 @@ impl Store for Backend {
         )
     }
 
+    async fn feed_pruned_through(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT pruned_through FROM feed_head WHERE id = 1")
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.write.begin().await?;
+        // Same lock as the sequencer: the head and the pruning mark move one at a time.
+        let (head, pruned): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT last_position, pruned_through FROM feed_head WHERE id = 1{FOR_UPDATE}"
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
+        let slowest: Option<i64> = sqlx::query_scalar("SELECT MIN(position) FROM feed_consumers")
+            .fetch_one(&mut *tx)
+            .await?;
+        // The newest event old enough to go, within what the slowest consumer has read.
+        let limit = slowest.unwrap_or(head).min(head);
+        let through: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(feed_position) FROM events WHERE feed_position > $1 \
+             AND feed_position <= $2 AND occurred_at < $3",
+        )
+        .bind(pruned)
+        .bind(limit)
+        .bind(before.micros())
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(through) = through else {
+            tx.rollback().await?;
+            return Ok(0);
+        };
+        let deleted = sqlx::query("DELETE FROM events WHERE feed_position > $1 AND feed_position <= $2")
+            .bind(pruned)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE feed_head SET pruned_through = $1 WHERE id = 1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
     async fn commit_consumer(
         &self,
         client_id: &str,
