@@ -401,9 +401,10 @@ where
 }
 
 /// Writes `rate` changes per second (LinkAccount of new citizens, each verified at link
-/// time: three events) for `duration` while a subscriber reads the live feed; the latency
-/// is each event's commit-to-receipt lag (receipt time minus the event's time, both on
-/// this machine's clock).
+/// time: three events in one transaction) for `duration` while a subscriber reads the
+/// live feed. The latency is commit to receipt: from the moment the write's answer
+/// reached the writer (after its commit) to the moment its last event reached the
+/// subscriber, zero when the event came first.
 pub async fn feed_lag(
     channel: tonic::transport::Channel,
     token: &str,
@@ -431,6 +432,11 @@ pub async fn feed_lag(
         citizens: u64::MAX / 2,
         seed: rand::random(),
     };
+    let committed: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> =
+        Arc::default();
+    let answered = committed.clone();
+    // Account numbers unique to this run: earlier runs verified theirs.
+    let run: u32 = rand::random_range(0..10_000);
     let writer = tokio::spawn(async move {
         let registry = AccountRegistryClient::with_interceptor(channel, bearer);
         let started = Instant::now();
@@ -441,14 +447,16 @@ pub async fn feed_lag(
             tokio::time::sleep_until(due.into()).await;
             let mut registry = registry.clone();
             let citizen = crate::demo::citizen_id_at(&spec, i);
+            let answered = answered.clone();
             tasks.spawn(async move {
-                let _ = registry
+                let key = citizen.clone();
+                let done = registry
                     .link_account(proto::LinkAccountRequest {
                         idempotency_key: Uuid::new_v4().to_string(),
                         citizen_id: citizen,
                         kind: proto::AccountKind::BankAccount.into(),
                         provider_code: "970418".into(),
-                        account_ref: format!("31{i:011}"),
+                        account_ref: format!("3{run:04}{i:08}"),
                         verification: Some(proto::Verification {
                             method: proto::VerificationMethod::IssuerConfirmed.into(),
                             evidence_ref: "bench".into(),
@@ -458,6 +466,12 @@ pub async fn feed_lag(
                         ..Default::default()
                     })
                     .await;
+                if done.is_ok() {
+                    answered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, Instant::now());
+                }
             });
             i += 1;
         }
@@ -467,17 +481,28 @@ pub async fn feed_lag(
     let mut latency = Histogram::<u64>::new(3)?;
     let started = Instant::now();
     let deadline = started + duration + Duration::from_secs(5);
+    // Receipts of each write's last event (DEFAULT_CHANGED), to match with its answer.
+    let mut received: Vec<(String, Instant)> = Vec::new();
     loop {
         let next = tokio::time::timeout_at(deadline.into(), events.message()).await;
         let Ok(Ok(Some(e))) = next else { break };
-        let now = crate::domain::Timestamp::now().micros();
-        if let Some(t) = e.occurred_at {
-            let at = t.seconds * 1_000_000 + i64::from(t.nanos / 1000);
-            let _ = latency.record((now - at).max(0) as u64);
+        if e.event_type == "DEFAULT_CHANGED" {
+            received.push((e.citizen_id, Instant::now()));
         }
     }
     let writes = writer.await?;
-    println!("feed-lag: {writes} writes at {rate}/s requested");
+    let committed = committed.lock().unwrap_or_else(|p| p.into_inner());
+    for (citizen, at) in &received {
+        if let Some(done) = committed.get(citizen) {
+            let lag = at.saturating_duration_since(*done);
+            let _ = latency.record(lag.as_micros() as u64);
+        }
+    }
+    println!(
+        "feed-lag: {writes} writes at {rate}/s requested, {} answered, {} last events received",
+        committed.len(),
+        received.len()
+    );
     Ok(Figures {
         calls: latency.len(),
         errors: 0,
