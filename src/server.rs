@@ -80,6 +80,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let max = options.max_message_bytes;
+    let state_shutdown = state.shutting_down.clone();
     let registry = AccountRegistryServer::new(AccountRegistryService::new(state.clone()))
         .max_decoding_message_size(max);
     let resolver = PayoutResolverServer::new(PayoutResolverService::new(state.clone()))
@@ -95,9 +96,12 @@ pub async fn serve(
     // sending work, then let tonic drain.
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let reporter = health_reporter.clone();
+    let shutting_down = state_shutdown.clone();
     let drain = async move {
         shutdown.await;
         tracing::info!("shutdown requested: draining calls in flight");
+        // Live subscriptions end now (clients resume from their last position elsewhere).
+        shutting_down.send_replace(true);
         reporter
             .set_not_serving::<AccountRegistryServer<AccountRegistryService>>()
             .await;

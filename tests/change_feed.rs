@@ -24,7 +24,30 @@ on_both_backends!(
     subscriptions_are_filtered_minimised_and_masked,
     a_watch_list_limits_a_subscription_to_the_citizens_it_serves,
     retention_prunes_old_events_but_never_past_the_slowest_consumer,
+    a_graceful_shutdown_ends_live_subscriptions_instead_of_waiting_on_them,
 );
+
+async fn a_graceful_shutdown_ends_live_subscriptions_instead_of_waiting_on_them(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    change(&app, 0).await;
+    let mut stream = subscribe(&app, FEED, SubscribeRequest::default()).await;
+    for _ in 0..3 {
+        next(&mut stream).await;
+    }
+    // Caught up and waiting live; the default grace period is 30 s.
+    let started = Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited {:?} on a live subscription",
+        started.elapsed()
+    );
+    let status = match stream.message().await {
+        Err(status) => status,
+        Ok(other) => panic!("the subscription should have been ended: {other:?}"),
+    };
+    assert_eq!(status.code(), Code::Unavailable);
+}
 
 async fn retention_prunes_old_events_but_never_past_the_slowest_consumer(backend: Backend) {
     let app = spawn_secure_app(backend).await;

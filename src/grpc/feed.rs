@@ -185,6 +185,7 @@ impl ChangeFeed for ChangeFeedService {
         };
         let full = call.caller.has(Scope::ResolveFull);
         let store = self.state.store.clone();
+        let mut shutting_down = self.state.shutting_down.subscribe();
         let (tx, rx) = mpsc::channel(BUFFER);
         tokio::spawn(async move {
             let _admitted = admitted;
@@ -219,9 +220,18 @@ impl ChangeFeed for ChangeFeedService {
                         return;
                     }
                 };
+                if *shutting_down.borrow_and_update() {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the server is shutting down; resume after the last position received",
+                        )))
+                        .await;
+                    return;
+                }
                 if page.is_empty() {
                     tokio::select! {
                         _ = tokio::time::timeout(SAFETY_TICK, changes.changed()) => {}
+                        _ = shutting_down.changed() => {}
                         _ = tx.closed() => return,
                     }
                     continue;

@@ -54,6 +54,9 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// This instance's change-feed sequencer (stopped with the last clone).
     pub sequencer: Arc<crate::feed::SequencerHandle>,
+    /// Set when the server begins a graceful shutdown: open-ended streams (change-feed
+    /// subscriptions) end so that the drain does not wait on them.
+    pub shutting_down: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
             clock: Arc::new(Timestamp::now),
             limits: Arc::new(Limits::new(RateLimitConfig::default())),
             sequencer,
+            shutting_down: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
