@@ -42,6 +42,29 @@ impl Figures {
     }
 }
 
+/// A LinkAccount of a BIDV account, confirmed by its issuer at link time (three events:
+/// linked, verified, default changed).
+fn verified_link(
+    citizen_id: String,
+    account_ref: String,
+    reason: &str,
+) -> proto::LinkAccountRequest {
+    proto::LinkAccountRequest {
+        idempotency_key: Uuid::new_v4().to_string(),
+        citizen_id,
+        kind: proto::AccountKind::BankAccount.into(),
+        provider_code: "970418".into(),
+        account_ref,
+        verification: Some(proto::Verification {
+            method: proto::VerificationMethod::IssuerConfirmed.into(),
+            evidence_ref: "bench".into(),
+            ..Default::default()
+        }),
+        reason: reason.into(),
+        ..Default::default()
+    }
+}
+
 /// Links and verifies `n` synthetic citizens' accounts through the API, returning their
 /// ids (Hà Nội, born 1985, serials from `first_serial`).
 pub async fn seed(
@@ -53,20 +76,11 @@ pub async fn seed(
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let citizen = format!("001085{:06}", first_serial + i);
-        let mut request = tonic::Request::new(proto::LinkAccountRequest {
-            idempotency_key: Uuid::new_v4().to_string(),
-            citizen_id: citizen.clone(),
-            kind: proto::AccountKind::BankAccount.into(),
-            provider_code: "970418".into(),
-            account_ref: format!("21{:010}", first_serial + i),
-            verification: Some(proto::Verification {
-                method: proto::VerificationMethod::IssuerConfirmed.into(),
-                evidence_ref: "bench".into(),
-                ..Default::default()
-            }),
-            reason: "benchmark seed".into(),
-            ..Default::default()
-        });
+        let mut request = tonic::Request::new(verified_link(
+            citizen.clone(),
+            format!("21{:010}", first_serial + i),
+            "benchmark seed",
+        ));
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
@@ -451,20 +465,11 @@ pub async fn feed_lag(
             tasks.spawn(async move {
                 let key = citizen.clone();
                 let done = registry
-                    .link_account(proto::LinkAccountRequest {
-                        idempotency_key: Uuid::new_v4().to_string(),
-                        citizen_id: citizen,
-                        kind: proto::AccountKind::BankAccount.into(),
-                        provider_code: "970418".into(),
-                        account_ref: format!("3{run:04}{i:08}"),
-                        verification: Some(proto::Verification {
-                            method: proto::VerificationMethod::IssuerConfirmed.into(),
-                            evidence_ref: "bench".into(),
-                            ..Default::default()
-                        }),
-                        reason: "feed lag benchmark".into(),
-                        ..Default::default()
-                    })
+                    .link_account(verified_link(
+                        citizen,
+                        format!("3{run:04}{i:08}"),
+                        "feed lag benchmark",
+                    ))
                     .await;
                 if done.is_ok() {
                     answered

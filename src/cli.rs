@@ -700,7 +700,7 @@ async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
     let _pruner = (settings.event_retention_days > 0).then(|| {
         let retention =
             std::time::Duration::from_secs(u64::from(settings.event_retention_days) * 86_400);
-        crate::feed::SequencerHandle::spawn(crate::feed::pruner(
+        crate::feed::TaskHandle::spawn(crate::feed::pruner(
             state.store.clone(),
             retention,
             std::time::Duration::from_secs(3600),

@@ -41,20 +41,20 @@ pub async fn sequencer(store: Arc<dyn Store>) {
 }
 
 /// Starts the sequencer; it stops when the returned handle is dropped.
-pub fn start(store: Arc<dyn Store>) -> SequencerHandle {
-    SequencerHandle(tokio::spawn(sequencer(store)))
+pub fn start(store: Arc<dyn Store>) -> TaskHandle {
+    TaskHandle::spawn(sequencer(store))
 }
 
 /// A background task (the sequencer, the pruner), stopped when dropped.
-pub struct SequencerHandle(tokio::task::JoinHandle<()>);
+pub struct TaskHandle(tokio::task::JoinHandle<()>);
 
-impl SequencerHandle {
-    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> SequencerHandle {
-        SequencerHandle(tokio::spawn(task))
+impl TaskHandle {
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> TaskHandle {
+        TaskHandle(tokio::spawn(task))
     }
 }
 
-impl Drop for SequencerHandle {
+impl Drop for TaskHandle {
     fn drop(&mut self) {
         self.0.abort();
     }

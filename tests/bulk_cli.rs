@@ -10,6 +10,7 @@ use payout_registry::bulk::{self, FileKind};
 use payout_registry::cli::Bearer;
 use payout_registry::demo::{self, DemoSpec};
 use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
+use payout_registry::proto::{CitizenStatus, ResolveOutcome};
 
 on_both_backends!(
     an_import_interrupted_midway_resumes_after_its_checkpoint_and_applies_each_record_once,
@@ -159,15 +160,34 @@ async fn demo_data_written_straight_into_the_store_has_the_planted_anomalies(bac
         .count("SELECT COUNT(DISTINCT province_code) FROM citizens")
         .await;
     assert_eq!(provinces, 63);
-    // Demo data is ordinary data: it resolves.
+    // Demo data is ordinary data: the dead are not paid, most of the living are.
     let mut resolver = app.resolver(Some(PAYER));
-    let answer = resolver
-        .resolve(payout_registry::proto::ResolveRequest {
-            citizen_id: demo::citizen_id_at(&spec, 1),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_ne!(answer.outcome, 0);
+    let mut resolved = 0;
+    for i in 0..60 {
+        let citizen = demo::citizen_at(&spec, i);
+        let answer = resolver
+            .resolve(payout_registry::proto::ResolveRequest {
+                citizen_id: citizen.citizen_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let outcome = ResolveOutcome::try_from(answer.outcome).unwrap();
+        match CitizenStatus::try_from(citizen.status).unwrap() {
+            CitizenStatus::Deceased => assert_eq!(outcome, ResolveOutcome::CitizenDeceased),
+            CitizenStatus::IdRevoked => assert_eq!(outcome, ResolveOutcome::CitizenIdRevoked),
+            _ => {
+                assert!(
+                    matches!(
+                        outcome,
+                        ResolveOutcome::Resolved | ResolveOutcome::NoVerifiedAccount
+                    ),
+                    "citizen {i}: {outcome:?}"
+                );
+                resolved += usize::from(outcome == ResolveOutcome::Resolved);
+            }
+        }
+    }
+    assert!(resolved >= 35, "{resolved} of 60 demo citizens resolved");
 }

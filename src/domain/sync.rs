@@ -69,8 +69,10 @@ impl CitizenLookup {
     /// A 9-character input is a legacy number; anything else must be a citizen id, and is
     /// refused with the citizen id's rules.
     pub fn parse(s: &str) -> Result<CitizenLookup, Rejection> {
-        if s.len() == 9 && s.bytes().all(|b| b.is_ascii_digit()) {
-            return Ok(CitizenLookup::Legacy(LegacyId(s.to_owned())));
+        if s.len() == 9 {
+            if let Ok(legacy) = LegacyId::parse(s) {
+                return Ok(CitizenLookup::Legacy(legacy));
+            }
         }
         CitizenId::parse(s).map(CitizenLookup::Id)
     }

@@ -53,7 +53,7 @@ pub struct AppState {
     /// Rate limits and the in-flight limit.
     pub limits: Arc<Limits>,
     /// This instance's change-feed sequencer (stopped with the last clone).
-    pub sequencer: Arc<crate::feed::SequencerHandle>,
+    pub sequencer: Arc<crate::feed::TaskHandle>,
     /// Set when the server begins a graceful shutdown: open-ended streams (change-feed
     /// subscriptions) end so that the drain does not wait on them.
     pub shutting_down: Arc<tokio::sync::watch::Sender<bool>>,

@@ -872,7 +872,9 @@ impl Backend {
             add,
             3,
             |b, c| {
-                b.push_bind(client_id).push_bind(consumer).push_bind(c.as_str());
+                b.push_bind(client_id)
+                    .push_bind(consumer)
+                    .push_bind(c.as_str());
             },
         )
         .await?;

@@ -28,7 +28,7 @@ type Backend = PgStore;
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 const LOCK_CITIZEN: &str =
-    "SELECT full_name, status, source_version FROM citizens WHERE citizen_id = $1 FOR UPDATE";
+    "SELECT full_name, status FROM citizens WHERE citizen_id = $1 FOR UPDATE";
 const LOCK_ACCOUNT: &str = concat!(
     "SELECT ",
     account_columns!(),
@@ -164,18 +164,14 @@ fn push_relation<'a>(
     q: &mut sqlx::QueryBuilder<'a, DB>,
     rows: &[super::values::Row],
 ) -> StoreResult<()> {
-    use super::values::{columns, Column};
+    use super::values::columns;
     let cols = columns(rows).ok_or_else(|| StoreError::Corrupt("rows of mixed shapes".into()))?;
     q.push("SELECT * FROM UNNEST(");
     for (i, col) in cols.into_iter().enumerate() {
         if i > 0 {
             q.push(", ");
         }
-        match col {
-            Column::Text(v) => q.push_bind(v).push("::text[]"),
-            Column::Int(v) => q.push_bind(v).push("::int8[]"),
-            Column::Uuid(v) => q.push_bind(v).push("::uuid[]"),
-        };
+        push_array(q, col);
     }
     q.push(")");
     Ok(())
@@ -184,7 +180,7 @@ fn push_relation<'a>(
 /// Appends ` = ANY($n)`: one array parameter, whatever the number of keys (` = $n` for
 /// one key).
 fn push_in<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, keys: &[super::values::Val]) -> StoreResult<()> {
-    use super::values::{columns, Column, Row};
+    use super::values::{columns, Row};
     if let [key] = keys {
         // One key (unary Resolve): plain equality, whose generic plan PostgreSQL caches;
         // `= ANY` of a one-element array would be re-planned on every call.
@@ -197,19 +193,27 @@ fn push_in<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, keys: &[super::values::Val]) 
         return Ok(());
     }
     let rows: Vec<Row> = keys.iter().map(|k| Row(vec![k.clone()])).collect();
-    let Some(mut cols) = columns(&rows) else {
-        q.push(" IN (NULL)");
-        return Ok(());
-    };
-    q.push(" = ANY(");
-    match cols.pop() {
-        Some(Column::Text(v)) => q.push_bind(v).push("::text[]"),
-        Some(Column::Int(v)) => q.push_bind(v).push("::int8[]"),
-        Some(Column::Uuid(v)) => q.push_bind(v).push("::uuid[]"),
-        None => q.push("NULL"),
-    };
-    q.push(")");
+    match columns(&rows).and_then(|mut cols| cols.pop()) {
+        Some(col) => {
+            q.push(" = ANY(");
+            push_array(q, col);
+            q.push(")");
+        }
+        None => {
+            q.push(" IN (NULL)");
+        }
+    }
     Ok(())
+}
+
+/// Binds one column as a typed array.
+fn push_array<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, col: super::values::Column) {
+    use super::values::Column;
+    match col {
+        Column::Text(v) => q.push_bind(v).push("::text[]"),
+        Column::Int(v) => q.push_bind(v).push("::int8[]"),
+        Column::Uuid(v) => q.push_bind(v).push("::uuid[]"),
+    };
 }
 
 /// PostgreSQL binds arrays: one statement for any number of rows.

@@ -107,7 +107,6 @@ pub(crate) struct PreferenceRow {
 pub(crate) struct CitizenRow {
     pub full_name: Option<String>,
     pub status: String,
-    pub source_version: Option<i64>,
 }
 
 /// A row of `events`.

@@ -28,8 +28,7 @@ type Backend = SqliteStore;
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 // The single writer connection already excludes other writers; no row locks needed.
-const LOCK_CITIZEN: &str =
-    "SELECT full_name, status, source_version FROM citizens WHERE citizen_id = $1";
+const LOCK_CITIZEN: &str = "SELECT full_name, status FROM citizens WHERE citizen_id = $1";
 const LOCK_ACCOUNT: &str = concat!(
     "SELECT ",
     account_columns!(),

@@ -337,6 +337,9 @@ struct Accounts<'a> {
     ctx: &'a WriteContext,
     /// Current state of every account read or created, and whether it is new.
     accounts: HashMap<Uuid, (Account, bool)>,
+    /// The accounts of each citizen (ids into `accounts`), so a record looks at its own
+    /// citizen's accounts only.
+    by_citizen: HashMap<String, Vec<Uuid>>,
     changed: HashSet<Uuid>,
     holders: HashMap<AccountKeyTuple, (String, Uuid)>,
     has_default: HashSet<String>,
@@ -344,10 +347,12 @@ struct Accounts<'a> {
 
 impl Accounts<'_> {
     fn open_of<'s>(&'s self, citizen: &'s str) -> impl Iterator<Item = &'s Account> + 's {
-        self.accounts
-            .values()
-            .map(|(a, _)| a)
-            .filter(move |a| a.citizen_id.as_str() == citizen && a.status.is_open())
+        self.by_citizen
+            .get(citizen)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.accounts.get(id).map(|(a, _)| a))
+            .filter(|a| a.status.is_open())
     }
 
     /// Stores a new version of an account, with its history row and event.
@@ -374,6 +379,12 @@ impl Accounts<'_> {
             payload: serde_json::to_value(&account).unwrap_or_default(),
         });
         self.changed.insert(account.id);
+        if !self.accounts.contains_key(&account.id) {
+            self.by_citizen
+                .entry(account.citizen_id.as_str().to_owned())
+                .or_default()
+                .push(account.id);
+        }
         let was_new = self
             .accounts
             .get(&account.id)
@@ -482,10 +493,18 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
             .iter()
             .map(|(id, a)| (*id, (a.clone(), false)))
             .collect(),
+        by_citizen: HashMap::new(),
         changed: HashSet::new(),
         holders: loaded.holders.clone(),
         has_default: loaded.has_default.clone(),
     };
+    for a in loaded.accounts.values() {
+        state
+            .by_citizen
+            .entry(a.citizen_id.as_str().to_owned())
+            .or_default()
+            .push(a.id);
+    }
     for rec in batch {
         let seen = ledger.get(&rec.record_id).cloned();
         if seen.is_some_and(|(v, _)| v >= rec.version) {

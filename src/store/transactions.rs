@@ -467,78 +467,6 @@ impl Backend {
         }))
     }
 
-    async fn upsert_citizen_in(
-        &self,
-        tx: &mut Tx,
-        ctx: &WriteContext,
-        rec: &CitizenRecord,
-    ) -> StoreResult<CitizenUpsert> {
-        let existing = lock_citizen(tx, rec.citizen_id.as_str()).await?;
-        let outcome = match &existing {
-            Some(row) if row.source_version.is_some_and(|v| v >= rec.source_version) => {
-                return Ok(CitizenUpsert::Stale)
-            }
-            Some(_) => CitizenUpsert::Updated,
-            None => CitizenUpsert::Created,
-        };
-        let name = rec
-            .full_name
-            .as_deref()
-            .map(crate::domain::name::normalize_name);
-        sqlx::query(
-            "INSERT INTO citizens (citizen_id, province_code, full_name, date_of_birth, status, \
-             died_on, source_version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
-             ON CONFLICT (citizen_id) DO UPDATE SET full_name = excluded.full_name, \
-             date_of_birth = excluded.date_of_birth, status = excluded.status, \
-             died_on = excluded.died_on, source_version = excluded.source_version, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(rec.citizen_id.as_str())
-        .bind(rec.citizen_id.province_code())
-        .bind(&name)
-        .bind(&rec.date_of_birth)
-        .bind(rec.status.as_str())
-        .bind(&rec.died_on)
-        .bind(rec.source_version)
-        .bind(ctx.now.micros())
-        .execute(&mut **tx)
-        .await?;
-        insert_citizen_history(
-            tx,
-            ctx,
-            rec.citizen_id.as_str(),
-            name.as_deref(),
-            rec.status,
-            rec.died_on.as_deref(),
-            Some(rec.source_version),
-            "population sync",
-        )
-        .await?;
-        let status_changed = existing
-            .as_ref()
-            .is_none_or(|row| row.status != rec.status.as_str());
-        if status_changed {
-            let payload = serde_json::json!({
-                "citizen_id": rec.citizen_id.as_str(),
-                "status": rec.status.as_str(),
-                "died_on": rec.died_on,
-                "source_version": rec.source_version,
-            });
-            insert_event(
-                tx,
-                ctx,
-                "CITIZEN_STATUS_CHANGED",
-                rec.citizen_id.as_str(),
-                None,
-                "population sync",
-                &payload,
-            )
-            .await?;
-        }
-        Ok(outcome)
-    }
-
     async fn resolve_as_of(
         &self,
         q: &ResolveQuery,
@@ -1109,10 +1037,33 @@ impl Store for Backend {
         ctx: &WriteContext,
         rec: &CitizenRecord,
     ) -> StoreResult<CitizenUpsert> {
-        let mut tx = self.write.begin().await?;
-        let outcome = self.upsert_citizen_in(&mut tx, ctx, rec).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        // One record through the population-sync path (its rules, history and event),
+        // under a record id of the citizen's own.
+        let existed: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM citizens WHERE citizen_id = $1")
+                .bind(rec.citizen_id.as_str())
+                .fetch_optional(&self.read)
+                .await?;
+        let record = SyncCitizen {
+            record_id: format!("citizen:{}", rec.citizen_id.as_str()),
+            version: rec.source_version,
+            citizen_id: rec.citizen_id.clone(),
+            full_name: rec
+                .full_name
+                .as_deref()
+                .map(crate::domain::name::normalize_name),
+            date_of_birth: rec.date_of_birth.clone(),
+            status: rec.status,
+            died_on: rec.died_on.clone(),
+            legacy_ids: Vec::new(),
+        };
+        match self.sync_citizens_impl(ctx, &[record]).await?.pop() {
+            Some(RecordOutcome::Applied) if existed.is_some() => Ok(CitizenUpsert::Updated),
+            Some(RecordOutcome::Applied) => Ok(CitizenUpsert::Created),
+            Some(RecordOutcome::Stale) => Ok(CitizenUpsert::Stale),
+            Some(RecordOutcome::Rejected(r)) => Err(r.into()),
+            None => Err(corrupt("no outcome for the citizen record")),
+        }
     }
 
     async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>> {
@@ -1388,12 +1339,13 @@ impl Store for Backend {
             tx.rollback().await?;
             return Ok(0);
         };
-        let deleted = sqlx::query("DELETE FROM events WHERE feed_position > $1 AND feed_position <= $2")
-            .bind(pruned)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted =
+            sqlx::query("DELETE FROM events WHERE feed_position > $1 AND feed_position <= $2")
+                .bind(pruned)
+                .bind(through)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         sqlx::query("UPDATE feed_head SET pruned_through = $1 WHERE id = 1")
             .bind(through)
             .execute(&mut *tx)
