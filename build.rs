@@ -7,6 +7,8 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/payoutregistry/v1/registry.proto"];
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds the migrations: rebuild when one is added.
+    println!("cargo:rerun-if-changed=migrations");
     let fds = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(

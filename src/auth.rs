@@ -139,6 +139,8 @@ pub fn required(path: &str) -> Option<Access> {
             "payoutregistry.v1.ChangeFeed",
             "Subscribe" | "CommitPosition" | "GetPosition" | "EditWatchList",
         ) => Access::AnyOf(&[EventsSubscribe, EventsAll]),
+        // A digest covers every citizen of a province, not a watch list.
+        ("payoutregistry.v1.ChangeFeed", "GetSyncDigest") => Access::AnyOf(&[EventsAll]),
         ("payoutregistry.v1.PopulationSync", "SyncCitizens" | "SyncAccounts") => {
             Access::AnyOf(&[SyncPopulation])
         }

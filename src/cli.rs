@@ -329,6 +329,15 @@ pub enum ClientCommand {
         #[arg(long)]
         payload: bool,
     },
+    /// The sync digest of every citizen's live routes, or of one --province: compare it
+    /// with one computed from a copy built from the change feed (see GetSyncDigest).
+    Digest {
+        #[command(flatten)]
+        conn: Connection,
+        /// A 3-digit province code.
+        #[arg(long, default_value = "")]
+        province: String,
+    },
     /// Every state an account has been in.
     History {
         #[command(flatten)]
@@ -1068,6 +1077,30 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
                     .map(|r| r.into_inner().account),
             };
             r.map_err(status_error)?.iter().for_each(print_account);
+        }
+        ClientCommand::Digest { conn, province } => {
+            let (channel, bearer) = connect_channel(&conn).await?;
+            let d = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+                channel, bearer,
+            )
+            .get_sync_digest(proto::GetSyncDigestRequest {
+                province_code: province,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+            let scope = if d.province_code.is_empty() {
+                "all citizens".to_owned()
+            } else {
+                format!("province {}", d.province_code)
+            };
+            println!(
+                "{scope}: {} live routes, digest {} ({}) at feed position {}",
+                d.routes,
+                hex::encode(&d.digest),
+                d.algorithm,
+                d.position
+            );
         }
         ClientCommand::Tail {
             conn,

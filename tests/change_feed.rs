@@ -300,6 +300,23 @@ async fn subscriptions_are_filtered_minimised_and_masked(backend: Backend) {
     let payload: serde_json::Value = serde_json::from_str(&e.payload_json).unwrap();
     assert_eq!(payload["account_ref"], "*********0000");
     assert_eq!(payload["citizen_id"], "048089000000");
+    // The payload speaks the API's names (as the typed fields do), not storage's.
+    assert_eq!(e.payload_version, 1);
+    assert_eq!(payload["status"], "VERIFIED");
+    assert_eq!(payload["kind"], "BANK_ACCOUNT");
+    assert_eq!(payload["verification"]["method"], "ISSUER_CONFIRMED");
+    assert!(payload["created_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    let account = e.account.as_ref().expect("the account snapshot");
+    assert_eq!(
+        account.status(),
+        payout_registry::proto::AccountStatus::Verified
+    );
+    assert_eq!(
+        (account.account_ref.as_str(), account.account_ref_masked),
+        ("*********0000", true)
+    );
     change(&app, 1).await;
     let e = next(&mut verified_only).await;
     assert_eq!((e.event_type.as_str(), e.position), ("ACCOUNT_VERIFIED", 5));

@@ -540,6 +540,8 @@ request_decoders_never_panic! {
         |r| convert::consumer_name(&r.consumer).map(drop);
     sync_accounts_request_decoding_never_panics: SyncAccountsRequest =>
         |r| r.record.as_ref().map(|a| convert::sync_account(a).map(drop));
+    get_sync_digest_request_decoding_never_panics: GetSyncDigestRequest =>
+        |r| convert::province_code("province_code", &r.province_code).map(drop);
 }
 
 /// Keeps the list above complete: a request message added to the proto without a

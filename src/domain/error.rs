@@ -23,6 +23,8 @@ pub enum Category {
     AlreadyExists,
     /// A position outside what is kept (pruned events): OUT_OF_RANGE.
     OutOfRange,
+    /// Not available yet; retry later: UNAVAILABLE.
+    Unavailable,
 }
 
 macro_rules! reasons {
@@ -98,6 +100,8 @@ reasons! {
     WatchListRequired = "WATCH_LIST_REQUIRED" => FailedPrecondition,
     FeedPositionInvalid = "FEED_POSITION_INVALID" => InvalidArgument,
     FeedPositionPruned = "FEED_POSITION_PRUNED" => OutOfRange,
+    ProvinceCodeInvalid = "PROVINCE_CODE_INVALID" => InvalidArgument,
+    SyncDigestNotReady = "SYNC_DIGEST_NOT_READY" => Unavailable,
 }
 
 impl fmt::Display for Reason {

@@ -9,6 +9,7 @@
 pub mod account;
 pub mod bank_account;
 pub mod citizen_id;
+pub mod digest;
 pub mod error;
 pub mod mask;
 pub mod msisdn;

@@ -545,6 +545,30 @@ pub fn record_error(record_id: &str, r: &Rejection) -> proto::RecordError {
 }
 
 /// An account as sent to a client: the account number masked unless `full`.
+/// An optional 3-digit province code (empty: none).
+pub fn province_code(field: &str, raw: &str) -> Result<Option<String>, Rejection> {
+    let code = raw.trim();
+    if code.is_empty() {
+        return Ok(None);
+    }
+    if crate::domain::citizen_id::province_name(code).is_none() {
+        return Err(Rejection::field(
+            Reason::ProvinceCodeInvalid,
+            field,
+            format!("{field} is not one of the 63 province codes of Circular 59/2021/TT-BCA"),
+        ));
+    }
+    Ok(Some(code.to_owned()))
+}
+
+pub fn citizen_status_out(s: CitizenStatus) -> proto::CitizenStatus {
+    match s {
+        CitizenStatus::Active => proto::CitizenStatus::Active,
+        CitizenStatus::Deceased => proto::CitizenStatus::Deceased,
+        CitizenStatus::IdRevoked => proto::CitizenStatus::IdRevoked,
+    }
+}
+
 pub fn account_out(a: &Account, full: bool) -> proto::Account {
     proto::Account {
         account_id: a.id.to_string(),

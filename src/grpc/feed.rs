@@ -12,12 +12,13 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, consumer_name, feed_position_in as position_in, timestamp_out};
 use super::{AppState, Call};
 use crate::auth::Scope;
-use crate::domain::{Reason, Rejection};
+use crate::domain::{Account, CitizenStatus, Reason, Rejection, Timestamp};
 use crate::limits::RpcClass;
 use crate::proto::change_feed_server::ChangeFeed;
 use crate::proto::{
     CommitPositionRequest, CommitPositionResponse, FeedEvent, GetPositionRequest,
-    GetPositionResponse, SubscribeRequest, WatchListEdit, WatchListSummary,
+    GetPositionResponse, GetSyncDigestRequest, GetSyncDigestResponse, SubscribeRequest,
+    WatchListEdit, WatchListSummary,
 };
 use crate::store::Event;
 
@@ -89,18 +90,50 @@ fn mask_payload(value: &mut serde_json::Value) {
     }
 }
 
-fn event_out(e: Event, full: bool) -> FeedEvent {
-    let payload_json = if full {
-        e.payload
+/// The version of the API's payload shapes (`FeedEvent.payload_version`).
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// A stored event as the API presents it: typed fields for what consumers act on, and
+/// the payload in the API's names (the stored JSON is the domain's serialisation, an
+/// internal format). Account numbers are masked unless `full`.
+pub(crate) fn event_out(e: Event, full: bool) -> FeedEvent {
+    let mut payload: serde_json::Value =
+        serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null);
+    // Account events carry the account itself; the others name it under "account".
+    let account: Option<Account> = if e.event_type.starts_with("ACCOUNT_") {
+        serde_json::from_value(payload.clone()).ok()
     } else {
-        match serde_json::from_str::<serde_json::Value>(&e.payload) {
-            Ok(mut v) => {
-                mask_payload(&mut v);
-                v.to_string()
-            }
-            Err(_) => String::new(),
-        }
+        payload
+            .get("account")
+            .and_then(|a| serde_json::from_value(a.clone()).ok())
     };
+    let program_code = payload
+        .get("program_code")
+        .and_then(|p| p.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let citizen_status = match e.event_type.as_str() {
+        "CITIZEN_STATUS_CHANGED" => payload
+            .get("status")
+            .and_then(|s| s.as_str())
+            .and_then(CitizenStatus::parse)
+            .map(convert::citizen_status_out)
+            .unwrap_or_default(),
+        _ => Default::default(),
+    };
+    match (&account, &mut payload) {
+        (Some(a), _) if e.event_type.starts_with("ACCOUNT_") => {
+            payload = account_json(a, full);
+        }
+        (Some(a), serde_json::Value::Object(map)) => {
+            map.insert("account".into(), account_json(a, full));
+        }
+        _ => {}
+    }
+    api_times(&mut payload);
+    if !full {
+        mask_payload(&mut payload);
+    }
     FeedEvent {
         position: e.feed_position.unwrap_or_default().max(0) as u64,
         event_id: e.event_id.to_string(),
@@ -110,7 +143,52 @@ fn event_out(e: Event, full: bool) -> FeedEvent {
         account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
         actor: e.actor,
         reason: e.reason,
-        payload_json,
+        payload_json: if payload.is_null() {
+            String::new()
+        } else {
+            payload.to_string()
+        },
+        account: account.as_ref().map(|a| convert::account_out(a, full)),
+        program_code,
+        citizen_status: citizen_status.into(),
+        payload_version: PAYLOAD_VERSION,
+    }
+}
+
+/// An account in the API's names (as the `Account` message's JSON would read).
+fn account_json(a: &Account, full: bool) -> serde_json::Value {
+    serde_json::json!({
+        "account_id": a.id,
+        "citizen_id": a.citizen_id.as_str(),
+        "kind": a.kind.as_str(),
+        "provider_code": a.provider_code,
+        "account_ref": if full { a.account_ref.as_str().to_owned() } else { a.account_ref.masked() },
+        "account_ref_masked": !full,
+        "holder_name": a.holder_name,
+        "status": a.status.as_str(),
+        "verification": a.verification.as_ref().map(|v| serde_json::json!({
+            "method": v.method.as_str(),
+            "verified_by": v.verified_by,
+            "verified_at": v.verified_at.to_rfc3339(),
+            "evidence_ref": v.evidence_ref,
+        })),
+        "version": a.version,
+        "created_at": a.created_at.to_rfc3339(),
+        "updated_at": a.updated_at.to_rfc3339(),
+    })
+}
+
+/// Stored instants are microseconds; the API writes them as RFC 3339 (`*_at` fields).
+fn api_times(value: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = value {
+        for (key, v) in map.iter_mut() {
+            match v.as_i64() {
+                Some(micros) if key.ends_with("_at") => {
+                    *v = serde_json::Value::String(Timestamp(micros).to_rfc3339());
+                }
+                _ => api_times(v),
+            }
+        }
     }
 }
 
@@ -376,6 +454,35 @@ impl ChangeFeed for ChangeFeedService {
             found: position.is_some(),
             head: head.max(0) as u64,
             earliest: (pruned + 1).max(1) as u64,
+        }))
+    }
+
+    async fn get_sync_digest(
+        &self,
+        request: Request<GetSyncDigestRequest>,
+    ) -> Result<Response<GetSyncDigestResponse>, Status> {
+        let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Read)?;
+        let province = convert::province_code("province_code", &request.get_ref().province_code)
+            .map_err(|r| call.reject(r))?;
+        let digest = self
+            .state
+            .store
+            .sync_digest(province.as_deref())
+            .await
+            .map_err(|e| call.fail(e))?
+            .ok_or_else(|| {
+                call.reject(Rejection::new(
+                    Reason::SyncDigestNotReady,
+                    "the sync digest is being built; retry shortly",
+                ))
+            })?;
+        Ok(Response::new(GetSyncDigestResponse {
+            province_code: province.unwrap_or_default(),
+            digest: digest.digest.digest.to_vec(),
+            routes: digest.digest.routes.max(0) as u64,
+            position: digest.position.max(0) as u64,
+            algorithm: crate::domain::digest::ALGORITHM.to_owned(),
         }))
     }
 }

@@ -289,6 +289,7 @@ impl Call {
             Category::Aborted => Code::Aborted,
             Category::AlreadyExists => Code::AlreadyExists,
             Category::OutOfRange => Code::OutOfRange,
+            Category::Unavailable => Code::Unavailable,
         };
         let mut details = ErrorDetails::new();
         details.set_error_info(r.reason.as_str(), ERROR_DOMAIN, HashMap::new());

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{QueryBuilder, Row as _};
 
+use crate::domain::digest::{province_of, RouteDigest};
 use crate::domain::{LegacyId, RecordOutcome, SyncAccount, SyncCitizen};
 use crate::store::sync::{
     plan_accounts, plan_citizens, AccountKeyTuple, CitizenState, Loaded, SyncRecord, SyncStream,
@@ -820,11 +821,30 @@ impl Backend {
 
 impl Backend {
     async fn sequence_events_impl(&self, limit: u32) -> StoreResult<u64> {
+        let mut attempt = 0;
+        loop {
+            match self.sequence_round(limit).await {
+                Err(e) if serialization_failure(&e) && attempt < SEQUENCER_ATTEMPTS => {
+                    // Another instance's round (or the pruner) committed after this one's
+                    // snapshot: start again from the new head.
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One sequencing round: numbers the unsequenced events, then brings the sync digest
+    /// up to the new head when no committed event is left unnumbered.
+    async fn sequence_round(&self, limit: u32) -> StoreResult<u64> {
         let mut tx = self.write.begin().await?;
+        for statement in SEQUENCER_ISOLATION {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
         // Instances take turns here: the head row is locked until this commits, and the
         // next sequencer's statements see what this one assigned.
-        let head: i64 = sqlx::query_scalar(&format!(
-            "SELECT last_position FROM feed_head WHERE id = 1{FOR_UPDATE}"
+        let (head, digest_through): (i64, Option<i64>) = sqlx::query_as(&format!(
+            "SELECT last_position, digest_through FROM feed_head WHERE id = 1{FOR_UPDATE}"
         ))
         .fetch_one(&mut *tx)
         .await?;
@@ -839,21 +859,196 @@ impl Backend {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if assigned == 0 {
+        let new_head = head + assigned as i64;
+        // The digest may only describe a state whose every change is in the feed up to
+        // its position: when this round left events unnumbered, a later round updates it.
+        let digest_due = assigned < u64::from(limit) && digest_through != Some(new_head);
+        if assigned == 0 && !digest_due {
             tx.rollback().await?;
             return Ok(0);
         }
-        sqlx::query("UPDATE feed_head SET last_position = $1 WHERE id = 1")
-            .bind(head + assigned as i64)
-            .execute(&mut *tx)
-            .await?;
-        for statement in FEED_ADVANCED {
-            sqlx::query(statement).execute(&mut *tx).await?;
+        if assigned > 0 {
+            sqlx::query("UPDATE feed_head SET last_position = $1 WHERE id = 1")
+                .bind(new_head)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if digest_due {
+            let citizens: Vec<String> = match digest_through {
+                // The first build: every citizen with a preference.
+                None => {
+                    sqlx::query_scalar("SELECT DISTINCT citizen_id FROM preferences")
+                        .fetch_all(&mut *tx)
+                        .await?
+                }
+                Some(through) => {
+                    sqlx::query_scalar(
+                        "SELECT DISTINCT citizen_id FROM events WHERE feed_position > $1 \
+                         AND feed_position <= $2",
+                    )
+                    .bind(through)
+                    .bind(new_head)
+                    .fetch_all(&mut *tx)
+                    .await?
+                }
+            };
+            refresh_digest(&mut tx, &citizens).await?;
+            sqlx::query("UPDATE feed_head SET digest_through = $1 WHERE id = 1")
+                .bind(new_head)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if assigned > 0 {
+            for statement in FEED_ADVANCED {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        if assigned > 0 {
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(assigned)
     }
+
+    async fn sync_digest_impl(&self, province: Option<&str>) -> StoreResult<Option<SyncDigest>> {
+        // One statement: the digest rows and the position they describe, from one snapshot.
+        let rows: Vec<(Option<i64>, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT h.digest_through, d.digest, d.routes FROM feed_head h \
+             LEFT JOIN digest_provinces d ON ($1 IS NULL OR d.province = $1) WHERE h.id = 1",
+        )
+        .bind(province)
+        .fetch_all(&self.read)
+        .await?;
+        let Some(Some(position)) = rows.first().map(|r| r.0) else {
+            return Ok(None);
+        };
+        let mut total = RouteDigest::default();
+        for (_, digest, routes) in rows {
+            if let (Some(digest), Some(routes)) = (digest, routes) {
+                total.add(&stored_digest(&digest, routes)?);
+            }
+        }
+        Ok(Some(SyncDigest {
+            digest: total,
+            position,
+        }))
+    }
+}
+
+/// How often a sequencing round starts again after a serialization failure.
+const SEQUENCER_ATTEMPTS: usize = 20;
+
+fn serialization_failure(e: &StoreError) -> bool {
+    let StoreError::Database(e) = e else {
+        return false;
+    };
+    e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("40001"))
+}
+
+fn stored_digest(hex_digest: &str, routes: i64) -> StoreResult<RouteDigest> {
+    RouteDigest::from_hex(hex_digest, routes).ok_or_else(|| corrupt("stored sync digest"))
+}
+
+/// Recomputes the live routes of `citizens` from the current state and moves their
+/// provinces' digests by the difference (see migration 0005 and `domain::digest`).
+async fn refresh_digest(tx: &mut Tx, citizens: &[String]) -> StoreResult<()> {
+    // Per province: (the change, the stored digest).
+    let mut provinces: HashMap<String, (RouteDigest, RouteDigest)> = HashMap::new();
+    for chunk in citizens.chunks(LOOKUP_CHUNK) {
+        let keys = text_keys(chunk.iter().map(String::as_str));
+        let live: Vec<(String, String, Uuid)> = select_in(
+            tx,
+            "SELECT p.citizen_id, p.program_code, p.account_id FROM preferences p \
+             JOIN citizens c ON c.citizen_id = p.citizen_id \
+             JOIN accounts a ON a.account_id = p.account_id \
+             WHERE c.status = 'ACTIVE' AND a.status = 'VERIFIED' AND p.citizen_id",
+            "",
+            &keys,
+        )
+        .await?;
+        let old: Vec<(String, String, i64)> = select_in(
+            tx,
+            "SELECT citizen_id, digest, routes FROM digest_citizens WHERE citizen_id",
+            "",
+            &keys,
+        )
+        .await?;
+        let mut new: HashMap<String, RouteDigest> = HashMap::new();
+        for (citizen, program, account) in live {
+            let route = RouteDigest::route(&citizen, &program, account);
+            new.entry(citizen).or_default().add(&route);
+        }
+        for (citizen, digest, routes) in old {
+            let old = stored_digest(&digest, routes)?;
+            let change = &mut provinces
+                .entry(province_of(&citizen).to_owned())
+                .or_default()
+                .0;
+            change.remove(&old);
+        }
+        for (citizen, digest) in &new {
+            let change = &mut provinces
+                .entry(province_of(citizen).to_owned())
+                .or_default()
+                .0;
+            change.add(digest);
+        }
+        let mut q = QueryBuilder::<DB>::new("DELETE FROM digest_citizens WHERE citizen_id");
+        push_in(&mut q, &keys)?;
+        q.build().execute(&mut **tx).await?;
+        let rows: Vec<(&String, &RouteDigest)> = new.iter().collect();
+        insert_rows(
+            tx,
+            "INSERT INTO digest_citizens (citizen_id, digest, routes) ",
+            "",
+            &rows,
+            3,
+            |row, (citizen, d)| {
+                row.push_bind(citizen.as_str())
+                    .push_bind(d.to_hex())
+                    .push_bind(d.routes);
+            },
+        )
+        .await?;
+    }
+    if provinces.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = provinces.keys().map(String::as_str).collect();
+    let current: Vec<(String, String, i64)> = select_in(
+        tx,
+        "SELECT province, digest, routes FROM digest_provinces WHERE province",
+        "",
+        &text_keys(names.iter().copied()),
+    )
+    .await?;
+    for (province, digest, routes) in current {
+        if let Some(entry) = provinces.get_mut(&province) {
+            entry.1 = stored_digest(&digest, routes)?;
+        }
+    }
+    let rows: Vec<(String, RouteDigest)> = provinces
+        .into_iter()
+        .map(|(province, (change, mut digest))| {
+            digest.add(&change);
+            (province, digest)
+        })
+        .collect();
+    insert_rows(
+        tx,
+        "INSERT INTO digest_provinces (province, digest, routes) ",
+        " ON CONFLICT (province) DO UPDATE SET digest = excluded.digest, routes = excluded.routes",
+        &rows,
+        3,
+        |row, (province, d)| {
+            row.push_bind(province.as_str())
+                .push_bind(d.to_hex())
+                .push_bind(d.routes);
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 impl Backend {

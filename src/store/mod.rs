@@ -178,7 +178,16 @@ pub struct DuplicateClaim {
     pub actor: String,
 }
 
-/// One appended event.
+/// The sync digest as the sequencer last brought it up to date.
+#[derive(Debug, Clone)]
+pub struct SyncDigest {
+    /// The XOR of the live routes' hashes and their count (see `domain::digest`).
+    pub digest: crate::domain::digest::RouteDigest,
+    /// The feed position the digest describes: the state after every event up to it.
+    pub position: i64,
+}
+
+/// One change-feed event as stored.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// Write order (a sequence value; concurrent writers commit these out of order).
@@ -402,6 +411,10 @@ pub trait Store: Send + Sync + 'static {
         consumer: &str,
         limit: u32,
     ) -> StoreResult<Vec<Event>>;
+
+    /// The sync digest of one province (its 3-digit code) or of every citizen, with the
+    /// feed position it describes; `None` until the sequencer has built it.
+    async fn sync_digest(&self, province: Option<&str>) -> StoreResult<Option<SyncDigest>>;
 
     /// Ticks whenever events may have been written or sequenced: by this process, or (on
     /// PostgreSQL, through LISTEN/NOTIFY) by any instance sharing the database.

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference,
-    Provider, ResolveQuery, Store, StoreError, StoreOptions, StoreResult, WriteContext,
+    Provider, ResolveQuery, Store, StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
 };
 use crate::domain::{
     Account, ChangeAccount, CitizenId, LinkAccount, ProgramCode, Rejection, Resolution,
@@ -157,6 +157,12 @@ const FEED_ADVANCED: &[&str] = &["SELECT pg_notify('payout_feed', '')"];
 
 /// Locks the rows a bulk select returns (see batch.rs).
 const FOR_UPDATE: &str = " FOR UPDATE";
+
+/// The sequencer reads one snapshot for the events it numbers and the state the sync
+/// digest is computed from, so the digest describes exactly the feed up to its position.
+/// A sequencer that took its snapshot before another instance's round committed gets a
+/// serialization failure on the head row and starts again.
+const SEQUENCER_ISOLATION: &[&str] = &["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"];
 
 /// Appends `rows` as a relation: one array per column, unnested, so the statement text
 /// depends only on the column types (parsed and planned once per connection).

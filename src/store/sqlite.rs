@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference,
-    Provider, ResolveQuery, Store, StoreError, StoreOptions, StoreResult, WriteContext,
+    Provider, ResolveQuery, Store, StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
 };
 use crate::domain::{
     Account, ChangeAccount, CitizenId, LinkAccount, ProgramCode, Rejection, Resolution,
@@ -116,6 +116,9 @@ const FEED_ADVANCED: &[&str] = &[];
 
 /// Locks the rows a bulk select returns (see batch.rs).
 const FOR_UPDATE: &str = "";
+
+/// The single writer connection already gives the sequencer one consistent state.
+const SEQUENCER_ISOLATION: &[&str] = &[];
 
 /// Appends `rows` as multi-row `VALUES`.
 fn push_relation<'a>(

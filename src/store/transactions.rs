@@ -1284,6 +1284,10 @@ impl Store for Backend {
         self.sequence_events_impl(limit).await
     }
 
+    async fn sync_digest(&self, province: Option<&str>) -> StoreResult<Option<SyncDigest>> {
+        self.sync_digest_impl(province).await
+    }
+
     async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, actor, \
@@ -1316,8 +1320,9 @@ impl Store for Backend {
     async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
         let mut tx = self.write.begin().await?;
         // Same lock as the sequencer: the head and the pruning mark move one at a time.
-        let (head, pruned): (i64, i64) = sqlx::query_as(&format!(
-            "SELECT last_position, pruned_through FROM feed_head WHERE id = 1{FOR_UPDATE}"
+        let (head, pruned, digest_through): (i64, i64, Option<i64>) = sqlx::query_as(&format!(
+            "SELECT last_position, pruned_through, digest_through FROM feed_head \
+             WHERE id = 1{FOR_UPDATE}"
         ))
         .fetch_one(&mut *tx)
         .await?;
@@ -1325,7 +1330,12 @@ impl Store for Backend {
             .fetch_one(&mut *tx)
             .await?;
         // The newest event old enough to go, within what the slowest consumer has read.
-        let limit = slowest.unwrap_or(head).min(head);
+        // Nor past the sync digest, which reads the citizens of the events it has not yet
+        // taken in.
+        let limit = slowest
+            .unwrap_or(head)
+            .min(head)
+            .min(digest_through.unwrap_or(pruned));
         let through: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(feed_position) FROM events WHERE feed_position > $1 \
              AND feed_position <= $2 AND occurred_at < $3",

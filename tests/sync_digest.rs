@@ -1,0 +1,479 @@
+//! ChangeFeed.GetSyncDigest end to end, on both backends: a consumer builds its own copy
+//! of who gets paid where from the feed alone, following the recipe documented on the
+//! RPC, and computes the same digest and count as the registry, for every citizen and
+//! per province, as the registry changes through every kind of write (links,
+//! verifications, defaults, program preferences, suspension, reinstatement, closure,
+//! payout failures, deaths and their correction from the population sync, declared
+//! accounts). The copy is also checked against Resolve, and a copy that misses one
+//! change is caught.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::{
+    feed_on, refused, spawn_secure_app, Backend, TestApp, ADMIN, FEED, PAYER, SYNC, WATCHER,
+};
+use payout_registry::proto::{
+    AccountKind, AccountRecord, AccountStatus, CitizenRecord, CitizenStatus, CloseAccountRequest,
+    Confirmation, FeedEvent, GetPositionRequest, GetSyncDigestRequest, GetSyncDigestResponse,
+    LinkAccountRequest, PayoutFailureCode, ReinstateAccountRequest, ReportPayoutFailureRequest,
+    ResolveOutcome, ResolveRequest, SetDefaultAccountRequest, SubscribeRequest,
+    SuspendAccountRequest, SyncAccountsRequest, SyncCitizensRequest, Verification,
+    VerificationMethod,
+};
+use sha2::{Digest as _, Sha256};
+use tonic::Code;
+use uuid::Uuid;
+
+on_both_backends!(
+    a_consumer_rebuilding_from_the_feed_computes_the_registrys_digest,
+    the_digest_needs_events_all_and_a_real_province,
+);
+
+// ---------------------------------------------------------------------------------------
+// The consumer's side: its copy of the registry, built only from feed events, and the
+// digest computed from it exactly as the RPC's documentation says.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default, Clone)]
+struct Copy {
+    /// Citizens announced by CITIZEN_STATUS_CHANGED; the others are ACTIVE.
+    status: HashMap<String, CitizenStatus>,
+    /// Every account's last known status.
+    accounts: HashMap<String, AccountStatus>,
+    /// (citizen, program_code) → account, from DEFAULT_CHANGED.
+    preferences: BTreeMap<(String, String), String>,
+    /// The last position applied.
+    position: u64,
+}
+
+impl Copy {
+    fn apply(&mut self, e: &FeedEvent) {
+        assert_eq!(e.position, self.position + 1, "the feed is gapless");
+        self.position = e.position;
+        if let Some(a) = &e.account {
+            self.accounts.insert(a.account_id.clone(), a.status());
+        }
+        match e.event_type.as_str() {
+            "CITIZEN_STATUS_CHANGED" => {
+                self.status.insert(e.citizen_id.clone(), e.citizen_status());
+            }
+            "DEFAULT_CHANGED" => {
+                let account = e
+                    .account
+                    .as_ref()
+                    .expect("DEFAULT_CHANGED names its account");
+                self.preferences.insert(
+                    (e.citizen_id.clone(), e.program_code.clone()),
+                    account.account_id.clone(),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The live routes: (citizen, program, account).
+    fn routes(&self) -> Vec<(&str, &str, &str)> {
+        self.preferences
+            .iter()
+            .filter(|((citizen, _), account)| {
+                self.status
+                    .get(citizen.as_str())
+                    .is_none_or(|s| *s == CitizenStatus::Active)
+                    && self.accounts.get(account.as_str()) == Some(&AccountStatus::Verified)
+            })
+            .map(|((citizen, program), account)| {
+                (citizen.as_str(), program.as_str(), account.as_str())
+            })
+            .collect()
+    }
+
+    /// XOR of SHA-256(citizen "\n" program "\n" account), and the count, for the
+    /// citizens whose id starts with `province` ("" for all).
+    fn digest(&self, province: &str) -> (Vec<u8>, u64) {
+        let mut digest = [0u8; 32];
+        let mut count = 0;
+        for (citizen, program, account) in self.routes() {
+            if !citizen.starts_with(province) {
+                continue;
+            }
+            let hash = Sha256::digest(format!("{citizen}\n{program}\n{account}").as_bytes());
+            digest.iter_mut().zip(hash).for_each(|(d, h)| *d ^= h);
+            count += 1;
+        }
+        (digest.to_vec(), count)
+    }
+}
+
+/// Applies the feed to `copy` up to `position`.
+async fn catch_up(app: &TestApp, copy: &mut Copy, position: u64) {
+    if copy.position >= position {
+        return;
+    }
+    let mut stream = feed_on(app.channel(), Some(FEED))
+        .subscribe(SubscribeRequest {
+            after_position: copy.position,
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    while copy.position < position {
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream ok")
+            .expect("stream open");
+        copy.apply(&e);
+    }
+}
+
+async fn digest(app: &TestApp, province: &str) -> GetSyncDigestResponse {
+    feed_on(app.channel(), Some(FEED))
+        .get_sync_digest(GetSyncDigestRequest {
+            province_code: province.into(),
+        })
+        .await
+        .expect("digest")
+        .into_inner()
+}
+
+async fn head(app: &TestApp) -> u64 {
+    feed_on(app.channel(), Some(FEED))
+        .get_position(GetPositionRequest {
+            consumer: "digest-test".into(),
+        })
+        .await
+        .expect("position")
+        .into_inner()
+        .head
+}
+
+/// The digest once the registry is quiet: the writes the test made have committed, so
+/// once the sequencer has numbered their events the head stops moving, and the digest
+/// describes it.
+async fn settled_digest(app: &TestApp, province: &str) -> GetSyncDigestResponse {
+    let mut last_head = 0;
+    for _ in 0..400 {
+        let head = head(app).await;
+        let d = feed_on(app.channel(), Some(FEED))
+            .get_sync_digest(GetSyncDigestRequest {
+                province_code: province.into(),
+            })
+            .await;
+        match d {
+            Ok(d) if d.get_ref().position == head && head == last_head && head > 0 => {
+                return d.into_inner()
+            }
+            Ok(_) => {}
+            Err(s) if s.code() == Code::Unavailable => {}
+            Err(s) => panic!("digest refused: {s:?}"),
+        }
+        last_head = head;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the digest never reached a quiet feed's head");
+}
+
+/// Compares the registry's digest (all citizens and the provinces used) with the copy's,
+/// each at the position the registry names.
+async fn assert_in_sync(app: &TestApp, copy: &mut Copy) {
+    let all = settled_digest(app, "").await;
+    catch_up(app, copy, all.position).await;
+    assert_eq!(all.algorithm, "xor-sha256-v1");
+    let (expected, count) = copy.digest("");
+    assert_eq!(
+        all.routes, count,
+        "route count at position {}",
+        all.position
+    );
+    assert_eq!(all.digest, expected, "digest at position {}", all.position);
+    for province in ["001", "079", "048"] {
+        let d = digest(app, province).await;
+        assert_eq!(d.position, copy.position, "nothing was written since");
+        assert_eq!(
+            (d.digest, d.routes),
+            copy.digest(province),
+            "province {province}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The registry's side: changes through the real API.
+// ---------------------------------------------------------------------------------------
+
+fn key() -> String {
+    Uuid::new_v4().to_string()
+}
+
+async fn link(app: &TestApp, citizen: &str, number: &str) -> String {
+    app.registry(Some(ADMIN))
+        .link_account(LinkAccountRequest {
+            idempotency_key: key(),
+            citizen_id: citizen.into(),
+            kind: AccountKind::BankAccount.into(),
+            provider_code: "970436".into(),
+            account_ref: number.into(),
+            verification: Some(Verification {
+                method: VerificationMethod::IssuerConfirmed.into(),
+                evidence_ref: "digest test".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("link")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id
+}
+
+async fn prefer(app: &TestApp, citizen: &str, account: &str, program: &str) {
+    app.registry(Some(ADMIN))
+        .set_default_account(SetDefaultAccountRequest {
+            idempotency_key: key(),
+            citizen_id: citizen.into(),
+            account_id: account.into(),
+            program_code: program.into(),
+            reason: "citizen asked".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("set default");
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Suspend,
+    Reinstate,
+    Close,
+}
+
+async fn change(app: &TestApp, action: Action, account: &str) {
+    let mut registry = app.registry(Some(ADMIN));
+    let (account_id, idempotency_key) = (account.to_owned(), key());
+    let reason = "digest test".to_owned();
+    match action {
+        Action::Suspend => registry
+            .suspend_account(SuspendAccountRequest {
+                idempotency_key,
+                account_id,
+                reason,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Action::Reinstate => registry
+            .reinstate_account(ReinstateAccountRequest {
+                idempotency_key,
+                account_id,
+                reason,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Action::Close => registry
+            .close_account(CloseAccountRequest {
+                idempotency_key,
+                account_id,
+                reason,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    }
+    .expect("account change");
+}
+
+async fn report_failure(app: &TestApp, account: &str) {
+    app.registry(Some(PAYER))
+        .report_payout_failure(ReportPayoutFailureRequest {
+            idempotency_key: key(),
+            account_id: account.into(),
+            program_code: "PENSION".into(),
+            failure_code: PayoutFailureCode::AccountFrozen.into(),
+            payer_reference: "PAY-1".into(),
+            reason: "credit bounced".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("report failure");
+}
+
+fn citizen_record(citizen: &str, version: i64, deceased: bool) -> CitizenRecord {
+    CitizenRecord {
+        record_id: format!("citizen-{citizen}"),
+        version,
+        citizen_id: citizen.into(),
+        full_name: "NGUYEN VAN AN".into(),
+        status: if deceased {
+            CitizenStatus::Deceased
+        } else {
+            CitizenStatus::Active
+        }
+        .into(),
+        date_of_death: if deceased {
+            "2026-10-01".into()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    }
+}
+
+async fn sync_citizen(app: &TestApp, record: CitizenRecord) {
+    let mut acks = app
+        .population(Some(SYNC))
+        .sync_citizens(tokio_stream::iter([SyncCitizensRequest {
+            record: Some(record),
+        }]))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    let mut applied = 0;
+    while let Some(ack) = acks.message().await.expect("ack") {
+        applied = ack.applied;
+    }
+    assert_eq!(applied, 1, "the citizen record is applied");
+}
+
+async fn declare_account(app: &TestApp, citizen: &str, number: &str) {
+    let record = AccountRecord {
+        record_id: format!("account-{number}"),
+        version: 1,
+        citizen_id: citizen.into(),
+        kind: AccountKind::BankAccount.into(),
+        provider_code: "970436".into(),
+        account_ref: number.into(),
+        holder_name: "NGUYEN VAN AN".into(),
+        confirmation: Confirmation::IssuerConfirmed.into(),
+        removed: false,
+    };
+    let mut acks = app
+        .population(Some(SYNC))
+        .sync_accounts(tokio_stream::iter([SyncAccountsRequest {
+            record: Some(record),
+        }]))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    let mut applied = 0;
+    while let Some(ack) = acks.message().await.expect("ack") {
+        applied = ack.applied;
+    }
+    assert_eq!(applied, 1, "the declared account is applied");
+}
+
+async fn resolved_default(app: &TestApp, citizen: &str) -> Option<String> {
+    let r = app
+        .resolver(Some(PAYER))
+        .resolve(ResolveRequest {
+            citizen_id: citizen.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    (r.outcome() == ResolveOutcome::Resolved).then(|| r.account.expect("account").account_id)
+}
+
+const A: &str = "001090000001";
+const B: &str = "079090000002";
+const C: &str = "079085000003";
+const D: &str = "001085000004";
+const E: &str = "048090000005";
+
+async fn a_consumer_rebuilding_from_the_feed_computes_the_registrys_digest(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    let mut copy = Copy::default();
+
+    // A: two accounts, the second made the default, the first kept for pensions.
+    let a1 = link(&app, A, "0011000001").await;
+    let a2 = link(&app, A, "0011000002").await;
+    prefer(&app, A, &a2, "").await;
+    prefer(&app, A, &a1, "PENSION").await;
+    // B: one account; C and D: one each; E: declared by the population platform.
+    let b1 = link(&app, B, "0791000001").await;
+    let c1 = link(&app, C, "0791000002").await;
+    let d1 = link(&app, D, "0011000003").await;
+    sync_citizen(&app, citizen_record(C, 10, false)).await;
+    sync_citizen(&app, citizen_record(E, 1, false)).await;
+    declare_account(&app, E, "0481000001").await;
+    assert_in_sync(&app, &mut copy).await;
+    assert_eq!(copy.routes().len(), 6, "A twice, B, C, D, E");
+
+    // Every resolved default is one of the copy's routes, and vice versa.
+    let mut resolved = 0;
+    for citizen in [A, B, C, D, E] {
+        let paid = resolved_default(&app, citizen).await;
+        let route = copy
+            .preferences
+            .get(&(citizen.to_owned(), String::new()))
+            .filter(|_| {
+                copy.routes()
+                    .iter()
+                    .any(|r| r.0 == citizen && r.1.is_empty())
+            });
+        assert_eq!(paid.as_ref(), route, "citizen {}'s default", &citizen[..3]);
+        resolved += usize::from(paid.is_some());
+    }
+    assert_eq!(resolved, 5);
+
+    // Routes go and come back: suspension, reinstatement, closure, death and its
+    // correction, a payout failure (which suspends the account).
+    change(&app, Action::Suspend, &b1).await;
+    assert_in_sync(&app, &mut copy).await;
+    assert_eq!(copy.routes().len(), 5);
+    change(&app, Action::Reinstate, &b1).await;
+    change(&app, Action::Close, &d1).await;
+    sync_citizen(&app, citizen_record(C, 11, true)).await;
+    assert_in_sync(&app, &mut copy).await;
+    assert_eq!(copy.routes().len(), 4, "D closed, C dead");
+    assert_eq!(resolved_default(&app, C).await, None);
+    sync_citizen(&app, citizen_record(C, 12, false)).await;
+    report_failure(&app, &a2).await;
+    assert_in_sync(&app, &mut copy).await;
+    assert_eq!(copy.routes().len(), 4, "C corrected; A's default suspended");
+    assert!(copy.routes().contains(&(A, "PENSION", a1.as_str())));
+    assert_eq!(resolved_default(&app, A).await, None);
+    assert_eq!(resolved_default(&app, C).await, Some(c1));
+
+    // A copy that missed a change no longer matches.
+    let mut stale = copy.clone();
+    stale.accounts.insert(a2.clone(), AccountStatus::Verified);
+    assert_ne!(stale.digest("001"), copy.digest("001"));
+    assert_ne!(stale.digest("").0, digest(&app, "").await.digest);
+    // Provinces the copy has no citizen in: zero routes, 32 zero bytes.
+    let empty = digest(&app, "096").await;
+    assert_eq!((empty.routes, empty.digest), (0, vec![0; 32]));
+}
+
+async fn the_digest_needs_events_all_and_a_real_province(backend: Backend) {
+    let app = spawn_secure_app(backend).await;
+    link(&app, A, "0011000001").await;
+    let d = settled_digest(&app, "").await;
+    assert_eq!(d.routes, 1);
+    let bad = feed_on(app.channel(), Some(FEED))
+        .get_sync_digest(GetSyncDigestRequest {
+            province_code: "099".into(),
+        })
+        .await;
+    let status = refused(bad, Code::InvalidArgument, "PROVINCE_CODE_INVALID");
+    assert!(status.message().contains("province"));
+    // A watch-list consumer sees only its citizens' events: it cannot hold a copy the
+    // whole-province digest describes.
+    let denied = feed_on(app.channel(), Some(WATCHER))
+        .get_sync_digest(GetSyncDigestRequest::default())
+        .await
+        .expect_err("events.subscribe alone is not enough");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let anonymous = feed_on(app.channel(), None)
+        .get_sync_digest(GetSyncDigestRequest::default())
+        .await
+        .expect_err("a token is required");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+}
