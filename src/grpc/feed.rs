@@ -89,7 +89,7 @@ fn mask_payload(value: &mut serde_json::Value) {
     }
 }
 
-fn event_out(e: Event, full: bool) -> FeedEvent {
+pub(crate) fn event_out(e: Event, full: bool) -> FeedEvent {
     let payload_json = if full {
         e.payload
     } else {
