@@ -153,6 +153,7 @@ pub async fn run(
     loop {
         // Mark the signal seen before reading: a change after this read wakes us.
         changes.borrow_and_update();
+        let started = Instant::now();
         let step = if reconciled {
             relay.catch_up_once().await.map(Some)
         } else {
@@ -162,7 +163,9 @@ pub async fn run(
             Ok(published) => {
                 backoff = BACKOFF_MIN;
                 reconciled = true;
-                progress.report(&relay, published.unwrap_or_default()).await;
+                progress
+                    .report(&relay, started, published.unwrap_or_default())
+                    .await;
                 if published == Some(0) {
                     // Caught up: wait for a change (or the safety tick).
                     tokio::select! {
@@ -193,10 +196,13 @@ pub async fn run(
     Ok(relay.stats)
 }
 
-/// Logs the rate every [`PROGRESS_EVERY`].
+/// Logs the rate every [`PROGRESS_EVERY`] while publishing, and a backlog's rate once
+/// the relay has caught up with it.
 struct Progress {
     since: Instant,
     published: u64,
+    /// When the current run of non-empty pages began, and what it published.
+    backlog: Option<(Instant, u64)>,
 }
 
 impl Progress {
@@ -204,10 +210,25 @@ impl Progress {
         Progress {
             since: Instant::now(),
             published: 0,
+            backlog: None,
         }
     }
 
-    async fn report(&mut self, relay: &Relay, published: u64) {
+    /// Counts a page that began at `started` and published `published` events.
+    async fn report(&mut self, relay: &Relay, started: Instant, published: u64) {
+        if published == 0 {
+            if let Some((began, total)) = self.backlog.take() {
+                tracing::info!(
+                    published = total,
+                    seconds = began.elapsed().as_secs_f64(),
+                    events_per_sec = rate(total, began.elapsed()),
+                    position = relay.position(),
+                    "caught up with the feed"
+                );
+            }
+        } else {
+            self.backlog.get_or_insert((started, 0)).1 += published;
+        }
         self.published += published;
         let elapsed = self.since.elapsed();
         if elapsed < PROGRESS_EVERY {
@@ -217,7 +238,7 @@ impl Progress {
             let head = relay.store.feed_head().await.unwrap_or_default();
             tracing::info!(
                 published = self.published,
-                events_per_sec = (self.published as f64 / elapsed.as_secs_f64()).round() as u64,
+                events_per_sec = rate(self.published, elapsed),
                 position = relay.position(),
                 behind = (head - relay.position()).max(0),
                 "relay progress"
@@ -226,6 +247,10 @@ impl Progress {
         self.since = Instant::now();
         self.published = 0;
     }
+}
+
+fn rate(events: u64, elapsed: Duration) -> u64 {
+    (events as f64 / elapsed.as_secs_f64().max(1e-9)).round() as u64
 }
 
 /// A relay's connection to the stream and its place in the feed.
@@ -346,6 +371,12 @@ impl Relay {
             }
             None => floor,
         };
+        tracing::info!(
+            stream = %self.settings.stream,
+            subjects = %stream_subjects(&self.settings),
+            resume_after = resume,
+            "relaying the change feed"
+        );
         if found > 0 {
             tracing::info!(
                 durable = floor,
