@@ -94,6 +94,9 @@ pub enum Command {
         #[arg(long)]
         max_records: Option<u64>,
     },
+    /// Publish the change feed to NATS JetStream, each event exactly once and in order,
+    /// until SIGTERM or Ctrl-C (see the `[relay]` settings).
+    Relay(crate::relay::RelayArgs),
 }
 
 /// `bench`: which scenario, how hard, for how long.
@@ -390,6 +393,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             accounts,
             max_records,
         } => import(conn, citizens, accounts, max_records).await,
+        Command::Relay(args) => crate::relay::command(cli.config.as_deref(), args).await,
     }
 }
 
@@ -663,7 +667,9 @@ fn new_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn crate::store::Store>> {
+pub(crate) async fn open_store(
+    settings: &Settings,
+) -> anyhow::Result<Arc<dyn crate::store::Store>> {
     if settings.is_embedded() {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;

@@ -134,6 +134,78 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `payout_registry=debug,info`.
     pub log_level: String,
+    /// The NATS JetStream relay of the change feed (`payout-registry relay`).
+    pub relay: RelaySettings,
+}
+
+/// The `[relay]` section: where `payout-registry relay` publishes the change feed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`. May hold credentials, so it is a
+    /// secret and never logged.
+    pub nats_url: Secret,
+    /// The JetStream stream (created when missing, file storage).
+    pub stream: String,
+    /// Events go to `<subject_prefix>.<event type in lower case>`; the stream holds
+    /// `<subject_prefix>.>`.
+    pub subject_prefix: String,
+    /// The relay's durable named consumer of the feed (client `system:relay`): its
+    /// position is what was published, and retention never prunes past it.
+    pub consumer: String,
+    /// Publish account numbers in clear. Only for a stream whose subscribers all hold
+    /// the right to them (`resolve.full`); masked (last 4 visible) otherwise.
+    pub full_account_numbers: bool,
+    /// Events read from the database per query.
+    pub page_size: u32,
+    /// Publishes awaiting JetStream's acknowledgement at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            nats_url: Secret::new("nats://127.0.0.1:4222"),
+            stream: "PAYOUT_EVENTS".into(),
+            subject_prefix: "payoutregistry.v1.events".into(),
+            consumer: "jetstream-relay".into(),
+            full_account_numbers: false,
+            page_size: 1000,
+            max_in_flight: 256,
+        }
+    }
+}
+
+impl RelaySettings {
+    /// Refuses names JetStream would refuse later, with a message that names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && !s
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '>'))
+        };
+        if !plain(&self.stream) || self.stream.contains(['.', '/', '\\']) {
+            return Err(format!(
+                "[relay] stream {:?} must be a name without spaces, dots, slashes or wildcards",
+                self.stream
+            ));
+        }
+        if !plain(&self.subject_prefix) || self.subject_prefix.split('.').any(str::is_empty) {
+            return Err(format!(
+                "[relay] subject_prefix {:?} must be dot-separated tokens without spaces or \
+                 wildcards, e.g. payoutregistry.v1.events",
+                self.subject_prefix
+            ));
+        }
+        if self.consumer.trim().is_empty() || self.consumer.chars().count() > 128 {
+            return Err("[relay] consumer must be a name of 1 to 128 characters".into());
+        }
+        if self.page_size == 0 || self.max_in_flight == 0 {
+            return Err("[relay] page_size and max_in_flight must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Settings {
@@ -156,6 +228,7 @@ impl Default for Settings {
             event_retention_days: 0,
             log_format: LogFormat::Json,
             log_level: "info".into(),
+            relay: RelaySettings::default(),
         }
     }
 }
@@ -229,6 +302,9 @@ impl Settings {
                 }
             }
         }
+        self.relay
+            .validate()
+            .map_err(config::ConfigError::Message)?;
         if self.max_message_bytes == 0 {
             return bad("max_message_bytes must be positive".into());
         }
@@ -381,6 +457,25 @@ mod tests {
         assert_eq!(tls.client_ca_file, Some(PathBuf::from("ca.pem")));
         assert_eq!(tls.handshake_timeout_secs, 10);
         assert!(Settings::default().tls.is_none());
+    }
+
+    #[test]
+    fn the_relay_section_has_defaults_and_refuses_wildcard_subjects() {
+        let s = load_toml("[relay]\nstream = \"EV_TEST\"\n").unwrap();
+        assert_eq!(s.relay.stream, "EV_TEST");
+        assert_eq!(s.relay.subject_prefix, "payoutregistry.v1.events");
+        assert_eq!(s.relay.nats_url.expose(), "nats://127.0.0.1:4222");
+        assert!(!s.relay.full_account_numbers);
+        for bad in ["a.>", "a..b", "a b", ".a"] {
+            let err = load_toml(&format!("[relay]\nsubject_prefix = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("subject_prefix"), "{bad}: {err}");
+        }
+        let err = load_toml("[relay]\nstream = \"A.B\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stream"), "{err}");
     }
 
     #[test]

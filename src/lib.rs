@@ -31,6 +31,7 @@ pub mod demo;
 pub mod feed;
 pub mod grpc;
 pub mod limits;
+pub mod relay;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

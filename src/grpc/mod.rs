@@ -32,6 +32,8 @@ mod population;
 mod registry;
 mod resolver;
 
+/// A feed event as subscribers see it; the JetStream relay publishes the same form.
+pub(crate) use feed::event_out;
 pub use feed::ChangeFeedService;
 pub use oversight::OversightService;
 pub use population::PopulationSyncService;

@@ -158,22 +158,27 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(name) = self.name.take() else { return };
         let admin = pg_admin_url();
-        // Drop runs outside any runtime we may block; use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        cleanup_in_drop(async move {
+            let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .ok()
+        });
     }
+}
+
+/// Runs a clean-up from `Drop`, which may not block the test's runtime: on a thread with
+/// a runtime of its own, waiting for it (failures are ignored).
+pub fn cleanup_in_drop<T>(work: impl std::future::Future<Output = Option<T>> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(work).map(|_| ())
+    })
+    .join();
 }
 
 const PG_HELP: &str =
