@@ -376,6 +376,45 @@ pub async fn raw_any(
     Ok(figures)
 }
 
+/// Publishes the whole change feed of `database_url` into a new JetStream stream through
+/// the relay, then deletes the stream and the relay's consumer position; answers the
+/// events published and the time taken.
+pub async fn relay_catchup(database_url: &str, nats_url: &str) -> anyhow::Result<(u64, Duration)> {
+    use crate::relay::{Relay, CLIENT_ID};
+    let store = crate::store::connect(database_url, crate::store::StoreOptions::default()).await?;
+    let tag = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let settings = crate::config::RelaySettings {
+        nats_url: crate::config::Secret::new(nats_url),
+        stream: format!("BENCH_{tag}"),
+        subject_prefix: format!("bench.{tag}"),
+        consumer: format!("bench-{tag}"),
+        ..Default::default()
+    };
+    let (stream, consumer) = (settings.stream.clone(), settings.consumer.clone());
+    let mut relay = Relay::connect(store.clone(), settings).await?;
+    let started = Instant::now();
+    let result = async {
+        relay.reconcile().await?;
+        let mut events = 0;
+        loop {
+            match relay.catch_up_once().await? {
+                0 => return anyhow::Ok(events),
+                n => events += n,
+            }
+        }
+    }
+    .await;
+    let elapsed = started.elapsed();
+    // Leave nothing behind: the stream, and the position that would hold back retention.
+    let client = async_nats::connect(nats_url).await?;
+    async_nats::jetstream::new(client)
+        .delete_stream(&stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("deleting the bench stream {stream}: {e}"))?;
+    store.delete_consumer(CLIENT_ID, &consumer).await?;
+    Ok((result?, elapsed))
+}
+
 /// Reads the change feed from position 0 to the head as it was when the run started;
 /// answers the events read and the time taken (the latency histogram holds nothing).
 pub async fn feed_catchup<C>(

@@ -140,9 +140,12 @@ pub struct BenchArgs {
     /// Sample this process's RSS (the server's pid) while the scenario runs.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// raw-any: the PostgreSQL database to query directly.
+    /// raw-any, relay-catchup: the database to read directly.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// relay-catchup: the NATS server (JetStream enabled).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
     /// raw-any: keys per `= ANY` select.
     #[arg(long, default_value_t = 1000)]
     pub keys: usize,
@@ -168,6 +171,9 @@ pub enum BenchScenario {
     /// Change feed: --rate writes per second for --seconds while a subscriber measures
     /// each event's commit-to-receipt lag.
     FeedLag,
+    /// The JetStream relay: publish the whole feed of --database-url into a new stream on
+    /// --nats-url (deleted afterwards), events/s.
+    RelayCatchup,
 }
 
 #[derive(Args, Clone)]
@@ -510,6 +516,18 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         BenchScenario::FeedLag => {
             let figures = bench::feed_lag(channel, &token()?, args.rate, duration).await?;
             figures.print("feed-lag (per event: commit to receipt)", 1);
+        }
+        BenchScenario::RelayCatchup => {
+            let url = args
+                .database_url
+                .clone()
+                .context("relay-catchup needs --database-url or DATABASE_URL")?;
+            let (events, elapsed) = bench::relay_catchup(&url, &args.nats_url).await?;
+            println!(
+                "relay-catchup: {events} events in {:.1} s: {:.0} events/s",
+                elapsed.as_secs_f64(),
+                events as f64 / elapsed.as_secs_f64()
+            );
         }
         BenchScenario::RawAny => {
             let url = args

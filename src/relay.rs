@@ -355,6 +355,18 @@ impl Relay {
                 break;
             }
             found += 1;
+            // The durable position is committed after every page, so a crash leaves at
+            // most one page in the stream beyond it. More means another relay (another
+            // consumer name) filled this stream: its tail, already checked to be this
+            // feed's, is where to resume, without reading the whole stream back.
+            if found > u64::from(self.settings.page_size) {
+                tracing::warn!(
+                    durable = floor,
+                    stream_ends_at = tail.as_ref().map(|t| t.0).unwrap_or_default(),
+                    "the stream is more than a page ahead of this relay's durable position;                      resuming after the stream's tail"
+                );
+                break;
+            }
         }
         let resume = match &tail {
             Some((position, event_id)) => {

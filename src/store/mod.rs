@@ -388,6 +388,10 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<()>;
 
+    /// Forgets a named consumer (one decommissioned, whose position would otherwise hold
+    /// back retention for ever); answers whether it existed.
+    async fn delete_consumer(&self, client_id: &str, name: &str) -> StoreResult<bool>;
+
     /// A named consumer's position, if it ever committed one.
     async fn consumer_position(&self, client_id: &str, name: &str) -> StoreResult<Option<i64>>;
 

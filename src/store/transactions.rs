@@ -1385,6 +1385,16 @@ impl Store for Backend {
         Ok(())
     }
 
+    async fn delete_consumer(&self, client_id: &str, name: &str) -> StoreResult<bool> {
+        let deleted = sqlx::query("DELETE FROM feed_consumers WHERE client_id = $1 AND name = $2")
+            .bind(client_id)
+            .bind(name)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
     async fn consumer_position(&self, client_id: &str, name: &str) -> StoreResult<Option<i64>> {
         Ok(sqlx::query_scalar(
             "SELECT position FROM feed_consumers WHERE client_id = $1 AND name = $2",
