@@ -10,7 +10,7 @@
 //! by feed position and can resume after the last one they saw.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::Store;
 
@@ -20,15 +20,30 @@ const ROUND: u32 = 10_000;
 /// How long the sequencer sleeps without a signal before looking anyway.
 const SAFETY_TICK: Duration = Duration::from_secs(1);
 
+/// How often, at most, a round also brings the sync digest up to the head. The digest's
+/// work (the routes of every citizen the new events name) stays off most rounds, so a
+/// busy feed keeps its latency; the digest trails the head by about this much.
+const DIGEST_EVERY: Duration = Duration::from_millis(200);
+
 /// Runs the sequencer until the task is aborted.
 pub async fn sequencer(store: Arc<dyn Store>) {
     let mut changes = store.changes();
+    let mut last_digest: Option<Instant> = None;
     loop {
         changes.borrow_and_update();
+        let mut digest_behind = false;
         loop {
-            match store.sequence_events(ROUND).await {
-                Ok(n) if n == u64::from(ROUND) => continue,
-                Ok(_) => break,
+            let digest = last_digest.is_none_or(|at| at.elapsed() >= DIGEST_EVERY);
+            match store.sequence_events(ROUND, digest).await {
+                Ok(round) => {
+                    if digest && !round.digest_behind {
+                        last_digest = Some(Instant::now());
+                    }
+                    digest_behind = round.digest_behind;
+                    if round.assigned < u64::from(ROUND) {
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "sequencing events failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -36,7 +51,13 @@ pub async fn sequencer(store: Arc<dyn Store>) {
                 }
             }
         }
-        let _ = tokio::time::timeout(SAFETY_TICK, changes.changed()).await;
+        // A digest left behind is brought up once its interval has passed, busy or not.
+        let wait = match (digest_behind, last_digest) {
+            (true, Some(at)) => DIGEST_EVERY.saturating_sub(at.elapsed()),
+            (true, None) => Duration::ZERO,
+            (false, _) => SAFETY_TICK,
+        };
+        let _ = tokio::time::timeout(wait, changes.changed()).await;
     }
 }
 

@@ -360,6 +360,7 @@ async fn the_relay_position_advances_and_keeps_unsent_events_from_being_pruned(b
     }
     let head = sequenced_head(&app).await;
     assert_eq!(head, 45);
+    common::digest_at_head(&app.store).await;
     let tomorrow = payout_registry::domain::Timestamp::now().plus(Duration::from_secs(86_400));
     assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 33);
     assert_eq!(app.store.feed_pruned_through().await.unwrap(), 33);

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, consumer_name, feed_position_in as position_in, timestamp_out};
 use super::{AppState, Call};
 use crate::auth::Scope;
+use serde::{Deserialize as _, Serialize};
+
 use crate::domain::{Account, CitizenStatus, Reason, Rejection, Timestamp};
 use crate::limits::RpcClass;
 use crate::proto::change_feed_server::ChangeFeed;
@@ -20,7 +22,7 @@ use crate::proto::{
     GetPositionResponse, GetSyncDigestRequest, GetSyncDigestResponse, SubscribeRequest,
     WatchListEdit, WatchListSummary,
 };
-use crate::store::Event;
+use crate::store::{Event, StoreResult};
 
 /// Events read per query while catching up.
 const PAGE: u32 = 1000;
@@ -97,16 +99,49 @@ pub const PAYLOAD_VERSION: u32 = 1;
 /// the payload in the API's names (the stored JSON is the domain's serialisation, an
 /// internal format). Account numbers are masked unless `full`.
 pub(crate) fn event_out(e: Event, full: bool) -> FeedEvent {
-    let mut payload: serde_json::Value =
-        serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null);
-    // Account events carry the account itself; the others name it under "account".
-    let account: Option<Account> = if e.event_type.starts_with("ACCOUNT_") {
-        serde_json::from_value(payload.clone()).ok()
-    } else {
-        payload
-            .get("account")
-            .and_then(|a| serde_json::from_value(a.clone()).ok())
+    let (account, program_code, citizen_status, payload_json) =
+        if e.event_type.starts_with("ACCOUNT_") {
+            // The payload is the account itself: read it straight into the domain type
+            // and write it straight out in the API's shape (no JSON tree, the common case).
+            let account: Option<Account> = serde_json::from_str(&e.payload).ok();
+            let json = account
+                .as_ref()
+                .and_then(|a| serde_json::to_string(&ApiAccount::of(a, full)).ok())
+                .unwrap_or_default();
+            (account, String::new(), Default::default(), json)
+        } else {
+            other_payload(&e, full)
+        };
+    FeedEvent {
+        position: e.feed_position.unwrap_or_default().max(0) as u64,
+        event_id: e.event_id.to_string(),
+        occurred_at: Some(timestamp_out(e.occurred_at)),
+        event_type: e.event_type,
+        citizen_id: e.citizen_id,
+        account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
+        actor: e.actor,
+        reason: e.reason,
+        payload_json,
+        account: account.as_ref().map(|a| convert::account_out(a, full)),
+        program_code,
+        citizen_status: citizen_status.into(),
+        payload_version: PAYLOAD_VERSION,
+    }
+}
+
+/// The payload of an event that is not an account's own (defaults, citizens' status,
+/// duplicate claims, payout failures): the account it names, its program, the citizen's
+/// new status, and the JSON in the API's names.
+fn other_payload(
+    e: &Event,
+    full: bool,
+) -> (Option<Account>, String, crate::proto::CitizenStatus, String) {
+    let Ok(mut payload) = serde_json::from_str::<serde_json::Value>(&e.payload) else {
+        return (None, String::new(), Default::default(), String::new());
     };
+    let account: Option<Account> = payload
+        .get("account")
+        .and_then(|a| Account::deserialize(a).ok());
     let program_code = payload
         .get("program_code")
         .and_then(|p| p.as_str())
@@ -121,61 +156,69 @@ pub(crate) fn event_out(e: Event, full: bool) -> FeedEvent {
             .unwrap_or_default(),
         _ => Default::default(),
     };
-    match (&account, &mut payload) {
-        (Some(a), _) if e.event_type.starts_with("ACCOUNT_") => {
-            payload = account_json(a, full);
+    if let (Some(a), serde_json::Value::Object(map)) = (&account, &mut payload) {
+        if let Ok(api) = serde_json::to_value(ApiAccount::of(a, full)) {
+            map.insert("account".into(), api);
         }
-        (Some(a), serde_json::Value::Object(map)) => {
-            map.insert("account".into(), account_json(a, full));
-        }
-        _ => {}
     }
     api_times(&mut payload);
     if !full {
         mask_payload(&mut payload);
     }
-    FeedEvent {
-        position: e.feed_position.unwrap_or_default().max(0) as u64,
-        event_id: e.event_id.to_string(),
-        occurred_at: Some(timestamp_out(e.occurred_at)),
-        event_type: e.event_type,
-        citizen_id: e.citizen_id,
-        account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
-        actor: e.actor,
-        reason: e.reason,
-        payload_json: if payload.is_null() {
-            String::new()
-        } else {
-            payload.to_string()
-        },
-        account: account.as_ref().map(|a| convert::account_out(a, full)),
-        program_code,
-        citizen_status: citizen_status.into(),
-        payload_version: PAYLOAD_VERSION,
-    }
+    (account, program_code, citizen_status, payload.to_string())
 }
 
 /// An account in the API's names (as the `Account` message's JSON would read).
-fn account_json(a: &Account, full: bool) -> serde_json::Value {
-    serde_json::json!({
-        "account_id": a.id,
-        "citizen_id": a.citizen_id.as_str(),
-        "kind": a.kind.as_str(),
-        "provider_code": a.provider_code,
-        "account_ref": if full { a.account_ref.as_str().to_owned() } else { a.account_ref.masked() },
-        "account_ref_masked": !full,
-        "holder_name": a.holder_name,
-        "status": a.status.as_str(),
-        "verification": a.verification.as_ref().map(|v| serde_json::json!({
-            "method": v.method.as_str(),
-            "verified_by": v.verified_by,
-            "verified_at": v.verified_at.to_rfc3339(),
-            "evidence_ref": v.evidence_ref,
-        })),
-        "version": a.version,
-        "created_at": a.created_at.to_rfc3339(),
-        "updated_at": a.updated_at.to_rfc3339(),
-    })
+#[derive(Serialize)]
+struct ApiAccount<'a> {
+    account_id: uuid::Uuid,
+    citizen_id: &'a str,
+    kind: &'static str,
+    provider_code: &'a str,
+    account_ref: std::borrow::Cow<'a, str>,
+    account_ref_masked: bool,
+    holder_name: Option<&'a str>,
+    status: &'static str,
+    verification: Option<ApiVerification<'a>>,
+    version: u64,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Serialize)]
+struct ApiVerification<'a> {
+    method: &'static str,
+    verified_by: &'a str,
+    verified_at: String,
+    evidence_ref: &'a str,
+}
+
+impl<'a> ApiAccount<'a> {
+    fn of(a: &'a Account, full: bool) -> ApiAccount<'a> {
+        ApiAccount {
+            account_id: a.id,
+            citizen_id: a.citizen_id.as_str(),
+            kind: a.kind.as_str(),
+            provider_code: &a.provider_code,
+            account_ref: if full {
+                a.account_ref.as_str().into()
+            } else {
+                a.account_ref.masked().into()
+            },
+            account_ref_masked: !full,
+            holder_name: a.holder_name.as_deref(),
+            status: a.status.as_str(),
+            verification: a.verification.as_ref().map(|v| ApiVerification {
+                method: v.method.as_str(),
+                verified_by: &v.verified_by,
+                verified_at: v.verified_at.to_rfc3339(),
+                evidence_ref: &v.evidence_ref,
+            }),
+            version: a.version,
+            created_at: a.created_at.to_rfc3339(),
+            updated_at: a.updated_at.to_rfc3339(),
+        }
+    }
 }
 
 /// Stored instants are microseconds; the API writes them as RFC 3339 (`*_at` fields).
@@ -269,10 +312,19 @@ impl ChangeFeed for ChangeFeedService {
             let _admitted = admitted;
             let mut changes = store.changes();
             let client = call.caller.client_id.clone();
+            // While catching up, the next page is read while this one is converted and
+            // sent (the database works on the other core).
+            let mut prefetched: Option<tokio::task::JoinHandle<StoreResult<Vec<Event>>>> = None;
             loop {
                 // Mark the signal seen before reading: a change after this read wakes us.
                 changes.borrow_and_update();
                 let read = async {
+                    if let Some(next) = prefetched.take() {
+                        let page = next.await.map_err(|e| {
+                            crate::store::StoreError::Corrupt(format!("reading ahead: {e}"))
+                        })??;
+                        return Ok((page, None));
+                    }
                     if !watched {
                         return Ok((store.feed_after(after, PAGE).await?, None));
                     }
@@ -313,6 +365,15 @@ impl ChangeFeed for ChangeFeedService {
                         _ = tx.closed() => return,
                     }
                     continue;
+                }
+                if !watched && page.len() == PAGE as usize {
+                    if let Some(last) = page.last().and_then(|e| e.feed_position) {
+                        let store = store.clone();
+                        prefetched =
+                            Some(tokio::spawn(
+                                async move { store.feed_after(last, PAGE).await },
+                            ));
+                    }
                 }
                 for e in page {
                     after = e.feed_position.unwrap_or(after);

@@ -820,10 +820,10 @@ impl Backend {
 }
 
 impl Backend {
-    async fn sequence_events_impl(&self, limit: u32) -> StoreResult<u64> {
+    async fn sequence_events_impl(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
         let mut attempt = 0;
         loop {
-            match self.sequence_round(limit).await {
+            match self.sequence_round(limit, digest).await {
                 Err(e) if serialization_failure(&e) && attempt < SEQUENCER_ATTEMPTS => {
                     // Another instance's round (or the pruner) committed after this one's
                     // snapshot: start again from the new head.
@@ -834,9 +834,9 @@ impl Backend {
         }
     }
 
-    /// One sequencing round: numbers the unsequenced events, then brings the sync digest
-    /// up to the new head when no committed event is left unnumbered.
-    async fn sequence_round(&self, limit: u32) -> StoreResult<u64> {
+    /// One sequencing round: numbers the unsequenced events, then (with `digest`) brings
+    /// the sync digest up to the new head when no committed event is left unnumbered.
+    async fn sequence_round(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
         let mut tx = self.write.begin().await?;
         for statement in SEQUENCER_ISOLATION {
             sqlx::query(statement).execute(&mut *tx).await?;
@@ -862,10 +862,14 @@ impl Backend {
         let new_head = head + assigned as i64;
         // The digest may only describe a state whose every change is in the feed up to
         // its position: when this round left events unnumbered, a later round updates it.
-        let digest_due = assigned < u64::from(limit) && digest_through != Some(new_head);
+        let digest_due = digest && assigned < u64::from(limit) && digest_through != Some(new_head);
+        let round = Sequenced {
+            assigned,
+            digest_behind: !digest_due && digest_through != Some(new_head),
+        };
         if assigned == 0 && !digest_due {
             tx.rollback().await?;
-            return Ok(0);
+            return Ok(round);
         }
         if assigned > 0 {
             sqlx::query("UPDATE feed_head SET last_position = $1 WHERE id = 1")
@@ -892,7 +896,16 @@ impl Backend {
                     .await?
                 }
             };
+            let started = std::time::Instant::now();
             refresh_digest(&mut tx, &citizens).await?;
+            if digest_through.is_none() {
+                tracing::info!(
+                    citizens = citizens.len(),
+                    position = new_head,
+                    millis = started.elapsed().as_millis() as u64,
+                    "built the sync digest"
+                );
+            }
             sqlx::query("UPDATE feed_head SET digest_through = $1 WHERE id = 1")
                 .bind(new_head)
                 .execute(&mut *tx)
@@ -907,7 +920,7 @@ impl Backend {
         if assigned > 0 {
             self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
-        Ok(assigned)
+        Ok(round)
     }
 
     async fn sync_digest_impl(&self, province: Option<&str>) -> StoreResult<Option<SyncDigest>> {

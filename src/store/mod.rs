@@ -178,6 +178,15 @@ pub struct DuplicateClaim {
     pub actor: String,
 }
 
+/// What one sequencing round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sequenced {
+    /// Events given their feed position.
+    pub assigned: u64,
+    /// The sync digest describes an earlier position than the new head.
+    pub digest_behind: bool,
+}
+
 /// The sync digest as the sequencer last brought it up to date.
 #[derive(Debug, Clone)]
 pub struct SyncDigest {
@@ -362,9 +371,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives the committed events that have no feed position yet the next consecutive
     /// ones after the feed's head (at most `limit`), in one transaction; several server
-    /// instances may call this at once (they take turns on the head row). Answers how
-    /// many were sequenced.
-    async fn sequence_events(&self, limit: u32) -> StoreResult<u64>;
+    /// instances may call this at once (they take turns on the head row). With `digest`,
+    /// the same transaction also brings the sync digest up to the new head, when no
+    /// committed event is left unnumbered.
+    async fn sequence_events(&self, limit: u32, digest: bool) -> StoreResult<Sequenced>;
 
     /// Sequenced events after feed position `after`, in feed order.
     async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>>;

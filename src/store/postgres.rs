@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::{
     AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference,
-    Provider, ResolveQuery, Store, StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
+    Provider, ResolveQuery, Sequenced, Store, StoreError, StoreOptions, StoreResult, SyncDigest,
+    WriteContext,
 };
 use crate::domain::{
     Account, ChangeAccount, CitizenId, LinkAccount, ProgramCode, Rejection, Resolution,

@@ -1280,8 +1280,8 @@ impl Store for Backend {
         Ok(rows.into_iter().map(Event::from).collect())
     }
 
-    async fn sequence_events(&self, limit: u32) -> StoreResult<u64> {
-        self.sequence_events_impl(limit).await
+    async fn sequence_events(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
+        self.sequence_events_impl(limit, digest).await
     }
 
     async fn sync_digest(&self, province: Option<&str>) -> StoreResult<Option<SyncDigest>> {

@@ -805,6 +805,20 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Waits until the sequencer has brought the sync digest up to the feed's head (pruning
+/// waits for it too).
+pub async fn digest_at_head(store: &Arc<dyn Store>) {
+    for _ in 0..200 {
+        let head = store.feed_head().await.unwrap();
+        let digest = store.sync_digest(None).await.unwrap();
+        if digest.is_some_and(|d| d.position == head) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the sync digest never reached the head");
+}
+
 /// The `google.rpc.ErrorInfo.domain` of the service's errors.
 pub const ERROR_DOMAIN: &str = "payoutregistry.gov.vn";
 
