@@ -140,7 +140,7 @@ impl Backend {
         account_keys.dedup();
         let mut last = None;
         for _ in 0..BATCH_ATTEMPTS {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
             for statement in BULK_PREAMBLE {
                 sqlx::query(statement).execute(&mut *tx).await?;
             }
@@ -837,7 +837,7 @@ impl Backend {
     /// One sequencing round: numbers the unsequenced events, then (with `digest`) brings
     /// the sync digest up to the new head when no committed event is left unnumbered.
     async fn sequence_round(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         for statement in SEQUENCER_ISOLATION {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
@@ -1072,7 +1072,7 @@ impl Backend {
         add: &[CitizenId],
         remove: &[CitizenId],
     ) -> StoreResult<(u64, u64)> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         let added = insert_rows(
             &mut tx,
             "INSERT INTO watch_lists (client_id, consumer, citizen_id) ",

@@ -159,6 +159,9 @@ const FEED_ADVANCED: &[&str] = &["SELECT pg_notify('payout_feed', '')"];
 /// Locks the rows a bulk select returns (see batch.rs).
 const FOR_UPDATE: &str = " FOR UPDATE";
 
+/// How write transactions begin: row locks order PostgreSQL's writers.
+const BEGIN_WRITE: &str = "BEGIN";
+
 /// The sequencer reads one snapshot for the events it numbers and the state the sync
 /// digest is computed from, so the digest describes exactly the feed up to its position.
 /// A sequencer that took its snapshot before another instance's round committed gets a

@@ -118,6 +118,11 @@ const FEED_ADVANCED: &[&str] = &[];
 /// Locks the rows a bulk select returns (see batch.rs).
 const FOR_UPDATE: &str = "";
 
+/// How write transactions begin: with the file's write lock, waiting (busy_timeout) while
+/// another process (the relay) holds it. A deferred transaction that read first could
+/// instead fail at its first write once that process had written in between.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
 /// The single writer connection already gives the sequencer one consistent state.
 const SEQUENCER_ISOLATION: &[&str] = &[];
 

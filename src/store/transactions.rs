@@ -61,7 +61,7 @@ impl Backend {
     async fn execute(&self, ctx: &WriteContext, cmd: Command<'_>) -> StoreResult<Answer> {
         let mut last_error = None;
         for _ in 0..WRITE_ATTEMPTS {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
             if let Some(stored) = replay(&mut tx, ctx).await? {
                 return stored_result(stored);
             }
@@ -979,7 +979,7 @@ async fn insert_event(
 impl Store for Backend {
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR.run(&self.write).await?;
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         for p in crate::store::reference::providers().map_err(corrupt)? {
             sqlx::query(
                 "INSERT INTO providers (code, kind, name, short_name, active) \
@@ -1225,7 +1225,7 @@ impl Store for Backend {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         if let Some(preamble) = ACCESS_LOG_PREAMBLE {
             sqlx::query(preamble).execute(&mut *tx).await?;
         }
@@ -1318,7 +1318,7 @@ impl Store for Backend {
     }
 
     async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         // Same lock as the sequencer: the head and the pruning mark move one at a time.
         let (head, pruned, digest_through): (i64, i64, Option<i64>) = sqlx::query_as(&format!(
             "SELECT last_position, pruned_through, digest_through FROM feed_head \
