@@ -9,11 +9,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{
-    feed_on, refused, spawn_secure_app, Backend, Instance, TestApp, ADMIN, FEED, PAYER, WATCHER,
+    feed_on, refused, spawn_secure_app, Backend, Instance, TestApp, FEED, PAYER, WATCHER,
 };
 use payout_registry::proto::{
-    CommitPositionRequest, FeedEvent, GetPositionRequest, LinkAccountRequest, SubscribeRequest,
-    Verification, VerificationMethod, WatchListEdit, WatchListSummary,
+    CommitPositionRequest, FeedEvent, GetPositionRequest, SubscribeRequest, WatchListEdit,
+    WatchListSummary,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -133,22 +133,7 @@ async fn change(app: &TestApp, n: u32) {
 
 /// Links and verifies the citizen's `k`th account.
 async fn link(app: &TestApp, n: u32, k: u32) {
-    app.registry(Some(ADMIN))
-        .link_account(LinkAccountRequest {
-            idempotency_key: Uuid::new_v4().to_string(),
-            citizen_id: format!("0480890{n:05}"),
-            kind: payout_registry::proto::AccountKind::BankAccount.into(),
-            provider_code: "970436".into(),
-            account_ref: format!("0048{k}{n:08}"),
-            verification: Some(Verification {
-                method: VerificationMethod::IssuerConfirmed.into(),
-                evidence_ref: "feed test".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("link");
+    common::link_issuer_confirmed(app, &format!("0480890{n:05}"), &format!("0048{k}{n:08}")).await;
 }
 
 async fn next(stream: &mut tonic::Streaming<FeedEvent>) -> FeedEvent {

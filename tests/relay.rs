@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::{spawn_secure_app, Backend, TestApp, ADMIN};
+use common::{spawn_secure_app, Backend, TestApp};
 use payout_registry::config::RelaySettings;
-use payout_registry::proto::{FeedEvent, LinkAccountRequest, Verification, VerificationMethod};
+use payout_registry::proto::FeedEvent;
 use payout_registry::relay::{self, CLIENT_ID, CONTENT_TYPE, POSITION_HEADER};
 use payout_registry::store::{Event, Store};
 use prost::Message as _;
@@ -129,22 +129,7 @@ impl Drop for TestStream {
 
 /// Links and verifies citizen `n`'s account: three events.
 async fn change(app: &TestApp, n: u32) {
-    app.registry(Some(ADMIN))
-        .link_account(LinkAccountRequest {
-            idempotency_key: Uuid::new_v4().to_string(),
-            citizen_id: citizen(n),
-            kind: payout_registry::proto::AccountKind::BankAccount.into(),
-            provider_code: "970436".into(),
-            account_ref: account_ref(n),
-            verification: Some(Verification {
-                method: VerificationMethod::IssuerConfirmed.into(),
-                evidence_ref: "relay test".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("link");
+    common::link_issuer_confirmed(app, &citizen(n), &account_ref(n)).await;
 }
 
 fn citizen(n: u32) -> String {

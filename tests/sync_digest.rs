@@ -18,10 +18,9 @@ use common::{
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, CitizenRecord, CitizenStatus, CloseAccountRequest,
     Confirmation, FeedEvent, GetPositionRequest, GetSyncDigestRequest, GetSyncDigestResponse,
-    LinkAccountRequest, PayoutFailureCode, ReinstateAccountRequest, ReportPayoutFailureRequest,
-    ResolveOutcome, ResolveRequest, SetDefaultAccountRequest, SubscribeRequest,
-    SuspendAccountRequest, SyncAccountsRequest, SyncCitizensRequest, Verification,
-    VerificationMethod,
+    PayoutFailureCode, ReinstateAccountRequest, ReportPayoutFailureRequest, ResolveOutcome,
+    ResolveRequest, SetDefaultAccountRequest, SubscribeRequest, SuspendAccountRequest,
+    SyncAccountsRequest, SyncCitizensRequest,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -210,26 +209,7 @@ fn key() -> String {
 }
 
 async fn link(app: &TestApp, citizen: &str, number: &str) -> String {
-    app.registry(Some(ADMIN))
-        .link_account(LinkAccountRequest {
-            idempotency_key: key(),
-            citizen_id: citizen.into(),
-            kind: AccountKind::BankAccount.into(),
-            provider_code: "970436".into(),
-            account_ref: number.into(),
-            verification: Some(Verification {
-                method: VerificationMethod::IssuerConfirmed.into(),
-                evidence_ref: "digest test".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("link")
-        .into_inner()
-        .account
-        .expect("account")
-        .account_id
+    common::link_issuer_confirmed(app, citizen, number).await
 }
 
 async fn prefer(app: &TestApp, citizen: &str, account: &str, program: &str) {

@@ -805,6 +805,35 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Links a Vietcombank account to `citizen`, confirmed by its issuer at link time (so no
+/// cooling-off): ACCOUNT_LINKED, ACCOUNT_VERIFIED and, for a first account,
+/// DEFAULT_CHANGED. Answers the account's id.
+pub async fn link_issuer_confirmed(app: &TestApp, citizen: &str, number: &str) -> String {
+    use payout_registry::proto::{
+        AccountKind, LinkAccountRequest, Verification, VerificationMethod,
+    };
+    app.registry(Some(ADMIN))
+        .link_account(LinkAccountRequest {
+            idempotency_key: Uuid::new_v4().to_string(),
+            citizen_id: citizen.into(),
+            kind: AccountKind::BankAccount.into(),
+            provider_code: "970436".into(),
+            account_ref: number.into(),
+            verification: Some(Verification {
+                method: VerificationMethod::IssuerConfirmed.into(),
+                evidence_ref: "integration test".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("link")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id
+}
+
 /// Waits until the sequencer has brought the sync digest up to the feed's head (pruning
 /// waits for it too).
 pub async fn digest_at_head(store: &Arc<dyn Store>) {
