@@ -9,11 +9,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{
-    feed_on, refused, spawn_secure_app, Backend, Instance, TestApp, FEED, PAYER, WATCHER,
+    feed_on, refused, spawn_secure_app, Backend, Instance, TestApp, ADMIN, FEED, PAYER, WATCHER,
 };
 use payout_registry::proto::{
-    CommitPositionRequest, FeedEvent, GetPositionRequest, SubscribeRequest, WatchListEdit,
-    WatchListSummary,
+    CommitPositionRequest, FeedEvent, GetPositionRequest, SetDefaultAccountRequest,
+    SubscribeRequest, WatchListEdit, WatchListSummary,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -320,6 +320,50 @@ async fn subscriptions_are_filtered_minimised_and_masked(backend: Backend) {
     change(&app, 1).await;
     let e = next(&mut verified_only).await;
     assert_eq!((e.event_type.as_str(), e.position), ("ACCOUNT_VERIFIED", 5));
+
+    // A program filter: preference changes of other programs (here the default) are left
+    // out, events not about one program pass.
+    let second = common::link_issuer_confirmed(&app, "048089000000", "0048100000000").await;
+    app.registry(Some(ADMIN))
+        .set_default_account(SetDefaultAccountRequest {
+            idempotency_key: Uuid::new_v4().to_string(),
+            citizen_id: "048089000000".into(),
+            account_id: second.clone(),
+            program_code: "PENSION".into(),
+            reason: "pension to the second account".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("set the pension account");
+    let mut pension = subscribe(
+        &app,
+        FEED,
+        SubscribeRequest {
+            program_codes: vec!["PENSION".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        let e = next(&mut pension).await;
+        seen.push((e.event_type.clone(), e.program_code.clone()));
+    }
+    let types: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "ACCOUNT_LINKED",
+            "ACCOUNT_VERIFIED",
+            "ACCOUNT_LINKED",
+            "ACCOUNT_VERIFIED",
+            "ACCOUNT_LINKED",
+            "ACCOUNT_VERIFIED",
+            "DEFAULT_CHANGED",
+        ],
+        "the two default changes are left out"
+    );
+    assert_eq!(seen[6].1, "PENSION");
 }
 
 async fn edit(app: &TestApp, consumer: &str, add: &[u32], remove: &[u32]) -> WatchListSummary {

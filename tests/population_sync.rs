@@ -10,13 +10,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{population_on, spawn_secure_app, Backend, TestApp, EXISTS, PAYER, SYNC};
+use common::{
+    population_on, spawn_secure_app, sync_accounts, sync_citizens, Backend, TestApp, EXISTS, PAYER,
+    SYNC,
+};
 use futures::StreamExt;
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, BatchResolveRequest, BatchResolveResponse,
     CitizenRecord, CitizenStatus, Confirmation, ListCitizenAccountsRequest,
     ListDuplicateClaimsRequest, ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope,
-    SyncAccountsRequest, SyncAck, SyncCitizensRequest,
+    SyncAck, SyncCitizensRequest,
 };
 use tonic::Code;
 
@@ -72,41 +75,6 @@ fn bank(
         confirmation: confirmation.into(),
         removed: false,
     }
-}
-
-/// Sends every record on one stream and collects every acknowledgement.
-async fn sync_citizens(app: &TestApp, records: Vec<CitizenRecord>) -> Vec<SyncAck> {
-    let requests = records
-        .into_iter()
-        .map(|r| SyncCitizensRequest { record: Some(r) });
-    let mut acks = app
-        .population(Some(SYNC))
-        .sync_citizens(tokio_stream::iter(requests))
-        .await
-        .expect("stream accepted")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(ack) = acks.message().await.expect("ack") {
-        out.push(ack);
-    }
-    out
-}
-
-async fn sync_accounts(app: &TestApp, records: Vec<AccountRecord>) -> Vec<SyncAck> {
-    let requests = records
-        .into_iter()
-        .map(|r| SyncAccountsRequest { record: Some(r) });
-    let mut acks = app
-        .population(Some(SYNC))
-        .sync_accounts(tokio_stream::iter(requests))
-        .await
-        .expect("stream accepted")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(ack) = acks.message().await.expect("ack") {
-        out.push(ack);
-    }
-    out
 }
 
 /// The counts after the last acknowledgement: (committed, applied, stale, rejected).

@@ -13,14 +13,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::{
-    feed_on, refused, spawn_secure_app, Backend, TestApp, ADMIN, FEED, PAYER, SYNC, WATCHER,
+    feed_on, refused, spawn_secure_app, sync_accounts, sync_citizens, Backend, TestApp, ADMIN,
+    FEED, PAYER, WATCHER,
 };
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, CitizenRecord, CitizenStatus, CloseAccountRequest,
     Confirmation, FeedEvent, GetPositionRequest, GetSyncDigestRequest, GetSyncDigestResponse,
     PayoutFailureCode, ReinstateAccountRequest, ReportPayoutFailureRequest, ResolveOutcome,
     ResolveRequest, SetDefaultAccountRequest, SubscribeRequest, SuspendAccountRequest,
-    SyncAccountsRequest, SyncCitizensRequest,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -306,19 +306,12 @@ fn citizen_record(citizen: &str, version: i64, deceased: bool) -> CitizenRecord 
 }
 
 async fn sync_citizen(app: &TestApp, record: CitizenRecord) {
-    let mut acks = app
-        .population(Some(SYNC))
-        .sync_citizens(tokio_stream::iter([SyncCitizensRequest {
-            record: Some(record),
-        }]))
-        .await
-        .expect("stream accepted")
-        .into_inner();
-    let mut applied = 0;
-    while let Some(ack) = acks.message().await.expect("ack") {
-        applied = ack.applied;
-    }
-    assert_eq!(applied, 1, "the citizen record is applied");
+    let acks = sync_citizens(app, vec![record]).await;
+    assert_eq!(
+        acks.last().map(|a| a.applied),
+        Some(1),
+        "the citizen record is applied"
+    );
 }
 
 async fn declare_account(app: &TestApp, citizen: &str, number: &str) {
@@ -333,19 +326,12 @@ async fn declare_account(app: &TestApp, citizen: &str, number: &str) {
         confirmation: Confirmation::IssuerConfirmed.into(),
         removed: false,
     };
-    let mut acks = app
-        .population(Some(SYNC))
-        .sync_accounts(tokio_stream::iter([SyncAccountsRequest {
-            record: Some(record),
-        }]))
-        .await
-        .expect("stream accepted")
-        .into_inner();
-    let mut applied = 0;
-    while let Some(ack) = acks.message().await.expect("ack") {
-        applied = ack.applied;
-    }
-    assert_eq!(applied, 1, "the declared account is applied");
+    let acks = sync_accounts(app, vec![record]).await;
+    assert_eq!(
+        acks.last().map(|a| a.applied),
+        Some(1),
+        "the declared account is applied"
+    );
 }
 
 async fn resolved_default(app: &TestApp, citizen: &str) -> Option<String> {

@@ -53,23 +53,21 @@ struct Filter {
 }
 
 impl Filter {
-    fn passes(&self, e: &Event) -> bool {
-        if !self.types.is_empty() && !self.types.contains(&e.event_type) {
-            return false;
-        }
-        if self.programs.is_empty() {
-            return true;
-        }
-        // Events about one program name it in their payload; the others always pass.
-        match serde_json::from_str::<serde_json::Value>(&e.payload)
-            .ok()
-            .and_then(|p| {
-                p.get("program_code")
-                    .and_then(|v| v.as_str().map(str::to_owned))
-            }) {
-            Some(program) => self.programs.contains(&program),
-            None => true,
-        }
+    /// The event's type is wanted (checked before the event is converted).
+    fn wants_type(&self, e: &Event) -> bool {
+        self.types.is_empty() || self.types.contains(&e.event_type)
+    }
+
+    /// The event's program is wanted: events about one program's preference or payout
+    /// (DEFAULT_CHANGED, PAYOUT_FAILURE_REPORTED, `program_code` "" for the default) pass
+    /// when it is one of the programs asked for; the others always pass.
+    fn wants_program(&self, e: &FeedEvent) -> bool {
+        self.programs.is_empty()
+            || !matches!(
+                e.event_type.as_str(),
+                "DEFAULT_CHANGED" | "PAYOUT_FAILURE_REPORTED"
+            )
+            || self.programs.contains(&e.program_code)
     }
 }
 
@@ -377,7 +375,11 @@ impl ChangeFeed for ChangeFeedService {
                 }
                 for e in page {
                     after = e.feed_position.unwrap_or(after);
-                    if filter.passes(&e) && tx.send(Ok(event_out(e, full))).await.is_err() {
+                    if !filter.wants_type(&e) {
+                        continue;
+                    }
+                    let e = event_out(e, full);
+                    if filter.wants_program(&e) && tx.send(Ok(e)).await.is_err() {
                         return;
                     }
                 }

@@ -1010,20 +1010,8 @@ async fn refresh_digest(tx: &mut Tx, citizens: &[String]) -> StoreResult<()> {
         let mut q = QueryBuilder::<DB>::new("DELETE FROM digest_citizens WHERE citizen_id");
         push_in(&mut q, &keys)?;
         q.build().execute(&mut **tx).await?;
-        let rows: Vec<(&String, &RouteDigest)> = new.iter().collect();
-        insert_rows(
-            tx,
-            "INSERT INTO digest_citizens (citizen_id, digest, routes) ",
-            "",
-            &rows,
-            3,
-            |row, (citizen, d)| {
-                row.push_bind(citizen.as_str())
-                    .push_bind(d.to_hex())
-                    .push_bind(d.routes);
-            },
-        )
-        .await?;
+        let rows: Vec<(&str, RouteDigest)> = new.iter().map(|(c, d)| (c.as_str(), *d)).collect();
+        write_digests(tx, "digest_citizens (citizen_id", "", &rows).await?;
     }
     if provinces.is_empty() {
         return Ok(());
@@ -1041,21 +1029,38 @@ async fn refresh_digest(tx: &mut Tx, citizens: &[String]) -> StoreResult<()> {
             entry.1 = stored_digest(&digest, routes)?;
         }
     }
-    let rows: Vec<(String, RouteDigest)> = provinces
-        .into_iter()
-        .map(|(province, (change, mut digest))| {
-            digest.add(&change);
-            (province, digest)
+    let rows: Vec<(&str, RouteDigest)> = provinces
+        .iter()
+        .map(|(province, (change, digest))| {
+            let mut digest = *digest;
+            digest.add(change);
+            (province.as_str(), digest)
         })
         .collect();
-    insert_rows(
+    write_digests(
         tx,
-        "INSERT INTO digest_provinces (province, digest, routes) ",
+        "digest_provinces (province",
         " ON CONFLICT (province) DO UPDATE SET digest = excluded.digest, routes = excluded.routes",
         &rows,
+    )
+    .await
+}
+
+/// Writes (key, digest) rows into `<table> (<key column>`, digest, routes), then `tail`.
+async fn write_digests(
+    tx: &mut Tx,
+    table_and_key: &str,
+    tail: &str,
+    rows: &[(&str, RouteDigest)],
+) -> StoreResult<()> {
+    insert_rows(
+        tx,
+        &format!("INSERT INTO {table_and_key}, digest, routes) "),
+        tail,
+        rows,
         3,
-        |row, (province, d)| {
-            row.push_bind(province.as_str())
+        |row, (key, d)| {
+            row.push_bind(*key)
                 .push_bind(d.to_hex())
                 .push_bind(d.routes);
         },

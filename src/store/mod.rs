@@ -178,6 +178,30 @@ pub struct DuplicateClaim {
     pub actor: String,
 }
 
+impl DuplicateClaim {
+    /// The record of `claim` refused because `holder` already holds the account.
+    pub fn detected(
+        claim: &crate::domain::Account,
+        holder: CitizenId,
+        holder_account_id: Uuid,
+        context: &str,
+        ctx: &WriteContext,
+    ) -> DuplicateClaim {
+        DuplicateClaim {
+            claim_id: Uuid::now_v7(),
+            kind: claim.kind,
+            provider_code: claim.provider_code.clone(),
+            account_ref: claim.account_ref.clone(),
+            claimant: claim.citizen_id.clone(),
+            holder,
+            holder_account_id,
+            context: context.to_owned(),
+            detected_at: ctx.now,
+            actor: ctx.actor.clone(),
+        }
+    }
+}
+
 /// What one sequencing round did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sequenced {

@@ -198,6 +198,9 @@ pub fn owned_by_another() -> Rejection {
     )
 }
 
+/// The reason recorded with a DUPLICATE_CLAIM_DETECTED event.
+pub const DUPLICATE_CLAIM_REASON: &str = "account already verified for another citizen";
+
 /// The event payload announcing a refused claim (DUPLICATE_CLAIM_DETECTED).
 pub fn duplicate_claim_payload(c: &DuplicateClaim) -> serde_json::Value {
     serde_json::json!({
@@ -404,23 +407,18 @@ impl Accounts<'_> {
         if holder == claim.citizen_id.as_str() {
             return None;
         }
-        let claim = DuplicateClaim {
-            claim_id: Uuid::now_v7(),
-            kind: claim.kind,
-            provider_code: claim.provider_code.clone(),
-            account_ref: claim.account_ref.clone(),
-            claimant: claim.citizen_id.clone(),
-            holder: CitizenId::from_stored(holder),
-            holder_account_id: holder_account,
-            context: context.to_owned(),
-            detected_at: self.ctx.now,
-            actor: self.ctx.actor.clone(),
-        };
+        let claim = DuplicateClaim::detected(
+            claim,
+            CitizenId::from_stored(holder),
+            holder_account,
+            context,
+            self.ctx,
+        );
         work.events.push(EventWrite {
             event_type: "DUPLICATE_CLAIM_DETECTED".into(),
             citizen_id: claim.claimant.as_str().to_owned(),
             account_id: None,
-            reason: "account already verified for another citizen".into(),
+            reason: DUPLICATE_CLAIM_REASON.into(),
             payload: duplicate_claim_payload(&claim),
         });
         work.duplicate_claims.push(claim);

@@ -787,44 +787,38 @@ async fn claim_conflict(
     let Some((holder, holder_account)) = holder else {
         return Ok(None);
     };
-    let claim_id = Uuid::now_v7();
+    let claim = DuplicateClaim::detected(
+        claim,
+        CitizenId::from_stored(holder),
+        holder_account,
+        context,
+        ctx,
+    );
     sqlx::query(
         "INSERT INTO duplicate_claims (claim_id, kind, provider_code, account_ref, \
          claimant_citizen_id, holder_citizen_id, holder_account_id, context, detected_at, actor) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
-    .bind(claim_id)
+    .bind(claim.claim_id)
     .bind(claim.kind.as_str())
     .bind(&claim.provider_code)
     .bind(claim.account_ref.as_str())
-    .bind(claim.citizen_id.as_str())
-    .bind(&holder)
-    .bind(holder_account)
-    .bind(context)
-    .bind(ctx.now.micros())
-    .bind(&ctx.actor)
+    .bind(claim.claimant.as_str())
+    .bind(claim.holder.as_str())
+    .bind(claim.holder_account_id)
+    .bind(&claim.context)
+    .bind(claim.detected_at.micros())
+    .bind(&claim.actor)
     .execute(&mut **tx)
     .await?;
-    let payload = crate::store::sync::duplicate_claim_payload(&DuplicateClaim {
-        claim_id,
-        kind: claim.kind,
-        provider_code: claim.provider_code.clone(),
-        account_ref: claim.account_ref.clone(),
-        claimant: claim.citizen_id.clone(),
-        holder: CitizenId::from_stored(holder),
-        holder_account_id: holder_account,
-        context: context.to_owned(),
-        detected_at: ctx.now,
-        actor: ctx.actor.clone(),
-    });
     insert_event(
         tx,
         ctx,
         "DUPLICATE_CLAIM_DETECTED",
-        claim.citizen_id.as_str(),
+        claim.claimant.as_str(),
         None,
-        "account already verified for another citizen",
-        &payload,
+        crate::store::sync::DUPLICATE_CLAIM_REASON,
+        &crate::store::sync::duplicate_claim_payload(&claim),
     )
     .await?;
     Ok(Some(crate::store::sync::owned_by_another()))

@@ -805,6 +805,50 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Sends every record on one SyncCitizens stream and collects every acknowledgement.
+pub async fn sync_citizens(
+    app: &TestApp,
+    records: Vec<payout_registry::proto::CitizenRecord>,
+) -> Vec<payout_registry::proto::SyncAck> {
+    let requests = records
+        .into_iter()
+        .map(|r| payout_registry::proto::SyncCitizensRequest { record: Some(r) });
+    let acks = app
+        .population(Some(SYNC))
+        .sync_citizens(tokio_stream::iter(requests))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    all_acks(acks).await
+}
+
+/// Sends every record on one SyncAccounts stream and collects every acknowledgement.
+pub async fn sync_accounts(
+    app: &TestApp,
+    records: Vec<payout_registry::proto::AccountRecord>,
+) -> Vec<payout_registry::proto::SyncAck> {
+    let requests = records
+        .into_iter()
+        .map(|r| payout_registry::proto::SyncAccountsRequest { record: Some(r) });
+    let acks = app
+        .population(Some(SYNC))
+        .sync_accounts(tokio_stream::iter(requests))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    all_acks(acks).await
+}
+
+async fn all_acks(
+    mut acks: tonic::Streaming<payout_registry::proto::SyncAck>,
+) -> Vec<payout_registry::proto::SyncAck> {
+    let mut out = Vec::new();
+    while let Some(ack) = acks.message().await.expect("ack") {
+        out.push(ack);
+    }
+    out
+}
+
 /// Links a Vietcombank account to `citizen`, confirmed by its issuer at link time (so no
 /// cooling-off): ACCOUNT_LINKED, ACCOUNT_VERIFIED and, for a first account,
 /// DEFAULT_CHANGED. Answers the account's id.
