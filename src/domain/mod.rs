@@ -14,16 +14,16 @@ pub mod error;
 pub mod mask;
 pub mod msisdn;
 pub mod name;
+pub mod population;
 pub mod resolve;
-pub mod sync;
 pub mod time;
 
 pub use account::*;
 pub use citizen_id::CitizenId;
 pub use error::{Category, Reason, Rejection};
 pub use name::HolderName;
+pub use population::{CitizenLookup, LegacyId, RecordOutcome, SyncAccount, SyncCitizen};
 pub use resolve::*;
-pub use sync::{CitizenLookup, LegacyId, RecordOutcome, SyncAccount, SyncCitizen};
 pub use time::Timestamp;
 
 /// At most this many accounts may be open (pending, verified or suspended) per citizen.

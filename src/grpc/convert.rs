@@ -490,7 +490,7 @@ pub fn sync_citizen(r: &proto::CitizenRecord, today: time::Date) -> Result<SyncC
 
 /// A declared account from the population platform, validated.
 pub fn sync_account(r: &proto::AccountRecord) -> Result<SyncAccount, Rejection> {
-    let (record_id, version) = crate::domain::sync::record_key(&r.record_id, r.version)?;
+    let (record_id, version) = crate::domain::population::record_key(&r.record_id, r.version)?;
     let kind = kind(r.kind)?;
     let confirmation = match proto::Confirmation::try_from(r.confirmation) {
         Ok(proto::Confirmation::Unspecified) => None,
