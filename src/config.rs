@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::security::auth::{validate_clients, ClientConfig};
+use crate::security::limits::RateLimitConfig;
+use crate::security::tls::TlsSettings;
+
 /// A string that never appears in `Debug` output or logs.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -32,53 +36,6 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
     }
-}
-
-/// A client allowed to call the registry, and what it may do. It is identified by its
-/// TLS client certificate, by a bearer token, or by either (at least one is required).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientConfig {
-    /// Recorded as the actor of every change the client makes.
-    pub id: String,
-    /// Hex SHA-256 of the client's bearer token (`payout-registry hash-token` prints it).
-    /// The token itself is never stored.
-    #[serde(default)]
-    pub token_sha256: Option<String>,
-    /// The Common Name of the client's certificate (issued by `[tls] client_ca_file`)
-    /// that identifies this client over mutual TLS.
-    #[serde(default)]
-    pub cert_subject: Option<String>,
-    /// Scopes granted, e.g. `["resolve", "accounts.read"]`.
-    pub scopes: Vec<String>,
-}
-
-/// The `[tls]` section: serve gRPC over TLS, normally with client certificates.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// PEM certificate chain of the server, leaf first.
-    pub cert_file: PathBuf,
-    /// PEM private key of the server (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-    /// PEM certificate(s) of the CA that issues client certificates.
-    #[serde(default)]
-    pub client_ca_file: Option<PathBuf>,
-    /// Refuse the TLS handshake of a client without a valid certificate. `false` also
-    /// lets token-only clients in (over TLS); certificates are still checked when sent.
-    #[serde(default = "default_true")]
-    pub require_client_cert: bool,
-    /// Longest a TLS handshake may take, so idle connections cannot pile up.
-    #[serde(default = "default_handshake_timeout_secs")]
-    pub handshake_timeout_secs: u64,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_handshake_timeout_secs() -> u64 {
-    10
 }
 
 /// Log output format.
@@ -123,19 +80,74 @@ pub struct Settings {
     /// Longest one call may take (unary calls, body included).
     pub request_timeout_secs: u64,
     /// Per-client rate limits and the in-flight limit.
-    pub rate_limits: crate::limits::RateLimitConfig,
-    /// Record every read in the access log. Turn off only to measure the log's cost in a
-    /// benchmark: Decree 13/2023/ND-CP requires the record in production.
-    pub access_log_enabled: bool,
-    /// Change-feed events older than this many days are pruned (hourly), never beyond the
-    /// slowest named consumer's position. 0 keeps every event.
-    pub event_retention_days: u32,
+    pub rate_limits: RateLimitConfig,
+    /// The access log's writers (`[access_log]`).
+    pub access_log: AccessLogSettings,
+    /// The change feed's sequencer and retention (`[feed]`).
+    pub feed: FeedSettings,
     /// `json` or `pretty`.
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `payout_registry=debug,info`.
     pub log_level: String,
     /// The NATS JetStream relay of the change feed (`payout-registry relay`).
     pub relay: RelaySettings,
+}
+
+/// The `[access_log]` section: how reads are recorded (see `background::access_log`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLogSettings {
+    /// Record every read. Turn off only to measure the log's cost in a benchmark:
+    /// Decree 13/2023/ND-CP requires the record in production.
+    pub enabled: bool,
+    /// Reads waiting to be written at most; a fuller queue slows reads down.
+    pub queue: usize,
+    /// Entries written by one statement at most.
+    pub max_batch: usize,
+    /// Writer tasks; several overlap their commits.
+    pub writers: usize,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        AccessLogSettings {
+            enabled: true,
+            queue: 10_000,
+            max_batch: 2_000,
+            writers: 4,
+        }
+    }
+}
+
+/// The `[feed]` section: the change feed's sequencer and retention.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedSettings {
+    /// Events older than this many days are pruned, never beyond the slowest named
+    /// consumer's position. 0 keeps every event.
+    pub retention_days: u32,
+    /// How often the pruner runs, in seconds.
+    pub prune_every_secs: u64,
+    /// Events the sequencer numbers per transaction at most.
+    pub sequencer_round: u32,
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        FeedSettings {
+            retention_days: 0,
+            prune_every_secs: 3600,
+            sequencer_round: 10_000,
+        }
+    }
+}
+
+impl FeedSettings {
+    /// How long events are kept, when retention is on.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(self.retention_days) * 86_400))
+    }
 }
 
 /// The `[relay]` section: where `payout-registry relay` publishes the change feed.
@@ -223,9 +235,9 @@ impl Default for Settings {
             shutdown_grace_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,
             request_timeout_secs: 60,
-            rate_limits: crate::limits::RateLimitConfig::default(),
-            access_log_enabled: true,
-            event_retention_days: 0,
+            rate_limits: RateLimitConfig::default(),
+            access_log: AccessLogSettings::default(),
+            feed: FeedSettings::default(),
             log_format: LogFormat::Json,
             log_level: "info".into(),
             relay: RelaySettings::default(),
@@ -258,55 +270,21 @@ impl Settings {
 
     fn validate(&self) -> Result<(), config::ConfigError> {
         let bad = |m: String| Err(config::ConfigError::Message(m));
-        let mut digests = std::collections::HashSet::new();
-        let mut subjects = std::collections::HashSet::new();
-        for c in &self.clients {
-            if c.token_sha256.is_none() && c.cert_subject.is_none() {
-                return bad(format!(
-                    "client {}: needs a token_sha256, a cert_subject, or both",
-                    c.id
-                ));
-            }
-            if let Some(digest) = &c.token_sha256 {
-                if digest.len() != 64 || hex::decode(digest).is_err() {
-                    return bad(format!(
-                        "client {}: token_sha256 must be 64 hex characters (see `hash-token`)",
-                        c.id
-                    ));
-                }
-                if !digests.insert(digest.to_ascii_lowercase()) {
-                    return bad(format!(
-                        "client {}: another client has the same token_sha256",
-                        c.id
-                    ));
-                }
-            }
-            if let Some(subject) = &c.cert_subject {
-                if subject.trim().is_empty() || subject.trim() != subject {
-                    return bad(format!(
-                        "client {}: cert_subject must be a certificate Common Name, without \
-                         surrounding spaces",
-                        c.id
-                    ));
-                }
-                if !subjects.insert(subject.as_str()) {
-                    return bad(format!(
-                        "client {}: another client has the cert_subject {subject:?}",
-                        c.id
-                    ));
-                }
-            }
-            for s in &c.scopes {
-                if crate::auth::Scope::parse(s).is_none() {
-                    return bad(format!("client {}: unknown scope {s:?}", c.id));
-                }
-            }
-        }
+        validate_clients(&self.clients).map_err(config::ConfigError::Message)?;
         self.relay
             .validate()
             .map_err(config::ConfigError::Message)?;
         if self.max_message_bytes == 0 {
             return bad("max_message_bytes must be positive".into());
+        }
+        if self.access_log.queue == 0
+            || self.access_log.max_batch == 0
+            || self.access_log.writers == 0
+        {
+            return bad("[access_log] queue, max_batch and writers must be positive".into());
+        }
+        if self.feed.sequencer_round == 0 || self.feed.prune_every_secs == 0 {
+            return bad("[feed] sequencer_round and prune_every_secs must be positive".into());
         }
         if let Some(tls) = &self.tls {
             if tls.require_client_cert && tls.client_ca_file.is_none() {

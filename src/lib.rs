@@ -4,12 +4,42 @@
 //! mobile money) and answers payers: for citizen X and program P, which account is paid,
 //! now or at a past instant. See `README.md` for running it and `proto/` for the API.
 //!
-//! Three rooms that never blur: [`domain`] (validated types and rules, no I/O),
-//! [`store`] (the storage trait and its PostgreSQL and SQLite backends; all SQL),
-//! [`grpc`] (thin handlers: convert, call, convert back).
+//! # Layout
+//!
+//! Data flows down the floors and never climbs back: a room imports only the rooms
+//! below it (`tests/architecture.rs` checks that the top-level rooms form no cycle, that
+//! `domain` uses neither sqlx nor tonic, and that `store` never uses tonic).
+//!
+//! | room | what lives there | may import |
+//! |---|---|---|
+//! | [`domain`] | validated types (`CitizenId::parse`, ...) and every rule; no I/O | nothing |
+//! | [`store`] | the `Store` trait, SQL split by job, one file per backend, the `Dialect` trait for what differs | `domain` |
+//! | [`security`] | scopes (a leaf type), clients and authentication, TLS, handshake deadline, rate limits | nothing |
+//! | [`config`] | `Settings`: defaults, then a TOML file, then the environment | `security` (its settings types) |
+//! | [`telemetry`] | logs as JSON lines | `config` |
+//! | [`background`] | the feed sequencer, the pruner, the access-log writers | `store`, `domain` |
+//! | [`grpc`] | thin handlers, the conversions, the one `Status` builder | `store`, `domain`, `security`, `background` |
+//! | [`app`] | the composition root: `App::build(&Settings)`, `App::serve(listener, shutdown)` | all of the above |
+//! | [`client`] | the client library: connect, credentials, refusals described | `proto` |
+//! | [`tools`] | demo population, CSV formats, import, load generator, JetStream relay engine; the server never imports them | `client`, `store`, `grpc` (conversions), `domain`, `config` |
+//! | [`cli`] | the clap tree, one file per family of subcommands | everything |
+//!
+//! [`proto`] is the code generated from `proto/payoutregistry/v1/registry.proto`; the
+//! `grpc` room converts between it and the domain, and clients use it directly.
+//!
+//! Only what the binary, the tools and the tests need is public.
 
+pub mod app;
+pub mod background;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod domain;
+pub mod grpc;
+pub mod security;
 pub mod store;
+pub mod telemetry;
+pub mod tools;
 
 /// Code generated from `proto/payoutregistry/v1/*.proto`.
 pub mod proto {
@@ -19,20 +49,3 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("payoutregistry_descriptor");
 }
-
-pub mod access_log;
-pub mod auth;
-pub mod bench;
-pub mod bulk;
-pub mod cli;
-pub mod config;
-pub mod csvio;
-pub mod demo;
-pub mod feed;
-pub mod grpc;
-pub mod limits;
-pub mod relay;
-pub mod server;
-pub mod telemetry;
-pub mod tls;
-pub mod transport;

@@ -5,12 +5,12 @@
 
 mod common;
 
-use common::{spawn_secure_app, Backend, TestApp, PAYER, SYNC};
-use payout_registry::bulk::{self, FileKind};
-use payout_registry::cli::Bearer;
-use payout_registry::demo::{self, DemoSpec};
+use common::{Backend, TestApp, PAYER, SYNC};
+use payout_registry::client::Credentials;
 use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
 use payout_registry::proto::{CitizenStatus, ResolveOutcome};
+use payout_registry::tools::demo::{self, DemoSpec};
+use payout_registry::tools::import::{self as bulk, FileKind};
 
 on_both_backends!(
     an_import_interrupted_midway_resumes_after_its_checkpoint_and_applies_each_record_once,
@@ -18,8 +18,8 @@ on_both_backends!(
     demo_data_written_straight_into_the_store_has_the_planted_anomalies,
 );
 
-fn bearer(token: &str) -> Bearer {
-    Bearer::new(Some(token), "bulk test").unwrap()
+fn bearer(token: &str) -> Credentials {
+    Credentials::new(Some(token), "bulk test").unwrap()
 }
 
 async fn import(
@@ -36,7 +36,7 @@ async fn import(
 async fn an_import_interrupted_midway_resumes_after_its_checkpoint_and_applies_each_record_once(
     backend: Backend,
 ) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let spec = DemoSpec {
         citizens: 3000,
@@ -86,7 +86,7 @@ async fn an_import_interrupted_midway_resumes_after_its_checkpoint_and_applies_e
 }
 
 async fn a_payroll_file_resolves_in_order_through_batch_resolve(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let spec = DemoSpec {
         citizens: 400,
@@ -130,7 +130,7 @@ async fn a_payroll_file_resolves_in_order_through_batch_resolve(backend: Backend
 }
 
 async fn demo_data_written_straight_into_the_store_has_the_planted_anomalies(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let spec = DemoSpec {
         citizens: 2000,
         seed: 3,

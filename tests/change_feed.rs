@@ -8,9 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{
-    feed_on, refused, spawn_secure_app, Backend, Instance, TestApp, ADMIN, FEED, PAYER, WATCHER,
-};
+use common::{feed_on, refused, Backend, TestApp, ADMIN, FEED, PAYER, WATCHER};
 use payout_registry::proto::{
     CommitPositionRequest, FeedEvent, GetPositionRequest, SetDefaultAccountRequest,
     SubscribeRequest, WatchListEdit, WatchListSummary,
@@ -28,7 +26,7 @@ on_both_backends!(
 );
 
 async fn a_graceful_shutdown_ends_live_subscriptions_instead_of_waiting_on_them(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     change(&app, 0).await;
     let mut stream = subscribe(&app, FEED, SubscribeRequest::default()).await;
     for _ in 0..3 {
@@ -50,7 +48,7 @@ async fn a_graceful_shutdown_ends_live_subscriptions_instead_of_waiting_on_them(
 }
 
 async fn retention_prunes_old_events_but_never_past_the_slowest_consumer(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for n in 0..3 {
         change(&app, n).await;
     }
@@ -68,7 +66,7 @@ async fn retention_prunes_old_events_but_never_past_the_slowest_consumer(backend
     .unwrap();
     // Every event is older than a horizon a day ahead; the slow consumer holds back 5..9.
     // (Pruning also waits for the sync digest, which trails the head by a moment.)
-    common::digest_at_head(&app.store).await;
+    common::digest_at_head(&app).await;
     let tomorrow = payout_registry::domain::Timestamp::now().plus(Duration::from_secs(86_400));
     assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 4);
     let position = feed
@@ -157,7 +155,7 @@ async fn subscribe(
 }
 
 async fn a_subscriber_catches_up_then_receives_live_events(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for n in 0..3 {
         change(&app, n).await;
     }
@@ -204,7 +202,7 @@ async fn a_subscriber_catches_up_then_receives_live_events(backend: Backend) {
 }
 
 async fn named_consumers_commit_and_resume_from_their_position(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for n in 0..2 {
         change(&app, n).await;
     }
@@ -269,7 +267,7 @@ async fn named_consumers_commit_and_resume_from_their_position(backend: Backend)
 }
 
 async fn subscriptions_are_filtered_minimised_and_masked(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     change(&app, 0).await;
     // Without events.all, a subscriber must be limited to a watch list.
     refused(
@@ -380,7 +378,7 @@ async fn edit(app: &TestApp, consumer: &str, add: &[u32], remove: &[u32]) -> Wat
 }
 
 async fn a_watch_list_limits_a_subscription_to_the_citizens_it_serves(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let watched = SubscribeRequest {
         consumer: "hanoi-roll".into(),
         ..Default::default()
@@ -446,11 +444,8 @@ mod postgres_instances {
     /// must receive exactly the 4,000 events: no gap, no duplicate, in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn resuming_subscribers_see_every_event_once_in_order_despite_out_of_order_commits() {
-        let app = spawn_secure_app(Backend::Postgres).await;
-        let instances = [
-            Instance::start(&app.db).await,
-            Instance::start(&app.db).await,
-        ];
+        let app = TestApp::spawn(Backend::Postgres).await;
+        let instances = [app.another_instance().await, app.another_instance().await];
         const WRITERS: usize = 8;
         const CHANGES: usize = 500;
         let mut writers = Vec::new();

@@ -14,10 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    refused, spawn_secure_app as spawn_app, Backend, TestApp, ADMIN, AUDITOR, EXISTS, MASKED,
-    NOSCOPE, PAYER,
-};
+use common::{refused, Backend, TestApp, ADMIN, AUDITOR, EXISTS, MASKED, NOSCOPE, PAYER};
 use payout_registry::proto::{
     Account, AccountHistoryEntry, AccountKind, AccountStatus, CloseAccountRequest,
     GetAccountHistoryRequest, GetAccountHistoryResponse, GetAccountRequest, LinkAccountRequest,
@@ -604,7 +601,7 @@ async fn call_with_empty_request(app: &TestApp, rpc: Rpc, token: Option<&str>) -
 }
 
 async fn every_rpc_refuses_callers_without_a_valid_token_or_its_scope(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for (rpc, holder, other_scopes) in SCOPE_TABLE {
         let cases = [
             (None, Code::Unauthenticated),
@@ -631,7 +628,7 @@ async fn every_rpc_refuses_callers_without_a_valid_token_or_its_scope(backend: B
 }
 
 async fn a_yes_no_client_learns_whether_a_citizen_can_be_paid_but_not_where(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089000101";
     verified_bank(&app, citizen, "0071000100101", InPerson).await;
 
@@ -670,7 +667,7 @@ async fn health_and_reflection_answer_without_a_token(backend: Backend) {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let mut health = HealthClient::new(app.channel());
     for service in [
         "",
@@ -721,7 +718,7 @@ async fn health_and_reflection_answer_without_a_token(backend: Backend) {
 }
 
 async fn every_answer_carries_a_request_id(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let request = || ListCitizenAccountsRequest {
         citizen_id: "001089000201".into(),
         ..Default::default()
@@ -764,7 +761,7 @@ async fn every_answer_carries_a_request_id(backend: Backend) {
 // ------------------------------------------------------------------------------------
 
 async fn an_account_is_linked_verified_made_the_default_and_resolved(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089000301";
 
     let first_request = LinkAccountRequest {
@@ -843,7 +840,7 @@ async fn an_account_is_linked_verified_made_the_default_and_resolved(backend: Ba
 }
 
 async fn account_numbers_are_masked_unless_the_caller_holds_resolve_full(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "079090000401";
     let account = verified_bank(&app, citizen, "0071000401234", InPerson).await;
     let masked = "*********1234";
@@ -895,7 +892,7 @@ async fn account_numbers_are_masked_unless_the_caller_holds_resolve_full(backend
 // ------------------------------------------------------------------------------------
 
 async fn each_citizen_id_rule_is_reported_on_the_citizen_id_field(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let cases = [
         ("00108900050", "CITIZEN_ID_INVALID_LENGTH"),
         ("0010890005011", "CITIZEN_ID_INVALID_LENGTH"),
@@ -917,7 +914,7 @@ async fn each_citizen_id_rule_is_reported_on_the_citizen_id_field(backend: Backe
 }
 
 async fn a_link_without_an_account_kind_is_invalid(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let request = LinkAccountRequest {
         kind: AccountKind::Unspecified.into(),
         ..bank("001089000601", "0071000600001")
@@ -926,7 +923,7 @@ async fn a_link_without_an_account_kind_is_invalid(backend: Backend) {
 }
 
 async fn malformed_account_numbers_are_invalid(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089000701";
     for msisdn in ["12345", "+1 212 555 0100", "0212345678"] {
         let result = link(&app, wallet(citizen, "MOMO", msisdn)).await;
@@ -943,7 +940,7 @@ async fn malformed_account_numbers_are_invalid(backend: Backend) {
 }
 
 async fn unknown_inactive_and_mismatched_providers_are_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089000801";
     let with_provider = |provider: &str| LinkAccountRequest {
         provider_code: provider.into(),
@@ -974,7 +971,7 @@ async fn unknown_inactive_and_mismatched_providers_are_refused(backend: Backend)
 }
 
 async fn a_link_needs_a_uuid_idempotency_key(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for bad_key in ["", "not-a-uuid", "12345"] {
         let request = LinkAccountRequest {
             idempotency_key: bad_key.into(),
@@ -989,7 +986,7 @@ async fn a_link_needs_a_uuid_idempotency_key(backend: Backend) {
 }
 
 async fn repeating_a_link_with_its_idempotency_key_returns_the_first_account(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089001001";
     let request = bank(citizen, "0071001000001");
     let first = link(&app, request.clone()).await.unwrap();
@@ -1004,7 +1001,7 @@ async fn repeating_a_link_with_its_idempotency_key_returns_the_first_account(bac
 }
 
 async fn reusing_an_idempotency_key_for_another_link_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089001101";
     let first = bank(citizen, "0071001100001");
     let account = link(&app, first.clone()).await.unwrap();
@@ -1021,7 +1018,7 @@ async fn reusing_an_idempotency_key_for_another_link_is_refused(backend: Backend
 }
 
 async fn a_second_citizen_cannot_claim_a_verified_account(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let holder = "001085001201";
     let claimant = "079092001202";
     verified_bank(&app, holder, "0071001201234", IssuerConfirmed).await;
@@ -1048,7 +1045,7 @@ async fn a_second_citizen_cannot_claim_a_verified_account(backend: Backend) {
 }
 
 async fn a_citizen_cannot_link_the_same_account_twice(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "048095001301";
     link_bank(&app, citizen, "0071001300001").await;
     let again = link(&app, bank(citizen, "0071 0013 00001")).await;
@@ -1057,7 +1054,7 @@ async fn a_citizen_cannot_link_the_same_account_twice(backend: Backend) {
 }
 
 async fn an_eleventh_open_account_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089001401";
     let mut linked = Vec::new();
     for i in 0..10 {
@@ -1076,7 +1073,7 @@ async fn an_eleventh_open_account_is_refused(backend: Backend) {
 }
 
 async fn mobile_numbers_written_any_way_are_stored_in_one_form(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let forms = [
         ("001089001501", "0912 345 678"),
         ("001089001502", "84912345678"),
@@ -1097,7 +1094,7 @@ async fn mobile_numbers_written_any_way_are_stored_in_one_form(backend: Backend)
 // ------------------------------------------------------------------------------------
 
 async fn verifying_an_unknown_or_malformed_account_id_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let unknown = verify(&app, &Uuid::new_v4().to_string(), InPerson).await;
     refused(unknown, Code::NotFound, "ACCOUNT_NOT_FOUND");
     let malformed = verify(&app, "account-42", InPerson).await;
@@ -1105,7 +1102,7 @@ async fn verifying_an_unknown_or_malformed_account_id_is_refused(backend: Backen
 }
 
 async fn an_account_cannot_be_verified_twice(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = verified_bank(&app, "001089001701", "0071001700001", InPerson).await;
     let again = verify(&app, &account.account_id, IssuerConfirmed).await;
     refused(again, Code::FailedPrecondition, "ILLEGAL_TRANSITION");
@@ -1114,7 +1111,7 @@ async fn an_account_cannot_be_verified_twice(backend: Backend) {
 }
 
 async fn a_stale_expected_version_is_aborted_and_changes_nothing(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = link_bank(&app, "001089001801", "0071001800001").await;
     let at_version = |version: u64| VerifyAccountRequest {
         expected_version: Some(version),
@@ -1136,7 +1133,7 @@ async fn a_stale_expected_version_is_aborted_and_changes_nothing(backend: Backen
 }
 
 async fn a_verification_request_must_carry_its_evidence(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = link_bank(&app, "001089001901", "0071001900001").await;
     let without = VerifyAccountRequest {
         verification: None,
@@ -1161,7 +1158,7 @@ async fn a_verification_request_must_carry_its_evidence(backend: Backend) {
 }
 
 async fn name_match_is_refused_while_the_registry_holds_no_name_for_the_citizen(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = link_bank(&app, "001089002001", "0071002000001").await;
     let request = VerifyAccountRequest {
         holder_name: "Nguyễn Văn An".into(),
@@ -1174,7 +1171,7 @@ async fn name_match_is_refused_while_the_registry_holds_no_name_for_the_citizen(
 }
 
 async fn a_pending_account_cannot_be_verified_while_another_citizen_holds_it(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let claimant = "079092002101";
     let holder = "001085002102";
     let number = "0071002101234";
@@ -1203,7 +1200,7 @@ async fn a_pending_account_cannot_be_verified_while_another_citizen_holds_it(bac
 // ------------------------------------------------------------------------------------
 
 async fn a_rejection_needs_a_reason_and_only_a_pending_account_can_be_rejected(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089002201";
     let pending = link_bank(&app, citizen, "0071002200001").await;
     let without_reason = StatusChange {
@@ -1225,7 +1222,7 @@ async fn a_rejection_needs_a_reason_and_only_a_pending_account_can_be_rejected(b
 }
 
 async fn an_account_can_be_suspended_reinstated_and_closed(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = verified_bank(&app, "001089002301", "0071002300001", InPerson).await;
     let steps = [
         (Transition::Suspend, AccountStatus::Suspended, 3),
@@ -1247,7 +1244,7 @@ async fn an_account_can_be_suspended_reinstated_and_closed(backend: Backend) {
 }
 
 async fn suspend_reinstate_and_close_refuse_illegal_transitions(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089002401";
     let pending = link_bank(&app, citizen, "0071002400001").await;
     let verified = verified_bank(&app, citizen, "0071002400002", InPerson).await;
@@ -1268,7 +1265,7 @@ async fn suspend_reinstate_and_close_refuse_illegal_transitions(backend: Backend
 }
 
 async fn a_closed_account_is_terminal_and_its_number_can_be_linked_again(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089002501";
     let number = "0071002500001";
     let account = verified_bank(&app, citizen, number, InPerson).await;
@@ -1305,7 +1302,7 @@ async fn a_closed_account_is_terminal_and_its_number_can_be_linked_again(backend
 }
 
 async fn status_changes_follow_the_idempotency_convention(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = verified_bank(&app, "001089002511", "0071002510001", InPerson).await;
     let suspend = StatusChange::of(&account.account_id);
     let first = send(&app, Transition::Suspend, &suspend).await.unwrap();
@@ -1339,7 +1336,7 @@ async fn status_changes_follow_the_idempotency_convention(backend: Backend) {
 }
 
 async fn every_write_on_an_existing_account_refuses_a_stale_expected_version(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089002521";
     let pending = link_bank(&app, citizen, "0071002520001").await;
     let verified = verified_bank(&app, citizen, "0071002520002", InPerson).await;
@@ -1389,7 +1386,7 @@ async fn every_write_on_an_existing_account_refuses_a_stale_expected_version(bac
 // ------------------------------------------------------------------------------------
 
 async fn only_a_verified_account_can_become_the_default(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089002601";
     verified_bank(&app, citizen, "0071002600001", InPerson).await;
     let pending = link_bank(&app, citizen, "0071002600002").await;
@@ -1398,7 +1395,7 @@ async fn only_a_verified_account_can_become_the_default(backend: Backend) {
 }
 
 async fn a_citizen_cannot_choose_another_citizens_account(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let owner = "001089002701";
     let other = "079090002702";
     let owners = verified_bank(&app, owner, "0071002700001", IssuerConfirmed).await;
@@ -1411,7 +1408,7 @@ async fn a_citizen_cannot_choose_another_citizens_account(backend: Backend) {
 }
 
 async fn program_codes_must_be_known_upper_case_codes(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089002801";
     let account = verified_bank(&app, citizen, "0071002800001", InPerson).await;
     for program in ["NOPE", "pension"] {
@@ -1431,7 +1428,7 @@ async fn program_codes_must_be_known_upper_case_codes(backend: Backend) {
 }
 
 async fn a_program_preference_pays_its_program_and_the_default_pays_the_others(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001060002901";
     let default = verified_bank(&app, citizen, "0071002900001", InPerson).await;
     let pension_request = LinkAccountRequest {
@@ -1468,7 +1465,7 @@ async fn a_program_preference_pays_its_program_and_the_default_pays_the_others(b
 /// own preference changes account just the same; otherwise a first PENSION preference
 /// would be a way around the account-takeover defence.
 async fn a_first_program_preference_is_cooled_off_like_a_default_change(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001060003001";
     let default = verified_bank(&app, citizen, "0071003000001", InPerson).await;
     let new = verified_bank(&app, citizen, "0071003000002", VneidDeclared).await;
@@ -1491,7 +1488,7 @@ async fn a_first_program_preference_is_cooled_off_like_a_default_change(backend:
 }
 
 async fn a_new_default_is_paid_only_after_the_cooling_off_period(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001060003101";
     let old = verified_bank(&app, citizen, "0071003100001", InPerson).await;
     app.clock.advance(HOUR);
@@ -1519,7 +1516,7 @@ async fn a_new_default_is_paid_only_after_the_cooling_off_period(backend: Backen
 }
 
 async fn a_new_default_confirmed_by_its_issuer_is_paid_at_once(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001060003201";
     verified_bank(&app, citizen, "0071003200001", InPerson).await;
     app.clock.advance(HOUR);
@@ -1538,7 +1535,7 @@ async fn a_new_default_confirmed_by_its_issuer_is_paid_at_once(backend: Backend)
 // ------------------------------------------------------------------------------------
 
 async fn get_account_reads_one_account_and_refuses_unknown_ids(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = verified_bank(&app, "001089003301", "0071003300001", InPerson).await;
     assert_eq!(
         get_account(&app, ADMIN, &account.account_id).await.unwrap(),
@@ -1551,7 +1548,7 @@ async fn get_account_reads_one_account_and_refuses_unknown_ids(backend: Backend)
 }
 
 async fn listing_hides_closed_accounts_unless_asked_and_shows_the_preferences(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089003401";
     let default = verified_bank(&app, citizen, "0071003400001", InPerson).await;
     app.clock.advance(HOUR);
@@ -1593,7 +1590,7 @@ async fn listing_hides_closed_accounts_unless_asked_and_shows_the_preferences(ba
 }
 
 async fn account_history_pages_walk_every_state_in_version_order(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = verified_bank(&app, "001089003501", "0071003500001", InPerson).await;
     for step in [
         Transition::Suspend,
@@ -1644,7 +1641,7 @@ async fn account_history_pages_walk_every_state_in_version_order(backend: Backen
 }
 
 async fn account_history_refuses_foreign_page_tokens_and_unknown_accounts(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = link_bank(&app, "001089003601", "0071003600001").await;
     for token in ["not-a-token", "2"] {
         let result = history_page(&app, ADMIN, &account.account_id, 1, token).await;
@@ -1661,14 +1658,14 @@ async fn account_history_refuses_foreign_page_tokens_and_unknown_accounts(backen
 // ------------------------------------------------------------------------------------
 
 async fn resolving_a_never_seen_citizen_answers_unknown_citizen(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let answer = resolve(&app, "001089003701", "").await;
     assert_eq!(answer.outcome(), ResolveOutcome::UnknownCitizen);
     assert_eq!(answer.account, None);
 }
 
 async fn a_citizen_with_only_a_pending_account_has_no_verified_account(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089003801";
     link_bank(&app, citizen, "0071003800001").await;
     let answer = resolve(&app, citizen, "PENSION").await;
@@ -1677,7 +1674,7 @@ async fn a_citizen_with_only_a_pending_account_has_no_verified_account(backend: 
 }
 
 async fn a_suspended_default_is_not_paid(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089003901";
     let account = verified_bank(&app, citizen, "0071003900001", InPerson).await;
     change(&app, Transition::Suspend, &account.account_id)
@@ -1689,7 +1686,7 @@ async fn a_suspended_default_is_not_paid(backend: Backend) {
 }
 
 async fn resolution_as_of_a_past_instant_uses_the_state_at_that_instant(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089004001";
     let linked = link_bank(&app, citizen, "0071004000001").await;
     app.clock.advance(HOUR);
@@ -1732,7 +1729,7 @@ async fn resolution_as_of_a_past_instant_uses_the_state_at_that_instant(backend:
 }
 
 async fn an_out_of_range_as_of_is_invalid(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let request = ResolveRequest {
         as_of: Some(prost_types::Timestamp {
             seconds: 1_777_000_000,
@@ -1752,7 +1749,7 @@ async fn an_out_of_range_as_of_is_invalid(backend: Backend) {
 // ------------------------------------------------------------------------------------
 
 async fn internal_errors_carry_a_request_id_and_no_sql(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089004201";
     verified_bank(&app, citizen, "0071004200001", InPerson).await;
     app.db

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{spawn_app, spawn_app_with, Backend, TestApp, ADMIN, MASKED, PAYER, TEST_PURPOSE};
+use common::{Backend, TestApp, ADMIN, MASKED, PAYER, TEST_PURPOSE};
 use payout_registry::domain::bank_account::BankAccountNumber;
 use payout_registry::domain::citizen_id::PROVINCES;
 use payout_registry::domain::msisdn::Msisdn;
@@ -38,7 +38,6 @@ use payout_registry::domain::{
 use payout_registry::grpc::convert;
 use payout_registry::proto;
 use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
-use payout_registry::server::ServerOptions;
 use payout_registry::store::AccountKey;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -714,18 +713,15 @@ async fn raw_unary(
 }
 
 fn sqlite_app_with_timeout(timeout: Duration) -> impl std::future::Future<Output = TestApp> {
-    spawn_app_with(
-        Backend::Sqlite,
-        ServerOptions {
-            request_timeout: timeout,
-            ..ServerOptions::default()
-        },
-    )
+    TestApp::builder(Backend::Sqlite)
+        .plain_text()
+        .configure(move |s| s.request_timeout_secs = timeout.as_secs())
+        .spawn()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_protobuf_in_a_unary_call_gets_a_clean_error_and_the_server_goes_on() {
-    let app = spawn_app(Backend::Sqlite).await;
+    let app = TestApp::builder(Backend::Sqlite).plain_text().spawn().await;
 
     // The raw client itself works: a well-formed frame is answered OK.
     let valid = raw_unary(app.addr, &[], frame(&resolve_request().encode_to_vec()))
@@ -809,8 +805,8 @@ async fn invalid_protobuf_in_a_unary_call_gets_a_clean_error_and_the_server_goes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_size_limit_is_refused_and_the_server_goes_on() {
-    let app = spawn_app(Backend::Sqlite).await;
-    let limit = ServerOptions::default().max_message_bytes;
+    let app = TestApp::builder(Backend::Sqlite).plain_text().spawn().await;
+    let limit = app.settings.max_message_bytes;
 
     let mut request = tonic::Request::new(proto::ResolveRequest {
         purpose: "x".repeat(limit + 1024),
@@ -859,14 +855,11 @@ async fn a_message_over_the_size_limit_is_refused_and_the_server_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_message_limit_is_the_one_enforced() {
-    let app = spawn_app_with(
-        Backend::Sqlite,
-        ServerOptions {
-            max_message_bytes: 1024,
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::builder(Backend::Sqlite)
+        .plain_text()
+        .configure(|s| s.max_message_bytes = 1024)
+        .spawn()
+        .await;
     let mut client = fresh_resolver(app.addr).await;
     let mut request = tonic::Request::new(proto::ResolveRequest {
         purpose: "x".repeat(2048),
@@ -888,7 +881,7 @@ async fn the_configured_message_limit_is_the_one_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_metadata_fails_the_call_and_new_connections_are_still_served() {
-    let app = spawn_app(Backend::Sqlite).await;
+    let app = TestApp::builder(Backend::Sqlite).plain_text().spawn().await;
 
     // One 1 MiB header value.
     let mut request = tonic::Request::new(resolve_request());
@@ -1028,7 +1021,7 @@ async fn a_hundred_abandoned_calls_are_all_cut_and_do_not_starve_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_already_expired_deadline_is_answered_promptly_with_deadline_exceeded_or_cancelled() {
-    let app = spawn_app(Backend::Sqlite).await;
+    let app = TestApp::builder(Backend::Sqlite).plain_text().spawn().await;
     // The server's deadline timer has a granularity of one millisecond, so a handler that
     // finishes inside that millisecond may still answer; every other outcome must be the
     // deadline's error, and no call may hang.
@@ -1066,7 +1059,7 @@ async fn an_already_expired_deadline_is_answered_promptly_with_deadline_exceeded
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_deadline_cuts_a_stalled_call_long_before_the_server_timeout() {
     // The server's own limit is a minute; the client allows 200 ms.
-    let app = spawn_app(Backend::Sqlite).await;
+    let app = TestApp::builder(Backend::Sqlite).plain_text().spawn().await;
     let mut raw = raw_connection(app.addr).await;
     let started = Instant::now();
     let (response, _stalled) = raw
@@ -1086,7 +1079,7 @@ async fn a_client_deadline_cuts_a_stalled_call_long_before_the_server_timeout() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_grpc_timeouts_neither_crash_nor_hang_the_call() {
-    let app = spawn_app(Backend::Sqlite).await;
+    let app = TestApp::builder(Backend::Sqlite).plain_text().spawn().await;
     let body = frame(&resolve_request().encode_to_vec());
     for value in [
         "",
@@ -1112,7 +1105,7 @@ async fn malformed_grpc_timeouts_neither_crash_nor_hang_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_that_are_not_http2_close_the_connection_and_the_server_goes_on() {
-    let app = spawn_app(Backend::Sqlite).await;
+    let app = TestApp::builder(Backend::Sqlite).plain_text().spawn().await;
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let random: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
     let garbage: Vec<(&str, Vec<u8>)> = vec![
@@ -1245,7 +1238,7 @@ fn note(failures: &mut Vec<String>, what: String, result: Result<(), tonic::Stat
 async fn hostile_free_text_is_stored_faithfully_or_refused_never_an_internal_error(
     backend: Backend,
 ) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::builder(backend).plain_text().spawn().await;
     let mut registry = app.registry(Some(ADMIN));
     let mut resolver = app.resolver_without_purpose(Some(PAYER));
     let mut failures = Vec::new();
@@ -1420,7 +1413,7 @@ async fn hostile_free_text_is_stored_faithfully_or_refused_never_an_internal_err
 /// Reads are logged in shared batches: a purpose the database refuses must sink only the
 /// read that sent it, not the honest reads that happened to share its batch.
 async fn one_clients_hostile_purpose_does_not_fail_other_clients_reads(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::builder(backend).plain_text().spawn().await;
     let hostile = app.resolver_without_purpose(Some(PAYER));
     let honest = app.resolver(Some(MASKED));
     let mut tasks = Vec::new();

@@ -10,7 +10,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::{spawn_secure_app as spawn_app, Backend, TestApp, ADMIN, AUDITOR, PAYER};
+use common::{Backend, TestApp, ADMIN, AUDITOR, PAYER};
 use payout_registry::config::LogFormat;
 use payout_registry::proto::*;
 use uuid::Uuid;
@@ -217,7 +217,7 @@ async fn session(app: &TestApp) {
 
 async fn logs_never_carry_a_citizen_id_or_an_account_number(backend: Backend) {
     let logs = captured();
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     session(&app).await;
     app.stop().await;
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();

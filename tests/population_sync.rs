@@ -10,10 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    population_on, spawn_secure_app, sync_accounts, sync_citizens, Backend, TestApp, EXISTS, PAYER,
-    SYNC,
-};
+use common::{population_on, sync_accounts, sync_citizens, Backend, TestApp, EXISTS, PAYER, SYNC};
 use futures::StreamExt;
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, BatchResolveRequest, BatchResolveResponse,
@@ -104,7 +101,7 @@ fn outcome(r: &ResolveResponse) -> ResolveOutcome {
 }
 
 async fn citizen_records_apply_once_and_replays_or_older_versions_are_stale(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let first = vec![
         citizen("c1", 10, 1, "Nguyễn Văn An"),
         citizen("c2", 10, 2, "Trần Thị Bình"),
@@ -148,7 +145,7 @@ async fn citizen_records_apply_once_and_replays_or_older_versions_are_stale(back
 }
 
 async fn death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     sync_citizens(
         &app,
         vec![
@@ -209,7 +206,7 @@ async fn death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it(b
 }
 
 async fn a_bad_record_is_rejected_alone_and_its_neighbours_are_applied(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let mut records = Vec::new();
     for n in 0..10u32 {
         records.push(citizen(&format!("ok{n}"), 1, 100 + n, "Phạm Thị Dung"));
@@ -316,7 +313,7 @@ async fn a_bad_record_is_rejected_alone_and_its_neighbours_are_applied(backend: 
 async fn legacy_cmnd_numbers_resolve_to_their_citizen_wherever_an_id_is_looked_up(
     backend: Backend,
 ) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let acks = sync_citizens(
         &app,
         vec![
@@ -388,7 +385,7 @@ async fn legacy_cmnd_numbers_resolve_to_their_citizen_wherever_an_id_is_looked_u
 }
 
 async fn declared_accounts_follow_the_verification_and_one_holder_rules(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     sync_citizens(
         &app,
         vec![
@@ -536,7 +533,7 @@ async fn declared_accounts_follow_the_verification_and_one_holder_rules(backend:
 async fn a_cut_stream_resumes_from_its_last_acknowledgement_without_double_application(
     backend: Backend,
 ) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     const N: u32 = 2500;
     let records: Vec<CitizenRecord> = (0..N)
         .map(|n| citizen(&format!("r{n:05}"), 1, 1000 + n, "Bùi Văn Long"))
@@ -601,7 +598,7 @@ fn batch_request(correlation: &str, citizen: &str) -> BatchResolveRequest {
 }
 
 async fn batch_resolve_answers_every_request_in_order_with_its_correlation_id(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let mut citizens = Vec::new();
     let mut accounts = Vec::new();
     for n in 0..300u32 {
@@ -703,7 +700,7 @@ async fn batch_resolve_answers_every_request_in_order_with_its_correlation_id(ba
 }
 
 async fn batch_resolve_slows_down_for_a_slow_reader_instead_of_buffering(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     sync_citizens(&app, vec![citizen("c1", 1, 5000, "Lý Thị Mai")]).await;
     sync_accounts(
         &app,
@@ -755,7 +752,7 @@ async fn batch_resolve_slows_down_for_a_slow_reader_instead_of_buffering(backend
 }
 
 async fn the_streams_require_their_scopes(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let denied = app
         .population(Some(PAYER))
         .sync_citizens(tokio_stream::iter(vec![SyncCitizensRequest {

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::{spawn_secure_app, Backend, TestApp};
+use common::{Backend, TestApp};
 use payout_registry::config::RelaySettings;
 use payout_registry::proto::FeedEvent;
-use payout_registry::relay::{self, CLIENT_ID, CONTENT_TYPE, POSITION_HEADER};
 use payout_registry::store::{Event, Store};
+use payout_registry::tools::relay::{self, CLIENT_ID, CONTENT_TYPE, POSITION_HEADER};
 use prost::Message as _;
 use uuid::Uuid;
 
@@ -140,19 +140,6 @@ fn account_ref(n: u32) -> String {
     format!("00480{n:08}")
 }
 
-/// Waits until the server's sequencer has numbered every event; answers the head.
-async fn sequenced_head(app: &TestApp) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let head = app.store.feed_head().await.unwrap();
-        if head == app.db.count("SELECT COUNT(*) FROM events").await {
-            return head;
-        }
-        assert!(Instant::now() < deadline, "events left unsequenced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn feed(store: &Arc<dyn Store>) -> Vec<Event> {
     let mut events = Vec::new();
     loop {
@@ -240,17 +227,19 @@ async fn relay_position(app: &TestApp) -> i64 {
 async fn a_relay_killed_mid_publish_leaves_every_feed_event_in_the_stream_once_and_in_order(
     backend: Backend,
 ) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let stream = TestStream::new().await;
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("relay.log");
     for n in 0..300 {
         change(&app, n).await;
     }
-    let first_head = sequenced_head(&app).await;
+    let first_head = common::sequenced_head(&app).await;
     assert_eq!(first_head, 900);
 
-    // Killed twice while publishing the backlog, at different points.
+    // Killed twice while publishing the backlog, at different points. Whether a kill
+    // lands between an acknowledgement and the position's commit is up to timing.
+    let mut position_lagged = false;
     for kill_at in [60u64, 400] {
         let mut relay = spawn_relay(&app, &stream, dir.path(), &logs);
         stream
@@ -265,14 +254,16 @@ async fn a_relay_killed_mid_publish_leaves_every_feed_event_in_the_stream_once_a
         );
         // The durable position may lag the stream (killed between ack and commit), but
         // never runs ahead of it.
-        assert!(relay_position(&app).await <= stored as i64);
+        let position = relay_position(&app).await;
+        assert!(position <= stored as i64);
+        position_lagged |= position < stored as i64;
     }
 
     // More changes while the relay is down; then it catches up and stops on SIGTERM.
     for n in 300..400 {
         change(&app, n).await;
     }
-    let head = sequenced_head(&app).await;
+    let head = common::sequenced_head(&app).await;
     let mut relay = spawn_relay(&app, &stream, dir.path(), &logs);
     stream
         .wait_for_relay(head as u64, Some((&mut relay, &logs)))
@@ -296,9 +287,12 @@ async fn a_relay_killed_mid_publish_leaves_every_feed_event_in_the_stream_once_a
     let accounts: Vec<String> = (0..400).map(account_ref).collect();
     assert_stream_holds_the_feed(&stream, &feed(&app.store).await, &accounts).await;
     let logs = std::fs::read_to_string(&logs).unwrap();
+    // When a kill left the durable position behind the stream, the restart found the
+    // events already published and skipped them (the stream check above proves it
+    // published none twice; this proves it knew why).
     assert!(
-        logs.contains("already in the stream"),
-        "a restart found events the durable position had not recorded:\n{logs}"
+        !position_lagged || logs.contains("already in the stream"),
+        "a restart did not report events the durable position had not recorded:\n{logs}"
     );
     for n in 0..400 {
         assert!(
@@ -313,7 +307,7 @@ async fn a_relay_killed_mid_publish_leaves_every_feed_event_in_the_stream_once_a
 }
 
 async fn the_relay_position_advances_and_keeps_unsent_events_from_being_pruned(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let stream = TestStream::new().await;
     let start = |app: &TestApp| {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -343,9 +337,9 @@ async fn the_relay_position_advances_and_keeps_unsent_events_from_being_pruned(b
     for n in 11..15 {
         change(&app, n).await;
     }
-    let head = sequenced_head(&app).await;
+    let head = common::sequenced_head(&app).await;
     assert_eq!(head, 45);
-    common::digest_at_head(&app.store).await;
+    common::digest_at_head(&app).await;
     let tomorrow = payout_registry::domain::Timestamp::now().plus(Duration::from_secs(86_400));
     assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 33);
     assert_eq!(app.store.feed_pruned_through().await.unwrap(), 33);

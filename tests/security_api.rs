@@ -7,12 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    refused, spawn_secure_app as spawn_app, spawn_secure_app_tuned, spawn_secure_app_with_limits,
-    Backend, TestApp, ADMIN, AUDITOR, MASKED, PAYER,
-};
-use payout_registry::limits::{BucketConfig, RateLimitConfig};
+use common::{refused, Backend, TestApp, ADMIN, AUDITOR, MASKED, PAYER};
 use payout_registry::proto::*;
+use payout_registry::security::limits::{BucketConfig, RateLimitConfig};
 use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
@@ -98,7 +95,7 @@ async fn access_log(
 }
 
 async fn a_read_without_a_purpose_is_refused(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = verified_account(&app, "001089100001", "0071100000001").await;
     let mut resolver = app.resolver_without_purpose(Some(PAYER));
     let result = resolver.resolve(resolve_request("001089100001", "")).await;
@@ -131,7 +128,7 @@ async fn a_read_without_a_purpose_is_refused(backend: Backend) {
 async fn every_read_is_recorded_in_the_access_log_with_client_purpose_and_request_id(
     backend: Backend,
 ) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089100002";
     let account = verified_account(&app, citizen, "0071100000002").await;
     let response = app
@@ -203,7 +200,7 @@ async fn every_read_is_recorded_in_the_access_log_with_client_purpose_and_reques
 }
 
 async fn the_access_log_pages_newest_first(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089100003";
     verified_account(&app, citizen, "0071100000003").await;
     for i in 0..5 {
@@ -254,7 +251,7 @@ fn failure_report(account_id: &str) -> ReportPayoutFailureRequest {
 }
 
 async fn a_payout_failure_suspends_the_account_and_stops_resolution(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let citizen = "001089100004";
     let account = verified_account(&app, citizen, "0071100000004").await;
     assert_eq!(outcome(&app, citizen).await, ResolveOutcome::Resolved);
@@ -309,7 +306,7 @@ async fn a_payout_failure_suspends_the_account_and_stops_resolution(backend: Bac
 }
 
 async fn a_payout_failure_report_is_idempotent_and_validated(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = verified_account(&app, "001089100005", "0071100000005").await;
     let report = failure_report(&account.account_id);
     let mut registry = app.registry(Some(PAYER));
@@ -393,7 +390,7 @@ async fn a_payout_failure_report_is_idempotent_and_validated(backend: Backend) {
 async fn a_payout_failure_on_an_account_that_is_not_payable_is_recorded_without_a_change(
     backend: Backend,
 ) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let account = verified_account(&app, "001089100006", "0071100000006").await;
     let mut registry = app.registry(Some(PAYER));
     let first = registry
@@ -419,7 +416,7 @@ async fn a_payout_failure_on_an_account_that_is_not_payable_is_recorded_without_
 }
 
 async fn investigators_find_every_citizen_who_ever_claimed_an_account(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let number = "0071100000007";
     // A first holder closes the account; a second citizen verifies it; a third is refused.
     let first = verified_account(&app, "001089100071", number).await;
@@ -503,7 +500,7 @@ async fn investigators_find_every_citizen_who_ever_claimed_an_account(backend: B
 }
 
 async fn duplicate_claims_are_listed_newest_first_in_pages(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     verified_account(&app, "001089100008", "0071100000008").await;
     let claimants = ["079200100081", "079200100082", "079200100083"];
     for c in claimants {
@@ -548,7 +545,7 @@ async fn duplicate_claims_are_listed_newest_first_in_pages(backend: Backend) {
 }
 
 async fn oversight_is_closed_to_clients_without_the_oversight_scope(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     for token in [ADMIN, PAYER, MASKED] {
         let result = app
             .oversight(Some(token))
@@ -594,7 +591,10 @@ fn tight_limits(burst: f64, unknown_cost: f64) -> RateLimitConfig {
 }
 
 async fn a_client_over_its_rate_limit_is_told_when_to_retry(backend: Backend) {
-    let app = spawn_secure_app_with_limits(backend, tight_limits(3.0, 0.0)).await;
+    let app = TestApp::builder(backend)
+        .limits(tight_limits(3.0, 0.0))
+        .spawn()
+        .await;
     verified_account(&app, "001089100010", "0071100000010").await;
     for _ in 0..3 {
         app.resolver(Some(PAYER))
@@ -623,7 +623,10 @@ async fn a_client_over_its_rate_limit_is_told_when_to_retry(backend: Backend) {
 }
 
 async fn lookups_of_unknown_citizens_exhaust_the_rate_limit_faster(backend: Backend) {
-    let app = spawn_secure_app_with_limits(backend, tight_limits(10.0, 4.0)).await;
+    let app = TestApp::builder(backend)
+        .limits(tight_limits(10.0, 4.0))
+        .spawn()
+        .await;
     verified_account(&app, "001089100011", "0071100000011").await;
     // Hits: ten fit in the burst.
     for _ in 0..10 {
@@ -694,10 +697,7 @@ async fn calls_beyond_the_in_flight_limit_are_refused_at_once_not_queued(backend
         max_concurrent_calls: 2,
         ..RateLimitConfig::default()
     };
-    let app = spawn_secure_app_tuned(backend, move |state| {
-        state.limits = std::sync::Arc::new(payout_registry::limits::Limits::new(limits));
-    })
-    .await;
+    let app = TestApp::builder(backend).limits(limits).spawn().await;
     verified_account(&app, "001089100012", "0071100000012").await;
     let lock = lock_access_log(&app).await;
     // Two reads go in flight and wait for their access-log entries.

@@ -13,14 +13,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::{
-    feed_on, refused, spawn_secure_app, sync_accounts, sync_citizens, Backend, TestApp, ADMIN,
-    FEED, PAYER, WATCHER,
+    feed_on, refused, sync_accounts, sync_citizens, Backend, TestApp, ADMIN, FEED, PAYER, WATCHER,
 };
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, CitizenRecord, CitizenStatus, CloseAccountRequest,
-    Confirmation, FeedEvent, GetPositionRequest, GetSyncDigestRequest, GetSyncDigestResponse,
-    PayoutFailureCode, ReinstateAccountRequest, ReportPayoutFailureRequest, ResolveOutcome,
-    ResolveRequest, SetDefaultAccountRequest, SubscribeRequest, SuspendAccountRequest,
+    Confirmation, FeedEvent, GetSyncDigestRequest, GetSyncDigestResponse, PayoutFailureCode,
+    ReinstateAccountRequest, ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest,
+    SetDefaultAccountRequest, SubscribeRequest, SuspendAccountRequest,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -139,41 +138,23 @@ async fn digest(app: &TestApp, province: &str) -> GetSyncDigestResponse {
         .into_inner()
 }
 
-async fn head(app: &TestApp) -> u64 {
-    feed_on(app.channel(), Some(FEED))
-        .get_position(GetPositionRequest {
-            consumer: "digest-test".into(),
+/// The digest once the registry is quiet: the writes the test made have committed, so
+/// once the sequencer has numbered their events and brought the digest up to that head,
+/// the digest describes it.
+async fn settled_digest(app: &TestApp, province: &str) -> GetSyncDigestResponse {
+    let head = common::digest_at_head(app).await;
+    let d = feed_on(app.channel(), Some(FEED))
+        .get_sync_digest(GetSyncDigestRequest {
+            province_code: province.into(),
         })
         .await
-        .expect("position")
-        .into_inner()
-        .head
-}
-
-/// The digest once the registry is quiet: the writes the test made have committed, so
-/// once the sequencer has numbered their events the head stops moving, and the digest
-/// describes it.
-async fn settled_digest(app: &TestApp, province: &str) -> GetSyncDigestResponse {
-    let mut last_head = 0;
-    for _ in 0..400 {
-        let head = head(app).await;
-        let d = feed_on(app.channel(), Some(FEED))
-            .get_sync_digest(GetSyncDigestRequest {
-                province_code: province.into(),
-            })
-            .await;
-        match d {
-            Ok(d) if d.get_ref().position == head && head == last_head && head > 0 => {
-                return d.into_inner()
-            }
-            Ok(_) => {}
-            Err(s) if s.code() == Code::Unavailable => {}
-            Err(s) => panic!("digest refused: {s:?}"),
-        }
-        last_head = head;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the digest never reached a quiet feed's head");
+        .expect("digest")
+        .into_inner();
+    assert_eq!(
+        d.position as i64, head,
+        "the digest describes the quiet head"
+    );
+    d
 }
 
 /// Compares the registry's digest (all citizens and the provinces used) with the copy's,
@@ -354,7 +335,7 @@ const D: &str = "001085000004";
 const E: &str = "048090000005";
 
 async fn a_consumer_rebuilding_from_the_feed_computes_the_registrys_digest(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     let mut copy = Copy::default();
 
     // A: two accounts, the second made the default, the first kept for pensions.
@@ -419,7 +400,7 @@ async fn a_consumer_rebuilding_from_the_feed_computes_the_registrys_digest(backe
 }
 
 async fn the_digest_needs_events_all_and_a_real_province(backend: Backend) {
-    let app = spawn_secure_app(backend).await;
+    let app = TestApp::spawn(backend).await;
     link(&app, A, "0011000001").await;
     let d = settled_digest(&app, "").await;
     assert_eq!(d.routes, 1);

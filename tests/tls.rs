@@ -17,9 +17,9 @@ use std::path::Path;
 use std::process::Output;
 
 use common::{
-    client_identity, plaintext_channel, registry_on, resolver_on, spawn_tls_app,
-    spawn_tls_app_from, spawn_tls_app_with, tls_channel, tls_settings, Backend, TestApp,
-    TlsMaterial, ADMIN, ADMIN_CERT, MASKED_CERT, NOSCOPE_CERT, PAYER, PAYER_CERT, UNKNOWN_CERT,
+    client_identity, plaintext_channel, registry_on, resolver_on, tls_channel, tls_settings,
+    Backend, TestApp, TlsMaterial, ADMIN, ADMIN_CERT, MASKED_CERT, NOSCOPE_CERT, PAYER, PAYER_CERT,
+    UNKNOWN_CERT,
 };
 use payout_registry::proto::{
     Account, AccountKind, GetAccountHistoryRequest, LinkAccountRequest, ListCitizenAccountsRequest,
@@ -119,7 +119,11 @@ fn refused_by_the_transport<T: std::fmt::Debug>(result: Result<T, Status>) -> St
 async fn a_client_with_a_valid_certificate_is_identified_by_it_and_recorded_as_the_actor(
     backend: Backend,
 ) {
-    let (app, tls) = spawn_tls_app(backend).await;
+    let app = TestApp::builder(backend)
+        .requiring_client_certificates()
+        .spawn()
+        .await;
+    let tls = app.tls();
     // No token at all: the certificate alone identifies the client.
     let account = link_on(tls.channel(&app, Some(ADMIN_CERT)), None)
         .await
@@ -154,7 +158,11 @@ async fn a_client_with_a_valid_certificate_is_identified_by_it_and_recorded_as_t
 }
 
 async fn a_client_certificate_signed_by_another_ca_is_refused(backend: Backend) {
-    let (app, tls) = spawn_tls_app(backend).await;
+    let app = TestApp::builder(backend)
+        .requiring_client_certificates()
+        .spawn()
+        .await;
+    let tls = app.tls();
     // Same client id, right server CA, but a certificate from a CA the server never
     // heard of.
     let impostor = TlsMaterial::generate();
@@ -162,22 +170,30 @@ async fn a_client_certificate_signed_by_another_ca_is_refused(backend: Backend) 
         .ca_certificate(tls.ca())
         .identity(impostor.identity(ADMIN_CERT));
     refused_before_any_handler(link_on(tls_channel(app.addr, client), None).await);
-    assert!(accounts_of_citizen(&app, &tls).await.is_empty());
+    assert!(accounts_of_citizen(&app, tls).await.is_empty());
     app.stop().await;
 }
 
 async fn a_client_without_a_certificate_is_refused_when_one_is_required(backend: Backend) {
-    let (app, tls) = spawn_tls_app(backend).await;
+    let app = TestApp::builder(backend)
+        .requiring_client_certificates()
+        .spawn()
+        .await;
+    let tls = app.tls();
     // The app's own channel trusts the server but presents no certificate; a valid
     // token does not make up for it.
     refused_by_the_transport(link_on(app.channel(), Some(ADMIN)).await);
     refused_by_the_transport(link_on(app.channel(), None).await);
-    assert!(accounts_of_citizen(&app, &tls).await.is_empty());
+    assert!(accounts_of_citizen(&app, tls).await.is_empty());
     app.stop().await;
 }
 
 async fn a_certificate_whose_common_name_is_not_configured_is_unauthenticated(backend: Backend) {
-    let (app, tls) = spawn_tls_app(backend).await;
+    let app = TestApp::builder(backend)
+        .requiring_client_certificates()
+        .spawn()
+        .await;
+    let tls = app.tls();
     let status = link_on(tls.channel(&app, Some(UNKNOWN_CERT)), None)
         .await
         .expect_err("an unconfigured certificate is refused");
@@ -187,12 +203,16 @@ async fn a_certificate_whose_common_name_is_not_configured_is_unauthenticated(ba
         .await
         .expect_err("the certificate wins over the token");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(accounts_of_citizen(&app, &tls).await.is_empty());
+    assert!(accounts_of_citizen(&app, tls).await.is_empty());
     app.stop().await;
 }
 
 async fn a_certificate_client_without_the_scope_is_permission_denied(backend: Backend) {
-    let (app, tls) = spawn_tls_app(backend).await;
+    let app = TestApp::builder(backend)
+        .requiring_client_certificates()
+        .spawn()
+        .await;
+    let tls = app.tls();
     for client in [MASKED_CERT, NOSCOPE_CERT, PAYER_CERT] {
         let status = link_on(tls.channel(&app, Some(client)), None)
             .await
@@ -204,23 +224,31 @@ async fn a_certificate_client_without_the_scope_is_permission_denied(backend: Ba
         );
         assert!(status.message().contains(client), "{status:?}");
     }
-    assert!(accounts_of_citizen(&app, &tls).await.is_empty());
+    assert!(accounts_of_citizen(&app, tls).await.is_empty());
     app.stop().await;
 }
 
 async fn a_certificate_and_a_token_naming_different_clients_are_unauthenticated(backend: Backend) {
-    let (app, tls) = spawn_tls_app(backend).await;
+    let app = TestApp::builder(backend)
+        .requiring_client_certificates()
+        .spawn()
+        .await;
+    let tls = app.tls();
     // The payer's certificate with the admin's token: not a way to borrow scopes.
     let status = link_on(tls.channel(&app, Some(PAYER_CERT)), Some(ADMIN))
         .await
         .expect_err("certificate and token disagree");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(accounts_of_citizen(&app, &tls).await.is_empty());
+    assert!(accounts_of_citizen(&app, tls).await.is_empty());
     app.stop().await;
 }
 
 async fn a_certificate_and_its_own_clients_token_are_accepted_together(backend: Backend) {
-    let (app, tls) = spawn_tls_app(backend).await;
+    let app = TestApp::builder(backend)
+        .requiring_client_certificates()
+        .spawn()
+        .await;
+    let tls = app.tls();
     let account = link_on(tls.channel(&app, Some(ADMIN_CERT)), Some(ADMIN))
         .await
         .expect("the same client by both credentials");
@@ -229,7 +257,11 @@ async fn a_certificate_and_its_own_clients_token_are_accepted_together(backend: 
 }
 
 async fn a_plain_text_client_cannot_talk_to_the_tls_port(backend: Backend) {
-    let (app, tls) = spawn_tls_app(backend).await;
+    let app = TestApp::builder(backend)
+        .requiring_client_certificates()
+        .spawn()
+        .await;
+    let tls = app.tls();
     refused_by_the_transport(link_on(plaintext_channel(app.addr), Some(ADMIN)).await);
     // Nor can it reach the public health check.
     let mut health =
@@ -239,12 +271,13 @@ async fn a_plain_text_client_cannot_talk_to_the_tls_port(backend: Backend) {
             .check(tonic_health::pb::HealthCheckRequest::default())
             .await,
     );
-    assert!(accounts_of_citizen(&app, &tls).await.is_empty());
+    assert!(accounts_of_citizen(&app, tls).await.is_empty());
     app.stop().await;
 }
 
 async fn a_bearer_token_over_tls_works_when_client_certificates_are_optional(backend: Backend) {
-    let (app, tls) = spawn_tls_app_with(backend, false).await;
+    let app = TestApp::spawn(backend).await;
+    let tls = app.tls();
     // The app's channel is TLS without a client certificate.
     let account = link_on(app.channel(), Some(ADMIN))
         .await
@@ -269,14 +302,15 @@ async fn a_bearer_token_over_tls_works_when_client_certificates_are_optional(bac
         .await
         .expect_err("an unknown token");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert_eq!(accounts_of_citizen(&app, &tls).await.len(), 1);
+    assert_eq!(accounts_of_citizen(&app, tls).await.len(), 1);
     app.stop().await;
 }
 
 async fn a_certificate_still_identifies_its_client_when_certificates_are_optional(
     backend: Backend,
 ) {
-    let (app, tls) = spawn_tls_app_with(backend, false).await;
+    let app = TestApp::spawn(backend).await;
+    let tls = app.tls();
     let account = link_on(tls.channel(&app, Some(ADMIN_CERT)), None)
         .await
         .expect("a certificate client without a token");
@@ -338,16 +372,17 @@ async fn the_files_written_by_dev_certs_serve_and_identify_a_client_end_to_end(b
 
     // The server loads the files exactly as `serve` loads `[tls]`; the app's own
     // channel presents the `vss-payroll` certificate.
-    let app = spawn_tls_app_from(
-        backend,
-        &tls_settings(&out, true),
-        ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(
-                std::fs::read(out.join("ca.pem")).unwrap(),
-            ))
-            .identity(client_identity(&out, PAYER_CERT)),
-    )
-    .await;
+    let app = TestApp::builder(backend)
+        .tls_files(
+            tls_settings(&out, true),
+            ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(
+                    std::fs::read(out.join("ca.pem")).unwrap(),
+                ))
+                .identity(client_identity(&out, PAYER_CERT)),
+        )
+        .spawn()
+        .await;
     let answer = app
         .resolver(None)
         .resolve(ResolveRequest {

@@ -10,10 +10,10 @@ use super::convert::{
     duplicate_claim_out, holder_out, page_size,
 };
 use super::{AppState, Call};
-use crate::auth::Scope;
-use crate::limits::RpcClass;
 use crate::proto::oversight_server::Oversight;
 use crate::proto::*;
+use crate::security::limits::RpcClass;
+use crate::security::Scope;
 use crate::store::AccountKey;
 
 const DEFAULT_PAGE: u32 = 100;

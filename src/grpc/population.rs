@@ -20,9 +20,9 @@ use super::convert::{record_error, sync_account, sync_citizen};
 use super::resolver::next_batch;
 use super::{AppState, Call};
 use crate::domain::{Reason, RecordOutcome, Rejection};
-use crate::limits::RpcClass;
 use crate::proto::population_sync_server::PopulationSync;
 use crate::proto::{SyncAccountsRequest, SyncAck, SyncCitizensRequest};
+use crate::security::limits::RpcClass;
 use crate::store::{Store, StoreResult, WriteContext};
 
 /// Records applied per transaction.

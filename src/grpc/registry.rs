@@ -7,14 +7,14 @@ use super::convert::{
     account_id, account_out, history_out, page_size, page_token_in, page_token_out, preference_out,
 };
 use super::{AppState, Call};
-use crate::auth::Scope;
 use crate::domain::{
     account_not_found, Account, ChangeAccount, LinkAccount, Rejection, ReportPayoutFailure,
     SetPreference,
 };
-use crate::limits::RpcClass;
 use crate::proto::account_registry_server::AccountRegistry;
 use crate::proto::*;
+use crate::security::limits::RpcClass;
+use crate::security::Scope;
 
 /// Default and largest history page.
 const DEFAULT_PAGE: u32 = 100;

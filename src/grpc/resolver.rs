@@ -11,14 +11,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{record_error, resolution_out, ResolveRequest};
 use super::{AppState, Call};
-use crate::auth::Scope;
 use crate::domain::{CitizenId, CitizenLookup, LegacyId, Rejection, Resolution};
-use crate::limits::RpcClass;
 use crate::proto::payout_resolver_server::PayoutResolver;
 use crate::proto::{
     BatchResolveRequest, BatchResolveResponse, ResolveOutcome,
     ResolveRequest as ProtoResolveRequest, ResolveResponse,
 };
+use crate::security::limits::RpcClass;
+use crate::security::Scope;
 
 const RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/Resolve";
 const BATCH_RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/BatchResolve";

@@ -917,7 +917,9 @@ impl Backend {
             }
         }
         tx.commit().await?;
-        if assigned > 0 {
+        // Subscribers wake for new positions; waiters on the digest (GetSyncDigest after
+        // a write, the pruner's horizon) for its progress.
+        if assigned > 0 || digest_due {
             self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(round)

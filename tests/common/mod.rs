@@ -1,8 +1,10 @@
 //! The test harness: a fresh database per test on either backend, and the real server on
 //! `127.0.0.1:0` with real tonic clients.
 //!
-//! [`spawn_tls_app`] gives the same server over mutual TLS, with certificates made by
-//! `generate_dev_certs` in a temp dir of the test's own.
+//! [`TestApp::spawn`] builds the server with `App::build` from test settings, exactly as
+//! `serve` does, over TLS with certificates made by `generate_dev_certs` in a temp dir of
+//! the test's own; [`TestApp::builder`] adjusts it first (plain text, mutual TLS only,
+//! limits, any setting).
 //!
 //! PostgreSQL: `DATABASE_URL` (an admin connection; each test creates and drops its own
 //! database) when set; otherwise a throw-away cluster is started from the system's
@@ -17,17 +19,16 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use payout_registry::auth::{hash_token, Authenticator};
-use payout_registry::config::{ClientConfig, TlsSettings};
+use payout_registry::app::App;
+use payout_registry::config::{Secret, Settings};
 use payout_registry::domain::Timestamp;
-use payout_registry::grpc::AppState;
-use payout_registry::limits::{Limits, RateLimitConfig};
 use payout_registry::proto::account_registry_client::AccountRegistryClient;
 use payout_registry::proto::oversight_client::OversightClient;
 use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
-use payout_registry::server::{serve, ServerOptions};
+use payout_registry::security::auth::{hash_token, ClientConfig};
+use payout_registry::security::limits::RateLimitConfig;
+use payout_registry::security::tls::{generate_dev_certs, DevCertFiles, TlsSettings};
 use payout_registry::store::{connect, Store, StoreOptions};
-use payout_registry::tls::{generate_dev_certs, server_tls_config, DevCertFiles};
 use sqlx::Connection;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use uuid::Uuid;
@@ -348,7 +349,7 @@ impl TestClock {
 }
 
 /// The clients every test server knows, by token. Each also has a certificate subject
-/// equal to its id, used only by [`spawn_tls_app`] (see [`TlsMaterial`]).
+/// equal to its id, used only over mutual TLS (see [`TlsMaterial`]).
 pub const ADMIN: &str = "admin-token";
 pub const PAYER: &str = "payer-token";
 pub const MASKED: &str = "masked-token";
@@ -395,17 +396,22 @@ fn clients() -> Vec<ClientConfig> {
     ]
 }
 
-/// A running server on its own database.
+/// A running registry on its own database, built by `App::build` exactly as `serve`
+/// builds it (see [`AppBuilder`]), with clients of every kind.
 pub struct TestApp {
     pub db: TestDb,
     pub store: Arc<dyn Store>,
     pub addr: SocketAddr,
     pub clock: TestClock,
+    /// The settings the app was built from.
+    pub settings: Settings,
     channel: Channel,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    /// Certificates of a TLS server, kept as long as the app.
+    /// The certificates of a TLS server, kept as long as the app.
     tls: Option<TlsMaterial>,
+    /// The data directory (`data_dir`), removed with the app.
+    _data_dir: tempfile::TempDir,
 }
 
 pub type Registry =
@@ -450,50 +456,181 @@ impl tonic::service::Interceptor for Token {
     }
 }
 
-pub async fn spawn_app(backend: Backend) -> TestApp {
-    spawn_app_tuned(backend, ServerOptions::default(), |_| {}).await
+/// How test clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain text on loopback.
+    PlainText,
+    /// TLS with the test CA. With `require_client_cert` every call needs a certificate
+    /// from the test CA; without it, token clients get in too (the app's own clients
+    /// speak TLS and present their bearer tokens).
+    Tls { require_client_cert: bool },
 }
 
-pub async fn spawn_app_with(backend: Backend, options: ServerOptions) -> TestApp {
-    spawn_app_tuned(backend, options, |_| {}).await
-}
+/// A change to the test settings, applied before the app is built.
+type Configure = Box<dyn FnOnce(&mut Settings) + Send>;
 
-/// The server with `options`, and its state adjusted by `configure` before it starts.
-pub async fn spawn_app_tuned(
+/// Builds a [`TestApp`]: a fresh database on the backend, the test [`Settings`]
+/// (the clients of [`clients`], a data directory of its own, no development client),
+/// then `App::build` and `App::serve` on `127.0.0.1:0`, the same two calls `serve` makes.
+pub struct AppBuilder {
     backend: Backend,
-    options: ServerOptions,
-    configure: impl FnOnce(&mut AppState),
-) -> TestApp {
-    let db = TestDb::new(backend).await;
-    let store = db.store().await;
-    let clock = TestClock::new();
-    let mut state = AppState::new(store.clone(), COOLING_OFF);
-    let c = clock.clone();
-    state.clock = Arc::new(move || c.now());
-    configure(&mut state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let auth = Arc::new(Authenticator::new(&clients()));
-    let server = tokio::spawn(serve(listener, state, auth, options, async {
-        let _ = rx.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    TestApp {
-        db,
-        store,
-        addr,
-        clock,
-        channel,
-        shutdown: Some(tx),
-        server: Some(server),
-        tls: None,
+    transport: Transport,
+    tls_files: Option<(TlsSettings, ClientTlsConfig)>,
+    configure: Vec<Configure>,
+}
+
+impl AppBuilder {
+    /// Serve in plain text (on loopback).
+    pub fn plain_text(mut self) -> AppBuilder {
+        self.transport = Transport::PlainText;
+        self
+    }
+
+    /// Serve over mutual TLS: every call needs a client certificate from the test CA
+    /// ([`TestApp::tls`] issues them). The app's own clients speak TLS without one.
+    pub fn requiring_client_certificates(mut self) -> AppBuilder {
+        self.transport = Transport::Tls {
+            require_client_cert: true,
+        };
+        self
+    }
+
+    /// Serve over TLS with these `[tls]` settings (files an operator made); the app's own
+    /// channel connects with `channel_tls`.
+    pub fn tls_files(mut self, settings: TlsSettings, channel_tls: ClientTlsConfig) -> AppBuilder {
+        self.tls_files = Some((settings, channel_tls));
+        self
+    }
+
+    /// Changes the test settings before the app is built.
+    pub fn configure(mut self, f: impl FnOnce(&mut Settings) + Send + 'static) -> AppBuilder {
+        self.configure.push(Box::new(f));
+        self
+    }
+
+    /// With these rate limits and in-flight limit.
+    pub fn limits(self, limits: RateLimitConfig) -> AppBuilder {
+        self.configure(move |s| s.rate_limits = limits)
+    }
+
+    /// Builds and starts the app.
+    pub async fn spawn(self) -> TestApp {
+        let db = TestDb::new(self.backend).await;
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = test_settings(&db, data_dir.path());
+        let mut material = None;
+        let mut channel_tls = None;
+        match (self.tls_files, self.transport) {
+            (Some((tls, client)), _) => {
+                settings.tls = Some(tls);
+                channel_tls = Some(client);
+            }
+            (
+                None,
+                Transport::Tls {
+                    require_client_cert,
+                },
+            ) => {
+                let generated = TlsMaterial::generate();
+                settings.tls = Some(generated.settings(require_client_cert));
+                channel_tls = Some(generated.client_tls(None));
+                material = Some(generated);
+            }
+            (None, Transport::PlainText) => {}
+        }
+        for f in self.configure {
+            f(&mut settings);
+        }
+        let clock = TestClock::new();
+        let c = clock.clone();
+        let app = App::build(&settings)
+            .await
+            .expect("the app builds from the test settings")
+            .with_clock(Arc::new(move || c.now()));
+        let store = app.store();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(app.serve(listener, async {
+            let _ = rx.await;
+        }));
+        let channel = match channel_tls {
+            Some(tls) => tls_channel(addr, tls),
+            None => plaintext_channel(addr),
+        };
+        TestApp {
+            db,
+            store,
+            addr,
+            clock,
+            settings,
+            channel,
+            shutdown: Some(tx),
+            server: Some(server),
+            tls: material,
+            _data_dir: data_dir,
+        }
+    }
+}
+
+/// The settings every test app starts from.
+fn test_settings(db: &TestDb, data_dir: &Path) -> Settings {
+    Settings {
+        database_url: Secret::new(db.url.clone()),
+        data_dir: data_dir.to_path_buf(),
+        dev_client: false,
+        clients: clients(),
+        db_max_connections: 8,
+        ..Settings::default()
     }
 }
 
 impl TestApp {
+    /// The registry over TLS, token clients admitted: what most tests run.
+    pub async fn spawn(backend: Backend) -> TestApp {
+        TestApp::builder(backend).spawn().await
+    }
+
+    /// A test app to adjust before it starts; over TLS with token clients by default.
+    pub fn builder(backend: Backend) -> AppBuilder {
+        AppBuilder {
+            backend,
+            transport: Transport::Tls {
+                require_client_cert: false,
+            },
+            tls_files: None,
+            configure: Vec::new(),
+        }
+    }
+
+    /// The certificates of an app served over TLS with generated material.
+    pub fn tls(&self) -> &TlsMaterial {
+        self.tls
+            .as_ref()
+            .expect("this app was not served over TLS with generated certificates")
+    }
+
+    /// Another instance of the registry over the same database, built from the same
+    /// settings (plain text on loopback), stopped when dropped.
+    pub async fn another_instance(&self) -> Instance {
+        let mut settings = self.settings.clone();
+        settings.tls = None;
+        let app = App::build(&settings)
+            .await
+            .expect("a second instance builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(app.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Instance {
+            addr,
+            shutdown: Some(tx),
+        }
+    }
+
     pub fn registry(&self, token: Option<&str>) -> Registry {
         AccountRegistryClient::with_interceptor(
             self.channel.clone(),
@@ -630,75 +767,6 @@ pub fn client_identity(dir: &Path, client_id: &str) -> Identity {
     Identity::from_pem(read("pem"), read("key"))
 }
 
-/// The server over mutual TLS: every call needs a client certificate from the test CA.
-/// The app's own clients ([`TestApp::registry`], ...) speak TLS without a certificate;
-/// use [`TlsMaterial::channel`] and [`registry_on`] for a client with one.
-pub async fn spawn_tls_app(backend: Backend) -> (TestApp, TlsMaterial) {
-    spawn_tls_app_with(backend, true).await
-}
-
-/// The server over TLS; with `require_client_cert = false` token-only clients get in too.
-pub async fn spawn_tls_app_with(
-    backend: Backend,
-    require_client_cert: bool,
-) -> (TestApp, TlsMaterial) {
-    let material = TlsMaterial::generate();
-    let app = spawn_tls_app_from(
-        backend,
-        &material.settings(require_client_cert),
-        material.client_tls(None),
-    )
-    .await;
-    (app, material)
-}
-
-/// The server over real TLS, with token clients allowed (`require_client_cert = false`)
-/// and its state adjusted by `configure`: the app's own clients speak TLS and present
-/// their bearer tokens, so every test written against [`TestApp`] runs over TLS.
-pub async fn spawn_secure_app_tuned(
-    backend: Backend,
-    configure: impl FnOnce(&mut AppState),
-) -> TestApp {
-    let material = TlsMaterial::generate();
-    let options = ServerOptions {
-        tls: Some(server_tls_config(&material.settings(false)).expect("server TLS configuration")),
-        ..ServerOptions::default()
-    };
-    let mut app = spawn_app_tuned(backend, options, configure).await;
-    app.channel = tls_channel(app.addr, material.client_tls(None));
-    app.tls = Some(material);
-    app
-}
-
-/// [`spawn_secure_app_tuned`] with the default state.
-pub async fn spawn_secure_app(backend: Backend) -> TestApp {
-    spawn_secure_app_tuned(backend, |_| {}).await
-}
-
-/// [`spawn_secure_app_tuned`] with these rate limits.
-pub async fn spawn_secure_app_with_limits(backend: Backend, limits: RateLimitConfig) -> TestApp {
-    spawn_secure_app_tuned(backend, move |state| {
-        state.limits = Arc::new(Limits::new(limits));
-    })
-    .await
-}
-
-/// The server over TLS configured by `settings` (loaded the way `serve` loads `[tls]`);
-/// the app's own channel uses `channel_tls`.
-pub async fn spawn_tls_app_from(
-    backend: Backend,
-    settings: &TlsSettings,
-    channel_tls: ClientTlsConfig,
-) -> TestApp {
-    let options = ServerOptions {
-        tls: Some(server_tls_config(settings).expect("server TLS configuration")),
-        ..ServerOptions::default()
-    };
-    let mut app = spawn_app_with(backend, options).await;
-    app.channel = tls_channel(app.addr, channel_tls);
-    app
-}
-
 /// A channel to a TLS server on `addr`, dialled by IP address (the test server's
 /// certificate names 127.0.0.1).
 pub fn tls_channel(addr: SocketAddr, tls: ClientTlsConfig) -> Channel {
@@ -734,35 +802,13 @@ pub fn feed_on(channel: Channel, token: Option<&str>) -> Feed {
 }
 
 /// Another server instance over the same database as an app (plain text on loopback),
-/// stopped when dropped.
+/// stopped when dropped: see [`TestApp::another_instance`].
 pub struct Instance {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Instance {
-    pub async fn start(db: &TestDb) -> Instance {
-        let store = db.store().await;
-        let state = AppState::new(store, COOLING_OFF);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let auth = Arc::new(Authenticator::new(&clients()));
-        tokio::spawn(serve(
-            listener,
-            state,
-            auth,
-            ServerOptions::default(),
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Instance {
-            addr,
-            shutdown: Some(tx),
-        }
-    }
-
     pub fn channel(&self) -> Channel {
         plaintext_channel(self.addr)
     }
@@ -878,18 +924,50 @@ pub async fn link_issuer_confirmed(app: &TestApp, citizen: &str, number: &str) -
         .account_id
 }
 
-/// Waits until the sequencer has brought the sync digest up to the feed's head (pruning
-/// waits for it too).
-pub async fn digest_at_head(store: &Arc<dyn Store>) {
-    for _ in 0..200 {
-        let head = store.feed_head().await.unwrap();
-        let digest = store.sync_digest(None).await.unwrap();
-        if digest.is_some_and(|d| d.position == head) {
+/// Waits until `ready` holds, checking again each time the store signals a change (a
+/// write committed, events sequenced, the sync digest brought up): no timer decides when
+/// to look. Fails the test after 30 s, naming `what` it waited for.
+pub async fn wait_until<F, Fut>(store: &Arc<dyn Store>, what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut changes = store.changes();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        changes.borrow_and_update();
+        if ready().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            panic!("waited 30 s for {what}");
+        }
     }
-    panic!("the sync digest never reached the head");
+}
+
+/// Waits until the sequencer has numbered every committed event; answers the head.
+pub async fn sequenced_head(app: &TestApp) -> i64 {
+    wait_until(&app.store, "every event to be sequenced", || async {
+        app.store.feed_head().await.unwrap() == app.db.count("SELECT COUNT(*) FROM events").await
+    })
+    .await;
+    app.store.feed_head().await.unwrap()
+}
+
+/// Waits until the sequencer has numbered every committed event and brought the sync
+/// digest up to that head (pruning waits for the digest too); answers the head.
+pub async fn digest_at_head(app: &TestApp) -> i64 {
+    let head = sequenced_head(app).await;
+    wait_until(&app.store, "the sync digest to reach the head", || async {
+        let head = app.store.feed_head().await.unwrap();
+        let digest = app.store.sync_digest(None).await.unwrap();
+        digest.is_some_and(|d| d.position == head)
+    })
+    .await;
+    head
 }
 
 /// The `google.rpc.ErrorInfo.domain` of the service's errors.

@@ -4,7 +4,7 @@
 //! rustls (inside tonic) does the cryptography. The handshake refuses a client certificate
 //! that the configured CA did not issue, or that has expired, so a certificate found in a
 //! request's extensions has already been verified. This module only reads the subject
-//! Common Name of its leaf, which [`crate::auth`] maps to a configured client
+//! Common Name of its leaf, which [`super::auth`] maps to a configured client
 //! (`[[clients]] cert_subject`).
 //!
 //! [`generate_dev_certs`] (the `dev-certs` subcommand) makes a CA, a server certificate
@@ -23,7 +23,35 @@ use rcgen::{
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::config::TlsSettings;
+use serde::Deserialize;
+
+/// The `[tls]` section: serve gRPC over TLS, normally with client certificates.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM certificate(s) of the CA that issues client certificates.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse the TLS handshake of a client without a valid certificate. `false` also
+    /// lets token-only clients in (over TLS); certificates are still checked when sent.
+    #[serde(default = "default_true")]
+    pub require_client_cert: bool,
+    /// Longest a TLS handshake may take, so idle connections cannot pile up.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_handshake_timeout_secs() -> u64 {
+    10
+}
 
 /// The names the development server certificate is valid for: what a local client dials.
 pub const DEV_SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];

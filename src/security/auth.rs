@@ -1,7 +1,7 @@
 //! Who is calling, and may they?
 //!
 //! A client is identified by the verified certificate it presented over mutual TLS (its
-//! Common Name is a configured `cert_subject`; see [`crate::tls`]), or by
+//! Common Name is a configured `cert_subject`; see [`super::tls`]), or by
 //! `authorization: Bearer <token>`, which is meant for development. The certificate wins:
 //! a call that carries both must name the same client with each, or it is refused.
 //!
@@ -20,10 +20,11 @@
 //! a request id and a tracing span.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
+
+use serde::Deserialize;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
@@ -32,75 +33,76 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::config::ClientConfig;
+use super::scope::Scope;
 
-/// What a client may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// Link accounts, set defaults, close accounts.
-    AccountsWrite,
-    /// Verify, reject, suspend, reinstate (providers and verifiers).
-    AccountsVerify,
-    /// Read accounts and their history.
-    AccountsRead,
-    /// Resolve, with the account number masked.
-    Resolve,
-    /// Resolve with the full account number (payers).
-    ResolveFull,
-    /// Resolve yes/no only.
-    ResolveExists,
-    /// Population sync streams.
-    SyncPopulation,
-    /// Subscribe to the change feed (watch-listed citizens only).
-    EventsSubscribe,
-    /// Subscribe to every citizen's events.
-    EventsAll,
-    /// Investigators: reverse lookups, duplicate claims, access logs.
-    Oversight,
-    /// Payers: report failed credits (suspends the account).
-    PayoutsReport,
+/// A client allowed to call the registry, and what it may do. It is identified by its
+/// TLS client certificate, by a bearer token, or by either (at least one is required).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Recorded as the actor of every change the client makes.
+    pub id: String,
+    /// Hex SHA-256 of the client's bearer token (`payout-registry hash-token` prints it).
+    /// The token itself is never stored.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// The Common Name of the client's certificate (issued by `[tls] client_ca_file`)
+    /// that identifies this client over mutual TLS.
+    #[serde(default)]
+    pub cert_subject: Option<String>,
+    /// Scopes granted, e.g. `["resolve", "accounts.read"]`.
+    pub scopes: Vec<String>,
 }
 
-impl Scope {
-    pub const ALL: &'static [Scope] = &[
-        Scope::AccountsWrite,
-        Scope::AccountsVerify,
-        Scope::AccountsRead,
-        Scope::Resolve,
-        Scope::ResolveFull,
-        Scope::ResolveExists,
-        Scope::SyncPopulation,
-        Scope::EventsSubscribe,
-        Scope::EventsAll,
-        Scope::Oversight,
-        Scope::PayoutsReport,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::AccountsWrite => "accounts.write",
-            Scope::AccountsVerify => "accounts.verify",
-            Scope::AccountsRead => "accounts.read",
-            Scope::Resolve => "resolve",
-            Scope::ResolveFull => "resolve.full",
-            Scope::ResolveExists => "resolve.exists",
-            Scope::SyncPopulation => "sync.population",
-            Scope::EventsSubscribe => "events.subscribe",
-            Scope::EventsAll => "events.all",
-            Scope::Oversight => "oversight",
-            Scope::PayoutsReport => "payouts.report",
+/// Refuses a `[[clients]]` table the server could not enforce: a client without any
+/// credential, a token digest that is not SHA-256 hex, two clients with one credential,
+/// or an unknown scope. The message names the client and the setting to fix.
+pub fn validate_clients(clients: &[ClientConfig]) -> Result<(), String> {
+    let mut digests = std::collections::HashSet::new();
+    let mut subjects = std::collections::HashSet::new();
+    for c in clients {
+        if c.token_sha256.is_none() && c.cert_subject.is_none() {
+            return Err(format!(
+                "client {}: needs a token_sha256, a cert_subject, or both",
+                c.id
+            ));
+        }
+        if let Some(digest) = &c.token_sha256 {
+            if digest.len() != 64 || hex::decode(digest).is_err() {
+                return Err(format!(
+                    "client {}: token_sha256 must be 64 hex characters (see `hash-token`)",
+                    c.id
+                ));
+            }
+            if !digests.insert(digest.to_ascii_lowercase()) {
+                return Err(format!(
+                    "client {}: another client has the same token_sha256",
+                    c.id
+                ));
+            }
+        }
+        if let Some(subject) = &c.cert_subject {
+            if subject.trim().is_empty() || subject.trim() != subject {
+                return Err(format!(
+                    "client {}: cert_subject must be a certificate Common Name, without \
+                     surrounding spaces",
+                    c.id
+                ));
+            }
+            if !subjects.insert(subject.as_str()) {
+                return Err(format!(
+                    "client {}: another client has the cert_subject {subject:?}",
+                    c.id
+                ));
+            }
+        }
+        for s in &c.scopes {
+            if Scope::parse(s).is_none() {
+                return Err(format!("client {}: unknown scope {s:?}", c.id));
+            }
         }
     }
-
-    pub fn parse(s: &str) -> Option<Scope> {
-        Scope::ALL.iter().copied().find(|scope| scope.as_str() == s)
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+    Ok(())
 }
 
 /// Who may call an RPC.
@@ -176,6 +178,11 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// A new random bearer token: 32 bytes from the operating system's generator, in hex.
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
 /// What the connection says about the caller, before any header is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -212,16 +219,16 @@ impl Peer {
         let loopback = ext
             .get::<tonic::transport::server::TcpConnectInfo>()
             .and_then(|info| info.remote_addr())
-            .is_some_and(|addr| crate::tls::is_loopback(addr.ip()));
-        let certificate = match crate::tls::peer_leaf_certificate(ext) {
+            .is_some_and(|addr| super::tls::is_loopback(addr.ip()));
+        let certificate = match super::tls::peer_leaf_certificate(ext) {
             None => PeerCertificate::Absent,
-            Some(der) => match crate::tls::common_name(&der) {
+            Some(der) => match super::tls::common_name(&der) {
                 Some(name) => PeerCertificate::Named(name),
                 None => PeerCertificate::Unnamed,
             },
         };
         Peer {
-            tls: crate::tls::is_tls(ext),
+            tls: super::tls::is_tls(ext),
             loopback,
             certificate,
         }

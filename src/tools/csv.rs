@@ -2,7 +2,7 @@
 //! one record at a time.
 //!
 //! These are the files a data-sync job exchanges with the registry (and what
-//! [`crate::demo`] populations are saved as), so they are plain enough to open in a
+//! [`super::demo`] populations are saved as), so they are plain enough to open in a
 //! spreadsheet: UTF-8, a header row, one record per line, enum values spelled out.
 //!
 //! Citizens:

@@ -941,7 +941,7 @@ mod tests {
     /// `reference/providers.csv`: code -> (kind, active).
     fn providers_csv() -> HashMap<String, (String, bool)> {
         let mut reader =
-            csv::Reader::from_reader(include_str!("../reference/providers.csv").as_bytes());
+            csv::Reader::from_reader(include_str!("../../reference/providers.csv").as_bytes());
         reader
             .records()
             .map(|r| {

@@ -14,9 +14,6 @@ use std::time::{Duration, Instant};
 
 use crate::store::Store;
 
-/// Events numbered per round.
-const ROUND: u32 = 10_000;
-
 /// How long the sequencer sleeps without a signal before looking anyway.
 const SAFETY_TICK: Duration = Duration::from_secs(1);
 
@@ -25,8 +22,9 @@ const SAFETY_TICK: Duration = Duration::from_secs(1);
 /// busy feed keeps its latency; the digest trails the head by about this much.
 const DIGEST_EVERY: Duration = Duration::from_millis(200);
 
-/// Runs the sequencer until the task is aborted.
-pub async fn sequencer(store: Arc<dyn Store>) {
+/// Runs the sequencer until the task is aborted, numbering at most `round` events per
+/// transaction.
+pub async fn run(store: Arc<dyn Store>, round: u32) {
     let mut changes = store.changes();
     let mut last_digest: Option<Instant> = None;
     loop {
@@ -34,13 +32,13 @@ pub async fn sequencer(store: Arc<dyn Store>) {
         let mut digest_behind = false;
         loop {
             let digest = last_digest.is_none_or(|at| at.elapsed() >= DIGEST_EVERY);
-            match store.sequence_events(ROUND, digest).await {
-                Ok(round) => {
-                    if digest && !round.digest_behind {
+            match store.sequence_events(round, digest).await {
+                Ok(numbered) => {
+                    if digest && !numbered.digest_behind {
                         last_digest = Some(Instant::now());
                     }
-                    digest_behind = round.digest_behind;
-                    if round.assigned < u64::from(ROUND) {
+                    digest_behind = numbered.digest_behind;
+                    if numbered.assigned < u64::from(round) {
                         break;
                     }
                 }
@@ -58,42 +56,5 @@ pub async fn sequencer(store: Arc<dyn Store>) {
             (false, _) => SAFETY_TICK,
         };
         let _ = tokio::time::timeout(wait, changes.changed()).await;
-    }
-}
-
-/// Starts the sequencer; it stops when the returned handle is dropped.
-pub fn start(store: Arc<dyn Store>) -> TaskHandle {
-    TaskHandle::spawn(sequencer(store))
-}
-
-/// A background task (the sequencer, the pruner), stopped when dropped.
-pub struct TaskHandle(tokio::task::JoinHandle<()>);
-
-impl TaskHandle {
-    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> TaskHandle {
-        TaskHandle(tokio::spawn(task))
-    }
-}
-
-impl Drop for TaskHandle {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Prunes events older than `retention` every `every`, until the task is aborted.
-pub async fn pruner(store: Arc<dyn Store>, retention: Duration, every: Duration) {
-    loop {
-        let horizon = crate::domain::Timestamp(
-            crate::domain::Timestamp::now()
-                .micros()
-                .saturating_sub(retention.as_micros().min(i64::MAX as u128) as i64),
-        );
-        match store.prune_events(horizon).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(events = n, "pruned change-feed events past retention"),
-            Err(e) => tracing::error!(error = %e, "pruning events failed"),
-        }
-        tokio::time::sleep(every).await;
     }
 }

@@ -28,17 +28,15 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
-use clap::Args;
 use futures::FutureExt as _;
 use prost::Message as _;
 
-use crate::config::{RelaySettings, Secret, Settings};
+use crate::config::RelaySettings;
 use crate::domain::Timestamp;
 use crate::store::{Event, Store};
 
@@ -60,68 +58,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// The first and the longest pause after a failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// `relay`: flags that override the `[relay]` settings.
-#[derive(Args, Debug, Default)]
-pub struct RelayArgs {
-    /// NATS server URL (default nats://127.0.0.1:4222).
-    #[arg(long, env = "PAYOUT_REGISTRY_NATS_URL", hide_env_values = true)]
-    pub nats_url: Option<String>,
-    /// JetStream stream (default PAYOUT_EVENTS; created when missing).
-    #[arg(long)]
-    pub stream: Option<String>,
-    /// Subject prefix (default payoutregistry.v1.events).
-    #[arg(long)]
-    pub subject_prefix: Option<String>,
-    /// Name of the relay's durable feed position (default jetstream-relay).
-    #[arg(long)]
-    pub consumer: Option<String>,
-    /// Publish account numbers in clear (only for a stream whose readers may see them).
-    #[arg(long)]
-    pub full_account_numbers: bool,
-}
-
-impl RelayArgs {
-    /// The settings with these flags applied.
-    pub fn apply(self, mut settings: RelaySettings) -> anyhow::Result<RelaySettings> {
-        if let Some(url) = self.nats_url {
-            settings.nats_url = Secret::new(url);
-        }
-        if let Some(stream) = self.stream {
-            settings.stream = stream;
-        }
-        if let Some(prefix) = self.subject_prefix {
-            settings.subject_prefix = prefix;
-        }
-        if let Some(consumer) = self.consumer {
-            settings.consumer = consumer;
-        }
-        settings.full_account_numbers |= self.full_account_numbers;
-        settings.validate().map_err(anyhow::Error::msg)?;
-        Ok(settings)
-    }
-}
-
-/// The `relay` subcommand: opens the configured store and relays until SIGTERM or Ctrl-C.
-pub async fn command(config: Option<&Path>, args: RelayArgs) -> anyhow::Result<()> {
-    let settings = Settings::load(config)?;
-    crate::telemetry::init(settings.log_format, &settings.log_level);
-    let relay = args.apply(settings.relay.clone())?;
-    let store = crate::cli::open_store(&settings).await?;
-    // Every serving instance sequences the feed; on PostgreSQL the relay does too, so a
-    // database written without a server running (demo-data, say) is still relayed. An
-    // embedded SQLite file has one writing process, the server, which sequences it.
-    let _sequencer = (!settings.is_embedded()).then(|| crate::feed::start(store.clone()));
-    let stats = run(store, relay, crate::server::shutdown_signal()).await?;
-    tracing::info!(
-        published = stats.published,
-        skipped = stats.skipped,
-        restarts = stats.restarts,
-        position = stats.position,
-        "relay stopped"
-    );
-    Ok(())
-}
 
 /// What a relay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -615,23 +551,5 @@ mod tests {
         );
         assert_eq!(subject("p", "A.B *>"), "p.a_b___");
         assert_eq!(subject("p", ""), "p.unknown");
-    }
-
-    #[test]
-    fn flags_override_the_relay_settings_and_are_checked() {
-        let args = RelayArgs {
-            stream: Some("S1".into()),
-            full_account_numbers: true,
-            ..Default::default()
-        };
-        let s = args.apply(RelaySettings::default()).unwrap();
-        assert_eq!(s.stream, "S1");
-        assert!(s.full_account_numbers);
-        assert_eq!(s.consumer, "jetstream-relay");
-        let bad = RelayArgs {
-            subject_prefix: Some("a.*".into()),
-            ..Default::default()
-        };
-        assert!(bad.apply(RelaySettings::default()).is_err());
     }
 }

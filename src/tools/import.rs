@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::cli::{Authed, Bearer};
-use crate::csvio;
-use crate::demo::{self, DemoSpec};
+use super::csv as csvio;
+use super::demo::{self, DemoSpec};
+use crate::client::{Authed, Credentials};
 use crate::domain::{RecordOutcome, Timestamp};
 use crate::proto;
 use crate::proto::payout_resolver_client::PayoutResolverClient;
@@ -217,7 +217,7 @@ fn write_checkpoint(path: &Path, line: u64, record_id: &str) -> anyhow::Result<(
 /// stops after that many records have been sent (to import a file in parts).
 pub async fn import_file(
     channel: Channel,
-    bearer: Bearer,
+    bearer: Credentials,
     kind: FileKind,
     path: &Path,
     max_records: Option<u64>,

@@ -11,17 +11,17 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, consumer_name, feed_position_in as position_in, timestamp_out};
 use super::{AppState, Call};
-use crate::auth::Scope;
+use crate::security::Scope;
 use serde::{Deserialize as _, Serialize};
 
 use crate::domain::{Account, CitizenStatus, Reason, Rejection, Timestamp};
-use crate::limits::RpcClass;
 use crate::proto::change_feed_server::ChangeFeed;
 use crate::proto::{
     CommitPositionRequest, CommitPositionResponse, FeedEvent, GetPositionRequest,
     GetPositionResponse, GetSyncDigestRequest, GetSyncDigestResponse, SubscribeRequest,
     WatchListEdit, WatchListSummary,
 };
+use crate::security::limits::RpcClass;
 use crate::store::{Event, StoreResult};
 
 /// Events read per query while catching up.
@@ -96,7 +96,7 @@ pub const PAYLOAD_VERSION: u32 = 1;
 /// A stored event as the API presents it: typed fields for what consumers act on, and
 /// the payload in the API's names (the stored JSON is the domain's serialisation, an
 /// internal format). Account numbers are masked unless `full`.
-pub(crate) fn event_out(e: Event, full: bool) -> FeedEvent {
+pub fn event_out(e: Event, full: bool) -> FeedEvent {
     let (account, program_code, citizen_status, payload_json) =
         if e.event_type.starts_with("ACCOUNT_") {
             // The payload is the account itself: read it straight into the domain type

@@ -293,7 +293,7 @@ where
     C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
-    let spec = crate::demo::DemoSpec {
+    let spec = super::demo::DemoSpec {
         citizens: u64::MAX / 2,
         seed,
     };
@@ -301,7 +301,7 @@ where
     let sent: Arc<std::sync::Mutex<std::collections::VecDeque<Instant>>> = Arc::default();
     let queue = sent.clone();
     let requests = futures::stream::iter(0..)
-        .flat_map(move |i| futures::stream::iter(crate::demo::accounts_at(&spec, i)))
+        .flat_map(move |i| futures::stream::iter(super::demo::accounts_at(&spec, i)))
         .take(n as usize)
         .map(move |mut record| {
             record.record_id = format!("bench-{run}-{}", record.record_id);
@@ -376,12 +376,14 @@ pub async fn raw_any(
     Ok(figures)
 }
 
-/// Publishes the whole change feed of `database_url` into a new JetStream stream through
+/// Publishes the whole change feed of `store` into a new JetStream stream through
 /// the relay, then deletes the stream and the relay's consumer position; answers the
 /// events published and the time taken.
-pub async fn relay_catchup(database_url: &str, nats_url: &str) -> anyhow::Result<(u64, Duration)> {
-    use crate::relay::{Relay, CLIENT_ID};
-    let store = crate::store::connect(database_url, crate::store::StoreOptions::default()).await?;
+pub async fn relay_catchup(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    nats_url: &str,
+) -> anyhow::Result<(u64, Duration)> {
+    use super::relay::{Relay, CLIENT_ID};
     let tag = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let settings = crate::config::RelaySettings {
         nats_url: crate::config::Secret::new(nats_url),
@@ -464,7 +466,7 @@ pub async fn feed_lag(
     rate: u64,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
-    let bearer = crate::cli::Bearer::new(Some(token), "benchmark")?;
+    let bearer = crate::client::Credentials::new(Some(token), "benchmark")?;
     let mut feed = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
         channel.clone(),
         bearer.clone(),
@@ -481,7 +483,7 @@ pub async fn feed_lag(
         })
         .await?
         .into_inner();
-    let spec = crate::demo::DemoSpec {
+    let spec = super::demo::DemoSpec {
         citizens: u64::MAX / 2,
         seed: rand::random(),
     };
@@ -499,7 +501,7 @@ pub async fn feed_lag(
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             tokio::time::sleep_until(due.into()).await;
             let mut registry = registry.clone();
-            let citizen = crate::demo::citizen_id_at(&spec, i);
+            let citizen = super::demo::citizen_id_at(&spec, i);
             let answered = answered.clone();
             tasks.spawn(async move {
                 let key = citizen.clone();

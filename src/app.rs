@@ -1,0 +1,333 @@
+//! The composition root: the one place that wires the registry together.
+//!
+//! [`App::build`] reads the [`Settings`] and makes everything the server runs: the store
+//! (migrated), the background tasks (the change-feed sequencer, the pruner, the
+//! access-log writers), the rate limits, the authenticator, the TLS configuration and the
+//! handlers' shared state. [`App::serve`] then serves the gRPC services on a listener the
+//! caller bound, until a shutdown future resolves. `payout-registry serve` and the
+//! integration tests both go through these two functions, so the tests run the wiring
+//! that production runs. [`FeedHost::build`] is the smaller wiring of the JetStream relay.
+//!
+//! `serve` takes a bound listener, so tests bind `127.0.0.1:0`, read the port, and never
+//! sleep waiting for the server to come up.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::transport::{Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::background::access_log::AccessLog;
+use crate::background::{pruner, sequencer, BackgroundTask};
+use crate::config::Settings;
+use crate::domain::Timestamp;
+use crate::grpc::{
+    AccountRegistryService, AppState, ChangeFeedService, OversightService, PayoutResolverService,
+    PopulationSyncService,
+};
+use crate::proto::account_registry_server::AccountRegistryServer;
+use crate::proto::change_feed_server::ChangeFeedServer;
+use crate::proto::oversight_server::OversightServer;
+use crate::proto::payout_resolver_server::PayoutResolverServer;
+use crate::proto::population_sync_server::PopulationSyncServer;
+use crate::security::auth::{hash_token, AuthLayer, Authenticator, ClientConfig};
+use crate::security::limits::Limits;
+use crate::security::{handshake, tls, Scope};
+use crate::store::{Store, StoreOptions};
+
+/// The registry's gRPC services by their full names, and `""` (the server as a whole),
+/// as the health service reports them.
+const HEALTH_SERVICES: [&str; 6] = [
+    "",
+    <AccountRegistryServer<AccountRegistryService> as NamedService>::NAME,
+    <PayoutResolverServer<PayoutResolverService> as NamedService>::NAME,
+    <OversightServer<OversightService> as NamedService>::NAME,
+    <PopulationSyncServer<PopulationSyncService> as NamedService>::NAME,
+    <ChangeFeedServer<ChangeFeedService> as NamedService>::NAME,
+];
+
+/// The registry, wired and ready to serve.
+pub struct App {
+    state: AppState,
+    auth: Arc<Authenticator>,
+    tls: Option<ServerTlsConfig>,
+    allow_plaintext_non_loopback: bool,
+    max_message_bytes: usize,
+    request_timeout: Duration,
+    shutdown_grace: Duration,
+    /// Stopped when the app is dropped.
+    _tasks: Vec<BackgroundTask>,
+}
+
+impl App {
+    /// Wires the registry from `settings`: loads the TLS files (a wrong path stops the
+    /// server now rather than failing every handshake), opens and migrates the store,
+    /// starts the background tasks, and builds the limits and the authenticator. With no
+    /// clients configured on the embedded default, a development client is made (see
+    /// [`dev_client`]). Call inside a Tokio runtime.
+    pub async fn build(settings: &Settings) -> anyhow::Result<App> {
+        let tls = match &settings.tls {
+            Some(t) => Some(tls::server_tls_config(t).context("loading the [tls] files")?),
+            None => None,
+        };
+        let mut clients = settings.clients.clone();
+        if clients.is_empty() && settings.dev_client && settings.is_embedded() {
+            clients.push(dev_client(&settings.data_dir)?);
+        }
+        if clients.is_empty() {
+            tracing::warn!("no clients configured: every call will be refused");
+        }
+        let store = open_store(settings).await?;
+
+        let mut tasks = vec![BackgroundTask::spawn(sequencer::run(
+            store.clone(),
+            settings.feed.sequencer_round,
+        ))];
+        if let Some(retention) = settings.feed.retention() {
+            tasks.push(BackgroundTask::spawn(pruner::run(
+                store.clone(),
+                retention,
+                Duration::from_secs(settings.feed.prune_every_secs),
+            )));
+        }
+        let access = if settings.access_log.enabled {
+            AccessLog::start(
+                store.clone(),
+                settings.access_log.queue,
+                settings.access_log.max_batch,
+                settings.access_log.writers,
+            )
+        } else {
+            tracing::warn!("the access log is disabled: reads are not recorded (benchmarks only)");
+            AccessLog::disabled()
+        };
+
+        let state = AppState {
+            store,
+            cooling_off: settings.cooling_off(),
+            clock: Arc::new(Timestamp::now),
+            access,
+            limits: Arc::new(Limits::new(settings.rate_limits.clone())),
+            shutting_down: Arc::new(tokio::sync::watch::Sender::new(false)),
+        };
+        let auth = Arc::new(
+            Authenticator::new(&clients)
+                .accept_plaintext_tokens_from_anywhere(settings.allow_plaintext_non_loopback),
+        );
+        Ok(App {
+            state,
+            auth,
+            tls,
+            allow_plaintext_non_loopback: settings.allow_plaintext_non_loopback,
+            max_message_bytes: settings.max_message_bytes,
+            request_timeout: Duration::from_secs(settings.request_timeout_secs),
+            shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+            _tasks: tasks,
+        })
+    }
+
+    /// The store the app serves from.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store.clone()
+    }
+
+    /// Replaces the clock handlers read "now" from. Tests move a clock of their own to
+    /// exercise cooling-off without sleeping; the server always runs on the real time.
+    pub fn with_clock(mut self, clock: Arc<dyn Fn() -> Timestamp + Send + Sync>) -> App {
+        self.state.clock = clock;
+        self
+    }
+
+    /// Serves the registry on `listener` until `shutdown` resolves, then marks every
+    /// service NOT_SERVING, ends live subscriptions, stops accepting calls and waits (at
+    /// most the grace period) for calls in flight. Plain text is refused on a non-loopback
+    /// address unless TLS is configured or `allow_plaintext_non_loopback` is set.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        if self.tls.is_none() && !tls::is_loopback(addr.ip()) && !self.allow_plaintext_non_loopback
+        {
+            anyhow::bail!(
+                "refusing to serve plain text on {addr}: listen on loopback, configure [tls], \
+                 or set allow_plaintext_non_loopback = true behind a TLS-terminating proxy"
+            );
+        }
+        tracing::info!(%addr, tls = self.tls.is_some(), "payout-registry listening");
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let max = self.max_message_bytes;
+        let state = self.state.clone();
+        let registry = AccountRegistryServer::new(AccountRegistryService::new(state.clone()))
+            .max_decoding_message_size(max);
+        let resolver = PayoutResolverServer::new(PayoutResolverService::new(state.clone()))
+            .max_decoding_message_size(max);
+        let feed = ChangeFeedServer::new(ChangeFeedService::new(state.clone()))
+            .max_decoding_message_size(max);
+        let population = PopulationSyncServer::new(PopulationSyncService::new(state.clone()))
+            .max_decoding_message_size(max);
+        let oversight = OversightServer::new(OversightService::new(state.clone()))
+            .max_decoding_message_size(max);
+
+        // Once shutdown is signalled, mark every service NOT_SERVING so load balancers
+        // stop sending work, end live subscriptions, then let tonic drain.
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutting_down = state.shutting_down.clone();
+        let reporter = health.clone();
+        let drain = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining calls in flight");
+            // Live subscriptions end now (clients resume from their last position elsewhere).
+            shutting_down.send_replace(true);
+            set_health(&reporter, ServingStatus::NotServing).await;
+            let _ = signalled_tx.send(());
+        };
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .timeout(self.request_timeout)
+            .layer(AuthLayer::new(self.auth.clone()))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(registry)
+            .add_service(resolver)
+            .add_service(oversight)
+            .add_service(population)
+            .add_service(feed)
+            .serve_with_incoming_shutdown(
+                // A connection must complete its handshake within the call timeout (at most
+                // 10 s), or it is closed: see `security::handshake`.
+                handshake::guarded(listener, self.request_timeout.min(Duration::from_secs(10))),
+                drain,
+            );
+        tokio::pin!(server);
+        let grace = self.shutdown_grace;
+        tokio::select! {
+            result = &mut server => result?,
+            _ = async {
+                let _ = signalled_rx.await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!("grace period over: stopping with calls still in flight"),
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Reports `status` for the server as a whole and for each of its services.
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Opens the configured store (creating the embedded database's directory) and applies
+/// pending migrations and the reference data. Used by the server and by the commands
+/// that work on the database without serving (`migrate`, `demo-data --into-store`).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    if settings.is_embedded() {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    }
+    let options = StoreOptions {
+        cooling_off: settings.cooling_off(),
+        max_connections: settings.db_max_connections,
+    };
+    let store = crate::store::connect(settings.database_url.expose(), options).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// What a process that reads the change feed outside the server (the JetStream relay)
+/// needs: the store and, on PostgreSQL, a sequencer of its own, so that a database
+/// written without a server running (demo-data, say) is still numbered. An embedded
+/// SQLite file has one writing process, the server, which sequences it.
+pub struct FeedHost {
+    pub store: Arc<dyn Store>,
+    _sequencer: Option<BackgroundTask>,
+}
+
+impl FeedHost {
+    pub async fn build(settings: &Settings) -> anyhow::Result<FeedHost> {
+        let store = open_store(settings).await?;
+        let sequencer = (!settings.is_embedded()).then(|| {
+            BackgroundTask::spawn(sequencer::run(store.clone(), settings.feed.sequencer_round))
+        });
+        Ok(FeedHost {
+            store,
+            _sequencer: sequencer,
+        })
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// The development client: every scope, its token in `<data_dir>/dev-token` (mode 0600),
+/// printed once when created. Over mutual TLS it is the `dev` certificate that
+/// `dev-certs` makes.
+fn dev_client(data_dir: &Path) -> anyhow::Result<ClientConfig> {
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("dev-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            println!("development client: token in {}", path.display());
+            t.trim().to_owned()
+        }
+        Err(_) => {
+            let token = crate::security::auth::new_token();
+            tls::write_new_file(&path, &token, true)
+                .with_context(|| format!("creating {}", path.display()))?;
+            println!(
+                "development client created with every scope; token (also in {}):\n{token}",
+                path.display()
+            );
+            token
+        }
+    };
+    Ok(ClientConfig {
+        id: "dev".into(),
+        token_sha256: Some(hash_token(&token)),
+        cert_subject: Some("dev".into()),
+        scopes: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+    })
+}

@@ -1,0 +1,30 @@
+//! The background room: work that runs beside the calls, started by the app
+//! (`crate::app::App::build`), never by a constructor.
+//!
+//! - [`sequencer`]: gives committed change-feed events their gapless feed positions.
+//! - [`pruner`]: deletes events past the retention horizon.
+//! - [`access_log`]: the writers that record every read before it is answered (group
+//!   commit), and the handle handlers record through.
+//!
+//! These tasks talk to the store only; the gRPC layer holds their handles.
+
+pub mod access_log;
+pub mod pruner;
+pub mod sequencer;
+
+/// A background task, aborted when this handle is dropped: the app holds its tasks for
+/// as long as it runs, and a test's app takes its tasks with it.
+pub struct BackgroundTask(tokio::task::JoinHandle<()>);
+
+impl BackgroundTask {
+    /// Spawns `task` on the current Tokio runtime.
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> BackgroundTask {
+        BackgroundTask(tokio::spawn(task))
+    }
+}
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

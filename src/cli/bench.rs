@@ -1,0 +1,248 @@
+//! `bench`: the load generator (`crate::tools::loadgen`) against a running registry,
+//! with the baselines that the benchmark ratios are measured against.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use tonic::transport::Channel;
+
+use crate::client::Credentials;
+use crate::proto::account_registry_client::AccountRegistryClient;
+use crate::proto::payout_resolver_client::PayoutResolverClient;
+
+/// `bench`: which scenario, how hard, for how long.
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub scenario: BenchScenario,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Bearer token of a client with the scenario's scopes (`accounts.write` and
+    /// `resolve` to seed and resolve, `sync.population` for sync-accounts); defaults to
+    /// the development token file.
+    #[arg(long, env = "PAYOUT_REGISTRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, default_value = "data/dev-token")]
+    pub token_file: PathBuf,
+    /// Calls in flight at once (resolve, health, raw-any).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds to run (resolve, health, raw-any).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Citizens to seed through LinkAccount and resolve, when no --demo-citizens.
+    #[arg(long, default_value_t = 1000)]
+    pub citizens: usize,
+    /// Resolve ids of the population `demo-data --citizens N --seed S` loaded (picked at
+    /// random), instead of seeding.
+    #[arg(long)]
+    pub demo_citizens: Option<u64>,
+    #[arg(long, default_value_t = 21)]
+    pub demo_seed: u64,
+    /// Resolve the ids in this file (one per line), instead of seeding.
+    #[arg(long, conflicts_with = "demo_citizens")]
+    pub ids_file: Option<PathBuf>,
+    /// Ids on the BatchResolve stream.
+    #[arg(long, default_value_t = 100_000)]
+    pub ids: u64,
+    /// Records on the SyncAccounts stream.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Sample this process's RSS (the server's pid) while the scenario runs.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// raw-any, relay-catchup: the database to read directly.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// relay-catchup: the NATS server (JetStream enabled).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// raw-any: keys per `= ANY` select.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
+    /// feed-lag: writes per second.
+    #[arg(long, default_value_t = 300)]
+    pub rate: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BenchScenario {
+    /// Unary Resolve.
+    Resolve,
+    /// One BatchResolve stream of --ids ids.
+    BatchResolve,
+    /// One SyncAccounts stream of --records new records.
+    SyncAccounts,
+    /// grpc.health.v1 Health/Check: the transport's ceiling.
+    Health,
+    /// Baseline: the resolver's lookup straight on PostgreSQL, --keys ids per `= ANY`.
+    RawAny,
+    /// Change feed: read every event from position 0 to the head (catch-up throughput).
+    FeedCatchup,
+    /// Change feed: --rate writes per second for --seconds while a subscriber measures
+    /// each event's commit-to-receipt lag.
+    FeedLag,
+    /// The JetStream relay: publish the whole feed of --database-url into a new stream on
+    /// --nats-url (deleted afterwards), events/s.
+    RelayCatchup,
+}
+
+/// Runs a load-generator scenario and prints its figures.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    use crate::tools::loadgen as bench;
+    let token = || -> anyhow::Result<String> {
+        match &args.token {
+            Some(t) => Ok(t.clone()),
+            None => Ok(std::fs::read_to_string(&args.token_file)
+                .with_context(|| {
+                    format!("no --token and {} is unreadable", args.token_file.display())
+                })?
+                .trim()
+                .to_owned()),
+        }
+    };
+    let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
+    let duration = std::time::Duration::from_secs(args.seconds);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("machine: {cores} cores");
+    let bearer =
+        || -> anyhow::Result<Credentials> { Credentials::new(Some(&token()?), "benchmark") };
+    // Ids to resolve: a random sample of the demo population, or freshly seeded ones.
+    let ids = |channel: Channel| async move {
+        if let Some(path) = &args.ids_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return Ok(text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect());
+        }
+        match args.demo_citizens {
+            Some(n) => {
+                let spec = crate::tools::demo::DemoSpec {
+                    citizens: n,
+                    seed: args.demo_seed,
+                };
+                let sample: Vec<String> = (0..n.min(200_000))
+                    .map(|_| crate::tools::demo::citizen_id_at(&spec, rand::random_range(0..n)))
+                    .collect();
+                Ok::<_, anyhow::Error>(sample)
+            }
+            None => {
+                let mut registry = AccountRegistryClient::new(channel);
+                bench::seed(&mut registry, &token()?, args.citizens, 0).await
+            }
+        }
+    };
+    let rss = args.server_pid.map(bench::RssSampler::start);
+    match args.scenario {
+        BenchScenario::Resolve => {
+            let ids = ids(channel.clone()).await?;
+            bench::resolve(
+                channel,
+                &token()?,
+                Arc::new(ids),
+                args.concurrency,
+                duration,
+            )
+            .await?
+            .print("resolve", args.concurrency);
+        }
+        BenchScenario::BatchResolve => {
+            let spec = crate::tools::demo::DemoSpec {
+                citizens: args.demo_citizens.unwrap_or(0),
+                seed: args.demo_seed,
+            };
+            let population = args
+                .demo_citizens
+                .context("batch-resolve needs --demo-citizens (the population demo-data loaded)")?;
+            let client = PayoutResolverClient::with_interceptor(channel, bearer()?)
+                .max_decoding_message_size(64 << 20);
+            let figures = bench::batch_resolve(client, args.ids, move |i| {
+                crate::tools::demo::citizen_id_at(
+                    &spec,
+                    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % population,
+                )
+            })
+            .await?;
+            figures.print("batch-resolve (per id)", 1);
+        }
+        BenchScenario::SyncAccounts => {
+            let client =
+                crate::proto::population_sync_client::PopulationSyncClient::with_interceptor(
+                    channel,
+                    bearer()?,
+                );
+            let figures = bench::sync_accounts(client, args.records, rand::random()).await?;
+            figures.print("sync-accounts (per record; errors = rejected records)", 1);
+        }
+        BenchScenario::Health => {
+            bench::health(channel, args.concurrency, duration)
+                .await?
+                .print("health", args.concurrency);
+        }
+        BenchScenario::FeedCatchup => {
+            let client = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+                channel,
+                bearer()?,
+            )
+            .max_decoding_message_size(64 << 20);
+            let figures = bench::feed_catchup(client).await?;
+            println!(
+                "feed-catchup: {} events in {:.1} s: {:.0} events/s",
+                figures.calls,
+                figures.elapsed.as_secs_f64(),
+                figures.calls as f64 / figures.elapsed.as_secs_f64()
+            );
+        }
+        BenchScenario::FeedLag => {
+            let figures = bench::feed_lag(channel, &token()?, args.rate, duration).await?;
+            figures.print("feed-lag (per event: commit to receipt)", 1);
+        }
+        BenchScenario::RelayCatchup => {
+            let url = args
+                .database_url
+                .clone()
+                .context("relay-catchup needs --database-url or DATABASE_URL")?;
+            let settings = crate::config::Settings {
+                database_url: crate::config::Secret::new(url),
+                ..crate::config::Settings::default()
+            };
+            let host = crate::app::FeedHost::build(&settings).await?;
+            let (events, elapsed) =
+                bench::relay_catchup(host.store.clone(), &args.nats_url).await?;
+            println!(
+                "relay-catchup: {events} events in {:.1} s: {:.0} events/s",
+                elapsed.as_secs_f64(),
+                events as f64 / elapsed.as_secs_f64()
+            );
+        }
+        BenchScenario::RawAny => {
+            let url = args
+                .database_url
+                .clone()
+                .context("raw-any needs --database-url or DATABASE_URL")?;
+            let ids = ids(channel).await?;
+            let figures =
+                bench::raw_any(&url, Arc::new(ids), args.keys, args.concurrency, duration).await?;
+            figures.print(
+                &format!("raw-any ({} keys per select)", args.keys),
+                args.concurrency,
+            );
+            println!(
+                "raw-any: {:.0} ids/s",
+                figures.calls as f64 * args.keys as f64 / figures.elapsed.as_secs_f64()
+            );
+        }
+    }
+    if let Some(rss) = rss {
+        rss.finish().await;
+    }
+    Ok(())
+}
