@@ -122,7 +122,9 @@ pub struct Loaded {
 pub struct CitizenWrite {
     pub citizen_id: CitizenId,
     pub state: CitizenState,
-    /// Whether the row existed when the batch read it.
+    /// Whether the row existed when the batch read it. No writer reads it today (the
+    /// upsert's own WHERE clause decides); it stays as the planner computes it.
+    #[allow(dead_code)]
     pub existed: bool,
 }
 
