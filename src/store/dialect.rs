@@ -9,8 +9,9 @@
 //!   access log's asynchronous commit, the sequencer's isolation level, `pg_notify`);
 //! - how a set of rows or keys is spelt ([`Dialect::push_relation`], [`Dialect::push_in`]:
 //!   bound arrays on PostgreSQL, so a statement's text does not depend on the batch size
-//!   and is prepared once per connection; multi-row `VALUES` chunked under the bind limit
-//!   on SQLite) and which unique constraint an error names;
+//!   and is prepared once per connection; multi-row `VALUES` with anonymous `?`
+//!   placeholders, chunked under the bind limit, on SQLite) and which unique constraint
+//!   an error names;
 //! - running a [`Sql`] on a connection. These are implemented concretely per backend, so
 //!   the shared code names no sqlx bound at all (see `sql.rs` for why).
 //!
@@ -24,7 +25,7 @@ use std::ops::DerefMut;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 
-use super::sql::{Decoded, Row, Sql, Val};
+use super::sql::{Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::StoreResult;
 
 /// A backend's SQL and behaviour, where they differ.
@@ -70,12 +71,20 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// on.
     fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget>;
 
+    /// How built statements spell their placeholders.
+    const PLACEHOLDER: Placeholder;
+
+    /// A statement to build around a set of rows or keys, starting with `head`.
+    fn builder(head: &str) -> SqlBuilder {
+        SqlBuilder::new(Self::PLACEHOLDER, head)
+    }
+
     /// Appends `rows` as a relation (after an `INSERT INTO t (...) ` or inside an `IN (`).
-    fn push_relation(q: &mut Sql, rows: Vec<Row>) -> StoreResult<()>;
+    fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()>;
 
     /// Appends a membership test of the expression just pushed in `keys` (` IN (...)`,
     /// ` = ANY($n)`, ...); no key matches nothing.
-    fn push_in(q: &mut Sql, keys: Vec<Val>) -> StoreResult<()>;
+    fn push_in(q: &mut SqlBuilder, keys: Vec<Val>) -> StoreResult<()>;
 
     /// Runs a statement; answers the rows affected.
     fn execute<'c>(
@@ -232,10 +241,10 @@ pub async fn insert_rows<D: Dialect, T>(
                 row
             })
             .collect();
-        let mut q = Sql::new(head.to_owned());
+        let mut q = D::builder(head);
         D::push_relation(&mut q, rows)?;
         q.push(tail);
-        affected += tx.execute(q).await?;
+        affected += tx.execute(q.build()).await?;
     }
     Ok(affected)
 }
@@ -251,8 +260,8 @@ pub async fn select_in<D: Dialect, C: Handle<D>, R: Decoded>(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut q = Sql::new(head.to_owned());
+    let mut q = D::builder(head);
     D::push_in(&mut q, keys)?;
     q.push(tail);
-    session.fetch_all(q).await
+    session.fetch_all(q.build()).await
 }

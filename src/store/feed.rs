@@ -399,13 +399,13 @@ impl<D: Dialect> SqlStore<D> {
         .await?;
         let mut removed = 0;
         if !remove.is_empty() {
-            let mut q = Sql::new("DELETE FROM watch_lists WHERE client_id = ");
+            let mut q = D::builder("DELETE FROM watch_lists WHERE client_id = ");
             q.push_bind(client_id)
                 .push(" AND consumer = ")
                 .push_bind(consumer)
                 .push(" AND citizen_id");
             D::push_in(&mut q, text_keys(remove.iter().map(CitizenId::as_str)))?;
-            removed = tx.execute(q).await?;
+            removed = tx.execute(q.build()).await?;
         }
         tx.commit().await?;
         Ok((added, removed))
@@ -470,9 +470,9 @@ async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> Stor
                 .0;
             change.add(digest);
         }
-        let mut q = Sql::new("DELETE FROM digest_citizens WHERE citizen_id");
+        let mut q = D::builder("DELETE FROM digest_citizens WHERE citizen_id");
         D::push_in(&mut q, keys())?;
-        tx.execute(q).await?;
+        tx.execute(q.build()).await?;
         let rows: Vec<(&str, RouteDigest)> = new.iter().map(|(c, d)| (c.as_str(), *d)).collect();
         write_digests(tx, "digest_citizens (citizen_id", "", &rows).await?;
     }

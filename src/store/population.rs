@@ -223,12 +223,12 @@ async fn ensure_citizens<D: Dialect>(
         })
         .collect();
     // A batch has at most 1,000 citizens: one statement on either backend.
-    let mut q = Sql::new(
+    let mut q = D::builder(
         "INSERT INTO citizens (citizen_id, province_code, status, created_at, updated_at) ",
     );
     D::push_relation(&mut q, rows)?;
     q.push(" ON CONFLICT (citizen_id) DO NOTHING RETURNING citizen_id");
-    let created: Vec<(String,)> = tx.fetch_all(q).await?;
+    let created: Vec<(String,)> = tx.fetch_all(q.build()).await?;
     let reason = "first seen when an account was declared";
     insert_rows(
         tx,
@@ -280,11 +280,12 @@ async fn load<D: Dialect>(
             },
         );
     }
-    let mut q = Sql::new("SELECT record_id, version, account_id FROM sync_records WHERE stream = ");
+    let mut q =
+        D::builder("SELECT record_id, version, account_id FROM sync_records WHERE stream = ");
     q.push_bind(stream.as_str());
     q.push(" AND record_id");
     D::push_in(&mut q, text_keys(record_ids.iter().copied()))?;
-    let rows: Vec<(String, i64, Option<Uuid>)> = tx.fetch_all(q).await?;
+    let rows: Vec<(String, i64, Option<Uuid>)> = tx.fetch_all(q.build()).await?;
     loaded.ledger.reserve(batch_len);
     for (id, version, account) in rows {
         loaded.ledger.insert(id, (version, account));
@@ -383,13 +384,13 @@ async fn load_holders<D: Dialect>(
             row
         })
         .collect();
-    let mut q = Sql::new(
+    let mut q = D::builder(
         "SELECT citizen_id, account_id, kind, provider_code, account_ref FROM accounts \
          WHERE status IN ('VERIFIED', 'SUSPENDED') AND (kind, provider_code, account_ref) IN (",
     );
     D::push_relation(&mut q, key_rows)?;
     q.push(")");
-    let rows: Vec<(String, Uuid, String, String, String)> = tx.fetch_all(q).await?;
+    let rows: Vec<(String, Uuid, String, String, String)> = tx.fetch_all(q.build()).await?;
     for (citizen, account, kind, provider, account_ref) in rows {
         let kind = crate::domain::AccountKind::parse(&kind).map_err(|_| corrupt("kind"))?;
         loaded.holders.insert(

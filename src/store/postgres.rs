@@ -15,7 +15,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions}
 use sqlx::{Arguments, PgPool, Postgres};
 
 use super::dialect::{Dialect, UniqueTarget};
-use super::sql::{columns, Arg, Column, Decoded, Row, Sql, Val};
+use super::sql::{columns, Arg, Column, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::sql_store::SqlStore;
 use super::{StoreError, StoreOptions, StoreResult};
 
@@ -127,6 +127,9 @@ impl Dialect for PgDialect {
     /// Arrays: one statement for any number of rows.
     const BINDS_PER_STATEMENT: Option<usize> = None;
 
+    /// `$n`: PostgreSQL's only kind.
+    const PLACEHOLDER: Placeholder = Placeholder::Numbered;
+
     /// PostgreSQL names the violated constraint.
     fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
         let db = e.as_database_error()?;
@@ -143,7 +146,7 @@ impl Dialect for PgDialect {
 
     /// One array per column, unnested, so the statement text depends only on the column
     /// types (parsed and planned once per connection).
-    fn push_relation(q: &mut Sql, rows: Vec<Row>) -> StoreResult<()> {
+    fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()> {
         let cols =
             columns(rows).ok_or_else(|| StoreError::Corrupt("rows of mixed shapes".into()))?;
         q.push("SELECT * FROM UNNEST(");
@@ -159,7 +162,7 @@ impl Dialect for PgDialect {
 
     /// ` = ANY($n)`: one array parameter, whatever the number of keys (` = $n` for one
     /// key).
-    fn push_in(q: &mut Sql, mut keys: Vec<Val>) -> StoreResult<()> {
+    fn push_in(q: &mut SqlBuilder, mut keys: Vec<Val>) -> StoreResult<()> {
         if keys.len() == 1 {
             // One key (unary Resolve): plain equality, whose generic plan PostgreSQL
             // caches; `= ANY` of a one-element array would be re-planned on every call.
@@ -218,7 +221,7 @@ impl Dialect for PgDialect {
 }
 
 /// Binds one column as a typed array.
-fn push_array(q: &mut Sql, col: Column) {
+fn push_array(q: &mut SqlBuilder, col: Column) {
     let cast = match col {
         Column::Text(_) => "::text[]",
         Column::Int(_) => "::int8[]",

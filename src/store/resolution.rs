@@ -312,7 +312,7 @@ async fn read_inputs<D: Dialect, C: Handle<D>>(
     out: &mut CurrentInputs,
 ) -> StoreResult<()> {
     for chunk in citizens.chunks(LOOKUP_CHUNK) {
-        let mut q = Sql::new(concat!(
+        let mut q = D::builder(concat!(
             "SELECT c.citizen_id, c.status AS citizen_status, p.program_code, p.since, ",
             "p.previous_account_id, ",
             "a.account_id AS a_account_id, a.citizen_id AS a_citizen_id, a.kind AS a_kind, ",
@@ -333,7 +333,7 @@ async fn read_inputs<D: Dialect, C: Handle<D>>(
             "WHERE c.citizen_id"
         ));
         D::push_in(&mut q, text_keys(chunk.iter().copied()))?;
-        for mut row in conn.fetch_all::<InputRow>(q).await? {
+        for mut row in conn.fetch_all::<InputRow>(q.build()).await? {
             let entry = match out.entry(std::mem::take(&mut row.citizen_id)) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => e.insert((

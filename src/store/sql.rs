@@ -7,7 +7,9 @@
 //! `QueryBuilder` cannot be used generically for SQLite at all (`SqliteArguments<'q>`
 //! converts only into arguments of its own lifetime). A [`Sql`] is data that names no
 //! database; each dialect binds its [`Arg`]s onto a concrete sqlx query
-//! (`Dialect::execute` and friends). Both backends accept `$n` placeholders.
+//! (`Dialect::execute` and friends). Both backends accept `$n` placeholders in fixed
+//! statements; statements built around a set of rows or keys ([`SqlBuilder`]) use the
+//! dialect's own placeholders.
 //!
 //! Rows come back through [`Decoded`]: any type sqlx can build from a row of either
 //! backend, which is what the shared `#[derive(sqlx::FromRow)]` structs and plain tuples
@@ -252,7 +254,7 @@ impl IntoArg for &Vec<u8> {
     }
 }
 
-/// A statement and its arguments.
+/// A statement with its `$1..$n` placeholders already in the text, and its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sql {
     text: Cow<'static, str>,
@@ -268,41 +270,71 @@ impl Sql {
         }
     }
 
-    /// Binds the next argument of a text that already has its `$1..$n` placeholders.
+    /// Binds the next argument (`$1`, then `$2`, ...).
     pub fn bind(mut self, v: impl IntoArg) -> Sql {
         self.args.push(v.into_arg());
-        self
-    }
-
-    /// Appends text.
-    pub fn push(&mut self, text: &str) -> &mut Sql {
-        self.text.to_mut().push_str(text);
-        self
-    }
-
-    /// Appends the next placeholder (`$n`) and binds `v` to it.
-    pub fn push_bind(&mut self, v: impl IntoArg) -> &mut Sql {
-        self.args.push(v.into_arg());
-        let n = self.args.len();
-        // Writing to a String cannot fail.
-        let _ = write!(self.text.to_mut(), "${n}");
-        self
-    }
-
-    /// Appends the next placeholder in SQLite's numbered form (`?n`) and binds `v` to it.
-    /// SQLite looks a named parameter such as `$n` up by a linear scan of the names seen
-    /// so far while it parses, so a statement with thousands of them (a multi-row INSERT
-    /// of a whole batch) would parse in quadratic time; `?n` is numbered directly.
-    pub fn push_bind_numbered(&mut self, v: impl IntoArg) -> &mut Sql {
-        self.args.push(v.into_arg());
-        let n = self.args.len();
-        let _ = write!(self.text.to_mut(), "?{n}");
         self
     }
 
     /// The text and the arguments, for a dialect to bind.
     pub fn into_parts(self) -> (Cow<'static, str>, Vec<Arg>) {
         (self.text, self.args)
+    }
+}
+
+/// How a built statement spells its placeholders (a dialect's choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placeholder {
+    /// `$1`, `$2`, ...
+    Numbered,
+    /// `?`, bound in order of appearance.
+    Anonymous,
+}
+
+/// A statement built piece by piece (a set of rows or keys, spelt by the dialect). Kept
+/// apart from [`Sql`] so the two placeholder styles never meet in one statement: SQLite
+/// binds anonymous placeholders by position, which `$n` ones would throw off.
+#[derive(Debug)]
+pub struct SqlBuilder {
+    text: String,
+    args: Vec<Arg>,
+    placeholder: Placeholder,
+}
+
+impl SqlBuilder {
+    pub fn new(placeholder: Placeholder, head: &str) -> SqlBuilder {
+        SqlBuilder {
+            text: head.to_owned(),
+            args: Vec::new(),
+            placeholder,
+        }
+    }
+
+    /// Appends text.
+    pub fn push(&mut self, text: &str) -> &mut SqlBuilder {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends the next placeholder and binds `v` to it.
+    pub fn push_bind(&mut self, v: impl IntoArg) -> &mut SqlBuilder {
+        self.args.push(v.into_arg());
+        match self.placeholder {
+            // Writing to a String cannot fail.
+            Placeholder::Numbered => {
+                let _ = write!(self.text, "${}", self.args.len());
+            }
+            Placeholder::Anonymous => self.text.push('?'),
+        }
+        self
+    }
+
+    /// The statement.
+    pub fn build(self) -> Sql {
+        Sql {
+            text: Cow::Owned(self.text),
+            args: self.args,
+        }
     }
 }
 
@@ -376,21 +408,34 @@ mod tests {
     }
 
     #[test]
-    fn placeholders_are_numbered_after_the_arguments_already_bound() {
-        let mut q = Sql::new("SELECT x FROM t WHERE a = $1").bind("a");
-        q.push(" AND b = ")
-            .push_bind(2i64)
-            .push(" AND c = ")
-            .push_bind(true);
-        let (text, args) = q.into_parts();
-        assert_eq!(text, "SELECT x FROM t WHERE a = $1 AND b = $2 AND c = $3");
-        assert_eq!(
-            args,
-            vec![
-                Arg::Text(Some("a".into())),
-                Arg::Int(Some(2)),
-                Arg::Bool(true)
-            ]
-        );
+    fn built_statements_number_or_list_their_placeholders_as_the_dialect_spells_them() {
+        for (style, text) in [
+            (
+                Placeholder::Numbered,
+                "SELECT x FROM t WHERE a = $1 AND b IN ($2, $3)",
+            ),
+            (
+                Placeholder::Anonymous,
+                "SELECT x FROM t WHERE a = ? AND b IN (?, ?)",
+            ),
+        ] {
+            let mut q = SqlBuilder::new(style, "SELECT x FROM t WHERE a = ");
+            q.push_bind("a")
+                .push(" AND b IN (")
+                .push_bind(2i64)
+                .push(", ")
+                .push_bind(true)
+                .push(")");
+            let (built, args) = q.build().into_parts();
+            assert_eq!(built, text);
+            assert_eq!(
+                args,
+                vec![
+                    Arg::Text(Some("a".into())),
+                    Arg::Int(Some(2)),
+                    Arg::Bool(true)
+                ]
+            );
+        }
     }
 }

@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 use sqlx::{Arguments, Sqlite, SqlitePool};
 
 use super::dialect::{Dialect, UniqueTarget};
-use super::sql::{Arg, Decoded, Row, Sql, Val};
+use super::sql::{Arg, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::sql_store::SqlStore;
 use super::{StoreOptions, StoreResult};
 
@@ -92,6 +92,13 @@ impl Dialect for SqliteDialect {
     /// SQLite allows 32,766 bound parameters per statement: rows are written in chunks.
     const BINDS_PER_STATEMENT: Option<usize> = Some(30_000);
 
+    /// `?`: SQLite finds a named or numbered parameter (`$n`, `?n`) by a linear scan of
+    /// the statement's parameters, when it parses the statement and again each time sqlx
+    /// asks for a parameter's name to bind it, so a multi-row INSERT of a whole batch
+    /// (tens of thousands of parameters) would cost quadratic time. Anonymous ones are
+    /// bound by position.
+    const PLACEHOLDER: Placeholder = Placeholder::Anonymous;
+
     /// SQLite names the violated columns rather than the index:
     /// `UNIQUE constraint failed: table.col, table.col`.
     fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
@@ -112,8 +119,8 @@ impl Dialect for SqliteDialect {
         }
     }
 
-    /// Multi-row `VALUES`, with numbered `?n` placeholders (see `Sql::push_bind_numbered`).
-    fn push_relation(q: &mut Sql, rows: Vec<Row>) -> StoreResult<()> {
+    /// Multi-row `VALUES`.
+    fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()> {
         q.push("VALUES ");
         for (i, row) in rows.into_iter().enumerate() {
             q.push(if i == 0 { "(" } else { ", (" });
@@ -121,15 +128,15 @@ impl Dialect for SqliteDialect {
                 if j > 0 {
                     q.push(", ");
                 }
-                q.push_bind_numbered(v);
+                q.push_bind(v);
             }
             q.push(")");
         }
         Ok(())
     }
 
-    /// ` IN (k1, k2, ...)`, with numbered `?n` placeholders.
-    fn push_in(q: &mut Sql, keys: Vec<Val>) -> StoreResult<()> {
+    /// ` IN (k1, k2, ...)`.
+    fn push_in(q: &mut SqlBuilder, keys: Vec<Val>) -> StoreResult<()> {
         q.push(" IN (");
         if keys.is_empty() {
             q.push("NULL");
@@ -138,7 +145,7 @@ impl Dialect for SqliteDialect {
             if i > 0 {
                 q.push(", ");
             }
-            q.push_bind_numbered(k);
+            q.push_bind(k);
         }
         q.push(")");
         Ok(())
