@@ -182,42 +182,58 @@ fn inputs_from(
 }
 
 /// One row of the current-inputs join: a citizen, one of its preferences (if any), the
-/// account it points at (`a_`) and the previous one (`b_`), every column named.
-#[derive(sqlx::FromRow)]
+/// account it points at and the previous one.
 struct InputRow {
     citizen_id: String,
     citizen_status: String,
     program_code: Option<String>,
     since: Option<i64>,
     previous_account_id: Option<Uuid>,
-    a_account_id: Option<Uuid>,
-    a_citizen_id: Option<String>,
-    a_kind: Option<String>,
-    a_provider_code: Option<String>,
-    a_account_ref: Option<String>,
-    a_holder_name: Option<String>,
-    a_status: Option<String>,
-    a_verification_method: Option<String>,
-    a_verified_by: Option<String>,
-    a_verified_at: Option<i64>,
-    a_evidence_ref: Option<String>,
-    a_version: Option<i64>,
-    a_created_at: Option<i64>,
-    a_updated_at: Option<i64>,
-    b_account_id: Option<Uuid>,
-    b_citizen_id: Option<String>,
-    b_kind: Option<String>,
-    b_provider_code: Option<String>,
-    b_account_ref: Option<String>,
-    b_holder_name: Option<String>,
-    b_status: Option<String>,
-    b_verification_method: Option<String>,
-    b_verified_by: Option<String>,
-    b_verified_at: Option<i64>,
-    b_evidence_ref: Option<String>,
-    b_version: Option<i64>,
-    b_created_at: Option<i64>,
-    b_updated_at: Option<i64>,
+    current: JoinedAccount,
+    previous: JoinedAccount,
+}
+
+/// Read by position, as the join returns the two accounts' columns under the same names.
+/// (Generic over the row type, so that one impl decodes on both backends; the bounds are
+/// the handful of column types read here.)
+impl<'r, R> sqlx::FromRow<'r, R> for InputRow
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<InputRow, sqlx::Error> {
+        // The 14 account columns starting at `start`.
+        let account = |start: usize| -> Result<JoinedAccount, sqlx::Error> {
+            Ok(JoinedAccount {
+                account_id: row.try_get(start)?,
+                citizen_id: row.try_get(start + 1)?,
+                kind: row.try_get(start + 2)?,
+                provider_code: row.try_get(start + 3)?,
+                account_ref: row.try_get(start + 4)?,
+                holder_name: row.try_get(start + 5)?,
+                status: row.try_get(start + 6)?,
+                verification_method: row.try_get(start + 7)?,
+                verified_by: row.try_get(start + 8)?,
+                verified_at: row.try_get(start + 9)?,
+                evidence_ref: row.try_get(start + 10)?,
+                version: row.try_get(start + 11)?,
+                created_at: row.try_get(start + 12)?,
+                updated_at: row.try_get(start + 13)?,
+            })
+        };
+        Ok(InputRow {
+            citizen_id: row.try_get(0)?,
+            citizen_status: row.try_get(1)?,
+            program_code: row.try_get(2)?,
+            since: row.try_get(3)?,
+            previous_account_id: row.try_get(4)?,
+            current: account(5)?,
+            previous: account(19)?,
+        })
+    }
 }
 
 /// An account's columns as a LEFT JOIN returns them: all NULL when there is none.
@@ -265,46 +281,6 @@ impl JoinedAccount {
     }
 }
 
-impl InputRow {
-    /// The account the preference points at, and the previous one.
-    fn accounts(self) -> (JoinedAccount, JoinedAccount) {
-        (
-            JoinedAccount {
-                account_id: self.a_account_id,
-                citizen_id: self.a_citizen_id,
-                kind: self.a_kind,
-                provider_code: self.a_provider_code,
-                account_ref: self.a_account_ref,
-                holder_name: self.a_holder_name,
-                status: self.a_status,
-                verification_method: self.a_verification_method,
-                verified_by: self.a_verified_by,
-                verified_at: self.a_verified_at,
-                evidence_ref: self.a_evidence_ref,
-                version: self.a_version,
-                created_at: self.a_created_at,
-                updated_at: self.a_updated_at,
-            },
-            JoinedAccount {
-                account_id: self.b_account_id,
-                citizen_id: self.b_citizen_id,
-                kind: self.b_kind,
-                provider_code: self.b_provider_code,
-                account_ref: self.b_account_ref,
-                holder_name: self.b_holder_name,
-                status: self.b_status,
-                verification_method: self.b_verification_method,
-                verified_by: self.b_verified_by,
-                verified_at: self.b_verified_at,
-                evidence_ref: self.b_evidence_ref,
-                version: self.b_version,
-                created_at: self.b_created_at,
-                updated_at: self.b_updated_at,
-            },
-        )
-    }
-}
-
 /// Reads the current-state inputs of `citizens` into `out`.
 async fn read_inputs<D: Dialect, C: Handle<D>>(
     conn: &mut Session<D, C>,
@@ -313,20 +289,13 @@ async fn read_inputs<D: Dialect, C: Handle<D>>(
 ) -> StoreResult<()> {
     for chunk in citizens.chunks(LOOKUP_CHUNK) {
         let mut q = D::builder(concat!(
-            "SELECT c.citizen_id, c.status AS citizen_status, p.program_code, p.since, ",
-            "p.previous_account_id, ",
-            "a.account_id AS a_account_id, a.citizen_id AS a_citizen_id, a.kind AS a_kind, ",
-            "a.provider_code AS a_provider_code, a.account_ref AS a_account_ref, ",
-            "a.holder_name AS a_holder_name, a.status AS a_status, ",
-            "a.verification_method AS a_verification_method, a.verified_by AS a_verified_by, ",
-            "a.verified_at AS a_verified_at, a.evidence_ref AS a_evidence_ref, ",
-            "a.version AS a_version, a.created_at AS a_created_at, a.updated_at AS a_updated_at, ",
-            "b.account_id AS b_account_id, b.citizen_id AS b_citizen_id, b.kind AS b_kind, ",
-            "b.provider_code AS b_provider_code, b.account_ref AS b_account_ref, ",
-            "b.holder_name AS b_holder_name, b.status AS b_status, ",
-            "b.verification_method AS b_verification_method, b.verified_by AS b_verified_by, ",
-            "b.verified_at AS b_verified_at, b.evidence_ref AS b_evidence_ref, ",
-            "b.version AS b_version, b.created_at AS b_created_at, b.updated_at AS b_updated_at ",
+            "SELECT c.citizen_id, c.status, p.program_code, p.since, p.previous_account_id, ",
+            "a.account_id, a.citizen_id, a.kind, a.provider_code, a.account_ref, a.holder_name, ",
+            "a.status, a.verification_method, a.verified_by, a.verified_at, a.evidence_ref, ",
+            "a.version, a.created_at, a.updated_at, ",
+            "b.account_id, b.citizen_id, b.kind, b.provider_code, b.account_ref, b.holder_name, ",
+            "b.status, b.verification_method, b.verified_by, b.verified_at, b.evidence_ref, ",
+            "b.version, b.created_at, b.updated_at ",
             "FROM citizens c LEFT JOIN preferences p ON p.citizen_id = c.citizen_id ",
             "LEFT JOIN accounts a ON a.account_id = p.account_id ",
             "LEFT JOIN accounts b ON b.account_id = p.previous_account_id ",
@@ -345,18 +314,17 @@ async fn read_inputs<D: Dialect, C: Handle<D>>(
             let Some(program_code) = row.program_code.take() else {
                 continue;
             };
-            let since = row.since;
-            let previous_account_id = row.previous_account_id;
-            let (current, previous) = row.accounts();
-            let Some(current) = current.account()? else {
+            let Some(current) = row.current.account()? else {
                 return Err(corrupt("preference without its account"));
             };
-            let previous = previous.account()?;
+            let previous = row.previous.account()?;
             entry.1.push(PreferenceRow {
                 program_code,
                 account_id: current.id,
-                previous_account_id,
-                since: since.ok_or_else(|| corrupt("preference without its since"))?,
+                previous_account_id: row.previous_account_id,
+                since: row
+                    .since
+                    .ok_or_else(|| corrupt("preference without its since"))?,
             });
             for a in [Some(current), previous].into_iter().flatten() {
                 entry.2.insert(a.id, a);
