@@ -22,8 +22,11 @@
 //!   the sync digest;
 //! - `access_log.rs`: the access log;
 //! - `reference.rs`: providers and programs (seeded by `migrate`);
-//! - `sql.rs`: statements as values (`Sql`, its arguments, rows that decode on either
-//!   backend); `rows.rs`: stored rows and their conversion into domain values.
+//! - `dialect.rs`: the contract, and the sessions and set-based helpers (one statement
+//!   for a whole batch of rows or keys) the shared code runs SQL through;
+//! - `sql.rs`: statements as plain values (`Sql`, `SqlBuilder`, their arguments, rows
+//!   that decode on either backend), so that the shared code needs no sqlx bounds;
+//!   `rows.rs`: stored rows and their conversion into domain values.
 //!
 //! All SQL lives in this module. Nothing here knows about gRPC: refusals are
 //! [`Rejection`]s, everything else is an internal error.

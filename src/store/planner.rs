@@ -7,6 +7,12 @@
 //! commands: the account state machine, `check_verification`, the one-holder rule (a
 //! refused claim is recorded and announced), the open-account limit, the first verified
 //! account becoming the default. What it decides is a [`Work`]: rows to write.
+//!
+//! It is pure (no SQL, no dialect): `population.rs` reads what a batch needs into a
+//! [`Loaded`], calls the planner, and writes the [`Work`]. Its rules are a second copy of
+//! those of the single-record scripts in `accounts.rs`, kept apart until the two are
+//! merged. (It was `store/sync.rs`; "sync" also names the population platform's streams
+//! and the sync digest.)
 
 use std::collections::{HashMap, HashSet};
 
