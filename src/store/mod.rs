@@ -1,12 +1,32 @@
-//! Storage: one trait, one implementation per backend.
+//! Storage: one trait, one generic implementation, two SQL dialects.
 //!
-//! [`Store`] is everything the service asks of its database. [`postgres::PgStore`]
-//! (production) and [`sqlite::SqliteStore`] (the embedded default) implement it; the
-//! backend is chosen from the database URL's scheme by [`connect`]. The transaction
-//! scripts (what is read, checked and written for each command) are written once in
-//! `transactions.rs` and compiled into each backend with `include!`, because the rules
-//! they apply must not drift apart; each backend file holds only what truly differs
-//! (connection set-up, locking, migrations, the access log's bulk insert).
+//! [`Store`] is everything the service asks of its database. It has one implementation,
+//! `SqlStore<D>` (`sql_store.rs`), generic over a `Dialect` (`dialect.rs`): the trait
+//! whose items are every way PostgreSQL (production, `postgres.rs`) and SQLite (the
+//! embedded default, `sqlite.rs`) differ (row locks, how write transactions begin, the
+//! preambles of bulk, access-log and sequencer transactions, how a set of rows or keys is
+//! bound, which constraint an error names, and running a statement). The rules are
+//! written once, so they cannot drift apart between backends, and the compiler checks
+//! that each backend provides every hook. [`connect`] picks the backend from the database
+//! URL's scheme; the backend files hold only what truly differs (connection set-up, the
+//! LISTEN task on PostgreSQL, their dialect).
+//!
+//! The shared code is split by job, one file each:
+//! - `accounts.rs`: the single-record write scripts (link, change, preference, payout
+//!   failure), the retry loop that runs them, and the reads of accounts and claims;
+//! - `idempotency.rs`: taking an idempotency key and replaying the first answer;
+//! - `planner.rs`: the population-sync batch planner (pure: decides in memory);
+//!   `population.rs`: reading, locking and writing those batches around it;
+//! - `resolution.rs`: which account pays, now (in bulk) or as of a past instant;
+//! - `feed.rs`: the event feed, the sequencer, pruning, named consumers, watch lists and
+//!   the sync digest;
+//! - `access_log.rs`: the access log;
+//! - `reference.rs`: providers and programs (seeded by `migrate`);
+//! - `dialect.rs`: the contract, and the sessions and set-based helpers (one statement
+//!   for a whole batch of rows or keys) the shared code runs SQL through;
+//! - `sql.rs`: statements as plain values (`Sql`, `SqlBuilder`, their arguments, rows
+//!   that decode on either backend), so that the shared code needs no sqlx bounds;
+//!   `rows.rs`: stored rows and their conversion into domain values.
 //!
 //! All SQL lives in this module. Nothing here knows about gRPC: refusals are
 //! [`Rejection`]s, everything else is an internal error.
@@ -34,12 +54,20 @@ macro_rules! account_columns {
     };
 }
 
-pub mod postgres;
+mod access_log;
+mod accounts;
+mod dialect;
+mod feed;
+mod idempotency;
+mod planner;
+mod population;
+mod postgres;
 pub mod reference;
+mod resolution;
 mod rows;
-pub mod sqlite;
-pub mod sync;
-pub mod values;
+mod sql;
+mod sql_store;
+mod sqlite;
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,19 +108,6 @@ pub struct Idempotency {
     pub key: Uuid,
     /// SHA-256 over the operation name and the request without its key.
     pub request_hash: Vec<u8>,
-}
-
-/// What is stored under an idempotency key: the first answer, replayed on retry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum StoredOutcome {
-    Answer(Answer),
-    /// A refusal that committed something (a duplicate claim), replayed as-is so that a
-    /// retry does not record the claim twice.
-    Refused {
-        reason: String,
-        field: Option<String>,
-        message: String,
-    },
 }
 
 /// A write's answer: the account as it now is, and for a payout-failure report the id of
@@ -465,9 +480,9 @@ pub trait Store: Send + Sync + 'static {
 /// when missing).
 pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(url, options).await?))
+        Ok(Arc::new(postgres::connect(url, options).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url, options).await?))
+        Ok(Arc::new(sqlite::connect(url, options).await?))
     } else {
         Err(StoreError::Config(
             "database URL must start with postgres://, postgresql:// or sqlite:".into(),
@@ -475,42 +490,7 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<Arc<dyn St
     }
 }
 
-/// The program codes of the reference data, read once per process.
-type KnownPrograms = std::sync::RwLock<Option<Arc<std::collections::HashSet<String>>>>;
-
-/// The unique constraints a write can lose a race on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UniqueTarget {
-    /// `accounts_one_holder`: another citizen's claim on the account won.
-    Holder,
-    /// `accounts_one_open_link`: the same citizen linked the same account concurrently.
-    OpenLink,
-    /// `idempotency_keys` primary key: the same key was sent twice at once.
-    Idempotency,
-}
-
-impl UniqueTarget {
-    fn from_constraint(name: &str) -> Option<UniqueTarget> {
-        match name {
-            "accounts_one_holder" => Some(UniqueTarget::Holder),
-            "accounts_one_open_link" => Some(UniqueTarget::OpenLink),
-            "idempotency_keys_pkey" => Some(UniqueTarget::Idempotency),
-            _ => None,
-        }
-    }
-
-    /// SQLite reports `UNIQUE constraint failed: table.col, table.col`.
-    fn from_sqlite_message(message: &str) -> Option<UniqueTarget> {
-        let columns = message.split("failed:").nth(1)?.trim();
-        match columns {
-            "accounts.kind, accounts.provider_code, accounts.account_ref" => {
-                Some(UniqueTarget::Holder)
-            }
-            "accounts.citizen_id, accounts.kind, accounts.provider_code, accounts.account_ref" => {
-                Some(UniqueTarget::OpenLink)
-            }
-            "idempotency_keys.client_id, idempotency_keys.key" => Some(UniqueTarget::Idempotency),
-            _ => None,
-        }
-    }
+/// A stored value that cannot be read back (or a bug): reported, never guessed.
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
 }

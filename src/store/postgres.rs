@@ -1,92 +1,54 @@
-//! PostgreSQL, the production backend.
+//! PostgreSQL, the production backend: its connection set-up, the LISTEN task, and its
+//! [`Dialect`].
 //!
 //! Several service instances may share one database, so correctness comes from the
 //! database: rows are locked with `FOR UPDATE` (citizen first, then account), and the
 //! partial unique index `accounts_one_holder` decides races between claims on one
-//! account.
+//! account. Sets of rows and keys are bound as typed arrays, so a bulk statement's text
+//! depends only on its column types and is parsed and planned once per connection.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
-use uuid::Uuid;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{Arguments, PgPool, Postgres};
 
-use super::{
-    AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference,
-    Provider, ResolveQuery, Sequenced, Store, StoreError, StoreOptions, StoreResult, SyncDigest,
-    WriteContext,
-};
-use crate::domain::{
-    Account, ChangeAccount, CitizenId, LinkAccount, ProgramCode, Rejection, Resolution,
-    SetPreference, Timestamp,
-};
+use super::dialect::{Dialect, UniqueTarget};
+use super::sql::{columns, Arg, Column, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
+use super::sql_store::SqlStore;
+use super::{StoreError, StoreOptions, StoreResult};
 
-type DB = sqlx::Postgres;
-type Backend = PgStore;
+/// The PostgreSQL store: one pool shared by reads and writes.
+pub type PgStore = SqlStore<PgDialect>;
+
+/// PostgreSQL's SQL and behaviour.
+pub struct PgDialect;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-const LOCK_CITIZEN: &str =
-    "SELECT full_name, status FROM citizens WHERE citizen_id = $1 FOR UPDATE";
-const LOCK_ACCOUNT: &str = concat!(
-    "SELECT ",
-    account_columns!(),
-    " FROM accounts WHERE account_id = $1 FOR UPDATE"
-);
-
-/// Access-log batches commit asynchronously: the writer does not wait for the WAL flush
-/// (PostgreSQL flushes within three `wal_writer_delay`s, 600 ms by default). A crash of
-/// the service loses nothing that was answered; a crash of the database server itself
-/// may lose the last fraction of a second of access-log entries, never registry state.
-/// This keeps the log's cost per read near zero (README, "Benchmarks").
-const ACCESS_LOG_PREAMBLE: Option<&str> = Some("SET LOCAL synchronous_commit = off");
-
-/// Writes a batch of access-log entries with one statement whose text never changes
-/// (arrays unnested server-side), so it is prepared once, whatever the batch size.
-async fn insert_access_log(
-    tx: &mut sqlx::Transaction<'static, DB>,
-    entries: &[super::AccessEntry],
-) -> StoreResult<()> {
-    let column = |f: fn(&super::AccessEntry) -> String| entries.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO access_log (citizen_id, client_id, method, purpose, accessed_at, request_id) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::uuid[])",
-    )
-    .bind(column(|e| e.citizen_id.as_str().to_owned()))
-    .bind(column(|e| e.client_id.clone()))
-    .bind(column(|e| e.method.clone()))
-    .bind(column(|e| e.purpose.clone()))
-    .bind(entries.iter().map(|e| e.accessed_at.micros()).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.request_id).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// The PostgreSQL store: one pool shared by reads and writes.
-pub struct PgStore {
-    write: PgPool,
-    read: PgPool,
-    options: StoreOptions,
-    /// Program codes, cached (see `check_program`).
-    programs: KnownPrograms,
-    /// Ticks on writes and sequencing, here or (through LISTEN) in other instances.
-    changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-    /// The LISTEN task feeding `changed`; stopped with the store.
-    listener: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        self.listener.abort();
-    }
+/// Opens the store: one pool for reads and writes, and the LISTEN task that ticks the
+/// store's change signal when any instance sharing the database writes or sequences.
+pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
+    let connect = PgConnectOptions::from_str(url)?.application_name("payout-registry");
+    let pool = PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .connect_with(connect)
+        .await?;
+    let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
+    let listener = tokio::spawn(listen(pool.clone(), changed.clone()));
+    Ok(SqlStore::new(
+        pool.clone(),
+        pool,
+        options,
+        changed,
+        Some(listener),
+    ))
 }
 
 /// Listens for `payout_events` (events committed, by any instance) and `payout_feed`
 /// (events sequenced) and ticks `changed`; reconnects after a lost connection.
-async fn listen(pool: PgPool, changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>) {
+async fn listen(pool: PgPool, changed: Arc<tokio::sync::watch::Sender<u64>>) {
     loop {
         match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
@@ -112,122 +74,177 @@ async fn listen(pool: PgPool, changed: std::sync::Arc<tokio::sync::watch::Sender
     }
 }
 
-impl PgStore {
-    pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
-        let connect = PgConnectOptions::from_str(url)?.application_name("payout-registry");
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .connect_with(connect)
-            .await?;
-        let changed = std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64));
-        let listener = tokio::spawn(listen(pool.clone(), changed.clone()));
-        Ok(PgStore {
-            write: pool.clone(),
-            read: pool,
-            options,
-            programs: KnownPrograms::default(),
-            changed,
-            listener,
-        })
+impl Dialect for PgDialect {
+    type DB = Postgres;
+
+    async fn migrate(pool: &PgPool) -> StoreResult<()> {
+        Ok(MIGRATOR.run(pool).await?)
     }
-}
 
-/// PostgreSQL names the violated constraint.
-fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
-    let db = e.as_database_error()?;
-    if !db.is_unique_violation() {
-        return None;
-    }
-    UniqueTarget::from_constraint(db.constraint()?)
-}
+    const LOCK_CITIZEN: &'static str =
+        "SELECT full_name, status FROM citizens WHERE citizen_id = $1 FOR UPDATE";
 
-/// Run first in every bulk transaction (sync batches, batch lookups). Every bulk
-/// statement looks rows up by key, so it is planned for its actual keys and for index
-/// access: PostgreSQL caches a generic plan for a prepared statement after five runs, and
-/// one made while a table was small (a fresh database filling up, or statistics not yet
-/// analysed) can scan the whole table for a 1,000-key IN list for ever after. Planning
-/// costs about a millisecond per batch of 1,000.
-const BULK_PREAMBLE: &[&str] = &[
-    "SET LOCAL plan_cache_mode = force_custom_plan",
-    "SET LOCAL enable_seqscan = off",
-];
+    const LOCK_ACCOUNT: &'static str = concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE account_id = $1 FOR UPDATE"
+    );
 
-/// Run in the sequencer's transaction when it assigned feed positions: wakes the
-/// subscribers of every instance (delivered at commit).
-const FEED_ADVANCED: &[&str] = &["SELECT pg_notify('payout_feed', '')"];
+    /// Locks the rows a bulk select returns.
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
 
-/// Locks the rows a bulk select returns (see batch.rs).
-const FOR_UPDATE: &str = " FOR UPDATE";
+    /// Row locks order PostgreSQL's writers.
+    const BEGIN_WRITE: &'static str = "BEGIN";
 
-/// How write transactions begin: row locks order PostgreSQL's writers.
-const BEGIN_WRITE: &str = "BEGIN";
+    /// Every bulk statement looks rows up by key, so it is planned for its actual keys
+    /// and for index access: PostgreSQL caches a generic plan for a prepared statement
+    /// after five runs, and one made while a table was small (a fresh database filling
+    /// up, or statistics not yet analysed) can scan the whole table for a 1,000-key list
+    /// for ever after. Planning costs about a millisecond per batch of 1,000.
+    const BULK_PREAMBLE: &'static [&'static str] = &[
+        "SET LOCAL plan_cache_mode = force_custom_plan",
+        "SET LOCAL enable_seqscan = off",
+    ];
 
-/// The sequencer reads one snapshot for the events it numbers and the state the sync
-/// digest is computed from, so the digest describes exactly the feed up to its position.
-/// A sequencer that took its snapshot before another instance's round committed gets a
-/// serialization failure on the head row and starts again.
-const SEQUENCER_ISOLATION: &[&str] = &["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"];
+    /// Access-log batches commit asynchronously: the writer does not wait for the WAL
+    /// flush (PostgreSQL flushes within three `wal_writer_delay`s, 600 ms by default). A
+    /// crash of the service loses nothing that was answered; a crash of the database
+    /// server itself may lose the last fraction of a second of access-log entries, never
+    /// registry state. This keeps the log's cost per read near zero (README,
+    /// "Benchmarks").
+    const ACCESS_LOG_PREAMBLE: &'static [&'static str] = &["SET LOCAL synchronous_commit = off"];
 
-/// Appends `rows` as a relation: one array per column, unnested, so the statement text
-/// depends only on the column types (parsed and planned once per connection).
-fn push_relation<'a>(
-    q: &mut sqlx::QueryBuilder<'a, DB>,
-    rows: &[super::values::Row],
-) -> StoreResult<()> {
-    use super::values::columns;
-    let cols = columns(rows).ok_or_else(|| StoreError::Corrupt("rows of mixed shapes".into()))?;
-    q.push("SELECT * FROM UNNEST(");
-    for (i, col) in cols.into_iter().enumerate() {
-        if i > 0 {
-            q.push(", ");
+    /// The sequencer reads one snapshot for the events it numbers and the state the sync
+    /// digest is computed from, so the digest describes exactly the feed up to its
+    /// position. A sequencer that took its snapshot before another instance's round
+    /// committed gets a serialization failure on the head row and starts again.
+    const SEQUENCER_ISOLATION: &'static [&'static str] =
+        &["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"];
+
+    /// Wakes the subscribers of every instance (delivered at commit).
+    const FEED_ADVANCED: &'static [&'static str] = &["SELECT pg_notify('payout_feed', '')"];
+
+    /// Arrays: one statement for any number of rows.
+    const BINDS_PER_STATEMENT: Option<usize> = None;
+
+    /// `$n`: PostgreSQL's only kind.
+    const PLACEHOLDER: Placeholder = Placeholder::Numbered;
+
+    /// PostgreSQL names the violated constraint.
+    fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
+        let db = e.as_database_error()?;
+        if !db.is_unique_violation() {
+            return None;
         }
-        push_array(q, col);
+        match db.constraint()? {
+            "accounts_one_holder" => Some(UniqueTarget::Holder),
+            "accounts_one_open_link" => Some(UniqueTarget::OpenLink),
+            "idempotency_keys_pkey" => Some(UniqueTarget::Idempotency),
+            _ => None,
+        }
     }
-    q.push(")");
-    Ok(())
-}
 
-/// Appends ` = ANY($n)`: one array parameter, whatever the number of keys (` = $n` for
-/// one key).
-fn push_in<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, keys: &[super::values::Val]) -> StoreResult<()> {
-    use super::values::{columns, Row};
-    if let [key] = keys {
-        // One key (unary Resolve): plain equality, whose generic plan PostgreSQL caches;
-        // `= ANY` of a one-element array would be re-planned on every call.
-        q.push(" = ");
-        match key {
-            super::values::Val::Text(t) => q.push_bind(t.clone()),
-            super::values::Val::Int(i) => q.push_bind(*i),
-            super::values::Val::Uuid(u) => q.push_bind(*u),
-        };
-        return Ok(());
-    }
-    let rows: Vec<Row> = keys.iter().map(|k| Row(vec![k.clone()])).collect();
-    match columns(&rows).and_then(|mut cols| cols.pop()) {
-        Some(col) => {
-            q.push(" = ANY(");
+    /// One array per column, unnested, so the statement text depends only on the column
+    /// types (parsed and planned once per connection).
+    fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()> {
+        let cols =
+            columns(rows).ok_or_else(|| StoreError::Corrupt("rows of mixed shapes".into()))?;
+        q.push("SELECT * FROM UNNEST(");
+        for (i, col) in cols.into_iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
             push_array(q, col);
-            q.push(")");
         }
-        None => {
-            q.push(" IN (NULL)");
-        }
+        q.push(")");
+        Ok(())
     }
-    Ok(())
+
+    /// ` = ANY($n)`: one array parameter, whatever the number of keys (` = $n` for one
+    /// key).
+    fn push_in(q: &mut SqlBuilder, mut keys: Vec<Val>) -> StoreResult<()> {
+        if keys.len() == 1 {
+            // One key (unary Resolve): plain equality, whose generic plan PostgreSQL
+            // caches; `= ANY` of a one-element array would be re-planned on every call.
+            let key = keys.pop().expect("one key");
+            q.push(" = ").push_bind(key);
+            return Ok(());
+        }
+        match Column::of(keys) {
+            Some(col) => {
+                q.push(" = ANY(");
+                push_array(q, col);
+                q.push(")");
+            }
+            None => {
+                q.push(" IN (NULL)");
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(conn: &mut PgConnection, sql: Sql) -> StoreResult<u64> {
+        let (text, args) = sql.into_parts();
+        let args = arguments(args)?;
+        Ok(sqlx::query_with(&text, args)
+            .execute(conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn fetch_all<R: Decoded>(conn: &mut PgConnection, sql: Sql) -> StoreResult<Vec<R>> {
+        let (text, args) = sql.into_parts();
+        let args = arguments(args)?;
+        Ok(sqlx::query_as_with::<_, R, _>(&text, args)
+            .fetch_all(conn)
+            .await?)
+    }
+
+    async fn fetch_optional<R: Decoded>(
+        conn: &mut PgConnection,
+        sql: Sql,
+    ) -> StoreResult<Option<R>> {
+        let (text, args) = sql.into_parts();
+        let args = arguments(args)?;
+        Ok(sqlx::query_as_with::<_, R, _>(&text, args)
+            .fetch_optional(conn)
+            .await?)
+    }
+
+    async fn fetch_one<R: Decoded>(conn: &mut PgConnection, sql: Sql) -> StoreResult<R> {
+        let (text, args) = sql.into_parts();
+        let args = arguments(args)?;
+        Ok(sqlx::query_as_with::<_, R, _>(&text, args)
+            .fetch_one(conn)
+            .await?)
+    }
 }
 
 /// Binds one column as a typed array.
-fn push_array<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, col: super::values::Column) {
-    use super::values::Column;
-    match col {
-        Column::Text(v) => q.push_bind(v).push("::text[]"),
-        Column::Int(v) => q.push_bind(v).push("::int8[]"),
-        Column::Uuid(v) => q.push_bind(v).push("::uuid[]"),
+fn push_array(q: &mut SqlBuilder, col: Column) {
+    let cast = match col {
+        Column::Text(_) => "::text[]",
+        Column::Int(_) => "::int8[]",
+        Column::Uuid(_) => "::uuid[]",
     };
+    q.push_bind(col).push(cast);
 }
 
-/// PostgreSQL binds arrays: one statement for any number of rows.
-const BINDS_PER_STATEMENT: Option<usize> = None;
-
-include!("transactions.rs");
-include!("batch.rs");
+/// Encodes a statement's arguments.
+fn arguments(args: Vec<Arg>) -> Result<PgArguments, sqlx::Error> {
+    let mut out = PgArguments::default();
+    for arg in args {
+        match arg {
+            Arg::Text(v) => out.add(v),
+            Arg::Int(v) => out.add(v),
+            Arg::Uuid(v) => out.add(v),
+            Arg::Bool(v) => out.add(v),
+            Arg::Bytes(v) => out.add(v),
+            Arg::Array(Column::Text(v)) => out.add(v),
+            Arg::Array(Column::Int(v)) => out.add(v),
+            Arg::Array(Column::Uuid(v)) => out.add(v),
+        }
+        .map_err(sqlx::Error::Encode)?;
+    }
+    Ok(out)
+}

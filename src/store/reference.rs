@@ -4,11 +4,21 @@
 //! enums: `reference/providers.csv` and `reference/programs.csv` are compiled into the
 //! binary and upserted into the database by `migrate`. Editing a CSV and re-running
 //! `migrate` updates a running registry's reference data.
+//!
+//! The program codes are read from the database once and cached in the store
+//! ([`KnownPrograms`]), since every resolution and preference checks one and they change
+//! only when `migrate` loads new reference data.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-use super::Provider;
-use crate::domain::AccountKind;
+use super::dialect::{Dialect, Tx};
+use super::sql::Sql;
+use super::sql_store::SqlStore;
+use super::{corrupt, Provider, StoreResult};
+use crate::domain::{AccountKind, ProgramCode, Reason, Rejection};
 
 const PROVIDERS_CSV: &str = include_str!("../../reference/providers.csv");
 const PROGRAMS_CSV: &str = include_str!("../../reference/programs.csv");
@@ -57,6 +67,107 @@ pub fn programs() -> Result<Vec<Program>, String> {
         .enumerate()
         .map(|(i, line)| line.map_err(|e| format!("programs.csv record {}: {e}", i + 1)))
         .collect()
+}
+
+/// The program codes of the reference data, read once per process.
+pub(super) type KnownPrograms = RwLock<Option<Arc<HashSet<String>>>>;
+
+impl<D: Dialect> SqlStore<D> {
+    /// Applies pending migrations, then upserts the reference data in one transaction.
+    pub(super) async fn migrate_and_seed(&self) -> StoreResult<()> {
+        D::migrate(&self.write).await?;
+        let mut tx = Tx::<D>::begin_write(&self.write).await?;
+        for p in providers().map_err(corrupt)? {
+            tx.execute(
+                Sql::new(
+                    "INSERT INTO providers (code, kind, name, short_name, active) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (code) DO UPDATE SET \
+                     kind = excluded.kind, name = excluded.name, short_name = excluded.short_name, \
+                     active = excluded.active",
+                )
+                .bind(&p.code)
+                .bind(p.kind.as_str())
+                .bind(&p.name)
+                .bind(&p.short_name)
+                .bind(p.active),
+            )
+            .await?;
+        }
+        for p in programs().map_err(corrupt)? {
+            tx.execute(
+                Sql::new(
+                    "INSERT INTO programs (code, name, description) VALUES ($1, $2, $3) \
+                     ON CONFLICT (code) DO UPDATE SET name = excluded.name, \
+                     description = excluded.description",
+                )
+                .bind(&p.code)
+                .bind(&p.name)
+                .bind(&p.description),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        *self.programs.write().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
+    }
+
+    /// The providers as stored.
+    pub(super) async fn stored_providers(&self) -> StoreResult<Vec<Provider>> {
+        let rows: Vec<(String, String, String, String, bool)> = self
+            .reader()
+            .await?
+            .fetch_all(Sql::new(
+                "SELECT code, kind, name, short_name, active FROM providers ORDER BY code",
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|(code, kind, name, short_name, active)| {
+                Ok(Provider {
+                    kind: AccountKind::parse(&kind).map_err(corrupt)?,
+                    code,
+                    name,
+                    short_name,
+                    active,
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses a program code that is not in the reference data. The codes are read once
+    /// and kept: they change only when `migrate` loads new reference data.
+    pub(super) async fn check_program(&self, program: Option<&ProgramCode>) -> StoreResult<()> {
+        let Some(program) = program else {
+            return Ok(());
+        };
+        let cached = self
+            .programs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let known = match cached {
+            Some(known) => known,
+            None => {
+                let codes: Vec<(String,)> = self
+                    .reader()
+                    .await?
+                    .fetch_all(Sql::new("SELECT code FROM programs"))
+                    .await?;
+                let known = Arc::new(codes.into_iter().map(|(c,)| c).collect());
+                *self.programs.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Arc::clone(&known));
+                known
+            }
+        };
+        if known.contains(program.as_str()) {
+            return Ok(());
+        }
+        Err(Rejection::field(
+            Reason::ProgramUnknown,
+            "program_code",
+            "no such program in the reference data",
+        )
+        .into())
+    }
 }
 
 #[cfg(test)]

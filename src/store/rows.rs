@@ -6,11 +6,16 @@
 
 use uuid::Uuid;
 
-use super::{DuplicateClaim, Event, HistoryEntry, StoreError};
+use super::{corrupt, DuplicateClaim, Event, HistoryEntry, StoreError, StoreResult};
 use crate::domain::{
-    Account, AccountKind, AccountRef, AccountStatus, CitizenId, Timestamp, Verification,
-    VerificationMethod,
+    Account, AccountKind, AccountRef, AccountStatus, CitizenId, CitizenStatus, Timestamp,
+    Verification, VerificationMethod,
 };
+
+/// A stored citizen status.
+pub(crate) fn citizen_status(s: &str) -> StoreResult<CitizenStatus> {
+    CitizenStatus::parse(s).ok_or_else(|| corrupt("citizen status"))
+}
 
 /// Columns of `accounts`, also the leading columns of `account_history`.
 #[derive(Debug, sqlx::FromRow)]
@@ -31,7 +36,7 @@ pub(crate) struct AccountRow {
     pub updated_at: i64,
 }
 
-fn corrupt(what: &str, id: Uuid) -> StoreError {
+fn corrupt_account(what: &str, id: Uuid) -> StoreError {
     StoreError::Corrupt(format!("account {id}: unreadable {what}"))
 }
 
@@ -43,7 +48,7 @@ impl TryFrom<AccountRow> for Account {
         let verification = match (r.verification_method, r.verified_by, r.verified_at) {
             (Some(method), Some(verified_by), Some(verified_at)) => Some(Verification {
                 method: VerificationMethod::parse(&method)
-                    .map_err(|_| corrupt("verification method", id))?,
+                    .map_err(|_| corrupt_account("verification method", id))?,
                 verified_by,
                 verified_at: Timestamp(verified_at),
                 evidence_ref: r.evidence_ref.unwrap_or_default(),
@@ -55,13 +60,13 @@ impl TryFrom<AccountRow> for Account {
             // Stored ids were validated on the way in; the birth-year rule depends on the
             // clock, so re-validating could only reject our own data.
             citizen_id: CitizenId::from_stored(r.citizen_id),
-            kind: AccountKind::parse(&r.kind).map_err(|_| corrupt("kind", id))?,
+            kind: AccountKind::parse(&r.kind).map_err(|_| corrupt_account("kind", id))?,
             provider_code: r.provider_code,
             account_ref: AccountRef::from_stored(r.account_ref),
             holder_name: r.holder_name,
-            status: AccountStatus::parse(&r.status).map_err(|_| corrupt("status", id))?,
+            status: AccountStatus::parse(&r.status).map_err(|_| corrupt_account("status", id))?,
             verification,
-            version: u64::try_from(r.version).map_err(|_| corrupt("version", id))?,
+            version: u64::try_from(r.version).map_err(|_| corrupt_account("version", id))?,
             created_at: Timestamp(r.created_at),
             updated_at: Timestamp(r.updated_at),
         })

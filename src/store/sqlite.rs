@@ -1,177 +1,207 @@
-//! SQLite, the embedded default: one file under `./data/`, no server to run.
+//! SQLite, the embedded default (one file under `./data/`, no server to run): its
+//! connection set-up and its [`Dialect`].
 //!
 //! SQLite allows one writer at a time, so writes go through a pool of exactly one
 //! connection (transactions queue in the process instead of failing with SQLITE_BUSY),
-//! and reads use a separate pool in WAL mode, which never blocks on the writer.
+//! and reads use a separate pool in WAL mode, which never blocks on the writer. The
+//! single writer connection is what PostgreSQL's row locks are for, so this dialect
+//! locks nothing. Sets of rows and keys are spelt out as multi-row `VALUES` and `IN`
+//! lists: SQLite prepares statements cheaply and has no arrays.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
-use uuid::Uuid;
-
-use super::{
-    AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event, HistoryEntry, Preference,
-    Provider, ResolveQuery, Sequenced, Store, StoreError, StoreOptions, StoreResult, SyncDigest,
-    WriteContext,
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use crate::domain::{
-    Account, ChangeAccount, CitizenId, LinkAccount, ProgramCode, Rejection, Resolution,
-    SetPreference, Timestamp,
-};
+use sqlx::{Arguments, Sqlite, SqlitePool};
 
-type DB = sqlx::Sqlite;
-type Backend = SqliteStore;
+use super::dialect::{Dialect, UniqueTarget};
+use super::sql::{Arg, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
+use super::sql_store::SqlStore;
+use super::{StoreOptions, StoreResult};
+
+/// The SQLite store: a one-connection writer pool and a reader pool.
+pub type SqliteStore = SqlStore<SqliteDialect>;
+
+/// SQLite's SQL and behaviour.
+pub struct SqliteDialect;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-// The single writer connection already excludes other writers; no row locks needed.
-const LOCK_CITIZEN: &str = "SELECT full_name, status FROM citizens WHERE citizen_id = $1";
-const LOCK_ACCOUNT: &str = concat!(
-    "SELECT ",
-    account_columns!(),
-    " FROM accounts WHERE account_id = $1"
-);
+/// Opens (creating when missing) the database file: a writer pool of one connection and
+/// a read-only pool. One process owns the file, so the change signal is in-process only.
+pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStore> {
+    let connect = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect.clone())
+        .await?;
+    let read = SqlitePoolOptions::new()
+        .max_connections(options.max_connections)
+        .connect_with(connect.read_only(true))
+        .await?;
+    let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
+    Ok(SqlStore::new(write, read, options, changed, None))
+}
 
-/// SQLite commits the access log like everything else.
-const ACCESS_LOG_PREAMBLE: Option<&str> = None;
+impl Dialect for SqliteDialect {
+    type DB = Sqlite;
 
-/// Writes a batch of access-log entries as multi-row INSERTs (chunks stay under SQLite's
-/// limit of bound parameters).
-async fn insert_access_log(
-    tx: &mut sqlx::Transaction<'static, DB>,
-    entries: &[super::AccessEntry],
-) -> StoreResult<()> {
-    for chunk in entries.chunks(5000) {
-        let mut q = sqlx::QueryBuilder::<DB>::new(
-            "INSERT INTO access_log (citizen_id, client_id, method, purpose, accessed_at, \
-             request_id) ",
-        );
-        q.push_values(chunk, |mut row, e| {
-            row.push_bind(e.citizen_id.as_str())
-                .push_bind(&e.client_id)
-                .push_bind(&e.method)
-                .push_bind(&e.purpose)
-                .push_bind(e.accessed_at.micros())
-                .push_bind(e.request_id);
-        });
-        q.build().execute(&mut **tx).await?;
+    async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+        Ok(MIGRATOR.run(pool).await?)
     }
-    Ok(())
-}
 
-/// The SQLite store: a one-connection writer pool and a reader pool.
-pub struct SqliteStore {
-    write: SqlitePool,
-    read: SqlitePool,
-    options: StoreOptions,
-    /// Program codes, cached (see `check_program`).
-    programs: KnownPrograms,
-    /// Ticks on writes and sequencing (one process owns the file).
-    changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-}
+    // The single writer connection already excludes other writers; no row locks needed.
+    const LOCK_CITIZEN: &'static str =
+        "SELECT full_name, status FROM citizens WHERE citizen_id = $1";
 
-impl SqliteStore {
-    pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStore> {
-        let connect = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(connect.clone())
-            .await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(options.max_connections)
-            .connect_with(connect.read_only(true))
-            .await?;
-        Ok(SqliteStore {
-            write,
-            read,
-            options,
-            programs: KnownPrograms::default(),
-            changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64)),
-        })
+    const LOCK_ACCOUNT: &'static str = concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE account_id = $1"
+    );
+
+    const FOR_UPDATE: &'static str = "";
+
+    /// With the file's write lock, waiting (busy_timeout) while another process (the
+    /// relay) holds it. A deferred transaction that read first could instead fail at its
+    /// first write once that process had written in between.
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
+    /// SQLite plans every statement afresh; nothing to set.
+    const BULK_PREAMBLE: &'static [&'static str] = &[];
+
+    /// SQLite commits the access log like everything else.
+    const ACCESS_LOG_PREAMBLE: &'static [&'static str] = &[];
+
+    /// The single writer connection already gives the sequencer one consistent state.
+    const SEQUENCER_ISOLATION: &'static [&'static str] = &[];
+
+    /// One process owns the file: the in-process signal is all there is.
+    const FEED_ADVANCED: &'static [&'static str] = &[];
+
+    /// SQLite allows 32,766 bound parameters per statement: rows are written in chunks.
+    const BINDS_PER_STATEMENT: Option<usize> = Some(30_000);
+
+    /// `?`: SQLite finds a named or numbered parameter (`$n`, `?n`) by a linear scan of
+    /// the statement's parameters, when it parses the statement and again each time sqlx
+    /// asks for a parameter's name to bind it, so a multi-row INSERT of a whole batch
+    /// (tens of thousands of parameters) would cost quadratic time. Anonymous ones are
+    /// bound by position.
+    const PLACEHOLDER: Placeholder = Placeholder::Anonymous;
+
+    /// SQLite names the violated columns rather than the index:
+    /// `UNIQUE constraint failed: table.col, table.col`.
+    fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
+        let db = e.as_database_error()?;
+        if !db.is_unique_violation() {
+            return None;
+        }
+        let columns = db.message().split("failed:").nth(1)?.trim();
+        match columns {
+            "accounts.kind, accounts.provider_code, accounts.account_ref" => {
+                Some(UniqueTarget::Holder)
+            }
+            "accounts.citizen_id, accounts.kind, accounts.provider_code, accounts.account_ref" => {
+                Some(UniqueTarget::OpenLink)
+            }
+            "idempotency_keys.client_id, idempotency_keys.key" => Some(UniqueTarget::Idempotency),
+            _ => None,
+        }
     }
-}
 
-/// SQLite names the violated columns rather than the index.
-fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
-    let db = e.as_database_error()?;
-    if !db.is_unique_violation() {
-        return None;
+    /// Multi-row `VALUES`.
+    fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()> {
+        q.push("VALUES ");
+        for (i, row) in rows.into_iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" });
+            for (j, v) in row.0.into_iter().enumerate() {
+                if j > 0 {
+                    q.push(", ");
+                }
+                q.push_bind(v);
+            }
+            q.push(")");
+        }
+        Ok(())
     }
-    UniqueTarget::from_sqlite_message(db.message())
-}
 
-/// SQLite plans every statement afresh; nothing to set.
-const BULK_PREAMBLE: &[&str] = &[];
-
-/// One process owns the file: the in-process signal is all there is.
-const FEED_ADVANCED: &[&str] = &[];
-
-/// Locks the rows a bulk select returns (see batch.rs).
-const FOR_UPDATE: &str = "";
-
-/// How write transactions begin: with the file's write lock, waiting (busy_timeout) while
-/// another process (the relay) holds it. A deferred transaction that read first could
-/// instead fail at its first write once that process had written in between.
-const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-
-/// The single writer connection already gives the sequencer one consistent state.
-const SEQUENCER_ISOLATION: &[&str] = &[];
-
-/// Appends `rows` as multi-row `VALUES`.
-fn push_relation<'a>(
-    q: &mut sqlx::QueryBuilder<'a, DB>,
-    rows: &[super::values::Row],
-) -> StoreResult<()> {
-    q.push("VALUES ");
-    for (i, row) in rows.iter().enumerate() {
-        q.push(if i == 0 { "(" } else { ", (" });
-        for (j, v) in row.0.iter().enumerate() {
-            if j > 0 {
+    /// ` IN (k1, k2, ...)`.
+    fn push_in(q: &mut SqlBuilder, keys: Vec<Val>) -> StoreResult<()> {
+        q.push(" IN (");
+        if keys.is_empty() {
+            q.push("NULL");
+        }
+        for (i, k) in keys.into_iter().enumerate() {
+            if i > 0 {
                 q.push(", ");
             }
-            push_val(q, v);
+            q.push_bind(k);
         }
         q.push(")");
+        Ok(())
     }
-    Ok(())
+
+    async fn execute(conn: &mut SqliteConnection, sql: Sql) -> StoreResult<u64> {
+        let (text, args) = sql.into_parts();
+        let args = arguments(args)?;
+        Ok(sqlx::query_with(&text, args)
+            .execute(conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn fetch_all<R: Decoded>(conn: &mut SqliteConnection, sql: Sql) -> StoreResult<Vec<R>> {
+        let (text, args) = sql.into_parts();
+        let args = arguments(args)?;
+        Ok(sqlx::query_as_with::<_, R, _>(&text, args)
+            .fetch_all(conn)
+            .await?)
+    }
+
+    async fn fetch_optional<R: Decoded>(
+        conn: &mut SqliteConnection,
+        sql: Sql,
+    ) -> StoreResult<Option<R>> {
+        let (text, args) = sql.into_parts();
+        let args = arguments(args)?;
+        Ok(sqlx::query_as_with::<_, R, _>(&text, args)
+            .fetch_optional(conn)
+            .await?)
+    }
+
+    async fn fetch_one<R: Decoded>(conn: &mut SqliteConnection, sql: Sql) -> StoreResult<R> {
+        let (text, args) = sql.into_parts();
+        let args = arguments(args)?;
+        Ok(sqlx::query_as_with::<_, R, _>(&text, args)
+            .fetch_one(conn)
+            .await?)
+    }
 }
 
-fn push_val<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, v: &super::values::Val) {
-    use super::values::Val;
-    match v {
-        Val::Text(t) => q.push_bind(t.clone()),
-        Val::Int(i) => q.push_bind(*i),
-        Val::Uuid(u) => q.push_bind(*u),
-    };
-}
-
-/// Appends ` IN (k1, k2, ...)`.
-fn push_in<'a>(q: &mut sqlx::QueryBuilder<'a, DB>, keys: &[super::values::Val]) -> StoreResult<()> {
-    q.push(" IN (");
-    if keys.is_empty() {
-        q.push("NULL");
-    }
-    for (i, k) in keys.iter().enumerate() {
-        if i > 0 {
-            q.push(", ");
+/// Encodes a statement's arguments. SQLite has no arrays: an array argument is a bug in
+/// the shared code (this dialect's `push_relation` and `push_in` never make one).
+fn arguments<'q>(args: Vec<Arg>) -> Result<SqliteArguments<'q>, sqlx::Error> {
+    let mut out = SqliteArguments::default();
+    for arg in args {
+        match arg {
+            Arg::Text(v) => out.add(v),
+            Arg::Int(v) => out.add(v),
+            Arg::Uuid(v) => out.add(v),
+            Arg::Bool(v) => out.add(v),
+            Arg::Bytes(v) => out.add(v),
+            Arg::Array(_) => Err("SQLite cannot bind an array".into()),
         }
-        push_val(q, k);
+        .map_err(sqlx::Error::Encode)?;
     }
-    q.push(")");
-    Ok(())
+    Ok(out)
 }
-
-/// SQLite allows 32,766 bound parameters per statement: rows are written in chunks.
-const BINDS_PER_STATEMENT: Option<usize> = Some(30_000);
-
-include!("transactions.rs");
-include!("batch.rs");

@@ -7,6 +7,12 @@
 //! commands: the account state machine, `check_verification`, the one-holder rule (a
 //! refused claim is recorded and announced), the open-account limit, the first verified
 //! account becoming the default. What it decides is a [`Work`]: rows to write.
+//!
+//! It is pure (no SQL, no dialect): `population.rs` reads what a batch needs into a
+//! [`Loaded`], calls the planner, and writes the [`Work`]. Its rules are a second copy of
+//! those of the single-record scripts in `accounts.rs`, kept apart until the two are
+//! merged. (It was `store/sync.rs`; "sync" also names the population platform's streams
+//! and the sync digest.)
 
 use std::collections::{HashMap, HashSet};
 
@@ -122,7 +128,9 @@ pub struct Loaded {
 pub struct CitizenWrite {
     pub citizen_id: CitizenId,
     pub state: CitizenState,
-    /// Whether the row existed when the batch read it.
+    /// Whether the row existed when the batch read it. No writer reads it today (the
+    /// upsert's own WHERE clause decides); it stays as the planner computes it.
+    #[allow(dead_code)]
     pub existed: bool,
 }
 

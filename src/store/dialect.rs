@@ -1,0 +1,267 @@
+//! The contract between the shared store code and a backend: [`Dialect`].
+//!
+//! Everything PostgreSQL and SQLite do differently is an item of this trait, so the
+//! compiler checks the contract: a backend that forgets a hook does not build, and the
+//! shared code cannot reach for anything a backend does not declare. The differences are
+//! of three kinds:
+//! - SQL that differs: the row-locking selects and `FOR UPDATE`, how a write transaction
+//!   begins, statements run first in some transactions (the bulk planner settings, the
+//!   access log's asynchronous commit, the sequencer's isolation level, `pg_notify`);
+//! - how a set of rows or keys is spelt ([`Dialect::push_relation`], [`Dialect::push_in`]:
+//!   bound arrays on PostgreSQL, so a statement's text does not depend on the batch size
+//!   and is prepared once per connection; multi-row `VALUES` with anonymous `?`
+//!   placeholders, chunked under the bind limit, on SQLite) and which unique constraint
+//!   an error names;
+//! - running a [`Sql`] on a connection. These are implemented concretely per backend, so
+//!   the shared code names no sqlx bound at all (see `sql.rs` for why).
+//!
+//! Shared code runs statements through a [`Session`]: a transaction or a pooled
+//! connection, tagged with its dialect.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::DerefMut;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool};
+
+use super::sql::{Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
+use super::StoreResult;
+
+/// A backend's SQL and behaviour, where they differ.
+pub trait Dialect: Send + Sync + Sized + 'static {
+    /// The sqlx database.
+    type DB: Database;
+
+    /// Applies the backend's pending migrations (its own `migrations/` folder).
+    fn migrate(pool: &Pool<Self::DB>) -> impl Future<Output = StoreResult<()>> + Send + '_;
+
+    /// Reads a citizen's `full_name, status` by `$1`, locking the row where the backend
+    /// has row locks.
+    const LOCK_CITIZEN: &'static str;
+
+    /// Reads an account (`account_columns!`) by `$1`, locking the row where the backend
+    /// has row locks.
+    const LOCK_ACCOUNT: &'static str;
+
+    /// Appended to a select to lock the rows it returns (empty where there are no row
+    /// locks).
+    const FOR_UPDATE: &'static str;
+
+    /// How a write transaction begins.
+    const BEGIN_WRITE: &'static str;
+
+    /// Run first in every bulk transaction (sync batches, batch lookups).
+    const BULK_PREAMBLE: &'static [&'static str];
+
+    /// Run first in every access-log batch.
+    const ACCESS_LOG_PREAMBLE: &'static [&'static str];
+
+    /// Run first in the sequencer's transaction.
+    const SEQUENCER_ISOLATION: &'static [&'static str];
+
+    /// Run in the sequencer's transaction when it assigned feed positions.
+    const FEED_ADVANCED: &'static [&'static str];
+
+    /// Most parameters bound in one statement (`None`: no limit, rows are bound as
+    /// arrays); multi-row writes are chunked under it.
+    const BINDS_PER_STATEMENT: Option<usize>;
+
+    /// Which unique constraint a database error violated, if it is one we can lose a race
+    /// on.
+    fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget>;
+
+    /// How built statements spell their placeholders.
+    const PLACEHOLDER: Placeholder;
+
+    /// A statement to build around a set of rows or keys, starting with `head`.
+    fn builder(head: &str) -> SqlBuilder {
+        SqlBuilder::new(Self::PLACEHOLDER, head)
+    }
+
+    /// Appends `rows` as a relation (after an `INSERT INTO t (...) ` or inside an `IN (`).
+    fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()>;
+
+    /// Appends a membership test of the expression just pushed in `keys` (` IN (...)`,
+    /// ` = ANY($n)`, ...); no key matches nothing.
+    fn push_in(q: &mut SqlBuilder, keys: Vec<Val>) -> StoreResult<()>;
+
+    /// Runs a statement; answers the rows affected.
+    fn execute<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = StoreResult<u64>> + Send + 'c;
+
+    /// Runs a select; answers every row.
+    fn fetch_all<'c, R: Decoded>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = StoreResult<Vec<R>>> + Send + 'c;
+
+    /// Runs a select; answers its first row, if any.
+    fn fetch_optional<'c, R: Decoded>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = StoreResult<Option<R>>> + Send + 'c;
+
+    /// Runs a select that returns a row.
+    fn fetch_one<'c, R: Decoded>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        sql: Sql,
+    ) -> impl Future<Output = StoreResult<R>> + Send + 'c;
+}
+
+/// The unique constraints a write can lose a race on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniqueTarget {
+    /// `accounts_one_holder`: another citizen's claim on the account won.
+    Holder,
+    /// `accounts_one_open_link`: the same citizen linked the same account concurrently.
+    OpenLink,
+    /// `idempotency_keys` primary key: the same key was sent twice at once.
+    Idempotency,
+}
+
+/// Something that holds a connection of `D`'s database: a transaction or a pooled
+/// connection.
+pub trait Handle<D: Dialect>: DerefMut<Target = <D::DB as Database>::Connection> + Send {}
+
+impl<D: Dialect, C> Handle<D> for C where
+    C: DerefMut<Target = <D::DB as Database>::Connection> + Send
+{
+}
+
+/// A connection the shared code runs statements on, tagged with its dialect (so that
+/// helpers taking one infer the dialect).
+pub struct Session<D, C> {
+    conn: C,
+    dialect: PhantomData<D>,
+}
+
+/// A transaction.
+pub type Tx<D> = Session<D, sqlx::Transaction<'static, <D as Dialect>::DB>>;
+
+/// A connection taken from a pool, outside any explicit transaction.
+pub type Pooled<D> = Session<D, PoolConnection<<D as Dialect>::DB>>;
+
+impl<D: Dialect, C: Handle<D>> Session<D, C> {
+    pub fn execute(&mut self, sql: Sql) -> impl Future<Output = StoreResult<u64>> + Send + '_ {
+        D::execute(&mut *self.conn, sql)
+    }
+
+    pub fn fetch_all<R: Decoded>(
+        &mut self,
+        sql: Sql,
+    ) -> impl Future<Output = StoreResult<Vec<R>>> + Send + '_ {
+        D::fetch_all(&mut *self.conn, sql)
+    }
+
+    pub fn fetch_optional<R: Decoded>(
+        &mut self,
+        sql: Sql,
+    ) -> impl Future<Output = StoreResult<Option<R>>> + Send + '_ {
+        D::fetch_optional(&mut *self.conn, sql)
+    }
+
+    pub fn fetch_one<R: Decoded>(
+        &mut self,
+        sql: Sql,
+    ) -> impl Future<Output = StoreResult<R>> + Send + '_ {
+        D::fetch_one(&mut *self.conn, sql)
+    }
+
+    /// Runs fixed statements in order (a dialect's preamble).
+    pub async fn run(&mut self, statements: &'static [&'static str]) -> StoreResult<()> {
+        for statement in statements {
+            self.execute(Sql::new(*statement)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl<D: Dialect> Tx<D> {
+    /// Begins a write transaction (`D::BEGIN_WRITE`).
+    pub async fn begin_write(pool: &Pool<D::DB>) -> StoreResult<Tx<D>> {
+        Ok(Session {
+            conn: pool.begin_with(D::BEGIN_WRITE).await?,
+            dialect: PhantomData,
+        })
+    }
+
+    /// Begins a plain transaction (for reads).
+    pub async fn begin(pool: &Pool<D::DB>) -> StoreResult<Tx<D>> {
+        Ok(Session {
+            conn: pool.begin().await?,
+            dialect: PhantomData,
+        })
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.conn.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.conn.rollback().await
+    }
+}
+
+impl<D: Dialect> Pooled<D> {
+    pub async fn acquire(pool: &Pool<D::DB>) -> StoreResult<Pooled<D>> {
+        Ok(Session {
+            conn: pool.acquire().await?,
+            dialect: PhantomData,
+        })
+    }
+}
+
+/// Most keys looked up in one statement.
+pub const LOOKUP_CHUNK: usize = 1000;
+
+/// Runs `head <rows> tail` over the rows `push` makes of `items` (a multi-row INSERT or
+/// upsert), chunked where the dialect limits bound parameters; answers the rows affected.
+pub async fn insert_rows<D: Dialect, T>(
+    tx: &mut Tx<D>,
+    head: &str,
+    tail: &str,
+    items: &[T],
+    columns: usize,
+    mut push: impl FnMut(&mut Row, &T),
+) -> StoreResult<u64> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let per_statement = D::BINDS_PER_STATEMENT.map_or(items.len(), |b| (b / columns).max(1));
+    let mut affected = 0;
+    for chunk in items.chunks(per_statement) {
+        let rows: Vec<Row> = chunk
+            .iter()
+            .map(|item| {
+                let mut row = Row(Vec::with_capacity(columns));
+                push(&mut row, item);
+                row
+            })
+            .collect();
+        let mut q = D::builder(head);
+        D::push_relation(&mut q, rows)?;
+        q.push(tail);
+        affected += tx.execute(q.build()).await?;
+    }
+    Ok(affected)
+}
+
+/// Runs a select of `head <IN keys> tail` and collects the rows. Batches are bounded
+/// (1,000 records), so the keys always fit in one statement.
+pub async fn select_in<D: Dialect, C: Handle<D>, R: Decoded>(
+    session: &mut Session<D, C>,
+    head: &str,
+    tail: &str,
+    keys: Vec<Val>,
+) -> StoreResult<Vec<R>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = D::builder(head);
+    D::push_in(&mut q, keys)?;
+    q.push(tail);
+    session.fetch_all(q.build()).await
+}

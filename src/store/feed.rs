@@ -1,0 +1,534 @@
+//! The change feed: the events every write appends (the outbox), the sequencer that gives
+//! them their gapless feed positions, and everything that reads or trims the feed (pages,
+//! named consumers, watch lists, pruning), plus the sync digest the sequencer keeps up to
+//! date.
+//!
+//! Writers append events with a `position` from a sequence, so concurrent writers commit
+//! them out of order; a subscriber reading by that position could skip an event that
+//! commits late. The sequencer is therefore the only one to give out `feed_position`s:
+//! in one transaction it takes the head row's lock (instances take turns), numbers the
+//! committed unnumbered events after the head, and, when none is left unnumbered, brings
+//! the sync digest up to the new head, so the digest always describes exactly the feed up
+//! to its position. The dialect adds what differs: PostgreSQL reads one REPEATABLE READ
+//! snapshot (a sequencer that loses the race on the head row starts again) and wakes every
+//! instance with `pg_notify`.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::dialect::{insert_rows, select_in, Dialect, Tx, LOOKUP_CHUNK};
+use super::rows::EventRow;
+use super::sql::{text_keys, Sql};
+use super::sql_store::SqlStore;
+use super::{corrupt, Event, Sequenced, StoreError, StoreResult, SyncDigest};
+use crate::domain::digest::{province_of, RouteDigest};
+use crate::domain::{CitizenId, Timestamp};
+
+/// How often a sequencing round starts again after a serialization failure.
+const SEQUENCER_ATTEMPTS: usize = 20;
+
+fn serialization_failure(e: &StoreError) -> bool {
+    let StoreError::Database(e) = e else {
+        return false;
+    };
+    e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("40001"))
+}
+
+fn stored_digest(hex_digest: &str, routes: i64) -> StoreResult<RouteDigest> {
+    RouteDigest::from_hex(hex_digest, routes).ok_or_else(|| corrupt("stored sync digest"))
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// Events after `after_position`, in write order, sequenced or not.
+    pub(super) async fn events_from(
+        &self,
+        after_position: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        let rows: Vec<EventRow> = self
+            .reader()
+            .await?
+            .fetch_all(
+                Sql::new(
+                    "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, \
+                     actor, reason, payload, feed_position FROM events WHERE position > $1 \
+                     ORDER BY position LIMIT $2",
+                )
+                .bind(after_position)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    /// Runs a sequencing round, again after a serialization failure.
+    pub(super) async fn sequence(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
+        let mut attempt = 0;
+        loop {
+            match self.sequence_round(limit, digest).await {
+                Err(e) if serialization_failure(&e) && attempt < SEQUENCER_ATTEMPTS => {
+                    // Another instance's round (or the pruner) committed after this one's
+                    // snapshot: start again from the new head.
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One sequencing round: numbers the unsequenced events, then (with `digest`) brings
+    /// the sync digest up to the new head when no committed event is left unnumbered.
+    async fn sequence_round(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
+        let mut tx = self.begin_write().await?;
+        tx.run(D::SEQUENCER_ISOLATION).await?;
+        // Instances take turns here: the head row is locked until this commits, and the
+        // next sequencer's statements see what this one assigned.
+        let (head, digest_through): (i64, Option<i64>) = tx
+            .fetch_one(Sql::new(format!(
+                "SELECT last_position, digest_through FROM feed_head WHERE id = 1{}",
+                D::FOR_UPDATE
+            )))
+            .await?;
+        let assigned = tx
+            .execute(
+                Sql::new(
+                    "UPDATE events SET feed_position = $1 + s.rn FROM (SELECT position, \
+                     row_number() OVER (ORDER BY position) AS rn FROM events \
+                     WHERE feed_position IS NULL ORDER BY position LIMIT $2) AS s \
+                     WHERE events.position = s.position",
+                )
+                .bind(head)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        let new_head = head + assigned as i64;
+        // The digest may only describe a state whose every change is in the feed up to
+        // its position: when this round left events unnumbered, a later round updates it.
+        let digest_due = digest && assigned < u64::from(limit) && digest_through != Some(new_head);
+        let round = Sequenced {
+            assigned,
+            digest_behind: !digest_due && digest_through != Some(new_head),
+        };
+        if assigned == 0 && !digest_due {
+            tx.rollback().await?;
+            return Ok(round);
+        }
+        if assigned > 0 {
+            tx.execute(
+                Sql::new("UPDATE feed_head SET last_position = $1 WHERE id = 1").bind(new_head),
+            )
+            .await?;
+        }
+        if digest_due {
+            let citizens: Vec<(String,)> = match digest_through {
+                // The first build: every citizen with a preference.
+                None => {
+                    tx.fetch_all(Sql::new("SELECT DISTINCT citizen_id FROM preferences"))
+                        .await?
+                }
+                Some(through) => {
+                    tx.fetch_all(
+                        Sql::new(
+                            "SELECT DISTINCT citizen_id FROM events WHERE feed_position > $1 \
+                             AND feed_position <= $2",
+                        )
+                        .bind(through)
+                        .bind(new_head),
+                    )
+                    .await?
+                }
+            };
+            let citizens: Vec<String> = citizens.into_iter().map(|(c,)| c).collect();
+            let started = std::time::Instant::now();
+            refresh_digest(&mut tx, &citizens).await?;
+            if digest_through.is_none() {
+                tracing::info!(
+                    citizens = citizens.len(),
+                    position = new_head,
+                    millis = started.elapsed().as_millis() as u64,
+                    "built the sync digest"
+                );
+            }
+            tx.execute(
+                Sql::new("UPDATE feed_head SET digest_through = $1 WHERE id = 1").bind(new_head),
+            )
+            .await?;
+        }
+        if assigned > 0 {
+            tx.run(D::FEED_ADVANCED).await?;
+        }
+        tx.commit().await?;
+        // Subscribers wake for new positions; waiters on the digest (GetSyncDigest after
+        // a write, the pruner's horizon) for its progress.
+        if assigned > 0 || digest_due {
+            self.tick();
+        }
+        Ok(round)
+    }
+
+    /// The sync digest of one province or of every citizen, with its position.
+    pub(super) async fn digest_of(
+        &self,
+        province: Option<&str>,
+    ) -> StoreResult<Option<SyncDigest>> {
+        // One statement: the digest rows and the position they describe, from one snapshot.
+        let rows: Vec<(Option<i64>, Option<String>, Option<i64>)> = self
+            .reader()
+            .await?
+            .fetch_all(
+                Sql::new(
+                    "SELECT h.digest_through, d.digest, d.routes FROM feed_head h \
+                     LEFT JOIN digest_provinces d ON ($1 IS NULL OR d.province = $1) \
+                     WHERE h.id = 1",
+                )
+                .bind(province),
+            )
+            .await?;
+        let Some(Some(position)) = rows.first().map(|r| r.0) else {
+            return Ok(None);
+        };
+        let mut total = RouteDigest::default();
+        for (_, digest, routes) in rows {
+            if let (Some(digest), Some(routes)) = (digest, routes) {
+                total.add(&stored_digest(&digest, routes)?);
+            }
+        }
+        Ok(Some(SyncDigest {
+            digest: total,
+            position,
+        }))
+    }
+
+    /// Sequenced events after feed position `after`, in feed order.
+    pub(super) async fn feed_page(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        let rows: Vec<EventRow> = self
+            .reader()
+            .await?
+            .fetch_all(
+                Sql::new(
+                    "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, \
+                     actor, reason, payload, feed_position FROM events WHERE feed_position > $1 \
+                     ORDER BY feed_position LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    /// Like [`SqlStore::feed_page`], only the events of citizens on a watch list.
+    pub(super) async fn watched_page(
+        &self,
+        after: i64,
+        client_id: &str,
+        consumer: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        let rows: Vec<EventRow> = self
+            .reader()
+            .await?
+            .fetch_all(
+                Sql::new(
+                    "SELECT e.position, e.event_id, e.occurred_at, e.event_type, e.citizen_id, \
+                     e.account_id, e.actor, e.reason, e.payload, e.feed_position FROM events e \
+                     WHERE e.feed_position > $1 AND EXISTS (SELECT 1 FROM watch_lists w \
+                     WHERE w.client_id = $2 AND w.consumer = $3 AND w.citizen_id = e.citizen_id) \
+                     ORDER BY e.feed_position LIMIT $4",
+                )
+                .bind(after)
+                .bind(client_id)
+                .bind(consumer)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    /// The last feed position assigned (0 when none).
+    pub(super) async fn head_position(&self) -> StoreResult<i64> {
+        let (head,): (i64,) = self
+            .reader()
+            .await?
+            .fetch_one(Sql::new("SELECT last_position FROM feed_head WHERE id = 1"))
+            .await?;
+        Ok(head)
+    }
+
+    /// The last feed position pruned (0 when none).
+    pub(super) async fn pruned_position(&self) -> StoreResult<i64> {
+        let (pruned,): (i64,) = self
+            .reader()
+            .await?
+            .fetch_one(Sql::new(
+                "SELECT pruned_through FROM feed_head WHERE id = 1",
+            ))
+            .await?;
+        Ok(pruned)
+    }
+
+    /// Deletes sequenced events older than `before`, within what every named consumer
+    /// and the sync digest have read.
+    pub(super) async fn prune(&self, before: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        // Same lock as the sequencer: the head and the pruning mark move one at a time.
+        let (head, pruned, digest_through): (i64, i64, Option<i64>) = tx
+            .fetch_one(Sql::new(format!(
+                "SELECT last_position, pruned_through, digest_through FROM feed_head \
+                 WHERE id = 1{}",
+                D::FOR_UPDATE
+            )))
+            .await?;
+        let (slowest,): (Option<i64>,) = tx
+            .fetch_one(Sql::new("SELECT MIN(position) FROM feed_consumers"))
+            .await?;
+        // The newest event old enough to go, within what the slowest consumer has read.
+        // Nor past the sync digest, which reads the citizens of the events it has not yet
+        // taken in.
+        let limit = slowest
+            .unwrap_or(head)
+            .min(head)
+            .min(digest_through.unwrap_or(pruned));
+        let (through,): (Option<i64>,) = tx
+            .fetch_one(
+                Sql::new(
+                    "SELECT MAX(feed_position) FROM events WHERE feed_position > $1 \
+                     AND feed_position <= $2 AND occurred_at < $3",
+                )
+                .bind(pruned)
+                .bind(limit)
+                .bind(before.micros()),
+            )
+            .await?;
+        let Some(through) = through else {
+            tx.rollback().await?;
+            return Ok(0);
+        };
+        let deleted = tx
+            .execute(
+                Sql::new("DELETE FROM events WHERE feed_position > $1 AND feed_position <= $2")
+                    .bind(pruned)
+                    .bind(through),
+            )
+            .await?;
+        tx.execute(Sql::new("UPDATE feed_head SET pruned_through = $1 WHERE id = 1").bind(through))
+            .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Records a named consumer's position.
+    pub(super) async fn record_position(
+        &self,
+        client_id: &str,
+        name: &str,
+        position: i64,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        self.writer()
+            .await?
+            .execute(
+                Sql::new(
+                    "INSERT INTO feed_consumers (client_id, name, position, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (client_id, name) DO UPDATE \
+                     SET position = excluded.position, updated_at = excluded.updated_at",
+                )
+                .bind(client_id)
+                .bind(name)
+                .bind(position)
+                .bind(now.micros()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a named consumer; answers whether it existed.
+    pub(super) async fn forget_consumer(&self, client_id: &str, name: &str) -> StoreResult<bool> {
+        let deleted = self
+            .writer()
+            .await?
+            .execute(
+                Sql::new("DELETE FROM feed_consumers WHERE client_id = $1 AND name = $2")
+                    .bind(client_id)
+                    .bind(name),
+            )
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    /// A named consumer's position, if it ever committed one.
+    pub(super) async fn position_of(
+        &self,
+        client_id: &str,
+        name: &str,
+    ) -> StoreResult<Option<i64>> {
+        let row: Option<(i64,)> = self
+            .reader()
+            .await?
+            .fetch_optional(
+                Sql::new("SELECT position FROM feed_consumers WHERE client_id = $1 AND name = $2")
+                    .bind(client_id)
+                    .bind(name),
+            )
+            .await?;
+        Ok(row.map(|(p,)| p))
+    }
+
+    /// Adds and removes citizens on a consumer's watch list, in one transaction; answers
+    /// (added, removed).
+    pub(super) async fn edit_watch(
+        &self,
+        client_id: &str,
+        consumer: &str,
+        add: &[CitizenId],
+        remove: &[CitizenId],
+    ) -> StoreResult<(u64, u64)> {
+        let mut tx = self.begin_write().await?;
+        let added = insert_rows(
+            &mut tx,
+            "INSERT INTO watch_lists (client_id, consumer, citizen_id) ",
+            " ON CONFLICT DO NOTHING",
+            add,
+            3,
+            |b, c| {
+                b.push_bind(client_id)
+                    .push_bind(consumer)
+                    .push_bind(c.as_str());
+            },
+        )
+        .await?;
+        let mut removed = 0;
+        if !remove.is_empty() {
+            let mut q = D::builder("DELETE FROM watch_lists WHERE client_id = ");
+            q.push_bind(client_id)
+                .push(" AND consumer = ")
+                .push_bind(consumer)
+                .push(" AND citizen_id");
+            D::push_in(&mut q, text_keys(remove.iter().map(CitizenId::as_str)))?;
+            removed = tx.execute(q.build()).await?;
+        }
+        tx.commit().await?;
+        Ok((added, removed))
+    }
+
+    /// How many citizens are on a consumer's watch list.
+    pub(super) async fn watch_size(&self, client_id: &str, consumer: &str) -> StoreResult<u64> {
+        let (n,): (i64,) = self
+            .reader()
+            .await?
+            .fetch_one(
+                Sql::new("SELECT COUNT(*) FROM watch_lists WHERE client_id = $1 AND consumer = $2")
+                    .bind(client_id)
+                    .bind(consumer),
+            )
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+}
+
+/// Recomputes the live routes of `citizens` from the current state and moves their
+/// provinces' digests by the difference (see migration 0005 and `domain::digest`).
+async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> StoreResult<()> {
+    // Per province: (the change, the stored digest).
+    let mut provinces: HashMap<String, (RouteDigest, RouteDigest)> = HashMap::new();
+    for chunk in citizens.chunks(LOOKUP_CHUNK) {
+        let keys = || text_keys(chunk.iter().map(String::as_str));
+        let live: Vec<(String, String, Uuid)> = select_in(
+            tx,
+            "SELECT p.citizen_id, p.program_code, p.account_id FROM preferences p \
+             JOIN citizens c ON c.citizen_id = p.citizen_id \
+             JOIN accounts a ON a.account_id = p.account_id \
+             WHERE c.status = 'ACTIVE' AND a.status = 'VERIFIED' AND p.citizen_id",
+            "",
+            keys(),
+        )
+        .await?;
+        let old: Vec<(String, String, i64)> = select_in(
+            tx,
+            "SELECT citizen_id, digest, routes FROM digest_citizens WHERE citizen_id",
+            "",
+            keys(),
+        )
+        .await?;
+        let mut new: HashMap<String, RouteDigest> = HashMap::new();
+        for (citizen, program, account) in live {
+            let route = RouteDigest::route(&citizen, &program, account);
+            new.entry(citizen).or_default().add(&route);
+        }
+        for (citizen, digest, routes) in old {
+            let old = stored_digest(&digest, routes)?;
+            let change = &mut provinces
+                .entry(province_of(&citizen).to_owned())
+                .or_default()
+                .0;
+            change.remove(&old);
+        }
+        for (citizen, digest) in &new {
+            let change = &mut provinces
+                .entry(province_of(citizen).to_owned())
+                .or_default()
+                .0;
+            change.add(digest);
+        }
+        let mut q = D::builder("DELETE FROM digest_citizens WHERE citizen_id");
+        D::push_in(&mut q, keys())?;
+        tx.execute(q.build()).await?;
+        let rows: Vec<(&str, RouteDigest)> = new.iter().map(|(c, d)| (c.as_str(), *d)).collect();
+        write_digests(tx, "digest_citizens (citizen_id", "", &rows).await?;
+    }
+    if provinces.is_empty() {
+        return Ok(());
+    }
+    let current: Vec<(String, String, i64)> = select_in(
+        tx,
+        "SELECT province, digest, routes FROM digest_provinces WHERE province",
+        "",
+        text_keys(provinces.keys().map(String::as_str)),
+    )
+    .await?;
+    for (province, digest, routes) in current {
+        if let Some(entry) = provinces.get_mut(&province) {
+            entry.1 = stored_digest(&digest, routes)?;
+        }
+    }
+    let rows: Vec<(&str, RouteDigest)> = provinces
+        .iter()
+        .map(|(province, (change, digest))| {
+            let mut digest = *digest;
+            digest.add(change);
+            (province.as_str(), digest)
+        })
+        .collect();
+    write_digests(
+        tx,
+        "digest_provinces (province",
+        " ON CONFLICT (province) DO UPDATE SET digest = excluded.digest, routes = excluded.routes",
+        &rows,
+    )
+    .await
+}
+
+/// Writes (key, digest) rows into `<table> (<key column>`, digest, routes), then `tail`.
+async fn write_digests<D: Dialect>(
+    tx: &mut Tx<D>,
+    table_and_key: &str,
+    tail: &str,
+    rows: &[(&str, RouteDigest)],
+) -> StoreResult<()> {
+    insert_rows(
+        tx,
+        &format!("INSERT INTO {table_and_key}, digest, routes) "),
+        tail,
+        rows,
+        3,
+        |row, (key, d)| {
+            row.push_bind(*key)
+                .push_bind(d.to_hex())
+                .push_bind(d.routes);
+        },
+    )
+    .await?;
+    Ok(())
+}

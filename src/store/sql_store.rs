@@ -1,0 +1,308 @@
+//! The one store, [`SqlStore`], generic over its [`Dialect`], and its one `impl Store`.
+//!
+//! Both backends are this struct: what they share (pools, options, the program cache,
+//! the change signal) lives here once, and what differs is a type parameter. The `Store`
+//! impl below is only a table of contents: each method hands over to the file that owns
+//! its job (`accounts.rs`, `population.rs`, `resolution.rs`, `feed.rs`,
+//! `access_log.rs`, `reference.rs`), so the rules are written once and cannot drift
+//! between the backends.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::Pool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::accounts::Command;
+use super::dialect::{Dialect, Pooled, Tx};
+use super::planner::{plan_accounts, plan_citizens, SyncStream};
+use super::reference::KnownPrograms;
+use super::{
+    corrupt, AccessEntry, AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event,
+    HistoryEntry, Preference, Provider, ResolveQuery, Sequenced, Store, StoreOptions, StoreResult,
+    SyncDigest, WriteContext,
+};
+use crate::domain::{
+    Account, ChangeAccount, CitizenId, LegacyId, LinkAccount, RecordOutcome, ReportPayoutFailure,
+    Resolution, SetPreference, SyncAccount, SyncCitizen, Timestamp,
+};
+
+/// A store on a database of dialect `D`.
+pub struct SqlStore<D: Dialect> {
+    /// Writes (one connection on SQLite).
+    pub(super) write: Pool<D::DB>,
+    /// Reads (the same pool as `write` on PostgreSQL).
+    pub(super) read: Pool<D::DB>,
+    pub(super) options: StoreOptions,
+    /// Program codes, cached (see `check_program`).
+    pub(super) programs: KnownPrograms,
+    /// Ticks on writes and sequencing, here or (through LISTEN on PostgreSQL) in other
+    /// instances.
+    changed: Arc<watch::Sender<u64>>,
+    /// A task the backend runs beside the store (PostgreSQL's LISTEN), stopped with it.
+    background: Option<JoinHandle<()>>,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> Drop for SqlStore<D> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.background {
+            task.abort();
+        }
+    }
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// A store on connected pools; `background` is aborted when the store is dropped.
+    pub(super) fn new(
+        write: Pool<D::DB>,
+        read: Pool<D::DB>,
+        options: StoreOptions,
+        changed: Arc<watch::Sender<u64>>,
+        background: Option<JoinHandle<()>>,
+    ) -> SqlStore<D> {
+        SqlStore {
+            write,
+            read,
+            options,
+            programs: KnownPrograms::default(),
+            changed,
+            background,
+            dialect: PhantomData,
+        }
+    }
+
+    /// Begins a write transaction.
+    pub(super) async fn begin_write(&self) -> StoreResult<Tx<D>> {
+        Tx::begin_write(&self.write).await
+    }
+
+    /// A connection of the read pool.
+    pub(super) async fn reader(&self) -> StoreResult<Pooled<D>> {
+        Pooled::acquire(&self.read).await
+    }
+
+    /// A connection of the write pool, for a single statement.
+    pub(super) async fn writer(&self) -> StoreResult<Pooled<D>> {
+        Pooled::acquire(&self.write).await
+    }
+
+    /// Tells subscribers that events may have been written or sequenced.
+    pub(super) fn tick(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Store for SqlStore<D> {
+    async fn migrate(&self) -> StoreResult<()> {
+        self.migrate_and_seed().await
+    }
+
+    async fn link_account(&self, ctx: &WriteContext, cmd: &LinkAccount) -> StoreResult<Account> {
+        Ok(self.execute(ctx, Command::Link(cmd)).await?.account)
+    }
+
+    async fn change_account(
+        &self,
+        ctx: &WriteContext,
+        cmd: &ChangeAccount,
+    ) -> StoreResult<Account> {
+        Ok(self.execute(ctx, Command::Change(cmd)).await?.account)
+    }
+
+    async fn set_preference(
+        &self,
+        ctx: &WriteContext,
+        cmd: &SetPreference,
+    ) -> StoreResult<Account> {
+        Ok(self.execute(ctx, Command::Prefer(cmd)).await?.account)
+    }
+
+    async fn upsert_citizen(
+        &self,
+        ctx: &WriteContext,
+        rec: &CitizenRecord,
+    ) -> StoreResult<CitizenUpsert> {
+        self.upsert_citizen_record(ctx, rec).await
+    }
+
+    async fn sync_citizens(
+        &self,
+        ctx: &WriteContext,
+        batch: &[SyncCitizen],
+    ) -> StoreResult<Vec<RecordOutcome>> {
+        self.sync_batch(ctx, SyncStream::Citizens, batch, plan_citizens)
+            .await
+    }
+
+    async fn sync_accounts(
+        &self,
+        ctx: &WriteContext,
+        batch: &[SyncAccount],
+    ) -> StoreResult<Vec<RecordOutcome>> {
+        self.sync_batch(ctx, SyncStream::Accounts, batch, plan_accounts)
+            .await
+    }
+
+    async fn citizens_by_legacy_id(
+        &self,
+        ids: &[LegacyId],
+    ) -> StoreResult<HashMap<LegacyId, CitizenId>> {
+        self.legacy_owners(ids).await
+    }
+
+    async fn resolve_many(
+        &self,
+        queries: &[ResolveQuery],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Resolution>> {
+        self.resolve_all(queries, now).await
+    }
+
+    async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>> {
+        self.account(id).await
+    }
+
+    async fn list_citizen_accounts(
+        &self,
+        citizen: &CitizenId,
+        include_closed: bool,
+    ) -> StoreResult<(Vec<Account>, Vec<Preference>)> {
+        self.citizen_accounts(citizen, include_closed).await
+    }
+
+    async fn account_history(
+        &self,
+        id: Uuid,
+        after_version: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        self.history_of(id, after_version, limit).await
+    }
+
+    async fn resolve(&self, q: &ResolveQuery, now: Timestamp) -> StoreResult<Resolution> {
+        let mut answers = self.resolve_all(std::slice::from_ref(q), now).await?;
+        answers.pop().ok_or_else(|| corrupt("no resolution"))
+    }
+
+    async fn report_payout_failure(
+        &self,
+        ctx: &WriteContext,
+        cmd: &ReportPayoutFailure,
+    ) -> StoreResult<(Account, Uuid)> {
+        let answer = self.execute(ctx, Command::Failure(cmd)).await?;
+        let failure_id = answer
+            .failure_id
+            .ok_or_else(|| corrupt("payout failure answer without its id"))?;
+        Ok((answer.account, failure_id))
+    }
+
+    async fn duplicate_claims(
+        &self,
+        on: Option<&AccountKey>,
+        before: Option<(Timestamp, Uuid)>,
+        limit: u32,
+    ) -> StoreResult<Vec<DuplicateClaim>> {
+        self.claims_page(on, before, limit).await
+    }
+
+    async fn account_claims(&self, on: &AccountKey) -> StoreResult<Vec<Account>> {
+        self.claims_on(on).await
+    }
+
+    async fn append_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()> {
+        self.append_entries(entries).await
+    }
+
+    async fn access_log(
+        &self,
+        citizen: &CitizenId,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, AccessEntry)>> {
+        self.entries_of(citizen, before_id, limit).await
+    }
+
+    async fn events_after(&self, after_position: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        self.events_from(after_position, limit).await
+    }
+
+    async fn sequence_events(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
+        self.sequence(limit, digest).await
+    }
+
+    async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        self.feed_page(after, limit).await
+    }
+
+    async fn feed_head(&self) -> StoreResult<i64> {
+        self.head_position().await
+    }
+
+    async fn feed_pruned_through(&self) -> StoreResult<i64> {
+        self.pruned_position().await
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
+        self.prune(before).await
+    }
+
+    async fn commit_consumer(
+        &self,
+        client_id: &str,
+        name: &str,
+        position: i64,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        self.record_position(client_id, name, position, now).await
+    }
+
+    async fn delete_consumer(&self, client_id: &str, name: &str) -> StoreResult<bool> {
+        self.forget_consumer(client_id, name).await
+    }
+
+    async fn consumer_position(&self, client_id: &str, name: &str) -> StoreResult<Option<i64>> {
+        self.position_of(client_id, name).await
+    }
+
+    async fn edit_watch_list(
+        &self,
+        client_id: &str,
+        consumer: &str,
+        add: &[CitizenId],
+        remove: &[CitizenId],
+    ) -> StoreResult<(u64, u64)> {
+        self.edit_watch(client_id, consumer, add, remove).await
+    }
+
+    async fn watch_list_size(&self, client_id: &str, consumer: &str) -> StoreResult<u64> {
+        self.watch_size(client_id, consumer).await
+    }
+
+    async fn feed_after_watched(
+        &self,
+        after: i64,
+        client_id: &str,
+        consumer: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        self.watched_page(after, client_id, consumer, limit).await
+    }
+
+    async fn sync_digest(&self, province: Option<&str>) -> StoreResult<Option<SyncDigest>> {
+        self.digest_of(province).await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    async fn providers(&self) -> StoreResult<Vec<Provider>> {
+        self.stored_providers().await
+    }
+}
