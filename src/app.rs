@@ -302,9 +302,11 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The development client: every scope, its token in `<data_dir>/dev-token` (mode 0600),
-/// printed once when created. Over mutual TLS it is the `dev` certificate that
-/// `dev-certs` makes.
+/// The development client: every scope, bound to every provider of the reference data (so
+/// that one client can walk through every assertion on a laptop), its token in
+/// `<data_dir>/dev-token` (mode 0600), printed once when created. Over mutual TLS it is
+/// the `dev` certificate that `dev-certs` makes. Never created when clients are
+/// configured.
 fn dev_client(data_dir: &Path) -> anyhow::Result<ClientConfig> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join("dev-token");
@@ -329,5 +331,10 @@ fn dev_client(data_dir: &Path) -> anyhow::Result<ClientConfig> {
         token_sha256: Some(hash_token(&token)),
         cert_subject: Some("dev".into()),
         scopes: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+        providers: crate::store::reference::providers()
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|p| p.code)
+            .collect(),
     })
 }

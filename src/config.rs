@@ -362,8 +362,29 @@ mod tests {
     fn the_example_configuration_in_deploy_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/registry.example.toml");
         let s = Settings::load(Some(&path)).unwrap();
-        assert_eq!(s.clients.len(), 2);
+        assert_eq!(s.clients.len(), 4);
         assert!(!s.dev_client);
+        let bank = s.clients.iter().find(|c| c.id == "vietcombank").unwrap();
+        assert_eq!(bank.providers, ["970436"]);
+    }
+
+    #[test]
+    fn a_provider_binding_must_look_like_a_provider_code() {
+        for bad in ["", "momo", "970 436", "*"] {
+            let err = load_toml(&format!(
+                "[[clients]]\nid = \"b\"\ncert_subject = \"b\"\nscopes = []\n\
+                 providers = [{bad:?}]\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("providers"), "{bad:?}: {err}");
+        }
+        let ok = load_toml(
+            "[[clients]]\nid = \"b\"\ncert_subject = \"b\"\nscopes = []\n\
+             providers = [\"970436\", \"MOMO\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.clients[0].providers, ["970436", "MOMO"]);
     }
 
     fn load_toml(toml: &str) -> Result<Settings, config::ConfigError> {

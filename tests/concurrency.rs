@@ -23,6 +23,7 @@ fn ctx(key: Option<Uuid>) -> WriteContext {
             request_hash: b"same".to_vec(),
         }),
         now: Timestamp::now(),
+        authority: common::entitled(),
     }
 }
 

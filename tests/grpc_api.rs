@@ -98,7 +98,7 @@ const DONGA_BANK: &str = "970406";
 const ADMIN_CLIENT: &str = "welfare-admin";
 const HOUR: Duration = Duration::from_secs(3600);
 
-use VerificationMethod::{InPerson, IssuerConfirmed, NameMatch, VneidDeclared};
+use VerificationMethod::{InPerson, IssuerConfirmed, NameMatch};
 
 // ------------------------------------------------------------------------------------
 // Requests
@@ -513,7 +513,7 @@ const SCOPE_TABLE: [(Rpc, &str, &str); 15] = [
     (Rpc::GetAccount, MASKED, PAYER),
     (Rpc::ListCitizenAccounts, MASKED, PAYER),
     (Rpc::GetAccountHistory, MASKED, PAYER),
-    (Rpc::ReportPayoutFailure, PAYER, ADMIN),
+    (Rpc::ReportPayoutFailure, PAYER, MASKED),
     (Rpc::Resolve, PAYER, NOSCOPE),
     (Rpc::FindAccountHolders, AUDITOR, ADMIN),
     (Rpc::ListDuplicateClaims, AUDITOR, PAYER),
@@ -1468,7 +1468,7 @@ async fn a_first_program_preference_is_cooled_off_like_a_default_change(backend:
     let app = TestApp::spawn(backend).await;
     let citizen = "001060003001";
     let default = verified_bank(&app, citizen, "0071003000001", InPerson).await;
-    let new = verified_bank(&app, citizen, "0071003000002", VneidDeclared).await;
+    let new = verified_bank(&app, citizen, "0071003000002", InPerson).await;
     set_default(&app, citizen, &new.account_id, "PENSION")
         .await
         .unwrap();

@@ -18,6 +18,7 @@ fn ctx(now: Timestamp) -> WriteContext {
         actor: "test-client".into(),
         idempotency: None,
         now,
+        authority: common::entitled(),
     }
 }
 
@@ -29,6 +30,7 @@ fn ctx_key(now: Timestamp, key: Uuid, body: &str) -> WriteContext {
             request_hash: body.as_bytes().to_vec(),
         }),
         now,
+        authority: common::entitled(),
     }
 }
 
@@ -868,7 +870,7 @@ async fn cooling_off_keeps_paying_the_previous_account_unless_the_issuer_confirm
     let declared = store
         .link_account(
             &ctx(t0),
-            &verified_link(c, "0071000000002", VerificationMethod::VneidDeclared),
+            &verified_link(c, "0071000000002", VerificationMethod::InPerson),
         )
         .await
         .unwrap();

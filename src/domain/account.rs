@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
+use super::assertion::{Capacity, HolderNameSource};
 use super::bank_account::BankAccountNumber;
 use super::citizen_id::CitizenId;
 use super::error::{Reason, Rejection};
@@ -202,6 +203,10 @@ pub struct Verification {
     pub verified_by: String,
     pub verified_at: Timestamp,
     pub evidence_ref: String,
+    /// The capacity `verified_by` vouched in (`None` for verifications recorded before
+    /// capacities were).
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
 }
 
 /// Verification as a client submits it, before the registry stamps who and when.
@@ -219,8 +224,13 @@ pub struct Account {
     pub kind: AccountKind,
     pub provider_code: String,
     pub account_ref: AccountRef,
-    /// Normalised holder name as the provider reports it.
+    /// Normalised holder name as the provider reports it (or population sync relays it):
+    /// the only name NAME_MATCH compares.
     pub holder_name: Option<String>,
+    /// A holder name typed by anyone but the provider, normalised: kept for the record,
+    /// never matched.
+    #[serde(default)]
+    pub declared_holder_name: Option<String>,
     pub status: AccountStatus,
     pub verification: Option<Verification>,
     pub version: u64,
@@ -230,24 +240,32 @@ pub struct Account {
 
 impl Account {
     /// The state after `change` made by `actor` at `now`, or the rule that forbids it.
-    /// Does not check anything that needs the database (ownership, limits).
+    /// A verification comes with the capacity it was accepted in, a holder name with whose
+    /// statement it is (see `assertion`). Does not check anything that needs the database
+    /// (ownership, limits).
     pub fn changed(
         &self,
         change: Change,
         actor: &str,
         now: Timestamp,
-        verification: Option<&VerificationInput>,
-        holder_name: Option<&HolderName>,
+        verification: Option<(&VerificationInput, Capacity)>,
+        holder_name: Option<(&HolderName, HolderNameSource)>,
     ) -> Result<Account, Rejection> {
         let mut next = self.clone();
         next.status = self.status.after(change)?;
         next.version = self.version + 1;
         next.updated_at = now;
-        if let Some(name) = holder_name {
-            next.holder_name = Some(name.as_str().to_owned());
+        match holder_name {
+            Some((name, HolderNameSource::Provider)) => {
+                next.holder_name = Some(name.as_str().to_owned())
+            }
+            Some((name, HolderNameSource::Declared)) => {
+                next.declared_holder_name = Some(name.as_str().to_owned())
+            }
+            None => {}
         }
         if change == Change::Verified {
-            let input = verification.ok_or_else(|| {
+            let (input, capacity) = verification.ok_or_else(|| {
                 Rejection::field(
                     Reason::FieldRequired,
                     "verification",
@@ -259,6 +277,7 @@ impl Account {
                 verified_by: actor.to_owned(),
                 verified_at: now,
                 evidence_ref: input.evidence_ref.clone(),
+                capacity: Some(capacity),
             });
         }
         Ok(next)

@@ -25,6 +25,8 @@ pub enum Category {
     OutOfRange,
     /// Not available yet; retry later: UNAVAILABLE.
     Unavailable,
+    /// The caller is authenticated but not entitled to this: PERMISSION_DENIED.
+    PermissionDenied,
 }
 
 macro_rules! reasons {
@@ -102,6 +104,8 @@ reasons! {
     FeedPositionPruned = "FEED_POSITION_PRUNED" => OutOfRange,
     ProvinceCodeInvalid = "PROVINCE_CODE_INVALID" => InvalidArgument,
     SyncDigestNotReady = "SYNC_DIGEST_NOT_READY" => Unavailable,
+    AssertionNotAllowed = "ASSERTION_NOT_ALLOWED" => PermissionDenied,
+    NotActingForCitizen = "NOT_ACTING_FOR_CITIZEN" => PermissionDenied,
 }
 
 impl fmt::Display for Reason {

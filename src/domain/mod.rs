@@ -7,6 +7,7 @@
 //! transaction, and writes back what they decide.
 
 pub mod account;
+pub mod assertion;
 pub mod bank_account;
 pub mod citizen_id;
 pub mod digest;

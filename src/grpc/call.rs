@@ -16,8 +16,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 
 use super::{convert, AppState};
+use crate::domain::assertion::Authority;
 use crate::domain::{bounded_text, Category, CitizenId, CitizenLookup, Reason, Rejection};
-use crate::security::auth::{Caller, RequestId};
+use crate::security::auth::{Caller, Credential, RequestId};
 use crate::security::limits::{Admission, Refused, RpcClass};
 use crate::security::Scope;
 use crate::store::{AccessEntry, Idempotency, StoreError, WriteContext};
@@ -34,7 +35,13 @@ pub struct Call {
     pub request_id: Uuid,
     /// The `x-purpose` metadata, if sent.
     purpose_header: Option<String>,
+    /// The `x-acting-citizen-id` metadata, if sent: the citizen a `citizen.self` client
+    /// (VNeID) acts for on this call.
+    acting_citizen_header: Option<String>,
 }
+
+/// The metadata naming the citizen a `citizen.self` client acts for.
+pub const ACTING_CITIZEN_HEADER: &str = "x-acting-citizen-id";
 
 impl Call {
     /// Reads the caller the auth layer attached. A call without one never passed the
@@ -50,15 +57,18 @@ impl Call {
             .get::<Caller>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("missing credentials"))?;
-        let purpose_header = request
-            .metadata()
-            .get("x-purpose")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         Ok(Call {
             caller,
             request_id,
-            purpose_header,
+            purpose_header: header("x-purpose"),
+            acting_citizen_header: header(ACTING_CITIZEN_HEADER),
         })
     }
 
@@ -179,6 +189,57 @@ impl Call {
         }
     }
 
+    /// What the caller is entitled to assert about accounts (see `domain::assertion`).
+    pub fn authority(&self) -> Authority {
+        Authority {
+            providers: self.caller.providers.clone(),
+            in_person: self.caller.has(Scope::VerifyInPerson),
+            payer: self.caller.has(Scope::PayoutsReport),
+        }
+    }
+
+    /// Refuses a read of `raw_citizen` (the request's citizen id, as sent) unless the
+    /// caller holds `broad`, or holds `citizen.self` and acts on this call for exactly
+    /// that citizen: a certificate-authenticated client (VNeID) naming the citizen in
+    /// `x-acting-citizen-id`. Checked before any lookup, so a refusal reveals nothing
+    /// about the citizen asked for.
+    pub fn may_read_citizen(&self, broad: Scope, raw_citizen: &str) -> Result<(), Status> {
+        if self.caller.has(broad) {
+            return Ok(());
+        }
+        let denied = |message: &str| {
+            self.reject(Rejection::new(
+                Reason::NotActingForCitizen,
+                message.to_owned(),
+            ))
+        };
+        if !self.caller.has(Scope::CitizenSelf) {
+            return Err(Status::permission_denied(format!(
+                "client {} lacks the scope {broad} for this request",
+                self.caller.client_id
+            )));
+        }
+        if self.caller.credential != Credential::Certificate {
+            return Err(denied(
+                "acting for a citizen needs a client certificate (the citizen's identity is \
+                 asserted by the certificate's holder)",
+            ));
+        }
+        let Some(acting) = self.acting_citizen_header.as_deref() else {
+            return Err(denied(
+                "citizen.self reads name the citizen the call acts for in x-acting-citizen-id",
+            ));
+        };
+        let acting = CitizenId::parse(acting.trim())
+            .map_err(|r| self.reject(r.at(ACTING_CITIZEN_HEADER)))?;
+        if raw_citizen.trim() != acting.as_str() {
+            return Err(denied(
+                "a citizen.self client may read only the citizen it acts for on this call",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses the call unless the caller holds `scope` (for requirements finer than
     /// the per-method table in `auth`).
     pub fn require(&self, scope: Scope) -> Result<(), Status> {
@@ -223,6 +284,7 @@ impl Call {
                 request_hash: hasher.finalize().to_vec(),
             }),
             now: state.now(),
+            authority: self.authority(),
         })
     }
 
@@ -238,6 +300,7 @@ impl Call {
             Category::AlreadyExists => Code::AlreadyExists,
             Category::OutOfRange => Code::OutOfRange,
             Category::Unavailable => Code::Unavailable,
+            Category::PermissionDenied => Code::PermissionDenied,
         };
         let mut details = ErrorDetails::new();
         details.set_error_info(r.reason.as_str(), ERROR_DOMAIN, HashMap::new());

@@ -124,6 +124,7 @@ pub fn event_out(e: Event, full: bool) -> FeedEvent {
         program_code,
         citizen_status: citizen_status.into(),
         payload_version: PAYLOAD_VERSION,
+        actor_capacity: convert::capacity_out(e.actor_capacity).into(),
     }
 }
 
@@ -176,6 +177,7 @@ struct ApiAccount<'a> {
     account_ref: std::borrow::Cow<'a, str>,
     account_ref_masked: bool,
     holder_name: Option<&'a str>,
+    declared_holder_name: Option<&'a str>,
     status: &'static str,
     verification: Option<ApiVerification<'a>>,
     version: u64,
@@ -189,6 +191,7 @@ struct ApiVerification<'a> {
     verified_by: &'a str,
     verified_at: String,
     evidence_ref: &'a str,
+    capacity: Option<&'static str>,
 }
 
 impl<'a> ApiAccount<'a> {
@@ -205,12 +208,14 @@ impl<'a> ApiAccount<'a> {
             },
             account_ref_masked: !full,
             holder_name: a.holder_name.as_deref(),
+            declared_holder_name: a.declared_holder_name.as_deref(),
             status: a.status.as_str(),
             verification: a.verification.as_ref().map(|v| ApiVerification {
                 method: v.method.as_str(),
                 verified_by: &v.verified_by,
                 verified_at: v.verified_at.to_rfc3339(),
                 evidence_ref: &v.evidence_ref,
+                capacity: v.capacity.map(|c| c.as_str()),
             }),
             version: a.version,
             created_at: a.created_at.to_rfc3339(),

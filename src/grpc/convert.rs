@@ -6,6 +6,7 @@
 
 use uuid::Uuid;
 
+use crate::domain::assertion::Capacity;
 use crate::domain::{
     bounded_text, required_text, Account, AccountAction, AccountKind, AccountRef, ChangeAccount,
     CitizenId, CitizenLookup, CitizenStatus, HolderName, LinkAccount, PayoutFailureCode,
@@ -496,10 +497,12 @@ pub fn sync_account(r: &proto::AccountRecord) -> Result<SyncAccount, Rejection> 
         Ok(proto::Confirmation::Unspecified) => None,
         Ok(proto::Confirmation::NameMatch) => Some(VerificationMethod::NameMatch),
         Ok(proto::Confirmation::IssuerConfirmed) => Some(VerificationMethod::IssuerConfirmed),
+        Ok(proto::Confirmation::VneidDeclared) => Some(VerificationMethod::VneidDeclared),
         Err(_) => return Err(Rejection::field(
             Reason::VerificationMethodInvalid,
             "confirmation",
-            "confirmation must be unset, CONFIRMATION_NAME_MATCH or CONFIRMATION_ISSUER_CONFIRMED",
+            "confirmation must be unset, CONFIRMATION_NAME_MATCH, CONFIRMATION_ISSUER_CONFIRMED \
+             or CONFIRMATION_VNEID_DECLARED",
         )),
     };
     Ok(SyncAccount {
@@ -582,16 +585,29 @@ pub fn account_out(a: &Account, full: bool) -> proto::Account {
         },
         account_ref_masked: !full,
         holder_name: a.holder_name.clone().unwrap_or_default(),
+        declared_holder_name: a.declared_holder_name.clone().unwrap_or_default(),
         status: status_out(a.status).into(),
         verification: a.verification.as_ref().map(|v| proto::Verification {
             method: method_out(v.method).into(),
             verified_by: v.verified_by.clone(),
             verified_at: Some(timestamp_out(v.verified_at)),
             evidence_ref: v.evidence_ref.clone(),
+            capacity: capacity_out(v.capacity).into(),
         }),
         version: a.version,
         created_at: Some(timestamp_out(a.created_at)),
         updated_at: Some(timestamp_out(a.updated_at)),
+    }
+}
+
+/// The capacity a party vouched in (unspecified when not recorded).
+pub fn capacity_out(c: Option<Capacity>) -> proto::Capacity {
+    match c {
+        None => proto::Capacity::Unspecified,
+        Some(Capacity::Provider) => proto::Capacity::Provider,
+        Some(Capacity::Verifier) => proto::Capacity::Verifier,
+        Some(Capacity::PopulationSync) => proto::Capacity::PopulationSync,
+        Some(Capacity::Payer) => proto::Capacity::Payer,
     }
 }
 
@@ -602,6 +618,7 @@ pub fn history_out(h: &HistoryEntry, full: bool) -> proto::AccountHistoryEntry {
         actor: h.actor.clone(),
         reason: h.reason.clone(),
         valid_from: Some(timestamp_out(h.valid_from)),
+        capacity: capacity_out(h.capacity).into(),
     }
 }
 

@@ -113,6 +113,7 @@ impl Oversight for OversightService {
         let call = Call::of(&request)?;
         let _admitted = call.admit(&self.state, RpcClass::Oversight)?;
         let req = request.into_inner();
+        call.may_read_citizen(Scope::Oversight, &req.citizen_id)?;
         let purpose = call.purpose(&req.purpose)?;
         let Some(citizen) = call
             .find_citizen(&self.state, "citizen_id", &req.citizen_id)

@@ -201,6 +201,7 @@ async fn sync_loop<K: SyncKind>(
             actor: call.caller.client_id.clone(),
             idempotency: None,
             now,
+            authority: call.authority(),
         };
         let mut outcomes = K::apply(state.store.as_ref(), &ctx, &valid)
             .await

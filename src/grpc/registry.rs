@@ -197,6 +197,7 @@ impl AccountRegistry for AccountRegistryService {
         let call = Call::of(&request)?;
         let _admitted = call.admit(&self.state, RpcClass::Read)?;
         let req = request.into_inner();
+        call.may_read_citizen(Scope::AccountsRead, &req.citizen_id)?;
         let purpose = call.purpose(&req.purpose)?;
         let Some(citizen) = call
             .find_citizen(&self.state, "citizen_id", &req.citizen_id)

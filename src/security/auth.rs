@@ -19,7 +19,7 @@
 //! The check runs as a tower layer in front of every service, which also gives each call
 //! a request id and a tracing span.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -52,6 +52,12 @@ pub struct ClientConfig {
     pub cert_subject: Option<String>,
     /// Scopes granted, e.g. `["resolve", "accounts.read"]`.
     pub scopes: Vec<String>,
+    /// The providers this client speaks for: a bank's client is bound to its NAPAS BIN
+    /// (`["970436"]`), a wallet's to its code (`["MOMO"]`). Only a bound client may
+    /// confirm an account of that provider (ISSUER_CONFIRMED), report its holder name for
+    /// NAME_MATCH, or reject it (see `domain::assertion`).
+    #[serde(default)]
+    pub providers: Vec<String>,
 }
 
 /// Refuses a `[[clients]]` table the server could not enforce: a client without any
@@ -101,6 +107,19 @@ pub fn validate_clients(clients: &[ClientConfig]) -> Result<(), String> {
                 return Err(format!("client {}: unknown scope {s:?}", c.id));
             }
         }
+        for p in &c.providers {
+            let plain = !p.is_empty()
+                && p.len() <= 32
+                && p.chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit());
+            if !plain {
+                return Err(format!(
+                    "client {}: providers must be provider codes from the reference data \
+                     (a 6-digit NAPAS BIN, or an upper-case wallet code such as MOMO), not {p:?}",
+                    c.id
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -124,19 +143,25 @@ pub fn required(path: &str) -> Option<Access> {
         | ("grpc.reflection.v1alpha.ServerReflection", _) => Access::Public,
         ("payoutregistry.v1.AccountRegistry", m) => match m {
             "LinkAccount" | "SetDefaultAccount" | "CloseAccount" => Access::AnyOf(&[AccountsWrite]),
-            "VerifyAccount" | "RejectAccount" | "SuspendAccount" | "ReinstateAccount" => {
-                Access::AnyOf(&[AccountsVerify])
-            }
-            "GetAccount" | "ListCitizenAccounts" | "GetAccountHistory" => {
-                Access::AnyOf(&[AccountsRead])
-            }
-            "ReportPayoutFailure" => Access::AnyOf(&[PayoutsReport]),
+            // Who may assert which method is decided per account (domain::assertion).
+            "VerifyAccount" => Access::AnyOf(&[AccountsVerify, VerifyInPerson]),
+            // A payer may reject an account it found wrong; who else, per account.
+            "RejectAccount" => Access::AnyOf(&[AccountsVerify, PayoutsReport]),
+            "SuspendAccount" | "ReinstateAccount" => Access::AnyOf(&[AccountsVerify]),
+            "GetAccount" | "GetAccountHistory" => Access::AnyOf(&[AccountsRead]),
+            // With citizen.self only for the citizen the caller acts for (the handler).
+            "ListCitizenAccounts" => Access::AnyOf(&[AccountsRead, CitizenSelf]),
+            // Payers report any failure; a provider reports its account closed.
+            "ReportPayoutFailure" => Access::AnyOf(&[PayoutsReport, AccountsVerify]),
             _ => return None,
         },
-        (
-            "payoutregistry.v1.Oversight",
-            "FindAccountHolders" | "ListDuplicateClaims" | "ListAccessLog",
-        ) => Access::AnyOf(&[Oversight]),
+        ("payoutregistry.v1.Oversight", "FindAccountHolders" | "ListDuplicateClaims") => {
+            Access::AnyOf(&[Oversight])
+        }
+        // A citizen may read who read their data (citizen.self, through VNeID).
+        ("payoutregistry.v1.Oversight", "ListAccessLog") => {
+            Access::AnyOf(&[Oversight, CitizenSelf])
+        }
         (
             "payoutregistry.v1.ChangeFeed",
             "Subscribe" | "CommitPosition" | "GetPosition" | "EditWatchList",
@@ -160,6 +185,19 @@ pub fn required(path: &str) -> Option<Access> {
 pub struct Caller {
     pub client_id: String,
     pub scopes: Vec<Scope>,
+    /// The providers the client speaks for (`providers` in its configuration).
+    pub providers: BTreeSet<String>,
+    /// How the client proved who it is on this call.
+    pub credential: Credential,
+}
+
+/// How a caller was identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A client certificate verified by the TLS handshake (production).
+    Certificate,
+    /// A bearer token (development, or behind a TLS-terminating proxy).
+    Token,
 }
 
 impl Caller {
@@ -260,9 +298,15 @@ impl Authenticator {
             let caller = Caller {
                 client_id: c.id.clone(),
                 scopes: c.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                providers: c.providers.iter().cloned().collect(),
+                credential: Credential::Token,
             };
             if let Some(subject) = &c.cert_subject {
-                by_subject.insert(subject.clone(), caller.clone());
+                let by_certificate = Caller {
+                    credential: Credential::Certificate,
+                    ..caller.clone()
+                };
+                by_subject.insert(subject.clone(), by_certificate);
             }
             let mut digest = [0u8; 32];
             // Settings::validate has checked the hex already.
@@ -505,18 +549,21 @@ mod tests {
                 token_sha256: Some(hash_token("s3cret")),
                 cert_subject: Some("payroll".into()),
                 scopes: vec!["resolve".into()],
+                providers: vec![],
             },
             ClientConfig {
                 id: "vneid".into(),
                 token_sha256: Some(hash_token("vneid-token")),
                 cert_subject: None,
                 scopes: vec!["accounts.write".into()],
+                providers: vec![],
             },
             ClientConfig {
                 id: "province-office".into(),
                 token_sha256: None,
                 cert_subject: Some("province-office".into()),
                 scopes: vec!["accounts.read".into()],
+                providers: vec![],
             },
         ])
     }
@@ -743,6 +790,7 @@ mod tests {
                 token_sha256: Some(hash_token(&format!("token-{i}"))),
                 cert_subject: None,
                 scopes: vec![],
+                providers: vec![],
             })
             .collect();
         let a = Authenticator::new(&clients);

@@ -30,6 +30,11 @@ pub enum Scope {
     Oversight,
     /// Payers: report failed credits (suspends the account).
     PayoutsReport,
+    /// Verifiers who see citizens in person (commune police): may verify IN_PERSON.
+    VerifyInPerson,
+    /// Acts for one authenticated citizen per call (VNeID): that citizen's accounts and
+    /// access log, nothing else.
+    CitizenSelf,
 }
 
 impl Scope {
@@ -45,6 +50,8 @@ impl Scope {
         Scope::EventsAll,
         Scope::Oversight,
         Scope::PayoutsReport,
+        Scope::VerifyInPerson,
+        Scope::CitizenSelf,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +67,8 @@ impl Scope {
             Scope::EventsAll => "events.all",
             Scope::Oversight => "oversight",
             Scope::PayoutsReport => "payouts.report",
+            Scope::VerifyInPerson => "verify.in_person",
+            Scope::CitizenSelf => "citizen.self",
         }
     }
 

@@ -24,6 +24,10 @@ use super::{
     corrupt, AccountKey, Answer, DuplicateClaim, HistoryEntry, Preference, StoreError, StoreResult,
     WriteContext,
 };
+use crate::domain::assertion::{
+    holder_name_source, may_reject, may_report_failure, may_verify, Capacity, Channel,
+    HolderNameSource,
+};
 use crate::domain::{
     account_not_found, check_verification, check_version, previous_for_change, Account,
     AccountAction, AccountStatus, Change, ChangeAccount, CitizenId, CitizenStatus, LinkAccount,
@@ -117,13 +121,29 @@ impl<D: Dialect> SqlStore<D> {
         ctx: &WriteContext,
         cmd: &LinkAccount,
     ) -> StoreResult<Outcome> {
+        // Who may vouch is decided before anything is written, a duplicate claim included.
+        let capacity = match &cmd.verification {
+            Some(v) => Some(may_verify(
+                &ctx.authority,
+                Channel::Registry,
+                v.method,
+                &cmd.provider_code,
+            )?),
+            None => None,
+        };
+        // A holder name counts only as the provider's statement; anyone else's is declared.
+        let name = cmd.holder_name.as_ref().map(|h| h.as_str().to_owned());
+        let provider_said =
+            holder_name_source(&ctx.authority, Channel::Registry, &cmd.provider_code)
+                == HolderNameSource::Provider;
         let account = Account {
             id: Uuid::now_v7(),
             citizen_id: cmd.citizen_id.clone(),
             kind: cmd.kind,
             provider_code: cmd.provider_code.clone(),
             account_ref: cmd.account_ref.clone(),
-            holder_name: cmd.holder_name.as_ref().map(|h| h.as_str().to_owned()),
+            holder_name: name.clone().filter(|_| provider_said),
+            declared_holder_name: name.filter(|_| !provider_said),
             status: AccountStatus::PendingVerification,
             verification: None,
             version: 1,
@@ -189,8 +209,8 @@ impl<D: Dialect> SqlStore<D> {
         tx.execute(
             Sql::new(
                 "INSERT INTO accounts (account_id, citizen_id, kind, provider_code, account_ref, \
-                 holder_name, status, version, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 holder_name, status, version, created_at, updated_at, declared_holder_name) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(account.id)
             .bind(account.citizen_id.as_str())
@@ -201,18 +221,19 @@ impl<D: Dialect> SqlStore<D> {
             .bind(account.status.as_str())
             .bind(account.version as i64)
             .bind(account.created_at.micros())
-            .bind(account.updated_at.micros()),
+            .bind(account.updated_at.micros())
+            .bind(&account.declared_holder_name),
         )
         .await?;
-        record_account_change(tx, ctx, &account, Change::Linked, &cmd.reason).await?;
+        record_account_change(tx, ctx, &account, Change::Linked, None, &cmd.reason).await?;
         match &cmd.verification {
             None => Ok(Outcome::Done(Answer::of(account))),
             Some(v) => {
                 let action = AccountAction::Verify {
                     verification: v.clone(),
-                    holder_name: None,
+                    holder_name: cmd.holder_name.clone(),
                 };
-                self.apply(tx, ctx, &citizen, &account, &action, &cmd.reason)
+                self.apply(tx, ctx, &citizen, &account, &action, capacity, &cmd.reason)
                     .await
             }
         }
@@ -234,14 +255,36 @@ impl<D: Dialect> SqlStore<D> {
         let account = lock_account(tx, cmd.account_id)
             .await?
             .ok_or_else(|| account_not_found(cmd.account_id))?;
+        // Who may vouch, before the state machine: a client not entitled to an assertion
+        // learns nothing about the account's state.
+        let capacity = match &cmd.action {
+            AccountAction::Verify { verification, .. } => Some(may_verify(
+                &ctx.authority,
+                Channel::Registry,
+                verification.method,
+                &account.provider_code,
+            )?),
+            AccountAction::Reject => Some(may_reject(&ctx.authority, &account.provider_code)?),
+            _ => None,
+        };
         check_version(cmd.expected_version, account.version)?;
-        self.apply(tx, ctx, &citizen, &account, &cmd.action, &cmd.reason)
-            .await
+        self.apply(
+            tx,
+            ctx,
+            &citizen,
+            &account,
+            &cmd.action,
+            capacity,
+            &cmd.reason,
+        )
+        .await
     }
 
     /// Applies `action` to a locked account: the state machine, verification evidence,
     /// the one-holder rule, history, events, and the first verified account becoming the
-    /// default.
+    /// default. `capacity` is what the caller was entitled to vouch as (checked by the
+    /// caller against the account's provider); a verification must come with one.
+    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
         tx: &mut Tx<D>,
@@ -249,6 +292,7 @@ impl<D: Dialect> SqlStore<D> {
         citizen: &CitizenRow,
         account: &Account,
         action: &AccountAction,
+        capacity: Option<Capacity>,
         reason: &str,
     ) -> StoreResult<Outcome> {
         let (verification, holder_name): (Option<&VerificationInput>, _) = match action {
@@ -258,29 +302,48 @@ impl<D: Dialect> SqlStore<D> {
             } => (Some(verification), holder_name.as_ref()),
             _ => (None, None),
         };
+        let vouched = match (verification, capacity) {
+            (Some(v), Some(c)) => Some((v, c)),
+            (Some(_), None) => return Err(corrupt("a verification without its capacity")),
+            (None, _) => None,
+        };
+        let source = holder_name_source(&ctx.authority, Channel::Registry, &account.provider_code);
         let change = action.change();
         // State machine first: an illegal transition is refused before anything else.
-        let next = account.changed(change, &ctx.actor, ctx.now, verification, holder_name)?;
+        let next = account.changed(
+            change,
+            &ctx.actor,
+            ctx.now,
+            vouched,
+            holder_name.map(|h| (h, source)),
+        )?;
         if let Some(v) = verification {
-            check_verification(v, next.holder_name.as_deref(), citizen.full_name.as_deref())?;
+            // NAME_MATCH compares the holder name the provider reported on this very call,
+            // never one stored earlier (typed, perhaps, before names were told apart).
+            let reported = holder_name
+                .filter(|_| source == HolderNameSource::Provider)
+                .map(|h| h.as_str());
+            check_verification(v, reported, citizen.full_name.as_deref())?;
             if let Some(refused) = claim_conflict(tx, ctx, account, "VERIFY").await? {
                 return Ok(Outcome::Refuse(refused));
             }
         }
-        let (method, by, at, evidence) = match &next.verification {
+        let (method, by, at, evidence, vouched_as) = match &next.verification {
             Some(v) => (
                 Some(v.method.as_str()),
                 Some(v.verified_by.as_str()),
                 Some(v.verified_at.micros()),
                 Some(v.evidence_ref.as_str()),
+                v.capacity.map(Capacity::as_str),
             ),
-            None => (None, None, None, None),
+            None => (None, None, None, None, None),
         };
         tx.execute(
             Sql::new(
                 "UPDATE accounts SET status = $1, holder_name = $2, verification_method = $3, \
                  verified_by = $4, verified_at = $5, evidence_ref = $6, version = $7, \
-                 updated_at = $8 WHERE account_id = $9 AND version = $10",
+                 updated_at = $8, declared_holder_name = $11, verification_capacity = $12 \
+                 WHERE account_id = $9 AND version = $10",
             )
             .bind(next.status.as_str())
             .bind(&next.holder_name)
@@ -291,10 +354,12 @@ impl<D: Dialect> SqlStore<D> {
             .bind(next.version as i64)
             .bind(next.updated_at.micros())
             .bind(next.id)
-            .bind(account.version as i64),
+            .bind(account.version as i64)
+            .bind(&next.declared_holder_name)
+            .bind(vouched_as),
         )
         .await?;
-        record_account_change(tx, ctx, &next, change, reason).await?;
+        record_account_change(tx, ctx, &next, change, capacity, reason).await?;
         if change == Change::Verified {
             let has_default: Option<(Uuid,)> = tx
                 .fetch_optional(
@@ -408,13 +473,15 @@ impl<D: Dialect> SqlStore<D> {
         let account = lock_account(tx, cmd.account_id)
             .await?
             .ok_or_else(|| account_not_found(cmd.account_id))?;
+        let capacity =
+            may_report_failure(&ctx.authority, &account.provider_code, cmd.failure_code)?;
         let failure_id = Uuid::now_v7();
         let program = ProgramCode::key(cmd.program.as_ref());
         tx.execute(
             Sql::new(
                 "INSERT INTO payout_failures (failure_id, account_id, citizen_id, program_code, \
-                 failure_code, payer_reference, failed_at, reported_at, actor, reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 failure_code, payer_reference, failed_at, reported_at, actor, reason, capacity) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(failure_id)
             .bind(account.id)
@@ -425,7 +492,8 @@ impl<D: Dialect> SqlStore<D> {
             .bind(cmd.failed_at.map(Timestamp::micros))
             .bind(ctx.now.micros())
             .bind(&ctx.actor)
-            .bind(&cmd.reason),
+            .bind(&cmd.reason)
+            .bind(capacity.as_str()),
         )
         .await?;
         let payload = serde_json::json!({
@@ -439,11 +507,14 @@ impl<D: Dialect> SqlStore<D> {
         insert_event(
             tx,
             ctx,
-            "PAYOUT_FAILURE_REPORTED",
-            account.citizen_id.as_str(),
-            Some(account.id),
-            &cmd.reason,
-            &payload,
+            NewEvent {
+                event_type: "PAYOUT_FAILURE_REPORTED",
+                citizen_id: account.citizen_id.as_str(),
+                account_id: Some(account.id),
+                reason: &cmd.reason,
+                payload: &payload,
+                actor_capacity: Some(capacity),
+            },
         )
         .await?;
         // Rule 6: a failed credit stops payment into the account until someone
@@ -457,6 +528,7 @@ impl<D: Dialect> SqlStore<D> {
                     &citizen,
                     &account,
                     &AccountAction::Suspend,
+                    Some(capacity),
                     &reason,
                 )
                 .await?
@@ -636,11 +708,14 @@ async fn claim_conflict<D: Dialect>(
     insert_event(
         tx,
         ctx,
-        "DUPLICATE_CLAIM_DETECTED",
-        claim.claimant.as_str(),
-        None,
-        DUPLICATE_CLAIM_REASON,
-        &duplicate_claim_payload(&claim),
+        NewEvent {
+            event_type: "DUPLICATE_CLAIM_DETECTED",
+            citizen_id: claim.claimant.as_str(),
+            account_id: None,
+            reason: DUPLICATE_CLAIM_REASON,
+            payload: &duplicate_claim_payload(&claim),
+            actor_capacity: None,
+        },
     )
     .await?;
     Ok(Some(owned_by_another()))
@@ -652,21 +727,23 @@ async fn record_account_change<D: Dialect>(
     ctx: &WriteContext,
     account: &Account,
     change: Change,
+    capacity: Option<Capacity>,
     reason: &str,
 ) -> StoreResult<()> {
     tx.execute(
         Sql::new(concat!(
             "INSERT INTO account_history (",
             account_columns!(),
-            ", change, actor, reason, valid_from) SELECT ",
+            ", change, actor, reason, valid_from, capacity) SELECT ",
             account_columns!(),
-            ", $2, $3, $4, $5 FROM accounts WHERE account_id = $1"
+            ", $2, $3, $4, $5, $6 FROM accounts WHERE account_id = $1"
         ))
         .bind(account.id)
         .bind(change.as_str())
         .bind(&ctx.actor)
         .bind(reason)
-        .bind(ctx.now.micros()),
+        .bind(ctx.now.micros())
+        .bind(capacity.map(Capacity::as_str)),
     )
     .await?;
     let event_type = format!("ACCOUNT_{}", change.as_str());
@@ -674,11 +751,14 @@ async fn record_account_change<D: Dialect>(
     insert_event(
         tx,
         ctx,
-        &event_type,
-        account.citizen_id.as_str(),
-        Some(account.id),
-        reason,
-        &payload,
+        NewEvent {
+            event_type: &event_type,
+            citizen_id: account.citizen_id.as_str(),
+            account_id: Some(account.id),
+            reason,
+            payload: &payload,
+            actor_capacity: capacity,
+        },
     )
     .await
 }
@@ -730,11 +810,14 @@ async fn write_preference<D: Dialect>(
     insert_event(
         tx,
         ctx,
-        "DEFAULT_CHANGED",
-        account.citizen_id.as_str(),
-        Some(account.id),
-        reason,
-        &payload,
+        NewEvent {
+            event_type: "DEFAULT_CHANGED",
+            citizen_id: account.citizen_id.as_str(),
+            account_id: Some(account.id),
+            reason,
+            payload: &payload,
+            actor_capacity: None,
+        },
     )
     .await
 }
@@ -769,19 +852,33 @@ async fn insert_citizen_history<D: Dialect>(
 }
 
 /// Appends to the outbox, inside the change's transaction.
+/// An event to append: what happened, to whom, why, and who vouched for it as what.
+struct NewEvent<'a> {
+    event_type: &'a str,
+    citizen_id: &'a str,
+    account_id: Option<Uuid>,
+    reason: &'a str,
+    payload: &'a serde_json::Value,
+    actor_capacity: Option<Capacity>,
+}
+
 async fn insert_event<D: Dialect>(
     tx: &mut Tx<D>,
     ctx: &WriteContext,
-    event_type: &str,
-    citizen_id: &str,
-    account_id: Option<Uuid>,
-    reason: &str,
-    payload: &serde_json::Value,
+    event: NewEvent<'_>,
 ) -> StoreResult<()> {
+    let NewEvent {
+        event_type,
+        citizen_id,
+        account_id,
+        reason,
+        payload,
+        actor_capacity,
+    } = event;
     tx.execute(
         Sql::new(
             "INSERT INTO events (event_id, occurred_at, event_type, citizen_id, account_id, \
-             actor, reason, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             actor, reason, payload, actor_capacity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(Uuid::now_v7())
         .bind(ctx.now.micros())
@@ -790,7 +887,8 @@ async fn insert_event<D: Dialect>(
         .bind(account_id)
         .bind(&ctx.actor)
         .bind(reason)
-        .bind(payload.to_string()),
+        .bind(payload.to_string())
+        .bind(actor_capacity.map(Capacity::as_str)),
     )
     .await?;
     Ok(())
@@ -858,7 +956,7 @@ impl<D: Dialect> SqlStore<D> {
                 Sql::new(concat!(
                     "SELECT ",
                     account_columns!(),
-                    ", change, actor, reason, valid_from FROM account_history \
+                    ", change, actor, reason, valid_from, capacity FROM account_history \
                      WHERE account_id = $1 AND version > $2 ORDER BY version LIMIT $3"
                 ))
                 .bind(id)

@@ -53,7 +53,7 @@ impl<D: Dialect> SqlStore<D> {
             .fetch_all(
                 Sql::new(
                     "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, \
-                     actor, reason, payload, feed_position FROM events WHERE position > $1 \
+                     actor, reason, payload, feed_position, actor_capacity FROM events WHERE position > $1 \
                      ORDER BY position LIMIT $2",
                 )
                 .bind(after_position)
@@ -209,7 +209,7 @@ impl<D: Dialect> SqlStore<D> {
             .fetch_all(
                 Sql::new(
                     "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, \
-                     actor, reason, payload, feed_position FROM events WHERE feed_position > $1 \
+                     actor, reason, payload, feed_position, actor_capacity FROM events WHERE feed_position > $1 \
                      ORDER BY feed_position LIMIT $2",
                 )
                 .bind(after)
@@ -233,7 +233,7 @@ impl<D: Dialect> SqlStore<D> {
             .fetch_all(
                 Sql::new(
                     "SELECT e.position, e.event_id, e.occurred_at, e.event_type, e.citizen_id, \
-                     e.account_id, e.actor, e.reason, e.payload, e.feed_position FROM events e \
+                     e.account_id, e.actor, e.reason, e.payload, e.feed_position, e.actor_capacity FROM events e \
                      WHERE e.feed_position > $1 AND EXISTS (SELECT 1 FROM watch_lists w \
                      WHERE w.client_id = $2 AND w.consumer = $3 AND w.citizen_id = e.citizen_id) \
                      ORDER BY e.feed_position LIMIT $4",

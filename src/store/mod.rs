@@ -38,6 +38,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::assertion::{Authority, Capacity};
 use crate::domain::{
     Account, ChangeAccount, CitizenId, CitizenStatus, LegacyId, LinkAccount, ProgramCode,
     RecordOutcome, Rejection, ReportPayoutFailure, Resolution, SetPreference, SyncAccount,
@@ -50,7 +51,7 @@ macro_rules! account_columns {
     () => {
         "account_id, citizen_id, kind, provider_code, account_ref, holder_name, status, \
          verification_method, verified_by, verified_at, evidence_ref, version, created_at, \
-         updated_at"
+         updated_at, declared_holder_name, verification_capacity"
     };
 }
 
@@ -100,6 +101,9 @@ pub struct WriteContext {
     pub actor: String,
     pub idempotency: Option<Idempotency>,
     pub now: Timestamp,
+    /// What the client is entitled to assert (its provider bindings, `verify.in_person`,
+    /// payer): checked against each account a write vouches for (`domain::assertion`).
+    pub authority: Authority,
 }
 
 /// A write's idempotency key and a digest of the request it came with.
@@ -176,6 +180,8 @@ pub struct HistoryEntry {
     pub actor: String,
     pub reason: String,
     pub valid_from: Timestamp,
+    /// The capacity the actor vouched in (verification, rejection, payout failure).
+    pub capacity: Option<Capacity>,
 }
 
 /// A refused claim on an account held by another citizen.
@@ -250,6 +256,8 @@ pub struct Event {
     pub actor: String,
     pub reason: String,
     pub payload: String,
+    /// The capacity the actor vouched in (verification, rejection, payout failure).
+    pub actor_capacity: Option<Capacity>,
 }
 
 /// Identifies one account at its provider, whoever claims it.

@@ -19,10 +19,11 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 use super::{DuplicateClaim, WriteContext};
+use crate::domain::assertion::{may_verify, Capacity, Channel, HolderNameSource};
 use crate::domain::{
-    check_verification, Account, AccountAction, AccountKind, AccountRef, AccountStatus, Change,
-    CitizenId, CitizenStatus, Reason, RecordOutcome, Rejection, SyncAccount, SyncCitizen,
-    VerificationInput, MAX_OPEN_ACCOUNTS,
+    check_verification, Account, AccountKind, AccountRef, AccountStatus, Change, CitizenId,
+    CitizenStatus, Reason, RecordOutcome, Rejection, SyncAccount, SyncCitizen, VerificationInput,
+    MAX_OPEN_ACCOUNTS,
 };
 
 /// The two sync streams, as named in `sync_records.stream`.
@@ -150,6 +151,8 @@ pub struct EventWrite {
     pub account_id: Option<Uuid>,
     pub reason: String,
     pub payload: serde_json::Value,
+    /// The capacity the population platform vouched in (verifications).
+    pub actor_capacity: Option<Capacity>,
 }
 
 /// A row of `sync_records`.
@@ -294,6 +297,7 @@ pub fn plan_citizens(_ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded
                             "source_version": rec.version,
                             "record_id": rec.record_id,
                         }),
+                        actor_capacity: None,
                     });
                 }
                 citizens.insert(id.to_owned(), (state, existed));
@@ -382,12 +386,17 @@ impl Accounts<'_> {
         }
         work.account_history
             .push((account.clone(), change, SYNC_REASON.to_owned()));
+        let actor_capacity = match change {
+            Change::Verified => account.verification.as_ref().and_then(|v| v.capacity),
+            _ => None,
+        };
         work.events.push(EventWrite {
             event_type: format!("ACCOUNT_{}", change.as_str()),
             citizen_id: account.citizen_id.as_str().to_owned(),
             account_id: Some(account.id),
             reason: SYNC_REASON.into(),
             payload: serde_json::to_value(&account).unwrap_or_default(),
+            actor_capacity,
         });
         self.changed.insert(account.id);
         if !self.accounts.contains_key(&account.id) {
@@ -428,12 +437,14 @@ impl Accounts<'_> {
             account_id: None,
             reason: DUPLICATE_CLAIM_REASON.into(),
             payload: duplicate_claim_payload(&claim),
+            actor_capacity: None,
         });
         work.duplicate_claims.push(claim);
         Some(owned_by_another())
     }
 
-    /// Verifies `account` with the record's confirmation: the rules of VerifyAccount.
+    /// Verifies `account` with the record's confirmation: the rules of VerifyAccount, the
+    /// population platform vouching (relaying VNeID) and its holder name the provider's.
     fn verify(
         &mut self,
         work: &mut Work,
@@ -446,16 +457,20 @@ impl Accounts<'_> {
             method,
             evidence_ref: rec.evidence(),
         };
-        let action = AccountAction::Verify {
-            verification: input.clone(),
-            holder_name: rec.holder_name.clone(),
-        };
+        let capacity = may_verify(
+            &self.ctx.authority,
+            Channel::PopulationSync,
+            method,
+            &account.provider_code,
+        )?;
         let next = account.changed(
-            action.change(),
+            Change::Verified,
             &self.ctx.actor,
             self.ctx.now,
-            Some(&input),
-            rec.holder_name.as_ref(),
+            Some((&input, capacity)),
+            rec.holder_name
+                .as_ref()
+                .map(|h| (h, HolderNameSource::Provider)),
         )?;
         check_verification(&input, next.holder_name.as_deref(), registered_name)?;
         if let Some(refused) = self.claim_conflict(work, account, "VERIFY") {
@@ -604,7 +619,9 @@ fn apply_account(
                 kind: rec.kind,
                 provider_code: rec.provider_code.clone(),
                 account_ref: rec.account_ref.clone(),
+                // What the population platform relays is the provider's statement.
                 holder_name: rec.holder_name.as_ref().map(|h| h.as_str().to_owned()),
+                declared_holder_name: None,
                 status: AccountStatus::PendingVerification,
                 verification: None,
                 version: 1,
@@ -663,6 +680,7 @@ fn finish_verification(state: &mut Accounts<'_>, work: &mut Work, next: Account)
                 "previous_account_id": serde_json::Value::Null,
                 "account": next,
             }),
+            actor_capacity: None,
         });
         work.defaults.push(DefaultWrite { account: next });
     }

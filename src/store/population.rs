@@ -19,7 +19,8 @@ use super::rows::{citizen_status, AccountRow};
 use super::sql::{text_keys, Row, Sql, Val};
 use super::sql_store::SqlStore;
 use super::{corrupt, CitizenRecord, CitizenUpsert, StoreError, StoreResult, WriteContext};
-use crate::domain::{Account, CitizenId, LegacyId, RecordOutcome, SyncCitizen};
+use crate::domain::assertion::Capacity;
+use crate::domain::{Account, Change, CitizenId, LegacyId, RecordOutcome, SyncCitizen};
 
 /// How often a batch is retried after losing a race with a concurrent transaction (a
 /// unique violation on a row it could not lock in advance, or a deadlock).
@@ -484,9 +485,11 @@ async fn write_work<D: Dialect>(
          status = excluded.status, verification_method = excluded.verification_method, \
          verified_by = excluded.verified_by, verified_at = excluded.verified_at, \
          evidence_ref = excluded.evidence_ref, version = excluded.version, \
-         updated_at = excluded.updated_at",
+         updated_at = excluded.updated_at, \
+         declared_holder_name = excluded.declared_holder_name, \
+         verification_capacity = excluded.verification_capacity",
         &work.accounts,
-        14,
+        ACCOUNT_COLUMNS,
         push_account,
     )
     .await?;
@@ -495,17 +498,22 @@ async fn write_work<D: Dialect>(
         concat!(
             "INSERT INTO account_history (",
             account_columns!(),
-            ", change, actor, reason, valid_from) "
+            ", change, actor, reason, valid_from, capacity) "
         ),
         "",
         &work.account_history,
-        18,
+        ACCOUNT_COLUMNS + 5,
         |b, (account, change, reason)| {
             push_account(b, account);
+            let capacity = match change {
+                Change::Verified => account.verification.as_ref().and_then(|v| v.capacity),
+                _ => None,
+            };
             b.push_bind(change.as_str())
                 .push_bind(actor)
                 .push_bind(reason.as_str())
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(capacity.map(Capacity::as_str));
         },
     )
     .await?;
@@ -566,10 +574,10 @@ async fn write_work<D: Dialect>(
     insert_rows(
         tx,
         "INSERT INTO events (event_id, occurred_at, event_type, citizen_id, account_id, actor, \
-         reason, payload) ",
+         reason, payload, actor_capacity) ",
         "",
         &work.events,
-        8,
+        9,
         |b, e| {
             b.push_bind(Uuid::now_v7())
                 .push_bind(now)
@@ -578,7 +586,8 @@ async fn write_work<D: Dialect>(
                 .push_bind(e.account_id)
                 .push_bind(actor)
                 .push_bind(e.reason.as_str())
-                .push_bind(e.payload.to_string());
+                .push_bind(e.payload.to_string())
+                .push_bind(e.actor_capacity.map(Capacity::as_str));
         },
     )
     .await?;
@@ -606,6 +615,9 @@ async fn write_work<D: Dialect>(
     Ok(true)
 }
 
+/// The columns `push_account` binds (`account_columns!`).
+const ACCOUNT_COLUMNS: usize = 16;
+
 fn push_account(b: &mut Row, a: &Account) {
     let v = a.verification.as_ref();
     b.push_bind(a.id)
@@ -621,5 +633,7 @@ fn push_account(b: &mut Row, a: &Account) {
         .push_bind(v.map(|v| v.evidence_ref.as_str()))
         .push_bind(a.version as i64)
         .push_bind(a.created_at.micros())
-        .push_bind(a.updated_at.micros());
+        .push_bind(a.updated_at.micros())
+        .push_bind(a.declared_holder_name.as_deref())
+        .push_bind(v.and_then(|v| v.capacity).map(Capacity::as_str));
 }

@@ -139,7 +139,7 @@ impl<D: Dialect> SqlStore<D> {
                     Sql::new(concat!(
                         "SELECT ",
                         account_columns!(),
-                        ", change, actor, reason, valid_from FROM account_history \
+                        ", change, actor, reason, valid_from, capacity FROM account_history \
                          WHERE account_id = $1 AND valid_from <= $2 ORDER BY version DESC LIMIT 1"
                     ))
                     .bind(id)
@@ -205,7 +205,7 @@ where
     Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<InputRow, sqlx::Error> {
-        // The 14 account columns starting at `start`.
+        // The 16 account columns starting at `start`.
         let account = |start: usize| -> Result<JoinedAccount, sqlx::Error> {
             Ok(JoinedAccount {
                 account_id: row.try_get(start)?,
@@ -222,6 +222,8 @@ where
                 version: row.try_get(start + 11)?,
                 created_at: row.try_get(start + 12)?,
                 updated_at: row.try_get(start + 13)?,
+                declared_holder_name: row.try_get(start + 14)?,
+                verification_capacity: row.try_get(start + 15)?,
             })
         };
         Ok(InputRow {
@@ -231,7 +233,7 @@ where
             since: row.try_get(3)?,
             previous_account_id: row.try_get(4)?,
             current: account(5)?,
-            previous: account(19)?,
+            previous: account(21)?,
         })
     }
 }
@@ -252,6 +254,8 @@ struct JoinedAccount {
     version: Option<i64>,
     created_at: Option<i64>,
     updated_at: Option<i64>,
+    declared_holder_name: Option<String>,
+    verification_capacity: Option<String>,
 }
 
 impl JoinedAccount {
@@ -276,6 +280,8 @@ impl JoinedAccount {
             version: self.version.ok_or_else(|| missing("version"))?,
             created_at: self.created_at.ok_or_else(|| missing("created_at"))?,
             updated_at: self.updated_at.ok_or_else(|| missing("updated_at"))?,
+            declared_holder_name: self.declared_holder_name,
+            verification_capacity: self.verification_capacity,
         };
         Account::try_from(r).map(Some)
     }
@@ -292,10 +298,12 @@ async fn read_inputs<D: Dialect, C: Handle<D>>(
             "SELECT c.citizen_id, c.status, p.program_code, p.since, p.previous_account_id, ",
             "a.account_id, a.citizen_id, a.kind, a.provider_code, a.account_ref, a.holder_name, ",
             "a.status, a.verification_method, a.verified_by, a.verified_at, a.evidence_ref, ",
-            "a.version, a.created_at, a.updated_at, ",
+            "a.version, a.created_at, a.updated_at, a.declared_holder_name, ",
+            "a.verification_capacity, ",
             "b.account_id, b.citizen_id, b.kind, b.provider_code, b.account_ref, b.holder_name, ",
             "b.status, b.verification_method, b.verified_by, b.verified_at, b.evidence_ref, ",
-            "b.version, b.created_at, b.updated_at ",
+            "b.version, b.created_at, b.updated_at, b.declared_holder_name, ",
+            "b.verification_capacity ",
             "FROM citizens c LEFT JOIN preferences p ON p.citizen_id = c.citizen_id ",
             "LEFT JOIN accounts a ON a.account_id = p.account_id ",
             "LEFT JOIN accounts b ON b.account_id = p.previous_account_id ",

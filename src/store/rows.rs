@@ -7,6 +7,7 @@
 use uuid::Uuid;
 
 use super::{corrupt, DuplicateClaim, Event, HistoryEntry, StoreError, StoreResult};
+use crate::domain::assertion::Capacity;
 use crate::domain::{
     Account, AccountKind, AccountRef, AccountStatus, CitizenId, CitizenStatus, Timestamp,
     Verification, VerificationMethod,
@@ -34,6 +35,15 @@ pub(crate) struct AccountRow {
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub declared_holder_name: Option<String>,
+    pub verification_capacity: Option<String>,
+}
+
+/// A stored capacity (`None` when not recorded).
+pub(crate) fn capacity(stored: Option<&str>) -> StoreResult<Option<Capacity>> {
+    stored
+        .map(|c| Capacity::parse(c).ok_or_else(|| corrupt("capacity")))
+        .transpose()
 }
 
 fn corrupt_account(what: &str, id: Uuid) -> StoreError {
@@ -52,6 +62,7 @@ impl TryFrom<AccountRow> for Account {
                 verified_by,
                 verified_at: Timestamp(verified_at),
                 evidence_ref: r.evidence_ref.unwrap_or_default(),
+                capacity: capacity(r.verification_capacity.as_deref())?,
             }),
             _ => None,
         };
@@ -64,6 +75,7 @@ impl TryFrom<AccountRow> for Account {
             provider_code: r.provider_code,
             account_ref: AccountRef::from_stored(r.account_ref),
             holder_name: r.holder_name,
+            declared_holder_name: r.declared_holder_name,
             status: AccountStatus::parse(&r.status).map_err(|_| corrupt_account("status", id))?,
             verification,
             version: u64::try_from(r.version).map_err(|_| corrupt_account("version", id))?,
@@ -82,6 +94,7 @@ pub(crate) struct HistoryRow {
     pub actor: String,
     pub reason: String,
     pub valid_from: i64,
+    pub capacity: Option<String>,
 }
 
 impl TryFrom<HistoryRow> for HistoryEntry {
@@ -89,6 +102,7 @@ impl TryFrom<HistoryRow> for HistoryEntry {
 
     fn try_from(r: HistoryRow) -> Result<HistoryEntry, StoreError> {
         Ok(HistoryEntry {
+            capacity: capacity(r.capacity.as_deref())?,
             account: r.account.try_into()?,
             change: r.change,
             actor: r.actor,
@@ -127,11 +141,15 @@ pub(crate) struct EventRow {
     pub reason: String,
     pub payload: String,
     pub feed_position: Option<i64>,
+    pub actor_capacity: Option<String>,
 }
 
 impl From<EventRow> for Event {
     fn from(r: EventRow) -> Event {
         Event {
+            // Written only from `Capacity::as_str`; an unreadable one is dropped rather
+            // than failing a whole page of the feed.
+            actor_capacity: r.actor_capacity.as_deref().and_then(Capacity::parse),
             position: r.position,
             event_id: r.event_id,
             occurred_at: Timestamp(r.occurred_at),

@@ -150,6 +150,7 @@ fn confirmation_text(confirmation: i32) -> Option<&'static str> {
         proto::Confirmation::Unspecified => Some(""),
         proto::Confirmation::NameMatch => Some("NAME_MATCH"),
         proto::Confirmation::IssuerConfirmed => Some("ISSUER_CONFIRMED"),
+        proto::Confirmation::VneidDeclared => Some("VNEID_DECLARED"),
     }
 }
 
@@ -158,6 +159,7 @@ fn parse_confirmation(s: &str) -> Option<proto::Confirmation> {
         "" => Some(proto::Confirmation::Unspecified),
         "NAME_MATCH" => Some(proto::Confirmation::NameMatch),
         "ISSUER_CONFIRMED" => Some(proto::Confirmation::IssuerConfirmed),
+        "VNEID_DECLARED" => Some(proto::Confirmation::VneidDeclared),
         _ => None,
     }
 }

@@ -123,6 +123,8 @@ pub async fn demo_store(
         actor: "demo-data".into(),
         idempotency: None,
         now: Timestamp::now(),
+        // The population's records arrive as population sync's would: no other authority.
+        authority: Default::default(),
     };
     let progress = bar(Some(spec.citizens), "citizens");
     let mut citizen_counts = Counts::default();

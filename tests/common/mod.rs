@@ -368,19 +368,32 @@ fn clients() -> Vec<ClientConfig> {
         token_sha256: Some(hash_token(token)),
         cert_subject: Some(id.into()),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        providers: vec![],
     };
+    let bound = |id: &str, token: &str, scopes: &[&str], providers: &[&str]| ClientConfig {
+        providers: providers.iter().map(|p| p.to_string()).collect(),
+        ..c(id, token, scopes)
+    };
+    // The suites about other rules need someone entitled to vouch: the admin stands in
+    // for every entitled party (bound to every provider, a verifier). Who may vouch is
+    // tested with realistic clients: an office, banks, the commune police, VNeID.
+    let every_provider: Vec<String> = entitled().providers.into_iter().collect();
     vec![
-        c(
-            "welfare-admin",
-            ADMIN,
-            &[
-                "accounts.write",
-                "accounts.verify",
-                "accounts.read",
-                "resolve",
-                "resolve.full",
-            ],
-        ),
+        ClientConfig {
+            providers: every_provider,
+            ..c(
+                "welfare-admin",
+                ADMIN,
+                &[
+                    "accounts.write",
+                    "accounts.verify",
+                    "verify.in_person",
+                    "accounts.read",
+                    "resolve",
+                    "resolve.full",
+                ],
+            )
+        },
         c(
             "vss-payroll",
             PAYER,
@@ -393,8 +406,58 @@ fn clients() -> Vec<ClientConfig> {
         c("population-platform", SYNC, &["sync.population"]),
         c("feed-reader", FEED, &["events.subscribe", "events.all"]),
         c("province-cache", WATCHER, &["events.subscribe"]),
+        // A provincial welfare office: links and manages accounts, vouches for nothing.
+        c(
+            "office-hanoi",
+            OFFICE,
+            &["accounts.write", "accounts.verify", "accounts.read"],
+        ),
+        // Vietcombank's client, bound to its NAPAS BIN.
+        bound(
+            "vietcombank",
+            VIETCOMBANK,
+            &["accounts.write", "accounts.verify", "accounts.read"],
+            &["970436"],
+        ),
+        // VietinBank's client: a bank, but not the bank of a Vietcombank account.
+        bound(
+            "vietinbank",
+            VIETINBANK,
+            &["accounts.write", "accounts.verify", "accounts.read"],
+            &["970415"],
+        ),
+        // A commune police office: verifies citizens in person.
+        c(
+            "commune-police",
+            POLICE,
+            &["accounts.write", "verify.in_person", "accounts.read"],
+        ),
+        // VNeID, acting for one citizen per call.
+        c("vneid", VNEID, &["citizen.self"]),
     ]
 }
+
+/// A writer entitled to every assertion (bound to every provider, a verifier and a payer),
+/// for the suites that call the store directly to test the other rules; who may vouch is
+/// tested end to end in `tests/assertions.rs`.
+pub fn entitled() -> payout_registry::domain::assertion::Authority {
+    payout_registry::domain::assertion::Authority {
+        providers: payout_registry::store::reference::providers()
+            .expect("reference providers")
+            .into_iter()
+            .map(|p| p.code)
+            .collect(),
+        in_person: true,
+        payer: true,
+    }
+}
+
+/// Clients of the assertion tests (see [`clients`]).
+pub const OFFICE: &str = "office-token";
+pub const VIETCOMBANK: &str = "vietcombank-token";
+pub const VIETINBANK: &str = "vietinbank-token";
+pub const POLICE: &str = "police-token";
+pub const VNEID: &str = "vneid-token";
 
 /// A running registry on its own database, built by `App::build` exactly as `serve`
 /// builds it (see [`AppBuilder`]), with clients of every kind.
@@ -689,6 +752,15 @@ pub const EXISTS_CERT: &str = "eligibility-check";
 pub const NOSCOPE_CERT: &str = "stranger";
 /// Issued by the test CA, but no configured client has this `cert_subject`.
 pub const UNKNOWN_CERT: &str = "unknown-office";
+/// The assertion tests' clients (see [`clients`]).
+pub const OFFICE_CERT: &str = "office-hanoi";
+pub const VIETCOMBANK_CERT: &str = "vietcombank";
+pub const VIETINBANK_CERT: &str = "vietinbank";
+pub const POLICE_CERT: &str = "commune-police";
+pub const VNEID_CERT: &str = "vneid";
+pub const AUDITOR_CERT: &str = "auditor";
+pub const SYNC_CERT: &str = "population-platform";
+pub const FEED_CERT: &str = "feed-reader";
 
 /// Certificates for a TLS test server (a CA of its own, the server's, and one per client
 /// above), in a temp dir that lives as long as this value.
@@ -707,6 +779,14 @@ impl TlsMaterial {
             EXISTS_CERT,
             NOSCOPE_CERT,
             UNKNOWN_CERT,
+            OFFICE_CERT,
+            VIETCOMBANK_CERT,
+            VIETINBANK_CERT,
+            POLICE_CERT,
+            VNEID_CERT,
+            AUDITOR_CERT,
+            SYNC_CERT,
+            FEED_CERT,
         ];
         let files = generate_dev_certs(dir.path(), &ids).expect("generate test certificates");
         TlsMaterial { files, dir }
@@ -830,6 +910,11 @@ pub fn population_on(channel: Channel, token: Option<&str>) -> Population {
     )
 }
 
+/// An oversight client on any channel, with a bearer token or none.
+pub fn oversight_on(channel: Channel, token: Option<&str>) -> Overseer {
+    OversightClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
+}
+
 /// A resolver client on any channel, with a bearer token or none.
 pub fn resolver_on(channel: Channel, token: Option<&str>) -> Resolver {
     PayoutResolverClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
@@ -885,7 +970,7 @@ pub async fn sync_accounts(
     all_acks(acks).await
 }
 
-async fn all_acks(
+pub async fn all_acks(
     mut acks: tonic::Streaming<payout_registry::proto::SyncAck>,
 ) -> Vec<payout_registry::proto::SyncAck> {
     let mut out = Vec::new();
