@@ -5,7 +5,10 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/payoutregistry/v1/registry.proto"];
+    let protos = [
+        "proto/payoutregistry/v1/registry.proto",
+        "proto/google/type/date.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     // sqlx::migrate! embeds the migrations: rebuild when one is added.
     println!("cargo:rerun-if-changed=migrations");
@@ -18,6 +21,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // google.type.Date is generated into `proto::google_type` (see lib.rs).
+        .extern_path(".google.type", "crate::proto::google_type")
         .compile_fds(fds)?;
+    // The google.type package on its own (only its file, so the API's code generated
+    // above is not written again), for the module that code refers to.
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(protox::compile(["google/type/date.proto"], ["proto"])?)?;
     Ok(())
 }

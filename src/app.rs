@@ -27,14 +27,14 @@ use crate::background::{pruner, sequencer, BackgroundTask};
 use crate::config::Settings;
 use crate::domain::Timestamp;
 use crate::grpc::{
-    AccountRegistryService, AppState, ChangeFeedService, OversightService, PayoutResolverService,
-    PopulationSyncService,
+    AccountRegistryHandler, AppState, ChangeFeedHandler, OversightHandler, PayoutResolverHandler,
+    PopulationSyncHandler,
 };
-use crate::proto::account_registry_server::AccountRegistryServer;
-use crate::proto::change_feed_server::ChangeFeedServer;
-use crate::proto::oversight_server::OversightServer;
-use crate::proto::payout_resolver_server::PayoutResolverServer;
-use crate::proto::population_sync_server::PopulationSyncServer;
+use crate::proto::account_registry_service_server::AccountRegistryServiceServer;
+use crate::proto::change_feed_service_server::ChangeFeedServiceServer;
+use crate::proto::oversight_service_server::OversightServiceServer;
+use crate::proto::payout_resolver_service_server::PayoutResolverServiceServer;
+use crate::proto::population_sync_service_server::PopulationSyncServiceServer;
 use crate::security::auth::{hash_token, AuthLayer, Authenticator, ClientConfig};
 use crate::security::limits::Limits;
 use crate::security::{handshake, tls, Scope};
@@ -44,11 +44,11 @@ use crate::store::{Store, StoreOptions};
 /// as the health service reports them.
 const HEALTH_SERVICES: [&str; 6] = [
     "",
-    <AccountRegistryServer<AccountRegistryService> as NamedService>::NAME,
-    <PayoutResolverServer<PayoutResolverService> as NamedService>::NAME,
-    <OversightServer<OversightService> as NamedService>::NAME,
-    <PopulationSyncServer<PopulationSyncService> as NamedService>::NAME,
-    <ChangeFeedServer<ChangeFeedService> as NamedService>::NAME,
+    <AccountRegistryServiceServer<AccountRegistryHandler> as NamedService>::NAME,
+    <PayoutResolverServiceServer<PayoutResolverHandler> as NamedService>::NAME,
+    <OversightServiceServer<OversightHandler> as NamedService>::NAME,
+    <PopulationSyncServiceServer<PopulationSyncHandler> as NamedService>::NAME,
+    <ChangeFeedServiceServer<ChangeFeedHandler> as NamedService>::NAME,
 ];
 
 /// The registry, wired and ready to serve.
@@ -114,6 +114,13 @@ impl App {
             access,
             limits: Arc::new(Limits::new(settings.rate_limits.clone())),
             shutting_down: Arc::new(tokio::sync::watch::Sender::new(false)),
+            programs: Arc::new(
+                crate::store::reference::programs()
+                    .map_err(anyhow::Error::msg)?
+                    .into_iter()
+                    .map(|p| p.code)
+                    .collect(),
+            ),
         };
         let auth = Arc::new(
             Authenticator::new(&clients)
@@ -174,15 +181,17 @@ impl App {
             .build_v1alpha()?;
         let max = self.max_message_bytes;
         let state = self.state.clone();
-        let registry = AccountRegistryServer::new(AccountRegistryService::new(state.clone()))
+        let registry =
+            AccountRegistryServiceServer::new(AccountRegistryHandler::new(state.clone()))
+                .max_decoding_message_size(max);
+        let resolver = PayoutResolverServiceServer::new(PayoutResolverHandler::new(state.clone()))
             .max_decoding_message_size(max);
-        let resolver = PayoutResolverServer::new(PayoutResolverService::new(state.clone()))
+        let feed = ChangeFeedServiceServer::new(ChangeFeedHandler::new(state.clone()))
             .max_decoding_message_size(max);
-        let feed = ChangeFeedServer::new(ChangeFeedService::new(state.clone()))
-            .max_decoding_message_size(max);
-        let population = PopulationSyncServer::new(PopulationSyncService::new(state.clone()))
-            .max_decoding_message_size(max);
-        let oversight = OversightServer::new(OversightService::new(state.clone()))
+        let population =
+            PopulationSyncServiceServer::new(PopulationSyncHandler::new(state.clone()))
+                .max_decoding_message_size(max);
+        let oversight = OversightServiceServer::new(OversightHandler::new(state.clone()))
             .max_decoding_message_size(max);
 
         // Once shutdown is signalled, mark every service NOT_SERVING so load balancers
@@ -205,7 +214,11 @@ impl App {
         let server = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .timeout(self.request_timeout)
-            .layer(AuthLayer::new(self.auth.clone()))
+            .layer(AuthLayer::new(
+                self.auth.clone(),
+                Arc::new(crate::grpc::denied_status),
+            ))
+            .layer(crate::grpc::DecodeErrorLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)

@@ -48,4 +48,9 @@ pub mod proto {
     /// The encoded file descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("payoutregistry_descriptor");
+
+    /// `google.type` (dates of birth and death), vendored under `proto/google/type`.
+    pub mod google_type {
+        tonic::include_proto!("google.r#type");
+    }
 }

@@ -20,8 +20,8 @@ use common::{
     VNEID, VNEID_CERT,
 };
 use payout_registry::proto::{
-    Account, AccountKind, AccountRecord, AccountStatus, Capacity, CitizenRecord, CitizenStatus,
-    Confirmation, GetAccountHistoryRequest, GetAccountRequest, LinkAccountRequest,
+    Account, AccountChange, AccountKind, AccountRecord, AccountStatus, Capacity, CitizenRecord,
+    CitizenStatus, GetAccountHistoryRequest, GetAccountRequest, LinkAccountRequest,
     ListAccessLogRequest, ListCitizenAccountsRequest, ListDuplicateClaimsRequest,
     PayoutFailureCode, RejectAccountRequest, ReportPayoutFailureRequest, ResolveRequest,
     SubscribeRequest, SyncAccountsRequest, Verification, VerificationMethod, VerifyAccountRequest,
@@ -198,6 +198,14 @@ async fn history(app: &TestApp, id: &str) -> Vec<payout_registry::proto::Account
         .entries
 }
 
+/// An enum value's name as messages write it (without its enum's prefix).
+fn short(name: &str) -> &str {
+    ["VERIFICATION_METHOD_", "PAYOUT_FAILURE_CODE_"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name)
+}
+
 /// Asserts an assertion was refused as not allowed, naming `what`.
 #[track_caller]
 fn not_allowed<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
@@ -253,7 +261,7 @@ async fn each_verification_method_is_accepted_only_from_the_party_entitled_to_it
                     assert_eq!(v.verified_by, party.cert(), "who vouched is recorded");
                 }
                 None => {
-                    not_allowed(answer, method.as_str_name());
+                    not_allowed(answer, short(method.as_str_name()));
                     let now = account_now(&app, &account.account_id).await;
                     assert_eq!(
                         now.status(),
@@ -289,6 +297,7 @@ async fn a_verification_at_link_time_follows_the_same_rules_and_a_refusal_links_
                     citizen_id: citizen.clone(),
                     include_closed: true,
                     purpose: "assertion test".into(),
+                    ..Default::default()
                 })
                 .await
                 .expect("list")
@@ -309,7 +318,7 @@ async fn a_verification_at_link_time_follows_the_same_rules_and_a_refusal_links_
                     assert_eq!(accounts.len(), 1);
                 }
                 None => {
-                    not_allowed(answer, method.as_str_name());
+                    not_allowed(answer, short(method.as_str_name()));
                     assert!(accounts.is_empty(), "{party:?} {method:?} linked nothing");
                 }
             }
@@ -421,7 +430,7 @@ async fn only_the_provider_or_a_payer_rejects_an_account(backend: Backend) {
         assert_eq!(rejected.status(), AccountStatus::Rejected);
         let history = history(&app, &account.account_id).await;
         let last = history.last().expect("entries");
-        assert_eq!(last.change, "REJECTED");
+        assert_eq!(last.change(), AccountChange::Rejected);
         assert_eq!(last.actor, cert);
         assert_eq!(last.capacity(), capacity, "who rejected, and as what");
     }
@@ -466,7 +475,7 @@ async fn a_provider_reports_only_its_account_closed_and_a_payer_reports_any_fail
             registry(&app, cert)
                 .report_payout_failure(report(&account, code))
                 .await,
-            code.as_str_name(),
+            short(code.as_str_name()),
         );
     }
     let still = account_now(&app, &account.account_id).await;
@@ -503,7 +512,7 @@ async fn a_provider_reports_only_its_account_closed_and_a_payer_reports_any_fail
         );
         let history = history(&app, &account.account_id).await;
         let last = history.last().expect("entries");
-        assert_eq!(last.change, "SUSPENDED");
+        assert_eq!(last.change(), AccountChange::Suspended);
         assert_eq!(last.capacity(), capacity);
     }
 }
@@ -511,9 +520,9 @@ async fn a_provider_reports_only_its_account_closed_and_a_payer_reports_any_fail
 async fn population_sync_vouches_for_what_vneid_relays_and_is_recorded_as_such(backend: Backend) {
     let app = spawn(backend).await;
     let records = [
-        (Confirmation::IssuerConfirmed, "0071000000921"),
-        (Confirmation::VneidDeclared, "0071000000922"),
-        (Confirmation::NameMatch, "0071000000923"),
+        (VerificationMethod::IssuerConfirmed, "0071000000921"),
+        (VerificationMethod::VneidDeclared, "0071000000922"),
+        (VerificationMethod::NameMatch, "0071000000923"),
     ]
     .into_iter()
     .enumerate()
@@ -526,7 +535,7 @@ async fn population_sync_vouches_for_what_vneid_relays_and_is_recorded_as_such(b
             provider_code: VIETCOMBANK_BIN.into(),
             account_ref: number.into(),
             holder_name: REGISTERED_NAME.into(),
-            confirmation: confirmation.into(),
+            verification_method: confirmation.into(),
             removed: false,
         }),
     });
@@ -581,7 +590,7 @@ async fn the_change_feed_says_who_vouched_and_as_what(backend: Backend) {
     let mut feed = feed_on(app.tls().channel(&app, Some(FEED_CERT)), None)
         .subscribe(SubscribeRequest {
             after_position: 0,
-            event_types: vec!["ACCOUNT_VERIFIED".into()],
+            event_types: vec![common::event_type("ACCOUNT_VERIFIED")],
             ..Default::default()
         })
         .await
@@ -589,9 +598,11 @@ async fn the_change_feed_says_who_vouched_and_as_what(backend: Backend) {
         .into_inner();
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        let event = feed.message().await.expect("event").expect("open");
+        let event = common::next_event(&mut feed).await.expect("open");
         assert!(event.position <= head as u64);
-        let account = event.account.clone().expect("account snapshot");
+        let account = common::event_account(&event)
+            .cloned()
+            .expect("account snapshot");
         seen.push((
             event.account_id.clone(),
             event.actor.clone(),

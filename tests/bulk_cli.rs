@@ -7,7 +7,7 @@ mod common;
 
 use common::{Backend, TestApp, PAYER, SYNC};
 use payout_registry::client::Credentials;
-use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
+use payout_registry::proto::payout_resolver_service_client::PayoutResolverServiceClient;
 use payout_registry::proto::{CitizenStatus, ResolveOutcome};
 use payout_registry::tools::demo::{self, DemoSpec};
 use payout_registry::tools::import::{self as bulk, FileKind};
@@ -106,7 +106,7 @@ async fn a_payroll_file_resolves_in_order_through_batch_resolve(backend: Backend
     let input_path = dir.path().join("ids.txt");
     std::fs::write(&input_path, input).unwrap();
     let out = dir.path().join("payroll.csv");
-    let resolver = PayoutResolverClient::with_interceptor(app.new_channel(), bearer(PAYER));
+    let resolver = PayoutResolverServiceClient::with_interceptor(app.new_channel(), bearer(PAYER));
     let written = bulk::resolve_file(resolver, &input_path, &out, "PENSION", false)
         .await
         .unwrap();

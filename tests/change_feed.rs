@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{feed_on, refused, Backend, TestApp, ADMIN, FEED, PAYER, WATCHER};
 use payout_registry::proto::{
-    CommitPositionRequest, FeedEvent, GetPositionRequest, SetDefaultAccountRequest,
-    SubscribeRequest, WatchListEdit, WatchListSummary,
+    CommitPositionRequest, EditWatchListRequest, EditWatchListResponse, FeedEvent,
+    GetPositionRequest, SetDefaultAccountRequest, SubscribeRequest, SubscribeResponse,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -134,11 +134,10 @@ async fn link(app: &TestApp, n: u32, k: u32) {
     common::link_issuer_confirmed(app, &format!("0480890{n:05}"), &format!("0048{k}{n:08}")).await;
 }
 
-async fn next(stream: &mut tonic::Streaming<FeedEvent>) -> FeedEvent {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
+async fn next(stream: &mut tonic::Streaming<SubscribeResponse>) -> FeedEvent {
+    tokio::time::timeout(Duration::from_secs(10), common::next_event(stream))
         .await
         .expect("an event within 10 s")
-        .expect("stream ok")
         .expect("stream open")
 }
 
@@ -146,7 +145,7 @@ async fn subscribe(
     app: &TestApp,
     token: &str,
     req: SubscribeRequest,
-) -> tonic::Streaming<FeedEvent> {
+) -> tonic::Streaming<SubscribeResponse> {
     feed_on(app.channel(), Some(token))
         .subscribe(req)
         .await
@@ -170,7 +169,7 @@ async fn a_subscriber_catches_up_then_receives_live_events(backend: Backend) {
         (1..=9).collect::<Vec<_>>(),
         "consecutive, from the beginning"
     );
-    let types: Vec<&str> = seen[..3].iter().map(|e| e.event_type.as_str()).collect();
+    let types: Vec<&str> = seen[..3].iter().map(common::event_name).collect();
     assert_eq!(
         types,
         ["ACCOUNT_LINKED", "ACCOUNT_VERIFIED", "DEFAULT_CHANGED"]
@@ -287,29 +286,31 @@ async fn subscriptions_are_filtered_minimised_and_masked(backend: Backend) {
         &app,
         FEED,
         SubscribeRequest {
-            event_types: vec!["ACCOUNT_VERIFIED".into()],
+            event_types: vec![common::event_type("ACCOUNT_VERIFIED")],
             ..Default::default()
         },
     )
     .await;
     let e = next(&mut verified_only).await;
-    assert_eq!((e.event_type.as_str(), e.position), ("ACCOUNT_VERIFIED", 2));
-    // The account number is masked for a client without resolve.full.
-    let payload: serde_json::Value = serde_json::from_str(&e.payload_json).unwrap();
-    assert_eq!(payload["account_ref"], "*********0000");
-    assert_eq!(payload["citizen_id"], "048089000000");
-    // The payload speaks the API's names (as the typed fields do), not storage's.
-    assert_eq!(e.payload_version, 1);
-    assert_eq!(payload["status"], "VERIFIED");
-    assert_eq!(payload["kind"], "BANK_ACCOUNT");
-    assert_eq!(payload["verification"]["method"], "ISSUER_CONFIRMED");
-    assert!(payload["created_at"]
-        .as_str()
-        .is_some_and(|t| t.ends_with('Z')));
-    let account = e.account.as_ref().expect("the account snapshot");
+    assert_eq!(
+        (common::event_name(&e), e.position),
+        ("ACCOUNT_VERIFIED", 2)
+    );
+    // The payload is the typed account; the account number masked for a client without
+    // resolve.full.
+    let account = common::event_account(&e).expect("the account snapshot");
+    assert_eq!(account.citizen_id, "048089000000");
     assert_eq!(
         account.status(),
         payout_registry::proto::AccountStatus::Verified
+    );
+    assert_eq!(
+        account.kind(),
+        payout_registry::proto::AccountKind::BankAccount
+    );
+    assert_eq!(
+        account.verification.as_ref().map(|v| v.method()),
+        Some(payout_registry::proto::VerificationMethod::IssuerConfirmed)
     );
     assert_eq!(
         (account.account_ref.as_str(), account.account_ref_masked),
@@ -317,10 +318,14 @@ async fn subscriptions_are_filtered_minimised_and_masked(backend: Backend) {
     );
     change(&app, 1).await;
     let e = next(&mut verified_only).await;
-    assert_eq!((e.event_type.as_str(), e.position), ("ACCOUNT_VERIFIED", 5));
+    assert_eq!(
+        (common::event_name(&e), e.position),
+        ("ACCOUNT_VERIFIED", 5)
+    );
 
-    // A program filter: preference changes of other programs (here the default) are left
-    // out, events not about one program pass.
+    // A program filter: preference changes of other programs are left out; events not
+    // about one program pass, and so do changes of the default (every program's
+    // fallback).
     let second = common::link_issuer_confirmed(&app, "048089000000", "0048100000000").await;
     app.registry(Some(ADMIN))
         .set_default_account(SetDefaultAccountRequest {
@@ -333,6 +338,17 @@ async fn subscriptions_are_filtered_minimised_and_masked(backend: Backend) {
         })
         .await
         .expect("set the pension account");
+    app.registry(Some(ADMIN))
+        .set_default_account(SetDefaultAccountRequest {
+            idempotency_key: Uuid::new_v4().to_string(),
+            citizen_id: "048089000000".into(),
+            account_id: second.clone(),
+            program_code: "UNEMPLOYMENT_INSURANCE".into(),
+            reason: "unemployment benefit to the second account".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("set the unemployment account");
     let mut pension = subscribe(
         &app,
         FEED,
@@ -343,31 +359,40 @@ async fn subscriptions_are_filtered_minimised_and_masked(backend: Backend) {
     )
     .await;
     let mut seen = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..9 {
         let e = next(&mut pension).await;
-        seen.push((e.event_type.clone(), e.program_code.clone()));
+        seen.push((common::event_name(&e), common::event_program(&e).to_owned()));
     }
-    let types: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    let expected = [
+        ("ACCOUNT_LINKED", ""),
+        ("ACCOUNT_VERIFIED", ""),
+        ("DEFAULT_CHANGED", ""),
+        ("ACCOUNT_LINKED", ""),
+        ("ACCOUNT_VERIFIED", ""),
+        ("DEFAULT_CHANGED", ""),
+        ("ACCOUNT_LINKED", ""),
+        ("ACCOUNT_VERIFIED", ""),
+        ("DEFAULT_CHANGED", "PENSION"),
+    ];
+    let seen: Vec<(&str, &str)> = seen.iter().map(|(t, p)| (*t, p.as_str())).collect();
     assert_eq!(
-        types,
-        [
-            "ACCOUNT_LINKED",
-            "ACCOUNT_VERIFIED",
-            "ACCOUNT_LINKED",
-            "ACCOUNT_VERIFIED",
-            "ACCOUNT_LINKED",
-            "ACCOUNT_VERIFIED",
-            "DEFAULT_CHANGED",
-        ],
-        "the two default changes are left out"
+        seen, expected,
+        "the UNEMPLOYMENT_INSURANCE change is left out"
     );
-    assert_eq!(seen[6].1, "PENSION");
+    // The next event is a later change, not the other program's.
+    change(&app, 2).await;
+    let e = next(&mut pension).await;
+    assert_eq!(
+        (common::event_name(&e), e.citizen_id.as_str()),
+        ("ACCOUNT_LINKED", "048089000002"),
+        "the UNEMPLOYMENT_INSURANCE change was left out"
+    );
 }
 
-async fn edit(app: &TestApp, consumer: &str, add: &[u32], remove: &[u32]) -> WatchListSummary {
+async fn edit(app: &TestApp, consumer: &str, add: &[u32], remove: &[u32]) -> EditWatchListResponse {
     let id = |n: &u32| format!("0480890{n:05}");
     feed_on(app.channel(), Some(WATCHER))
-        .edit_watch_list(tokio_stream::iter(vec![WatchListEdit {
+        .edit_watch_list(tokio_stream::iter(vec![EditWatchListRequest {
             consumer: consumer.into(),
             add: add.iter().map(id).collect(),
             remove: remove.iter().map(id).collect(),
@@ -423,7 +448,7 @@ async fn a_watch_list_limits_a_subscription_to_the_citizens_it_serves(backend: B
     }
     // An invalid id refuses the message.
     let bad = feed_on(app.channel(), Some(WATCHER))
-        .edit_watch_list(tokio_stream::iter(vec![WatchListEdit {
+        .edit_watch_list(tokio_stream::iter(vec![EditWatchListRequest {
             consumer: "hanoi-roll".into(),
             add: vec!["12345".into()],
             remove: vec![],

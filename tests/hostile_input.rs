@@ -35,10 +35,9 @@ use payout_registry::domain::{
     AccountKind, AccountRef, ChangeAccount, CitizenId, HolderName, LinkAccount, ProgramCode,
     Rejection, ReportPayoutFailure, SetPreference, Timestamp,
 };
-use payout_registry::grpc::convert;
+use payout_registry::grpc::{convert, page};
 use payout_registry::proto;
-use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
-use payout_registry::store::AccountKey;
+use payout_registry::proto::payout_resolver_service_client::PayoutResolverServiceClient;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;
@@ -50,7 +49,7 @@ use uuid::Uuid;
 
 /// A valid citizen id that no test links anything to.
 const CITIZEN: &str = "001099012345";
-const RESOLVE_PATH: &str = "/payoutregistry.v1.PayoutResolver/Resolve";
+const RESOLVE_PATH: &str = "/payoutregistry.v1.PayoutResolverService/Resolve";
 /// Longest a misbehaving call may stay unanswered before the test calls it a hang.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -499,30 +498,30 @@ request_decoders_never_panic! {
     get_account_history_request_decoding_never_panics: GetAccountHistoryRequest =>
         |r| (
             convert::account_id("account_id", &r.account_id).map(drop),
-            convert::page_token_in(&r.page_token).map(drop),
-            convert::page_size(r.page_size, 100, 1000),
+            page::Binding::new("history").cursor(&r.page_token).map(drop),
+            page::page_size(r.page_size, 100, 1000).map(drop),
         );
     report_payout_failure_request_decoding_never_panics: ReportPayoutFailureRequest =>
         |r| ReportPayoutFailure::try_from(&r).map(drop);
     resolve_request_decoding_never_panics: ResolveRequest =>
         |r| (
-            convert::ResolveRequest::try_from(&r).map(drop),
+            convert::ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope, Timestamp::now()).map(drop),
             r.as_of.as_ref().map(|t| convert::timestamp_in("as_of", t).map(drop)),
         );
     find_account_holders_request_decoding_never_panics: FindAccountHoldersRequest =>
-        |r| AccountKey::try_from(&r).map(drop);
+        |r| convert::account_key_in("account", r.account.as_ref()).map(drop);
     list_duplicate_claims_request_decoding_never_panics: ListDuplicateClaimsRequest =>
         |r| (
-            convert::claims_token_in(&r.page_token).map(drop),
-            convert::page_size(r.page_size, 100, 1000),
+            page::Binding::new("claims").cursor(&r.page_token).map(drop),
+            page::page_size(r.page_size, 100, 1000).map(drop),
         );
     list_access_log_request_decoding_never_panics: ListAccessLogRequest =>
         |r| (
             convert::citizen_lookup("citizen_id", &r.citizen_id).map(drop),
-            convert::access_token_in(&r.page_token).map(drop),
+            page::Binding::new("log").cursor(&r.page_token).map(drop),
         );
     batch_resolve_request_decoding_never_panics: BatchResolveRequest =>
-        |r| convert::ResolveRequest::try_from(&r).map(drop);
+        |r| convert::ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope, Timestamp::now()).map(drop);
     sync_citizens_request_decoding_never_panics: SyncCitizensRequest =>
         |r| r.record.as_ref().map(|c| convert::sync_citizen(c, time::macros::date!(2026 - 11 - 28)).map(drop));
     subscribe_request_decoding_never_panics: SubscribeRequest =>
@@ -541,6 +540,11 @@ request_decoders_never_panic! {
         |r| r.record.as_ref().map(|a| convert::sync_account(a).map(drop));
     get_sync_digest_request_decoding_never_panics: GetSyncDigestRequest =>
         |r| convert::province_code("province_code", &r.province_code).map(drop);
+    edit_watch_list_request_decoding_never_panics: EditWatchListRequest =>
+        |r| (
+            convert::consumer_name(&r.consumer).map(drop),
+            r.add.iter().filter(|c| convert::citizen_id("add", c).is_ok()).count(),
+        );
 }
 
 /// Keeps the list above complete: a request message added to the proto without a
@@ -586,14 +590,14 @@ fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
 
 /// A fresh connection of its own, so that a previous client's misbehaviour on another
 /// connection cannot help or hurt it.
-async fn fresh_resolver(addr: SocketAddr) -> PayoutResolverClient<Channel> {
+async fn fresh_resolver(addr: SocketAddr) -> PayoutResolverServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .expect("a new connection is accepted");
-    PayoutResolverClient::new(channel)
+    PayoutResolverServiceClient::new(channel)
 }
 
 /// A normal Resolve on a new connection succeeds, promptly.
@@ -660,6 +664,9 @@ struct RawReply {
     /// From the headers (trailers-only answer) or the trailers.
     grpc_status: Option<i32>,
     grpc_message: String,
+    /// The ErrorInfo reason and whether RequestInfo came with it.
+    reason: Option<String>,
+    request_info: bool,
 }
 
 impl RawReply {
@@ -668,14 +675,23 @@ impl RawReply {
     }
 }
 
-fn grpc_status_of(headers: &http::HeaderMap) -> Option<(i32, String)> {
+fn grpc_status_of(headers: &http::HeaderMap) -> Option<(i32, String, Option<String>, bool)> {
     let status = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     let message = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    Some((status, message))
+    let details = tonic::Status::from_header_map(headers).map(|s| {
+        use tonic_types::StatusExt;
+        let d = s.get_error_details();
+        (
+            d.error_info().map(|i| i.reason.clone()),
+            d.request_info().is_some(),
+        )
+    });
+    let (reason, request_info) = details.unwrap_or((None, false));
+    Some((status, message, reason, request_info))
 }
 
 async fn read_reply(response: h2::client::ResponseFuture) -> Result<RawReply, h2::Error> {
@@ -693,7 +709,9 @@ async fn read_reply(response: h2::client::ResponseFuture) -> Result<RawReply, h2
     Ok(RawReply {
         http_status: parts.status.as_u16(),
         grpc_status: status.as_ref().map(|s| s.0),
-        grpc_message: status.map(|s| s.1).unwrap_or_default(),
+        grpc_message: status.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
+        reason: status.as_ref().and_then(|s| s.2.clone()),
+        request_info: status.as_ref().is_some_and(|s| s.3),
     })
 }
 
@@ -750,10 +768,18 @@ async fn invalid_protobuf_in_a_unary_call_gets_a_clean_error_and_the_server_goes
         let reply = raw_unary(app.addr, &[], frame(payload))
             .await
             .unwrap_or_else(|e| panic!("{what}: the stream was reset instead of answered: {e}"));
-        assert!(
-            matches!(reply.code(), Some(Code::Internal | Code::InvalidArgument)),
+        // The client's fault, said as every other refusal says it.
+        assert_eq!(
+            reply.code(),
+            Some(Code::InvalidArgument),
             "{what}: {reply:?}"
         );
+        assert_eq!(
+            reply.reason.as_deref(),
+            Some("REQUEST_MALFORMED"),
+            "{what}: {reply:?}"
+        );
+        assert!(reply.request_info, "{what}: {reply:?}");
         assert_eq!(reply.http_status, 200, "{what}: {reply:?}");
         assert!(!reply.grpc_message.contains("panick"), "{what}: {reply:?}");
     }
@@ -803,6 +829,21 @@ async fn invalid_protobuf_in_a_unary_call_gets_a_clean_error_and_the_server_goes
     assert_still_serving(app.addr, "invalid protobuf").await;
 }
 
+/// RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE, the limit stated in the metadata.
+#[track_caller]
+fn assert_too_large(status: &tonic::Status, limit: usize) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "REQUEST_TOO_LARGE");
+    assert_eq!(
+        info.metadata.get("limit_bytes").map(String::as_str),
+        Some(limit.to_string().as_str())
+    );
+    assert!(details.request_info().is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_size_limit_is_refused_and_the_server_goes_on() {
     let app = TestApp::builder(Backend::Sqlite).plain_text().spawn().await;
@@ -820,10 +861,7 @@ async fn a_message_over_the_size_limit_is_refused_and_the_server_goes_on() {
         .await
         .expect("an oversized message is answered, not left hanging")
         .expect_err("a message over the limit is refused");
-    assert!(
-        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
-        "{status:?}"
-    );
+    assert_too_large(&status, limit);
 
     // A frame announcing 4 GiB is refused from its header, without waiting for the bytes.
     let mut raw = raw_connection(app.addr).await;
@@ -838,13 +876,14 @@ async fn a_message_over_the_size_limit_is_refused_and_the_server_goes_on() {
         .await
         .expect("a 4 GiB frame header is answered at once");
     match reply {
-        Ok(reply) => assert!(
-            matches!(
-                reply.code(),
-                Some(Code::ResourceExhausted | Code::OutOfRange)
-            ),
-            "{reply:?}"
-        ),
+        Ok(reply) => {
+            assert_eq!(reply.code(), Some(Code::ResourceExhausted), "{reply:?}");
+            assert_eq!(
+                reply.reason.as_deref(),
+                Some("REQUEST_TOO_LARGE"),
+                "{reply:?}"
+            );
+        }
         Err(e) => assert!(e.is_reset(), "{e}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -872,10 +911,7 @@ async fn the_configured_message_limit_is_the_one_enforced() {
         .resolve(request)
         .await
         .expect_err("2 KiB is over a 1 KiB limit");
-    assert!(
-        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
-        "{status:?}"
-    );
+    assert_too_large(&status, 1024);
     assert_still_serving(app.addr, "a message over a 1 KiB limit").await;
 }
 

@@ -199,10 +199,13 @@ async fn session(app: &TestApp) {
     let mut oversight = app.oversight(Some(AUDITOR));
     oversight
         .find_account_holders(FindAccountHoldersRequest {
-            kind: AccountKind::BankAccount.into(),
-            provider_code: "970436".into(),
-            account_ref: BANK_NUMBER.into(),
+            account: Some(AccountKey {
+                kind: AccountKind::BankAccount.into(),
+                provider_code: "970436".into(),
+                account_ref: BANK_NUMBER.into(),
+            }),
             purpose: "investigation".into(),
+            ..Default::default()
         })
         .await
         .expect("holders");
@@ -243,4 +246,49 @@ async fn logs_never_carry_a_citizen_id_or_an_account_number(backend: Backend) {
     }
 }
 
-on_both_backends!(logs_never_carry_a_citizen_id_or_an_account_number);
+/// A caller's request id and W3C `traceparent` reach every log line of its call, so the
+/// registry's lines join the caller's trace.
+async fn a_callers_request_id_and_trace_parent_appear_in_the_calls_log_lines(backend: Backend) {
+    let logs = captured();
+    let app = TestApp::spawn(backend).await;
+    let request_id = format!("vss-payroll-{}", Uuid::new_v4().simple());
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(ResolveRequest {
+        citizen_id: CITIZENS[0].into(),
+        purpose: "monthly payroll".into(),
+        ..Default::default()
+    });
+    let metadata = request.metadata_mut();
+    metadata.insert("x-request-id", request_id.parse().unwrap());
+    metadata.insert(
+        "traceparent",
+        format!("00-{trace}-{parent}-01").parse().unwrap(),
+    );
+    app.resolver(Some(PAYER))
+        .resolve(request)
+        .await
+        .expect("resolve");
+    app.stop().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("\"request_id\":\"{request_id}\"")))
+        .collect();
+    assert!(!lines.is_empty(), "no line carries the caller's request id");
+    for line in lines {
+        assert!(
+            line.contains(&format!("\"trace_id\":\"{trace}\"")),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("\"parent_span_id\":\"{parent}\"")),
+            "{line}"
+        );
+    }
+}
+
+on_both_backends!(
+    logs_never_carry_a_citizen_id_or_an_account_number,
+    a_callers_request_id_and_trace_parent_appear_in_the_calls_log_lines,
+);

@@ -14,9 +14,9 @@ use common::{population_on, sync_accounts, sync_citizens, Backend, TestApp, EXIS
 use futures::StreamExt;
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, BatchResolveRequest, BatchResolveResponse,
-    CitizenRecord, CitizenStatus, Confirmation, ListCitizenAccountsRequest,
-    ListDuplicateClaimsRequest, ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope,
-    SyncAck, SyncCitizensRequest,
+    CitizenRecord, CitizenStatus, ListCitizenAccountsRequest, ListDuplicateClaimsRequest,
+    ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope, SyncBatchResult,
+    SyncCitizensRequest, VerificationMethod,
 };
 use tonic::Code;
 
@@ -42,7 +42,7 @@ fn citizen(record: &str, version: i64, n: u32, name: &str) -> CitizenRecord {
         version,
         citizen_id: cid(n),
         full_name: name.into(),
-        date_of_birth: "1985-04-12".into(),
+        date_of_birth: common::date("1985-04-12"),
         status: CitizenStatus::Active.into(),
         ..Default::default()
     }
@@ -50,7 +50,7 @@ fn citizen(record: &str, version: i64, n: u32, name: &str) -> CitizenRecord {
 
 fn deceased(mut r: CitizenRecord, on: &str) -> CitizenRecord {
     r.status = CitizenStatus::Deceased.into();
-    r.date_of_death = on.into();
+    r.date_of_death = common::date(on);
     r
 }
 
@@ -59,7 +59,7 @@ fn bank(
     version: i64,
     n: u32,
     number: &str,
-    confirmation: Confirmation,
+    confirmation: VerificationMethod,
 ) -> AccountRecord {
     AccountRecord {
         record_id: record.into(),
@@ -69,13 +69,13 @@ fn bank(
         provider_code: "970436".into(),
         account_ref: number.into(),
         holder_name: "NGUYEN VAN AN".into(),
-        confirmation: confirmation.into(),
+        verification_method: confirmation.into(),
         removed: false,
     }
 }
 
 /// The counts after the last acknowledgement: (committed, applied, stale, rejected).
-fn totals(acks: &[SyncAck]) -> (u64, u64, u64, u64) {
+fn totals(acks: &[SyncBatchResult]) -> (u64, u64, u64, u64) {
     let last = acks.last().expect("at least one ack");
     (
         last.records_committed,
@@ -133,7 +133,7 @@ async fn citizen_records_apply_once_and_replays_or_older_versions_are_stale(back
         &app,
         vec![AccountRecord {
             holder_name: "NGUYEN VAN AN MOI".into(),
-            ..bank("a1", 1, 1, "0011000000001", Confirmation::NameMatch)
+            ..bank("a1", 1, 1, "0011000000001", VerificationMethod::NameMatch)
         }],
     )
     .await;
@@ -157,8 +157,20 @@ async fn death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it(b
     let acks = sync_accounts(
         &app,
         vec![
-            bank("a10", 1, 10, "0011000000010", Confirmation::IssuerConfirmed),
-            bank("a11", 1, 11, "0011000000011", Confirmation::IssuerConfirmed),
+            bank(
+                "a10",
+                1,
+                10,
+                "0011000000010",
+                VerificationMethod::IssuerConfirmed,
+            ),
+            bank(
+                "a11",
+                1,
+                11,
+                "0011000000011",
+                VerificationMethod::IssuerConfirmed,
+            ),
         ],
     )
     .await;
@@ -224,7 +236,7 @@ async fn a_bad_record_is_rejected_alone_and_its_neighbours_are_applied(backend: 
     records.insert(
         9,
         CitizenRecord {
-            date_of_birth: "1990-01-01".into(),
+            date_of_birth: common::date("1990-01-01"),
             ..citizen("bad-birth", 1, 202, "X")
         },
     );
@@ -283,13 +295,31 @@ async fn a_bad_record_is_rejected_alone_and_its_neighbours_are_applied(backend: 
     let acks = sync_accounts(
         &app,
         vec![
-            bank("a1", 1, 100, "0011000000100", Confirmation::IssuerConfirmed),
+            bank(
+                "a1",
+                1,
+                100,
+                "0011000000100",
+                VerificationMethod::IssuerConfirmed,
+            ),
             AccountRecord {
                 provider_code: "NOPE".into(),
-                ..bank("a2", 1, 101, "0011000000101", Confirmation::IssuerConfirmed)
+                ..bank(
+                    "a2",
+                    1,
+                    101,
+                    "0011000000101",
+                    VerificationMethod::IssuerConfirmed,
+                )
             },
-            bank("a3", 1, 102, "12", Confirmation::IssuerConfirmed),
-            bank("a4", 1, 103, "0011000000103", Confirmation::Unspecified),
+            bank("a3", 1, 102, "12", VerificationMethod::IssuerConfirmed),
+            bank(
+                "a4",
+                1,
+                103,
+                "0011000000103",
+                VerificationMethod::Unspecified,
+            ),
         ],
     )
     .await;
@@ -338,7 +368,7 @@ async fn legacy_cmnd_numbers_resolve_to_their_citizen_wherever_an_id_is_looked_u
             1,
             300,
             "0011000000300",
-            Confirmation::IssuerConfirmed,
+            VerificationMethod::IssuerConfirmed,
         )],
     )
     .await;
@@ -398,15 +428,21 @@ async fn declared_accounts_follow_the_verification_and_one_holder_rules(backend:
         &app,
         vec![
             // Declared only: linked, not payable.
-            bank("d1", 1, 400, "0011000000400", Confirmation::Unspecified),
+            bank(
+                "d1",
+                1,
+                400,
+                "0011000000400",
+                VerificationMethod::Unspecified,
+            ),
             // NAME_MATCH against the registered name "NGUYEN VAN AN": matches.
             AccountRecord {
                 kind: AccountKind::Ewallet.into(),
                 provider_code: "MOMO".into(),
-                ..bank("d2", 1, 400, "0912000400", Confirmation::NameMatch)
+                ..bank("d2", 1, 400, "0912000400", VerificationMethod::NameMatch)
             },
             // NAME_MATCH for the other citizen, whose name differs: refused.
-            bank("d3", 1, 401, "0011000000401", Confirmation::NameMatch),
+            bank("d3", 1, 401, "0011000000401", VerificationMethod::NameMatch),
             // Another citizen claims the account verified for citizen 400: refused and recorded.
             AccountRecord {
                 kind: AccountKind::Ewallet.into(),
@@ -416,7 +452,7 @@ async fn declared_accounts_follow_the_verification_and_one_holder_rules(backend:
                     1,
                     401,
                     "+84 912 000 400",
-                    Confirmation::IssuerConfirmed,
+                    VerificationMethod::IssuerConfirmed,
                 )
             },
         ],
@@ -480,13 +516,25 @@ async fn declared_accounts_follow_the_verification_and_one_holder_rules(backend:
     let acks = sync_accounts(
         &app,
         vec![
-            bank("d1", 2, 400, "0011000000400", Confirmation::IssuerConfirmed),
-            bank("d1", 2, 400, "0011000000400", Confirmation::IssuerConfirmed),
+            bank(
+                "d1",
+                2,
+                400,
+                "0011000000400",
+                VerificationMethod::IssuerConfirmed,
+            ),
+            bank(
+                "d1",
+                2,
+                400,
+                "0011000000400",
+                VerificationMethod::IssuerConfirmed,
+            ),
             AccountRecord {
                 removed: true,
                 kind: AccountKind::Ewallet.into(),
                 provider_code: "MOMO".into(),
-                ..bank("d2", 2, 400, "0912000400", Confirmation::NameMatch)
+                ..bank("d2", 2, 400, "0912000400", VerificationMethod::NameMatch)
             },
         ],
     )
@@ -567,7 +615,9 @@ async fn a_cut_stream_resumes_from_its_last_acknowledgement_without_double_appli
         .message()
         .await
         .unwrap()
-        .expect("an ack before the cut");
+        .expect("an ack before the cut")
+        .result
+        .expect("a batch result");
     assert!(first.records_committed > 0);
     sender.abort();
     drop(acks);
@@ -616,7 +666,7 @@ async fn batch_resolve_answers_every_request_in_order_with_its_correlation_id(ba
                 1,
                 2000 + n,
                 &format!("00220{:08}", n),
-                Confirmation::IssuerConfirmed,
+                VerificationMethod::IssuerConfirmed,
             ));
         }
     }
@@ -709,7 +759,7 @@ async fn batch_resolve_slows_down_for_a_slow_reader_instead_of_buffering(backend
             1,
             5000,
             "0033000005000",
-            Confirmation::IssuerConfirmed,
+            VerificationMethod::IssuerConfirmed,
         )],
     )
     .await;

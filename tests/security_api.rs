@@ -76,11 +76,21 @@ async fn outcome(app: &TestApp, citizen: &str) -> ResolveOutcome {
     ResolveOutcome::try_from(r.outcome).expect("a known outcome")
 }
 
+/// The Vietcombank account of the oversight tests (written with separators, as an
+/// investigator might).
+fn the_account() -> AccountKey {
+    AccountKey {
+        kind: AccountKind::BankAccount.into(),
+        provider_code: VIETCOMBANK.into(),
+        account_ref: "0071-1000-00007".into(),
+    }
+}
+
 async fn access_log(
     app: &TestApp,
     citizen: &str,
     page_token: &str,
-    size: u32,
+    size: i32,
 ) -> ListAccessLogResponse {
     app.oversight(Some(AUDITOR))
         .list_access_log(ListAccessLogRequest {
@@ -153,6 +163,8 @@ async fn every_read_is_recorded_in_the_access_log_with_client_purpose_and_reques
         .expect("get");
     registry
         .list_citizen_accounts(ListCitizenAccountsRequest {
+            page_size: 0,
+            page_token: String::new(),
             citizen_id: citizen.into(),
             include_closed: true,
             purpose: "audit B".into(),
@@ -193,7 +205,7 @@ async fn every_read_is_recorded_in_the_access_log_with_client_purpose_and_reques
     assert_eq!(again[0].client_id, "auditor");
     assert_eq!(
         again[0].method,
-        "/payoutregistry.v1.Oversight/ListAccessLog"
+        "/payoutregistry.v1.OversightService/ListAccessLog"
     );
     // Another citizen's log is untouched.
     assert!(access_log(&app, "001089100099", "", 10).await.entries.len() <= 1);
@@ -279,7 +291,7 @@ async fn a_payout_failure_suspends_the_account_and_stops_resolution(backend: Bac
         .into_inner()
         .entries;
     let last = history.last().expect("entries");
-    assert_eq!(last.change, "SUSPENDED");
+    assert_eq!(last.change(), AccountChange::Suspended);
     assert_eq!(last.actor, "vss-payroll");
     assert!(
         last.reason.contains("ACCOUNT_CLOSED_AT_PROVIDER"),
@@ -338,7 +350,14 @@ async fn a_payout_failure_report_is_idempotent_and_validated(backend: Backend) {
                 failure_code: 0,
                 ..failure_report(&account.account_id)
             },
-            "PAYOUT_FAILURE_CODE_INVALID",
+            "FIELD_REQUIRED",
+        ),
+        (
+            ReportPayoutFailureRequest {
+                failure_code: 99,
+                ..failure_report(&account.account_id)
+            },
+            "ENUM_VALUE_UNKNOWN",
         ),
         (
             ReportPayoutFailureRequest {
@@ -449,10 +468,9 @@ async fn investigators_find_every_citizen_who_ever_claimed_an_account(backend: B
     let found = app
         .oversight(Some(AUDITOR))
         .find_account_holders(FindAccountHoldersRequest {
-            kind: AccountKind::BankAccount.into(),
-            provider_code: VIETCOMBANK.into(),
-            account_ref: "0071-1000-00007".into(),
+            account: Some(the_account()),
             purpose: "investigation 2026/117".into(),
+            ..Default::default()
         })
         .await
         .expect("find")
@@ -474,8 +492,20 @@ async fn investigators_find_every_citizen_who_ever_claimed_an_account(backend: B
         .holders
         .iter()
         .all(|h| h.linked_at.is_some() && h.verified_at.is_some()));
-    assert_eq!(found.refused_claims.len(), 1);
-    let claim = &found.refused_claims[0];
+    // The refused claims on the account: ListDuplicateClaims filtered by the account.
+    let claims = app
+        .oversight(Some(AUDITOR))
+        .list_duplicate_claims(ListDuplicateClaimsRequest {
+            account: Some(the_account()),
+            purpose: "investigation 2026/117".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("claims")
+        .into_inner()
+        .claims;
+    assert_eq!(claims.len(), 1);
+    let claim = &claims[0];
     assert_eq!(
         (
             claim.claimant_citizen_id.as_str(),
@@ -485,16 +515,23 @@ async fn investigators_find_every_citizen_who_ever_claimed_an_account(backend: B
     );
     assert_eq!(claim.context, "LINK");
     assert_eq!(
-        claim.account_ref, "*********0007",
+        claim.account.as_ref().map(|a| a.account_ref.as_str()),
+        Some("*********0007"),
         "masked without resolve.full"
     );
-    // The investigator's look is itself in each citizen's access log.
-    for citizen in ["001089100071", "079200100072", "048300100073"] {
+    // The investigator's look is itself in each citizen's access log: the holders' by
+    // FindAccountHolders, the claimant's (and the holder's) by ListDuplicateClaims.
+    for (citizen, method) in [
+        ("001089100071", "FindAccountHolders"),
+        ("079200100072", "FindAccountHolders"),
+        ("079200100072", "ListDuplicateClaims"),
+        ("048300100073", "ListDuplicateClaims"),
+    ] {
         let log = access_log(&app, citizen, "", 10).await.entries;
         assert!(
-            log.iter().any(|e| e.method.ends_with("FindAccountHolders")
-                && e.purpose == "investigation 2026/117"),
-            "{citizen}: {log:?}"
+            log.iter()
+                .any(|e| e.method.ends_with(method) && e.purpose == "investigation 2026/117"),
+            "{citizen} {method}: {log:?}"
         );
     }
 }
@@ -531,6 +568,7 @@ async fn duplicate_claims_are_listed_newest_first_in_pages(backend: Backend) {
                 page_size: 2,
                 page_token: token,
                 purpose: "weekly review".into(),
+                ..Default::default()
             })
             .await
             .expect("list")

@@ -1058,7 +1058,7 @@ async fn the_access_log_is_appended_in_batches_and_read_newest_first(backend: Ba
     let entry = |citizen: &str, i: i64| AccessEntry {
         citizen_id: cid(citizen),
         client_id: "vss".into(),
-        method: "/payoutregistry.v1.PayoutResolver/Resolve".into(),
+        method: "/payoutregistry.v1.PayoutResolverService/Resolve".into(),
         purpose: format!("run {i}"),
         accessed_at: Timestamp(now.micros() + i),
         request_id: Uuid::new_v4(),

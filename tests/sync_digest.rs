@@ -17,9 +17,9 @@ use common::{
 };
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, CitizenRecord, CitizenStatus, CloseAccountRequest,
-    Confirmation, FeedEvent, GetSyncDigestRequest, GetSyncDigestResponse, PayoutFailureCode,
+    FeedEvent, GetSyncDigestRequest, GetSyncDigestResponse, PayoutFailureCode,
     ReinstateAccountRequest, ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest,
-    SetDefaultAccountRequest, SubscribeRequest, SuspendAccountRequest,
+    SetDefaultAccountRequest, SubscribeRequest, SuspendAccountRequest, VerificationMethod,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -51,20 +51,21 @@ impl Copy {
     fn apply(&mut self, e: &FeedEvent) {
         assert_eq!(e.position, self.position + 1, "the feed is gapless");
         self.position = e.position;
-        if let Some(a) = &e.account {
+        use payout_registry::proto::feed_event::Payload;
+        if let Some(a) = common::event_account(e) {
             self.accounts.insert(a.account_id.clone(), a.status());
         }
-        match e.event_type.as_str() {
-            "CITIZEN_STATUS_CHANGED" => {
-                self.status.insert(e.citizen_id.clone(), e.citizen_status());
+        match &e.payload {
+            Some(Payload::CitizenStatusChanged(c)) => {
+                self.status.insert(e.citizen_id.clone(), c.status());
             }
-            "DEFAULT_CHANGED" => {
-                let account = e
+            Some(Payload::PreferenceChanged(p)) => {
+                let account = p
                     .account
                     .as_ref()
                     .expect("DEFAULT_CHANGED names its account");
                 self.preferences.insert(
-                    (e.citizen_id.clone(), e.program_code.clone()),
+                    (e.citizen_id.clone(), p.program_code.clone()),
                     account.account_id.clone(),
                 );
             }
@@ -119,10 +120,9 @@ async fn catch_up(app: &TestApp, copy: &mut Copy, position: u64) {
         .expect("subscribe")
         .into_inner();
     while copy.position < position {
-        let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        let e = tokio::time::timeout(Duration::from_secs(10), common::next_event(&mut stream))
             .await
             .expect("an event within 10 s")
-            .expect("stream ok")
             .expect("stream open");
         copy.apply(&e);
     }
@@ -278,9 +278,9 @@ fn citizen_record(citizen: &str, version: i64, deceased: bool) -> CitizenRecord 
         }
         .into(),
         date_of_death: if deceased {
-            "2026-10-01".into()
+            common::date("2026-10-01")
         } else {
-            String::new()
+            None
         },
         ..Default::default()
     }
@@ -304,7 +304,7 @@ async fn declare_account(app: &TestApp, citizen: &str, number: &str) {
         provider_code: "970436".into(),
         account_ref: number.into(),
         holder_name: "NGUYEN VAN AN".into(),
-        confirmation: Confirmation::IssuerConfirmed.into(),
+        verification_method: VerificationMethod::IssuerConfirmed.into(),
         removed: false,
     };
     let acks = sync_accounts(app, vec![record]).await;

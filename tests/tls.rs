@@ -80,6 +80,7 @@ async fn accounts_of_citizen(app: &TestApp, tls: &TlsMaterial) -> Vec<Account> {
             citizen_id: CITIZEN.into(),
             include_closed: true,
             purpose: "audit".into(),
+            ..Default::default()
         })
         .await
         .expect("the admin lists the citizen's accounts")
@@ -140,7 +141,10 @@ async fn a_client_with_a_valid_certificate_is_identified_by_it_and_recorded_as_t
         .into_inner()
         .entries;
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0].change, "LINKED");
+    assert_eq!(
+        history[0].change(),
+        payout_registry::proto::AccountChange::Linked
+    );
     assert_eq!(history[0].actor, ADMIN_CERT, "the certificate's client id");
 
     // A payer's certificate reaches the resolver, with its own scopes.

@@ -9,8 +9,8 @@ use clap::{Args, ValueEnum};
 use tonic::transport::Channel;
 
 use crate::client::Credentials;
-use crate::proto::account_registry_client::AccountRegistryClient;
-use crate::proto::payout_resolver_client::PayoutResolverClient;
+use crate::proto::account_registry_service_client::AccountRegistryServiceClient;
+use crate::proto::payout_resolver_service_client::PayoutResolverServiceClient;
 
 /// `bench`: which scenario, how hard, for how long.
 #[derive(Args)]
@@ -135,7 +135,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 Ok::<_, anyhow::Error>(sample)
             }
             None => {
-                let mut registry = AccountRegistryClient::new(channel);
+                let mut registry = AccountRegistryServiceClient::new(channel);
                 bench::seed(&mut registry, &token()?, args.citizens, 0).await
             }
         }
@@ -162,7 +162,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let population = args
                 .demo_citizens
                 .context("batch-resolve needs --demo-citizens (the population demo-data loaded)")?;
-            let client = PayoutResolverClient::with_interceptor(channel, bearer()?)
+            let client = PayoutResolverServiceClient::with_interceptor(channel, bearer()?)
                 .max_decoding_message_size(64 << 20);
             let figures = bench::batch_resolve(client, args.ids, move |i| {
                 crate::tools::demo::citizen_id_at(
@@ -175,7 +175,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchScenario::SyncAccounts => {
             let client =
-                crate::proto::population_sync_client::PopulationSyncClient::with_interceptor(
+                crate::proto::population_sync_service_client::PopulationSyncServiceClient::with_interceptor(
                     channel,
                     bearer()?,
                 );
@@ -188,7 +188,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .print("health", args.concurrency);
         }
         BenchScenario::FeedCatchup => {
-            let client = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+            let client = crate::proto::change_feed_service_client::ChangeFeedServiceClient::with_interceptor(
                 channel,
                 bearer()?,
             )

@@ -7,11 +7,11 @@ use clap::{Subcommand, ValueEnum};
 use uuid::Uuid;
 
 use super::Connection;
-use crate::client::{connect, describe, Authed};
+use crate::client::{connect, describe, short_name, Authed};
 use crate::grpc::convert::timestamp_in;
 use crate::proto;
-use crate::proto::account_registry_client::AccountRegistryClient;
-use crate::proto::payout_resolver_client::PayoutResolverClient;
+use crate::proto::account_registry_service_client::AccountRegistryServiceClient;
+use crate::proto::payout_resolver_service_client::PayoutResolverServiceClient;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum KindArg {
@@ -141,7 +141,7 @@ pub enum ClientCommand {
         /// Only these event types (repeat).
         #[arg(long = "type")]
         types: Vec<String>,
-        /// Also print each event's payload (JSON).
+        /// Also print each event's payload.
         #[arg(long)]
         payload: bool,
     },
@@ -198,10 +198,10 @@ fn key(k: Option<Uuid>) -> String {
 /// command.
 fn print_account(a: &proto::Account) {
     let status = proto::AccountStatus::try_from(a.status)
-        .map(|s| s.as_str_name())
+        .map(|s| short_name(s.as_str_name(), "ACCOUNT_STATUS_"))
         .unwrap_or("?");
     let kind = proto::AccountKind::try_from(a.kind)
-        .map(|k| k.as_str_name())
+        .map(|k| short_name(k.as_str_name(), "ACCOUNT_KIND_"))
         .unwrap_or("?");
     println!(
         "account {}  citizen {}  {} {} {}  {}  version {}",
@@ -209,17 +209,20 @@ fn print_account(a: &proto::Account) {
     );
 }
 
-async fn registry(conn: &Connection) -> anyhow::Result<AccountRegistryClient<Authed>> {
+async fn registry(conn: &Connection) -> anyhow::Result<AccountRegistryServiceClient<Authed>> {
     let (channel, credentials) = connect(&conn.endpoint()).await?;
-    Ok(AccountRegistryClient::with_interceptor(
+    Ok(AccountRegistryServiceClient::with_interceptor(
         channel,
         credentials,
     ))
 }
 
-async fn resolver(conn: &Connection) -> anyhow::Result<PayoutResolverClient<Authed>> {
+async fn resolver(conn: &Connection) -> anyhow::Result<PayoutResolverServiceClient<Authed>> {
     let (channel, credentials) = connect(&conn.endpoint()).await?;
-    Ok(PayoutResolverClient::with_interceptor(channel, credentials))
+    Ok(PayoutResolverServiceClient::with_interceptor(
+        channel,
+        credentials,
+    ))
 }
 
 /// Runs a `client` subcommand.
@@ -362,7 +365,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         }
         ClientCommand::Digest { conn, province } => {
             let (channel, bearer) = connect(&conn.endpoint()).await?;
-            let d = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+            let d = crate::proto::change_feed_service_client::ChangeFeedServiceClient::with_interceptor(
                 channel, bearer,
             )
             .get_sync_digest(proto::GetSyncDigestRequest {
@@ -392,9 +395,10 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             payload,
         } => {
             let (channel, bearer) = connect(&conn.endpoint()).await?;
-            let mut feed = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
-                channel, bearer,
-            );
+            let mut feed =
+                crate::proto::change_feed_service_client::ChangeFeedServiceClient::with_interceptor(
+                    channel, bearer,
+                );
             let after = match after {
                 Some(a) => a,
                 None => {
@@ -407,11 +411,20 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     .head
                 }
             };
+            let event_types = types
+                .iter()
+                .map(|t| {
+                    let name = format!("EVENT_TYPE_{}", t.trim_start_matches("EVENT_TYPE_"));
+                    proto::EventType::from_str_name(&name.to_ascii_uppercase())
+                        .map(i32::from)
+                        .ok_or_else(|| anyhow::anyhow!("--type {t}: no such event type"))
+                })
+                .collect::<anyhow::Result<Vec<i32>>>()?;
             let mut events = feed
                 .subscribe(proto::SubscribeRequest {
                     after_position: after,
                     consumer,
-                    event_types: types,
+                    event_types,
                     ..Default::default()
                 })
                 .await
@@ -419,6 +432,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                 .into_inner();
             eprintln!("following the change feed after position {after} (Ctrl-C to stop)");
             while let Some(e) = events.message().await.map_err(describe)? {
+                let Some(e) = e.event else { continue };
                 let at = e
                     .occurred_at
                     .as_ref()
@@ -428,7 +442,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                 println!(
                     "{:>10} {at} {:<26} citizen {} account {} by {}: {}",
                     e.position,
-                    e.event_type,
+                    short_name(e.event_type().as_str_name(), "EVENT_TYPE_"),
                     crate::domain::mask::mask_citizen_id(&e.citizen_id),
                     if e.account_id.is_empty() {
                         "-"
@@ -439,7 +453,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     e.reason
                 );
                 if payload {
-                    println!("           {}", e.payload_json);
+                    if let Some(p) = &e.payload {
+                        println!("           {p:?}");
+                    }
                 }
             }
         }
@@ -502,7 +518,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                 .map_err(describe)?
                 .into_inner();
             let outcome = proto::ResolveOutcome::try_from(r.outcome)
-                .map(|o| o.as_str_name())
+                .map(|o| short_name(o.as_str_name(), "RESOLVE_OUTCOME_"))
                 .unwrap_or("?");
             println!("outcome: {outcome}");
             if let Some(a) = &r.account {
@@ -525,23 +541,32 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             include_closed,
         } => {
             let mut registry = registry(&conn).await?;
-            let r = registry
-                .list_citizen_accounts(proto::ListCitizenAccountsRequest {
-                    citizen_id: citizen,
-                    include_closed,
-                    purpose: conn.purpose.clone(),
-                })
-                .await
-                .map_err(describe)?
-                .into_inner();
-            r.accounts.iter().for_each(print_account);
-            for p in &r.preferences {
-                let program = if p.program_code.is_empty() {
-                    "default"
-                } else {
-                    &p.program_code
-                };
-                println!("preference {program} -> account {}", p.account_id);
+            let mut page_token = String::new();
+            loop {
+                let r = registry
+                    .list_citizen_accounts(proto::ListCitizenAccountsRequest {
+                        citizen_id: citizen.clone(),
+                        include_closed,
+                        purpose: conn.purpose.clone(),
+                        page_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(describe)?
+                    .into_inner();
+                r.accounts.iter().for_each(print_account);
+                if r.next_page_token.is_empty() {
+                    for p in &r.preferences {
+                        let program = if p.program_code.is_empty() {
+                            "default"
+                        } else {
+                            &p.program_code
+                        };
+                        println!("preference {program} -> account {}", p.account_id);
+                    }
+                    break;
+                }
+                page_token = r.next_page_token;
             }
         }
         ClientCommand::History { conn, account } => {
@@ -565,7 +590,8 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                         .and_then(|t| timestamp_in("valid_from", t).ok())
                         .map(|t| t.to_rfc3339())
                         .unwrap_or_default();
-                    print!("{at}  {:<10} by {:<12} ", e.change, e.actor);
+                    let change = short_name(e.change().as_str_name(), "ACCOUNT_CHANGE_");
+                    print!("{at}  {change:<10} by {:<12} ", e.actor);
                     e.account.iter().for_each(print_account);
                 }
                 if r.next_page_token.is_empty() {

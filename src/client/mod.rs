@@ -147,3 +147,10 @@ pub fn describe(e: tonic::Status) -> anyhow::Error {
         }
     )
 }
+
+/// An enum value's name without its enum's prefix, as the README, the command line and
+/// the CSV formats write it: `short_name("ACCOUNT_STATUS_VERIFIED", "ACCOUNT_STATUS_")` is
+/// `VERIFIED`.
+pub fn short_name<'a>(name: &'a str, prefix: &str) -> &'a str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}

@@ -20,7 +20,7 @@ use super::time::Timestamp;
 
 /// Generates a string-backed enum with its stable wire names, in one place.
 macro_rules! named_enum {
-    ($(#[$meta:meta])* $name:ident, $reason:ident, $field:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+    ($(#[$meta:meta])* $name:ident, $field:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum $name { $($(#[$vmeta])* $variant,)* }
@@ -35,11 +35,7 @@ macro_rules! named_enum {
             pub fn parse(s: &str) -> Result<Self, Rejection> {
                 match s {
                     $($text => Ok($name::$variant),)*
-                    _ => Err(Rejection::field(
-                        Reason::$reason,
-                        $field,
-                        concat!($field, " is not one of the known values"),
-                    )),
+                    _ => Err(Rejection::unknown_enum_value($field)),
                 }
             }
         }
@@ -54,7 +50,7 @@ macro_rules! named_enum {
 
 named_enum! {
     /// What kind of payout instrument an account is.
-    AccountKind, AccountKindInvalid, "kind" {
+    AccountKind, "kind" {
         BankAccount = "BANK_ACCOUNT",
         Ewallet = "EWALLET",
         MobileMoney = "MOBILE_MONEY",
@@ -63,7 +59,7 @@ named_enum! {
 
 named_enum! {
     /// Where an account is in its life. Only `Verified` is ever paid.
-    AccountStatus, IllegalTransition, "status" {
+    AccountStatus, "status" {
         PendingVerification = "PENDING_VERIFICATION",
         Verified = "VERIFIED",
         Suspended = "SUSPENDED",
@@ -74,7 +70,7 @@ named_enum! {
 
 named_enum! {
     /// How ownership of an account was confirmed.
-    VerificationMethod, VerificationMethodInvalid, "verification.method" {
+    VerificationMethod, "verification.method" {
         /// The provider confirmed the owner's id; skips cooling-off.
         IssuerConfirmed = "ISSUER_CONFIRMED",
         /// The provider's holder name equals the citizen's registered name.
@@ -88,7 +84,7 @@ named_enum! {
 
 named_enum! {
     /// What a history entry records.
-    Change, IllegalTransition, "change" {
+    Change, "change" {
         Linked = "LINKED",
         Verified = "VERIFIED",
         Rejected = "REJECTED",
@@ -100,7 +96,7 @@ named_enum! {
 
 named_enum! {
     /// Why a credit failed, as the payer reported it.
-    PayoutFailureCode, PayoutFailureCodeInvalid, "failure_code" {
+    PayoutFailureCode, "failure_code" {
         AccountClosedAtProvider = "ACCOUNT_CLOSED_AT_PROVIDER",
         HolderNameMismatch = "HOLDER_NAME_MISMATCH",
         AccountFrozen = "ACCOUNT_FROZEN",

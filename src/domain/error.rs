@@ -27,6 +27,12 @@ pub enum Category {
     Unavailable,
     /// The caller is authenticated but not entitled to this: PERMISSION_DENIED.
     PermissionDenied,
+    /// No valid identity: UNAUTHENTICATED.
+    Unauthenticated,
+    /// A limit was reached (rate, size): RESOURCE_EXHAUSTED.
+    ResourceExhausted,
+    /// A bug: INTERNAL.
+    Internal,
 }
 
 macro_rules! reasons {
@@ -58,6 +64,9 @@ macro_rules! reasons {
     };
 }
 
+// The list mirrors `ErrorReason` in proto/payoutregistry/v1/registry.proto, in the same
+// order (a test compares the two): each value's proto comment says when it is sent and
+// what the caller should do.
 reasons! {
     FieldRequired = "FIELD_REQUIRED" => InvalidArgument,
     CitizenIdInvalidLength = "CITIZEN_ID_INVALID_LENGTH" => InvalidArgument,
@@ -67,12 +76,12 @@ reasons! {
     MsisdnInvalid = "MSISDN_INVALID" => InvalidArgument,
     BankAccountInvalid = "BANK_ACCOUNT_INVALID" => InvalidArgument,
     HolderNameInvalid = "HOLDER_NAME_INVALID" => InvalidArgument,
-    AccountKindInvalid = "ACCOUNT_KIND_INVALID" => InvalidArgument,
-    VerificationMethodInvalid = "VERIFICATION_METHOD_INVALID" => InvalidArgument,
+    EnumValueUnknown = "ENUM_VALUE_UNKNOWN" => InvalidArgument,
     IdempotencyKeyInvalid = "IDEMPOTENCY_KEY_INVALID" => InvalidArgument,
     AccountIdInvalid = "ACCOUNT_ID_INVALID" => InvalidArgument,
     TimestampInvalid = "TIMESTAMP_INVALID" => InvalidArgument,
     PageTokenInvalid = "PAGE_TOKEN_INVALID" => InvalidArgument,
+    PageSizeInvalid = "PAGE_SIZE_INVALID" => InvalidArgument,
     TextTooLong = "TEXT_TOO_LONG" => InvalidArgument,
     ProviderUnknown = "PROVIDER_UNKNOWN" => InvalidArgument,
     ProgramUnknown = "PROGRAM_UNKNOWN" => InvalidArgument,
@@ -90,7 +99,6 @@ reasons! {
     HolderNameMismatch = "HOLDER_NAME_MISMATCH" => FailedPrecondition,
     VersionMismatch = "VERSION_MISMATCH" => Aborted,
     IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED" => AlreadyExists,
-    PayoutFailureCodeInvalid = "PAYOUT_FAILURE_CODE_INVALID" => InvalidArgument,
     PurposeRequired = "PURPOSE_REQUIRED" => InvalidArgument,
     TextInvalid = "TEXT_INVALID" => InvalidArgument,
     LegacyIdInvalid = "LEGACY_ID_INVALID" => InvalidArgument,
@@ -106,6 +114,20 @@ reasons! {
     SyncDigestNotReady = "SYNC_DIGEST_NOT_READY" => Unavailable,
     AssertionNotAllowed = "ASSERTION_NOT_ALLOWED" => PermissionDenied,
     NotActingForCitizen = "NOT_ACTING_FOR_CITIZEN" => PermissionDenied,
+    AsOfInFuture = "AS_OF_IN_FUTURE" => InvalidArgument,
+    RequestMalformed = "REQUEST_MALFORMED" => InvalidArgument,
+    RequestTooLarge = "REQUEST_TOO_LARGE" => ResourceExhausted,
+    CredentialsMissing = "CREDENTIALS_MISSING" => Unauthenticated,
+    CredentialsInvalid = "CREDENTIALS_INVALID" => Unauthenticated,
+    CredentialsConflict = "CREDENTIALS_CONFLICT" => Unauthenticated,
+    TokenRequiresTls = "TOKEN_REQUIRES_TLS" => Unauthenticated,
+    ScopeMissing = "SCOPE_MISSING" => PermissionDenied,
+    MethodNotOpen = "METHOD_NOT_OPEN" => PermissionDenied,
+    RateLimited = "RATE_LIMITED" => ResourceExhausted,
+    Overloaded = "OVERLOADED" => Unavailable,
+    AccessLogUnavailable = "ACCESS_LOG_UNAVAILABLE" => Unavailable,
+    ServiceUnavailable = "SERVICE_UNAVAILABLE" => Unavailable,
+    Internal = "INTERNAL" => Internal,
 }
 
 impl fmt::Display for Reason {
@@ -125,6 +147,9 @@ pub struct Rejection {
     /// The request field at fault (`citizen_id`, `account_ref`, ...), when there is one.
     pub field: Option<String>,
     pub message: String,
+    /// More for `google.rpc.ErrorInfo.metadata` (a limit, the scopes required, ...);
+    /// the field, when there is one, is added there too.
+    pub metadata: Vec<(&'static str, String)>,
 }
 
 impl Rejection {
@@ -133,6 +158,7 @@ impl Rejection {
             reason,
             field: None,
             message: message.into(),
+            metadata: Vec::new(),
         }
     }
 
@@ -142,7 +168,22 @@ impl Rejection {
             reason,
             field: Some(field.into()),
             message: message.into(),
+            metadata: Vec::new(),
         }
+    }
+
+    /// An enum field holding a value this version of the API does not define: one reason
+    /// and one wording for every enum.
+    pub fn unknown_enum_value(field: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = format!("{field} is not one of the values this version of the API defines");
+        Rejection::field(Reason::EnumValueUnknown, field, message)
+    }
+
+    /// Adds `key: value` to the refusal's ErrorInfo metadata.
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.metadata.push((key, value.into()));
+        self
     }
 
     /// Re-targets a parser's error at the request field it was parsing, e.g.

@@ -12,6 +12,7 @@ pub mod bank_account;
 pub mod citizen_id;
 pub mod digest;
 pub mod error;
+pub mod event;
 pub mod mask;
 pub mod msisdn;
 pub mod name;
@@ -56,7 +57,8 @@ pub fn bounded_text(field: &str, value: &str, max: usize) -> Result<String, Reje
             Reason::TextTooLong,
             field,
             format!("{field} must be at most {max} characters"),
-        ));
+        )
+        .with("limit", max.to_string()));
     }
     Ok(value.to_owned())
 }

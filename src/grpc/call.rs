@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{convert, AppState};
 use crate::domain::assertion::Authority;
 use crate::domain::{bounded_text, Category, CitizenId, CitizenLookup, Reason, Rejection};
-use crate::security::auth::{Caller, Credential, RequestId};
+use crate::security::auth::{Caller, Credential, Denied, Forbidden, RequestId, Unauthenticated};
 use crate::security::limits::{Admission, Refused, RpcClass};
 use crate::security::Scope;
 use crate::store::{AccessEntry, Idempotency, StoreError, WriteContext};
@@ -32,7 +32,7 @@ const MAX_PURPOSE_LEN: usize = 200;
 /// One call's identity: who is calling, under which request id, and why.
 pub struct Call {
     pub caller: Caller,
-    pub request_id: Uuid,
+    pub request_id: RequestId,
     /// The `x-purpose` metadata, if sent.
     purpose_header: Option<String>,
     /// The `x-acting-citizen-id` metadata, if sent: the citizen a `citizen.self` client
@@ -50,8 +50,8 @@ impl Call {
         let request_id = request
             .extensions()
             .get::<RequestId>()
-            .map(|r| r.0)
-            .unwrap_or_else(Uuid::new_v4);
+            .cloned()
+            .unwrap_or_else(RequestId::new);
         let caller = request
             .extensions()
             .get::<Caller>()
@@ -79,30 +79,30 @@ impl Call {
             .limits
             .admit(&self.caller.client_id, class, std::time::Instant::now())
             .map_err(|refused| {
-                let (code, reason, message, retry) = match refused {
+                let (refusal, retry) = match refused {
                     Refused::RateLimited(wait) => (
-                        Code::ResourceExhausted,
-                        "RATE_LIMITED",
-                        "rate limit exceeded for this client; retry after the delay in RetryInfo",
+                        Rejection::new(
+                            Reason::RateLimited,
+                            "rate limit exceeded for this client; retry after the delay in \
+                             RetryInfo",
+                        )
+                        .with("class", class.as_str()),
                         wait,
                     ),
                     Refused::Overloaded => (
-                        Code::Unavailable,
-                        "OVERLOADED",
-                        "the registry is at its limit of calls in flight; retry shortly",
+                        Rejection::new(
+                            Reason::Overloaded,
+                            "the registry is at its limit of calls in flight; retry shortly",
+                        ),
                         Duration::from_millis(100),
                     ),
                 };
                 tracing::warn!(
-                    reason,
+                    reason = refusal.reason.as_str(),
                     retry_ms = retry.as_millis() as u64,
                     "call not admitted"
                 );
-                let mut details = ErrorDetails::new();
-                details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
-                details.set_retry_info(Some(retry));
-                details.set_request_info(self.request_id.to_string(), "");
-                Status::with_error_details(code, message, details)
+                status_of(&refusal, &self.request_id, Some(retry))
             })
     }
 
@@ -158,15 +158,15 @@ impl Call {
                 method: method.to_owned(),
                 purpose: purpose.to_owned(),
                 accessed_at: state.now(),
-                request_id: self.request_id,
+                request_id: self.request_id.id,
             })
             .collect();
         state.access.record(entries).await.map_err(|_| {
-            self.internal(
-                Code::Unavailable,
-                "ACCESS_LOG_UNAVAILABLE",
+            let refusal = Rejection::new(
+                Reason::AccessLogUnavailable,
                 "the access log cannot be written, so the read is refused; retry shortly",
-            )
+            );
+            status_of(&refusal, &self.request_id, Some(Duration::from_secs(1)))
         })
     }
 
@@ -214,9 +214,9 @@ impl Call {
             ))
         };
         if !self.caller.has(Scope::CitizenSelf) {
-            return Err(Status::permission_denied(format!(
-                "client {} lacks the scope {broad} for this request",
-                self.caller.client_id
+            return Err(self.reject(scope_missing(
+                &self.caller.client_id,
+                &[broad, Scope::CitizenSelf],
             )));
         }
         if self.caller.credential != Credential::Certificate {
@@ -246,10 +246,7 @@ impl Call {
         if self.caller.has(scope) {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
-                "client {} lacks the scope {scope} for this request",
-                self.caller.client_id
-            )))
+            Err(self.reject(scope_missing(&self.caller.client_id, &[scope])))
         }
     }
 
@@ -288,32 +285,15 @@ impl Call {
         })
     }
 
-    /// A refused request as the client sees it: the status code of its category, an
-    /// ErrorInfo with the stable reason, and a BadRequest field violation when a field
-    /// is at fault.
+    /// A refused request as the client sees it (see [`status_of`]), logged with its
+    /// reason.
     pub fn reject(&self, r: Rejection) -> Status {
-        let code = match r.category() {
-            Category::InvalidArgument => Code::InvalidArgument,
-            Category::FailedPrecondition => Code::FailedPrecondition,
-            Category::NotFound => Code::NotFound,
-            Category::Aborted => Code::Aborted,
-            Category::AlreadyExists => Code::AlreadyExists,
-            Category::OutOfRange => Code::OutOfRange,
-            Category::Unavailable => Code::Unavailable,
-            Category::PermissionDenied => Code::PermissionDenied,
-        };
-        let mut details = ErrorDetails::new();
-        details.set_error_info(r.reason.as_str(), ERROR_DOMAIN, HashMap::new());
-        if let (Category::InvalidArgument, Some(field)) = (r.category(), &r.field) {
-            details.add_bad_request_violation(field.clone(), r.message.clone());
-        }
-        details.set_request_info(self.request_id.to_string(), "");
         tracing::info!(
             reason = r.reason.as_str(),
             field = r.field.as_deref(),
             "request refused"
         );
-        Status::with_error_details(code, r.message, details)
+        status_of(&r, &self.request_id, None)
     }
 
     /// The one mapping from a storage failure to what the client sees. Internal errors
@@ -325,27 +305,145 @@ impl Call {
                 ref db @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed),
             ) => {
                 tracing::error!(error = %db, "database unavailable");
-                self.internal(
-                    Code::Unavailable,
-                    "SERVICE_UNAVAILABLE",
+                let refusal = Rejection::new(
+                    Reason::ServiceUnavailable,
                     "the registry is temporarily unavailable; retry with backoff",
-                )
+                );
+                status_of(&refusal, &self.request_id, Some(Duration::from_secs(1)))
             }
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other), "internal error");
-                self.internal(Code::Internal, "INTERNAL", "internal error")
+                status_of(
+                    &Rejection::new(Reason::Internal, "internal error"),
+                    &self.request_id,
+                    None,
+                )
             }
         }
     }
+}
 
-    fn internal(&self, code: Code, reason: &str, message: &str) -> Status {
-        let mut details = ErrorDetails::new();
-        details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
-        details.set_request_info(self.request_id.to_string(), "");
-        Status::with_error_details(
-            code,
-            format!("{message} (request id {})", self.request_id),
-            details,
-        )
+/// The refusal of a caller without any of `scopes` (ErrorInfo metadata `required_scopes`).
+pub fn scope_missing(client: &str, scopes: &[Scope]) -> Rejection {
+    let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    Rejection::new(
+        Reason::ScopeMissing,
+        format!(
+            "client {client} lacks the scope for this call (needs {})",
+            names.join(" or ")
+        ),
+    )
+    .with("required_scopes", names.join(","))
+}
+
+/// A call refused by the auth layer, as the client sees it: UNAUTHENTICATED or
+/// PERMISSION_DENIED with the reason (and, for a missing scope, the scopes required) in
+/// its ErrorInfo, like every other refusal.
+pub fn denied_status(denied: &Denied, request_id: &RequestId) -> Status {
+    let refusal = match denied {
+        Denied::Unauthenticated(why) => Rejection::new(
+            match why {
+                Unauthenticated::Missing => Reason::CredentialsMissing,
+                Unauthenticated::Invalid(_) => Reason::CredentialsInvalid,
+                Unauthenticated::Conflict => Reason::CredentialsConflict,
+                Unauthenticated::TokenRequiresTls => Reason::TokenRequiresTls,
+            },
+            denied.message(),
+        ),
+        Denied::PermissionDenied(Forbidden::ScopeMissing { client, required }) => {
+            scope_missing(client, required)
+        }
+        Denied::PermissionDenied(Forbidden::MethodNotOpen) => {
+            Rejection::new(Reason::MethodNotOpen, denied.message())
+        }
+    };
+    status_of(&refusal, request_id, None)
+}
+
+/// A status the transport made while decoding a request, as the client's fault it is:
+/// an undecodable message (tonic answers INTERNAL with the decoder's text) becomes
+/// INVALID_ARGUMENT with reason REQUEST_MALFORMED, and a message over the size limit
+/// (OUT_OF_RANGE) becomes RESOURCE_EXHAUSTED with reason REQUEST_TOO_LARGE and the limit
+/// in the ErrorInfo metadata. Statuses the registry made itself carry details and are
+/// returned unchanged, and so is anything else.
+pub fn transport_status(status: Status, request_id: &RequestId) -> Status {
+    if !status.details().is_empty() {
+        return status;
     }
+    let refusal = match status.code() {
+        Code::Internal => {
+            tracing::info!(cause = status.message(), "undecodable request");
+            Rejection::new(
+                Reason::RequestMalformed,
+                format!("the request could not be decoded: {}", status.message()),
+            )
+        }
+        Code::OutOfRange if status.message().contains("message length too large") => {
+            let limit = status
+                .message()
+                .rsplit("the limit is: ")
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or("")
+                .to_owned();
+            tracing::info!(cause = status.message(), "request over the size limit");
+            Rejection::new(
+                Reason::RequestTooLarge,
+                format!("the request message is larger than the server accepts ({limit} bytes)"),
+            )
+            .with("limit_bytes", limit)
+        }
+        _ => return status,
+    };
+    status_of(&refusal, request_id, None)
+}
+
+/// The gRPC status code of each category of refusal.
+fn code_of(category: Category) -> Code {
+    match category {
+        Category::InvalidArgument => Code::InvalidArgument,
+        Category::FailedPrecondition => Code::FailedPrecondition,
+        Category::NotFound => Code::NotFound,
+        Category::Aborted => Code::Aborted,
+        Category::AlreadyExists => Code::AlreadyExists,
+        Category::OutOfRange => Code::OutOfRange,
+        Category::Unavailable => Code::Unavailable,
+        Category::PermissionDenied => Code::PermissionDenied,
+        Category::Unauthenticated => Code::Unauthenticated,
+        Category::ResourceExhausted => Code::ResourceExhausted,
+        Category::Internal => Code::Internal,
+    }
+}
+
+/// The one mapping from a refusal to the status a client receives: the code of its
+/// category; an ErrorInfo with the stable reason and its metadata (the field, a limit,
+/// the scopes required); a BadRequest field violation when a field is at fault; the
+/// request id (RequestInfo); a RetryInfo delay when retrying helps. Internal errors and
+/// unavailability name the request id in the message too, for a human to report.
+pub fn status_of(r: &Rejection, request_id: &RequestId, retry: Option<Duration>) -> Status {
+    let code = code_of(r.category());
+    let mut metadata: HashMap<String, String> = r
+        .metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    if let Some(field) = &r.field {
+        metadata.insert("field".to_owned(), field.clone());
+    }
+    let mut details = ErrorDetails::new();
+    details.set_error_info(r.reason.as_str(), ERROR_DOMAIN, metadata);
+    if let (Category::InvalidArgument, Some(field)) = (r.category(), &r.field) {
+        details.add_bad_request_violation(field.clone(), r.message.clone());
+    }
+    details.set_request_info(request_id.shown(), "");
+    if let Some(retry) = retry {
+        details.set_retry_info(Some(retry));
+    }
+    let message = match code {
+        Code::Internal | Code::Unavailable => {
+            format!("{} (request id {})", r.message, request_id.shown())
+        }
+        _ => r.message.clone(),
+    };
+    Status::with_error_details(code, message, details)
 }

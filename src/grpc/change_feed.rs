@@ -1,4 +1,4 @@
-//! `ChangeFeed`: every change in commit order, from any position, then live.
+//! `ChangeFeedService`: every change in commit order, from any position, then live.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -11,17 +11,20 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, consumer_name, feed_position_in as position_in, timestamp_out};
 use super::{AppState, Call};
-use crate::security::Scope;
-use serde::{Deserialize as _, Serialize};
-
-use crate::domain::{Account, CitizenStatus, Reason, Rejection, Timestamp};
-use crate::proto::change_feed_server::ChangeFeed;
+use crate::domain::event::EventType;
+use crate::domain::{
+    Account, AccountKind, AccountRef, CitizenStatus, PayoutFailureCode, Reason, Rejection,
+};
+use crate::proto;
+use crate::proto::change_feed_service_server::ChangeFeedService;
+use crate::proto::feed_event::Payload;
 use crate::proto::{
-    CommitPositionRequest, CommitPositionResponse, FeedEvent, GetPositionRequest,
-    GetPositionResponse, GetSyncDigestRequest, GetSyncDigestResponse, SubscribeRequest,
-    WatchListEdit, WatchListSummary,
+    CommitPositionRequest, CommitPositionResponse, EditWatchListRequest, EditWatchListResponse,
+    FeedEvent, GetPositionRequest, GetPositionResponse, GetSyncDigestRequest,
+    GetSyncDigestResponse, SubscribeRequest, SubscribeResponse,
 };
 use crate::security::limits::RpcClass;
+use crate::security::Scope;
 use crate::store::{Event, StoreResult};
 
 /// Events read per query while catching up.
@@ -36,211 +39,180 @@ const MAX_WATCH_EDIT: usize = 10_000;
 /// How long a live subscriber waits without a signal before looking anyway.
 const SAFETY_TICK: Duration = Duration::from_secs(1);
 
-pub struct ChangeFeedService {
+pub struct ChangeFeedHandler {
     state: AppState,
 }
 
-impl ChangeFeedService {
+impl ChangeFeedHandler {
     pub fn new(state: AppState) -> Self {
-        ChangeFeedService { state }
+        ChangeFeedHandler { state }
     }
 }
 
 /// Which events a subscriber wants.
 struct Filter {
-    types: HashSet<String>,
+    types: HashSet<EventType>,
     programs: HashSet<String>,
 }
 
 impl Filter {
     /// The event's type is wanted (checked before the event is converted).
     fn wants_type(&self, e: &Event) -> bool {
-        self.types.is_empty() || self.types.contains(&e.event_type)
+        self.types.is_empty()
+            || EventType::parse(&e.event_type).is_some_and(|t| self.types.contains(&t))
     }
 
-    /// The event's program is wanted: events about one program's preference or payout
-    /// (DEFAULT_CHANGED, PAYOUT_FAILURE_REPORTED, `program_code` "" for the default) pass
-    /// when it is one of the programs asked for; the others always pass.
+    /// The event's program is wanted: an event about one program's preference or payout
+    /// passes when it is one of the programs asked for. Events not about one program
+    /// (an account's or a citizen's status, a failure without a program, a change of
+    /// the default preference, which is every program's fallback) always pass.
     fn wants_program(&self, e: &FeedEvent) -> bool {
-        self.programs.is_empty()
-            || !matches!(
-                e.event_type.as_str(),
-                "DEFAULT_CHANGED" | "PAYOUT_FAILURE_REPORTED"
-            )
-            || self.programs.contains(&e.program_code)
-    }
-}
-
-/// Replaces every `account_ref` in a payload by its masked form.
-fn mask_payload(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if key == "account_ref" {
-                    if let serde_json::Value::String(s) = v {
-                        *s = crate::domain::mask::mask_tail(s, 4);
-                    }
-                } else {
-                    mask_payload(v);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_payload),
-        _ => {}
-    }
-}
-
-/// The version of the API's payload shapes (`FeedEvent.payload_version`).
-pub const PAYLOAD_VERSION: u32 = 1;
-
-/// A stored event as the API presents it: typed fields for what consumers act on, and
-/// the payload in the API's names (the stored JSON is the domain's serialisation, an
-/// internal format). Account numbers are masked unless `full`.
-pub fn event_out(e: Event, full: bool) -> FeedEvent {
-    let (account, program_code, citizen_status, payload_json) =
-        if e.event_type.starts_with("ACCOUNT_") {
-            // The payload is the account itself: read it straight into the domain type
-            // and write it straight out in the API's shape (no JSON tree, the common case).
-            let account: Option<Account> = serde_json::from_str(&e.payload).ok();
-            let json = account
-                .as_ref()
-                .and_then(|a| serde_json::to_string(&ApiAccount::of(a, full)).ok())
-                .unwrap_or_default();
-            (account, String::new(), Default::default(), json)
-        } else {
-            other_payload(&e, full)
+        let program = match &e.payload {
+            Some(Payload::PreferenceChanged(p)) => p.program_code.as_str(),
+            Some(Payload::PayoutFailureReported(p)) => p.program_code.as_str(),
+            _ => "",
         };
+        self.programs.is_empty() || program.is_empty() || self.programs.contains(program)
+    }
+}
+
+/// A stored event as the API presents it: the payload of its type, typed, with account
+/// numbers masked unless `full`, and the holder behind a duplicate claim only for
+/// `oversight` (the claimant's side never learns who holds the account). A payload that
+/// does not read back (a bug or a hand-edited row) leaves the payload empty rather than
+/// stopping the feed; the event's other fields still go out.
+pub fn event_out(e: Event, full: bool, oversight: bool) -> FeedEvent {
+    let event_type = EventType::parse(&e.event_type);
+    let payload = event_type.and_then(|t| payload_out(t, &e.payload, full, oversight));
+    if event_type.is_none() || payload.is_none() {
+        tracing::error!(position = e.feed_position, event_type = %e.event_type, "an event's payload does not read back");
+    }
     FeedEvent {
         position: e.feed_position.unwrap_or_default().max(0) as u64,
         event_id: e.event_id.to_string(),
         occurred_at: Some(timestamp_out(e.occurred_at)),
-        event_type: e.event_type,
+        event_type: event_type.map(event_type_out).unwrap_or_default().into(),
         citizen_id: e.citizen_id,
         account_id: e.account_id.map(|a| a.to_string()).unwrap_or_default(),
         actor: e.actor,
         reason: e.reason,
-        payload_json,
-        account: account.as_ref().map(|a| convert::account_out(a, full)),
-        program_code,
-        citizen_status: citizen_status.into(),
-        payload_version: PAYLOAD_VERSION,
         actor_capacity: convert::capacity_out(e.actor_capacity).into(),
+        payload,
     }
 }
 
-/// The payload of an event that is not an account's own (defaults, citizens' status,
-/// duplicate claims, payout failures): the account it names, its program, the citizen's
-/// new status, and the JSON in the API's names.
-fn other_payload(
-    e: &Event,
-    full: bool,
-) -> (Option<Account>, String, crate::proto::CitizenStatus, String) {
-    let Ok(mut payload) = serde_json::from_str::<serde_json::Value>(&e.payload) else {
-        return (None, String::new(), Default::default(), String::new());
-    };
-    let account: Option<Account> = payload
-        .get("account")
-        .and_then(|a| Account::deserialize(a).ok());
-    let program_code = payload
-        .get("program_code")
-        .and_then(|p| p.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let citizen_status = match e.event_type.as_str() {
-        "CITIZEN_STATUS_CHANGED" => payload
-            .get("status")
-            .and_then(|s| s.as_str())
-            .and_then(CitizenStatus::parse)
-            .map(convert::citizen_status_out)
-            .unwrap_or_default(),
-        _ => Default::default(),
-    };
-    if let (Some(a), serde_json::Value::Object(map)) = (&account, &mut payload) {
-        if let Ok(api) = serde_json::to_value(ApiAccount::of(a, full)) {
-            map.insert("account".into(), api);
+fn event_type_out(t: EventType) -> proto::EventType {
+    use proto::EventType as P;
+    match t {
+        EventType::AccountLinked => P::AccountLinked,
+        EventType::AccountVerified => P::AccountVerified,
+        EventType::AccountRejected => P::AccountRejected,
+        EventType::DefaultChanged => P::DefaultChanged,
+        EventType::AccountSuspended => P::AccountSuspended,
+        EventType::AccountReinstated => P::AccountReinstated,
+        EventType::AccountClosed => P::AccountClosed,
+        EventType::CitizenStatusChanged => P::CitizenStatusChanged,
+        EventType::DuplicateClaimDetected => P::DuplicateClaimDetected,
+        EventType::PayoutFailureReported => P::PayoutFailureReported,
+    }
+}
+
+/// The filter's event types; unspecified or unknown values are refused.
+fn event_types_in(raw: &[i32]) -> Result<HashSet<EventType>, Rejection> {
+    raw.iter()
+        .map(|&v| {
+            proto::EventType::try_from(v)
+                .ok()
+                .and_then(|t| EventType::parse(t.as_str_name().trim_start_matches("EVENT_TYPE_")))
+                .ok_or_else(|| Rejection::unknown_enum_value("event_types"))
+        })
+        .collect()
+}
+
+fn payload_out(t: EventType, stored: &str, full: bool, oversight: bool) -> Option<Payload> {
+    use crate::domain::event as stored_as;
+    if t.is_account_change() {
+        let account: Account = serde_json::from_str(stored).ok()?;
+        return Some(Payload::AccountChanged(proto::AccountChanged {
+            account: Some(convert::account_out(&account, full)),
+        }));
+    }
+    Some(match t {
+        EventType::DefaultChanged => {
+            let p: stored_as::PreferenceChanged = serde_json::from_str(stored).ok()?;
+            Payload::PreferenceChanged(proto::PreferenceChanged {
+                program_code: p.program_code,
+                account: Some(convert::account_out(&p.account, full)),
+                previous_account_id: p
+                    .previous_account_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+            })
         }
-    }
-    api_times(&mut payload);
-    if !full {
-        mask_payload(&mut payload);
-    }
-    (account, program_code, citizen_status, payload.to_string())
-}
-
-/// An account in the API's names (as the `Account` message's JSON would read).
-#[derive(Serialize)]
-struct ApiAccount<'a> {
-    account_id: uuid::Uuid,
-    citizen_id: &'a str,
-    kind: &'static str,
-    provider_code: &'a str,
-    account_ref: std::borrow::Cow<'a, str>,
-    account_ref_masked: bool,
-    holder_name: Option<&'a str>,
-    declared_holder_name: Option<&'a str>,
-    status: &'static str,
-    verification: Option<ApiVerification<'a>>,
-    version: u64,
-    created_at: String,
-    updated_at: String,
-}
-
-#[derive(Serialize)]
-struct ApiVerification<'a> {
-    method: &'static str,
-    verified_by: &'a str,
-    verified_at: String,
-    evidence_ref: &'a str,
-    capacity: Option<&'static str>,
-}
-
-impl<'a> ApiAccount<'a> {
-    fn of(a: &'a Account, full: bool) -> ApiAccount<'a> {
-        ApiAccount {
-            account_id: a.id,
-            citizen_id: a.citizen_id.as_str(),
-            kind: a.kind.as_str(),
-            provider_code: &a.provider_code,
-            account_ref: if full {
-                a.account_ref.as_str().into()
-            } else {
-                a.account_ref.masked().into()
-            },
-            account_ref_masked: !full,
-            holder_name: a.holder_name.as_deref(),
-            declared_holder_name: a.declared_holder_name.as_deref(),
-            status: a.status.as_str(),
-            verification: a.verification.as_ref().map(|v| ApiVerification {
-                method: v.method.as_str(),
-                verified_by: &v.verified_by,
-                verified_at: v.verified_at.to_rfc3339(),
-                evidence_ref: &v.evidence_ref,
-                capacity: v.capacity.map(|c| c.as_str()),
-            }),
-            version: a.version,
-            created_at: a.created_at.to_rfc3339(),
-            updated_at: a.updated_at.to_rfc3339(),
+        EventType::CitizenStatusChanged => {
+            let p: stored_as::CitizenStatusChanged = serde_json::from_str(stored).ok()?;
+            let status = |s: &str| {
+                CitizenStatus::parse(s)
+                    .map(convert::citizen_status_out)
+                    .unwrap_or_default()
+            };
+            Payload::CitizenStatusChanged(proto::CitizenStatusChanged {
+                previous_status: p
+                    .previous_status
+                    .as_deref()
+                    .map(status)
+                    .unwrap_or_default()
+                    .into(),
+                status: status(&p.status).into(),
+                date_of_death: p.died_on.as_deref().and_then(convert::date_out),
+                source_version: p.source_version,
+                record_id: p.record_id,
+            })
         }
-    }
-}
-
-/// Stored instants are microseconds; the API writes them as RFC 3339 (`*_at` fields).
-fn api_times(value: &mut serde_json::Value) {
-    if let serde_json::Value::Object(map) = value {
-        for (key, v) in map.iter_mut() {
-            match v.as_i64() {
-                Some(micros) if key.ends_with("_at") => {
-                    *v = serde_json::Value::String(Timestamp(micros).to_rfc3339());
-                }
-                _ => api_times(v),
-            }
+        EventType::DuplicateClaimDetected => {
+            let p: stored_as::DuplicateClaimDetected = serde_json::from_str(stored).ok()?;
+            let kind = AccountKind::parse(&p.kind).ok()?;
+            let account_ref = AccountRef::from_stored(p.account_ref);
+            Payload::DuplicateClaimDetected(proto::DuplicateClaimDetected {
+                claim_id: p.claim_id.to_string(),
+                account: Some(convert::account_key_out(
+                    kind,
+                    &p.provider_code,
+                    &account_ref,
+                    full,
+                )),
+                context: p.context,
+                holder_citizen_id: if oversight {
+                    p.holder_citizen_id
+                } else {
+                    String::new()
+                },
+                holder_account_id: if oversight {
+                    p.holder_account_id.to_string()
+                } else {
+                    String::new()
+                },
+            })
         }
-    }
+        EventType::PayoutFailureReported => {
+            let p: stored_as::PayoutFailureReported = serde_json::from_str(stored).ok()?;
+            let code = PayoutFailureCode::parse(&p.failure_code).ok()?;
+            Payload::PayoutFailureReported(proto::PayoutFailureReported {
+                failure_id: p.failure_id.to_string(),
+                failure_code: convert::failure_code_out(code).into(),
+                program_code: p.program_code,
+                payer_reference: p.payer_reference,
+                failed_at: p.failed_at.map(timestamp_out),
+                account: Some(convert::account_out(&p.account, full)),
+            })
+        }
+        _ => return None,
+    })
 }
 
 #[tonic::async_trait]
-impl ChangeFeed for ChangeFeedService {
-    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<FeedEvent, Status>> + Send>>;
+impl ChangeFeedService for ChangeFeedHandler {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
     async fn subscribe(
         &self,
@@ -304,10 +276,11 @@ impl ChangeFeed for ChangeFeedService {
             )));
         }
         let filter = Filter {
-            types: req.event_types.into_iter().collect(),
+            types: event_types_in(&req.event_types).map_err(|r| call.reject(r))?,
             programs: req.program_codes.into_iter().collect(),
         };
         let full = call.caller.has(Scope::ResolveFull);
+        let oversight = call.caller.has(Scope::Oversight);
         let store = self.state.store.clone();
         let mut shutting_down = self.state.shutting_down.subscribe();
         let (tx, rx) = mpsc::channel(BUFFER);
@@ -383,8 +356,13 @@ impl ChangeFeed for ChangeFeedService {
                     if !filter.wants_type(&e) {
                         continue;
                     }
-                    let e = event_out(e, full);
-                    if filter.wants_program(&e) && tx.send(Ok(e)).await.is_err() {
+                    let e = event_out(e, full, oversight);
+                    if filter.wants_program(&e)
+                        && tx
+                            .send(Ok(SubscribeResponse { event: Some(e) }))
+                            .await
+                            .is_err()
+                    {
                         return;
                     }
                 }
@@ -439,14 +417,18 @@ impl ChangeFeed for ChangeFeedService {
 
     async fn edit_watch_list(
         &self,
-        request: Request<tonic::Streaming<WatchListEdit>>,
-    ) -> Result<Response<WatchListSummary>, Status> {
+        request: Request<tonic::Streaming<EditWatchListRequest>>,
+    ) -> Result<Response<EditWatchListResponse>, Status> {
         let call = Call::of(&request)?;
         let _admitted = call.admit(&self.state, RpcClass::Write)?;
         let mut edits = request.into_inner();
-        let mut summary = WatchListSummary::default();
+        let mut summary = EditWatchListResponse::default();
         let mut consumer: Option<String> = None;
-        while let Some(edit) = edits.message().await? {
+        while let Some(edit) = edits
+            .message()
+            .await
+            .map_err(|e| super::call::transport_status(e, &call.request_id))?
+        {
             let name = consumer_name(&edit.consumer).map_err(|r| call.reject(r))?;
             if name.is_empty() {
                 return Err(call.reject(Rejection::field(

@@ -35,16 +35,18 @@ pub fn account_id(field: &str, raw: &str) -> Result<Uuid, Rejection> {
     })
 }
 
-fn kind(raw: i32) -> Result<AccountKind, Rejection> {
+/// A required enum field left unspecified.
+fn unspecified(field: &str) -> Rejection {
+    Rejection::field(Reason::FieldRequired, field, format!("{field} is required"))
+}
+
+fn kind(field: &str, raw: i32) -> Result<AccountKind, Rejection> {
     match proto::AccountKind::try_from(raw) {
         Ok(proto::AccountKind::BankAccount) => Ok(AccountKind::BankAccount),
         Ok(proto::AccountKind::Ewallet) => Ok(AccountKind::Ewallet),
         Ok(proto::AccountKind::MobileMoney) => Ok(AccountKind::MobileMoney),
-        _ => Err(Rejection::field(
-            Reason::AccountKindInvalid,
-            "kind",
-            "kind must be BANK_ACCOUNT, EWALLET or MOBILE_MONEY",
-        )),
+        Ok(proto::AccountKind::Unspecified) => Err(unspecified(field)),
+        Err(_) => Err(Rejection::unknown_enum_value(field)),
     }
 }
 
@@ -56,18 +58,22 @@ fn kind_out(k: AccountKind) -> proto::AccountKind {
     }
 }
 
-fn method(raw: i32) -> Result<VerificationMethod, Rejection> {
+/// A verification method; `None` when unspecified (a sync record awaiting verification).
+fn optional_method(field: &str, raw: i32) -> Result<Option<VerificationMethod>, Rejection> {
     match proto::VerificationMethod::try_from(raw) {
-        Ok(proto::VerificationMethod::IssuerConfirmed) => Ok(VerificationMethod::IssuerConfirmed),
-        Ok(proto::VerificationMethod::NameMatch) => Ok(VerificationMethod::NameMatch),
-        Ok(proto::VerificationMethod::VneidDeclared) => Ok(VerificationMethod::VneidDeclared),
-        Ok(proto::VerificationMethod::InPerson) => Ok(VerificationMethod::InPerson),
-        _ => Err(Rejection::field(
-            Reason::VerificationMethodInvalid,
-            "verification.method",
-            "verification.method must be ISSUER_CONFIRMED, NAME_MATCH, VNEID_DECLARED or IN_PERSON",
-        )),
+        Ok(proto::VerificationMethod::IssuerConfirmed) => {
+            Ok(Some(VerificationMethod::IssuerConfirmed))
+        }
+        Ok(proto::VerificationMethod::NameMatch) => Ok(Some(VerificationMethod::NameMatch)),
+        Ok(proto::VerificationMethod::VneidDeclared) => Ok(Some(VerificationMethod::VneidDeclared)),
+        Ok(proto::VerificationMethod::InPerson) => Ok(Some(VerificationMethod::InPerson)),
+        Ok(proto::VerificationMethod::Unspecified) => Ok(None),
+        Err(_) => Err(Rejection::unknown_enum_value(field)),
     }
+}
+
+fn method(field: &str, raw: i32) -> Result<VerificationMethod, Rejection> {
+    optional_method(field, raw)?.ok_or_else(|| unspecified(field))
 }
 
 fn method_out(m: VerificationMethod) -> proto::VerificationMethod {
@@ -92,7 +98,7 @@ fn status_out(s: crate::domain::AccountStatus) -> proto::AccountStatus {
 
 fn verification(v: &proto::Verification) -> Result<VerificationInput, Rejection> {
     Ok(VerificationInput {
-        method: method(v.method)?,
+        method: method("verification.method", v.method)?,
         evidence_ref: required_text(
             "verification.evidence_ref",
             &v.evidence_ref,
@@ -146,7 +152,7 @@ impl TryFrom<&proto::LinkAccountRequest> for LinkAccount {
     type Error = Rejection;
 
     fn try_from(r: &proto::LinkAccountRequest) -> Result<LinkAccount, Rejection> {
-        let kind = kind(r.kind)?;
+        let kind = kind("kind", r.kind)?;
         Ok(LinkAccount {
             citizen_id: citizen_id("citizen_id", &r.citizen_id)?,
             kind,
@@ -159,16 +165,22 @@ impl TryFrom<&proto::LinkAccountRequest> for LinkAccount {
     }
 }
 
+/// An `expected_version` as the domain holds versions. A negative version matches no
+/// account, so it is refused as any stale version is (ABORTED, VERSION_MISMATCH).
+fn expected_version(v: Option<i64>) -> Option<u64> {
+    v.map(|v| u64::try_from(v).unwrap_or(u64::MAX))
+}
+
 /// Builds the command shared by the five status-changing RPCs.
 fn change(
     account: &str,
-    expected_version: Option<u64>,
+    version: Option<i64>,
     action: AccountAction,
     reason: String,
 ) -> Result<ChangeAccount, Rejection> {
     Ok(ChangeAccount {
         account_id: account_id("account_id", account)?,
-        expected_version,
+        expected_version: expected_version(version),
         action,
         reason,
     })
@@ -258,7 +270,7 @@ impl TryFrom<&proto::SetDefaultAccountRequest> for SetPreference {
             citizen_id: citizen_id("citizen_id", &r.citizen_id)?,
             account_id: account_id("account_id", &r.account_id)?,
             program: ProgramCode::parse_optional(&r.program_code)?,
-            expected_version: r.expected_version,
+            expected_version: expected_version(r.expected_version),
             reason: reason(&r.reason)?,
         })
     }
@@ -269,14 +281,9 @@ impl TryFrom<&proto::ReportPayoutFailureRequest> for ReportPayoutFailure {
 
     fn try_from(r: &proto::ReportPayoutFailureRequest) -> Result<ReportPayoutFailure, Rejection> {
         let failure_code = match proto::PayoutFailureCode::try_from(r.failure_code) {
-            Ok(proto::PayoutFailureCode::Unspecified) | Err(_) => {
-                return Err(Rejection::field(
-                    Reason::PayoutFailureCodeInvalid,
-                    "failure_code",
-                    "failure_code must be one of the PayoutFailureCode values",
-                ))
-            }
-            Ok(code) => PayoutFailureCode::parse(code.as_str_name())?,
+            Ok(proto::PayoutFailureCode::Unspecified) => return Err(unspecified("failure_code")),
+            Err(_) => return Err(Rejection::unknown_enum_value("failure_code")),
+            Ok(code) => failure_code_in(code),
         };
         Ok(ReportPayoutFailure {
             account_id: account_id("account_id", &r.account_id)?,
@@ -297,16 +304,58 @@ impl TryFrom<&proto::ReportPayoutFailureRequest> for ReportPayoutFailure {
     }
 }
 
-impl TryFrom<&proto::FindAccountHoldersRequest> for AccountKey {
-    type Error = Rejection;
+fn failure_code_in(code: proto::PayoutFailureCode) -> PayoutFailureCode {
+    use proto::PayoutFailureCode as P;
+    match code {
+        P::AccountClosedAtProvider => PayoutFailureCode::AccountClosedAtProvider,
+        P::HolderNameMismatch => PayoutFailureCode::HolderNameMismatch,
+        P::AccountFrozen => PayoutFailureCode::AccountFrozen,
+        P::AccountNotFoundAtProvider => PayoutFailureCode::AccountNotFoundAtProvider,
+        P::Other | P::Unspecified => PayoutFailureCode::Other,
+    }
+}
 
-    fn try_from(r: &proto::FindAccountHoldersRequest) -> Result<AccountKey, Rejection> {
-        let kind = kind(r.kind)?;
-        Ok(AccountKey {
-            kind,
-            provider_code: required_text("provider_code", &r.provider_code, 20)?,
-            account_ref: AccountRef::parse(kind, &r.account_ref)?,
-        })
+pub fn failure_code_out(code: PayoutFailureCode) -> proto::PayoutFailureCode {
+    use proto::PayoutFailureCode as P;
+    match code {
+        PayoutFailureCode::AccountClosedAtProvider => P::AccountClosedAtProvider,
+        PayoutFailureCode::HolderNameMismatch => P::HolderNameMismatch,
+        PayoutFailureCode::AccountFrozen => P::AccountFrozen,
+        PayoutFailureCode::AccountNotFoundAtProvider => P::AccountNotFoundAtProvider,
+        PayoutFailureCode::Other => P::Other,
+    }
+}
+
+/// An account at its provider, from request field `field` (required).
+pub fn account_key_in(
+    field: &str,
+    key: Option<&proto::AccountKey>,
+) -> Result<AccountKey, Rejection> {
+    let key = key.ok_or_else(|| unspecified(field))?;
+    let kind = kind(&format!("{field}.kind"), key.kind)?;
+    Ok(AccountKey {
+        kind,
+        provider_code: required_text(&format!("{field}.provider_code"), &key.provider_code, 20)?,
+        account_ref: AccountRef::parse(kind, &key.account_ref)
+            .map_err(|r| r.at(format!("{field}.account_ref")))?,
+    })
+}
+
+/// An account key as sent to a client; the account number masked unless `full`.
+pub fn account_key_out(
+    kind: AccountKind,
+    provider_code: &str,
+    account_ref: &AccountRef,
+    full: bool,
+) -> proto::AccountKey {
+    proto::AccountKey {
+        kind: kind_out(kind).into(),
+        provider_code: provider_code.to_owned(),
+        account_ref: if full {
+            account_ref.as_str().to_owned()
+        } else {
+            account_ref.masked()
+        },
     }
 }
 
@@ -320,13 +369,12 @@ pub fn duplicate_claim_out(c: &DuplicateClaim, full: bool) -> proto::DuplicateCl
         context: c.context.clone(),
         detected_at: Some(timestamp_out(c.detected_at)),
         actor: c.actor.clone(),
-        kind: kind_out(c.kind).into(),
-        provider_code: c.provider_code.clone(),
-        account_ref: if full {
-            c.account_ref.as_str().to_owned()
-        } else {
-            c.account_ref.masked()
-        },
+        account: Some(account_key_out(
+            c.kind,
+            &c.provider_code,
+            &c.account_ref,
+            full,
+        )),
     }
 }
 
@@ -355,53 +403,6 @@ pub fn access_entry_out(e: &AccessEntry) -> proto::AccessLogEntry {
     }
 }
 
-/// Duplicate-claim pages are addressed by the last claim seen: `c<micros>_<uuid>`.
-pub fn claims_token_in(raw: &str) -> Result<Option<(Timestamp, Uuid)>, Rejection> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    raw.strip_prefix('c')
-        .and_then(|r| r.split_once('_'))
-        .and_then(|(t, id)| Some((Timestamp(t.parse().ok()?), Uuid::parse_str(id).ok()?)))
-        .map(Some)
-        .ok_or_else(foreign_token)
-}
-
-pub fn claims_token_out(c: &DuplicateClaim) -> String {
-    format!("c{}_{}", c.detected_at.micros(), c.claim_id)
-}
-
-/// Access-log pages are addressed by the last entry's id: `a<id>`.
-pub fn access_token_in(raw: &str) -> Result<Option<i64>, Rejection> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    raw.strip_prefix('a')
-        .and_then(|id| id.parse().ok())
-        .map(Some)
-        .ok_or_else(foreign_token)
-}
-
-pub fn access_token_out(id: i64) -> String {
-    format!("a{id}")
-}
-
-fn foreign_token() -> Rejection {
-    Rejection::field(
-        Reason::PageTokenInvalid,
-        "page_token",
-        "page_token was not issued by this service",
-    )
-}
-
-/// A page size: 0 means the default, anything above the maximum is capped.
-pub fn page_size(requested: u32, default: u32, max: u32) -> u32 {
-    match requested {
-        0 => default,
-        n => n.min(max),
-    }
-}
-
 /// A resolution request and whether the caller asked for the yes/no form only. The
 /// citizen may be named by a legacy number, resolved to its citizen id by the handler.
 pub struct ResolveRequest {
@@ -412,27 +413,33 @@ pub struct ResolveRequest {
 }
 
 impl ResolveRequest {
+    /// Parses a request received at `now`: an `as_of` later than now (beyond the
+    /// allowed clock skew) is refused, since the registry answers only about the past and
+    /// the present (a future instant would be answered as if nothing were to change).
     pub fn parse(
         citizen: &str,
         program_code: &str,
         as_of: Option<&prost_types::Timestamp>,
         scope: i32,
+        now: Timestamp,
     ) -> Result<ResolveRequest, Rejection> {
         let exists_only = match proto::ResolveScope::try_from(scope) {
             Ok(proto::ResolveScope::ExistsOnly) => true,
             Ok(proto::ResolveScope::Details | proto::ResolveScope::Unspecified) => false,
-            Err(_) => {
-                return Err(Rejection::field(
-                    Reason::FieldRequired,
-                    "scope",
-                    "scope must be DETAILS or EXISTS_ONLY",
-                ))
-            }
+            Err(_) => return Err(Rejection::unknown_enum_value("scope")),
         };
+        let as_of = as_of.map(|t| timestamp_in("as_of", t)).transpose()?;
+        if as_of.is_some_and(|t| t > now.plus(MAX_CLOCK_SKEW)) {
+            return Err(Rejection::field(
+                Reason::AsOfInFuture,
+                "as_of",
+                "as_of is in the future: resolution answers only about the past and the present",
+            ));
+        }
         Ok(ResolveRequest {
             lookup: citizen_lookup("citizen_id", citizen)?,
             program: ProgramCode::parse_optional(program_code)?,
-            as_of: as_of.map(|t| timestamp_in("as_of", t)).transpose()?,
+            as_of,
             exists_only,
         })
     }
@@ -447,21 +454,8 @@ impl ResolveRequest {
     }
 }
 
-impl TryFrom<&proto::ResolveRequest> for ResolveRequest {
-    type Error = Rejection;
-
-    fn try_from(r: &proto::ResolveRequest) -> Result<ResolveRequest, Rejection> {
-        ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope)
-    }
-}
-
-impl TryFrom<&proto::BatchResolveRequest> for ResolveRequest {
-    type Error = Rejection;
-
-    fn try_from(r: &proto::BatchResolveRequest) -> Result<ResolveRequest, Rejection> {
-        ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope)
-    }
-}
+/// How far a client's clock may run ahead of the registry's for `as_of`.
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Parses a citizen named for a lookup: a citizen id or a legacy 9-digit CMND number.
 pub fn citizen_lookup(field: &str, raw: &str) -> Result<CitizenLookup, Rejection> {
@@ -474,16 +468,17 @@ pub fn sync_citizen(r: &proto::CitizenRecord, today: time::Date) -> Result<SyncC
         Ok(proto::CitizenStatus::Active) => Some(CitizenStatus::Active),
         Ok(proto::CitizenStatus::Deceased) => Some(CitizenStatus::Deceased),
         Ok(proto::CitizenStatus::IdRevoked) => Some(CitizenStatus::IdRevoked),
-        Ok(proto::CitizenStatus::Unspecified) | Err(_) => None,
+        Ok(proto::CitizenStatus::Unspecified) => None,
+        Err(_) => return Err(Rejection::unknown_enum_value("status")),
     };
     SyncCitizen::parse(
         &r.record_id,
         r.version,
         r.citizen_id.trim(),
         &r.full_name,
-        &r.date_of_birth,
+        &date_in(r.date_of_birth.as_ref()),
         status,
-        &r.date_of_death,
+        &date_in(r.date_of_death.as_ref()),
         &r.legacy_ids,
         today,
     )
@@ -492,19 +487,8 @@ pub fn sync_citizen(r: &proto::CitizenRecord, today: time::Date) -> Result<SyncC
 /// A declared account from the population platform, validated.
 pub fn sync_account(r: &proto::AccountRecord) -> Result<SyncAccount, Rejection> {
     let (record_id, version) = crate::domain::population::record_key(&r.record_id, r.version)?;
-    let kind = kind(r.kind)?;
-    let confirmation = match proto::Confirmation::try_from(r.confirmation) {
-        Ok(proto::Confirmation::Unspecified) => None,
-        Ok(proto::Confirmation::NameMatch) => Some(VerificationMethod::NameMatch),
-        Ok(proto::Confirmation::IssuerConfirmed) => Some(VerificationMethod::IssuerConfirmed),
-        Ok(proto::Confirmation::VneidDeclared) => Some(VerificationMethod::VneidDeclared),
-        Err(_) => return Err(Rejection::field(
-            Reason::VerificationMethodInvalid,
-            "confirmation",
-            "confirmation must be unset, CONFIRMATION_NAME_MATCH, CONFIRMATION_ISSUER_CONFIRMED \
-             or CONFIRMATION_VNEID_DECLARED",
-        )),
-    };
+    let kind = kind("kind", r.kind)?;
+    let confirmation = optional_method("verification_method", r.verification_method)?;
     Ok(SyncAccount {
         record_id,
         version,
@@ -594,7 +578,7 @@ pub fn account_out(a: &Account, full: bool) -> proto::Account {
             evidence_ref: v.evidence_ref.clone(),
             capacity: capacity_out(v.capacity).into(),
         }),
-        version: a.version,
+        version: i64::try_from(a.version).unwrap_or(i64::MAX),
         created_at: Some(timestamp_out(a.created_at)),
         updated_at: Some(timestamp_out(a.updated_at)),
     }
@@ -611,10 +595,24 @@ pub fn capacity_out(c: Option<Capacity>) -> proto::Capacity {
     }
 }
 
+/// A stored change as the API names it.
+pub fn change_out(change: &str) -> proto::AccountChange {
+    use proto::AccountChange as C;
+    match crate::domain::Change::parse(change) {
+        Ok(crate::domain::Change::Linked) => C::Linked,
+        Ok(crate::domain::Change::Verified) => C::Verified,
+        Ok(crate::domain::Change::Rejected) => C::Rejected,
+        Ok(crate::domain::Change::Suspended) => C::Suspended,
+        Ok(crate::domain::Change::Reinstated) => C::Reinstated,
+        Ok(crate::domain::Change::Closed) => C::Closed,
+        Err(_) => C::Unspecified,
+    }
+}
+
 pub fn history_out(h: &HistoryEntry, full: bool) -> proto::AccountHistoryEntry {
     proto::AccountHistoryEntry {
         account: Some(account_out(&h.account, full)),
-        change: h.change.clone(),
+        change: change_out(&h.change).into(),
         actor: h.actor.clone(),
         reason: h.reason.clone(),
         valid_from: Some(timestamp_out(h.valid_from)),
@@ -668,18 +666,23 @@ pub fn resolution_out(
     out
 }
 
-/// History pages are addressed by the last version seen.
-pub fn page_token_in(raw: &str) -> Result<u64, Rejection> {
-    if raw.is_empty() {
-        return Ok(0);
+/// A `google.type.Date` as the ISO date the domain parses (`YYYY-MM-DD`); empty when
+/// absent. A partial date (a zero month or day) does not parse, and is refused there.
+pub fn date_in(d: Option<&proto::google_type::Date>) -> String {
+    match d {
+        None => String::new(),
+        Some(d) => format!("{:04}-{:02}-{:02}", d.year, d.month, d.day),
     }
-    raw.strip_prefix('v')
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(foreign_token)
 }
 
-pub fn page_token_out(last_version: u64) -> String {
-    format!("v{last_version}")
+/// An ISO date (`YYYY-MM-DD`) as a `google.type.Date`; `None` when it does not parse.
+pub fn date_out(iso: &str) -> Option<proto::google_type::Date> {
+    let mut parts = iso.splitn(3, '-').map(|p| p.parse::<i32>().ok());
+    Some(proto::google_type::Date {
+        year: parts.next()??,
+        month: parts.next()??,
+        day: parts.next()??,
+    })
 }
 
 #[cfg(test)]
@@ -726,21 +729,25 @@ mod tests {
     }
 
     #[test]
-    fn an_unspecified_kind_is_refused() {
+    fn an_unspecified_kind_is_required_and_an_unknown_one_is_an_unknown_enum_value() {
         let r = proto::LinkAccountRequest {
             citizen_id: "001099012345".into(),
             ..Default::default()
         };
-        assert_eq!(
-            LinkAccount::try_from(&r).unwrap_err().reason,
-            Reason::AccountKindInvalid
-        );
+        let refused = LinkAccount::try_from(&r).unwrap_err();
+        assert_eq!(refused.reason, Reason::FieldRequired);
+        assert_eq!(refused.field.as_deref(), Some("kind"));
+        let r = proto::LinkAccountRequest { kind: 99, ..r };
+        let refused = LinkAccount::try_from(&r).unwrap_err();
+        assert_eq!(refused.reason, Reason::EnumValueUnknown);
+        assert_eq!(refused.field.as_deref(), Some("kind"));
     }
 
     #[test]
-    fn page_tokens_round_trip_and_foreign_ones_are_refused() {
-        assert_eq!(page_token_in(&page_token_out(7)).unwrap(), 7);
-        assert_eq!(page_token_in("").unwrap(), 0);
-        assert!(page_token_in("7").is_err());
+    fn dates_round_trip_through_google_type_date() {
+        let d = date_out("1985-02-28").unwrap();
+        assert_eq!((d.year, d.month, d.day), (1985, 2, 28));
+        assert_eq!(date_in(Some(&d)), "1985-02-28");
+        assert_eq!(date_in(None), "");
     }
 }

@@ -16,18 +16,21 @@ mod call;
 mod change_feed;
 pub mod convert;
 mod oversight;
+pub mod page;
 mod population;
 mod registry;
 mod resolver;
+mod transport;
 
-pub use call::{Call, ERROR_DOMAIN};
+pub use call::{denied_status, Call, ERROR_DOMAIN};
 /// A feed event as subscribers see it; the JetStream relay publishes the same form.
 pub use change_feed::event_out;
-pub use change_feed::ChangeFeedService;
-pub use oversight::OversightService;
-pub use population::PopulationSyncService;
-pub use registry::AccountRegistryService;
-pub use resolver::PayoutResolverService;
+pub use change_feed::ChangeFeedHandler;
+pub use oversight::OversightHandler;
+pub use population::PopulationSyncHandler;
+pub use registry::AccountRegistryHandler;
+pub use resolver::PayoutResolverHandler;
+pub use transport::DecodeErrorLayer;
 
 /// What every handler needs. Built by the app (`crate::app::App::build`), which also
 /// starts the background tasks whose handles it holds; building one starts nothing.
@@ -44,6 +47,9 @@ pub struct AppState {
     /// Set when the server begins a graceful shutdown: open-ended streams (change-feed
     /// subscriptions) end so that the drain does not wait on them.
     pub shutting_down: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The program codes of the reference data this server migrated with, so that a
+    /// BatchResolve request naming an unknown program is answered in place.
+    pub programs: Arc<std::collections::HashSet<String>>,
 }
 
 impl AppState {

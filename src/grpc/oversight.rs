@@ -5,38 +5,40 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{
-    access_entry_out, access_token_in, access_token_out, claims_token_in, claims_token_out,
-    duplicate_claim_out, holder_out, page_size,
-};
+use super::convert::{access_entry_out, account_key_in, duplicate_claim_out, holder_out};
+use super::page::{page_size, Binding};
 use super::{AppState, Call};
-use crate::proto::oversight_server::Oversight;
+use crate::domain::Timestamp;
+use crate::proto::oversight_service_server::OversightService;
 use crate::proto::*;
 use crate::security::limits::RpcClass;
 use crate::security::Scope;
-use crate::store::AccountKey;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
-/// Refused claims listed with one account's holders.
-const CLAIMS_PER_ACCOUNT: u32 = 1000;
 
-const FIND_ACCOUNT_HOLDERS: &str = "/payoutregistry.v1.Oversight/FindAccountHolders";
-const LIST_DUPLICATE_CLAIMS: &str = "/payoutregistry.v1.Oversight/ListDuplicateClaims";
-const LIST_ACCESS_LOG: &str = "/payoutregistry.v1.Oversight/ListAccessLog";
+const FIND_ACCOUNT_HOLDERS: &str = "/payoutregistry.v1.OversightService/FindAccountHolders";
+const LIST_DUPLICATE_CLAIMS: &str = "/payoutregistry.v1.OversightService/ListDuplicateClaims";
+const LIST_ACCESS_LOG: &str = "/payoutregistry.v1.OversightService/ListAccessLog";
 
-pub struct OversightService {
+/// A claim cursor: `<detected_at micros>_<claim id>` of the last claim of a page.
+fn claim_cursor(raw: &str) -> Option<(Timestamp, uuid::Uuid)> {
+    let (t, id) = raw.split_once('_')?;
+    Some((Timestamp(t.parse().ok()?), uuid::Uuid::parse_str(id).ok()?))
+}
+
+pub struct OversightHandler {
     state: AppState,
 }
 
-impl OversightService {
+impl OversightHandler {
     pub fn new(state: AppState) -> Self {
-        OversightService { state }
+        OversightHandler { state }
     }
 }
 
 #[tonic::async_trait]
-impl Oversight for OversightService {
+impl OversightService for OversightHandler {
     async fn find_account_holders(
         &self,
         request: Request<FindAccountHoldersRequest>,
@@ -45,27 +47,28 @@ impl Oversight for OversightService {
         let _admitted = call.admit(&self.state, RpcClass::Oversight)?;
         let req = request.into_inner();
         let purpose = call.purpose(&req.purpose)?;
-        let key = AccountKey::try_from(&req).map_err(|r| call.reject(r))?;
-        let store = &self.state.store;
-        let holders = store.account_claims(&key).await.map_err(|e| call.fail(e))?;
-        let claims = store
-            .duplicate_claims(Some(&key), None, CLAIMS_PER_ACCOUNT)
+        let key = account_key_in("account", req.account.as_ref()).map_err(|r| call.reject(r))?;
+        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE).map_err(|r| call.reject(r))?;
+        let binding = Binding::new(FIND_ACCOUNT_HOLDERS)
+            .with(key.kind)
+            .with(&key.provider_code)
+            .with(key.account_ref.as_str());
+        let holders = self
+            .state
+            .store
+            .account_claims(&key)
             .await
             .map_err(|e| call.fail(e))?;
-        let citizens = holders.iter().map(|a| a.citizen_id.clone()).chain(
-            claims
-                .iter()
-                .flat_map(|c| [c.claimant.clone(), c.holder.clone()]),
-        );
+        // Holders are ordered by (linked, account id); the cursor is the last one's id.
+        let (holders, next_page_token) = binding
+            .page_of(&req.page_token, holders, size, |a| a.id.to_string())
+            .map_err(|r| call.reject(r))?;
+        let citizens = holders.iter().map(|a| a.citizen_id.clone());
         call.log_reads(&self.state, FIND_ACCOUNT_HOLDERS, &purpose, citizens)
             .await?;
-        let full = call.caller.has(Scope::ResolveFull);
         Ok(Response::new(FindAccountHoldersResponse {
             holders: holders.iter().map(holder_out).collect(),
-            refused_claims: claims
-                .iter()
-                .map(|c| duplicate_claim_out(c, full))
-                .collect(),
+            next_page_token,
         }))
     }
 
@@ -77,20 +80,32 @@ impl Oversight for OversightService {
         let _admitted = call.admit(&self.state, RpcClass::Oversight)?;
         let req = request.into_inner();
         let purpose = call.purpose(&req.purpose)?;
-        let before = claims_token_in(&req.page_token).map_err(|r| call.reject(r))?;
-        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE);
-        let mut claims = self
+        let key = req
+            .account
+            .as_ref()
+            .map(|k| account_key_in("account", Some(k)))
+            .transpose()
+            .map_err(|r| call.reject(r))?;
+        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE).map_err(|r| call.reject(r))?;
+        let binding = match &key {
+            None => Binding::new(LIST_DUPLICATE_CLAIMS),
+            Some(k) => Binding::new(LIST_DUPLICATE_CLAIMS)
+                .with(k.kind)
+                .with(&k.provider_code)
+                .with(k.account_ref.as_str()),
+        };
+        let before = binding
+            .cursor_as(&req.page_token, claim_cursor)
+            .map_err(|r| call.reject(r))?;
+        let claims = self
             .state
             .store
-            .duplicate_claims(None, before, size + 1)
+            .duplicate_claims(key.as_ref(), before, size + 1)
             .await
             .map_err(|e| call.fail(e))?;
-        let more = claims.len() > size as usize;
-        claims.truncate(size as usize);
-        let next_page_token = match (more, claims.last()) {
-            (true, Some(last)) => claims_token_out(last),
-            _ => String::new(),
-        };
+        let (claims, next_page_token) = binding.page(claims, size, |c| {
+            format!("{}_{}", c.detected_at.micros(), c.claim_id)
+        });
         let citizens = claims
             .iter()
             .flat_map(|c| [c.claimant.clone(), c.holder.clone()]);
@@ -121,20 +136,18 @@ impl Oversight for OversightService {
         else {
             return Ok(Response::new(ListAccessLogResponse::default()));
         };
-        let before = access_token_in(&req.page_token).map_err(|r| call.reject(r))?;
-        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE);
-        let mut entries = self
+        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE).map_err(|r| call.reject(r))?;
+        let binding = Binding::new(LIST_ACCESS_LOG).with(citizen.as_str());
+        let before = binding
+            .cursor_as(&req.page_token, |c| c.parse::<i64>().ok())
+            .map_err(|r| call.reject(r))?;
+        let entries = self
             .state
             .store
             .access_log(&citizen, before, size + 1)
             .await
             .map_err(|e| call.fail(e))?;
-        let more = entries.len() > size as usize;
-        entries.truncate(size as usize);
-        let next_page_token = match (more, entries.last()) {
-            (true, Some((id, _))) => access_token_out(*id),
-            _ => String::new(),
-        };
+        let (entries, next_page_token) = binding.page(entries, size, |(id, _)| id.to_string());
         // Reading who read a citizen's data is itself a read of that citizen's data.
         call.log_reads(&self.state, LIST_ACCESS_LOG, &purpose, [citizen])
             .await?;

@@ -1,4 +1,4 @@
-//! `PopulationSync`: bulk streams of citizens' facts and declared accounts from the
+//! `PopulationSyncService`: bulk streams of citizens' facts and declared accounts from the
 //! population platform.
 //!
 //! Both RPCs run the same loop: read up to [`SYNC_BATCH`] records, validate each (a bad
@@ -20,8 +20,11 @@ use super::convert::{record_error, sync_account, sync_citizen};
 use super::resolver::next_batch;
 use super::{AppState, Call};
 use crate::domain::{Reason, RecordOutcome, Rejection};
-use crate::proto::population_sync_server::PopulationSync;
-use crate::proto::{SyncAccountsRequest, SyncAck, SyncCitizensRequest};
+use crate::proto::population_sync_service_server::PopulationSyncService;
+use crate::proto::{
+    SyncAccountsRequest, SyncAccountsResponse, SyncBatchResult, SyncCitizensRequest,
+    SyncCitizensResponse,
+};
 use crate::security::limits::RpcClass;
 use crate::store::{Store, StoreResult, WriteContext};
 
@@ -34,15 +37,15 @@ const SYNC_LINGER: Duration = Duration::from_millis(20);
 /// Acknowledgements buffered for a client that is slow to read them.
 const ACK_BUFFER: usize = 4;
 
-type AckStream = Pin<Box<dyn Stream<Item = Result<SyncAck, Status>> + Send>>;
+type AckStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
 
-pub struct PopulationSyncService {
+pub struct PopulationSyncHandler {
     state: AppState,
 }
 
-impl PopulationSyncService {
+impl PopulationSyncHandler {
     pub fn new(state: AppState) -> Self {
-        PopulationSyncService { state }
+        PopulationSyncHandler { state }
     }
 }
 
@@ -50,6 +53,9 @@ impl PopulationSyncService {
 trait SyncKind: Send + Sync + 'static {
     type Message: Send + 'static;
     type Record: Send + Sync + 'static;
+    /// What the stream answers after each committed batch.
+    type Response: Send + 'static;
+    fn respond(result: SyncBatchResult) -> Self::Response;
     const NAME: &'static str;
     fn record_id(m: &Self::Message) -> &str;
     fn parse(m: &Self::Message, today: time::Date) -> Result<Self::Record, Rejection>;
@@ -69,7 +75,14 @@ struct Citizens;
 impl SyncKind for Citizens {
     type Message = SyncCitizensRequest;
     type Record = crate::domain::SyncCitizen;
+    type Response = SyncCitizensResponse;
     const NAME: &'static str = "citizens";
+
+    fn respond(result: SyncBatchResult) -> SyncCitizensResponse {
+        SyncCitizensResponse {
+            result: Some(result),
+        }
+    }
 
     fn record_id(m: &SyncCitizensRequest) -> &str {
         m.record
@@ -96,7 +109,14 @@ struct Accounts;
 impl SyncKind for Accounts {
     type Message = SyncAccountsRequest;
     type Record = crate::domain::SyncAccount;
+    type Response = SyncAccountsResponse;
     const NAME: &'static str = "accounts";
+
+    fn respond(result: SyncBatchResult) -> SyncAccountsResponse {
+        SyncAccountsResponse {
+            result: Some(result),
+        }
+    }
 
     fn record_id(m: &SyncAccountsRequest) -> &str {
         m.record
@@ -118,11 +138,11 @@ impl SyncKind for Accounts {
     }
 }
 
-impl PopulationSyncService {
+impl PopulationSyncHandler {
     fn start<K: SyncKind>(
         &self,
         request: Request<Streaming<K::Message>>,
-    ) -> Result<Response<AckStream>, Status> {
+    ) -> Result<Response<AckStream<K::Response>>, Status> {
         let call = Call::of(&request)?;
         let admitted = call.admit(&self.state, RpcClass::Write)?;
         let state = self.state.clone();
@@ -150,21 +170,21 @@ impl PopulationSyncService {
 }
 
 #[tonic::async_trait]
-impl PopulationSync for PopulationSyncService {
-    type SyncCitizensStream = AckStream;
-    type SyncAccountsStream = AckStream;
+impl PopulationSyncService for PopulationSyncHandler {
+    type SyncCitizensStream = AckStream<SyncCitizensResponse>;
+    type SyncAccountsStream = AckStream<SyncAccountsResponse>;
 
     async fn sync_citizens(
         &self,
         request: Request<Streaming<SyncCitizensRequest>>,
-    ) -> Result<Response<AckStream>, Status> {
+    ) -> Result<Response<Self::SyncCitizensStream>, Status> {
         self.start::<Citizens>(request)
     }
 
     async fn sync_accounts(
         &self,
         request: Request<Streaming<SyncAccountsRequest>>,
-    ) -> Result<Response<AckStream>, Status> {
+    ) -> Result<Response<Self::SyncAccountsStream>, Status> {
         self.start::<Accounts>(request)
     }
 }
@@ -174,11 +194,11 @@ async fn sync_loop<K: SyncKind>(
     state: &AppState,
     call: &Call,
     mut inbound: Streaming<K::Message>,
-    tx: &mpsc::Sender<Result<SyncAck, Status>>,
-) -> Result<SyncAck, Status> {
-    let mut totals = SyncAck::default();
+    tx: &mpsc::Sender<Result<K::Response, Status>>,
+) -> Result<SyncBatchResult, Status> {
+    let mut totals = SyncBatchResult::default();
     loop {
-        let batch = next_batch(&mut inbound, SYNC_BATCH, SYNC_LINGER).await?;
+        let batch = next_batch(call, &mut inbound, SYNC_BATCH, SYNC_LINGER).await?;
         let Some(last) = batch.last() else {
             return Ok(totals);
         };
@@ -207,9 +227,9 @@ async fn sync_loop<K: SyncKind>(
             .await
             .map_err(|e| call.fail(e))?
             .into_iter();
-        let mut ack = SyncAck {
+        let mut ack = SyncBatchResult {
             last_record_id,
-            ..SyncAck::default()
+            ..SyncBatchResult::default()
         };
         for (message, refused) in batch.iter().zip(refused) {
             let outcome = match refused {
@@ -233,7 +253,7 @@ async fn sync_loop<K: SyncKind>(
         ack.stale = totals.stale;
         ack.rejected = totals.rejected;
         totals.last_record_id = ack.last_record_id.clone();
-        if tx.send(Ok(ack)).await.is_err() {
+        if tx.send(Ok(K::respond(ack))).await.is_err() {
             // The client went away after the commit; it resumes from its last ack and
             // what it sends again is STALE.
             return Ok(totals);

@@ -1,17 +1,16 @@
-//! `AccountRegistry`: link, verify and manage accounts; read them and their history.
+//! `AccountRegistryService`: link, verify and manage accounts; read them and their history.
 
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::convert::{
-    account_id, account_out, history_out, page_size, page_token_in, page_token_out, preference_out,
-};
+use super::convert::{account_id, account_out, history_out, preference_out};
+use super::page::{page_size, Binding};
 use super::{AppState, Call};
 use crate::domain::{
     account_not_found, Account, ChangeAccount, LinkAccount, Rejection, ReportPayoutFailure,
     SetPreference,
 };
-use crate::proto::account_registry_server::AccountRegistry;
+use crate::proto::account_registry_service_server::AccountRegistryService;
 use crate::proto::*;
 use crate::security::limits::RpcClass;
 use crate::security::Scope;
@@ -19,14 +18,17 @@ use crate::security::Scope;
 /// Default and largest history page.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
+/// Default and largest page of a citizen's accounts.
+const DEFAULT_ACCOUNTS_PAGE: u32 = 50;
+const MAX_ACCOUNTS_PAGE: u32 = 100;
 
-pub struct AccountRegistryService {
+pub struct AccountRegistryHandler {
     state: AppState,
 }
 
-impl AccountRegistryService {
+impl AccountRegistryHandler {
     pub fn new(state: AppState) -> Self {
-        AccountRegistryService { state }
+        AccountRegistryHandler { state }
     }
 
     /// The five status changes share one path: parse, run, answer with the account.
@@ -74,7 +76,7 @@ macro_rules! answer {
 }
 
 #[tonic::async_trait]
-impl AccountRegistry for AccountRegistryService {
+impl AccountRegistryService for AccountRegistryHandler {
     async fn link_account(
         &self,
         request: Request<LinkAccountRequest>,
@@ -206,18 +208,28 @@ impl AccountRegistry for AccountRegistryService {
             // A legacy number no citizen has: nothing to show, nobody's data read.
             return Ok(Response::new(ListCitizenAccountsResponse::default()));
         };
+        let size = page_size(req.page_size, DEFAULT_ACCOUNTS_PAGE, MAX_ACCOUNTS_PAGE)
+            .map_err(|r| call.reject(r))?;
+        let binding = Binding::new(LIST_CITIZEN_ACCOUNTS)
+            .with(citizen.as_str())
+            .with(req.include_closed);
         let (accounts, prefs) = self
             .state
             .store
             .list_citizen_accounts(&citizen, req.include_closed)
             .await
             .map_err(|e| call.fail(e))?;
+        // Accounts come oldest first, (created_at, id); the cursor is the last one's id.
+        let (accounts, next_page_token) = binding
+            .page_of(&req.page_token, accounts, size, |a| a.id.to_string())
+            .map_err(|r| call.reject(r))?;
         call.log_reads(&self.state, LIST_CITIZEN_ACCOUNTS, &purpose, [citizen])
             .await?;
         let full = Self::full(&call);
         Ok(Response::new(ListCitizenAccountsResponse {
             accounts: accounts.iter().map(|a| account_out(a, full)).collect(),
             preferences: prefs.iter().map(preference_out).collect(),
+            next_page_token,
         }))
     }
 
@@ -230,24 +242,24 @@ impl AccountRegistry for AccountRegistryService {
         let req = request.into_inner();
         let purpose = call.purpose(&req.purpose)?;
         let id = account_id("account_id", &req.account_id).map_err(|r| call.reject(r))?;
-        let after = page_token_in(&req.page_token).map_err(|r| call.reject(r))?;
-        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE);
+        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE).map_err(|r| call.reject(r))?;
+        let binding = Binding::new(GET_ACCOUNT_HISTORY).with(id);
+        let after = binding
+            .cursor_as(&req.page_token, |c| c.parse::<u64>().ok())
+            .map_err(|r| call.reject(r))?
+            .unwrap_or(0);
         // Checked on every page: a page token must not turn an unknown account into an
         // empty history.
         let account = self.account(&call, id).await?;
         // One more than the page, to know whether another page follows.
-        let mut entries = self
+        let entries = self
             .state
             .store
             .account_history(id, after, size + 1)
             .await
             .map_err(|e| call.fail(e))?;
-        let more = entries.len() > size as usize;
-        entries.truncate(size as usize);
-        let next_page_token = match (more, entries.last()) {
-            (true, Some(last)) => page_token_out(last.account.version),
-            _ => String::new(),
-        };
+        let (entries, next_page_token) =
+            binding.page(entries, size, |h| h.account.version.to_string());
         call.log_reads(
             &self.state,
             GET_ACCOUNT_HISTORY,
@@ -296,7 +308,7 @@ impl AccountRegistry for AccountRegistryService {
     }
 }
 
-impl AccountRegistryService {
+impl AccountRegistryHandler {
     async fn account(&self, call: &Call, id: uuid::Uuid) -> Result<Account, Status> {
         self.state
             .store
@@ -307,6 +319,6 @@ impl AccountRegistryService {
     }
 }
 
-const GET_ACCOUNT: &str = "/payoutregistry.v1.AccountRegistry/GetAccount";
-const LIST_CITIZEN_ACCOUNTS: &str = "/payoutregistry.v1.AccountRegistry/ListCitizenAccounts";
-const GET_ACCOUNT_HISTORY: &str = "/payoutregistry.v1.AccountRegistry/GetAccountHistory";
+const GET_ACCOUNT: &str = "/payoutregistry.v1.AccountRegistryService/GetAccount";
+const LIST_CITIZEN_ACCOUNTS: &str = "/payoutregistry.v1.AccountRegistryService/ListCitizenAccounts";
+const GET_ACCOUNT_HISTORY: &str = "/payoutregistry.v1.AccountRegistryService/GetAccountHistory";

@@ -9,10 +9,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::call::transport_status;
 use super::convert::{record_error, resolution_out, ResolveRequest};
 use super::{AppState, Call};
 use crate::domain::{CitizenId, CitizenLookup, LegacyId, Rejection, Resolution};
-use crate::proto::payout_resolver_server::PayoutResolver;
+use crate::proto::payout_resolver_service_server::PayoutResolverService;
 use crate::proto::{
     BatchResolveRequest, BatchResolveResponse, ResolveOutcome,
     ResolveRequest as ProtoResolveRequest, ResolveResponse,
@@ -20,8 +21,8 @@ use crate::proto::{
 use crate::security::limits::RpcClass;
 use crate::security::Scope;
 
-const RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/Resolve";
-const BATCH_RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/BatchResolve";
+const RESOLVE: &str = "/payoutregistry.v1.PayoutResolverService/Resolve";
+const BATCH_RESOLVE: &str = "/payoutregistry.v1.PayoutResolverService/BatchResolve";
 
 /// Most requests looked up together (one round trip to the database).
 pub const BATCH_SIZE: usize = 1000;
@@ -33,13 +34,13 @@ const BATCH_LINGER: Duration = Duration::from_millis(2);
 /// all the memory a slow reader can make the server hold for one stream.
 const ANSWER_BUFFER: usize = 2 * BATCH_SIZE;
 
-pub struct PayoutResolverService {
+pub struct PayoutResolverHandler {
     state: AppState,
 }
 
-impl PayoutResolverService {
+impl PayoutResolverHandler {
     pub fn new(state: AppState) -> Self {
-        PayoutResolverService { state }
+        PayoutResolverHandler { state }
     }
 }
 
@@ -146,7 +147,7 @@ fn answer(
 }
 
 #[tonic::async_trait]
-impl PayoutResolver for PayoutResolverService {
+impl PayoutResolverService for PayoutResolverHandler {
     type BatchResolveStream =
         Pin<Box<dyn Stream<Item = Result<BatchResolveResponse, Status>> + Send>>;
 
@@ -157,7 +158,16 @@ impl PayoutResolver for PayoutResolverService {
         let call = Call::of(&request)?;
         let _admitted = call.admit(&self.state, RpcClass::Resolve)?;
         let purpose = call.purpose(&request.get_ref().purpose)?;
-        let req = ResolveRequest::try_from(request.get_ref()).map_err(|r| call.reject(r))?;
+        let r = request.get_ref();
+        let req = ResolveRequest::parse(
+            &r.citizen_id,
+            &r.program_code,
+            r.as_of.as_ref(),
+            r.scope,
+            self.state.now(),
+        )
+        .and_then(|req| known_program(&self.state, req))
+        .map_err(|r| call.reject(r))?;
         if !req.exists_only {
             // `resolve.exists` clients may only ask yes/no.
             call.require(Scope::Resolve)?;
@@ -223,12 +233,12 @@ async fn batch_loop(
         let mut inbound = inbound;
         let mut stream_purpose: Option<String> = None;
         loop {
-            let batch = next_batch(&mut inbound, BATCH_SIZE, BATCH_LINGER).await?;
+            let batch = next_batch(call, &mut inbound, BATCH_SIZE, BATCH_LINGER).await?;
             if batch.is_empty() {
                 return Ok::<(), Status>(());
             }
             call.pace(state, batch.len()).await;
-            let parsed = parse_batch(call, batch, &mut stream_purpose)?;
+            let parsed = parse_batch(state, call, batch, &mut stream_purpose)?;
             if batch_tx.send(parsed).await.is_err() {
                 return Ok(());
             }
@@ -267,7 +277,21 @@ struct ParsedBatch {
     pending: Vec<Pending>,
 }
 
+/// Refuses a program that is not in the reference data, so that a batch answers it in
+/// place (the store would refuse the whole lookup).
+fn known_program(state: &AppState, request: ResolveRequest) -> Result<ResolveRequest, Rejection> {
+    match &request.program {
+        Some(p) if !state.programs.contains(p.as_str()) => Err(Rejection::field(
+            crate::domain::Reason::ProgramUnknown,
+            "program_code",
+            "no such program in the reference data",
+        )),
+        _ => Ok(request),
+    }
+}
+
 fn parse_batch(
+    state: &AppState,
     call: &Call,
     batch: Vec<BatchResolveRequest>,
     stream_purpose: &mut Option<String>,
@@ -278,7 +302,15 @@ fn parse_batch(
         if stream_purpose.is_none() && !r.purpose.trim().is_empty() {
             *stream_purpose = Some(r.purpose.clone());
         }
-        let parsed = ResolveRequest::try_from(r).and_then(|request| {
+        let parsed = ResolveRequest::parse(
+            &r.citizen_id,
+            &r.program_code,
+            r.as_of.as_ref(),
+            r.scope,
+            state.now(),
+        )
+        .and_then(|request| known_program(state, request))
+        .and_then(|request| {
             let raw = if r.purpose.trim().is_empty() {
                 stream_purpose.as_deref().unwrap_or("")
             } else {
@@ -344,21 +376,25 @@ async fn answer_batch(
 }
 
 /// Waits for the next message, then takes what arrives within `linger`, up to `max`.
-/// Empty at the end of the stream. A client that cancels ends the stream with its error.
+/// Empty at the end of the stream. A client that cancels ends the stream with its error;
+/// a message that does not decode ends it as the client's fault (see
+/// `call::transport_status`).
 pub async fn next_batch<T>(
+    call: &Call,
     inbound: &mut Streaming<T>,
     max: usize,
     linger: Duration,
 ) -> Result<Vec<T>, Status> {
+    let decoded = |m: Result<T, Status>| m.map_err(|e| transport_status(e, &call.request_id));
     let mut batch = Vec::new();
     match inbound.next().await {
         None => return Ok(batch),
-        Some(first) => batch.push(first?),
+        Some(first) => batch.push(decoded(first)?),
     }
     let deadline = tokio::time::Instant::now() + linger;
     while batch.len() < max {
         match tokio::time::timeout_at(deadline, inbound.next()).await {
-            Ok(Some(next)) => batch.push(next?),
+            Ok(Some(next)) => batch.push(decoded(next)?),
             Ok(None) | Err(_) => break,
         }
     }

@@ -141,7 +141,7 @@ pub fn required(path: &str) -> Option<Access> {
         ("grpc.health.v1.Health", _)
         | ("grpc.reflection.v1.ServerReflection", _)
         | ("grpc.reflection.v1alpha.ServerReflection", _) => Access::Public,
-        ("payoutregistry.v1.AccountRegistry", m) => match m {
+        ("payoutregistry.v1.AccountRegistryService", m) => match m {
             "LinkAccount" | "SetDefaultAccount" | "CloseAccount" => Access::AnyOf(&[AccountsWrite]),
             // Who may assert which method is decided per account (domain::assertion).
             "VerifyAccount" => Access::AnyOf(&[AccountsVerify, VerifyInPerson]),
@@ -155,23 +155,23 @@ pub fn required(path: &str) -> Option<Access> {
             "ReportPayoutFailure" => Access::AnyOf(&[PayoutsReport, AccountsVerify]),
             _ => return None,
         },
-        ("payoutregistry.v1.Oversight", "FindAccountHolders" | "ListDuplicateClaims") => {
+        ("payoutregistry.v1.OversightService", "FindAccountHolders" | "ListDuplicateClaims") => {
             Access::AnyOf(&[Oversight])
         }
         // A citizen may read who read their data (citizen.self, through VNeID).
-        ("payoutregistry.v1.Oversight", "ListAccessLog") => {
+        ("payoutregistry.v1.OversightService", "ListAccessLog") => {
             Access::AnyOf(&[Oversight, CitizenSelf])
         }
         (
-            "payoutregistry.v1.ChangeFeed",
+            "payoutregistry.v1.ChangeFeedService",
             "Subscribe" | "CommitPosition" | "GetPosition" | "EditWatchList",
         ) => Access::AnyOf(&[EventsSubscribe, EventsAll]),
         // A digest covers every citizen of a province, not a watch list.
-        ("payoutregistry.v1.ChangeFeed", "GetSyncDigest") => Access::AnyOf(&[EventsAll]),
-        ("payoutregistry.v1.PopulationSync", "SyncCitizens" | "SyncAccounts") => {
+        ("payoutregistry.v1.ChangeFeedService", "GetSyncDigest") => Access::AnyOf(&[EventsAll]),
+        ("payoutregistry.v1.PopulationSyncService", "SyncCitizens" | "SyncAccounts") => {
             Access::AnyOf(&[SyncPopulation])
         }
-        ("payoutregistry.v1.PayoutResolver", "Resolve" | "BatchResolve") => {
+        ("payoutregistry.v1.PayoutResolverService", "Resolve" | "BatchResolve") => {
             // The handler further requires `resolve` for details.
             Access::AnyOf(&[Resolve, ResolveExists])
         }
@@ -208,8 +208,74 @@ impl Caller {
 
 /// This call's id: in every log line of the call, in the `x-request-id` response header,
 /// and in internal-error messages, so a client's report can be matched to the logs.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestId(pub Uuid);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId {
+    /// The id the access log records (the client's, when it sent a UUID).
+    pub id: Uuid,
+    /// The client's `x-request-id`, when it sent a sane one.
+    client: Option<String>,
+}
+
+impl RequestId {
+    /// A new id, made by the server.
+    pub fn new() -> RequestId {
+        RequestId {
+            id: Uuid::new_v4(),
+            client: None,
+        }
+    }
+
+    /// The client's `x-request-id` when it is a sane token (1 to 64 letters, digits,
+    /// `.`, `_`, `:` or `-`: nothing that could forge a log line), else a new id.
+    pub fn from_header(value: Option<&http::HeaderValue>) -> RequestId {
+        let sane = value.and_then(|v| v.to_str().ok()).filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+        });
+        match sane {
+            None => RequestId::new(),
+            Some(v) => RequestId {
+                id: Uuid::parse_str(v).unwrap_or_else(|_| Uuid::new_v4()),
+                client: Some(v.to_owned()),
+            },
+        }
+    }
+
+    /// The id as the client and the logs see it.
+    pub fn shown(&self) -> String {
+        self.client.clone().unwrap_or_else(|| self.id.to_string())
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::new()
+    }
+}
+
+/// The trace a W3C `traceparent` header names (version 00): the caller's trace id and
+/// its span, which becomes the parent of this call's span. Malformed or all-zero values
+/// are ignored, as the W3C recommendation says.
+pub fn trace_parent(value: Option<&http::HeaderValue>) -> Option<(String, String)> {
+    let v = value?.to_str().ok()?;
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    };
+    let valid = version == "00"
+        && parts.next().is_none()
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.chars().any(|c| c != '0')
+        && parent.chars().any(|c| c != '0');
+    valid.then(|| (trace.to_owned(), parent.to_owned()))
+}
 
 /// Hex SHA-256 of a token, as stored in the configuration.
 pub fn hash_token(token: &str) -> String {
@@ -286,8 +352,66 @@ pub struct Authenticator {
 /// Why a call was refused before reaching its handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
-    Unauthenticated(&'static str),
-    PermissionDenied(String),
+    /// No valid identity: UNAUTHENTICATED.
+    Unauthenticated(Unauthenticated),
+    /// An identity without the right: PERMISSION_DENIED.
+    PermissionDenied(Forbidden),
+}
+
+/// Why a caller could not be identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// No certificate and no token.
+    Missing,
+    /// A token or certificate that names no client, or is malformed (why, for a human).
+    Invalid(&'static str),
+    /// The certificate and the token name different clients.
+    Conflict,
+    /// A bearer token in plain text from a non-loopback address.
+    TokenRequiresTls,
+}
+
+/// Why an identified caller may not make this call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forbidden {
+    /// The client holds none of the scopes the method needs.
+    ScopeMissing {
+        client: String,
+        required: &'static [Scope],
+    },
+    /// The method is open to no client (not in the scope table).
+    MethodNotOpen,
+}
+
+impl Denied {
+    /// A sentence for the client; never quotes what it sent.
+    pub fn message(&self) -> String {
+        match self {
+            Denied::Unauthenticated(Unauthenticated::Missing) => {
+                "missing credentials: present a client certificate or send \
+                 `authorization: Bearer <token>`"
+                    .into()
+            }
+            Denied::Unauthenticated(Unauthenticated::Invalid(why)) => (*why).into(),
+            Denied::Unauthenticated(Unauthenticated::Conflict) => {
+                "the client certificate and the bearer token name different clients".into()
+            }
+            Denied::Unauthenticated(Unauthenticated::TokenRequiresTls) => {
+                "bearer tokens are accepted only over TLS or from loopback".into()
+            }
+            Denied::PermissionDenied(Forbidden::ScopeMissing { client, required }) => format!(
+                "client {client} lacks the scope for this call (needs {})",
+                required
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+            Denied::PermissionDenied(Forbidden::MethodNotOpen) => {
+                "this method is not open to any client".into()
+            }
+        }
+    }
 }
 
 impl Authenticator {
@@ -348,18 +472,11 @@ impl Authenticator {
             Some(Access::AnyOf(scopes)) if scopes.iter().any(|s| caller.has(*s)) => {
                 Ok(Some(caller))
             }
-            Some(Access::AnyOf(scopes)) => Err(Denied::PermissionDenied(format!(
-                "client {} lacks the scope for this call (needs {})",
-                caller.client_id,
-                scopes
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ))),
-            _ => Err(Denied::PermissionDenied(
-                "this method is not open to any client".into(),
-            )),
+            Some(Access::AnyOf(scopes)) => Err(Denied::PermissionDenied(Forbidden::ScopeMissing {
+                client: caller.client_id,
+                required: scopes,
+            })),
+            _ => Err(Denied::PermissionDenied(Forbidden::MethodNotOpen)),
         }
     }
 
@@ -373,12 +490,14 @@ impl Authenticator {
         let by_certificate = match &peer.certificate {
             PeerCertificate::Absent => None,
             PeerCertificate::Named(subject) => Some(self.by_subject.get(subject).cloned().ok_or(
-                Denied::Unauthenticated("the client certificate names no configured client"),
+                Denied::Unauthenticated(Unauthenticated::Invalid(
+                    "the client certificate names no configured client",
+                )),
             )?),
             PeerCertificate::Unnamed => {
-                return Err(Denied::Unauthenticated(
+                return Err(Denied::Unauthenticated(Unauthenticated::Invalid(
                     "the client certificate has no single subject Common Name",
-                ))
+                )))
             }
         };
         let by_token = match authorization {
@@ -390,31 +509,23 @@ impl Authenticator {
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
-                    .ok_or(Denied::Unauthenticated(
+                    .ok_or(Denied::Unauthenticated(Unauthenticated::Invalid(
                         "malformed credentials: send `authorization: Bearer <token>`",
-                    ))?;
+                    )))?;
                 if !(peer.tls || peer.loopback || self.plaintext_tokens_from_anywhere) {
-                    return Err(Denied::Unauthenticated(
-                        "bearer tokens are accepted only over TLS or from loopback",
-                    ));
+                    return Err(Denied::Unauthenticated(Unauthenticated::TokenRequiresTls));
                 }
-                Some(
-                    self.token_caller(token)
-                        .ok_or(Denied::Unauthenticated("invalid credentials"))?,
-                )
+                Some(self.token_caller(token).ok_or(Denied::Unauthenticated(
+                    Unauthenticated::Invalid("invalid credentials"),
+                ))?)
             }
         };
         match (by_certificate, by_token) {
             (Some(cert), Some(token)) if cert.client_id != token.client_id => {
-                Err(Denied::Unauthenticated(
-                    "the client certificate and the bearer token name different clients",
-                ))
+                Err(Denied::Unauthenticated(Unauthenticated::Conflict))
             }
             (Some(caller), _) | (None, Some(caller)) => Ok(caller),
-            (None, None) => Err(Denied::Unauthenticated(
-                "missing credentials: present a client certificate or send \
-                 `authorization: Bearer <token>`",
-            )),
+            (None, None) => Err(Denied::Unauthenticated(Unauthenticated::Missing)),
         }
     }
 
@@ -434,15 +545,20 @@ impl Authenticator {
     }
 }
 
+/// How a refusal becomes the status a client receives: supplied by the gRPC layer, which
+/// owns the one mapping from refusals to statuses.
+pub type DenialStatus = Arc<dyn Fn(&Denied, &RequestId) -> tonic::Status + Send + Sync>;
+
 /// The tower layer that authenticates, authorises and traces every call.
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    deny: DenialStatus,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authenticator>) -> AuthLayer {
-        AuthLayer { auth }
+    pub fn new(auth: Arc<Authenticator>, deny: DenialStatus) -> AuthLayer {
+        AuthLayer { auth, deny }
     }
 }
 
@@ -453,6 +569,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            deny: self.deny.clone(),
         }
     }
 }
@@ -461,6 +578,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    deny: DenialStatus,
 }
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
@@ -481,14 +599,21 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let request_id = Uuid::new_v4();
+        let request_id = RequestId::from_header(req.headers().get("x-request-id"));
         let path = req.uri().path().to_owned();
         let span = tracing::info_span!(
             "rpc",
-            request_id = %request_id,
+            request_id = %request_id.shown(),
             method = %path,
             client = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
         );
+        if let Some((trace, parent)) = trace_parent(req.headers().get("traceparent")) {
+            span.record("trace_id", trace.as_str());
+            span.record("parent_span_id", parent.as_str());
+        }
+        let deny = self.deny.clone();
         let peer = Peer::from_extensions(req.extensions());
         let decision =
             self.auth
@@ -505,19 +630,16 @@ where
                             tracing::Span::current().record("client", caller.client_id.as_str());
                             req.extensions_mut().insert(caller.clone());
                         }
-                        req.extensions_mut().insert(RequestId(request_id));
+                        req.extensions_mut().insert(request_id.clone());
                         inner.call(req).await?
                     }
                     Err(denied) => {
-                        let status = match denied {
-                            Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-                            Denied::PermissionDenied(m) => tonic::Status::permission_denied(m),
-                        };
+                        let status = deny(&denied, &request_id);
                         tracing::warn!(code = ?status.code(), "call refused: {}", status.message());
                         status.into_http()
                     }
                 };
-                if let Ok(v) = http::HeaderValue::from_str(&request_id.to_string()) {
+                if let Ok(v) = http::HeaderValue::from_str(&request_id.shown()) {
                     response.headers_mut().insert("x-request-id", v);
                 }
                 let grpc_status = response
@@ -596,9 +718,9 @@ mod tests {
     };
 
     const LOCAL: &Peer = &Peer::LOOPBACK;
-    const RESOLVE: &str = "/payoutregistry.v1.PayoutResolver/Resolve";
-    const LINK: &str = "/payoutregistry.v1.AccountRegistry/LinkAccount";
-    const GET: &str = "/payoutregistry.v1.AccountRegistry/GetAccount";
+    const RESOLVE: &str = "/payoutregistry.v1.PayoutResolverService/Resolve";
+    const LINK: &str = "/payoutregistry.v1.AccountRegistryService/LinkAccount";
+    const GET: &str = "/payoutregistry.v1.AccountRegistryService/GetAccount";
 
     fn client_of(result: Result<Option<Caller>, Denied>) -> String {
         result.unwrap().unwrap().client_id

@@ -29,6 +29,19 @@ pub enum RpcClass {
     Bulk,
 }
 
+impl RpcClass {
+    /// The class's name in the `[rate_limits]` settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpcClass::Write => "write",
+            RpcClass::Read => "read",
+            RpcClass::Resolve => "resolve",
+            RpcClass::Oversight => "oversight",
+            RpcClass::Bulk => "bulk",
+        }
+    }
+}
+
 /// One bucket's shape.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

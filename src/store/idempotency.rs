@@ -42,6 +42,7 @@ impl StoredOutcome {
                     reason,
                     field,
                     message,
+                    metadata: Vec::new(),
                 }))
             }
         }

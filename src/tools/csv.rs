@@ -41,6 +41,7 @@ use std::io::{Read, Write};
 
 use anyhow::{bail, Context};
 
+use crate::grpc::convert::{date_in, date_out};
 use crate::proto;
 
 /// The header of a citizens file, in column order.
@@ -146,20 +147,22 @@ fn parse_kind(s: &str) -> Option<proto::AccountKind> {
 }
 
 fn confirmation_text(confirmation: i32) -> Option<&'static str> {
-    match proto::Confirmation::try_from(confirmation).ok()? {
-        proto::Confirmation::Unspecified => Some(""),
-        proto::Confirmation::NameMatch => Some("NAME_MATCH"),
-        proto::Confirmation::IssuerConfirmed => Some("ISSUER_CONFIRMED"),
-        proto::Confirmation::VneidDeclared => Some("VNEID_DECLARED"),
+    match proto::VerificationMethod::try_from(confirmation).ok()? {
+        proto::VerificationMethod::Unspecified => Some(""),
+        proto::VerificationMethod::NameMatch => Some("NAME_MATCH"),
+        proto::VerificationMethod::IssuerConfirmed => Some("ISSUER_CONFIRMED"),
+        proto::VerificationMethod::VneidDeclared => Some("VNEID_DECLARED"),
+        // Population sync cannot relay an in-person verification.
+        proto::VerificationMethod::InPerson => None,
     }
 }
 
-fn parse_confirmation(s: &str) -> Option<proto::Confirmation> {
+fn parse_confirmation(s: &str) -> Option<proto::VerificationMethod> {
     match s {
-        "" => Some(proto::Confirmation::Unspecified),
-        "NAME_MATCH" => Some(proto::Confirmation::NameMatch),
-        "ISSUER_CONFIRMED" => Some(proto::Confirmation::IssuerConfirmed),
-        "VNEID_DECLARED" => Some(proto::Confirmation::VneidDeclared),
+        "" => Some(proto::VerificationMethod::Unspecified),
+        "NAME_MATCH" => Some(proto::VerificationMethod::NameMatch),
+        "ISSUER_CONFIRMED" => Some(proto::VerificationMethod::IssuerConfirmed),
+        "VNEID_DECLARED" => Some(proto::VerificationMethod::VneidDeclared),
         _ => None,
     }
 }
@@ -218,15 +221,17 @@ impl<W: Write> CitizenWriter<W> {
         }
         let legacy_ids = record.legacy_ids.join(&LEGACY_ID_SEPARATOR.to_string());
         let version = record.version.to_string();
+        let born = date_in(record.date_of_birth.as_ref());
+        let died = date_in(record.date_of_death.as_ref());
         self.ensure_header()?;
         self.inner.write_record([
             record.record_id.as_str(),
             version.as_str(),
             record.citizen_id.as_str(),
             record.full_name.as_str(),
-            record.date_of_birth.as_str(),
+            born.as_str(),
             status,
-            record.date_of_death.as_str(),
+            died.as_str(),
             legacy_ids.as_str(),
         ])?;
         Ok(())
@@ -272,10 +277,10 @@ impl<W: Write> AccountWriter<W> {
                 record.record_id, record.kind
             )
         })?;
-        let confirmation = confirmation_text(record.confirmation).with_context(|| {
+        let confirmation = confirmation_text(record.verification_method).with_context(|| {
             format!(
                 "account record {:?}: confirmation {} cannot be written",
-                record.record_id, record.confirmation
+                record.record_id, record.verification_method
             )
         })?;
         let version = record.version.to_string();
@@ -360,6 +365,18 @@ impl<'a> Line<'a> {
         s.parse::<i64>()
             .map_err(|_| self.error(index, format!("{s:?} is not an integer")))
     }
+
+    /// An ISO date (`YYYY-MM-DD`), or none when empty. Whether it is a real calendar date
+    /// is the registry's to say (DATE_INVALID); here it must only have that shape.
+    fn date(&self, index: usize) -> Result<Option<proto::google_type::Date>, CsvError> {
+        let s = self.get(index);
+        if s.is_empty() {
+            return Ok(None);
+        }
+        date_out(s)
+            .map(Some)
+            .ok_or_else(|| self.error(index, format!("{s:?} is not a date (YYYY-MM-DD)")))
+    }
 }
 
 fn parse_citizen(line: &Line<'_>) -> Result<proto::CitizenRecord, CsvError> {
@@ -391,9 +408,9 @@ fn parse_citizen(line: &Line<'_>) -> Result<proto::CitizenRecord, CsvError> {
         version,
         citizen_id: line.get(2).to_owned(),
         full_name: line.get(3).to_owned(),
-        date_of_birth: line.get(4).to_owned(),
+        date_of_birth: line.date(4)?,
         status: status.into(),
-        date_of_death: line.get(6).to_owned(),
+        date_of_death: line.date(6)?,
         legacy_ids,
     })
 }
@@ -428,7 +445,7 @@ fn parse_account(line: &Line<'_>) -> Result<proto::AccountRecord, CsvError> {
         provider_code: line.get(4).to_owned(),
         account_ref: line.get(5).to_owned(),
         holder_name: line.get(6).to_owned(),
-        confirmation: confirmation.into(),
+        verification_method: confirmation.into(),
         removed,
     })
 }
@@ -594,9 +611,9 @@ mod tests {
             version: 1_767_225_600_000_000 + i as i64,
             citizen_id: format!("0010850{i:05}"),
             full_name: full_name.to_owned(),
-            date_of_birth: "1985-03-02".to_owned(),
+            date_of_birth: date_out("1985-03-02"),
             status: proto::CitizenStatus::Active.into(),
-            date_of_death: String::new(),
+            date_of_death: None,
             legacy_ids: legacy_ids.iter().map(|s| (*s).to_owned()).collect(),
         }
     }
@@ -604,7 +621,7 @@ mod tests {
     fn account(
         i: u64,
         kind: proto::AccountKind,
-        confirmation: proto::Confirmation,
+        confirmation: proto::VerificationMethod,
     ) -> proto::AccountRecord {
         proto::AccountRecord {
             record_id: format!("A{i:010}-0"),
@@ -614,7 +631,7 @@ mod tests {
             provider_code: "970436".to_owned(),
             account_ref: "0071000123456".to_owned(),
             holder_name: "NGUYEN VAN DUC".to_owned(),
-            confirmation: confirmation.into(),
+            verification_method: confirmation.into(),
             removed: false,
         }
     }
@@ -643,10 +660,10 @@ mod tests {
     fn citizens_round_trip_with_diacritics_commas_quotes_and_legacy_ids() {
         let mut deceased = citizen(3, "Hồ Thị \"Bé\" Ba", &[]);
         deceased.status = proto::CitizenStatus::Deceased.into();
-        deceased.date_of_death = "2025-12-24".to_owned();
+        deceased.date_of_death = date_out("2025-12-24");
         let mut revoked = citizen(4, "Đặng Văn Ơn", &["111111111"]);
         revoked.status = proto::CitizenStatus::IdRevoked.into();
-        revoked.date_of_birth = String::new();
+        revoked.date_of_birth = None;
         let records = vec![
             citizen(1, "Nguyễn Thị Ngọc Ánh", &[]),
             citizen(2, "Trần, Văn Đức", &["123456789", "987654321"]),
@@ -680,7 +697,7 @@ mod tests {
         let mut removed = account(
             4,
             proto::AccountKind::MobileMoney,
-            proto::Confirmation::Unspecified,
+            proto::VerificationMethod::Unspecified,
         );
         removed.removed = true;
         removed.provider_code = "VIETTELMONEY".to_owned();
@@ -688,7 +705,7 @@ mod tests {
         let mut quoted = account(
             5,
             proto::AccountKind::Ewallet,
-            proto::Confirmation::NameMatch,
+            proto::VerificationMethod::NameMatch,
         );
         quoted.holder_name = "NGUYEN \"TOM\", VAN".to_owned();
         quoted.provider_code = "MOMO".to_owned();
@@ -696,17 +713,17 @@ mod tests {
             account(
                 1,
                 proto::AccountKind::BankAccount,
-                proto::Confirmation::IssuerConfirmed,
+                proto::VerificationMethod::IssuerConfirmed,
             ),
             account(
                 2,
                 proto::AccountKind::Ewallet,
-                proto::Confirmation::NameMatch,
+                proto::VerificationMethod::NameMatch,
             ),
             account(
                 3,
                 proto::AccountKind::BankAccount,
-                proto::Confirmation::Unspecified,
+                proto::VerificationMethod::Unspecified,
             ),
             removed,
             quoted,
@@ -758,7 +775,7 @@ mod tests {
         let text = accounts_csv(&[account(
             1,
             proto::AccountKind::BankAccount,
-            proto::Confirmation::Unspecified,
+            proto::VerificationMethod::Unspecified,
         )]);
         let items: Vec<_> = read_citizens(text.as_bytes()).collect();
         assert_eq!(items.len(), 1);
@@ -858,8 +875,8 @@ mod tests {
         assert_eq!(last.0, 5);
         assert!(!last.1.removed);
         assert_eq!(
-            last.1.confirmation,
-            i32::from(proto::Confirmation::NameMatch)
+            last.1.verification_method,
+            i32::from(proto::VerificationMethod::NameMatch)
         );
         let columns: Vec<(u64, Option<&str>)> = errors_of(items)
             .iter()
@@ -922,16 +939,16 @@ mod tests {
         let mut no_kind = account(
             1,
             proto::AccountKind::BankAccount,
-            proto::Confirmation::Unspecified,
+            proto::VerificationMethod::Unspecified,
         );
         no_kind.kind = 0;
         assert!(w.write(&no_kind).is_err());
         let mut bad_confirmation = account(
             1,
             proto::AccountKind::BankAccount,
-            proto::Confirmation::Unspecified,
+            proto::VerificationMethod::Unspecified,
         );
-        bad_confirmation.confirmation = 7;
+        bad_confirmation.verification_method = 7;
         assert!(w.write(&bad_confirmation).is_err());
     }
 

@@ -151,9 +151,9 @@ pub fn citizen_at(spec: &DemoSpec, i: u64) -> proto::CitizenRecord {
         version: version_of(i),
         citizen_id: id.citizen_id(),
         full_name,
-        date_of_birth: iso(born),
+        date_of_birth: Some(date(born)),
         status: status.into(),
-        date_of_death: died.map(iso).unwrap_or_default(),
+        date_of_death: died.map(date),
         legacy_ids,
     }
 }
@@ -176,7 +176,7 @@ pub fn accounts_at(spec: &DemoSpec, i: u64) -> Vec<proto::AccountRecord> {
                 record_id: format!("A{i:010}-{}", records.len()),
                 version: version_of(i),
                 citizen_id: citizen.citizen_id.clone(),
-                confirmation: proto::Confirmation::IssuerConfirmed.into(),
+                verification_method: proto::VerificationMethod::IssuerConfirmed.into(),
                 removed: false,
                 ..owned
             });
@@ -324,8 +324,12 @@ fn version_of(i: u64) -> i64 {
 }
 
 /// `YYYY-MM-DD`.
-fn iso(d: Date) -> String {
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+fn date(d: Date) -> proto::google_type::Date {
+    proto::google_type::Date {
+        year: d.year(),
+        month: i32::from(u8::from(d.month())),
+        day: i32::from(d.day()),
+    }
 }
 
 /// Family names with their approximate share of the population, per mille.
@@ -660,9 +664,9 @@ fn account_at(
         normalize_name(&short)
     };
     let confirmation = draw.weighted(&[
-        (proto::Confirmation::IssuerConfirmed, 60),
-        (proto::Confirmation::NameMatch, 25),
-        (proto::Confirmation::Unspecified, 15),
+        (proto::VerificationMethod::IssuerConfirmed, 60),
+        (proto::VerificationMethod::NameMatch, 25),
+        (proto::VerificationMethod::Unspecified, 15),
     ]);
     proto::AccountRecord {
         record_id: format!("A{i:010}-{k}"),
@@ -672,7 +676,7 @@ fn account_at(
         provider_code: provider_code.to_owned(),
         account_ref,
         holder_name,
-        confirmation: confirmation.into(),
+        verification_method: confirmation.into(),
         removed: false,
     }
 }
@@ -688,7 +692,8 @@ fn claimable_account(spec: &DemoSpec, j: u64) -> Option<proto::AccountRecord> {
         return None;
     }
     let first = account_at(spec, &owner, j, 0);
-    (first.confirmation == i32::from(proto::Confirmation::IssuerConfirmed)).then_some(first)
+    (first.verification_method == i32::from(proto::VerificationMethod::IssuerConfirmed))
+        .then_some(first)
 }
 
 #[cfg(test)]
@@ -813,14 +818,22 @@ mod tests {
             );
 
             let format = time::macros::format_description!("[year]-[month]-[day]");
-            let born = Date::parse(&c.date_of_birth, format).expect("ISO date of birth");
+            let born = Date::parse(
+                &crate::grpc::convert::date_in(c.date_of_birth.as_ref()),
+                format,
+            )
+            .expect("ISO date of birth");
             assert_eq!(born.year(), id.birth_year());
             if is(c.status, proto::CitizenStatus::Deceased) {
-                let died = Date::parse(&c.date_of_death, format).expect("ISO date of death");
+                let died = Date::parse(
+                    &crate::grpc::convert::date_in(c.date_of_death.as_ref()),
+                    format,
+                )
+                .expect("ISO date of death");
                 assert!(died > born, "{} died before birth", c.record_id);
                 assert!(died <= time::macros::date!(2026 - 10 - 31));
             } else {
-                assert!(c.date_of_death.is_empty());
+                assert!(c.date_of_death.is_none());
             }
 
             assert!(c.legacy_ids.len() <= 2);
@@ -886,7 +899,7 @@ mod tests {
                 continue;
             }
             *kinds.entry(a.kind).or_default() += 1;
-            *confirmations.entry(a.confirmation).or_default() += 1;
+            *confirmations.entry(a.verification_method).or_default() += 1;
             *providers.entry(a.provider_code).or_default() += 1;
         }
         let declared = records - duplicates;
@@ -907,9 +920,15 @@ mod tests {
         assert!((0.62..=0.68).contains(&bank), "bank {bank}");
         assert!((0.22..=0.28).contains(&wallet), "wallet {wallet}");
         assert!((0.08..=0.12).contains(&mobile), "mobile {mobile}");
-        let issuer = fraction(&confirmations, proto::Confirmation::IssuerConfirmed.into());
-        let name = fraction(&confirmations, proto::Confirmation::NameMatch.into());
-        let none = fraction(&confirmations, proto::Confirmation::Unspecified.into());
+        let issuer = fraction(
+            &confirmations,
+            proto::VerificationMethod::IssuerConfirmed.into(),
+        );
+        let name = fraction(&confirmations, proto::VerificationMethod::NameMatch.into());
+        let none = fraction(
+            &confirmations,
+            proto::VerificationMethod::Unspecified.into(),
+        );
         assert!((0.57..=0.63).contains(&issuer), "issuer {issuer}");
         assert!((0.22..=0.28).contains(&name), "name match {name}");
         assert!((0.12..=0.18).contains(&none), "none {none}");
@@ -997,7 +1016,10 @@ mod tests {
 
             let kind = proto::AccountKind::try_from(a.kind).expect("known kind");
             let (provider_kind, active) = &providers[&a.provider_code];
-            assert_eq!(provider_kind, kind.as_str_name());
+            assert_eq!(
+                provider_kind,
+                crate::client::short_name(kind.as_str_name(), "ACCOUNT_KIND_")
+            );
             assert!(active);
             let account_ref = match kind {
                 proto::AccountKind::BankAccount => {
@@ -1020,17 +1042,23 @@ mod tests {
                 let owner = previous.as_ref().expect("set above");
                 assert!(is(citizen.status, proto::CitizenStatus::Active));
                 assert!(is(owner.status, proto::CitizenStatus::Active));
-                assert!(is(a.confirmation, proto::Confirmation::IssuerConfirmed));
+                assert!(is(
+                    a.verification_method,
+                    proto::VerificationMethod::IssuerConfirmed
+                ));
                 let (owner_id, confirmation) = owners
                     .get(&key)
                     .unwrap_or_else(|| panic!("{} claims no earlier account", a.record_id));
                 assert_eq!(owner_id, &owner.citizen_id);
                 assert_ne!(owner_id, &a.citizen_id);
-                assert!(is(*confirmation, proto::Confirmation::IssuerConfirmed));
+                assert!(is(
+                    *confirmation,
+                    proto::VerificationMethod::IssuerConfirmed
+                ));
             } else {
                 assert!(
                     owners
-                        .insert(key, (a.citizen_id.clone(), a.confirmation))
+                        .insert(key, (a.citizen_id.clone(), a.verification_method))
                         .is_none(),
                     "{} reuses a reference",
                     a.record_id

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,11 +24,11 @@ use tonic::transport::Channel;
 
 use super::csv as csvio;
 use super::demo::{self, DemoSpec};
-use crate::client::{Authed, Credentials};
+use crate::client::{short_name, Authed, Credentials};
 use crate::domain::{RecordOutcome, Timestamp};
 use crate::proto;
-use crate::proto::payout_resolver_client::PayoutResolverClient;
-use crate::proto::population_sync_client::PopulationSyncClient;
+use crate::proto::payout_resolver_service_client::PayoutResolverServiceClient;
+use crate::proto::population_sync_service_client::PopulationSyncServiceClient;
 use crate::store::{Store, WriteContext};
 
 /// Records read ahead of the stream.
@@ -238,8 +239,8 @@ pub async fn import_file(
     let in_flight: Arc<Mutex<VecDeque<(u64, String)>>> = Arc::default();
     let malformed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut population =
-        PopulationSyncClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20);
+    let mut population = PopulationSyncServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(64 << 20);
 
     // Reads the file on a blocking thread, feeding the stream.
     let spawn_reader = |tx: mpsc::Sender<(u64, String, Request)>| {
@@ -320,20 +321,25 @@ pub async fn import_file(
             }
         })
     };
-    let mut acks = match kind {
+    // Both streams answer each committed batch with its result.
+    type Results =
+        futures::stream::BoxStream<'static, Result<proto::SyncBatchResult, tonic::Status>>;
+    let mut acks: Results = match kind {
         FileKind::Citizens => {
             drop(account_rx);
-            population
+            let answers = population
                 .sync_citizens(ReceiverStream::new(citizen_rx))
                 .await?
-                .into_inner()
+                .into_inner();
+            Box::pin(answers.map(|r| r.map(|r| r.result.unwrap_or_default())))
         }
         FileKind::Accounts => {
             drop(citizen_rx);
-            population
+            let answers = population
                 .sync_accounts(ReceiverStream::new(account_rx))
                 .await?
-                .into_inner()
+                .into_inner();
+            Box::pin(answers.map(|r| r.map(|r| r.result.unwrap_or_default())))
         }
     };
     let mut rejected_out = std::fs::OpenOptions::new()
@@ -348,7 +354,7 @@ pub async fn import_file(
     let mut committed_before = 0u64;
     let mut last_line = resume_after;
     let outcome: anyhow::Result<()> = async {
-        while let Some(ack) = acks.message().await? {
+        while let Some(ack) = acks.next().await.transpose()? {
             let newly = ack.records_committed - committed_before;
             committed_before = ack.records_committed;
             {
@@ -405,7 +411,7 @@ enum Request {
 /// Resolves every citizen id in `input` (one per line; blank lines and `#` comments
 /// skipped) through BatchResolve and writes a payroll CSV to `output`, in input order.
 pub async fn resolve_file(
-    mut resolver: PayoutResolverClient<Authed>,
+    mut resolver: PayoutResolverServiceClient<Authed>,
     input: &Path,
     output: &Path,
     program: &str,
@@ -473,12 +479,12 @@ pub async fn resolve_file(
         let row = match (&answer.result, &answer.error) {
             (Some(r), _) => {
                 let outcome = proto::ResolveOutcome::try_from(r.outcome)
-                    .map(|o| o.as_str_name())
+                    .map(|o| short_name(o.as_str_name(), "RESOLVE_OUTCOME_"))
                     .unwrap_or("?");
                 let (kind, provider, account) = match &r.account {
                     Some(a) => (
                         proto::AccountKind::try_from(a.kind)
-                            .map(|k| k.as_str_name())
+                            .map(|k| short_name(k.as_str_name(), "ACCOUNT_KIND_"))
                             .unwrap_or("?"),
                         a.provider_code.as_str(),
                         a.account_ref.as_str(),

@@ -13,8 +13,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::proto;
-use crate::proto::account_registry_client::AccountRegistryClient;
-use crate::proto::payout_resolver_client::PayoutResolverClient;
+use crate::proto::account_registry_service_client::AccountRegistryServiceClient;
+use crate::proto::payout_resolver_service_client::PayoutResolverServiceClient;
 use tonic_health::pb::health_client::HealthClient;
 
 /// What one run measured.
@@ -68,7 +68,7 @@ fn verified_link(
 /// Links and verifies `n` synthetic citizens' accounts through the API, returning their
 /// ids (Hà Nội, born 1985, serials from `first_serial`).
 pub async fn seed(
-    registry: &mut AccountRegistryClient<tonic::transport::Channel>,
+    registry: &mut AccountRegistryServiceClient<tonic::transport::Channel>,
     token: &str,
     n: usize,
     first_serial: usize,
@@ -105,7 +105,7 @@ pub async fn resolve(
 ) -> anyhow::Result<Figures> {
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
     run(concurrency, duration, move |i| {
-        let mut client = PayoutResolverClient::new(channel.clone());
+        let mut client = PayoutResolverServiceClient::new(channel.clone());
         let citizen = ids[i % ids.len()].clone();
         let auth = auth.clone();
         async move {
@@ -229,7 +229,7 @@ impl RssSampler {
 /// Sends `n` BatchResolve requests for ids chosen by `id_at` on one stream and measures
 /// ids/s and each id's latency (request sent to answer received).
 pub async fn batch_resolve<C>(
-    mut client: PayoutResolverClient<C>,
+    mut client: PayoutResolverServiceClient<C>,
     n: u64,
     id_at: impl Fn(u64) -> String + Send + 'static,
 ) -> anyhow::Result<Figures>
@@ -283,7 +283,7 @@ where
 /// Streams `n` declared-account records (new record ids, so each is applied) on one
 /// SyncAccounts stream; the latency is a record's time from sent to acknowledged.
 pub async fn sync_accounts<C>(
-    mut client: crate::proto::population_sync_client::PopulationSyncClient<C>,
+    mut client: crate::proto::population_sync_service_client::PopulationSyncServiceClient<C>,
     n: u64,
     seed: u64,
 ) -> anyhow::Result<Figures>
@@ -319,6 +319,7 @@ where
     let mut committed = 0u64;
     let mut rejected = 0u64;
     while let Some(ack) = acks.message().await? {
+        let ack = ack.result.unwrap_or_default();
         let mut q = sent.lock().unwrap_or_else(|p| p.into_inner());
         for _ in committed..ack.records_committed {
             if let Some(t) = q.pop_front() {
@@ -420,7 +421,7 @@ pub async fn relay_catchup(
 /// Reads the change feed from position 0 to the head as it was when the run started;
 /// answers the events read and the time taken (the latency histogram holds nothing).
 pub async fn feed_catchup<C>(
-    mut client: crate::proto::change_feed_client::ChangeFeedClient<C>,
+    mut client: crate::proto::change_feed_service_client::ChangeFeedServiceClient<C>,
 ) -> anyhow::Result<Figures>
 where
     C: tonic::client::GrpcService<tonic::body::Body> + Send,
@@ -467,10 +468,11 @@ pub async fn feed_lag(
     duration: Duration,
 ) -> anyhow::Result<Figures> {
     let bearer = crate::client::Credentials::new(Some(token), "benchmark")?;
-    let mut feed = crate::proto::change_feed_client::ChangeFeedClient::with_interceptor(
-        channel.clone(),
-        bearer.clone(),
-    );
+    let mut feed =
+        crate::proto::change_feed_service_client::ChangeFeedServiceClient::with_interceptor(
+            channel.clone(),
+            bearer.clone(),
+        );
     let head = feed
         .get_position(proto::GetPositionRequest::default())
         .await?
@@ -493,7 +495,7 @@ pub async fn feed_lag(
     // Account numbers unique to this run: earlier runs verified theirs.
     let run: u32 = rand::random_range(0..10_000);
     let writer = tokio::spawn(async move {
-        let registry = AccountRegistryClient::with_interceptor(channel, bearer);
+        let registry = AccountRegistryServiceClient::with_interceptor(channel, bearer);
         let started = Instant::now();
         let mut i = 0u64;
         let mut tasks = tokio::task::JoinSet::new();
@@ -532,7 +534,8 @@ pub async fn feed_lag(
     loop {
         let next = tokio::time::timeout_at(deadline.into(), events.message()).await;
         let Ok(Ok(Some(e))) = next else { break };
-        if e.event_type == "DEFAULT_CHANGED" {
+        let Some(e) = e.event else { continue };
+        if e.event_type() == proto::EventType::DefaultChanged {
             received.push((e.citizen_id, Instant::now()));
         }
     }

@@ -391,8 +391,8 @@ impl Relay {
                 // (0 means "no check" to the broker: the first message of a new stream.)
                 message = message.expected_last_sequence(expected);
             }
-            let payload =
-                crate::grpc::event_out(event, self.settings.full_account_numbers).encode_to_vec();
+            let payload = crate::grpc::event_out(event, self.settings.full_account_numbers, false)
+                .encode_to_vec();
             let ack = self
                 .js
                 .send_publish(subject, message.payload(payload.into()))

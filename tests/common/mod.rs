@@ -22,9 +22,10 @@ use std::time::Duration;
 use payout_registry::app::App;
 use payout_registry::config::{Secret, Settings};
 use payout_registry::domain::Timestamp;
-use payout_registry::proto::account_registry_client::AccountRegistryClient;
-use payout_registry::proto::oversight_client::OversightClient;
-use payout_registry::proto::payout_resolver_client::PayoutResolverClient;
+use payout_registry::proto::account_registry_service_client::AccountRegistryServiceClient;
+use payout_registry::proto::oversight_service_client::OversightServiceClient;
+use payout_registry::proto::payout_resolver_service_client::PayoutResolverServiceClient;
+use payout_registry::proto::SyncBatchResult;
 use payout_registry::security::auth::{hash_token, ClientConfig};
 use payout_registry::security::limits::RateLimitConfig;
 use payout_registry::security::tls::{generate_dev_certs, DevCertFiles, TlsSettings};
@@ -434,6 +435,12 @@ fn clients() -> Vec<ClientConfig> {
         ),
         // VNeID, acting for one citizen per call.
         c("vneid", VNEID, &["citizen.self"]),
+        // Investigators following every event, the holders behind refused claims included.
+        c(
+            "investigations-feed",
+            INVESTIGATIONS_FEED,
+            &["events.subscribe", "events.all", "oversight"],
+        ),
     ]
 }
 
@@ -458,6 +465,7 @@ pub const VIETCOMBANK: &str = "vietcombank-token";
 pub const VIETINBANK: &str = "vietinbank-token";
 pub const POLICE: &str = "police-token";
 pub const VNEID: &str = "vneid-token";
+pub const INVESTIGATIONS_FEED: &str = "investigations-feed-token";
 
 /// A running registry on its own database, built by `App::build` exactly as `serve`
 /// builds it (see [`AppBuilder`]), with clients of every kind.
@@ -478,14 +486,15 @@ pub struct TestApp {
 }
 
 pub type Registry =
-    AccountRegistryClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
+    AccountRegistryServiceClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 pub type Resolver =
-    PayoutResolverClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
-pub type Population = payout_registry::proto::population_sync_client::PopulationSyncClient<
-    tonic::service::interceptor::InterceptedService<Channel, Token>,
->;
+    PayoutResolverServiceClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
+pub type Population =
+    payout_registry::proto::population_sync_service_client::PopulationSyncServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, Token>,
+    >;
 pub type Overseer =
-    OversightClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
+    OversightServiceClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 
 /// The purpose test clients state in `x-purpose` unless a test says otherwise.
 pub const TEST_PURPOSE: &str = "integration test";
@@ -695,19 +704,19 @@ impl TestApp {
     }
 
     pub fn registry(&self, token: Option<&str>) -> Registry {
-        AccountRegistryClient::with_interceptor(
+        AccountRegistryServiceClient::with_interceptor(
             self.channel.clone(),
             Token::new(token, Some(TEST_PURPOSE)),
         )
     }
     pub fn resolver(&self, token: Option<&str>) -> Resolver {
-        PayoutResolverClient::with_interceptor(
+        PayoutResolverServiceClient::with_interceptor(
             self.channel.clone(),
             Token::new(token, Some(TEST_PURPOSE)),
         )
     }
     pub fn oversight(&self, token: Option<&str>) -> Overseer {
-        OversightClient::with_interceptor(
+        OversightServiceClient::with_interceptor(
             self.channel.clone(),
             Token::new(token, Some(TEST_PURPOSE)),
         )
@@ -724,10 +733,13 @@ impl TestApp {
     }
     /// Clients that send no `x-purpose`: the request's `purpose` field is all there is.
     pub fn registry_without_purpose(&self, token: Option<&str>) -> Registry {
-        AccountRegistryClient::with_interceptor(self.channel.clone(), Token::new(token, None))
+        AccountRegistryServiceClient::with_interceptor(
+            self.channel.clone(),
+            Token::new(token, None),
+        )
     }
     pub fn resolver_without_purpose(&self, token: Option<&str>) -> Resolver {
-        PayoutResolverClient::with_interceptor(self.channel.clone(), Token::new(token, None))
+        PayoutResolverServiceClient::with_interceptor(self.channel.clone(), Token::new(token, None))
     }
     pub fn channel(&self) -> Channel {
         self.channel.clone()
@@ -866,16 +878,16 @@ pub fn plaintext_channel(addr: SocketAddr) -> Channel {
 
 /// A registry client on any channel, with a bearer token or none.
 pub fn registry_on(channel: Channel, token: Option<&str>) -> Registry {
-    AccountRegistryClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
+    AccountRegistryServiceClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
 }
 
-pub type Feed = payout_registry::proto::change_feed_client::ChangeFeedClient<
+pub type Feed = payout_registry::proto::change_feed_service_client::ChangeFeedServiceClient<
     tonic::service::interceptor::InterceptedService<Channel, Token>,
 >;
 
 /// A change-feed client on any channel.
 pub fn feed_on(channel: Channel, token: Option<&str>) -> Feed {
-    payout_registry::proto::change_feed_client::ChangeFeedClient::with_interceptor(
+    payout_registry::proto::change_feed_service_client::ChangeFeedServiceClient::with_interceptor(
         channel,
         Token::new(token, Some(TEST_PURPOSE)),
     )
@@ -904,7 +916,7 @@ impl Drop for Instance {
 
 /// A population-sync client on any channel.
 pub fn population_on(channel: Channel, token: Option<&str>) -> Population {
-    payout_registry::proto::population_sync_client::PopulationSyncClient::with_interceptor(
+    payout_registry::proto::population_sync_service_client::PopulationSyncServiceClient::with_interceptor(
         channel,
         Token::new(token, Some(TEST_PURPOSE)),
     )
@@ -912,12 +924,12 @@ pub fn population_on(channel: Channel, token: Option<&str>) -> Population {
 
 /// An oversight client on any channel, with a bearer token or none.
 pub fn oversight_on(channel: Channel, token: Option<&str>) -> Overseer {
-    OversightClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
+    OversightServiceClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
 }
 
 /// A resolver client on any channel, with a bearer token or none.
 pub fn resolver_on(channel: Channel, token: Option<&str>) -> Resolver {
-    PayoutResolverClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
+    PayoutResolverServiceClient::with_interceptor(channel, Token::new(token, Some(TEST_PURPOSE)))
 }
 
 /// Generates one test per backend for each listed case: `backends!(case_a, case_b)`
@@ -940,7 +952,7 @@ macro_rules! on_both_backends {
 pub async fn sync_citizens(
     app: &TestApp,
     records: Vec<payout_registry::proto::CitizenRecord>,
-) -> Vec<payout_registry::proto::SyncAck> {
+) -> Vec<SyncBatchResult> {
     let requests = records
         .into_iter()
         .map(|r| payout_registry::proto::SyncCitizensRequest { record: Some(r) });
@@ -957,7 +969,7 @@ pub async fn sync_citizens(
 pub async fn sync_accounts(
     app: &TestApp,
     records: Vec<payout_registry::proto::AccountRecord>,
-) -> Vec<payout_registry::proto::SyncAck> {
+) -> Vec<SyncBatchResult> {
     let requests = records
         .into_iter()
         .map(|r| payout_registry::proto::SyncAccountsRequest { record: Some(r) });
@@ -970,12 +982,28 @@ pub async fn sync_accounts(
     all_acks(acks).await
 }
 
-pub async fn all_acks(
-    mut acks: tonic::Streaming<payout_registry::proto::SyncAck>,
-) -> Vec<payout_registry::proto::SyncAck> {
+/// A sync stream's answer: the result of one committed batch.
+pub trait BatchAnswer {
+    fn result(self) -> SyncBatchResult;
+}
+
+impl BatchAnswer for payout_registry::proto::SyncCitizensResponse {
+    fn result(self) -> SyncBatchResult {
+        self.result.expect("a batch result")
+    }
+}
+
+impl BatchAnswer for payout_registry::proto::SyncAccountsResponse {
+    fn result(self) -> SyncBatchResult {
+        self.result.expect("a batch result")
+    }
+}
+
+/// Every batch result a sync stream answers, until it ends.
+pub async fn all_acks<R: BatchAnswer>(mut acks: tonic::Streaming<R>) -> Vec<SyncBatchResult> {
     let mut out = Vec::new();
     while let Some(ack) = acks.message().await.expect("ack") {
-        out.push(ack);
+        out.push(ack.result());
     }
     out
 }
@@ -1076,4 +1104,66 @@ pub fn refused<T: std::fmt::Debug>(
     assert_eq!(info.reason, reason, "{status:?}");
     assert_eq!(info.domain, ERROR_DOMAIN);
     status
+}
+
+/// An event type's name without its `EVENT_TYPE_` prefix (`ACCOUNT_VERIFIED`, ...).
+pub fn event_name(e: &payout_registry::proto::FeedEvent) -> &'static str {
+    let name = e.event_type().as_str_name();
+    name.strip_prefix("EVENT_TYPE_").unwrap_or(name)
+}
+
+/// The filter value of an event type named without its prefix.
+pub fn event_type(name: &str) -> i32 {
+    payout_registry::proto::EventType::from_str_name(&format!("EVENT_TYPE_{name}"))
+        .unwrap_or_else(|| panic!("no event type {name}"))
+        .into()
+}
+
+/// The account an event carries: the account of an ACCOUNT_* event, the account now
+/// preferred (DEFAULT_CHANGED), the account of a failed credit.
+pub fn event_account(
+    e: &payout_registry::proto::FeedEvent,
+) -> Option<&payout_registry::proto::Account> {
+    use payout_registry::proto::feed_event::Payload;
+    match e.payload.as_ref()? {
+        Payload::AccountChanged(p) => p.account.as_ref(),
+        Payload::PreferenceChanged(p) => p.account.as_ref(),
+        Payload::PayoutFailureReported(p) => p.account.as_ref(),
+        _ => None,
+    }
+}
+
+/// The program an event is about ("" when none, or the default preference).
+pub fn event_program(e: &payout_registry::proto::FeedEvent) -> &str {
+    use payout_registry::proto::feed_event::Payload;
+    match e.payload.as_ref() {
+        Some(Payload::PreferenceChanged(p)) => &p.program_code,
+        Some(Payload::PayoutFailureReported(p)) => &p.program_code,
+        _ => "",
+    }
+}
+
+/// The next event of a subscription (`None` when the stream ends).
+pub async fn next_event(
+    events: &mut tonic::Streaming<payout_registry::proto::SubscribeResponse>,
+) -> Option<payout_registry::proto::FeedEvent> {
+    events
+        .message()
+        .await
+        .expect("event")
+        .map(|r| r.event.expect("an event in every response"))
+}
+
+/// An ISO date (`YYYY-MM-DD`) as the API's `google.type.Date`; `None` for "".
+pub fn date(iso: &str) -> Option<payout_registry::proto::google_type::Date> {
+    if iso.is_empty() {
+        return None;
+    }
+    Some(payout_registry::grpc::convert::date_out(iso).expect("an ISO date"))
+}
+
+/// A history entry's change named without its prefix (`LINKED`, `VERIFIED`, ...).
+pub fn change_name(e: &payout_registry::proto::AccountHistoryEntry) -> &'static str {
+    let name = e.change().as_str_name();
+    name.strip_prefix("ACCOUNT_CHANGE_").unwrap_or(name)
 }
