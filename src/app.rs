@@ -23,6 +23,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::background::access_log::AccessLog;
+use crate::background::readiness::{self, Readiness, Signals};
 use crate::background::{pruner, sequencer, BackgroundTask};
 use crate::config::Settings;
 use crate::domain::Timestamp;
@@ -39,6 +40,8 @@ use crate::security::auth::{hash_token, AuthLayer, Authenticator, ClientConfig};
 use crate::security::limits::Limits;
 use crate::security::{handshake, tls, Scope};
 use crate::store::{Store, StoreOptions};
+use crate::telemetry::calls::{CallLayer, CallType, Methods};
+use crate::telemetry::metrics as m;
 
 /// The registry's gRPC services by their full names, and `""` (the server as a whole),
 /// as the health service reports them.
@@ -51,6 +54,10 @@ const HEALTH_SERVICES: [&str; 6] = [
     <ChangeFeedServiceServer<ChangeFeedHandler> as NamedService>::NAME,
 ];
 
+/// The health service name that reports liveness: SERVING while the process runs, a
+/// database outage and a drain included. The other names report readiness.
+pub const LIVENESS: &str = "liveness";
+
 /// The registry, wired and ready to serve.
 pub struct App {
     state: AppState,
@@ -60,6 +67,12 @@ pub struct App {
     max_message_bytes: usize,
     request_timeout: Duration,
     shutdown_grace: Duration,
+    shutdown_notice: Duration,
+    max_connection_age: Option<Duration>,
+    health_listen: Option<std::net::SocketAddr>,
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// What the readiness monitor last found.
+    readiness: tokio::sync::watch::Receiver<Readiness>,
     /// Stopped when the app is dropped.
     _tasks: Vec<BackgroundTask>,
 }
@@ -83,11 +96,22 @@ impl App {
             tracing::warn!("no clients configured: every call will be refused");
         }
         let store = open_store(settings).await?;
+        m::install();
 
-        let mut tasks = vec![BackgroundTask::spawn(sequencer::run(
-            store.clone(),
-            settings.feed.sequencer_round,
-        ))];
+        let signals = Arc::new(Signals::default());
+        let (readiness_tx, readiness_rx) = tokio::sync::watch::channel(Readiness::UNKNOWN);
+        let mut tasks = vec![
+            BackgroundTask::spawn(sequencer::run(
+                store.clone(),
+                settings.feed.sequencer_round,
+                signals.clone(),
+            )),
+            BackgroundTask::spawn(readiness::monitor(
+                store.clone(),
+                signals.clone(),
+                readiness_tx,
+            )),
+        ];
         if let Some(retention) = settings.feed.retention() {
             tasks.push(BackgroundTask::spawn(pruner::run(
                 store.clone(),
@@ -98,6 +122,7 @@ impl App {
         let access = if settings.access_log.enabled {
             AccessLog::start(
                 store.clone(),
+                signals.clone(),
                 settings.access_log.queue,
                 settings.access_log.max_batch,
                 settings.access_log.writers,
@@ -134,6 +159,12 @@ impl App {
             max_message_bytes: settings.max_message_bytes,
             request_timeout: Duration::from_secs(settings.request_timeout_secs),
             shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+            shutdown_notice: Duration::from_secs(settings.shutdown_notice_secs),
+            max_connection_age: (settings.max_connection_age_secs > 0)
+                .then(|| Duration::from_secs(settings.max_connection_age_secs)),
+            health_listen: settings.health_listen,
+            metrics_listen: settings.metrics_listen,
+            readiness: readiness_rx,
             _tasks: tasks,
         })
     }
@@ -150,9 +181,18 @@ impl App {
         self
     }
 
-    /// Serves the registry on `listener` until `shutdown` resolves, then marks every
-    /// service NOT_SERVING, ends live subscriptions, stops accepting calls and waits (at
-    /// most the grace period) for calls in flight. Plain text is refused on a non-loopback
+    /// Serves the registry on `listener` until `shutdown` resolves. Health reports
+    /// readiness (see `background::readiness`) for the server and each service, and
+    /// liveness under [`LIVENESS`]; with `health_listen` the health service is also
+    /// served alone in plain text (for probes without a client certificate), and with
+    /// `metrics_listen` Prometheus metrics are served on their own listener.
+    ///
+    /// Shutdown, in order: every service reports NOT_SERVING, new calls are answered
+    /// UNAVAILABLE (SHUTTING_DOWN), sync streams apply what they hold, send a final
+    /// acknowledgement and end UNAVAILABLE, subscriptions end; the listeners stay open
+    /// for `shutdown_notice_secs` so that probes and load balancers see it; then the
+    /// server stops accepting connections and waits, at most the grace period, for calls
+    /// in flight. Health answers until the end. Plain text is refused on a non-loopback
     /// address unless TLS is configured or `allow_plaintext_non_loopback` is set.
     pub async fn serve(
         self,
@@ -167,10 +207,82 @@ impl App {
                  or set allow_plaintext_non_loopback = true behind a TLS-terminating proxy"
             );
         }
+        // Side listeners are bound first, so a busy port stops the server at start-up.
+        let health_listener = bind_side(self.health_listen, "health_listen").await?;
+        let metrics_listener = bind_side(self.metrics_listen, "metrics_listen").await?;
         tracing::info!(%addr, tls = self.tls.is_some(), "payout-registry listening");
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::Serving).await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
+        // Readiness as the monitor finds it (its first probe, at most a moment away),
+        // until shutdown.
+        let mut readiness = self.readiness.clone();
+        let _ = tokio::time::timeout(
+            readiness::PROBE_TIMEOUT * 2,
+            readiness.wait_for(|r| *r != Readiness::UNKNOWN),
+        )
+        .await;
+        let shutting_down = self.state.shutting_down.clone();
+        let follow_readiness = {
+            let reporter = health.clone();
+            let mut stopping = shutting_down.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    let ready = readiness.borrow_and_update().ready();
+                    let stopped = *stopping.borrow_and_update();
+                    set_health(
+                        &reporter,
+                        if ready && !stopped {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        },
+                    )
+                    .await;
+                    tokio::select! {
+                        changed = readiness.changed() => if changed.is_err() { break },
+                        _ = stopping.changed() => {}
+                    }
+                }
+            })
+        };
+        let _follow_readiness = BackgroundTask::from_handle(follow_readiness);
+
+        // Ends the side listeners once the server has stopped.
+        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stopped_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let mut side = Vec::new();
+        if let Some(l) = health_listener {
+            tracing::info!(addr = ?l.local_addr().ok(), "health listening (plain text, grpc.health.v1 only)");
+            let health_only = Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    stopped(),
+                );
+            side.push(tokio::spawn(async move {
+                if let Err(e) = health_only.await {
+                    tracing::error!(error = %e, "the health listener failed");
+                }
+            }));
+        }
+        if let Some(l) = metrics_listener {
+            let refresh = gauges_of(self.state.store.clone());
+            let exporter = m::serve(l, refresh, stopped());
+            side.push(tokio::spawn(async move {
+                if let Err(e) = exporter.await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            }));
+        }
+
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -194,31 +306,41 @@ impl App {
         let oversight = OversightServiceServer::new(OversightHandler::new(state.clone()))
             .max_decoding_message_size(max);
 
-        // Once shutdown is signalled, mark every service NOT_SERVING so load balancers
-        // stop sending work, end live subscriptions, then let tonic drain.
-        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-        let shutting_down = state.shutting_down.clone();
+        // The shutdown sequence (see above). tonic's own drain starts when `drain`
+        // resolves, after the notice.
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let reporter = health.clone();
+        let notice = self.shutdown_notice;
         let drain = async move {
             shutdown.await;
-            tracing::info!("shutdown requested: draining calls in flight");
-            // Live subscriptions end now (clients resume from their last position elsewhere).
+            tracing::info!(
+                notice_secs = notice.as_secs_f64(),
+                "shutdown requested: NOT_SERVING, new calls refused, streams ending"
+            );
             shutting_down.send_replace(true);
             set_health(&reporter, ServingStatus::NotServing).await;
-            let _ = signalled_tx.send(());
+            tokio::time::sleep(notice).await;
+            tracing::info!("draining calls in flight");
+            let _ = draining_tx.send(());
         };
         let mut builder = Server::builder();
         if let Some(tls) = self.tls.clone() {
             builder = builder.tls_config(tls)?;
         }
+        if let Some(age) = self.max_connection_age {
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(self.shutdown_grace);
+        }
         let server = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .timeout(self.request_timeout)
+            .layer(CallLayer::new(methods()))
             .layer(AuthLayer::new(
                 self.auth.clone(),
                 Arc::new(crate::grpc::denied_status),
             ))
             .layer(crate::grpc::DecodeErrorLayer)
+            .layer(crate::grpc::DeadlineLayer::new(self.request_timeout))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -235,19 +357,85 @@ impl App {
             );
         tokio::pin!(server);
         let grace = self.shutdown_grace;
-        tokio::select! {
-            result = &mut server => result?,
+        let result = tokio::select! {
+            result = &mut server => result.map_err(anyhow::Error::from),
             _ = async {
-                let _ = signalled_rx.await;
+                let _ = draining_rx.await;
                 tokio::time::sleep(grace).await;
-            } => tracing::warn!("grace period over: stopping with calls still in flight"),
+            } => {
+                tracing::warn!("grace period over: stopping with calls still in flight");
+                Ok(())
+            }
+        };
+        let _ = stopped_tx.send(true);
+        for task in side {
+            let _ = task.await;
         }
         tracing::info!("server stopped");
-        Ok(())
+        result
     }
 }
 
-/// Reports `status` for the server as a whole and for each of its services.
+/// Binds a side listener (health, metrics) when its setting is given.
+async fn bind_side(
+    addr: Option<std::net::SocketAddr>,
+    setting: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    Ok(Some(
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {setting} {addr}"))?,
+    ))
+}
+
+/// The methods the server serves, for the call layer's labels.
+fn methods() -> Methods {
+    let mut methods = Methods::from_descriptor_sets(&[
+        crate::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ]);
+    for service in [
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        methods = methods.with(service, "ServerReflectionInfo", CallType::BidiStream);
+    }
+    methods
+}
+
+/// Reads the database's gauges for a scrape: the feed's head, the sequencer's backlog
+/// and lag, the digest's lag, the pool.
+fn gauges_of(store: Arc<dyn Store>) -> m::Refresh {
+    Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            let pool = store.pool_gauges();
+            metrics::gauge!(m::DB_POOL_CONNECTIONS, "state" => "in_use")
+                .set(f64::from(pool.in_use));
+            metrics::gauge!(m::DB_POOL_CONNECTIONS, "state" => "idle").set(f64::from(pool.idle));
+            metrics::gauge!(m::DB_POOL_WAITING).set(pool.waiting as f64);
+            match store.feed_gauges().await {
+                Ok(feed) => {
+                    metrics::gauge!(m::FEED_HEAD).set(feed.head as f64);
+                    metrics::gauge!(m::FEED_SEQUENCER_BACKLOG).set(feed.backlog as f64);
+                    let lag = feed.oldest_unsequenced.map_or(0.0, |oldest| {
+                        (Timestamp::now().micros() - oldest.micros()).max(0) as f64 / 1e6
+                    });
+                    metrics::gauge!(m::FEED_LAG_SECONDS).set(lag);
+                    let digest_lag = feed.head - feed.digest_through.unwrap_or(0);
+                    metrics::gauge!(m::DIGEST_LAG_EVENTS).set(digest_lag.max(0) as f64);
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the feed's gauges failed"),
+            }
+        })
+    })
+}
+
+/// Reports `status` for the server as a whole and for each of its services (readiness;
+/// liveness is reported apart).
 async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
     for service in HEALTH_SERVICES {
         reporter.set_service_status(service, status).await;
@@ -265,6 +453,8 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     let options = StoreOptions {
         cooling_off: settings.cooling_off(),
         max_connections: settings.db_max_connections,
+        acquire_timeout: Duration::from_millis(settings.db_acquire_timeout_ms),
+        statement_timeout: Some(Duration::from_millis(settings.db_statement_timeout_ms)),
     };
     let store = crate::store::connect(settings.database_url.expose(), options).await?;
     store.migrate().await?;
@@ -284,7 +474,11 @@ impl FeedHost {
     pub async fn build(settings: &Settings) -> anyhow::Result<FeedHost> {
         let store = open_store(settings).await?;
         let sequencer = (!settings.is_embedded()).then(|| {
-            BackgroundTask::spawn(sequencer::run(store.clone(), settings.feed.sequencer_round))
+            BackgroundTask::spawn(sequencer::run(
+                store.clone(),
+                settings.feed.sequencer_round,
+                Arc::new(Signals::default()),
+            ))
         });
         Ok(FeedHost {
             store,

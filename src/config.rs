@@ -68,6 +68,13 @@ pub struct Settings {
     pub cooling_off_hours: u64,
     /// Database connections in the pool.
     pub db_max_connections: u32,
+    /// Longest a call waits for a pooled database connection before it is answered
+    /// UNAVAILABLE (DATABASE_UNAVAILABLE), in milliseconds.
+    pub db_acquire_timeout_ms: u64,
+    /// Longest one SQL statement may run (PostgreSQL `statement_timeout`; SQLite's busy
+    /// timeout), in milliseconds. A statement stopped by it is answered UNAVAILABLE
+    /// (DATABASE_TIMEOUT). Keep it well under the clients' deadlines.
+    pub db_statement_timeout_ms: u64,
     /// Create a development client with every scope and write its token to
     /// `<data_dir>/dev-token` when no clients are configured.
     pub dev_client: bool,
@@ -75,6 +82,18 @@ pub struct Settings {
     pub clients: Vec<ClientConfig>,
     /// Longest a graceful shutdown waits for in-flight calls.
     pub shutdown_grace_secs: u64,
+    /// After SIGTERM, how long the server keeps its listeners open with health reporting
+    /// NOT_SERVING (new calls answered UNAVAILABLE, SHUTTING_DOWN) before the drain, so
+    /// that probes and load balancers see the change.
+    pub shutdown_notice_secs: u64,
+    /// Connections older than this are asked to go away (HTTP/2 GOAWAY, gRFC A9) and
+    /// clients reconnect, so that load spreads onto instances added later. 0: never.
+    pub max_connection_age_secs: u64,
+    /// Serve only `grpc.health.v1.Health`, in plain text, on this address (for probes
+    /// that cannot present a client certificate, such as Kubernetes' gRPC probes).
+    pub health_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    pub metrics_listen: Option<SocketAddr>,
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
     /// Longest one call may take (unary calls, body included).
@@ -230,9 +249,15 @@ impl Default for Settings {
             tls: None,
             cooling_off_hours: 72,
             db_max_connections: 16,
+            db_acquire_timeout_ms: 2_000,
+            db_statement_timeout_ms: 5_000,
             dev_client: true,
             clients: Vec::new(),
             shutdown_grace_secs: 30,
+            shutdown_notice_secs: 2,
+            max_connection_age_secs: 1800,
+            health_listen: None,
+            metrics_listen: None,
             max_message_bytes: 4 * 1024 * 1024,
             request_timeout_secs: 60,
             rate_limits: RateLimitConfig::default(),
@@ -276,6 +301,21 @@ impl Settings {
             .map_err(config::ConfigError::Message)?;
         if self.max_message_bytes == 0 {
             return bad("max_message_bytes must be positive".into());
+        }
+        if self.db_acquire_timeout_ms == 0 || self.db_statement_timeout_ms == 0 {
+            return bad(
+                "db_acquire_timeout_ms and db_statement_timeout_ms must be positive".into(),
+            );
+        }
+        if self.request_timeout_secs == 0 {
+            return bad("request_timeout_secs must be positive".into());
+        }
+        if self.db_statement_timeout_ms >= self.request_timeout_secs * 1000 {
+            return bad(format!(
+                "db_statement_timeout_ms ({}) must be shorter than request_timeout_secs ({} s): \
+                 a stalled statement must end before the call's deadline",
+                self.db_statement_timeout_ms, self.request_timeout_secs
+            ));
         }
         if self.access_log.queue == 0
             || self.access_log.max_batch == 0

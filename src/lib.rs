@@ -13,12 +13,12 @@
 //! | room | what lives there | may import |
 //! |---|---|---|
 //! | [`domain`] | validated types (`CitizenId::parse`, ...) and every rule; no I/O | nothing |
-//! | [`store`] | the `Store` trait, SQL split by job, one file per backend, the `Dialect` trait for what differs | `domain` |
+//! | [`store`] | the `Store` trait, SQL split by job, one file per backend, the `Dialect` trait for what differs | `domain`, `telemetry` (metric names) |
 //! | [`security`] | scopes (a leaf type), clients and authentication, TLS, handshake deadline, rate limits | nothing |
 //! | [`config`] | `Settings`: defaults, then a TOML file, then the environment | `security` (its settings types) |
-//! | [`telemetry`] | logs as JSON lines | `config` |
-//! | [`background`] | the feed sequencer, the pruner, the access-log writers | `store`, `domain` |
-//! | [`grpc`] | thin handlers, the conversions, the one `Status` builder | `store`, `domain`, `security`, `background` |
+//! | [`telemetry`] | logs as JSON lines, the Prometheus metrics and their names, the outermost call layer (span, request id, gRPC series, "call finished") | `config`, `security` (the request id) |
+//! | [`background`] | the feed sequencer, the pruner, the access-log writers, the readiness monitor | `store`, `domain`, `telemetry` |
+//! | [`grpc`] | thin handlers, the conversions, the one `Status` builder, the deadline layer | `store`, `domain`, `security`, `background`, `telemetry` |
 //! | [`app`] | the composition root: `App::build(&Settings)`, `App::serve(listener, shutdown)` | all of the above |
 //! | [`client`] | the client library: connect, credentials, refusals described | `proto` |
 //! | [`tools`] | demo population, CSV formats, import, load generator, JetStream relay engine; the server never imports them | `client`, `store`, `grpc` (conversions), `domain`, `config` |

@@ -551,6 +551,7 @@ fn the_proto_error_reasons_are_exactly_the_services_reasons_with_their_status_co
             Category::PermissionDenied => "PERMISSION_DENIED",
             Category::Unauthenticated => "UNAUTHENTICATED",
             Category::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Category::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Category::Internal => "INTERNAL",
         };
         assert!(

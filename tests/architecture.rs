@@ -102,12 +102,19 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
 fn allowed(room: &str) -> Option<&'static [&'static str]> {
     Some(match room {
         "domain" => &[],
-        "store" => &["domain"],
+        "store" => &["domain", "telemetry"],
         "security" => &[],
         "config" => &["security"],
-        "telemetry" => &["config"],
-        "background" => &["store", "domain"],
-        "grpc" => &["store", "domain", "security", "background", "proto"],
+        "telemetry" => &["config", "security"],
+        "background" => &["store", "domain", "telemetry"],
+        "grpc" => &[
+            "store",
+            "domain",
+            "security",
+            "background",
+            "telemetry",
+            "proto",
+        ],
         "app" => &[
             "config",
             "telemetry",

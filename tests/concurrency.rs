@@ -53,6 +53,7 @@ async fn parallel_store(backend: Backend) -> (TestDb, Arc<dyn Store>) {
         .store_with(StoreOptions {
             cooling_off: COOLING_OFF,
             max_connections: TASKS as u32 + 4,
+            ..StoreOptions::default()
         })
         .await;
     (db, store)

@@ -625,6 +625,7 @@ fn tight_limits(burst: f64, unknown_cost: f64) -> RateLimitConfig {
         bulk: b,
         unknown_citizen_cost: unknown_cost,
         max_concurrent_calls: 64,
+        max_concurrent_streams: 64,
     }
 }
 

@@ -7,10 +7,13 @@
 //! instead of one per read. If the log cannot be written, the read fails.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::readiness::Signals;
 use crate::store::{AccessEntry, Store};
+use crate::telemetry::metrics as m;
 
 /// Why a read could not be logged (and so must not be answered).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,20 +31,39 @@ pub struct AccessLog {
     tx: Option<mpsc::Sender<Pending>>,
 }
 
+/// What the writers share: the store, and where they report.
+struct Writer {
+    store: Arc<dyn Store>,
+    signals: Arc<Signals>,
+    /// The queue's sender, to read its depth (a weak handle: the log closes when the
+    /// handlers' handles are gone).
+    queue: mpsc::WeakSender<Pending>,
+    capacity: usize,
+}
+
 impl AccessLog {
     /// Starts `writers` writer tasks. At most `queue` reads wait to be written; at most
     /// `max_batch` go into one INSERT. Several writers overlap their commits, so a read
     /// waits for about one commit rather than for the batch ahead of it and then its own.
+    /// Each batch's outcome is reported to `signals` (readiness) and to the metrics.
     pub fn start(
         store: Arc<dyn Store>,
+        signals: Arc<Signals>,
         queue: usize,
         max_batch: usize,
         writers: usize,
     ) -> AccessLog {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let capacity = queue.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
         let rx = Arc::new(Mutex::new(rx));
+        let writer = Arc::new(Writer {
+            store,
+            signals,
+            queue: tx.downgrade(),
+            capacity,
+        });
         for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(store.clone(), rx.clone(), max_batch.max(1)));
+            tokio::spawn(write_batches(writer.clone(), rx.clone(), max_batch.max(1)));
         }
         AccessLog { tx: Some(tx) }
     }
@@ -87,13 +109,21 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Pending>>, max_batch: usize) -> Op
 }
 
 async fn write_batches(
-    store: Arc<dyn Store>,
+    writer: Arc<Writer>,
     rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
     max_batch: usize,
 ) {
     while let Some(batch) = next_batch(&rx, max_batch).await {
+        if let Some(queue) = writer.queue.upgrade() {
+            let depth = writer.capacity.saturating_sub(queue.capacity());
+            metrics::gauge!(m::ACCESS_LOG_QUEUE_DEPTH).set(depth as f64);
+        }
         let entries: Vec<AccessEntry> = batch.iter().flat_map(|p| p.entries.clone()).collect();
-        if store.append_access_log(&entries).await.is_ok() {
+        let started = Instant::now();
+        let written = writer.store.append_access_log(&entries).await;
+        metrics::histogram!(m::ACCESS_LOG_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        if written.is_ok() {
+            writer.signals.access_log_written();
             for p in batch {
                 let _ = p.done.send(Ok(()));
             }
@@ -101,12 +131,20 @@ async fn write_batches(
         }
         // One bad entry must not fail its neighbours' reads: write each read's entries
         // on their own, and refuse only the reads whose entries cannot be written.
+        let mut any_written = false;
         for p in batch {
-            let result = store.append_access_log(&p.entries).await.map_err(|e| {
+            let result = writer.store.append_access_log(&p.entries).await.map_err(|e| {
                 tracing::error!(error = %e, entries = p.entries.len(), "access log write failed");
+                metrics::counter!(m::ACCESS_LOG_WRITE_FAILURES).increment(1);
                 AccessLogUnavailable
             });
+            any_written |= result.is_ok();
             let _ = p.done.send(result);
+        }
+        if any_written {
+            writer.signals.access_log_written();
+        } else {
+            writer.signals.access_log_failed();
         }
     }
 }

@@ -5,11 +5,14 @@
 //! - [`pruner`]: deletes events past the retention horizon.
 //! - [`access_log`]: the writers that record every read before it is answered (group
 //!   commit), and the handle handlers record through.
+//! - [`readiness`]: whether the instance may be sent calls (database, sequencer, access
+//!   log), for the health service.
 //!
 //! These tasks talk to the store only; the gRPC layer holds their handles.
 
 pub mod access_log;
 pub mod pruner;
+pub mod readiness;
 pub mod sequencer;
 
 /// A background task, aborted when this handle is dropped: the app holds its tasks for
@@ -20,6 +23,13 @@ impl BackgroundTask {
     /// Spawns `task` on the current Tokio runtime.
     pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> BackgroundTask {
         BackgroundTask(tokio::spawn(task))
+    }
+}
+
+impl BackgroundTask {
+    /// Takes charge of a task already spawned.
+    pub fn from_handle(handle: tokio::task::JoinHandle<()>) -> BackgroundTask {
+        BackgroundTask(handle)
     }
 }
 

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::readiness::Signals;
 use crate::store::Store;
 
 /// How long the sequencer sleeps without a signal before looking anyway.
@@ -23,8 +24,8 @@ const SAFETY_TICK: Duration = Duration::from_secs(1);
 const DIGEST_EVERY: Duration = Duration::from_millis(200);
 
 /// Runs the sequencer until the task is aborted, numbering at most `round` events per
-/// transaction.
-pub async fn run(store: Arc<dyn Store>, round: u32) {
+/// transaction, and reports each completed round to `signals` (readiness).
+pub async fn run(store: Arc<dyn Store>, round: u32, signals: Arc<Signals>) {
     let mut changes = store.changes();
     let mut last_digest: Option<Instant> = None;
     loop {
@@ -34,6 +35,7 @@ pub async fn run(store: Arc<dyn Store>, round: u32) {
             let digest = last_digest.is_none_or(|at| at.elapsed() >= DIGEST_EVERY);
             match store.sequence_events(round, digest).await {
                 Ok(numbered) => {
+                    signals.sequencer_round();
                     if digest && !numbered.digest_behind {
                         last_digest = Some(Instant::now());
                     }

@@ -31,6 +31,8 @@ pub enum Category {
     Unauthenticated,
     /// A limit was reached (rate, size): RESOURCE_EXHAUSTED.
     ResourceExhausted,
+    /// The call's deadline passed: DEADLINE_EXCEEDED.
+    DeadlineExceeded,
     /// A bug: INTERNAL.
     Internal,
 }
@@ -128,6 +130,11 @@ reasons! {
     AccessLogUnavailable = "ACCESS_LOG_UNAVAILABLE" => Unavailable,
     ServiceUnavailable = "SERVICE_UNAVAILABLE" => Unavailable,
     Internal = "INTERNAL" => Internal,
+    DatabaseUnavailable = "DATABASE_UNAVAILABLE" => Unavailable,
+    DatabaseTimeout = "DATABASE_TIMEOUT" => Unavailable,
+    DatabaseContention = "DATABASE_CONTENTION" => Unavailable,
+    ShuttingDown = "SHUTTING_DOWN" => Unavailable,
+    DeadlineExceeded = "DEADLINE_EXCEEDED" => DeadlineExceeded,
 }
 
 impl fmt::Display for Reason {

@@ -19,9 +19,10 @@ use super::{convert, AppState};
 use crate::domain::assertion::Authority;
 use crate::domain::{bounded_text, Category, CitizenId, CitizenLookup, Reason, Rejection};
 use crate::security::auth::{Caller, Credential, Denied, Forbidden, RequestId, Unauthenticated};
-use crate::security::limits::{Admission, Refused, RpcClass};
+use crate::security::limits::{Admission, Refused, RpcClass, Shape};
 use crate::security::Scope;
-use crate::store::{AccessEntry, Idempotency, StoreError, WriteContext};
+use crate::store::{AccessEntry, Fault, Idempotency, StoreError, WriteContext};
+use crate::telemetry::metrics as m;
 
 /// The `google.rpc.ErrorInfo.domain` of every error this service sends.
 pub const ERROR_DOMAIN: &str = "payoutregistry.gov.vn";
@@ -72,30 +73,81 @@ impl Call {
         })
     }
 
-    /// Admits the call under the caller's rate limit for `class` and the in-flight
+    /// Admits a unary call under the caller's rate limit for `class` and the in-flight
     /// limit. Keep the admission until the call is answered.
     pub fn admit(&self, state: &AppState, class: RpcClass) -> Result<Admission, Status> {
+        self.admit_as(state, class, Shape::Unary)
+    }
+
+    /// Admits a stream of `method`, in the streams' own pool (so that open streams
+    /// cannot starve unary calls), counted in the open-streams gauge. Keep the admission
+    /// for the stream's life.
+    pub fn admit_stream(
+        &self,
+        state: &AppState,
+        class: RpcClass,
+        method: &'static str,
+    ) -> Result<StreamAdmission, Status> {
+        let admission = self.admit_as(state, class, Shape::Stream)?;
+        metrics::gauge!(m::STREAMS_ACTIVE, "grpc_method" => method).increment(1.0);
+        Ok(StreamAdmission {
+            _admission: admission,
+            method,
+        })
+    }
+
+    fn admit_as(
+        &self,
+        state: &AppState,
+        class: RpcClass,
+        shape: Shape,
+    ) -> Result<Admission, Status> {
+        if *state.shutting_down.borrow() {
+            return Err(shutting_down(&self.request_id));
+        }
         state
             .limits
-            .admit(&self.caller.client_id, class, std::time::Instant::now())
+            .admit(
+                &self.caller.client_id,
+                class,
+                shape,
+                std::time::Instant::now(),
+            )
             .map_err(|refused| {
+                let labels = [
+                    ("client", self.caller.client_id.clone()),
+                    ("class", class.as_str().to_owned()),
+                ];
                 let (refusal, retry) = match refused {
-                    Refused::RateLimited(wait) => (
-                        Rejection::new(
-                            Reason::RateLimited,
-                            "rate limit exceeded for this client; retry after the delay in \
-                             RetryInfo",
+                    Refused::RateLimited(wait) => {
+                        metrics::counter!(m::RATE_LIMITED, &labels).increment(1);
+                        (
+                            Rejection::new(
+                                Reason::RateLimited,
+                                "rate limit exceeded for this client; retry after the delay in \
+                                 RetryInfo",
+                            )
+                            .with("class", class.as_str()),
+                            wait,
                         )
-                        .with("class", class.as_str()),
-                        wait,
-                    ),
-                    Refused::Overloaded => (
-                        Rejection::new(
-                            Reason::Overloaded,
-                            "the registry is at its limit of calls in flight; retry shortly",
-                        ),
-                        Duration::from_millis(100),
-                    ),
+                    }
+                    Refused::Overloaded => {
+                        metrics::counter!(m::SHED, &labels).increment(1);
+                        let what = match shape {
+                            Shape::Unary => "calls",
+                            Shape::Stream => "streams",
+                        };
+                        (
+                            Rejection::new(
+                                Reason::Overloaded,
+                                format!(
+                                    "the registry is at its limit of {what} in flight; retry \
+                                     shortly"
+                                ),
+                            ),
+                            Duration::from_millis(100),
+                        )
+                    }
                 };
                 tracing::warn!(
                     reason = refusal.reason.as_str(),
@@ -296,31 +348,85 @@ impl Call {
         status_of(&r, &self.request_id, None)
     }
 
-    /// The one mapping from a storage failure to what the client sees. Internal errors
-    /// are logged with their whole source chain and reach the client only as a request id.
+    /// The one mapping from a storage failure to what the client sees (see
+    /// [`failure_status`]).
     pub fn fail(&self, e: StoreError) -> Status {
-        match e {
-            StoreError::Rejected(r) => self.reject(r),
-            StoreError::Database(
-                ref db @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed),
-            ) => {
-                tracing::error!(error = %db, "database unavailable");
-                let refusal = Rejection::new(
-                    Reason::ServiceUnavailable,
-                    "the registry is temporarily unavailable; retry with backoff",
-                );
-                status_of(&refusal, &self.request_id, Some(Duration::from_secs(1)))
-            }
-            other => {
-                tracing::error!(error = %other, source = ?std::error::Error::source(&other), "internal error");
-                status_of(
-                    &Rejection::new(Reason::Internal, "internal error"),
-                    &self.request_id,
-                    None,
-                )
-            }
-        }
+        failure_status(&self.request_id, e)
     }
+}
+
+/// A storage failure as the client sees it. A refusal keeps its reason. The database's
+/// own failures are UNAVAILABLE with RetryInfo, so that clients' retry policies retry
+/// them: DATABASE_UNAVAILABLE, DATABASE_TIMEOUT or DATABASE_CONTENTION. Anything else is a bug: INTERNAL, logged with its whole source
+/// chain, and the client sees only a request id.
+pub fn failure_status(request_id: &RequestId, e: StoreError) -> Status {
+    let fault = match e {
+        StoreError::Rejected(r) => {
+            tracing::info!(
+                reason = r.reason.as_str(),
+                field = r.field.as_deref(),
+                "request refused"
+            );
+            return status_of(&r, request_id, None);
+        }
+        ref other => other.fault(),
+    };
+    let Some(fault) = fault else {
+        tracing::error!(error = %e, source = ?std::error::Error::source(&e), "internal error");
+        return status_of(
+            &Rejection::new(Reason::Internal, "internal error"),
+            request_id,
+            None,
+        );
+    };
+    metrics::counter!(m::DATABASE_ERRORS, "kind" => fault.as_str()).increment(1);
+    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), kind = fault.as_str(), "database failure answered UNAVAILABLE");
+    let (reason, message, retry) = match fault {
+        Fault::Unavailable => (
+            Reason::DatabaseUnavailable,
+            "the registry's database cannot be reached; retry with backoff",
+            Duration::from_secs(1),
+        ),
+        Fault::Timeout => (
+            Reason::DatabaseTimeout,
+            "a database statement took longer than the registry allows; nothing was written; \
+             retry with backoff",
+            Duration::from_secs(1),
+        ),
+        Fault::Contention => (
+            Reason::DatabaseContention,
+            "concurrent writes kept conflicting; nothing was written; retry with the same \
+             idempotency key",
+            Duration::from_millis(100),
+        ),
+    };
+    status_of(&Rejection::new(reason, message), request_id, Some(retry))
+}
+
+/// An open stream's admission: its slot in the streams' pool and its place in the
+/// open-streams gauge, both given back when it is dropped.
+pub struct StreamAdmission {
+    _admission: Admission,
+    method: &'static str,
+}
+
+impl Drop for StreamAdmission {
+    fn drop(&mut self) {
+        metrics::gauge!(m::STREAMS_ACTIVE, "grpc_method" => self.method).decrement(1.0);
+    }
+}
+
+/// A call that arrives while the server shuts down: UNAVAILABLE, SHUTTING_DOWN, to be
+/// retried (a load balancer sends it to another instance).
+pub fn shutting_down(request_id: &RequestId) -> Status {
+    status_of(
+        &Rejection::new(
+            Reason::ShuttingDown,
+            "this instance is shutting down; retry (another instance will answer)",
+        ),
+        request_id,
+        Some(Duration::from_millis(200)),
+    )
 }
 
 /// The refusal of a caller without any of `scopes` (ErrorInfo metadata `required_scopes`).
@@ -411,6 +517,7 @@ fn code_of(category: Category) -> Code {
         Category::PermissionDenied => Code::PermissionDenied,
         Category::Unauthenticated => Code::Unauthenticated,
         Category::ResourceExhausted => Code::ResourceExhausted,
+        Category::DeadlineExceeded => Code::DeadlineExceeded,
         Category::Internal => Code::Internal,
     }
 }

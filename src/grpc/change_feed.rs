@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::call::shutting_down as shutting_down_status;
 use super::convert::{self, consumer_name, feed_position_in as position_in, timestamp_out};
 use super::{AppState, Call};
 use crate::domain::event::EventType;
@@ -219,7 +220,7 @@ impl ChangeFeedService for ChangeFeedHandler {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let call = Call::of(&request)?;
-        let admitted = call.admit(&self.state, RpcClass::Read)?;
+        let admitted = call.admit_stream(&self.state, RpcClass::Read, "Subscribe")?;
         let req = request.into_inner();
         let consumer = consumer_name(&req.consumer).map_err(|r| call.reject(r))?;
         let watched = if consumer.is_empty() {
@@ -327,11 +328,8 @@ impl ChangeFeedService for ChangeFeedHandler {
                     }
                 };
                 if *shutting_down.borrow_and_update() {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the server is shutting down; resume after the last position received",
-                        )))
-                        .await;
+                    // Resume on another instance after the last position received.
+                    let _ = tx.send(Err(shutting_down_status(&call.request_id))).await;
                     return;
                 }
                 if page.is_empty() {

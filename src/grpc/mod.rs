@@ -30,7 +30,7 @@ pub use oversight::OversightHandler;
 pub use population::PopulationSyncHandler;
 pub use registry::AccountRegistryHandler;
 pub use resolver::PayoutResolverHandler;
-pub use transport::DecodeErrorLayer;
+pub use transport::{DeadlineLayer, DecodeErrorLayer};
 
 /// What every handler needs. Built by the app (`crate::app::App::build`), which also
 /// starts the background tasks whose handles it holds; building one starts nothing.

@@ -27,6 +27,7 @@ use crate::proto::{
 };
 use crate::security::limits::RpcClass;
 use crate::store::{Store, StoreResult, WriteContext};
+use crate::telemetry::metrics as m;
 
 /// Records applied per transaction.
 pub const SYNC_BATCH: usize = 1000;
@@ -51,12 +52,14 @@ impl PopulationSyncHandler {
 
 /// How one stream reads and applies its records.
 trait SyncKind: Send + Sync + 'static {
-    type Message: Send + 'static;
+    type Message: Send + Sync + 'static;
     type Record: Send + Sync + 'static;
     /// What the stream answers after each committed batch.
     type Response: Send + 'static;
     fn respond(result: SyncBatchResult) -> Self::Response;
     const NAME: &'static str;
+    /// The RPC's name, for the open-streams gauge.
+    const METHOD: &'static str;
     fn record_id(m: &Self::Message) -> &str;
     fn parse(m: &Self::Message, today: time::Date) -> Result<Self::Record, Rejection>;
     fn apply<'a>(
@@ -77,6 +80,7 @@ impl SyncKind for Citizens {
     type Record = crate::domain::SyncCitizen;
     type Response = SyncCitizensResponse;
     const NAME: &'static str = "citizens";
+    const METHOD: &'static str = "SyncCitizens";
 
     fn respond(result: SyncBatchResult) -> SyncCitizensResponse {
         SyncCitizensResponse {
@@ -111,6 +115,7 @@ impl SyncKind for Accounts {
     type Record = crate::domain::SyncAccount;
     type Response = SyncAccountsResponse;
     const NAME: &'static str = "accounts";
+    const METHOD: &'static str = "SyncAccounts";
 
     fn respond(result: SyncBatchResult) -> SyncAccountsResponse {
         SyncAccountsResponse {
@@ -144,7 +149,7 @@ impl PopulationSyncHandler {
         request: Request<Streaming<K::Message>>,
     ) -> Result<Response<AckStream<K::Response>>, Status> {
         let call = Call::of(&request)?;
-        let admitted = call.admit(&self.state, RpcClass::Write)?;
+        let admitted = call.admit_stream(&self.state, RpcClass::Write, K::METHOD)?;
         let state = self.state.clone();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
@@ -190,6 +195,9 @@ impl PopulationSyncService for PopulationSyncHandler {
 }
 
 /// Applies batches until the client ends the stream; answers the last acknowledgement.
+/// When the server shuts down, the records already read are applied and acknowledged
+/// (a final acknowledgement, even when nothing was held), and the stream ends
+/// UNAVAILABLE (SHUTTING_DOWN): the client resumes after the last record acknowledged.
 async fn sync_loop<K: SyncKind>(
     state: &AppState,
     call: &Call,
@@ -197,66 +205,105 @@ async fn sync_loop<K: SyncKind>(
     tx: &mpsc::Sender<Result<K::Response, Status>>,
 ) -> Result<SyncBatchResult, Status> {
     let mut totals = SyncBatchResult::default();
+    let mut stop = state.shutting_down.subscribe();
     loop {
-        let batch = next_batch(call, &mut inbound, SYNC_BATCH, SYNC_LINGER).await?;
-        let Some(last) = batch.last() else {
+        let batch = next_batch(call, &mut inbound, SYNC_BATCH, SYNC_LINGER, &mut stop).await?;
+        if batch.records.is_empty() && !batch.stopped {
             return Ok(totals);
-        };
-        let last_record_id = K::record_id(last).to_owned();
-        call.pace(state, batch.len()).await;
-        let now = state.now();
-        let today = now.date();
-        let mut valid: Vec<K::Record> = Vec::with_capacity(batch.len());
-        let mut refused: Vec<Option<Rejection>> = Vec::with_capacity(batch.len());
-        for message in &batch {
-            match K::parse(message, today) {
-                Ok(record) => {
-                    valid.push(record);
-                    refused.push(None);
-                }
-                Err(r) => refused.push(Some(r)),
-            }
         }
-        let ctx = WriteContext {
-            actor: call.caller.client_id.clone(),
-            idempotency: None,
-            now,
-            authority: call.authority(),
+        let ack = if batch.records.is_empty() {
+            totals.clone()
+        } else {
+            apply_batch::<K>(state, call, &batch.records, &mut totals).await?
         };
-        let mut outcomes = K::apply(state.store.as_ref(), &ctx, &valid)
-            .await
-            .map_err(|e| call.fail(e))?
-            .into_iter();
-        let mut ack = SyncBatchResult {
-            last_record_id,
-            ..SyncBatchResult::default()
-        };
-        for (message, refused) in batch.iter().zip(refused) {
-            let outcome = match refused {
-                None => outcomes.next().ok_or_else(|| {
-                    Status::internal("the store answered fewer outcomes than records")
-                })?,
-                Some(r) => RecordOutcome::Rejected(r),
-            };
-            match outcome {
-                RecordOutcome::Applied => totals.applied += 1,
-                RecordOutcome::Stale => totals.stale += 1,
-                RecordOutcome::Rejected(r) => {
-                    totals.rejected += 1;
-                    ack.errors.push(record_error(K::record_id(message), &r));
-                }
-            }
-        }
-        totals.records_committed += batch.len() as u64;
-        ack.records_committed = totals.records_committed;
-        ack.applied = totals.applied;
-        ack.stale = totals.stale;
-        ack.rejected = totals.rejected;
-        totals.last_record_id = ack.last_record_id.clone();
         if tx.send(Ok(K::respond(ack))).await.is_err() {
             // The client went away after the commit; it resumes from its last ack and
             // what it sends again is STALE.
             return Ok(totals);
         }
+        if batch.stopped {
+            tracing::info!(
+                stream = K::NAME,
+                records = totals.records_committed,
+                "sync stream ended by the shutdown after its final acknowledgement"
+            );
+            return Err(super::call::shutting_down(&call.request_id));
+        }
     }
+}
+
+/// Validates and applies one batch in one transaction; answers its acknowledgement and
+/// adds it to `totals`.
+async fn apply_batch<K: SyncKind>(
+    state: &AppState,
+    call: &Call,
+    batch: &[K::Message],
+    totals: &mut SyncBatchResult,
+) -> Result<SyncBatchResult, Status> {
+    let last_record_id = batch.last().map(K::record_id).unwrap_or("").to_owned();
+    call.pace(state, batch.len()).await;
+    let now = state.now();
+    let today = now.date();
+    let mut valid: Vec<K::Record> = Vec::with_capacity(batch.len());
+    let mut refused: Vec<Option<Rejection>> = Vec::with_capacity(batch.len());
+    for message in batch {
+        match K::parse(message, today) {
+            Ok(record) => {
+                valid.push(record);
+                refused.push(None);
+            }
+            Err(r) => refused.push(Some(r)),
+        }
+    }
+    let ctx = WriteContext {
+        actor: call.caller.client_id.clone(),
+        idempotency: None,
+        now,
+        authority: call.authority(),
+    };
+    let mut outcomes = K::apply(state.store.as_ref(), &ctx, &valid)
+        .await
+        .map_err(|e| call.fail(e))?
+        .into_iter();
+    let mut ack = SyncBatchResult {
+        last_record_id,
+        ..SyncBatchResult::default()
+    };
+    for (message, refused) in batch.iter().zip(refused) {
+        let outcome = match refused {
+            None => outcomes.next().ok_or_else(|| {
+                Status::internal("the store answered fewer outcomes than records")
+            })?,
+            Some(r) => RecordOutcome::Rejected(r),
+        };
+        let (label, reason) = match outcome {
+            RecordOutcome::Applied => {
+                totals.applied += 1;
+                ("applied", "")
+            }
+            RecordOutcome::Stale => {
+                totals.stale += 1;
+                ("stale", "")
+            }
+            RecordOutcome::Rejected(r) => {
+                totals.rejected += 1;
+                ack.errors.push(record_error(K::record_id(message), &r));
+                ("rejected", r.reason.as_str())
+            }
+        };
+        metrics::counter!(
+            m::SYNC_RECORDS,
+            "kind" => K::NAME,
+            "outcome" => label,
+            "reason" => reason
+        )
+        .increment(1);
+    }
+    totals.records_committed += batch.len() as u64;
+    ack.records_committed = totals.records_committed;
+    ack.applied = totals.applied;
+    ack.stale = totals.stale;
+    ack.rejected = totals.rejected;
+    totals.last_record_id = ack.last_record_id.clone();
+    Ok(ack)
 }

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -198,7 +198,7 @@ impl PayoutResolverService for PayoutResolverHandler {
         request: Request<Streaming<BatchResolveRequest>>,
     ) -> Result<Response<Self::BatchResolveStream>, Status> {
         let call = Call::of(&request)?;
-        let admitted = call.admit(&self.state, RpcClass::Resolve)?;
+        let admitted = call.admit_stream(&self.state, RpcClass::Resolve, "BatchResolve")?;
         let state = self.state.clone();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ANSWER_BUFFER);
@@ -229,18 +229,27 @@ async fn batch_loop(
     // Reading and parsing is sequential (the stream's purpose is set by its first
     // request); lookups of consecutive batches overlap; answers keep request order.
     let (batch_tx, batch_rx) = mpsc::channel::<ParsedBatch>(1);
+    // Shutting down, the reader stops; what was read is answered, then the stream ends
+    // UNAVAILABLE (SHUTTING_DOWN): the client resends the rest elsewhere.
+    let mut stop = state.shutting_down.subscribe();
     let reader = async move {
         let mut inbound = inbound;
         let mut stream_purpose: Option<String> = None;
         loop {
-            let batch = next_batch(call, &mut inbound, BATCH_SIZE, BATCH_LINGER).await?;
-            if batch.is_empty() {
-                return Ok::<(), Status>(());
+            let batch = next_batch(call, &mut inbound, BATCH_SIZE, BATCH_LINGER, &mut stop).await?;
+            let ended = batch.records.is_empty();
+            if !ended {
+                call.pace(state, batch.records.len()).await;
+                let parsed = parse_batch(state, call, batch.records, &mut stream_purpose)?;
+                if batch_tx.send(parsed).await.is_err() {
+                    return Ok(false);
+                }
             }
-            call.pace(state, batch.len()).await;
-            let parsed = parse_batch(state, call, batch, &mut stream_purpose)?;
-            if batch_tx.send(parsed).await.is_err() {
-                return Ok(());
+            if batch.stopped {
+                return Ok(true);
+            }
+            if ended {
+                return Ok::<bool, Status>(false);
             }
         }
     };
@@ -262,7 +271,9 @@ async fn batch_loop(
     };
     let (read, written) = tokio::join!(reader, writer);
     let answered = written?;
-    read?;
+    if read? {
+        return Err(super::call::shutting_down(&call.request_id));
+    }
     Ok(answered)
 }
 
@@ -378,25 +389,53 @@ async fn answer_batch(
 /// Waits for the next message, then takes what arrives within `linger`, up to `max`.
 /// Empty at the end of the stream. A client that cancels ends the stream with its error;
 /// a message that does not decode ends it as the client's fault (see
-/// `call::transport_status`).
+/// `call::transport_status`). When `stop` turns true (the server shuts down) it stops
+/// reading and answers what it holds, with `stopped` set.
 pub async fn next_batch<T>(
     call: &Call,
     inbound: &mut Streaming<T>,
     max: usize,
     linger: Duration,
-) -> Result<Vec<T>, Status> {
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Batch<T>, Status> {
     let decoded = |m: Result<T, Status>| m.map_err(|e| transport_status(e, &call.request_id));
-    let mut batch = Vec::new();
-    match inbound.next().await {
-        None => return Ok(batch),
-        Some(first) => batch.push(decoded(first)?),
+    let mut records = Vec::new();
+    tokio::select! {
+        biased;
+        _ = stopped(stop) => return Ok(Batch { records, stopped: true }),
+        first = inbound.next() => match first {
+            None => return Ok(Batch { records, stopped: false }),
+            Some(first) => records.push(decoded(first)?),
+        },
     }
     let deadline = tokio::time::Instant::now() + linger;
-    while batch.len() < max {
-        match tokio::time::timeout_at(deadline, inbound.next()).await {
-            Ok(Some(next)) => batch.push(decoded(next)?),
-            Ok(None) | Err(_) => break,
+    while records.len() < max {
+        tokio::select! {
+            biased;
+            _ = stopped(stop) => return Ok(Batch { records, stopped: true }),
+            next = tokio::time::timeout_at(deadline, inbound.next()) => match next {
+                Ok(Some(next)) => records.push(decoded(next)?),
+                Ok(None) | Err(_) => break,
+            },
         }
     }
-    Ok(batch)
+    Ok(Batch {
+        records,
+        stopped: false,
+    })
+}
+
+/// What [`next_batch`] read.
+pub struct Batch<T> {
+    pub records: Vec<T>,
+    /// The server is shutting down: apply `records`, acknowledge, and end the stream.
+    pub stopped: bool,
+}
+
+/// Resolves once `stop` is true; never, if its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let sender_gone = stop.wait_for(|s| *s).await.is_err();
+    if sender_gone {
+        std::future::pending::<()>().await;
+    }
 }

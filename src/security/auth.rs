@@ -16,13 +16,12 @@
 //! by default). Health checks and reflection are public: they reveal nothing about
 //! citizens.
 //!
-//! The check runs as a tower layer in front of every service, which also gives each call
-//! a request id and a tracing span.
+//! The check runs as a tower layer in front of every service, inside the call layer
+//! (`telemetry::calls`) that gives each call its request id and span.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use serde::Deserialize;
 
@@ -30,7 +29,6 @@ use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tower::{Layer, Service};
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::scope::Scope;
@@ -549,7 +547,7 @@ impl Authenticator {
 /// owns the one mapping from refusals to statuses.
 pub type DenialStatus = Arc<dyn Fn(&Denied, &RequestId) -> tonic::Status + Send + Sync>;
 
-/// The tower layer that authenticates, authorises and traces every call.
+/// The tower layer that authenticates and authorises every call.
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
@@ -599,20 +597,17 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let request_id = RequestId::from_header(req.headers().get("x-request-id"));
+        // The outer call layer (telemetry) made the request id and the call's span; the
+        // client is added to that span here once known.
+        let request_id = match req.extensions().get::<RequestId>() {
+            Some(id) => id.clone(),
+            None => {
+                let id = RequestId::from_header(req.headers().get("x-request-id"));
+                req.extensions_mut().insert(id.clone());
+                id
+            }
+        };
         let path = req.uri().path().to_owned();
-        let span = tracing::info_span!(
-            "rpc",
-            request_id = %request_id.shown(),
-            method = %path,
-            client = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-        );
-        if let Some((trace, parent)) = trace_parent(req.headers().get("traceparent")) {
-            span.record("trace_id", trace.as_str());
-            span.record("parent_span_id", parent.as_str());
-        }
         let deny = self.deny.clone();
         let peer = Peer::from_extensions(req.extensions());
         let decision =
@@ -621,42 +616,22 @@ where
         // Take the service that was made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let started = Instant::now();
-        Box::pin(
-            async move {
-                let mut response = match decision {
-                    Ok(caller) => {
-                        if let Some(caller) = &caller {
-                            tracing::Span::current().record("client", caller.client_id.as_str());
-                            req.extensions_mut().insert(caller.clone());
-                        }
-                        req.extensions_mut().insert(request_id.clone());
-                        inner.call(req).await?
+        Box::pin(async move {
+            match decision {
+                Ok(caller) => {
+                    if let Some(caller) = &caller {
+                        tracing::Span::current().record("client", caller.client_id.as_str());
+                        req.extensions_mut().insert(caller.clone());
                     }
-                    Err(denied) => {
-                        let status = deny(&denied, &request_id);
-                        tracing::warn!(code = ?status.code(), "call refused: {}", status.message());
-                        status.into_http()
-                    }
-                };
-                if let Ok(v) = http::HeaderValue::from_str(&request_id.shown()) {
-                    response.headers_mut().insert("x-request-id", v);
+                    inner.call(req).await
                 }
-                let grpc_status = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_owned();
-                tracing::info!(
-                    grpc_status = %grpc_status,
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "call finished"
-                );
-                Ok(response)
+                Err(denied) => {
+                    let status = deny(&denied, &request_id);
+                    tracing::warn!(code = ?status.code(), "call refused: {}", status.message());
+                    Ok(status.into_http())
+                }
             }
-            .instrument(span),
-        )
+        })
     }
 }
 

@@ -64,8 +64,11 @@ pub struct RateLimitConfig {
     pub bulk: BucketConfig,
     /// Extra tokens a lookup of an unknown citizen costs.
     pub unknown_citizen_cost: f64,
-    /// Most calls served at once; more are refused immediately.
+    /// Most unary calls served at once; more are refused immediately.
     pub max_concurrent_calls: usize,
+    /// Most streams (Subscribe, BatchResolve, the sync streams) open at once, counted
+    /// apart from unary calls so that long-lived streams cannot starve them.
+    pub max_concurrent_streams: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -79,6 +82,7 @@ impl Default for RateLimitConfig {
             bulk: bucket(1_000_000.0, 1_000_000.0),
             unknown_citizen_cost: 20.0,
             max_concurrent_calls: 4096,
+            max_concurrent_streams: 512,
         }
     }
 }
@@ -115,6 +119,14 @@ pub struct Limits {
     config: RateLimitConfig,
     buckets: Mutex<HashMap<(String, RpcClass), Bucket>>,
     in_flight: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+}
+
+/// Whether an admitted call is a unary call or a stream: each kind has its own pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Unary,
+    Stream,
 }
 
 /// Held for the duration of an admitted call.
@@ -126,16 +138,26 @@ impl Limits {
     pub fn new(config: RateLimitConfig) -> Limits {
         Limits {
             in_flight: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
+            streams: Arc::new(Semaphore::new(config.max_concurrent_streams.max(1))),
             config,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Admits one call of `class` by `client` at `now`, taking one token and one
-    /// in-flight slot.
-    pub fn admit(&self, client: &str, class: RpcClass, now: Instant) -> Result<Admission, Refused> {
-        let permit = self
-            .in_flight
+    /// Admits one call of `class` by `client` at `now`, taking one token and one slot
+    /// of the pool for its shape (unary calls and streams have separate pools).
+    pub fn admit(
+        &self,
+        client: &str,
+        class: RpcClass,
+        shape: Shape,
+        now: Instant,
+    ) -> Result<Admission, Refused> {
+        let pool = match shape {
+            Shape::Unary => &self.in_flight,
+            Shape::Stream => &self.streams,
+        };
+        let permit = pool
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refused::Overloaded)?;
@@ -219,6 +241,7 @@ mod tests {
             bulk: b,
             unknown_citizen_cost: 5.0,
             max_concurrent_calls: 2,
+            max_concurrent_streams: 1,
         })
     }
 
@@ -238,9 +261,10 @@ mod tests {
         let l = limits(10.0, 3.0);
         let t0 = Instant::now();
         for _ in 0..3 {
-            drop(l.admit("a", RpcClass::Resolve, t0).unwrap());
+            drop(l.admit("a", RpcClass::Resolve, Shape::Unary, t0).unwrap());
         }
-        let Err(Refused::RateLimited(wait)) = l.admit("a", RpcClass::Resolve, t0) else {
+        let Err(Refused::RateLimited(wait)) = l.admit("a", RpcClass::Resolve, Shape::Unary, t0)
+        else {
             panic!("the fourth call must be limited");
         };
         assert!(
@@ -248,7 +272,12 @@ mod tests {
             "{wait:?}"
         );
         assert!(l
-            .admit("a", RpcClass::Resolve, t0 + Duration::from_millis(100))
+            .admit(
+                "a",
+                RpcClass::Resolve,
+                Shape::Unary,
+                t0 + Duration::from_millis(100)
+            )
             .is_ok());
     }
 
@@ -256,23 +285,27 @@ mod tests {
     fn clients_and_classes_have_separate_buckets() {
         let l = limits(1.0, 1.0);
         let t0 = Instant::now();
-        drop(l.admit("a", RpcClass::Resolve, t0).unwrap());
-        assert!(l.admit("a", RpcClass::Resolve, t0).is_err());
-        assert!(l.admit("b", RpcClass::Resolve, t0).is_ok());
-        assert!(l.admit("a", RpcClass::Read, t0).is_ok());
+        drop(l.admit("a", RpcClass::Resolve, Shape::Unary, t0).unwrap());
+        assert!(l.admit("a", RpcClass::Resolve, Shape::Unary, t0).is_err());
+        assert!(l.admit("b", RpcClass::Resolve, Shape::Unary, t0).is_ok());
+        assert!(l.admit("a", RpcClass::Read, Shape::Unary, t0).is_ok());
     }
 
     #[test]
     fn misses_put_the_bucket_into_debt() {
         let l = limits(10.0, 10.0);
         let t0 = Instant::now();
-        drop(l.admit("scraper", RpcClass::Resolve, t0).unwrap());
+        drop(
+            l.admit("scraper", RpcClass::Resolve, Shape::Unary, t0)
+                .unwrap(),
+        );
         l.charge("scraper", RpcClass::Resolve, 20.0, t0);
         // 9 - 20 = -11, floored at -10: a whole second of refill before the next call.
         assert!(l
             .admit(
                 "scraper",
                 RpcClass::Resolve,
+                Shape::Unary,
                 t0 + Duration::from_millis(900)
             )
             .is_err());
@@ -280,6 +313,7 @@ mod tests {
             .admit(
                 "scraper",
                 RpcClass::Resolve,
+                Shape::Unary,
                 t0 + Duration::from_millis(1100)
             )
             .is_ok());
@@ -289,13 +323,26 @@ mod tests {
     fn calls_beyond_the_concurrency_limit_are_shed_at_once() {
         let l = limits(1000.0, 1000.0);
         let t0 = Instant::now();
-        let a = l.admit("a", RpcClass::Read, t0).unwrap();
-        let _b = l.admit("b", RpcClass::Read, t0).unwrap();
+        let a = l.admit("a", RpcClass::Read, Shape::Unary, t0).unwrap();
+        let _b = l.admit("b", RpcClass::Read, Shape::Unary, t0).unwrap();
         assert!(matches!(
-            l.admit("c", RpcClass::Read, t0),
+            l.admit("c", RpcClass::Read, Shape::Unary, t0),
             Err(Refused::Overloaded)
         ));
         drop(a);
-        assert!(l.admit("c", RpcClass::Read, t0).is_ok());
+        assert!(l.admit("c", RpcClass::Read, Shape::Unary, t0).is_ok());
+    }
+
+    #[test]
+    fn open_streams_do_not_take_the_unary_calls_slots() {
+        let l = limits(1000.0, 1000.0);
+        let t0 = Instant::now();
+        let _stream = l.admit("feed", RpcClass::Read, Shape::Stream, t0).unwrap();
+        assert!(matches!(
+            l.admit("feed", RpcClass::Read, Shape::Stream, t0),
+            Err(Refused::Overloaded)
+        ));
+        let _a = l.admit("a", RpcClass::Resolve, Shape::Unary, t0).unwrap();
+        let _b = l.admit("b", RpcClass::Resolve, Shape::Unary, t0).unwrap();
     }
 }

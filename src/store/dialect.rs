@@ -25,6 +25,7 @@ use std::ops::DerefMut;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 
+use super::health::waiting_for;
 use super::sql::{Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::StoreResult;
 
@@ -73,6 +74,10 @@ pub trait Dialect: Send + Sync + Sized + 'static {
 
     /// How built statements spell their placeholders.
     const PLACEHOLDER: Placeholder;
+
+    /// The statement that limits the rest of a transaction's statements to `ms`
+    /// milliseconds each, where the backend has one.
+    fn statement_timeout(ms: u64) -> Option<String>;
 
     /// A statement to build around a set of rows or keys, starting with `head`.
     fn builder(head: &str) -> SqlBuilder {
@@ -183,7 +188,7 @@ impl<D: Dialect> Tx<D> {
     /// Begins a write transaction (`D::BEGIN_WRITE`).
     pub async fn begin_write(pool: &Pool<D::DB>) -> StoreResult<Tx<D>> {
         Ok(Session {
-            conn: pool.begin_with(D::BEGIN_WRITE).await?,
+            conn: waiting_for(pool.begin_with(D::BEGIN_WRITE)).await?,
             dialect: PhantomData,
         })
     }
@@ -191,7 +196,7 @@ impl<D: Dialect> Tx<D> {
     /// Begins a plain transaction (for reads).
     pub async fn begin(pool: &Pool<D::DB>) -> StoreResult<Tx<D>> {
         Ok(Session {
-            conn: pool.begin().await?,
+            conn: waiting_for(pool.begin()).await?,
             dialect: PhantomData,
         })
     }
@@ -208,7 +213,7 @@ impl<D: Dialect> Tx<D> {
 impl<D: Dialect> Pooled<D> {
     pub async fn acquire(pool: &Pool<D::DB>) -> StoreResult<Pooled<D>> {
         Ok(Session {
-            conn: pool.acquire().await?,
+            conn: waiting_for(pool.acquire()).await?,
             dialect: PhantomData,
         })
     }

@@ -22,6 +22,8 @@
 //!   the sync digest;
 //! - `access_log.rs`: the access log;
 //! - `reference.rs`: providers and programs (seeded by `migrate`);
+//! - `health.rs`: what operators are told: the probe, the feed's and the pool's gauges,
+//!   which failures are the database's own, and the call's deadline;
 //! - `dialect.rs`: the contract, and the sessions and set-based helpers (one statement
 //!   for a whole batch of rows or keys) the shared code runs SQL through;
 //! - `sql.rs`: statements as plain values (`Sql`, `SqlBuilder`, their arguments, rows
@@ -59,6 +61,7 @@ mod access_log;
 mod accounts;
 mod dialect;
 mod feed;
+mod health;
 mod idempotency;
 mod planner;
 mod population;
@@ -294,6 +297,12 @@ pub struct StoreOptions {
     pub cooling_off: Duration,
     /// Connections in the pool (readers on SQLite; writers are always one).
     pub max_connections: u32,
+    /// Longest a call waits for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// Longest one statement may run (PostgreSQL's `statement_timeout`; SQLite's busy
+    /// timeout). `None`: no limit (migrations and maintenance commands; SQLite then
+    /// waits up to 10 s for a lock).
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -301,9 +310,13 @@ impl Default for StoreOptions {
         StoreOptions {
             cooling_off: Duration::from_secs(72 * 3600),
             max_connections: 16,
+            acquire_timeout: Duration::from_secs(30),
+            statement_timeout: None,
         }
     }
 }
+
+pub use health::{fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
 
 /// Everything the service asks of its database.
 #[async_trait]
@@ -482,6 +495,16 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
 
     async fn providers(&self) -> StoreResult<Vec<Provider>>;
+
+    /// Checks that the database answers, on a connection outside the pool; `fresh`
+    /// connects anew (see `health.rs`).
+    async fn ping(&self, fresh: bool) -> StoreResult<()>;
+
+    /// The change feed's head, the sequencer's backlog and the digest's position.
+    async fn feed_gauges(&self) -> StoreResult<FeedGauges>;
+
+    /// Connections in use and idle, and calls waiting for one.
+    fn pool_gauges(&self) -> PoolGauges;
 }
 
 /// Opens the store named by `url`: `postgres://...` or `sqlite://...` (a file; created

@@ -30,9 +30,13 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Opens the store: one pool for reads and writes, and the LISTEN task that ticks the
 /// store's change signal when any instance sharing the database writes or sequences.
 pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
-    let connect = PgConnectOptions::from_str(url)?.application_name("payout-registry");
+    let mut connect = PgConnectOptions::from_str(url)?.application_name("payout-registry");
+    if let Some(limit) = options.statement_timeout {
+        connect = connect.options([("statement_timeout", limit.as_millis().to_string())]);
+    }
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)
         .await?;
     let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
@@ -77,8 +81,23 @@ async fn listen(pool: PgPool, changed: Arc<tokio::sync::watch::Sender<u64>>) {
 impl Dialect for PgDialect {
     type DB = Postgres;
 
+    /// Migrations may rewrite large tables: they run on a connection of their own
+    /// without the statement timeout (the later `-c` wins).
     async fn migrate(pool: &PgPool) -> StoreResult<()> {
-        Ok(MIGRATOR.run(pool).await?)
+        let options = (*pool.connect_options())
+            .clone()
+            .options([("statement_timeout", "0")]);
+        let migrations = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        let migrated = MIGRATOR.run(&migrations).await;
+        migrations.close().await;
+        Ok(migrated?)
+    }
+
+    fn statement_timeout(ms: u64) -> Option<String> {
+        Some(format!("SET LOCAL statement_timeout = {ms}"))
     }
 
     const LOCK_CITIZEN: &'static str =

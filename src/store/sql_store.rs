@@ -45,6 +45,8 @@ pub struct SqlStore<D: Dialect> {
     changed: Arc<watch::Sender<u64>>,
     /// A task the backend runs beside the store (PostgreSQL's LISTEN), stopped with it.
     background: Option<JoinHandle<()>>,
+    /// The health probe's own connection, outside the pools (see `health.rs`).
+    pub(super) probe: tokio::sync::Mutex<Option<<D::DB as sqlx::Database>::Connection>>,
     dialect: PhantomData<D>,
 }
 
@@ -72,13 +74,16 @@ impl<D: Dialect> SqlStore<D> {
             programs: KnownPrograms::default(),
             changed,
             background,
+            probe: tokio::sync::Mutex::new(None),
             dialect: PhantomData,
         }
     }
 
     /// Begins a write transaction.
     pub(super) async fn begin_write(&self) -> StoreResult<Tx<D>> {
-        Tx::begin_write(&self.write).await
+        let mut tx = Tx::begin_write(&self.write).await?;
+        self.limit_to_deadline(&mut tx).await?;
+        Ok(tx)
     }
 
     /// A connection of the read pool.
@@ -300,6 +305,18 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    async fn ping(&self, fresh: bool) -> StoreResult<()> {
+        self.probe(fresh).await
+    }
+
+    async fn feed_gauges(&self) -> StoreResult<super::FeedGauges> {
+        self.gauges_of_feed().await
+    }
+
+    fn pool_gauges(&self) -> super::PoolGauges {
+        self.gauges_of_pool()
     }
 
     async fn providers(&self) -> StoreResult<Vec<Provider>> {

@@ -40,13 +40,15 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStor
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(options.statement_timeout.unwrap_or(Duration::from_secs(10)));
     let write = SqlitePoolOptions::new()
         .max_connections(1)
+        .acquire_timeout(options.acquire_timeout)
         .connect_with(connect.clone())
         .await?;
     let read = SqlitePoolOptions::new()
         .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
         .connect_with(connect.read_only(true))
         .await?;
     let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
@@ -88,6 +90,11 @@ impl Dialect for SqliteDialect {
 
     /// One process owns the file: the in-process signal is all there is.
     const FEED_ADVANCED: &'static [&'static str] = &[];
+
+    /// SQLite has no statement timeout; its busy timeout bounds lock waits.
+    fn statement_timeout(_ms: u64) -> Option<String> {
+        None
+    }
 
     /// SQLite allows 32,766 bound parameters per statement: rows are written in chunks.
     const BINDS_PER_STATEMENT: Option<usize> = Some(30_000);

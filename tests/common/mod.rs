@@ -94,6 +94,7 @@ impl TestDb {
         self.store_with(StoreOptions {
             cooling_off: COOLING_OFF,
             max_connections: 8,
+            ..StoreOptions::default()
         })
         .await
     }
@@ -654,6 +655,8 @@ fn test_settings(db: &TestDb, data_dir: &Path) -> Settings {
         dev_client: false,
         clients: clients(),
         db_max_connections: 8,
+        // Tests that shut an app down see the drain at once; tests of the notice set it.
+        shutdown_notice_secs: 0,
         ..Settings::default()
     }
 }

@@ -1,10 +1,18 @@
+//! What the registry tells its operators: logs, metrics, and the layer that sees every
+//! call.
+//!
 //! Logs: one JSON object per line by default, with the request id, method and client of
-//! the call in every line (from the auth layer's span).
+//! the call in every line (from the `rpc` span of [`calls::CallLayer`], which the auth
+//! layer completes with the client). Metrics: Prometheus series (see [`metrics`]) on
+//! their own listener.
 //!
 //! Personal data never reaches a log in clear: citizen ids and account references are
 //! logged through their masked `Display` forms, and refusal messages never quote input.
 //! `tests/log_masking.rs` runs calls with the logs captured and searches them for the
 //! test data.
+
+pub mod calls;
+pub mod metrics;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{fmt, EnvFilter};

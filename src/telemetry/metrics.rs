@@ -1,0 +1,250 @@
+//! Prometheus metrics: the names, the process-wide recorder, and the `/metrics` listener.
+//!
+//! Code anywhere in the server records with the `metrics` crate's macros under the names
+//! below (one constant per series, so a dashboard and the code cannot drift apart:
+//! `tests/operability.rs` scrapes `/metrics` and `.ci/validate-deploy` checks that the
+//! dashboard and the alert rules use only these names). The recorder is installed once
+//! per process by [`install`]; every listener renders the same registry. Gauges that
+//! describe the database (the feed's head, the sequencer's backlog, ...) are read when
+//! Prometheus scrapes, by the `refresh` callback given to [`serve`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+// The standard gRPC server series (the names of go-grpc-prometheus and
+// grpc-ecosystem/java-grpc-prometheus), with labels `grpc_type`, `grpc_service`,
+// `grpc_method` and, on `handled`, `grpc_code`.
+pub const GRPC_STARTED: &str = "grpc_server_started_total";
+pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
+pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+pub const GRPC_MSG_RECEIVED: &str = "grpc_server_msg_received_total";
+pub const GRPC_MSG_SENT: &str = "grpc_server_msg_sent_total";
+
+// The process and its dependencies.
+pub const UP: &str = "payout_registry_up";
+pub const READY: &str = "payout_registry_ready";
+pub const DATABASE_UP: &str = "payout_registry_database_up";
+/// Label `kind`: unavailable, timeout, serialization.
+pub const DATABASE_ERRORS: &str = "payout_registry_database_errors_total";
+/// Label `state`: in_use, idle.
+pub const DB_POOL_CONNECTIONS: &str = "payout_registry_db_pool_connections";
+pub const DB_POOL_WAITING: &str = "payout_registry_db_pool_waiting";
+pub const DB_POOL_ACQUIRE_SECONDS: &str = "payout_registry_db_pool_acquire_seconds";
+
+// The change feed.
+pub const FEED_HEAD: &str = "payout_registry_feed_head_position";
+pub const FEED_SEQUENCER_BACKLOG: &str = "payout_registry_feed_sequencer_backlog";
+pub const FEED_LAG_SECONDS: &str = "payout_registry_feed_lag_seconds";
+pub const DIGEST_LAG_EVENTS: &str = "payout_registry_digest_lag_events";
+
+// The access log.
+pub const ACCESS_LOG_QUEUE_DEPTH: &str = "payout_registry_access_log_queue_depth";
+pub const ACCESS_LOG_BATCH_SECONDS: &str = "payout_registry_access_log_batch_seconds";
+pub const ACCESS_LOG_WRITE_FAILURES: &str = "payout_registry_access_log_write_failures_total";
+
+// The JetStream relay (its own process).
+pub const RELAY_POSITION: &str = "payout_registry_relay_position";
+pub const RELAY_LAG_EVENTS: &str = "payout_registry_relay_lag_events";
+pub const RELAY_PUBLISHED: &str = "payout_registry_relay_published_total";
+
+// Admission. Labels `client` (a configured client id) and `class`.
+pub const RATE_LIMITED: &str = "payout_registry_rate_limited_total";
+pub const SHED: &str = "payout_registry_shed_total";
+/// Label `grpc_method`.
+pub const STREAMS_ACTIVE: &str = "payout_registry_streams_active";
+
+/// Population sync records. Labels `kind` (citizens, accounts), `outcome` (applied,
+/// stale, rejected) and `reason` (the rejection's reason; empty otherwise).
+pub const SYNC_RECORDS: &str = "payout_registry_sync_records_total";
+
+/// Every series this crate exports, for the tests and the deployment checks.
+pub const ALL: &[&str] = &[
+    GRPC_STARTED,
+    GRPC_HANDLED,
+    GRPC_HANDLING_SECONDS,
+    GRPC_MSG_RECEIVED,
+    GRPC_MSG_SENT,
+    UP,
+    READY,
+    DATABASE_UP,
+    DATABASE_ERRORS,
+    DB_POOL_CONNECTIONS,
+    DB_POOL_WAITING,
+    DB_POOL_ACQUIRE_SECONDS,
+    FEED_HEAD,
+    FEED_SEQUENCER_BACKLOG,
+    FEED_LAG_SECONDS,
+    DIGEST_LAG_EVENTS,
+    ACCESS_LOG_QUEUE_DEPTH,
+    ACCESS_LOG_BATCH_SECONDS,
+    ACCESS_LOG_WRITE_FAILURES,
+    RELAY_POSITION,
+    RELAY_LAG_EVENTS,
+    RELAY_PUBLISHED,
+    RATE_LIMITED,
+    SHED,
+    STREAMS_ACTIVE,
+    SYNC_RECORDS,
+];
+
+/// Latency buckets (seconds) for calls: from a cached resolution to a long stream.
+const CALL_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// Latency buckets (seconds) for database work (an access-log batch, a pool acquire).
+const DB_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle) and
+/// describes the series.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(GRPC_HANDLING_SECONDS.into()), CALL_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(ACCESS_LOG_BATCH_SECONDS.into()),
+                        DB_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(DB_POOL_ACQUIRE_SECONDS.into()),
+                        DB_BUCKETS,
+                    )
+                })
+                .expect("the bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
+            }
+            describe();
+            metrics::gauge!(UP).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(GRPC_STARTED, "RPCs started on the server");
+    describe_counter!(
+        GRPC_HANDLED,
+        "RPCs completed on the server, by status code (streams when their trailers are sent)"
+    );
+    describe_histogram!(
+        GRPC_HANDLING_SECONDS,
+        Unit::Seconds,
+        "time from an RPC's start to its status, streams included"
+    );
+    describe_counter!(GRPC_MSG_RECEIVED, "messages received, per method");
+    describe_counter!(GRPC_MSG_SENT, "messages sent, per method");
+    describe_gauge!(UP, "1 while the process runs");
+    describe_gauge!(
+        READY,
+        "1 when the instance is ready to serve (database reachable, sequencer keeping up, access log writable)"
+    );
+    describe_gauge!(DATABASE_UP, "1 when the last database probe succeeded");
+    describe_counter!(
+        DATABASE_ERRORS,
+        "transient database failures answered UNAVAILABLE, by kind"
+    );
+    describe_gauge!(DB_POOL_CONNECTIONS, "pooled database connections by state");
+    describe_gauge!(DB_POOL_WAITING, "calls waiting for a pooled connection");
+    describe_histogram!(
+        DB_POOL_ACQUIRE_SECONDS,
+        Unit::Seconds,
+        "time to get a pooled connection"
+    );
+    describe_gauge!(FEED_HEAD, "the change feed's highest numbered position");
+    describe_gauge!(
+        FEED_SEQUENCER_BACKLOG,
+        "events committed but not yet given a feed position"
+    );
+    describe_gauge!(
+        FEED_LAG_SECONDS,
+        Unit::Seconds,
+        "age of the oldest committed event without a feed position"
+    );
+    describe_gauge!(
+        DIGEST_LAG_EVENTS,
+        "feed positions the sync digest has not yet folded in"
+    );
+    describe_gauge!(
+        ACCESS_LOG_QUEUE_DEPTH,
+        "reads waiting for their access-log entry"
+    );
+    describe_histogram!(
+        ACCESS_LOG_BATCH_SECONDS,
+        Unit::Seconds,
+        "time to commit one access-log batch"
+    );
+    describe_counter!(
+        ACCESS_LOG_WRITE_FAILURES,
+        "access-log writes that failed (the reads they held were refused)"
+    );
+    describe_gauge!(
+        RELAY_POSITION,
+        "the last feed position published to JetStream"
+    );
+    describe_gauge!(
+        RELAY_LAG_EVENTS,
+        "feed positions not yet published to JetStream"
+    );
+    describe_counter!(RELAY_PUBLISHED, "events published to JetStream");
+    describe_counter!(RATE_LIMITED, "calls refused by a client's rate limit");
+    describe_counter!(SHED, "calls refused because the server was at its limit");
+    describe_gauge!(STREAMS_ACTIVE, "streams open, per method");
+    describe_counter!(SYNC_RECORDS, "population sync records by outcome");
+}
+
+/// What the listener runs before each scrape to bring the database gauges up to date.
+pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Longest a scrape waits for `refresh`: a stalled database must not stall Prometheus.
+const REFRESH_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    refresh: Refresh,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = install();
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "metrics listening (GET /metrics)");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            let refresh = refresh.clone();
+            async move {
+                let _ = tokio::time::timeout(REFRESH_TIMEOUT, refresh()).await;
+                handle.run_upkeep();
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
