@@ -847,6 +847,7 @@ pub fn tls_settings(dir: &Path, require_client_cert: bool) -> TlsSettings {
         client_ca_file: Some(dir.join("ca.pem")),
         require_client_cert,
         handshake_timeout_secs: 10,
+        crl_files: Vec::new(),
     }
 }
 
