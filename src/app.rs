@@ -12,7 +12,7 @@
 //! sleep waiting for the server to come up.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -301,7 +301,7 @@ impl Reloader {
     #[cfg(unix)]
     pub fn on_hangup(
         self,
-        config: Option<PathBuf>,
+        config: Option<std::path::PathBuf>,
     ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
