@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::background::access_log::AccessLog;
@@ -36,8 +36,9 @@ use crate::proto::change_feed_service_server::ChangeFeedServiceServer;
 use crate::proto::oversight_service_server::OversightServiceServer;
 use crate::proto::payout_resolver_service_server::PayoutResolverServiceServer;
 use crate::proto::population_sync_service_server::PopulationSyncServiceServer;
-use crate::security::auth::{hash_token, AuthLayer, Authenticator, ClientConfig};
+use crate::security::auth::{hash_token, AuthLayer, ClientConfig};
 use crate::security::limits::Limits;
+use crate::security::live::{Live, ReloadSummary};
 use crate::security::{handshake, tls, Scope};
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::calls::{CallLayer, CallType, Methods};
@@ -61,8 +62,8 @@ pub const LIVENESS: &str = "liveness";
 /// The registry, wired and ready to serve.
 pub struct App {
     state: AppState,
-    auth: Arc<Authenticator>,
-    tls: Option<ServerTlsConfig>,
+    /// The TLS material and the clients in force; see [`App::reloader`].
+    live: Arc<Live>,
     allow_plaintext_non_loopback: bool,
     max_message_bytes: usize,
     request_timeout: Duration,
@@ -85,13 +86,10 @@ impl App {
     /// [`dev_client`]). Call inside a Tokio runtime.
     pub async fn build(settings: &Settings) -> anyhow::Result<App> {
         let tls = match &settings.tls {
-            Some(t) => Some(tls::server_tls_config(t).context("loading the [tls] files")?),
+            Some(t) => Some(tls::ServerTls::load(t).context("loading the [tls] files")?),
             None => None,
         };
-        let mut clients = settings.clients.clone();
-        if clients.is_empty() && settings.dev_client && settings.is_embedded() {
-            clients.push(dev_client(&settings.data_dir)?);
-        }
+        let clients = client_table(settings)?;
         if clients.is_empty() {
             tracing::warn!("no clients configured: every call will be refused");
         }
@@ -147,14 +145,14 @@ impl App {
                     .collect(),
             ),
         };
-        let auth = Arc::new(
-            Authenticator::new(&clients)
-                .accept_plaintext_tokens_from_anywhere(settings.allow_plaintext_non_loopback),
-        );
+        let live = Arc::new(Live::new(
+            tls,
+            clients,
+            settings.allow_plaintext_non_loopback,
+        ));
         Ok(App {
             state,
-            auth,
-            tls,
+            live,
             allow_plaintext_non_loopback: settings.allow_plaintext_non_loopback,
             max_message_bytes: settings.max_message_bytes,
             request_timeout: Duration::from_secs(settings.request_timeout_secs),
@@ -167,6 +165,14 @@ impl App {
             readiness: readiness_rx,
             _tasks: tasks,
         })
+    }
+
+    /// The handle that reloads the TLS material and the client table of this app while
+    /// it serves (SIGHUP uses it; so can tests).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            live: self.live.clone(),
+        }
     }
 
     /// The store the app serves from.
@@ -200,8 +206,8 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
-        if self.tls.is_none() && !tls::is_loopback(addr.ip()) && !self.allow_plaintext_non_loopback
-        {
+        let serves_tls = self.live.serves_tls();
+        if !serves_tls && !tls::is_loopback(addr.ip()) && !self.allow_plaintext_non_loopback {
             anyhow::bail!(
                 "refusing to serve plain text on {addr}: listen on loopback, configure [tls], \
                  or set allow_plaintext_non_loopback = true behind a TLS-terminating proxy"
@@ -210,7 +216,7 @@ impl App {
         // Side listeners are bound first, so a busy port stops the server at start-up.
         let health_listener = bind_side(self.health_listen, "health_listen").await?;
         let metrics_listener = bind_side(self.metrics_listen, "metrics_listen").await?;
-        tracing::info!(%addr, tls = self.tls.is_some(), "payout-registry listening");
+        tracing::info!(%addr, tls = serves_tls, "payout-registry listening");
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -324,19 +330,16 @@ impl App {
             let _ = draining_tx.send(());
         };
         let mut builder = Server::builder();
-        if let Some(tls) = self.tls.clone() {
-            builder = builder.tls_config(tls)?;
-        }
         if let Some(age) = self.max_connection_age {
             builder = builder
                 .max_connection_age(age)
                 .max_connection_age_grace(self.shutdown_grace);
         }
-        let server = builder
+        let router = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(CallLayer::new(methods()))
             .layer(AuthLayer::new(
-                self.auth.clone(),
+                self.live.clone(),
                 Arc::new(crate::grpc::denied_status),
             ))
             .layer(crate::grpc::DecodeErrorLayer)
@@ -348,13 +351,19 @@ impl App {
             .add_service(resolver)
             .add_service(oversight)
             .add_service(population)
-            .add_service(feed)
-            .serve_with_incoming_shutdown(
-                // A connection must complete its handshake within the call timeout (at most
-                // 10 s), or it is closed: see `security::handshake`.
-                handshake::guarded(listener, self.request_timeout.min(Duration::from_secs(10))),
-                drain,
-            );
+            .add_service(feed);
+        // A connection must send its first bytes within the call timeout (at most 10 s),
+        // or it is closed; over TLS its handshake is then done with the material in force
+        // when it arrived: see `security::handshake`.
+        let first_bytes = self.request_timeout.min(Duration::from_secs(10));
+        let server: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+            if serves_tls {
+                let incoming = handshake::tls_guarded(listener, first_bytes, self.live.clone());
+                Box::pin(router.serve_with_incoming_shutdown(incoming, drain))
+            } else {
+                let incoming = handshake::guarded(listener, first_bytes);
+                Box::pin(router.serve_with_incoming_shutdown(incoming, drain))
+            };
         tokio::pin!(server);
         let grace = self.shutdown_grace;
         let result = tokio::select! {
@@ -432,6 +441,82 @@ fn gauges_of(store: Arc<dyn Store>) -> m::Refresh {
             }
         })
     })
+}
+
+/// Reloads what a running server can take anew: the `[tls]` files (server certificate
+/// and key, client CA, CRLs) and the `[[clients]]` table. Everything else in the
+/// settings is read at start-up only. See `security::live` for what happens to
+/// connections.
+#[derive(Clone)]
+pub struct Reloader {
+    live: Arc<Live>,
+}
+
+impl Reloader {
+    /// Applies `settings`' TLS files and clients, all or nothing, and logs the outcome:
+    /// what changed (counts and client ids, never tokens), or why nothing did.
+    pub async fn reload(&self, settings: &Settings) -> anyhow::Result<ReloadSummary> {
+        let live = self.live.clone();
+        let tls = settings.tls.clone();
+        let clients = client_table(settings);
+        let outcome = tokio::task::spawn_blocking(move || {
+            live.reload(tls.as_ref(), clients?)
+                .map_err(anyhow::Error::from)
+        })
+        .await
+        .context("the reload task")
+        .and_then(|outcome| outcome);
+        match &outcome {
+            Ok(summary) => tracing::info!(
+                clients = summary.clients,
+                added = summary.added.len(),
+                removed = summary.removed.len(),
+                changed = summary.changed.len(),
+                server_certificate_replaced = summary.server_certificate_replaced,
+                "configuration reloaded: {summary}"
+            ),
+            Err(e) => tracing::error!(
+                "configuration reload failed, the previous configuration stays in force: {e:#}"
+            ),
+        }
+        outcome
+    }
+
+    /// On each SIGHUP, loads the settings again as `serve` did at start-up (`config`,
+    /// else `PAYOUT_REGISTRY_CONFIG`, then the environment) and [`reload`](Self::reload)s
+    /// them. The signal handler is installed now, before the returned future runs, so a
+    /// SIGHUP that arrives once this returns never kills the process.
+    #[cfg(unix)]
+    pub fn on_hangup(
+        self,
+        config: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        Ok(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                match Settings::load(config.as_deref()) {
+                    Ok(settings) => {
+                        let _ = self.reload(&settings).await;
+                    }
+                    Err(e) => tracing::error!(
+                        "configuration reload failed, the previous configuration stays in force: {e}"
+                    ),
+                }
+            }
+        })
+    }
+}
+
+/// The clients to serve: the configured ones, or the development client on the embedded
+/// default when none are configured (see [`dev_client`]).
+fn client_table(settings: &Settings) -> anyhow::Result<Vec<ClientConfig>> {
+    let mut clients = settings.clients.clone();
+    if clients.is_empty() && settings.dev_client && settings.is_embedded() {
+        clients.push(dev_client(&settings.data_dir)?);
+    }
+    Ok(clients)
 }
 
 /// Reports `status` for the server as a whole and for each of its services (readiness;

@@ -9,11 +9,14 @@ use crate::app::{open_store, shutdown_signal, App};
 use crate::config::Settings;
 use crate::security::auth::{hash_token as digest_of, new_token};
 
-/// `serve`: wires the registry from the configuration and serves until SIGTERM or Ctrl-C.
+/// `serve`: wires the registry from the configuration and serves until SIGTERM or Ctrl-C;
+/// on SIGHUP, reloads the TLS files and the clients from the same configuration.
 pub async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     crate::telemetry::init(settings.log_format, &settings.log_level);
     let app = App::build(&settings).await?;
+    #[cfg(unix)]
+    tokio::spawn(app.reloader().on_hangup(config.map(Path::to_path_buf))?);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;

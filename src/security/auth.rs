@@ -17,7 +17,10 @@
 //! citizens.
 //!
 //! The check runs as a tower layer in front of every service, inside the call layer
-//! (`telemetry::calls`) that gives each call its request id and span.
+//! (`telemetry::calls`) that gives each call its request id and span. It reads the
+//! client table in force at each call ([`super::live`]): a reload that removes a client,
+//! or whose CRL lists its certificate, refuses that client's next call, even on a
+//! connection opened before the reload.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -31,11 +34,13 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tower::{Layer, Service};
 use uuid::Uuid;
 
+use super::live::Live;
 use super::scope::Scope;
+use super::tls::Revoked;
 
 /// A client allowed to call the registry, and what it may do. It is identified by its
 /// TLS client certificate, by a bearer token, or by either (at least one is required).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// Recorded as the actor of every change the client makes.
@@ -306,6 +311,8 @@ pub enum PeerCertificate {
     /// A certificate without one readable Common Name: it names nobody, and is refused
     /// rather than ignored.
     Unnamed,
+    /// A certificate that a CRL loaded since the handshake lists: refused.
+    Revoked,
 }
 
 impl Peer {
@@ -316,14 +323,16 @@ impl Peer {
         certificate: PeerCertificate::Absent,
     };
 
-    /// Reads tonic's connect info from a request's extensions.
-    pub fn from_extensions(ext: &http::Extensions) -> Peer {
+    /// Reads tonic's connect info from a request's extensions; a client certificate that
+    /// `revoked` lists counts as [`PeerCertificate::Revoked`].
+    pub fn from_extensions(ext: &http::Extensions, revoked: &Revoked) -> Peer {
         let loopback = ext
             .get::<tonic::transport::server::TcpConnectInfo>()
             .and_then(|info| info.remote_addr())
             .is_some_and(|addr| super::tls::is_loopback(addr.ip()));
         let certificate = match super::tls::peer_leaf_certificate(ext) {
             None => PeerCertificate::Absent,
+            Some(der) if revoked.lists(&der) => PeerCertificate::Revoked,
             Some(der) => match super::tls::common_name(&der) {
                 Some(name) => PeerCertificate::Named(name),
                 None => PeerCertificate::Unnamed,
@@ -497,6 +506,11 @@ impl Authenticator {
                     "the client certificate has no single subject Common Name",
                 )))
             }
+            PeerCertificate::Revoked => {
+                return Err(Denied::Unauthenticated(Unauthenticated::Invalid(
+                    "the client certificate has been revoked",
+                )))
+            }
         };
         let by_token = match authorization {
             None => None,
@@ -547,16 +561,17 @@ impl Authenticator {
 /// owns the one mapping from refusals to statuses.
 pub type DenialStatus = Arc<dyn Fn(&Denied, &RequestId) -> tonic::Status + Send + Sync>;
 
-/// The tower layer that authenticates and authorises every call.
+/// The tower layer that authenticates and authorises every call, with the clients and
+/// CRLs in force when the call arrives.
 #[derive(Clone)]
 pub struct AuthLayer {
-    auth: Arc<Authenticator>,
+    live: Arc<Live>,
     deny: DenialStatus,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authenticator>, deny: DenialStatus) -> AuthLayer {
-        AuthLayer { auth, deny }
+    pub fn new(live: Arc<Live>, deny: DenialStatus) -> AuthLayer {
+        AuthLayer { live, deny }
     }
 }
 
@@ -566,7 +581,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> AuthService<S> {
         AuthService {
             inner,
-            auth: self.auth.clone(),
+            live: self.live.clone(),
             deny: self.deny.clone(),
         }
     }
@@ -575,7 +590,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    auth: Arc<Authenticator>,
+    live: Arc<Live>,
     deny: DenialStatus,
 }
 
@@ -609,10 +624,14 @@ where
         };
         let path = req.uri().path().to_owned();
         let deny = self.deny.clone();
-        let peer = Peer::from_extensions(req.extensions());
-        let decision =
-            self.auth
-                .authorize(&path, &peer, req.headers().get(http::header::AUTHORIZATION));
+        let current = self.live.load();
+        let peer = Peer::from_extensions(req.extensions(), current.revoked());
+        let decision = current.authenticator().authorize(
+            &path,
+            &peer,
+            req.headers().get(http::header::AUTHORIZATION),
+        );
+        drop(current);
         // Take the service that was made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -803,6 +822,25 @@ mod tests {
             a.authorize(RESOLVE, &unnamed, Some(&bearer("s3cret"))),
             Err(Denied::Unauthenticated(_))
         ));
+    }
+
+    #[test]
+    fn a_revoked_certificate_is_unauthenticated_even_with_its_clients_token() {
+        let revoked = Peer {
+            certificate: PeerCertificate::Revoked,
+            ..REMOTE_TLS
+        };
+        for token in [None, Some(bearer("s3cret"))] {
+            let denied = auth()
+                .authorize(RESOLVE, &revoked, token.as_ref())
+                .unwrap_err();
+            assert_eq!(
+                denied,
+                Denied::Unauthenticated(Unauthenticated::Invalid(
+                    "the client certificate has been revoked"
+                ))
+            );
+        }
     }
 
     #[test]

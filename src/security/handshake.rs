@@ -5,6 +5,12 @@
 //! would otherwise hold a socket forever, and enough of them exhaust the server's file
 //! descriptors. Every accepted connection must therefore deliver its first bytes (the
 //! HTTP/2 preface, or a TLS ClientHello) within a deadline, or it is closed.
+//!
+//! Over TLS the server does the handshake here, not in tonic: [`tls_guarded`] takes the
+//! rustls configuration current when a connection arrives (see [`super::live`]), so a
+//! reload changes what new handshakes see and nothing else. Handshakes run side by side,
+//! each within `handshake_timeout_secs`; one that fails or times out closes its own
+//! connection and is logged, and the accept loop goes on.
 
 use std::future::Future;
 use std::io;
@@ -12,12 +18,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio::time::Sleep;
+use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use super::live::Live;
 
 /// The HTTP/2 client preface is 24 bytes; a TLS ClientHello is longer.
 const FIRST_BYTES: usize = 24;
@@ -50,6 +62,82 @@ pub fn guarded(
         let _ = stream.set_nodelay(true);
         Ok(Guarded::new(stream, handshake))
     })
+}
+
+/// The listener's connections after their TLS handshake, made with the configuration
+/// [`Live`] holds when each connection arrives. Each connection is first [`guarded`] by
+/// `first_bytes`; its handshake must then finish within the configuration's
+/// `handshake_timeout`. A refused or unfinished handshake is logged (the peer's address
+/// and rustls's reason: no personal data exists at that stage) and skipped.
+///
+/// tonic's `Connected` for the rustls stream gives each request a `TlsConnectInfo` with
+/// the peer's verified certificates, which `super::tls` reads.
+pub fn tls_guarded(
+    listener: TcpListener,
+    first_bytes: Duration,
+    live: Arc<Live>,
+) -> impl Stream<Item = io::Result<TlsStream<Guarded>>> {
+    let accepted = Box::pin(guarded(listener, first_bytes));
+    futures::stream::unfold(
+        (accepted, JoinSet::new()),
+        move |(mut accepted, mut handshakes)| {
+            let live = live.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        next = accepted.next() => match next {
+                            Some(Ok(connection)) => {
+                                handshakes.spawn(handshake(connection, live.clone()));
+                            }
+                            // tonic decides whether an accept error is worth going on for.
+                            Some(Err(e)) => return Some((Err(e), (accepted, handshakes))),
+                            None => return None,
+                        },
+                        Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                            if let Ok(Some(stream)) = done {
+                                return Some((Ok(stream), (accepted, handshakes)));
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// One TLS handshake with the current configuration; `None` when it failed (logged).
+async fn handshake(connection: Guarded, live: Arc<Live>) -> Option<TlsStream<Guarded>> {
+    let remote = connection.inner.peer_addr().ok();
+    let Some(tls) = live.tls() else {
+        tracing::error!("a TLS connection arrived on a server without TLS material");
+        return None;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    match tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(connection)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            let refused_certificate = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|e| {
+                    matches!(
+                        e,
+                        rustls::Error::InvalidCertificate(_)
+                            | rustls::Error::NoCertificatesPresented
+                    )
+                });
+            if refused_certificate {
+                tracing::info!(?remote, error = %e, "TLS handshake refused the client certificate");
+            } else {
+                tracing::debug!(?remote, error = %e, "TLS handshake failed");
+            }
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?remote, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 impl AsyncRead for Guarded {

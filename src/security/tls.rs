@@ -1,27 +1,41 @@
-//! Mutual TLS: the server's certificate, the CA that issues client certificates, who a
-//! client certificate names, and throw-away certificates for development and tests.
+//! Mutual TLS: the server's certificate, the CA that issues client certificates, the CRLs
+//! that revoke them, who a client certificate names, and throw-away certificates for
+//! development and tests.
 //!
-//! rustls (inside tonic) does the cryptography. The handshake refuses a client certificate
-//! that the configured CA did not issue, or that has expired, so a certificate found in a
-//! request's extensions has already been verified. This module only reads the subject
-//! Common Name of its leaf, which [`super::auth`] maps to a configured client
-//! (`[[clients]] cert_subject`).
+//! rustls does the cryptography, with the configuration [`ServerTls::load`] builds from the
+//! `[tls]` files (ring as the provider). The handshake refuses a client certificate that
+//! the configured CA did not issue, that has expired, or that a configured CRL revokes, so
+//! a certificate found in a request's extensions has been verified. This module reads
+//! the subject Common Name of its leaf, which [`super::auth`] maps to a configured client
+//! (`[[clients]] cert_subject`), and tells whether a CRL loaded since lists it.
+//!
+//! The server does the handshakes itself (`super::handshake`) rather than through tonic's
+//! TLS settings, so that a reload (`super::live`) can give new handshakes new material
+//! without touching established connections. Requests still carry tonic's
+//! `TlsConnectInfo`: tonic implements `Connected` for the rustls stream.
 //!
 //! [`generate_dev_certs`] (the `dev-certs` subcommand) makes a CA, a server certificate
-//! for loopback and one certificate per client id. They are for a laptop and for the
-//! tests; production certificates come from the operator's own CA.
+//! for loopback and one certificate per client id; [`dev_crl`] revokes some of them. They
+//! are for a laptop and for the tests; production certificates come from the operator's
+//! own CA.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use sha2::{Digest as _, Sha256};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use serde::Deserialize;
 
@@ -43,6 +57,10 @@ pub struct TlsSettings {
     /// Longest a TLS handshake may take, so idle connections cannot pile up.
     #[serde(default = "default_handshake_timeout_secs")]
     pub handshake_timeout_secs: u64,
+    /// CRLs (PEM or DER) issued by the CAs of `client_ca_file`: a client certificate
+    /// they list is refused. Re-read, like every file here, on SIGHUP.
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -95,34 +113,326 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
 }
 
-/// Builds tonic's server TLS configuration from the `[tls]` settings. The files are read
-/// and checked now, so a wrong path or a key that does not match its certificate stops
-/// the server at start-up rather than failing every handshake.
-pub fn server_tls_config(settings: &TlsSettings) -> Result<ServerTlsConfig, TlsError> {
-    let cert = read(&settings.cert_file)?;
-    certificates_in(&settings.cert_file, &cert)?;
-    let key = read(&settings.key_file)?;
-    if !pem_labels(&key).iter().any(|l| l.ends_with("PRIVATE KEY")) {
-        return Err(TlsError::Pem {
-            path: settings.key_file.clone(),
-            problem: "no PEM private key in this file".into(),
-        });
+/// What the `[tls]` files make: the rustls configuration new handshakes use, and what
+/// the configured CRLs revoke. Loaded and checked in one go, so that a reload replaces
+/// all of it or none of it (see [`super::live`]).
+pub struct ServerTls {
+    config: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
+    revoked: Revoked,
+    summary: TlsSummary,
+}
+
+/// What a [`ServerTls`] holds, for the logs: counts and a public fingerprint, nothing
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSummary {
+    /// Hex SHA-256 of the server's leaf certificate (DER): what
+    /// `openssl x509 -noout -fingerprint -sha256` prints, in lower case without colons.
+    pub server_certificate: String,
+    /// Certificates in `client_ca_file`.
+    pub client_cas: usize,
+    /// CRLs read from `crl_files`.
+    pub crls: usize,
+    /// Certificates those CRLs revoke.
+    pub revoked_certificates: usize,
+    pub require_client_cert: bool,
+}
+
+impl ServerTls {
+    /// Reads and checks every `[tls]` file: a wrong path, a key that does not match its
+    /// certificate, or a CRL that is unreadable or not issued by a client CA stops the
+    /// server at start-up (or fails a reload) with an error naming the file, rather than
+    /// failing handshakes later.
+    ///
+    /// Revocation: with `crl_files`, the client certificate (the end entity) must be
+    /// covered by a CRL of its issuer; a certificate whose issuer has no CRL is refused
+    /// (unknown status counts as revoked), and every CA in `client_ca_file` must have a
+    /// CRL, so that this shows now and not as refused clients. A CRL past its nextUpdate
+    /// still revokes what it lists (expiry is not enforced: a stalled CRL publisher must
+    /// not lock every client out); it is reported with a warning.
+    pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = certificates(&settings.cert_file)?;
+        let key = private_key(&settings.key_file)?;
+        let server_certificate = hex::encode(Sha256::digest(chain[0].as_ref()));
+
+        let (verifier, client_cas, crls, revoked) = match &settings.client_ca_file {
+            None => {
+                if settings.require_client_cert {
+                    return Err(TlsError::Unusable(
+                        "require_client_cert needs client_ca_file".into(),
+                    ));
+                }
+                if let Some(path) = settings.crl_files.first() {
+                    return Err(TlsError::Pem {
+                        path: path.clone(),
+                        problem: "crl_files needs client_ca_file (the CA whose client \
+                                  certificates the CRLs revoke)"
+                            .into(),
+                    });
+                }
+                (
+                    WebPkiClientVerifier::no_client_auth(),
+                    0,
+                    0,
+                    Revoked::default(),
+                )
+            }
+            Some(ca_file) => {
+                let cas = certificates(ca_file)?;
+                let mut roots = RootCertStore::empty();
+                for ca in &cas {
+                    roots.add(ca.clone()).map_err(|e| TlsError::Pem {
+                        path: ca_file.clone(),
+                        problem: format!("a certificate that cannot serve as a CA: {e}"),
+                    })?;
+                }
+                let roots = Arc::new(roots);
+                let crls = Crls::load(&settings.crl_files, ca_file, &cas)?;
+                // rustls parses CRLs more strictly than the check above: try each file
+                // on its own, so that a refusal names it.
+                for (path, ders) in &crls.by_file {
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                        .with_crls(ders.iter().cloned())
+                        .build()
+                        .map_err(|e| TlsError::Pem {
+                            path: path.clone(),
+                            problem: format!("a CRL rustls cannot use: {e}"),
+                        })?;
+                }
+                let count = crls.by_file.iter().map(|(_, ders)| ders.len()).sum();
+                let mut builder =
+                    WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                        .with_crls(crls.by_file.into_iter().flat_map(|(_, ders)| ders))
+                        .only_check_end_entity_revocation();
+                if !settings.require_client_cert {
+                    builder = builder.allow_unauthenticated();
+                }
+                let verifier = builder
+                    .build()
+                    .map_err(|e| TlsError::Unusable(e.to_string()))?;
+                (verifier, cas.len(), count, crls.revoked)
+            }
+        };
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Unusable(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsError::Unusable(error_chain(&e)))?;
+        // gRPC is HTTP/2 only; clients (tonic's among them) insist on ALPN h2.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let summary = TlsSummary {
+            server_certificate,
+            client_cas,
+            crls,
+            revoked_certificates: revoked.len(),
+            require_client_cert: settings.require_client_cert,
+        };
+        Ok(ServerTls {
+            config: Arc::new(config),
+            handshake_timeout: Duration::from_secs(settings.handshake_timeout_secs),
+            revoked,
+            summary,
+        })
     }
-    let mut config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .timeout(Duration::from_secs(settings.handshake_timeout_secs));
-    if let Some(ca_file) = &settings.client_ca_file {
-        let ca = read(ca_file)?;
-        certificates_in(ca_file, &ca)?;
-        config = config
-            .client_ca_root(Certificate::from_pem(ca))
-            .client_auth_optional(!settings.require_client_cert);
+
+    /// The rustls configuration for a new handshake. Each configuration has its own
+    /// session cache, so a reload also ends resumption of sessions made before it: a
+    /// revoked certificate cannot come back through a resumed session.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
     }
-    // Build the rustls configuration once now: this is where a mismatched key shows.
-    tonic::transport::Server::builder()
-        .tls_config(config.clone())
-        .map_err(|e| TlsError::Unusable(error_chain(&e)))?;
-    Ok(config)
+
+    /// Longest a TLS handshake may take (`handshake_timeout_secs`).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// What the configured CRLs revoke.
+    pub fn revoked(&self) -> &Revoked {
+        &self.revoked
+    }
+
+    pub fn summary(&self) -> &TlsSummary {
+        &self.summary
+    }
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The certificates the configured CRLs revoke, by issuer and serial number.
+///
+/// The handshake consults the CRLs itself; this set serves the calls on connections that
+/// were opened before a reload brought a new CRL: such a call is refused when its
+/// client certificate is listed (see `auth::PeerCertificate::Revoked`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked(HashSet<(Vec<u8>, Vec<u8>)>);
+
+impl Revoked {
+    /// True when a CRL lists this DER certificate (same issuer name, same serial).
+    pub fn lists(&self, der: &[u8]) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return false;
+        };
+        self.0
+            .contains(&(cert.issuer().as_raw().to_vec(), cert.raw_serial().to_vec()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The CRLs of `crl_files`, checked against the client CAs.
+struct Crls {
+    by_file: Vec<(PathBuf, Vec<CertificateRevocationListDer<'static>>)>,
+    revoked: Revoked,
+}
+
+impl Crls {
+    fn load(
+        paths: &[PathBuf],
+        ca_file: &Path,
+        cas: &[CertificateDer<'static>],
+    ) -> Result<Crls, TlsError> {
+        let parsed_cas: Vec<_> = cas
+            .iter()
+            .filter_map(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+            .map(|(_, cert)| cert)
+            .collect();
+        let mut covered = vec![false; parsed_cas.len()];
+        let mut crls = Crls {
+            by_file: Vec::new(),
+            revoked: Revoked::default(),
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for path in paths {
+            let bad = |problem: String| TlsError::Pem {
+                path: path.clone(),
+                problem,
+            };
+            let bytes = read(path)?;
+            let ders = crl_ders(&bytes).map_err(bad)?;
+            for der in &ders {
+                let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+                    .map_err(|e| bad(format!("invalid CRL: {e}")))?;
+                let issuer = crl.issuer();
+                let named: Vec<usize> = (0..parsed_cas.len())
+                    .filter(|&i| parsed_cas[i].subject().as_raw() == issuer.as_raw())
+                    .collect();
+                if named.is_empty() {
+                    return Err(bad(format!(
+                        "a CRL issued by \"{issuer}\", which is not a CA in {}",
+                        ca_file.display()
+                    )));
+                }
+                // Two CAs may share a name (a re-keyed CA): the signature decides.
+                let Some(i) = named
+                    .into_iter()
+                    .find(|&i| crl.verify_signature(parsed_cas[i].public_key()).is_ok())
+                else {
+                    return Err(bad(format!(
+                        "the CRL's signature does not verify with the key of \"{issuer}\" in {}",
+                        ca_file.display()
+                    )));
+                };
+                covered[i] = true;
+                if crl.next_update().is_some_and(|next| next.timestamp() < now) {
+                    tracing::warn!(
+                        crl = %path.display(),
+                        issuer = %issuer,
+                        "a CRL is past its nextUpdate: it still revokes what it lists, but \
+                         publish a fresh one and reload"
+                    );
+                }
+                for entry in crl.iter_revoked_certificates() {
+                    crls.revoked
+                        .0
+                        .insert((issuer.as_raw().to_vec(), entry.raw_serial().to_vec()));
+                }
+            }
+            crls.by_file.push((path.clone(), ders));
+        }
+        if !paths.is_empty() {
+            if let Some(i) = covered.iter().position(|c| !c) {
+                return Err(TlsError::Pem {
+                    path: ca_file.to_path_buf(),
+                    problem: format!(
+                        "the client CA \"{}\" has no CRL in crl_files; with crl_files set \
+                         every client CA needs one (an empty CRL will do), or each of its \
+                         clients would be refused",
+                        parsed_cas[i].subject()
+                    ),
+                });
+            }
+        }
+        Ok(crls)
+    }
+}
+
+/// The CRLs in a file: PEM (`-----BEGIN X509 CRL-----`, one or more) or a single DER CRL.
+fn crl_ders(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    // DER starts with a SEQUENCE tag; PEM with text.
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes.to_vec())]);
+    }
+    let ders = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid PEM: {e}"))?;
+    if ders.is_empty() {
+        return Err("no CRL in this file (PEM `X509 CRL` or DER expected)".into());
+    }
+    Ok(ders)
+}
+
+/// The certificates of a PEM file, each checked to parse; at least one.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(path)?;
+    let bad = |problem: String| TlsError::Pem {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut out = Vec::new();
+    for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes) {
+        let pem = pem.map_err(|e| bad(format!("invalid PEM: {e}")))?;
+        if pem.label != "CERTIFICATE" {
+            continue;
+        }
+        pem.parse_x509()
+            .map_err(|e| bad(format!("invalid certificate: {e}")))?;
+        out.push(CertificateDer::from(pem.contents));
+    }
+    if out.is_empty() {
+        return Err(bad("no PEM certificate in this file".into()));
+    }
+    Ok(out)
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        problem: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => "no PEM private key in this file".into(),
+            other => format!("invalid PEM private key: {other}"),
+        },
+    })
 }
 
 /// True when the request arrived over TLS.
@@ -281,6 +591,69 @@ pub fn generate_dev_certs(dir: &Path, clients: &[&str]) -> Result<DevCertFiles, 
     Ok(files)
 }
 
+/// A CRL signed by the CA of `ca_cert` and `ca_key` (PEM files, as [`generate_dev_certs`]
+/// writes them) that revokes the certificates in the PEM files `revoked`, valid from an
+/// hour ago for a week; PEM text, for `crl_files`. For development and the tests: a
+/// production CRL comes from the operator's CA.
+pub fn dev_crl(ca_cert: &Path, ca_key: &Path, revoked: &[&Path]) -> Result<String, TlsError> {
+    let now = time::OffsetDateTime::now_utc();
+    crl_signed(
+        ca_cert,
+        ca_key,
+        revoked,
+        now - time::Duration::hours(1),
+        now + time::Duration::days(7),
+    )
+}
+
+/// [`dev_crl`] with its validity given (a stale CRL, for the tests).
+pub fn crl_signed(
+    ca_cert: &Path,
+    ca_key: &Path,
+    revoked: &[&Path],
+    this_update: time::OffsetDateTime,
+    next_update: time::OffsetDateTime,
+) -> Result<String, TlsError> {
+    let text = |path: &Path| {
+        String::from_utf8(read(path)?).map_err(|_| TlsError::Pem {
+            path: path.to_path_buf(),
+            problem: "not a PEM file".into(),
+        })
+    };
+    let key = KeyPair::from_pem(&text(ca_key)?)?;
+    let issuer = Issuer::from_ca_cert_pem(&text(ca_cert)?, key)?;
+    let mut revoked_certs = Vec::new();
+    for path in revoked {
+        for der in certificates(path)? {
+            let (_, cert) =
+                x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| TlsError::Pem {
+                    path: path.to_path_buf(),
+                    problem: format!("invalid certificate: {e}"),
+                })?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(&cert.serial.to_bytes_be()),
+                revocation_time: this_update,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+    }
+    let params = rcgen::CertificateRevocationListParams {
+        this_update,
+        next_update,
+        // Later CRLs carry larger numbers.
+        crl_number: rcgen::SerialNumber::from(now_millis()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    Ok(params.signed_by(&issuer)?.pem()?)
+}
+
+fn now_millis() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
 /// Creates `path` (never overwriting) and writes `contents`; `private` files get mode
 /// 0600 from the moment they exist, so a key is never readable by others, even briefly.
 pub(crate) fn write_new_file(path: &Path, contents: &str, private: bool) -> std::io::Result<()> {
@@ -315,36 +688,6 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn pem_labels(bytes: &[u8]) -> Vec<String> {
-    x509_parser::pem::Pem::iter_from_buffer(bytes)
-        .map_while(Result::ok)
-        .map(|pem| pem.label)
-        .collect()
-}
-
-/// Checks that `bytes` hold at least one PEM certificate and that every certificate
-/// parses.
-fn certificates_in(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    let bad = |problem: String| TlsError::Pem {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let mut count = 0;
-    for pem in x509_parser::pem::Pem::iter_from_buffer(bytes) {
-        let pem = pem.map_err(|e| bad(format!("invalid PEM: {e}")))?;
-        if pem.label != "CERTIFICATE" {
-            continue;
-        }
-        pem.parse_x509()
-            .map_err(|e| bad(format!("invalid certificate: {e}")))?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(bad("no PEM certificate in this file".into()));
-    }
-    Ok(())
-}
-
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -373,6 +716,7 @@ mod tests {
             client_ca_file: Some(dir.join("ca.pem")),
             require_client_cert,
             handshake_timeout_secs: 10,
+            crl_files: Vec::new(),
         }
     }
 
@@ -483,8 +827,8 @@ mod tests {
     fn generated_files_load_as_a_server_tls_configuration() {
         let dir = tempfile::tempdir().unwrap();
         generate_dev_certs(dir.path(), &["dev"]).unwrap();
-        server_tls_config(&settings(dir.path(), true)).unwrap();
-        server_tls_config(&TlsSettings {
+        ServerTls::load(&settings(dir.path(), true)).unwrap();
+        ServerTls::load(&TlsSettings {
             client_ca_file: None,
             ..settings(dir.path(), false)
         })
@@ -494,7 +838,7 @@ mod tests {
     #[test]
     fn a_missing_file_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = server_tls_config(&settings(dir.path(), true)).unwrap_err();
+        let err = ServerTls::load(&settings(dir.path(), true)).unwrap_err();
         assert!(matches!(err, TlsError::Read { .. }));
         assert!(err.to_string().contains("server.pem"), "{err}");
     }
@@ -503,13 +847,13 @@ mod tests {
     fn a_key_in_place_of_a_certificate_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let files = generate_dev_certs(dir.path(), &["dev"]).unwrap();
-        let err = server_tls_config(&TlsSettings {
+        let err = ServerTls::load(&TlsSettings {
             cert_file: files.server_key.clone(),
             ..settings(dir.path(), true)
         })
         .unwrap_err();
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
-        let err = server_tls_config(&TlsSettings {
+        let err = ServerTls::load(&TlsSettings {
             key_file: files.server_cert.clone(),
             ..settings(dir.path(), true)
         })
@@ -521,12 +865,136 @@ mod tests {
     fn a_key_that_does_not_match_the_certificate_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let files = generate_dev_certs(dir.path(), &["dev"]).unwrap();
-        let err = server_tls_config(&TlsSettings {
+        let err = ServerTls::load(&TlsSettings {
             key_file: files.clients[0].key.clone(),
             ..settings(dir.path(), true)
         })
         .unwrap_err();
         assert!(matches!(err, TlsError::Unusable(_)), "{err}");
+    }
+
+    /// Development certificates for `dev` and `other`, and the settings serving them.
+    fn with_crls(dir: &Path, crls: &[(&str, String)]) -> TlsSettings {
+        let mut s = settings(dir, true);
+        for (name, contents) in crls {
+            std::fs::write(dir.join(name), contents).unwrap();
+            s.crl_files.push(dir.join(name));
+        }
+        s
+    }
+
+    #[test]
+    fn a_crl_lists_the_certificates_it_revokes_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate_dev_certs(dir.path(), &["dev", "other"]).unwrap();
+        let crl = dev_crl(&files.ca_cert, &files.ca_key, &[&files.clients[0].cert]).unwrap();
+        let tls = ServerTls::load(&with_crls(dir.path(), &[("ca.crl.pem", crl)])).unwrap();
+        assert!(tls.revoked().lists(&der_of(&files.clients[0].cert)));
+        assert!(!tls.revoked().lists(&der_of(&files.clients[1].cert)));
+        assert_eq!(tls.summary().crls, 1);
+        assert_eq!(tls.summary().revoked_certificates, 1);
+    }
+
+    #[test]
+    fn a_crl_loads_from_der_as_well_as_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate_dev_certs(dir.path(), &["dev"]).unwrap();
+        let pem = dev_crl(&files.ca_cert, &files.ca_key, &[&files.clients[0].cert]).unwrap();
+        let der = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        std::fs::write(dir.path().join("ca.crl"), der).unwrap();
+        let mut s = settings(dir.path(), true);
+        s.crl_files.push(dir.path().join("ca.crl"));
+        let tls = ServerTls::load(&s).unwrap();
+        assert!(tls.revoked().lists(&der_of(&files.clients[0].cert)));
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_crl_file_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_dev_certs(dir.path(), &["dev"]).unwrap();
+        let mut s = settings(dir.path(), true);
+        s.crl_files.push(dir.path().join("absent.crl.pem"));
+        let err = ServerTls::load(&s).unwrap_err();
+        assert!(matches!(err, TlsError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("absent.crl.pem"), "{err}");
+        for (name, garbage) in [
+            ("text.crl.pem", "not a CRL at all\n".to_owned()),
+            (
+                "cert.crl.pem",
+                std::fs::read_to_string(dir.path().join("dev.pem")).unwrap(),
+            ),
+            (
+                "broken.crl.pem",
+                "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n".to_owned(),
+            ),
+        ] {
+            let err = ServerTls::load(&with_crls(dir.path(), &[(name, garbage)])).unwrap_err();
+            assert!(matches!(err, TlsError::Pem { .. }), "{name}: {err}");
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_crl_of_another_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_dev_certs(dir.path(), &["dev"]).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other = generate_dev_certs(elsewhere.path(), &["dev"]).unwrap();
+        let crl = dev_crl(&other.ca_cert, &other.ca_key, &[&other.clients[0].cert]).unwrap();
+        let err = ServerTls::load(&with_crls(dir.path(), &[("other.crl.pem", crl)])).unwrap_err();
+        // Both development CAs have the same name: the signature tells them apart.
+        assert!(err.to_string().contains("other.crl.pem"), "{err}");
+        assert!(err.to_string().contains("signature"), "{err}");
+    }
+
+    #[test]
+    fn with_crl_files_every_client_ca_needs_a_crl() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate_dev_certs(dir.path(), &["dev"]).unwrap();
+        let crl = dev_crl(&files.ca_cert, &files.ca_key, &[]).unwrap();
+        // A second CA in the bundle, without a CRL.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other = generate_dev_certs(elsewhere.path(), &[]).unwrap();
+        let bundle = std::fs::read_to_string(&files.ca_cert).unwrap()
+            + &std::fs::read_to_string(&other.ca_cert).unwrap();
+        std::fs::write(dir.path().join("bundle.pem"), bundle).unwrap();
+        let mut s = with_crls(dir.path(), &[("ca.crl.pem", crl)]);
+        s.client_ca_file = Some(dir.path().join("bundle.pem"));
+        let err = ServerTls::load(&s).unwrap_err();
+        assert!(err.to_string().contains("has no CRL"), "{err}");
+        assert!(err.to_string().contains("bundle.pem"), "{err}");
+    }
+
+    #[test]
+    fn crl_files_without_a_client_ca_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate_dev_certs(dir.path(), &["dev"]).unwrap();
+        let crl = dev_crl(&files.ca_cert, &files.ca_key, &[]).unwrap();
+        let mut s = with_crls(dir.path(), &[("ca.crl.pem", crl)]);
+        s.client_ca_file = None;
+        s.require_client_cert = false;
+        let err = ServerTls::load(&s).unwrap_err();
+        assert!(err.to_string().contains("client_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn a_crl_past_its_next_update_still_loads_and_still_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate_dev_certs(dir.path(), &["dev"]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let crl = crl_signed(
+            &files.ca_cert,
+            &files.ca_key,
+            &[&files.clients[0].cert],
+            now - time::Duration::days(10),
+            now - time::Duration::days(3),
+        )
+        .unwrap();
+        let tls = ServerTls::load(&with_crls(dir.path(), &[("stale.crl.pem", crl)])).unwrap();
+        assert!(tls.revoked().lists(&der_of(&files.clients[0].cert)));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use payout_registry::app::App;
+use payout_registry::app::{App, Reloader};
 use payout_registry::config::{Secret, Settings};
 use payout_registry::domain::Timestamp;
 use payout_registry::proto::account_registry_service_client::AccountRegistryServiceClient;
@@ -484,6 +484,8 @@ pub struct TestApp {
     tls: Option<TlsMaterial>,
     /// The data directory (`data_dir`), removed with the app.
     _data_dir: tempfile::TempDir,
+    /// Reloads the running app's TLS files and clients, as SIGHUP does.
+    pub reloader: Reloader,
 }
 
 pub type Registry =
@@ -622,6 +624,7 @@ impl AppBuilder {
             .expect("the app builds from the test settings")
             .with_clock(Arc::new(move || c.now()));
         let store = app.store();
+        let reloader = app.reloader();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -643,6 +646,7 @@ impl AppBuilder {
             server: Some(server),
             tls: material,
             _data_dir: data_dir,
+            reloader,
         }
     }
 }
@@ -850,6 +854,7 @@ pub fn tls_settings(dir: &Path, require_client_cert: bool) -> TlsSettings {
         client_ca_file: Some(dir.join("ca.pem")),
         require_client_cert,
         handshake_timeout_secs: 10,
+        crl_files: Vec::new(),
     }
 }
 
