@@ -191,6 +191,10 @@ pub struct RelaySettings {
     pub page_size: u32,
     /// Publishes awaiting JetStream's acknowledgement at once.
     pub max_in_flight: usize,
+    /// Publish the feed again into a stream that lost what this relay had published
+    /// (`relay --refill`; never from the configuration: refilling is a deliberate act).
+    #[serde(skip)]
+    pub refill: bool,
 }
 
 impl Default for RelaySettings {
@@ -203,6 +207,7 @@ impl Default for RelaySettings {
             full_account_numbers: false,
             page_size: 1000,
             max_in_flight: 256,
+            refill: false,
         }
     }
 }

@@ -395,9 +395,11 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             payload,
         } => {
             let (channel, bearer) = connect(&conn.endpoint()).await?;
+            // A subscription lasts until interrupted: no per-call deadline.
             let mut feed =
                 crate::proto::change_feed_service_client::ChangeFeedServiceClient::with_interceptor(
-                    channel, bearer,
+                    channel,
+                    bearer.for_streams(),
                 );
             let after = match after {
                 Some(a) => a,
@@ -468,8 +470,13 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             as_of,
             exists_only,
         } => {
-            let mut resolver = resolver(&conn).await?;
             if let (Some(file), Some(out)) = (file, out) {
+                // A payroll file is one stream, as long as the file: no per-call deadline.
+                let (channel, credentials) = connect(&conn.endpoint()).await?;
+                let resolver = PayoutResolverServiceClient::with_interceptor(
+                    channel,
+                    credentials.for_streams(),
+                );
                 let started = std::time::Instant::now();
                 let n = crate::tools::import::resolve_file(
                     resolver,
@@ -506,7 +513,8 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             } else {
                 proto::ResolveScope::Details
             };
-            let r = resolver
+            let r = resolver(&conn)
+                .await?
                 .resolve(proto::ResolveRequest {
                     citizen_id: citizen,
                     program_code: program,

@@ -57,6 +57,7 @@ pub async fn import(
         anyhow::bail!("nothing to import: give --citizens and/or --accounts");
     }
     let (channel, credentials) = crate::client::connect(&conn.endpoint()).await?;
+    let credentials = credentials.for_streams();
     let files = [
         (crate::tools::import::FileKind::Citizens, citizens),
         (crate::tools::import::FileKind::Accounts, accounts),

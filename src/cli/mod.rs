@@ -101,6 +101,9 @@ pub enum Command {
     /// Publish the change feed to NATS JetStream, each event exactly once and in order,
     /// until SIGTERM or Ctrl-C (see the `[relay]` settings).
     Relay(relay::RelayArgs),
+    /// Ask a registry's health service whether it is SERVING; exit 0 if so, 1 if not
+    /// (for container and load-balancer probes).
+    Health(server::HealthArgs),
 }
 
 #[derive(Args, Clone)]
@@ -131,6 +134,9 @@ pub struct Connection {
     /// Why you are reading this citizen's data (recorded by the registry).
     #[arg(long, default_value = "operator lookup")]
     pub purpose: String,
+    /// Deadline of each call, in seconds (streams such as an import run without one).
+    #[arg(long, default_value_t = 10)]
+    pub timeout_secs: u64,
 }
 
 impl Connection {
@@ -144,6 +150,7 @@ impl Connection {
             token: self.token.clone(),
             token_file: self.token_file.clone(),
             purpose: self.purpose.clone(),
+            deadline: Some(std::time::Duration::from_secs(self.timeout_secs.max(1))),
         }
     }
 }
@@ -174,5 +181,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_records,
         } => data::import(conn, citizens, accounts, max_records).await,
         Command::Relay(args) => relay::run(config, args).await,
+        Command::Health(args) => server::health(args).await,
     }
 }

@@ -23,6 +23,66 @@ pub async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
     app.serve(listener, shutdown_signal()).await
 }
 
+/// `health`'s arguments.
+#[derive(clap::Args)]
+pub struct HealthArgs {
+    /// The health endpoint: `health_listen` (plain text), or the gRPC port (`https://`
+    /// with --ca).
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    pub endpoint: String,
+    /// The service to ask about: empty for the server as a whole (readiness),
+    /// `liveness` for the process, or a service's full name.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// PEM CA certificate of the server, for an `https://` endpoint.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Longest the probe may take, in seconds.
+    #[arg(long, default_value_t = 2)]
+    pub timeout_secs: u64,
+}
+
+/// `health`: exits 0 when the service reports SERVING; otherwise prints what it
+/// reported (or why it could not be asked) and fails.
+pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
+    let mut endpoint = tonic::transport::Endpoint::from_shared(args.endpoint.clone())?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    if let Some(ca) = &args.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.endpoint))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: args.service.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("health check failed: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let status = ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown);
+    let name = if args.service.is_empty() {
+        "the server"
+    } else {
+        args.service.as_str()
+    };
+    if status == ServingStatus::Serving {
+        println!("{name}: SERVING");
+        Ok(())
+    } else {
+        anyhow::bail!("{name}: {}", status.as_str_name())
+    }
+}
+
 /// `migrate`: applies migrations and loads the reference data.
 pub async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;

@@ -8,6 +8,7 @@
 //! server never does.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -31,13 +32,20 @@ pub struct Endpoint {
     pub token_file: PathBuf,
     /// Why we read citizens' data (sent as `x-purpose`).
     pub purpose: String,
+    /// The deadline of each unary call (sent as `grpc-timeout`, enforced here too);
+    /// streams run without one (see [`Credentials::for_streams`]).
+    pub deadline: Option<Duration>,
 }
+
+/// Longest the client waits for a connection to the registry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Adds the bearer token (if any) and the purpose to every request.
 #[derive(Clone)]
 pub struct Credentials {
     authorization: Option<MetadataValue<Ascii>>,
     purpose: Option<MetadataValue<Ascii>>,
+    deadline: Option<Duration>,
 }
 
 impl Credentials {
@@ -46,7 +54,15 @@ impl Credentials {
         Ok(Credentials {
             authorization: token.map(|t| format!("Bearer {t}").parse()).transpose()?,
             purpose: Some(purpose.parse()?),
+            deadline: None,
         })
+    }
+
+    /// The same credentials without a per-call deadline, for streams that run as long
+    /// as they have work (an import, a payroll file, a subscription).
+    pub fn for_streams(mut self) -> Credentials {
+        self.deadline = None;
+        self
     }
 }
 
@@ -57,6 +73,9 @@ impl tonic::service::Interceptor for Credentials {
         }
         if let Some(p) = &self.purpose {
             req.metadata_mut().insert("x-purpose", p.clone());
+        }
+        if let Some(d) = self.deadline {
+            req.set_timeout(d);
         }
         Ok(req)
     }
@@ -84,12 +103,14 @@ pub async fn connect(endpoint: &Endpoint) -> anyhow::Result<(Channel, Credential
         }
         None => Channel::from_shared(endpoint.addr.clone())?,
     }
+    .connect_timeout(CONNECT_TIMEOUT)
     .connect()
     .await
     .with_context(|| format!("connecting to {}", endpoint.addr))?;
     let credentials = Credentials {
         authorization: token.map(|t| format!("Bearer {t}").parse()).transpose()?,
         purpose: endpoint.purpose.parse().ok(),
+        deadline: endpoint.deadline,
     };
     Ok((channel, credentials))
 }
