@@ -388,7 +388,9 @@ pub async fn import_file(
     feeder.abort();
     let _ = reader.await;
     progress.finish();
-    outcome?;
+    if let Err(e) = outcome {
+        return Err(interrupted(e, path, &report, last_line));
+    }
     report.malformed = malformed.load(std::sync::atomic::Ordering::Relaxed);
     report.complete = in_flight
         .lock()
@@ -400,6 +402,37 @@ pub async fn import_file(
         let _ = std::fs::remove_file(&checkpoint);
     }
     Ok(report)
+}
+
+/// An import cut short, said so that the operator knows what is in and what to do: what
+/// the registry acknowledged is committed and checkpointed, and running the same command
+/// again resumes after it. A registry that is shutting down or whose database is away
+/// answers UNAVAILABLE; any status is described with its reason.
+fn interrupted(
+    e: anyhow::Error,
+    path: &Path,
+    report: &ImportReport,
+    last_line: u64,
+) -> anyhow::Error {
+    let cause = match e.downcast::<tonic::Status>() {
+        Ok(status) => {
+            let retry = status.code() == tonic::Code::Unavailable;
+            let described = crate::client::describe(status);
+            if retry {
+                anyhow::anyhow!("the registry is unavailable for now ({described})")
+            } else {
+                described
+            }
+        }
+        Err(e) => e,
+    };
+    anyhow::anyhow!(
+        "{cause}\nimport of {} interrupted: {} records committed and checkpointed (through \
+         data line {last_line}, in {}); run the same command again to resume after them",
+        path.display(),
+        report.committed,
+        checkpoint_path(path).display(),
+    )
 }
 
 /// One record read from a file.
