@@ -21,7 +21,7 @@
 //! | [`grpc`] | thin handlers, the conversions, the one `Status` builder, the deadline layer | `store`, `domain`, `security`, `background`, `telemetry` |
 //! | [`app`] | the composition root: `App::build(&Settings)`, `App::serve(listener, shutdown)` | all of the above |
 //! | [`client`] | the client library: connect, credentials, refusals described | `proto` |
-//! | [`tools`] | demo population, CSV formats, import, load generator, JetStream relay engine; the server never imports them | `client`, `store`, `grpc` (conversions), `domain`, `config` |
+//! | [`tools`] | demo population, CSV formats, import, load generator, JetStream relay engine; the server never imports them | `client`, `store`, `grpc` (conversions), `domain`, `config`, `telemetry` (metric names) |
 //! | [`cli`] | the clap tree, one file per family of subcommands | everything |
 //!
 //! [`proto`] is the code generated from `proto/payoutregistry/v1/registry.proto`; the

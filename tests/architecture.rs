@@ -126,7 +126,15 @@ fn allowed(room: &str) -> Option<&'static [&'static str]> {
             "proto",
         ],
         "client" => &["proto"],
-        "tools" => &["client", "store", "grpc", "domain", "config", "proto"],
+        "tools" => &[
+            "client",
+            "store",
+            "grpc",
+            "domain",
+            "config",
+            "telemetry",
+            "proto",
+        ],
         "cli" => &[
             "app",
             "client",

@@ -25,6 +25,16 @@
 //!
 //! The durable position also protects the events: retention never prunes past the
 //! slowest named consumer, so an event stays in the database until it is in the stream.
+//!
+//! **A stream that lost its past is refused.** A stream that holds none of this relay's
+//! messages (deleted and recreated empty, or another application's), or whose relay
+//! messages end before the durable position (purged), behind a non-zero durable position,
+//! would receive only the events after that position, and its readers would never learn
+//! what they missed. The relay stops with an error naming the stream instead
+//! ([`StreamRefused`]); with `refill` (`relay --refill`, a deliberate act) it publishes
+//! the feed again from the stream's last relayed position (from the start for an empty
+//! stream), as far as retention has kept it. A stream holding another feed, or a run that
+//! is not contiguous, is refused with or without `refill`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,6 +49,25 @@ use prost::Message as _;
 use crate::config::RelaySettings;
 use crate::domain::Timestamp;
 use crate::store::{Event, Store};
+use crate::telemetry::metrics as m;
+
+/// Why the relay will not publish to its stream: a state an operator must look at (see
+/// the module's documentation). The relay stops instead of retrying.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StreamRefused(String);
+
+fn refuse<T>(message: String) -> anyhow::Result<T> {
+    Err(StreamRefused(message).into())
+}
+
+/// The last position a relay of this process committed, for the lag gauge.
+static POSITION: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// The last feed position a relay of this process committed (0 before any).
+pub fn position_gauge() -> f64 {
+    POSITION.load(std::sync::atomic::Ordering::Relaxed) as f64
+}
 
 /// The client id the relay's durable feed position is recorded under.
 pub const CLIENT_ID: &str = "system:relay";
@@ -112,6 +141,7 @@ pub async fn run(
                     break;
                 }
             }
+            Err(e) if e.downcast_ref::<StreamRefused>().is_some() => return Err(e),
             Err(e) => {
                 relay.stats.restarts += 1;
                 reconciled = false;
@@ -274,13 +304,13 @@ impl Relay {
                 continue; // not the relay's message
             };
             if next_below.is_some_and(|p| p != position) {
-                bail!(
+                return refuse(format!(
                     "stream {} is not a contiguous run of the feed at stream sequence {}: \
                      feed position {position} where {} was expected; refusing to publish",
                     self.settings.stream,
                     seq + 1,
                     next_below.unwrap_or_default()
-                );
+                ));
             }
             next_below = Some(position - 1);
             if tail.is_none() {
@@ -299,25 +329,52 @@ impl Relay {
                 tracing::warn!(
                     durable = floor,
                     stream_ends_at = tail.as_ref().map(|t| t.0).unwrap_or_default(),
-                    "the stream is more than a page ahead of this relay's durable position;                      resuming after the stream's tail"
+                    "the stream is more than a page ahead of this relay's durable position; \
+                     resuming after the stream's tail"
                 );
                 break;
             }
         }
-        let resume = match &tail {
+        let stream_ends_at = match &tail {
             Some((position, event_id)) => {
                 self.check_same_feed(*position, event_id).await?;
-                if *position < floor {
-                    tracing::warn!(
-                        stream_ends_at = *position,
-                        durable = floor,
-                        "the stream ends before the relay's durable position (was it purged or \
-                         recreated?); publishing continues after the durable position"
-                    );
-                }
-                (*position).max(floor)
+                *position
             }
-            None => floor,
+            None => 0,
+        };
+        let resume = if stream_ends_at >= floor {
+            stream_ends_at
+        } else if self.settings.refill {
+            let pruned = self.store.feed_pruned_through().await?;
+            tracing::warn!(
+                stream = %self.settings.stream,
+                stream_ends_at,
+                durable = floor,
+                "refilling the stream from the feed after position {stream_ends_at}"
+            );
+            if pruned > stream_ends_at {
+                tracing::error!(
+                    from = stream_ends_at + 1,
+                    to = pruned,
+                    "events were pruned from the feed before the refill; the stream will lack \
+                     them (rebuild its readers from a snapshot)"
+                );
+            }
+            stream_ends_at
+        } else {
+            let what = match (&tail, state.messages) {
+                (None, 0) => "is empty (deleted and recreated?)".to_owned(),
+                (None, n) => format!("holds {n} messages, none of them this relay's"),
+                (Some(_), _) => format!("ends at feed position {stream_ends_at} (purged?)"),
+            };
+            return refuse(format!(
+                "stream {} {what}, but this relay has published through feed position {floor}: \
+                 publishing on would leave positions {}..{floor} missing from it. Run the relay \
+                 with --refill to publish them again from the feed, or point it at another \
+                 stream",
+                self.settings.stream,
+                stream_ends_at + 1,
+            ));
         };
         tracing::info!(
             stream = %self.settings.stream,
@@ -430,6 +487,7 @@ impl Relay {
         } else {
             self.last_sequence = ack.sequence;
             self.stats.published += 1;
+            metrics::counter!(m::RELAY_PUBLISHED).increment(1);
         }
         self.after = position;
         self.stats.position = position;
@@ -452,6 +510,8 @@ impl Relay {
             .context("committing the relay's durable position")?;
         self.committed = Some(self.after);
         self.stats.position = self.after;
+        metrics::gauge!(m::RELAY_POSITION).set(self.after as f64);
+        POSITION.store(self.after, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -466,17 +526,17 @@ impl Relay {
             .context("reading the change feed")?;
         match event.first() {
             Some(e) if e.feed_position == Some(position) && e.event_id.to_string() != event_id => {
-                bail!(
+                refuse(format!(
                     "stream {} holds another feed: its last message (feed position {position}) \
                      is not this database's event at that position; use another stream",
                     self.settings.stream
-                )
+                ))
             }
-            None if self.store.feed_head().await? < position => bail!(
+            None if self.store.feed_head().await? < position => refuse(format!(
                 "stream {} already holds feed position {position}, beyond this database's \
                  feed; use another stream",
                 self.settings.stream
-            ),
+            )),
             _ => Ok(()),
         }
     }
