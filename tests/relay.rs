@@ -24,6 +24,7 @@ use uuid::Uuid;
 on_both_backends!(
     a_relay_killed_mid_publish_leaves_every_feed_event_in_the_stream_once_and_in_order,
     the_relay_position_advances_and_keeps_unsent_events_from_being_pruned,
+    a_relay_whose_stream_was_lost_refuses_to_skip_the_past_and_refills_only_when_told,
 );
 
 const CONSUMER: &str = "jetstream-relay";
@@ -359,4 +360,66 @@ async fn the_relay_position_advances_and_keeps_unsent_events_from_being_pruned(b
         .collect();
     let expected: Vec<String> = (1..=45).map(|p| p.to_string()).collect();
     assert_eq!(positions, expected);
+}
+
+async fn a_relay_whose_stream_was_lost_refuses_to_skip_the_past_and_refills_only_when_told(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let stream = TestStream::new().await;
+    let run = |settings: RelaySettings| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(relay::run(app.store.clone(), settings, async move {
+            let _ = rx.await;
+        }));
+        (tx, task)
+    };
+    for n in 0..4 {
+        change(&app, n).await;
+    }
+    let (stop, task) = run(stream.settings());
+    stream.wait_for(12).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().expect("relay run");
+    assert_eq!(relay_position(&app).await, 12);
+
+    // The stream is lost (deleted by an operator, a JetStream store wiped) while the
+    // relay's durable position says 12 events went out. More changes meanwhile.
+    stream.js.delete_stream(&stream.name).await.expect("delete");
+    for n in 4..6 {
+        change(&app, n).await;
+    }
+    let head = common::sequenced_head(&app).await;
+    assert_eq!(head, 18);
+
+    // Without a word, the relay would resume at 13 in an empty stream. It refuses.
+    let (_stop, task) = run(stream.settings());
+    let refused = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the relay stops by itself")
+        .unwrap()
+        .expect_err("an empty stream behind position 12 is refused");
+    assert!(
+        refused.downcast_ref::<relay::StreamRefused>().is_some(),
+        "a StreamRefused error, not a transient one: {refused:#}"
+    );
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains(&stream.name) && message.contains("refill"),
+        "the error names the stream and the way out: {message}"
+    );
+    assert_eq!(stream.last_sequence().await, 0, "nothing was published");
+    assert_eq!(relay_position(&app).await, 12, "the position is untouched");
+
+    // Told to refill, it republishes the whole feed, then goes on live.
+    let (stop, task) = run(RelaySettings {
+        refill: true,
+        ..stream.settings()
+    });
+    stream.wait_for(head as u64).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().expect("relay run with refill");
+    let accounts: Vec<String> = (0..6).map(account_ref).collect();
+    assert_stream_holds_the_feed(&stream, &feed(&app.store).await, &accounts).await;
+    assert_eq!(relay_position(&app).await, head);
 }

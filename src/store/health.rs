@@ -58,6 +58,7 @@ impl StoreError {
     pub fn fault(&self) -> Option<Fault> {
         match self {
             StoreError::Database(e) => fault_of(e),
+            StoreError::Unreachable(_) => Some(Fault::Unavailable),
             _ => None,
         }
     }
@@ -151,11 +152,12 @@ pub(super) async fn waiting_for<T>(
     }
     WAITING.fetch_add(1, Ordering::Relaxed);
     let _waiting = Waiting(Instant::now());
+    // A refused connection attempt is a database error with a SQLSTATE that means
+    // something else inside a transaction (55000 for a database not accepting
+    // connections): any failure to get a connection is the database's unavailability.
     acquire.await.map_err(|e| {
-        if fault_of(&e) == Some(Fault::Unavailable) {
-            SUSPECT.store(true, Ordering::Relaxed);
-        }
-        e.into()
+        SUSPECT.store(true, Ordering::Relaxed);
+        StoreError::Unreachable(e)
     })
 }
 

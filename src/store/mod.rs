@@ -83,6 +83,12 @@ pub enum StoreError {
     /// The database failed. Logged in full; the client sees only a request id.
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// No connection could be had from the pool: the database refused or dropped the
+    /// connection attempt (not accepting connections, too many clients, shutting down,
+    /// unreachable) or none was free in time. Whatever its SQLSTATE, retrying later
+    /// helps: answered UNAVAILABLE (DATABASE_UNAVAILABLE).
+    #[error("no database connection")]
+    Unreachable(#[source] sqlx::Error),
     /// Applying migrations failed.
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -89,6 +89,11 @@ impl TestDb {
         }
     }
 
+    /// The PostgreSQL database's name (`None` on SQLite).
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     /// A migrated store on this database.
     pub async fn store(&self) -> Arc<dyn Store> {
         self.store_with(StoreOptions {
@@ -751,6 +756,14 @@ impl TestApp {
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
+    /// Asks the server to shut down (as SIGTERM does) without waiting: the shutdown
+    /// sequence can be watched from outside; [`TestApp::stop`] then waits for its end.
+    pub fn request_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -1016,27 +1029,36 @@ pub async fn all_acks<R: BatchAnswer>(mut acks: tonic::Streaming<R>) -> Vec<Sync
     out
 }
 
+/// A LinkAccount of a Vietcombank account, confirmed by its issuer, under a fresh
+/// idempotency key.
+pub fn issuer_confirmed_link(
+    citizen: &str,
+    number: &str,
+) -> payout_registry::proto::LinkAccountRequest {
+    use payout_registry::proto::{
+        AccountKind, LinkAccountRequest, Verification, VerificationMethod,
+    };
+    LinkAccountRequest {
+        idempotency_key: Uuid::new_v4().to_string(),
+        citizen_id: citizen.into(),
+        kind: AccountKind::BankAccount.into(),
+        provider_code: "970436".into(),
+        account_ref: number.into(),
+        verification: Some(Verification {
+            method: VerificationMethod::IssuerConfirmed.into(),
+            evidence_ref: "integration test".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Links a Vietcombank account to `citizen`, confirmed by its issuer at link time (so no
 /// cooling-off): ACCOUNT_LINKED, ACCOUNT_VERIFIED and, for a first account,
 /// DEFAULT_CHANGED. Answers the account's id.
 pub async fn link_issuer_confirmed(app: &TestApp, citizen: &str, number: &str) -> String {
-    use payout_registry::proto::{
-        AccountKind, LinkAccountRequest, Verification, VerificationMethod,
-    };
     app.registry(Some(ADMIN))
-        .link_account(LinkAccountRequest {
-            idempotency_key: Uuid::new_v4().to_string(),
-            citizen_id: citizen.into(),
-            kind: AccountKind::BankAccount.into(),
-            provider_code: "970436".into(),
-            account_ref: number.into(),
-            verification: Some(Verification {
-                method: VerificationMethod::IssuerConfirmed.into(),
-                evidence_ref: "integration test".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .link_account(issuer_confirmed_link(citizen, number))
         .await
         .expect("link")
         .into_inner()

@@ -1,0 +1,608 @@
+//! Operating the registry, as an on-call engineer and a load balancer see it: the
+//! database refusing connections or stalling (PostgreSQL's own database per test,
+//! `ALLOW_CONNECTIONS false` with `pg_terminate_backend`, a lock held from another
+//! connection: module `faults`), a graceful shutdown watched from outside, streams piling
+//! up beside unary calls, and `/metrics` scraped after a run of calls (both backends).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestApp, ADMIN, FEED, PAYER, SYNC};
+use payout_registry::proto::{
+    CitizenRecord, CitizenStatus, ResolveRequest, SubscribeRequest, SyncCitizensRequest,
+};
+use sqlx::Connection;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_types::StatusExt;
+
+on_both_backends!(
+    metrics_show_the_standard_grpc_series_with_the_codes_of_the_calls_made,
+    shutdown_turns_health_first_refuses_new_calls_and_ends_sync_streams_after_a_final_ack,
+    idle_streams_do_not_starve_unary_calls_and_have_a_limit_of_their_own,
+);
+
+/// PostgreSQL's failures, produced on the test's own database.
+mod faults {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_refusing_connections_is_answered_unavailable_and_turns_health_not_serving()
+    {
+        database_outage().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_locked_table_is_answered_database_timeout_within_the_statement_timeout() {
+        stalled_database().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_deadline_stops_the_database_statement_waiting_for_it() {
+        deadline_reaches_the_database().await
+    }
+}
+
+const SERVICE: &str = "payoutregistry.v1.PayoutResolverService";
+
+/// A loopback address nothing listens on (for `health_listen` and `metrics_listen`).
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn health(addr: SocketAddr, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await?;
+    Ok(answer.into_inner().status())
+}
+
+/// Waits until the health listener reports `want` for `service`; answers how long it
+/// took. Fails after `within`.
+async fn health_becomes(
+    addr: SocketAddr,
+    service: &str,
+    want: ServingStatus,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = health(addr, service).await;
+        if seen.as_ref().ok() == Some(&want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "health of {service:?} is {seen:?}, not {want:?}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn resolve_request(citizen: &str) -> ResolveRequest {
+    ResolveRequest {
+        citizen_id: citizen.into(),
+        purpose: "monthly payroll".into(),
+        ..Default::default()
+    }
+}
+
+/// Runs SQL on the cluster's administrative connection (not the test database).
+async fn admin(sql: &str) {
+    let mut c = sqlx::PgConnection::connect(&common::pg_admin_url())
+        .await
+        .expect("admin connection");
+    sqlx::query(sql).execute(&mut c).await.expect(sql);
+}
+
+#[track_caller]
+fn assert_retry_info(status: &tonic::Status) {
+    assert!(
+        status.get_error_details().retry_info().is_some(),
+        "no RetryInfo in {status:?}"
+    );
+}
+
+async fn database_outage() {
+    let probe = free_addr();
+    let app = TestApp::builder(Backend::Postgres)
+        .configure(move |s| {
+            s.health_listen = Some(probe);
+            s.db_acquire_timeout_ms = 1000;
+        })
+        .spawn()
+        .await;
+    let name = app.db.name().expect("a PostgreSQL database").to_owned();
+    let citizen = "001089300001";
+    common::link_issuer_confirmed(&app, citizen, "0071300000001").await;
+    app.resolver(Some(PAYER))
+        .resolve(resolve_request(citizen))
+        .await
+        .expect("resolves while the database is up");
+    health_becomes(probe, "", ServingStatus::Serving, Duration::from_secs(5)).await;
+
+    // The database stops accepting connections and its backends are terminated.
+    admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    let took = health_becomes(probe, "", ServingStatus::NotServing, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "readiness turned NOT_SERVING only after {took:?}"
+    );
+    assert_eq!(
+        health(probe, SERVICE).await.unwrap(),
+        ServingStatus::NotServing,
+        "every service follows readiness"
+    );
+    assert_eq!(
+        health(probe, "liveness").await.unwrap(),
+        ServingStatus::Serving,
+        "the process itself is alive: liveness stays SERVING"
+    );
+
+    // Calls are answered as the database's failure, retryable, quickly.
+    let started = Instant::now();
+    read_and_write_refused(&app, citizen, "001089300002", "DATABASE_UNAVAILABLE").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the acquire timeout: {:?}",
+        started.elapsed()
+    );
+
+    // Back: readiness follows, and calls work again.
+    admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    let took = health_becomes(probe, "", ServingStatus::Serving, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "SERVING again after {took:?}"
+    );
+    app.resolver(Some(PAYER))
+        .resolve(resolve_request(citizen))
+        .await
+        .expect("resolves after the database came back");
+    app.registry(Some(ADMIN))
+        .link_account(common::issuer_confirmed_link(
+            "001089300002",
+            "0071300000002",
+        ))
+        .await
+        .expect("links after the database came back");
+    app.stop().await;
+}
+
+/// A Resolve of `citizen` and a LinkAccount for `other` are both answered UNAVAILABLE
+/// with `reason` and RetryInfo.
+async fn read_and_write_refused(app: &TestApp, citizen: &str, other: &str, reason: &str) {
+    let read = app
+        .resolver(Some(PAYER))
+        .resolve(resolve_request(citizen))
+        .await;
+    assert_retry_info(&common::refused(read, Code::Unavailable, reason));
+    let write = app
+        .registry(Some(ADMIN))
+        .link_account(common::issuer_confirmed_link(other, "0071300000099"))
+        .await;
+    assert_retry_info(&common::refused(write, Code::Unavailable, reason));
+}
+
+/// Holds `LOCK TABLE accounts` in an open transaction on a connection of its own.
+async fn lock_accounts(app: &TestApp) -> sqlx::PgConnection {
+    let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+    sqlx::query("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c
+}
+
+async fn stalled_database() {
+    let app = TestApp::builder(Backend::Postgres)
+        .configure(|s| s.db_statement_timeout_ms = 300)
+        .spawn()
+        .await;
+    let citizen = "001089300011";
+    common::link_issuer_confirmed(&app, citizen, "0071300000011").await;
+    let lock = lock_accounts(&app).await;
+
+    let started = Instant::now();
+    read_and_write_refused(&app, citizen, "001089300012", "DATABASE_TIMEOUT").await;
+    // Two statements of 300 ms (each call's first on the locked table), with margin.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a stalled table held two calls {:?}",
+        started.elapsed()
+    );
+    drop(lock);
+    app.registry(Some(ADMIN))
+        .link_account(common::issuer_confirmed_link(
+            "001089300012",
+            "0071300000012",
+        ))
+        .await
+        .expect("the write goes through once the lock is gone");
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM accounts WHERE citizen_id = '001089300012'")
+            .await,
+        1,
+        "the refused attempt wrote nothing; the retry wrote once"
+    );
+    app.stop().await;
+}
+
+/// Backends of the test database waiting for a lock right now.
+async fn lock_waiters(app: &TestApp) -> i64 {
+    let name = app.db.name().unwrap();
+    let mut c = sqlx::PgConnection::connect(&common::pg_admin_url())
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+    )
+    .bind(name)
+    .fetch_one(&mut c)
+    .await
+    .unwrap()
+}
+
+async fn deadline_reaches_the_database() {
+    // The statement timeout is long; the client's deadline is what must stop the wait.
+    let app = TestApp::builder(Backend::Postgres)
+        .configure(|s| s.db_statement_timeout_ms = 20_000)
+        .spawn()
+        .await;
+    let lock = lock_accounts(&app).await;
+    let mut request = tonic::Request::new(common::issuer_confirmed_link(
+        "001089300021",
+        "0071300000021",
+    ));
+    request.set_timeout(Duration::from_millis(400));
+    let started = Instant::now();
+    let status = app
+        .registry(Some(ADMIN))
+        .link_account(request)
+        .await
+        .expect_err("the write cannot finish behind the lock");
+    // The server answers DEADLINE_EXCEEDED at the deadline; the client's own timer fires
+    // at the same moment, so either may be what the client sees.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // What matters to the database: the statement waiting for the lock was stopped at
+    // the call's deadline, not after the 20 s statement timeout.
+    let mut waiting = lock_waiters(&app).await;
+    let watch = Instant::now();
+    while waiting > 0 && watch.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiting = lock_waiters(&app).await;
+    }
+    assert_eq!(
+        waiting,
+        0,
+        "a statement still waits for the lock {:?} after the call's deadline",
+        started.elapsed()
+    );
+    drop(lock);
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM accounts WHERE citizen_id = '001089300021'")
+            .await,
+        0,
+        "the abandoned write left nothing"
+    );
+    app.stop().await;
+}
+
+/// `GET /metrics` on `addr`: the body.
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the sample of `name` whose labels include every one of `labels`.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn metrics_show_the_standard_grpc_series_with_the_codes_of_the_calls_made(backend: Backend) {
+    use payout_registry::telemetry::metrics as m;
+    let exporter = free_addr();
+    let app = TestApp::builder(backend)
+        .configure(move |s| s.metrics_listen = Some(exporter))
+        .spawn()
+        .await;
+    let citizen = "001089300031";
+    common::link_issuer_confirmed(&app, citizen, "0071300000031").await;
+    for _ in 0..3 {
+        app.resolver(Some(PAYER))
+            .resolve(resolve_request(citizen))
+            .await
+            .expect("resolves");
+    }
+    let malformed = app
+        .resolver(Some(PAYER))
+        .resolve(resolve_request("0010893"))
+        .await
+        .expect_err("a citizen id of 7 digits");
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    // A stream: counted when it ends, with the code it ended with.
+    let mut feed = common::feed_on(app.channel(), Some(FEED));
+    let mut events = feed
+        .subscribe(SubscribeRequest::default())
+        .await
+        .expect("subscribed")
+        .into_inner();
+    events.message().await.expect("an event").expect("events");
+    drop(events);
+
+    let body = scrape(exporter).await;
+    let resolve = [
+        ("grpc_service", SERVICE),
+        ("grpc_method", "Resolve"),
+        ("grpc_type", "unary"),
+    ];
+    let with = |code: &'static str| {
+        let mut l = resolve.to_vec();
+        l.push(("grpc_code", code));
+        l
+    };
+    assert!(sample(&body, m::GRPC_STARTED, &resolve).is_some_and(|v| v >= 4.0));
+    assert!(
+        sample(&body, m::GRPC_HANDLED, &with("OK")).is_some_and(|v| v >= 3.0),
+        "Resolve OK counted:\n{body}"
+    );
+    assert!(
+        sample(&body, m::GRPC_HANDLED, &with("InvalidArgument")).is_some_and(|v| v >= 1.0),
+        "Resolve InvalidArgument counted"
+    );
+    assert!(
+        sample(
+            &body,
+            &format!("{}_count", m::GRPC_HANDLING_SECONDS),
+            &resolve
+        )
+        .is_some_and(|v| v >= 4.0),
+        "Resolve's latency histogram"
+    );
+    assert!(sample(&body, m::GRPC_MSG_RECEIVED, &resolve).is_some_and(|v| v >= 4.0));
+    assert!(sample(&body, m::GRPC_MSG_SENT, &resolve).is_some_and(|v| v >= 3.0));
+    // The subscription is counted once it has ended (the client went away: Cancelled).
+    let subscribe = [("grpc_method", "Subscribe"), ("grpc_type", "server_stream")];
+    let ended = Instant::now();
+    loop {
+        let body = scrape(exporter).await;
+        if sample(&body, m::GRPC_HANDLED, &subscribe).is_some() {
+            assert!(
+                sample(&body, m::GRPC_MSG_SENT, &subscribe).is_some_and(|v| v >= 1.0),
+                "the event sent on the stream is counted"
+            );
+            break;
+        }
+        assert!(
+            ended.elapsed() < Duration::from_secs(5),
+            "a Subscribe that ended is not in {}",
+            m::GRPC_HANDLED
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The registry's own series.
+    for name in [
+        m::READY,
+        m::DATABASE_UP,
+        m::FEED_HEAD,
+        m::FEED_SEQUENCER_BACKLOG,
+        m::DIGEST_LAG_EVENTS,
+        m::ACCESS_LOG_QUEUE_DEPTH,
+        m::DB_POOL_CONNECTIONS,
+        m::DB_POOL_WAITING,
+    ] {
+        assert!(
+            sample(&body, name, &[]).is_some(),
+            "{name} is not exported:\n{body}"
+        );
+    }
+    assert!(sample(&body, m::DB_POOL_CONNECTIONS, &[("state", "idle")]).is_some());
+    app.stop().await;
+}
+
+fn citizen_record(n: u32) -> CitizenRecord {
+    CitizenRecord {
+        record_id: format!("shutdown-{n}"),
+        version: 1,
+        citizen_id: format!("0010893{n:05}"),
+        full_name: "Nguyễn Văn An".into(),
+        date_of_birth: common::date("1989-04-12"),
+        status: CitizenStatus::Active.into(),
+        ..Default::default()
+    }
+}
+
+async fn shutdown_turns_health_first_refuses_new_calls_and_ends_sync_streams_after_a_final_ack(
+    backend: Backend,
+) {
+    let probe = free_addr();
+    let mut app = TestApp::builder(backend)
+        .configure(move |s| {
+            s.health_listen = Some(probe);
+            s.shutdown_notice_secs = 2;
+        })
+        .spawn()
+        .await;
+    health_becomes(probe, "", ServingStatus::Serving, Duration::from_secs(5)).await;
+    let (records, inbound) = tokio::sync::mpsc::channel::<SyncCitizensRequest>(64);
+    let mut acks = app
+        .population(Some(SYNC))
+        .sync_citizens(tokio_stream::wrappers::ReceiverStream::new(inbound))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    for n in 0..5 {
+        records
+            .send(SyncCitizensRequest {
+                record: Some(citizen_record(n)),
+            })
+            .await
+            .unwrap();
+    }
+    let first = acks.message().await.expect("ack").expect("an ack");
+    let first = first.result.unwrap();
+    assert_eq!((first.applied, first.rejected), (5, 0), "{first:?}");
+    let mut applied = first.applied;
+    let mut last = first.last_record_id;
+    // More records, then SIGTERM's equivalent while the stream is open.
+    for n in 5..8 {
+        records
+            .send(SyncCitizensRequest {
+                record: Some(citizen_record(n)),
+            })
+            .await
+            .unwrap();
+    }
+    let mut resolver = app.resolver(Some(PAYER));
+    app.request_stop();
+    let asked = Instant::now();
+
+    // Health says so at once, and keeps answering during the notice.
+    let took = health_becomes(probe, "", ServingStatus::NotServing, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // New calls are refused, retryably, pointing elsewhere.
+    let status = common::refused(
+        resolver.resolve(resolve_request("001089300001")).await,
+        Code::Unavailable,
+        "SHUTTING_DOWN",
+    );
+    assert_retry_info(&status);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "still in the notice"
+    );
+    assert_eq!(
+        health(probe, "")
+            .await
+            .expect("the health listener still answers"),
+        ServingStatus::NotServing
+    );
+
+    // The sync stream: what it held is applied and acknowledged, then it ends
+    // UNAVAILABLE (SHUTTING_DOWN), not with a cut connection.
+    let end = loop {
+        match acks.message().await {
+            // The counts are the stream's totals so far.
+            Ok(Some(ack)) => {
+                let ack = ack.result.unwrap();
+                applied = ack.applied;
+                last = ack.last_record_id;
+            }
+            Ok(None) => panic!("the stream ended OK; expected UNAVAILABLE (SHUTTING_DOWN)"),
+            Err(status) => break status,
+        }
+    };
+    let end = common::refused::<()>(Err(end), Code::Unavailable, "SHUTTING_DOWN");
+    assert_retry_info(&end);
+    // Records still on the wire when the stream stopped reading are neither applied nor
+    // acknowledged (the client sends them again on resume); everything acknowledged is
+    // applied, and nothing else is.
+    assert!((5..=8).contains(&applied), "{applied}");
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM citizens").await,
+        applied as i64,
+        "the acknowledgements and the database agree"
+    );
+    assert_eq!(last, format!("shutdown-{}", applied - 1), "where to resume");
+    drop(records);
+    app.stop().await;
+}
+
+async fn idle_streams_do_not_starve_unary_calls_and_have_a_limit_of_their_own(backend: Backend) {
+    let limits = payout_registry::security::limits::RateLimitConfig {
+        max_concurrent_calls: 2,
+        max_concurrent_streams: 3,
+        ..Default::default()
+    };
+    let app = TestApp::builder(backend).limits(limits).spawn().await;
+    let citizen = "001089300041";
+    common::link_issuer_confirmed(&app, citizen, "0071300000041").await;
+    let subscribe = || {
+        let mut feed = common::feed_on(app.new_channel(), Some(FEED));
+        async move {
+            feed.subscribe(SubscribeRequest {
+                after_position: 1_000_000,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    // Three idle subscriptions: more than the two unary calls allowed in flight.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(subscribe().await.expect("a subscription within the limit"));
+    }
+    for _ in 0..5 {
+        app.resolver(Some(PAYER))
+            .resolve(resolve_request(citizen))
+            .await
+            .expect("unary calls are not shed for idle streams");
+    }
+    // A fourth stream is over the streams' own limit.
+    let status = common::refused(subscribe().await, Code::Unavailable, "OVERLOADED");
+    assert_retry_info(&status);
+    assert!(status.message().contains("streams"), "{status:?}");
+    // One ends: a new one is admitted.
+    drop(open.pop());
+    let freed = Instant::now();
+    loop {
+        match subscribe().await {
+            Ok(s) => {
+                open.push(s);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    freed.elapsed() < Duration::from_secs(5),
+                    "the ended stream's place was not given back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(open);
+    app.stop().await;
+}
