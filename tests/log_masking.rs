@@ -288,7 +288,52 @@ async fn a_callers_request_id_and_trace_parent_appear_in_the_calls_log_lines(bac
     }
 }
 
+/// The "call finished" line of a stream is written when the stream ends, with how long
+/// it really lasted, what it sent and the code it ended with.
+async fn a_streams_call_finished_line_is_written_when_it_ends_with_its_code(backend: Backend) {
+    let logs = captured();
+    let app = TestApp::spawn(backend).await;
+    common::link_issuer_confirmed(&app, CITIZENS[0], BANK_NORMALISED).await;
+    let request_id = format!("feed-reader-{}", Uuid::new_v4().simple());
+    let mut request = tonic::Request::new(SubscribeRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", request_id.parse().unwrap());
+    let started = std::time::Instant::now();
+    let mut events = common::feed_on(app.channel(), Some(common::FEED))
+        .subscribe(request)
+        .await
+        .expect("subscribed")
+        .into_inner();
+    events.message().await.expect("an event").expect("events");
+    // Open for a second, then the reader goes away.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    drop(events);
+    let held = started.elapsed();
+    app.stop().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    let finished: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.contains(&request_id) && l.contains("call finished"))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(finished.len(), 1, "one line per call: {finished:?}");
+    let fields = &finished[0];
+    // Named as grpc-go and the standard dashboards name codes.
+    assert_eq!(fields["grpc_code"], "Canceled", "{fields}");
+    let elapsed = fields["elapsed_ms"].as_f64().expect("elapsed_ms");
+    assert!(
+        elapsed >= 1000.0 && elapsed <= held.as_secs_f64() * 1000.0 + 500.0,
+        "the stream lasted {held:?}; its line says {elapsed} ms"
+    );
+    assert!(
+        fields["messages_sent"].as_u64().is_some_and(|n| n >= 1),
+        "{fields}"
+    );
+}
+
 on_both_backends!(
     logs_never_carry_a_citizen_id_or_an_account_number,
     a_callers_request_id_and_trace_parent_appear_in_the_calls_log_lines,
+    a_streams_call_finished_line_is_written_when_it_ends_with_its_code,
 );
