@@ -79,10 +79,23 @@ async fn an_import_interrupted_midway_resumes_after_its_checkpoint_and_applies_e
     assert_eq!(listed.lines().count() as u64, accounts_run.rejected);
     assert!(listed.contains("ACCOUNT_OWNED_BY_ANOTHER_CITIZEN"));
 
-    // Replaying a finished file changes nothing: every record is stale.
+    // Replaying a finished file changes nothing: every record is answered with the
+    // outcome recorded the first time, and the new run lists the same refusals again.
+    let events = app.db.count("SELECT COUNT(*) FROM events").await;
+    let history = app.db.count("SELECT COUNT(*) FROM account_history").await;
     let replay = import(&app, FileKind::Accounts, &accounts, None).await;
-    assert_eq!(replay.applied, 0);
-    assert_eq!(replay.stale + replay.rejected, replay.committed);
+    assert_eq!(replay.committed, accounts_run.committed);
+    assert_eq!(replay.applied, accounts_run.applied);
+    assert_eq!(replay.rejected, accounts_run.rejected);
+    assert_eq!(replay.stale, 0);
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM events").await, events);
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM account_history").await,
+        history
+    );
+    let mut rejected = accounts.as_os_str().to_owned();
+    rejected.push(".rejected.csv");
+    assert_eq!(std::fs::read_to_string(rejected).unwrap(), listed);
 }
 
 async fn a_payroll_file_resolves_in_order_through_batch_resolve(backend: Backend) {

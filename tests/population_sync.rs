@@ -15,13 +15,17 @@ use futures::StreamExt;
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, BatchResolveRequest, BatchResolveResponse,
     CitizenRecord, CitizenStatus, ListCitizenAccountsRequest, ListDuplicateClaimsRequest,
-    ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope, SyncBatchResult,
+    RecordError, ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope, SyncBatchResult,
     SyncCitizensRequest, VerificationMethod,
 };
 use tonic::Code;
 
 on_both_backends!(
-    citizen_records_apply_once_and_replays_or_older_versions_are_stale,
+    citizen_records_apply_once_and_replays_answer_applied_while_older_versions_are_stale,
+    an_account_refusal_sent_again_is_answered_with_the_same_reason_field_and_message,
+    an_applied_account_record_sent_again_is_answered_applied_and_writes_nothing,
+    a_citizen_refusal_sent_again_is_answered_with_the_same_refusal,
+    a_refusal_recorded_without_its_message_is_repeated_with_a_message_that_says_so,
     death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it,
     a_bad_record_is_rejected_alone_and_its_neighbours_are_applied,
     legacy_cmnd_numbers_resolve_to_their_citizen_wherever_an_id_is_looked_up,
@@ -85,6 +89,38 @@ fn totals(acks: &[SyncBatchResult]) -> (u64, u64, u64, u64) {
     )
 }
 
+/// Every record refused on a stream, in order.
+fn errors(acks: &[SyncBatchResult]) -> Vec<RecordError> {
+    acks.iter().flat_map(|a| a.errors.iter().cloned()).collect()
+}
+
+/// The rows of every table a sync batch may write, and the time of the last ledger write:
+/// equal before and after a batch that changed nothing (move the test clock in between,
+/// so a rewritten ledger entry shows).
+async fn footprint(app: &TestApp) -> Vec<(&'static str, i64)> {
+    let mut out = Vec::new();
+    for table in [
+        "citizens",
+        "citizen_history",
+        "citizen_aliases",
+        "accounts",
+        "account_history",
+        "preferences",
+        "duplicate_claims",
+        "events",
+        "sync_records",
+    ] {
+        let rows = app.db.count(&format!("SELECT COUNT(*) FROM {table}")).await;
+        out.push((table, rows));
+    }
+    let synced = app
+        .db
+        .count("SELECT MAX(synced_at) FROM sync_records")
+        .await;
+    out.push(("last ledger write", synced));
+    out
+}
+
 async fn resolve(app: &TestApp, citizen: &str) -> ResolveResponse {
     app.resolver(Some(PAYER))
         .resolve(ResolveRequest {
@@ -100,7 +136,9 @@ fn outcome(r: &ResolveResponse) -> ResolveOutcome {
     ResolveOutcome::try_from(r.outcome).unwrap()
 }
 
-async fn citizen_records_apply_once_and_replays_or_older_versions_are_stale(backend: Backend) {
+async fn citizen_records_apply_once_and_replays_answer_applied_while_older_versions_are_stale(
+    backend: Backend,
+) {
     let app = TestApp::spawn(backend).await;
     let first = vec![
         citizen("c1", 10, 1, "Nguyễn Văn An"),
@@ -111,10 +149,11 @@ async fn citizen_records_apply_once_and_replays_or_older_versions_are_stale(back
     assert_eq!(totals(&acks), (3, 3, 0, 0));
     assert_eq!(acks.last().unwrap().last_record_id, "c3");
 
-    // The same stream again, and an older version of c1: nothing changes.
+    // The same stream again, and an older version of c1: nothing changes. The replays are
+    // answered with their recorded outcome (applied), the older version is stale.
     let mut again = first.clone();
     again.push(citizen("c1", 9, 1, "Wrong Name"));
-    assert_eq!(totals(&sync_citizens(&app, again).await), (4, 0, 4, 0));
+    assert_eq!(totals(&sync_citizens(&app, again).await), (4, 3, 1, 0));
     let history = app
         .db
         .count(&format!(
@@ -142,6 +181,233 @@ async fn citizen_records_apply_once_and_replays_or_older_versions_are_stale(back
         outcome(&resolve(&app, &cid(1)).await),
         ResolveOutcome::Resolved
     );
+}
+
+async fn an_account_refusal_sent_again_is_answered_with_the_same_reason_field_and_message(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    sync_citizens(
+        &app,
+        vec![
+            citizen("c1", 1, 700, "Nguyễn Văn An"),
+            citizen("c2", 1, 701, "Hoàng Văn Bảo"),
+        ],
+    )
+    .await;
+    // Citizen 701 declares the account verified for citizen 700: refused, and recorded as a
+    // duplicate claim.
+    let claim = bank(
+        "x1",
+        2,
+        701,
+        "0011000000700",
+        VerificationMethod::IssuerConfirmed,
+    );
+    let acks = sync_accounts(
+        &app,
+        vec![
+            bank(
+                "h1",
+                1,
+                700,
+                "0011000000700",
+                VerificationMethod::IssuerConfirmed,
+            ),
+            claim.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (2, 1, 0, 1), "{acks:?}");
+    let refused = errors(&acks);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].record_id, "x1");
+    assert_eq!(refused[0].reason, "ACCOUNT_OWNED_BY_ANOTHER_CITIZEN");
+    assert_eq!(refused[0].field, "account_ref");
+    assert!(!refused[0].message.is_empty());
+    let recorded = app
+        .db
+        .count(
+            "SELECT COUNT(*) FROM sync_records WHERE record_id = 'x1' AND version = 2 \
+             AND outcome = 'ACCOUNT_OWNED_BY_ANOTHER_CITIZEN' \
+             AND rejected_field = 'account_ref' AND rejected_message IS NOT NULL",
+        )
+        .await;
+    assert_eq!(recorded, 1, "the ledger keeps the refusal in full");
+    let before = footprint(&app).await;
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM duplicate_claims").await,
+        1
+    );
+
+    // Sent again, as a client resuming a cut stream does with a batch committed after its
+    // last acknowledgement: the same refusal, not STALE, and nothing written (no second
+    // duplicate claim, no event, the ledger untouched).
+    app.clock.advance(Duration::from_secs(60));
+    let acks = sync_accounts(&app, vec![claim.clone()]).await;
+    assert_eq!(totals(&acks), (1, 0, 0, 1), "{acks:?}");
+    assert_eq!(
+        errors(&acks),
+        refused,
+        "the same record id, reason, field and message"
+    );
+    assert_eq!(footprint(&app).await, before, "a replay changes nothing");
+
+    // An older version of the record is still STALE.
+    let acks = sync_accounts(
+        &app,
+        vec![AccountRecord {
+            version: 1,
+            ..claim
+        }],
+    )
+    .await;
+    assert_eq!(totals(&acks), (1, 0, 1, 0), "{acks:?}");
+    assert!(errors(&acks).is_empty());
+    assert_eq!(
+        footprint(&app).await,
+        before,
+        "a stale record changes nothing"
+    );
+}
+
+async fn an_applied_account_record_sent_again_is_answered_applied_and_writes_nothing(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    sync_citizens(&app, vec![citizen("c1", 1, 710, "Nguyễn Văn An")]).await;
+    let linked = bank(
+        "a1",
+        1,
+        710,
+        "0011000000710",
+        VerificationMethod::Unspecified,
+    );
+    let verified = bank(
+        "a1",
+        2,
+        710,
+        "0011000000710",
+        VerificationMethod::IssuerConfirmed,
+    );
+    let acks = sync_accounts(&app, vec![linked.clone(), verified.clone()]).await;
+    assert_eq!(totals(&acks), (2, 2, 0, 0), "{acks:?}");
+    let before = footprint(&app).await;
+    let paid = resolve(&app, &cid(710)).await;
+    assert_eq!(outcome(&paid), ResolveOutcome::Resolved);
+
+    // The last version again: APPLIED, as the ledger recorded it, with nothing written.
+    app.clock.advance(Duration::from_secs(60));
+    let acks = sync_accounts(&app, vec![verified]).await;
+    assert_eq!(totals(&acks), (1, 1, 0, 0), "{acks:?}");
+    assert!(errors(&acks).is_empty());
+    assert_eq!(
+        footprint(&app).await,
+        before,
+        "no event, history or ledger write"
+    );
+
+    // The earlier version: STALE.
+    let acks = sync_accounts(&app, vec![linked]).await;
+    assert_eq!(totals(&acks), (1, 0, 1, 0), "{acks:?}");
+    assert_eq!(footprint(&app).await, before);
+    let ledger = app
+        .db
+        .count(
+            "SELECT COUNT(*) FROM sync_records WHERE record_id = 'a1' AND version = 2 \
+             AND outcome = 'APPLIED' AND rejected_field IS NULL AND rejected_message IS NULL",
+        )
+        .await;
+    assert_eq!(ledger, 1, "the ledger still holds version 2, applied");
+    assert_eq!(resolve(&app, &cid(710)).await.account, paid.account);
+}
+
+async fn a_citizen_refusal_sent_again_is_answered_with_the_same_refusal(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let holder = CitizenRecord {
+        legacy_ids: vec!["012345678".into()],
+        ..citizen("c1", 5, 720, "Võ Văn Tài")
+    };
+    let taker = CitizenRecord {
+        legacy_ids: vec!["012345678".into()],
+        ..citizen("c2", 5, 721, "Đỗ Thị Hoa")
+    };
+    let acks = sync_citizens(&app, vec![holder.clone(), taker.clone()]).await;
+    assert_eq!(totals(&acks), (2, 1, 0, 1), "{acks:?}");
+    let refused = errors(&acks);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].record_id.as_str(), refused[0].reason.as_str()),
+        ("c2", "LEGACY_ID_TAKEN")
+    );
+    assert_eq!(refused[0].field, "legacy_ids");
+    let before = footprint(&app).await;
+
+    // Both again: each answered with its recorded outcome, nothing written.
+    app.clock.advance(Duration::from_secs(60));
+    let acks = sync_citizens(&app, vec![holder, taker.clone()]).await;
+    assert_eq!(totals(&acks), (2, 1, 0, 1), "{acks:?}");
+    assert_eq!(errors(&acks), refused);
+    assert_eq!(footprint(&app).await, before, "a replay changes nothing");
+
+    // Older versions are STALE: of the same record id, and of another record id whose
+    // version is not newer than the citizen's stored one.
+    let acks = sync_citizens(
+        &app,
+        vec![
+            CitizenRecord {
+                version: 4,
+                ..taker
+            },
+            citizen("c3", 5, 720, "Wrong Name"),
+            citizen("c4", 4, 720, "Wrong Name"),
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (3, 0, 3, 0), "{acks:?}");
+    assert_eq!(
+        footprint(&app).await,
+        before,
+        "stale records change nothing"
+    );
+}
+
+async fn a_refusal_recorded_without_its_message_is_repeated_with_a_message_that_says_so(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let holder = CitizenRecord {
+        legacy_ids: vec!["087654321".into()],
+        ..citizen("c1", 1, 730, "Võ Văn Tài")
+    };
+    let taker = CitizenRecord {
+        legacy_ids: vec!["087654321".into()],
+        ..citizen("c2", 1, 731, "Đỗ Thị Hoa")
+    };
+    let acks = sync_citizens(&app, vec![holder, taker.clone()]).await;
+    assert_eq!(totals(&acks), (2, 1, 0, 1), "{acks:?}");
+    // As a ledger entry written before the refusal's field and message were kept.
+    app.db
+        .execute_raw(
+            "UPDATE sync_records SET rejected_field = NULL, rejected_message = NULL \
+             WHERE record_id = 'c2'",
+        )
+        .await
+        .unwrap();
+    let before = footprint(&app).await;
+
+    let acks = sync_citizens(&app, vec![taker]).await;
+    assert_eq!(totals(&acks), (1, 0, 0, 1), "{acks:?}");
+    assert_eq!(
+        errors(&acks),
+        vec![RecordError {
+            record_id: "c2".into(),
+            reason: "LEGACY_ID_TAKEN".into(),
+            field: String::new(),
+            message: "refused earlier for LEGACY_ID_TAKEN; the recorded outcome is repeated".into(),
+        }]
+    );
+    assert_eq!(footprint(&app).await, before);
 }
 
 async fn death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it(backend: Backend) {
@@ -511,8 +777,9 @@ async fn declared_accounts_follow_the_verification_and_one_holder_rules(backend:
     let paid = resolve(&app, &cid(400)).await;
     assert_eq!(paid.account.as_ref().unwrap().provider_code, "MOMO");
 
-    // A newer version brings the bank's confirmation; a replay of it is stale; the
-    // withdrawal of the wallet closes it and the bank account is paid instead once chosen.
+    // A newer version brings the bank's confirmation; a replay of it in the same batch is
+    // answered with its outcome (applied) and writes nothing; the withdrawal of the wallet
+    // closes it and the bank account is paid instead once chosen.
     let acks = sync_accounts(
         &app,
         vec![
@@ -539,7 +806,7 @@ async fn declared_accounts_follow_the_verification_and_one_holder_rules(backend:
         ],
     )
     .await;
-    assert_eq!(totals(&acks), (3, 2, 1, 0), "{acks:?}");
+    assert_eq!(totals(&acks), (3, 3, 0, 0), "{acks:?}");
     let accounts = list(400).await;
     let statuses: Vec<(String, AccountStatus)> = accounts
         .accounts
@@ -630,8 +897,10 @@ async fn a_cut_stream_resumes_from_its_last_acknowledgement_without_double_appli
     let (committed, applied, stale, rejected) = totals(&acks);
     assert_eq!(committed as usize, N as usize - resume_from);
     assert_eq!(rejected, 0);
-    // Whatever the cut stream committed after its last ack is reported stale now.
-    assert_eq!(first.applied + applied, N as u64 - stale);
+    // Whatever the cut stream committed after its last ack is answered with its recorded
+    // outcome (applied) now, without being applied again (the history below).
+    assert_eq!(stale, 0);
+    assert_eq!(applied, committed);
 
     let citizens = app.db.count("SELECT COUNT(*) FROM citizens").await;
     let history = app.db.count("SELECT COUNT(*) FROM citizen_history").await;

@@ -234,12 +234,14 @@ impl SyncAccount {
     }
 }
 
-/// What became of one record.
+/// What became of one record. A record sent again with the version its record id last
+/// had is answered with the outcome recorded then (`Applied`, or `Rejected` with the
+/// same refusal), and changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordOutcome {
     Applied,
-    /// Its version was not newer than the last applied for its record id (or, for a
-    /// citizen, than the citizen's stored source version): nothing changed.
+    /// Its version was older than the last acted on for its record id (or, for a
+    /// citizen, not newer than the citizen's stored source version): nothing changed.
     Stale,
     Rejected(Rejection),
 }

@@ -4,8 +4,11 @@
 //! Both RPCs run the same loop: read up to [`SYNC_BATCH`] records, validate each (a bad
 //! one is rejected alone), apply the batch in one transaction, then acknowledge it with
 //! the last record committed and the counts so far. The acknowledgement is sent only
-//! after the commit, so everything up to it is durable; the registry's per-record ledger
-//! makes anything sent again after a cut stream STALE.
+//! after the commit, so everything up to it is durable. The registry's per-record ledger
+//! makes anything sent again after a cut stream change nothing: the same version of a
+//! record is answered with the outcome recorded the first time (APPLIED, or REJECTED with
+//! the same reason, field and message), so the refusals of batches committed after the
+//! last acknowledgement still reach the client; an older version is STALE.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -218,7 +221,7 @@ async fn sync_loop<K: SyncKind>(
         };
         if tx.send(Ok(K::respond(ack))).await.is_err() {
             // The client went away after the commit; it resumes from its last ack and
-            // what it sends again is STALE.
+            // what it sends again is answered with its recorded outcome.
             return Ok(totals);
         }
         if batch.stopped {

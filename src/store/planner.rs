@@ -6,7 +6,9 @@
 //! as if they had been applied one by one. It applies the same rules as the single-record
 //! commands: the account state machine, `check_verification`, the one-holder rule (a
 //! refused claim is recorded and announced), the open-account limit, the first verified
-//! account becoming the default. What it decides is a [`Work`]: rows to write.
+//! account becoming the default. What it decides is a [`Work`]: rows to write. A record
+//! the ledger (`sync_records`) already answered is not planned again: the same version is
+//! answered with the outcome recorded then, refusal included, and an older one is STALE.
 //!
 //! It is pure (no SQL, no dialect): `population.rs` reads what a batch needs into a
 //! [`Loaded`], calls the planner, and writes the [`Work`]. Its rules are a second copy of
@@ -14,6 +16,7 @@
 //! merged. (It was `store/sync.rs`; "sync" also names the population platform's streams
 //! and the sync digest.)
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
@@ -104,11 +107,71 @@ fn key_of(a: &Account) -> AccountKeyTuple {
     (a.kind, a.provider_code.clone(), a.account_ref.clone())
 }
 
+/// A `sync_records` entry: what the registry last decided for a record id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    /// The last version acted on.
+    pub version: i64,
+    /// ACCOUNTS: the account the record declares.
+    pub account_id: Option<Uuid>,
+    /// What that version was answered: `Applied`, or `Rejected` with its refusal. Sent
+    /// again with the same version, the record gets this answer again.
+    pub outcome: RecordOutcome,
+}
+
+impl LedgerEntry {
+    /// Rebuilds an entry from its row: `outcome` is APPLIED or a rejection reason, with
+    /// the refusal's field and message (absent on rows written before migration 0007,
+    /// whose repeated refusal says that it was decided earlier). `None`: an outcome this
+    /// version does not know.
+    pub fn from_row(
+        version: i64,
+        account_id: Option<Uuid>,
+        outcome: &str,
+        rejected_field: Option<String>,
+        rejected_message: Option<String>,
+    ) -> Option<LedgerEntry> {
+        let outcome = if outcome == APPLIED {
+            RecordOutcome::Applied
+        } else {
+            let reason = Reason::parse(outcome)?;
+            let message = rejected_message.unwrap_or_else(|| {
+                format!(
+                    "refused earlier for {}; the recorded outcome is repeated",
+                    reason.as_str()
+                )
+            });
+            RecordOutcome::Rejected(Rejection {
+                field: rejected_field,
+                ..Rejection::new(reason, message)
+            })
+        };
+        Some(LedgerEntry {
+            version,
+            account_id,
+            outcome,
+        })
+    }
+}
+
+/// What the ledger already says of a record version: sent again with the version it
+/// recorded, the outcome recorded then (so a client that resends committed batches it
+/// never saw acknowledged still learns of their refusals); older, STALE. `None`: a newer
+/// version (or a new record), to be planned.
+fn answered(entry: Option<&LedgerEntry>, version: i64) -> Option<RecordOutcome> {
+    let entry = entry?;
+    match entry.version.cmp(&version) {
+        Ordering::Equal => Some(entry.outcome.clone()),
+        Ordering::Greater => Some(RecordOutcome::Stale),
+        Ordering::Less => None,
+    }
+}
+
 /// What the transaction read before planning.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// `sync_records` of this stream: record id -> (version, account id).
-    pub ledger: HashMap<String, (i64, Option<Uuid>)>,
+    /// `sync_records` of this stream, by record id.
+    pub ledger: HashMap<String, LedgerEntry>,
     /// The batch's citizens that exist (locked on PostgreSQL).
     pub citizens: HashMap<String, CitizenState>,
     /// Legacy numbers of the batch that are already registered -> their citizen.
@@ -163,6 +226,27 @@ pub struct LedgerWrite {
     pub outcome: &'static str,
     pub citizen_id: String,
     pub account_id: Option<Uuid>,
+    /// A refusal's field and message, kept to answer the same version sent again.
+    pub rejected_field: Option<String>,
+    pub rejected_message: Option<String>,
+}
+
+impl LedgerWrite {
+    fn new(record_id: &str, version: i64, outcome: &RecordOutcome, citizen_id: &str) -> Self {
+        let (rejected_field, rejected_message) = match outcome {
+            RecordOutcome::Rejected(r) => (r.field.clone(), Some(r.message.clone())),
+            RecordOutcome::Applied | RecordOutcome::Stale => (None, None),
+        };
+        LedgerWrite {
+            record_id: record_id.to_owned(),
+            version,
+            outcome: outcome_text(outcome),
+            citizen_id: citizen_id.to_owned(),
+            account_id: None,
+            rejected_field,
+            rejected_message,
+        }
+    }
 }
 
 /// A new default preference.
@@ -192,9 +276,12 @@ pub struct Work {
 
 const SYNC_REASON: &str = "population sync";
 
+/// `sync_records.outcome` of an applied record.
+const APPLIED: &str = "APPLIED";
+
 fn outcome_text(outcome: &RecordOutcome) -> &'static str {
     match outcome {
-        RecordOutcome::Applied | RecordOutcome::Stale => "APPLIED",
+        RecordOutcome::Applied | RecordOutcome::Stale => APPLIED,
         RecordOutcome::Rejected(r) => r.reason.as_str(),
     }
 }
@@ -251,11 +338,13 @@ pub fn plan_citizens(_ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded
     let mut ledger_writes = Vec::new();
     for rec in batch {
         let id = rec.citizen_id.as_str();
-        let seen = ledger.get(&rec.record_id).map(|(v, _)| *v);
+        if let Some(answer) = answered(ledger.get(&rec.record_id), rec.version) {
+            work.outcomes.push(answer);
+            continue;
+        }
+        // Not newer than the citizen's stored facts (from another record id): nothing to do.
         let current = citizens.get(id);
-        let stale = seen.is_some_and(|v| v >= rec.version)
-            || current.is_some_and(|(s, _)| s.source_version.is_some_and(|v| v >= rec.version));
-        if stale {
+        if current.is_some_and(|(s, _)| s.source_version.is_some_and(|v| v >= rec.version)) {
             work.outcomes.push(RecordOutcome::Stale);
             continue;
         }
@@ -305,14 +394,15 @@ pub fn plan_citizens(_ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded
                 RecordOutcome::Applied
             }
         };
-        ledger.insert(rec.record_id.clone(), (rec.version, None));
-        ledger_writes.push(LedgerWrite {
-            record_id: rec.record_id.clone(),
-            version: rec.version,
-            outcome: outcome_text(&outcome),
-            citizen_id: id.to_owned(),
-            account_id: None,
-        });
+        ledger.insert(
+            rec.record_id.clone(),
+            LedgerEntry {
+                version: rec.version,
+                account_id: None,
+                outcome: outcome.clone(),
+            },
+        );
+        ledger_writes.push(LedgerWrite::new(&rec.record_id, rec.version, &outcome, id));
         work.outcomes.push(outcome);
     }
     touched.sort();
@@ -527,12 +617,12 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
             .push(a.id);
     }
     for rec in batch {
-        let seen = ledger.get(&rec.record_id).cloned();
-        if seen.is_some_and(|(v, _)| v >= rec.version) {
-            work.outcomes.push(RecordOutcome::Stale);
+        let seen = ledger.get(&rec.record_id);
+        if let Some(answer) = answered(seen, rec.version) {
+            work.outcomes.push(answer);
             continue;
         }
-        let declared = seen.and_then(|(_, id)| id);
+        let declared = seen.and_then(|e| e.account_id);
         // A refusal is decided before anything is recorded for the record, so it leaves
         // the work untouched except for a recorded duplicate claim.
         let (outcome, account_id) =
@@ -540,13 +630,22 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
                 Ok(id) => (RecordOutcome::Applied, id),
                 Err(refused) => (RecordOutcome::Rejected(refused), declared),
             };
-        ledger.insert(rec.record_id.clone(), (rec.version, account_id));
+        ledger.insert(
+            rec.record_id.clone(),
+            LedgerEntry {
+                version: rec.version,
+                account_id,
+                outcome: outcome.clone(),
+            },
+        );
         ledger_writes.push(LedgerWrite {
-            record_id: rec.record_id.clone(),
-            version: rec.version,
-            outcome: outcome_text(&outcome),
-            citizen_id: rec.citizen_id.as_str().to_owned(),
             account_id,
+            ..LedgerWrite::new(
+                &rec.record_id,
+                rec.version,
+                &outcome,
+                rec.citizen_id.as_str(),
+            )
         });
         work.outcomes.push(outcome);
     }
@@ -683,5 +782,58 @@ fn finish_verification(state: &mut Accounts<'_>, work: &mut Work, next: Account)
             actor_capacity: None,
         });
         work.defaults.push(DefaultWrite { account: next });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(field: Option<&str>, message: &str) -> RecordOutcome {
+        RecordOutcome::Rejected(Rejection {
+            field: field.map(str::to_owned),
+            ..Rejection::new(Reason::LegacyIdTaken, message)
+        })
+    }
+
+    #[test]
+    fn a_ledger_row_gives_back_the_outcome_it_recorded() {
+        let applied = LedgerEntry::from_row(3, None, "APPLIED", None, None).unwrap();
+        assert_eq!(applied.outcome, RecordOutcome::Applied);
+        let refused = LedgerEntry::from_row(
+            3,
+            None,
+            "LEGACY_ID_TAKEN",
+            Some("legacy_ids".into()),
+            Some("taken".into()),
+        )
+        .unwrap();
+        assert_eq!(refused.outcome, refusal(Some("legacy_ids"), "taken"));
+    }
+
+    #[test]
+    fn a_refusal_recorded_before_its_message_was_kept_says_it_was_decided_earlier() {
+        let old = LedgerEntry::from_row(3, None, "LEGACY_ID_TAKEN", None, None).unwrap();
+        assert_eq!(
+            old.outcome,
+            refusal(
+                None,
+                "refused earlier for LEGACY_ID_TAKEN; the recorded outcome is repeated"
+            )
+        );
+        assert!(LedgerEntry::from_row(3, None, "NO_SUCH_REASON", None, None).is_none());
+    }
+
+    #[test]
+    fn the_same_version_is_answered_as_recorded_an_older_one_is_stale_a_newer_one_planned() {
+        let entry = LedgerEntry {
+            version: 5,
+            account_id: None,
+            outcome: refusal(Some("legacy_ids"), "taken"),
+        };
+        assert_eq!(answered(Some(&entry), 5), Some(entry.outcome.clone()));
+        assert_eq!(answered(Some(&entry), 4), Some(RecordOutcome::Stale));
+        assert_eq!(answered(Some(&entry), 6), None);
+        assert_eq!(answered(None, 1), None);
     }
 }

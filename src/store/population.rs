@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 use super::dialect::{insert_rows, select_in, Dialect, Tx};
-use super::planner::{AccountKeyTuple, CitizenState, Loaded, SyncRecord, SyncStream, Work};
+use super::planner::{
+    AccountKeyTuple, CitizenState, LedgerEntry, Loaded, SyncRecord, SyncStream, Work,
+};
 use super::rows::{citizen_status, AccountRow};
 use super::sql::{text_keys, Row, Sql, Val};
 use super::sql_store::SqlStore;
@@ -35,6 +37,16 @@ fn lost_race(e: &StoreError) -> bool {
         d.is_unique_violation() || matches!(d.code().as_deref(), Some("40P01" | "40001"))
     })
 }
+
+/// Columns of `sync_records` the planner reads.
+type LedgerRow = (
+    String,
+    i64,
+    Option<Uuid>,
+    String,
+    Option<String>,
+    Option<String>,
+);
 
 /// Columns of `citizens` the planner reads.
 type CitizenStateRow = (
@@ -163,13 +175,17 @@ impl<D: Dialect> SqlStore<D> {
             died_on: rec.died_on.clone(),
             legacy_ids: Vec::new(),
         };
+        // The same version again is answered as before by the sync streams; this command
+        // keeps its own answer for it: ignored (nothing planned to write).
+        let plan = |ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded| {
+            let mut work = super::planner::plan_citizens(ctx, batch, loaded);
+            if work.ledger.is_empty() && work.outcomes == [RecordOutcome::Applied] {
+                work.outcomes = vec![RecordOutcome::Stale];
+            }
+            work
+        };
         let outcome = self
-            .sync_batch(
-                ctx,
-                SyncStream::Citizens,
-                &[record],
-                super::planner::plan_citizens,
-            )
+            .sync_batch(ctx, SyncStream::Citizens, &[record], plan)
             .await?
             .pop();
         match outcome {
@@ -281,15 +297,19 @@ async fn load<D: Dialect>(
             },
         );
     }
-    let mut q =
-        D::builder("SELECT record_id, version, account_id FROM sync_records WHERE stream = ");
+    let mut q = D::builder(
+        "SELECT record_id, version, account_id, outcome, rejected_field, rejected_message \
+         FROM sync_records WHERE stream = ",
+    );
     q.push_bind(stream.as_str());
     q.push(" AND record_id");
     D::push_in(&mut q, text_keys(record_ids.iter().copied()))?;
-    let rows: Vec<(String, i64, Option<Uuid>)> = tx.fetch_all(q.build()).await?;
+    let rows: Vec<LedgerRow> = tx.fetch_all(q.build()).await?;
     loaded.ledger.reserve(batch_len);
-    for (id, version, account) in rows {
-        loaded.ledger.insert(id, (version, account));
+    for (id, version, account, outcome, field, message) in rows {
+        let entry = LedgerEntry::from_row(version, account, &outcome, field, message)
+            .ok_or_else(|| corrupt("sync_records.outcome"))?;
+        loaded.ledger.insert(id, entry);
     }
     if !legacy.is_empty() {
         let rows: Vec<(String, String)> = select_in(
@@ -326,7 +346,7 @@ async fn load_accounts<D: Dialect>(
     let declared: Vec<Val> = loaded
         .ledger
         .values()
-        .filter_map(|(_, id)| id.map(|id| Val::Uuid(Some(id))))
+        .filter_map(|e| e.account_id.map(|id| Val::Uuid(Some(id))))
         .collect();
     if !declared.is_empty() {
         rows.extend(
@@ -594,12 +614,14 @@ async fn write_work<D: Dialect>(
     insert_rows(
         tx,
         "INSERT INTO sync_records (stream, record_id, version, outcome, citizen_id, account_id, \
-         synced_at, actor) ",
+         synced_at, actor, rejected_field, rejected_message) ",
         " ON CONFLICT (stream, record_id) DO UPDATE SET version = excluded.version, \
          outcome = excluded.outcome, citizen_id = excluded.citizen_id, \
-         account_id = excluded.account_id, synced_at = excluded.synced_at, actor = excluded.actor",
+         account_id = excluded.account_id, synced_at = excluded.synced_at, \
+         actor = excluded.actor, rejected_field = excluded.rejected_field, \
+         rejected_message = excluded.rejected_message",
         &work.ledger,
-        8,
+        10,
         |b, l| {
             b.push_bind(stream.as_str())
                 .push_bind(l.record_id.as_str())
@@ -608,7 +630,9 @@ async fn write_work<D: Dialect>(
                 .push_bind(l.citizen_id.as_str())
                 .push_bind(l.account_id)
                 .push_bind(now)
-                .push_bind(actor);
+                .push_bind(actor)
+                .push_bind(l.rejected_field.as_deref())
+                .push_bind(l.rejected_message.as_deref());
         },
     )
     .await?;

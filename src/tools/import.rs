@@ -6,8 +6,9 @@
 //! to the gRPC stream through a bounded channel, so memory does not grow with the file.
 //! `import` keeps a checkpoint next to the file (`<file>.progress`: the last data line
 //! the registry acknowledged as committed); run it again after an interruption and it
-//! resumes after that line. Records it sends twice are reported STALE by the registry
-//! and change nothing.
+//! resumes after that line. Records it sends twice change nothing: the registry answers
+//! them with the outcome it recorded the first time, so the refusals of batches committed
+//! before the interruption but never acknowledged still reach `<file>.rejected.csv`.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -342,9 +343,13 @@ pub async fn import_file(
             Box::pin(answers.map(|r| r.map(|r| r.result.unwrap_or_default())))
         }
     };
+    // A resumed run adds to the refusals listed before the interruption; a new run starts
+    // the list again, since the registry answers every record of it, replays included.
     let mut rejected_out = std::fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .write(true)
+        .append(resume_after > 0)
+        .truncate(resume_after == 0)
         .open(&rejected_path)
         .with_context(|| format!("opening {}", rejected_path.display()))?;
     let mut report = ImportReport {
@@ -398,7 +403,7 @@ pub async fn import_file(
         .is_empty()
         && max_records.is_none_or(|m| report.committed < m);
     if report.complete {
-        // Everything is in: a new run starts over (and finds everything STALE).
+        // Everything is in: a new run starts over (and is answered the recorded outcomes).
         let _ = std::fs::remove_file(&checkpoint);
     }
     Ok(report)
