@@ -47,6 +47,16 @@ mod faults {
     }
 }
 
+/// The real binary, stopped by a signal.
+mod binary {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_during_an_import_acknowledges_what_was_committed_and_a_rerun_completes_it() {
+        sigterm_mid_import().await
+    }
+}
+
 const SERVICE: &str = "payoutregistry.v1.PayoutResolverService";
 
 /// A loopback address nothing listens on (for `health_listen` and `metrics_listen`).
@@ -605,4 +615,173 @@ async fn idle_streams_do_not_starve_unary_calls_and_have_a_limit_of_their_own(ba
     }
     drop(open);
     app.stop().await;
+}
+
+/// A child process, killed if the test ends without it having exited.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    /// `payout-registry <args>`, its stderr appended to `log`.
+    fn start(args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_payout-registry"));
+        command
+            .args(args)
+            .env_remove("PAYOUT_REGISTRY_CONFIG")
+            .env_remove("PAYOUT_REGISTRY_TOKEN")
+            .env_remove("PAYOUT_REGISTRY_ADDR")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Process(command.spawn().expect("start payout-registry"))
+    }
+
+    fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (at most a minute).
+    async fn exit(&mut self) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "still running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn sigterm_mid_import() {
+    use payout_registry::tools::demo::DemoSpec;
+    use payout_registry::tools::import as bulk;
+    let db = common::TestDb::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DemoSpec {
+        citizens: 30_000,
+        seed: 11,
+    };
+    let (citizens, _) = bulk::demo_csv(&spec, &dir.path().join("files")).unwrap();
+    let listen = free_addr();
+    let probe = free_addr();
+    let config = dir.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{listen}\"\nhealth_listen = \"{probe}\"\ndata_dir = {data:?}\n\
+             dev_client = false\nlog_format = \"json\"\nshutdown_notice_secs = 1\n\n\
+             [[clients]]\nid = \"population-platform\"\ntoken_sha256 = {token:?}\n\
+             scopes = [\"sync.population\"]\n",
+            data = dir.path().join("data").display().to_string(),
+            token = payout_registry::security::auth::hash_token("sync-secret"),
+        ),
+    )
+    .unwrap();
+    let server_log = dir.path().join("server.log");
+    let import_log = dir.path().join("import.log");
+    let serve = || {
+        Process::start(
+            &["--config", &config.display().to_string(), "serve"],
+            &[("DATABASE_URL", db.url.as_str())],
+            &server_log,
+        )
+    };
+    let addr = format!("http://{listen}");
+    let citizens_arg = citizens.display().to_string();
+    let import = || {
+        Process::start(
+            &[
+                "import",
+                "--addr",
+                &addr,
+                "--token",
+                "sync-secret",
+                "--citizens",
+                &citizens_arg,
+            ],
+            &[],
+            &import_log,
+        )
+    };
+
+    let mut server = serve();
+    health_becomes(probe, "", ServingStatus::Serving, Duration::from_secs(60)).await;
+    let mut importing = import();
+    // SIGTERM once the import has committed something.
+    let checkpoint = bulk::checkpoint_path(&citizens);
+    let started = Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the import made no progress"
+        );
+        assert!(
+            importing.0.try_wait().unwrap().is_none(),
+            "the import ended already"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.terminate();
+    let took = health_becomes(probe, "", ServingStatus::NotServing, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(1), "NOT_SERVING after {took:?}");
+
+    let status = importing.exit().await;
+    let said = std::fs::read_to_string(&import_log).unwrap();
+    assert!(!status.success(), "the import cannot have finished: {said}");
+    assert!(
+        said.contains("SHUTTING_DOWN") && said.contains("run the same command again"),
+        "the import says why it stopped and how to resume:\n{said}"
+    );
+    assert!(server.exit().await.success(), "a clean exit on SIGTERM");
+    // What the server committed is exactly what the import recorded as acknowledged.
+    let line: u64 = std::fs::read_to_string(&checkpoint)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("line=")?.parse().ok())
+        .expect("a checkpoint");
+    assert!(line < 30_000, "interrupted midway: {line}");
+    let ledger = "SELECT COUNT(*) FROM sync_records WHERE stream = 'CITIZENS'";
+    assert_eq!(
+        db.count(ledger).await,
+        line as i64,
+        "committed == acknowledged"
+    );
+
+    // Started again, the same command finishes the file: every record once.
+    let _server = serve();
+    health_becomes(probe, "", ServingStatus::Serving, Duration::from_secs(60)).await;
+    let status = import().exit().await;
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&import_log).unwrap()
+    );
+    assert_eq!(db.count(ledger).await, 30_000);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM citizen_history").await,
+        db.count("SELECT COUNT(*) FROM citizens").await,
+        "no citizen applied twice"
+    );
+    let logs = std::fs::read_to_string(&server_log).unwrap();
+    assert!(logs.contains("shutdown requested"), "{logs}");
 }
