@@ -37,6 +37,12 @@ mod faults {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backends_terminated_mid_import_end_it_unavailable_and_the_resumed_import_applies_each_record_once(
+    ) {
+        backends_killed_mid_import().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_locked_table_is_answered_database_timeout_within_the_statement_timeout() {
         stalled_database().await
     }
@@ -209,6 +215,74 @@ async fn read_and_write_refused(app: &TestApp, citizen: &str, other: &str, reaso
         .link_account(common::issuer_confirmed_link(other, "0071300000099"))
         .await;
     assert_retry_info(&common::refused(write, Code::Unavailable, reason));
+}
+
+async fn backends_killed_mid_import() {
+    use payout_registry::tools::demo::DemoSpec;
+    use payout_registry::tools::import::{self as bulk, FileKind};
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let name = app.db.name().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DemoSpec {
+        citizens: 20_000,
+        seed: 5,
+    };
+    let (citizens, _) = bulk::demo_csv(&spec, dir.path()).unwrap();
+    let run = || {
+        let channel = app.new_channel();
+        let path = citizens.clone();
+        tokio::spawn(async move {
+            let credentials =
+                payout_registry::client::Credentials::new(Some(SYNC), "operability").unwrap();
+            bulk::import_file(channel, credentials, FileKind::Citizens, &path, None).await
+        })
+    };
+    let import = run();
+    let checkpoint = bulk::checkpoint_path(&citizens);
+    let started = Instant::now();
+    while !checkpoint.exists() && !import.is_finished() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every backend of the database terminated, again and again, until the import ends.
+    let terminate = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    );
+    while !import.is_finished() {
+        admin(&terminate).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match import.await.unwrap() {
+        Ok(report) => panic!("the import went through every termination: {report:?}"),
+        Err(e) => {
+            let said = format!("{e:#}");
+            assert!(
+                said.contains("DATABASE_UNAVAILABLE") || said.contains("DATABASE_CONTENTION"),
+                "a terminated backend is the database's failure, not the server's: {said}"
+            );
+            assert!(!said.contains("INTERNAL"), "{said}");
+            assert!(said.contains("run the same command again"), "{said}");
+        }
+    }
+    // Resumed, the import completes; each record applied once.
+    let report = run().await.unwrap().expect("the resumed import");
+    assert!(
+        report.complete && report.resumed_after_line > 0,
+        "{report:?}"
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT COUNT(*) FROM sync_records WHERE stream = 'CITIZENS'")
+            .await,
+        20_000
+    );
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM citizen_history").await,
+        app.db.count("SELECT COUNT(*) FROM citizens").await,
+        "no citizen applied twice"
+    );
+    app.stop().await;
 }
 
 /// Holds `LOCK TABLE accounts` in an open transaction on a connection of its own.
