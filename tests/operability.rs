@@ -157,6 +157,7 @@ async fn database_outage() {
     ))
     .await;
     let took = health_becomes(probe, "", ServingStatus::NotServing, Duration::from_secs(5)).await;
+    eprintln!("measured: database refusing connections -> health NOT_SERVING in {took:?}");
     assert!(
         took < Duration::from_secs(2),
         "readiness turned NOT_SERVING only after {took:?}"
@@ -175,6 +176,10 @@ async fn database_outage() {
     // Calls are answered as the database's failure, retryable, quickly.
     let started = Instant::now();
     read_and_write_refused(&app, citizen, "001089300002", "DATABASE_UNAVAILABLE").await;
+    eprintln!(
+        "measured: Resolve and LinkAccount refused DATABASE_UNAVAILABLE in {:?}",
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "answered within the acquire timeout: {:?}",
@@ -184,6 +189,7 @@ async fn database_outage() {
     // Back: readiness follows, and calls work again.
     admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
     let took = health_becomes(probe, "", ServingStatus::Serving, Duration::from_secs(5)).await;
+    eprintln!("measured: database back -> health SERVING in {took:?}");
     assert!(
         took < Duration::from_secs(2),
         "SERVING again after {took:?}"
@@ -307,6 +313,11 @@ async fn stalled_database() {
 
     let started = Instant::now();
     read_and_write_refused(&app, citizen, "001089300012", "DATABASE_TIMEOUT").await;
+    eprintln!(
+        "measured: Resolve and LinkAccount behind a lock refused DATABASE_TIMEOUT in {:?} \
+         (statement timeout 300 ms)",
+        started.elapsed()
+    );
     // Two statements of 300 ms (each call's first on the locked table), with margin.
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -585,6 +596,7 @@ async fn shutdown_turns_health_first_refuses_new_calls_and_ends_sync_streams_aft
 
     // Health says so at once, and keeps answering during the notice.
     let took = health_becomes(probe, "", ServingStatus::NotServing, Duration::from_secs(2)).await;
+    eprintln!("measured: shutdown requested -> health NOT_SERVING in {took:?}");
     assert!(took < Duration::from_millis(1500), "{took:?}");
     // New calls are refused, retryably, pointing elsewhere.
     let status = common::refused(
@@ -817,6 +829,7 @@ async fn sigterm_mid_import() {
     }
     server.terminate();
     let took = health_becomes(probe, "", ServingStatus::NotServing, Duration::from_secs(2)).await;
+    eprintln!("measured: binary SIGTERM -> health NOT_SERVING in {took:?}");
     assert!(took < Duration::from_secs(1), "NOT_SERVING after {took:?}");
 
     let status = importing.exit().await;
