@@ -422,4 +422,21 @@ async fn a_relay_whose_stream_was_lost_refuses_to_skip_the_past_and_refills_only
     let accounts: Vec<String> = (0..6).map(account_ref).collect();
     assert_stream_holds_the_feed(&stream, &feed(&app.store).await, &accounts).await;
     assert_eq!(relay_position(&app).await, head);
+
+    // Lost while the relay runs: its next publish fails, and it refuses to go on.
+    let (_stop, task) = run(stream.settings());
+    change(&app, 6).await;
+    stream.wait_for(head as u64 + 3).await;
+    stream.js.delete_stream(&stream.name).await.expect("delete");
+    change(&app, 7).await;
+    let refused = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the relay stops by itself")
+        .unwrap()
+        .expect_err("the stream lost under a running relay is refused");
+    assert!(
+        refused.downcast_ref::<relay::StreamRefused>().is_some(),
+        "{refused:#}"
+    );
+    assert_eq!(relay_position(&app).await, head + 3);
 }
