@@ -79,6 +79,11 @@ pub enum BenchScenario {
     Health,
     /// Baseline: the resolver's lookup straight on PostgreSQL, --keys ids per `= ANY`.
     RawAny,
+    /// Baseline: the citizens' primary key alone on PostgreSQL, --keys ids per `= ANY`.
+    PkAny,
+    /// Baseline for sync-accounts: the same --records rows (same --demo-seed) by one COPY
+    /// into a bare table on --database-url (dropped afterwards).
+    CopyAccounts,
     /// Change feed: read every event from position 0 to the head (catch-up throughput).
     FeedCatchup,
     /// Change feed: --rate writes per second for --seconds while a subscriber measures
@@ -223,21 +228,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 events as f64 / elapsed.as_secs_f64()
             );
         }
-        BenchScenario::RawAny => {
+        BenchScenario::RawAny | BenchScenario::PkAny => {
+            let (name, lookup) = match args.scenario {
+                BenchScenario::PkAny => ("pk-any", bench::Lookup::PrimaryKey),
+                _ => ("raw-any", bench::Lookup::ResolveJoin),
+            };
             let url = args
                 .database_url
                 .clone()
-                .context("raw-any needs --database-url or DATABASE_URL")?;
+                .with_context(|| format!("{name} needs --database-url or DATABASE_URL"))?;
             let ids = ids(channel).await?;
-            let figures =
-                bench::raw_any(&url, Arc::new(ids), args.keys, args.concurrency, duration).await?;
+            let figures = bench::raw_any(
+                &url,
+                lookup,
+                Arc::new(ids),
+                args.keys,
+                args.concurrency,
+                duration,
+            )
+            .await?;
             figures.print(
-                &format!("raw-any ({} keys per select)", args.keys),
+                &format!("{name} ({} keys per select)", args.keys),
                 args.concurrency,
             );
             println!(
-                "raw-any: {:.0} ids/s",
+                "{name}: {:.0} ids/s",
                 figures.calls as f64 * args.keys as f64 / figures.elapsed.as_secs_f64()
+            );
+        }
+        BenchScenario::CopyAccounts => {
+            let url = args
+                .database_url
+                .clone()
+                .context("copy-accounts needs --database-url or DATABASE_URL")?;
+            let (rows, elapsed) = bench::copy_accounts(&url, args.records, args.demo_seed).await?;
+            println!(
+                "copy-accounts: {rows} rows in {:.2} s: {:.0} rows/s",
+                elapsed.as_secs_f64(),
+                rows as f64 / elapsed.as_secs_f64()
             );
         }
     }

@@ -337,11 +337,37 @@ where
     })
 }
 
-/// The baseline for BatchResolve: the same lookup the store makes, straight over sqlx,
-/// `keys` ids per `= ANY($1)` select, `concurrency` connections, for `duration`.
-/// Answers the ids looked up per second and the latency of each select.
+/// What a baseline `= ANY` select reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The resolver's lookup: citizens, preferences and accounts twice.
+    ResolveJoin,
+    /// The citizens' primary key alone: PostgreSQL's ceiling for a keyed batch read.
+    PrimaryKey,
+}
+
+impl Lookup {
+    fn sql(self) -> &'static str {
+        match self {
+            Lookup::ResolveJoin => {
+                "SELECT c.citizen_id, c.status, p.program_code, p.since, a.account_id, \
+                 a.status, a.account_ref, b.account_id, b.status \
+                 FROM citizens c LEFT JOIN preferences p ON p.citizen_id = c.citizen_id \
+                 LEFT JOIN accounts a ON a.account_id = p.account_id \
+                 LEFT JOIN accounts b ON b.account_id = p.previous_account_id \
+                 WHERE c.citizen_id = ANY($1)"
+            }
+            Lookup::PrimaryKey => "SELECT citizen_id FROM citizens WHERE citizen_id = ANY($1)",
+        }
+    }
+}
+
+/// The baselines for BatchResolve: `lookup` straight over sqlx, `keys` ids per
+/// `= ANY($1)` select, `concurrency` connections, for `duration`. Answers the latency of
+/// each select (ids per second = selects x keys / elapsed).
 pub async fn raw_any(
     database_url: &str,
+    lookup: Lookup,
     ids: Arc<Vec<String>>,
     keys: usize,
     concurrency: usize,
@@ -358,23 +384,79 @@ pub async fn raw_any(
             let batch: Vec<String> = (0..keys)
                 .map(|k| ids[(i * keys + k * 7919) % ids.len()].clone())
                 .collect();
-            sqlx::query(
-                "SELECT c.citizen_id, c.status, p.program_code, p.since, a.account_id, \
-                 a.status, a.account_ref, b.account_id, b.status \
-                 FROM citizens c LEFT JOIN preferences p ON p.citizen_id = c.citizen_id \
-                 LEFT JOIN accounts a ON a.account_id = p.account_id \
-                 LEFT JOIN accounts b ON b.account_id = p.previous_account_id \
-                 WHERE c.citizen_id = ANY($1)",
-            )
-            .bind(batch)
-            .fetch_all(&pool)
-            .await
-            .map(|_| ())
-            .map_err(|e| tonic::Status::internal(e.to_string()))
+            sqlx::query(lookup.sql())
+                .bind(batch)
+                .fetch_all(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| tonic::Status::internal(e.to_string()))
         }
     })
     .await?;
     Ok(figures)
+}
+
+/// The baseline for SyncAccounts: `n` declared-account records as `sync_accounts` makes
+/// them (the same generator; `seed` picks the population), written by one
+/// `COPY ... FROM STDIN` (CSV) into a bare table of their columns (logged,
+/// no index, no constraint), created for the run and dropped after it. The rows are made
+/// before the clock starts; answers the rows copied and the COPY's time.
+pub async fn copy_accounts(
+    database_url: &str,
+    n: u64,
+    seed: u64,
+) -> anyhow::Result<(u64, Duration)> {
+    use sqlx::Connection as _;
+    let spec = super::demo::DemoSpec {
+        citizens: u64::MAX / 2,
+        seed,
+    };
+    let mut csv = Vec::with_capacity(n as usize * 96);
+    {
+        let mut w = ::csv::Writer::from_writer(&mut csv);
+        for r in (0..)
+            .flat_map(|i| super::demo::accounts_at(&spec, i))
+            .take(n as usize)
+        {
+            w.write_record([
+                r.record_id.as_str(),
+                &r.version.to_string(),
+                &r.citizen_id,
+                r.kind().as_str_name(),
+                &r.provider_code,
+                &r.account_ref,
+                &r.holder_name,
+                r.verification_method().as_str_name(),
+                if r.removed { "true" } else { "false" },
+            ])?;
+        }
+        w.flush()?;
+    }
+    let table = format!("bench_copy_{}", Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(database_url).await?;
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (record_id text, version bigint, citizen_id text, kind text, \
+         provider_code text, account_ref text, holder_name text, verification_method text, \
+         removed boolean)"
+    ))
+    .execute(&mut conn)
+    .await?;
+    let copied = async {
+        let started = Instant::now();
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY {table} FROM STDIN (FORMAT csv)"))
+            .await?;
+        for chunk in csv.chunks(1 << 20) {
+            copy.send(chunk).await?;
+        }
+        let rows = copy.finish().await?;
+        anyhow::Ok((rows, started.elapsed()))
+    }
+    .await;
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&mut conn)
+        .await?;
+    copied
 }
 
 /// Publishes the whole change feed of `store` into a new JetStream stream through
