@@ -130,6 +130,8 @@ impl App {
             AccessLog::disabled()
         };
 
+        let programs = crate::store::reference::programs().map_err(anyhow::Error::msg)?;
+
         let state = AppState {
             store,
             cooling_off: settings.cooling_off(),
@@ -138,10 +140,9 @@ impl App {
             limits: Arc::new(Limits::new(settings.rate_limits.clone())),
             shutting_down: Arc::new(tokio::sync::watch::Sender::new(false)),
             programs: Arc::new(
-                crate::store::reference::programs()
-                    .map_err(anyhow::Error::msg)?
-                    .into_iter()
-                    .map(|p| p.code)
+                programs
+                    .iter()
+                    .map(|p| (p.code.clone(), p.reservable.then_some(p.reservation_scope)))
                     .collect(),
             ),
         };

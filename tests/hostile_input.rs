@@ -505,7 +505,7 @@ request_decoders_never_panic! {
         |r| ReportPayoutFailure::try_from(&r).map(drop);
     resolve_request_decoding_never_panics: ResolveRequest =>
         |r| (
-            convert::ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope, Timestamp::now()).map(drop),
+            convert::ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope, &r.reservation_period, Timestamp::now()).map(drop),
             r.as_of.as_ref().map(|t| convert::timestamp_in("as_of", t).map(drop)),
         );
     find_account_holders_request_decoding_never_panics: FindAccountHoldersRequest =>
@@ -521,7 +521,7 @@ request_decoders_never_panic! {
             page::Binding::new("log").cursor(&r.page_token).map(drop),
         );
     batch_resolve_request_decoding_never_panics: BatchResolveRequest =>
-        |r| convert::ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope, Timestamp::now()).map(drop);
+        |r| convert::ResolveRequest::parse(&r.citizen_id, &r.program_code, r.as_of.as_ref(), r.scope, &r.reservation_period, Timestamp::now()).map(drop);
     sync_citizens_request_decoding_never_panics: SyncCitizensRequest =>
         |r| r.record.as_ref().map(|c| convert::sync_citizen(c, time::macros::date!(2026 - 11 - 28)).map(drop));
     subscribe_request_decoding_never_panics: SubscribeRequest =>
@@ -540,6 +540,14 @@ request_decoders_never_panic! {
         |r| r.record.as_ref().map(|a| convert::sync_account(a).map(drop));
     get_sync_digest_request_decoding_never_panics: GetSyncDigestRequest =>
         |r| convert::province_code("province_code", &r.province_code).map(drop);
+    release_reservations_request_decoding_never_panics: ReleaseReservationsRequest =>
+        |r| convert::release_in(&r).map(drop);
+    list_duplicate_entitlements_request_decoding_never_panics: ListDuplicateEntitlementsRequest =>
+        |r| (
+            convert::entitlement_filter(&r).map(drop),
+            page::Binding::new("entitlements").cursor(&r.page_token).map(drop),
+            page::page_size(r.page_size, 100, 1000).map(drop),
+        );
     edit_watch_list_request_decoding_never_panics: EditWatchListRequest =>
         |r| (
             convert::consumer_name(&r.consumer).map(drop),

@@ -521,6 +521,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     as_of,
                     scope: scope.into(),
                     purpose: conn.purpose.clone(),
+                    reservation_period: String::new(),
                 })
                 .await
                 .map_err(describe)?

@@ -135,6 +135,8 @@ reasons! {
     DatabaseContention = "DATABASE_CONTENTION" => Unavailable,
     ShuttingDown = "SHUTTING_DOWN" => Unavailable,
     DeadlineExceeded = "DEADLINE_EXCEEDED" => DeadlineExceeded,
+    ReservationNotAllowed = "RESERVATION_NOT_ALLOWED" => InvalidArgument,
+    ReservationPeriodInvalid = "RESERVATION_PERIOD_INVALID" => InvalidArgument,
 }
 
 impl fmt::Display for Reason {

@@ -27,10 +27,11 @@ pub enum EventType {
     CitizenStatusChanged,
     DuplicateClaimDetected,
     PayoutFailureReported,
+    DuplicateEntitlementDetected,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::AccountLinked,
         EventType::AccountVerified,
         EventType::AccountRejected,
@@ -41,6 +42,7 @@ impl EventType {
         EventType::CitizenStatusChanged,
         EventType::DuplicateClaimDetected,
         EventType::PayoutFailureReported,
+        EventType::DuplicateEntitlementDetected,
     ];
 
     /// The stored name (the API's value without its `EVENT_TYPE_` prefix).
@@ -56,6 +58,7 @@ impl EventType {
             EventType::CitizenStatusChanged => "CITIZEN_STATUS_CHANGED",
             EventType::DuplicateClaimDetected => "DUPLICATE_CLAIM_DETECTED",
             EventType::PayoutFailureReported => "PAYOUT_FAILURE_REPORTED",
+            EventType::DuplicateEntitlementDetected => "DUPLICATE_ENTITLEMENT_DETECTED",
         }
     }
 
@@ -117,6 +120,17 @@ pub struct DuplicateClaimDetected {
     pub kind: String,
     pub provider_code: String,
     pub account_ref: String,
+}
+
+/// DUPLICATE_ENTITLEMENT_DETECTED: a payer asked for a payment another had reserved. The
+/// clients' ids are for investigators only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuplicateEntitlementDetected {
+    pub entitlement_id: Uuid,
+    pub program_code: String,
+    pub period: String,
+    pub holder: String,
+    pub claimant: String,
 }
 
 /// PAYOUT_FAILURE_REPORTED: a payer's failed credit, with the account as it stood then.

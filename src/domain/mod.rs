@@ -17,6 +17,7 @@ pub mod mask;
 pub mod msisdn;
 pub mod name;
 pub mod population;
+pub mod reservation;
 pub mod resolve;
 pub mod time;
 

@@ -115,6 +115,7 @@ fn event_type_out(t: EventType) -> proto::EventType {
         EventType::CitizenStatusChanged => P::CitizenStatusChanged,
         EventType::DuplicateClaimDetected => P::DuplicateClaimDetected,
         EventType::PayoutFailureReported => P::PayoutFailureReported,
+        EventType::DuplicateEntitlementDetected => P::DuplicateEntitlementDetected,
     }
 }
 
@@ -193,6 +194,17 @@ fn payload_out(t: EventType, stored: &str, full: bool, oversight: bool) -> Optio
                 } else {
                     String::new()
                 },
+            })
+        }
+        EventType::DuplicateEntitlementDetected => {
+            let p: stored_as::DuplicateEntitlementDetected = serde_json::from_str(stored).ok()?;
+            let only_oversight = |id: String| if oversight { id } else { String::new() };
+            Payload::DuplicateEntitlementDetected(proto::DuplicateEntitlementDetected {
+                entitlement_id: p.entitlement_id.to_string(),
+                program_code: p.program_code,
+                period: p.period,
+                holder_client_id: only_oversight(p.holder),
+                claimant_client_id: only_oversight(p.claimant),
             })
         }
         EventType::PayoutFailureReported => {

@@ -410,6 +410,8 @@ pub struct ResolveRequest {
     pub program: Option<ProgramCode>,
     pub as_of: Option<Timestamp>,
     pub exists_only: bool,
+    /// The period whose payment to reserve (checked against the program by the resolver).
+    pub reservation: Option<crate::domain::reservation::Period>,
 }
 
 impl ResolveRequest {
@@ -421,6 +423,7 @@ impl ResolveRequest {
         program_code: &str,
         as_of: Option<&prost_types::Timestamp>,
         scope: i32,
+        reservation_period: &str,
         now: Timestamp,
     ) -> Result<ResolveRequest, Rejection> {
         let exists_only = match proto::ResolveScope::try_from(scope) {
@@ -436,11 +439,24 @@ impl ResolveRequest {
                 "as_of is in the future: resolution answers only about the past and the present",
             ));
         }
+        let reservation = match reservation_period {
+            "" => None,
+            raw => Some(crate::domain::reservation::Period::parse(raw)?),
+        };
+        if reservation.is_some() && (as_of.is_some() || exists_only) {
+            return Err(Rejection::field(
+                Reason::ReservationNotAllowed,
+                "reservation_period",
+                "a payment is reserved only by a payroll paying now: not with as_of, not with \
+                 the yes/no scope",
+            ));
+        }
         Ok(ResolveRequest {
             lookup: citizen_lookup("citizen_id", citizen)?,
             program: ProgramCode::parse_optional(program_code)?,
             as_of,
             exists_only,
+            reservation,
         })
     }
 
@@ -683,6 +699,85 @@ pub fn date_out(iso: &str) -> Option<proto::google_type::Date> {
         month: parts.next()??,
         day: parts.next()??,
     })
+}
+
+/// The filter of ListDuplicateEntitlements: empty fields filter nothing.
+pub fn entitlement_filter(
+    req: &proto::ListDuplicateEntitlementsRequest,
+) -> Result<crate::domain::reservation::EntitlementFilter, Rejection> {
+    let optional = |raw: &str| (!raw.is_empty()).then(|| raw.to_owned());
+    let program_code = crate::domain::ProgramCode::parse_optional(&req.program_code)?
+        .map(|p| p.as_str().to_owned());
+    let period = optional(&req.period)
+        .map(|p| {
+            crate::domain::reservation::Period::parse(&p).map_err(|e| Rejection {
+                field: Some("period".into()),
+                ..e
+            })
+        })
+        .transpose()?
+        .map(|p| p.as_str().to_owned());
+    let province_code = optional(&req.province_code)
+        .map(|p| {
+            crate::domain::citizen_id::province_name(&p)
+                .map(|_| p.clone())
+                .ok_or_else(|| {
+                    Rejection::field(
+                        crate::domain::Reason::ProvinceCodeInvalid,
+                        "province_code",
+                        "not one of the 63 province codes",
+                    )
+                })
+        })
+        .transpose()?;
+    Ok(crate::domain::reservation::EntitlementFilter {
+        program_code,
+        period,
+        province_code,
+    })
+}
+
+/// Most citizens one ReleaseReservations call names.
+pub const MAX_RELEASE_CITIZENS: usize = 10_000;
+
+/// ReleaseReservations' request: the program, the period, the citizens (none: all) and
+/// the reason. Whether the program exists is the handler's to check.
+pub fn release_in(
+    r: &proto::ReleaseReservationsRequest,
+) -> Result<
+    (
+        ProgramCode,
+        crate::domain::reservation::Period,
+        Vec<CitizenId>,
+        String,
+    ),
+    Rejection,
+> {
+    let program = ProgramCode::parse_optional(&r.program_code)?.ok_or_else(|| {
+        Rejection::field(
+            Reason::FieldRequired,
+            "program_code",
+            "name the program whose reservations to release",
+        )
+    })?;
+    let period = crate::domain::reservation::Period::parse(&r.period).map_err(|e| Rejection {
+        field: Some("period".into()),
+        ..e
+    })?;
+    if r.citizen_ids.len() > MAX_RELEASE_CITIZENS {
+        return Err(Rejection::field(
+            Reason::TextTooLong,
+            "citizen_ids",
+            format!("at most {MAX_RELEASE_CITIZENS} citizens per call"),
+        ));
+    }
+    let citizens = r
+        .citizen_ids
+        .iter()
+        .map(|c| citizen_id("citizen_ids", c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reason = required_reason(&r.reason)?;
+    Ok((program, period, citizens, reason))
 }
 
 #[cfg(test)]

@@ -47,9 +47,12 @@ pub struct AppState {
     /// Set when the server begins a graceful shutdown: open-ended streams (change-feed
     /// subscriptions) end so that the drain does not wait on them.
     pub shutting_down: Arc<tokio::sync::watch::Sender<bool>>,
-    /// The program codes of the reference data this server migrated with, so that a
-    /// BatchResolve request naming an unknown program is answered in place.
-    pub programs: Arc<std::collections::HashSet<String>>,
+    /// The program codes of the reference data this server migrated with (so that a
+    /// BatchResolve request naming an unknown program is answered in place), each with
+    /// its reservation scope when its payments may be reserved.
+    pub programs: Arc<
+        std::collections::HashMap<String, Option<crate::domain::reservation::ReservationScope>>,
+    >,
 }
 
 impl AppState {

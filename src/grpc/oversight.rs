@@ -5,7 +5,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{access_entry_out, account_key_in, duplicate_claim_out, holder_out};
+use super::convert::{
+    access_entry_out, account_key_in, duplicate_claim_out, entitlement_filter, holder_out,
+};
 use super::page::{page_size, Binding};
 use super::{AppState, Call};
 use crate::domain::Timestamp;
@@ -20,6 +22,8 @@ const MAX_PAGE: u32 = 1000;
 const FIND_ACCOUNT_HOLDERS: &str = "/payoutregistry.v1.OversightService/FindAccountHolders";
 const LIST_DUPLICATE_CLAIMS: &str = "/payoutregistry.v1.OversightService/ListDuplicateClaims";
 const LIST_ACCESS_LOG: &str = "/payoutregistry.v1.OversightService/ListAccessLog";
+const LIST_DUPLICATE_ENTITLEMENTS: &str =
+    "/payoutregistry.v1.OversightService/ListDuplicateEntitlements";
 
 /// A claim cursor: `<detected_at micros>_<claim id>` of the last claim of a page.
 fn claim_cursor(raw: &str) -> Option<(Timestamp, uuid::Uuid)> {
@@ -116,6 +120,57 @@ impl OversightService for OversightHandler {
             claims: claims
                 .iter()
                 .map(|c| duplicate_claim_out(c, full))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_duplicate_entitlements(
+        &self,
+        request: Request<ListDuplicateEntitlementsRequest>,
+    ) -> Result<Response<ListDuplicateEntitlementsResponse>, Status> {
+        let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Oversight)?;
+        let req = request.into_inner();
+        let purpose = call.purpose(&req.purpose)?;
+        let filter = entitlement_filter(&req).map_err(|r| call.reject(r))?;
+        let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE).map_err(|r| call.reject(r))?;
+        let binding = Binding::new(LIST_DUPLICATE_ENTITLEMENTS)
+            .with(filter.program_code.as_deref().unwrap_or(""))
+            .with(filter.period.as_deref().unwrap_or(""))
+            .with(filter.province_code.as_deref().unwrap_or(""));
+        let before = binding
+            .cursor_as(&req.page_token, claim_cursor)
+            .map_err(|r| call.reject(r))?;
+        let found = self
+            .state
+            .store
+            .duplicate_entitlements(&filter, before, size + 1)
+            .await
+            .map_err(|e| call.fail(e))?;
+        let (found, next_page_token) = binding.page(found, size, |d| {
+            format!("{}_{}", d.detected_at.micros(), d.entitlement_id)
+        });
+        call.log_reads(
+            &self.state,
+            LIST_DUPLICATE_ENTITLEMENTS,
+            &purpose,
+            found.iter().map(|d| d.citizen.clone()),
+        )
+        .await?;
+        Ok(Response::new(ListDuplicateEntitlementsResponse {
+            entitlements: found
+                .iter()
+                .map(|d| DuplicateEntitlement {
+                    entitlement_id: d.entitlement_id.to_string(),
+                    citizen_id: d.citizen.as_str().to_owned(),
+                    program_code: d.program_code.clone(),
+                    period: d.period.clone(),
+                    holder_client_id: d.holder.clone(),
+                    claimant_client_id: d.claimant.clone(),
+                    detected_at: Some(super::convert::timestamp_out(d.detected_at)),
+                    reservation_id: d.reservation_id.to_string(),
+                })
                 .collect(),
             next_page_token,
         }))

@@ -10,12 +10,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::call::transport_status;
-use super::convert::{record_error, resolution_out, ResolveRequest};
+use super::convert::{record_error, release_in, resolution_out, timestamp_out, ResolveRequest};
 use super::{AppState, Call};
+use crate::domain::reservation::{ReserveItem, Reserved};
 use crate::domain::{CitizenId, CitizenLookup, LegacyId, Rejection, Resolution};
 use crate::proto::payout_resolver_service_server::PayoutResolverService;
 use crate::proto::{
-    BatchResolveRequest, BatchResolveResponse, ResolveOutcome,
+    BatchResolveRequest, BatchResolveResponse, ReleaseReservationsRequest,
+    ReleaseReservationsResponse, Reservation, ResolveOutcome,
     ResolveRequest as ProtoResolveRequest, ResolveResponse,
 };
 use crate::security::limits::RpcClass;
@@ -135,15 +137,44 @@ fn answer(
     call: &Call,
     request: &ResolveRequest,
     resolution: &Resolution,
+    reserved: Option<&Reserved>,
     now: crate::domain::Timestamp,
 ) -> ResolveResponse {
-    resolution_out(
-        resolution,
-        request.program.as_ref(),
-        request.as_of.unwrap_or(now),
-        request.exists_only,
-        call.caller.has(Scope::ResolveFull),
-    )
+    let at = request.as_of.unwrap_or(now);
+    match reserved {
+        // Another payer's: neither who nor where.
+        Some(Reserved::Taken) => ResolveResponse {
+            outcome: ResolveOutcome::AlreadyReserved.into(),
+            as_of: Some(timestamp_out(at)),
+            ..Default::default()
+        },
+        _ => {
+            let mut out = resolution_out(
+                resolution,
+                request.program.as_ref(),
+                at,
+                request.exists_only,
+                call.caller.has(Scope::ResolveFull),
+            );
+            if let (
+                Some(Reserved::Held {
+                    reservation_id,
+                    reserved_at,
+                }),
+                Some(period),
+                Some(program),
+            ) = (reserved, &request.reservation, &request.program)
+            {
+                out.reservation = Some(Reservation {
+                    reservation_id: reservation_id.to_string(),
+                    program_code: program.as_str().to_owned(),
+                    period: period.as_str().to_owned(),
+                    reserved_at: Some(timestamp_out(*reserved_at)),
+                });
+            }
+            out
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -164,6 +195,7 @@ impl PayoutResolverService for PayoutResolverHandler {
             &r.program_code,
             r.as_of.as_ref(),
             r.scope,
+            &r.reservation_period,
             self.state.now(),
         )
         .and_then(|req| known_program(&self.state, req))
@@ -177,11 +209,19 @@ impl PayoutResolverService for PayoutResolverHandler {
             purpose,
         }];
         let now = self.state.now();
-        let (resolution, citizen) = resolve_all(&self.state, &call, RESOLVE, &pending)
-            .await?
-            .pop()
+        let resolved = resolve_all(&self.state, &call, RESOLVE, &pending).await?;
+        let reserved = reserve_all(&self.state, &call, &pending, &resolved).await?;
+        let (resolution, citizen) = resolved
+            .into_iter()
+            .next()
             .ok_or_else(|| Status::internal("no resolution"))?;
-        let out = answer(&call, &pending[0].request, &resolution, now);
+        let out = answer(
+            &call,
+            &pending[0].request,
+            &resolution,
+            reserved[0].as_ref(),
+            now,
+        );
         tracing::info!(
             citizen = citizen.as_ref().map(CitizenId::masked).unwrap_or_default(),
             outcome = ResolveOutcome::try_from(out.outcome)
@@ -191,6 +231,48 @@ impl PayoutResolverService for PayoutResolverHandler {
             "resolved"
         );
         Ok(Response::new(out))
+    }
+
+    async fn release_reservations(
+        &self,
+        request: Request<ReleaseReservationsRequest>,
+    ) -> Result<Response<ReleaseReservationsResponse>, Status> {
+        let call = Call::of(&request)?;
+        let _admitted = call.admit(&self.state, RpcClass::Write)?;
+        call.require(Scope::Resolve)?;
+        let r = request.into_inner();
+        let parsed = release_in(&r).and_then(|parsed| {
+            if self.state.programs.contains_key(parsed.0.as_str()) {
+                Ok(parsed)
+            } else {
+                Err(Rejection::field(
+                    crate::domain::Reason::ProgramUnknown,
+                    "program_code",
+                    "no such program in the reference data",
+                ))
+            }
+        });
+        let (program, period, citizens, reason) = parsed.map_err(|e| call.reject(e))?;
+        let released = self
+            .state
+            .store
+            .release_reservations(
+                &call.caller.client_id,
+                program.as_str(),
+                period.as_str(),
+                &citizens,
+                &reason,
+                self.state.now(),
+            )
+            .await
+            .map_err(|e| call.fail(e))?;
+        tracing::info!(
+            program = program.as_str(),
+            period = period.as_str(),
+            released,
+            "reservations released"
+        );
+        Ok(Response::new(ReleaseReservationsResponse { released }))
     }
 
     async fn batch_resolve(
@@ -289,16 +371,83 @@ struct ParsedBatch {
 }
 
 /// Refuses a program that is not in the reference data, so that a batch answers it in
-/// place (the store would refuse the whole lookup).
+/// place (the store would refuse the whole lookup), and a reservation for a program whose
+/// payments are not reservable.
 fn known_program(state: &AppState, request: ResolveRequest) -> Result<ResolveRequest, Rejection> {
-    match &request.program {
-        Some(p) if !state.programs.contains(p.as_str()) => Err(Rejection::field(
-            crate::domain::Reason::ProgramUnknown,
-            "program_code",
-            "no such program in the reference data",
-        )),
-        _ => Ok(request),
+    let policy = match &request.program {
+        Some(p) => match state.programs.get(p.as_str()) {
+            Some(policy) => *policy,
+            None => {
+                return Err(Rejection::field(
+                    crate::domain::Reason::ProgramUnknown,
+                    "program_code",
+                    "no such program in the reference data",
+                ))
+            }
+        },
+        None => None,
+    };
+    if request.reservation.is_some() && policy.is_none() {
+        return Err(Rejection::field(
+            crate::domain::Reason::ReservationNotAllowed,
+            "reservation_period",
+            "payments are reserved per program: name a program whose payments the reference \
+             data marks reservable",
+        ));
     }
+    Ok(request)
+}
+
+/// Takes the reservations a batch asks for, for the citizens that can be paid: one store
+/// call for the batch. Answers, per pending request, what reserving came to.
+async fn reserve_all(
+    state: &AppState,
+    call: &Call,
+    pending: &[Pending],
+    resolved: &[(Resolution, Option<CitizenId>)],
+) -> Result<Vec<Option<Reserved>>, Status> {
+    let mut slots = Vec::with_capacity(pending.len());
+    let mut items = Vec::new();
+    for (p, (resolution, citizen)) in pending.iter().zip(resolved) {
+        let item = match (
+            &p.request.reservation,
+            &p.request.program,
+            citizen,
+            resolution,
+        ) {
+            (Some(period), Some(program), Some(citizen), Resolution::Resolved { .. }) => {
+                let scope = state
+                    .programs
+                    .get(program.as_str())
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| Status::internal("a reservation for an unreservable program"))?;
+                Some(ReserveItem {
+                    citizen: citizen.clone(),
+                    program_code: program.as_str().to_owned(),
+                    period: period.clone(),
+                    holder_key: scope.holder_key(&call.caller.client_id),
+                })
+            }
+            _ => None,
+        };
+        slots.push(item.as_ref().map(|_| items.len()));
+        if let Some(item) = item {
+            items.push(item);
+        }
+    }
+    if items.is_empty() {
+        return Ok(vec![None; pending.len()]);
+    }
+    let taken = state
+        .store
+        .reserve(&call.caller.client_id, &items, state.now())
+        .await
+        .map_err(|e| call.fail(e))?;
+    Ok(slots
+        .into_iter()
+        .map(|slot| slot.map(|i| taken[i].clone()))
+        .collect())
 }
 
 fn parse_batch(
@@ -318,6 +467,7 @@ fn parse_batch(
             &r.program_code,
             r.as_of.as_ref(),
             r.scope,
+            &r.reservation_period,
             state.now(),
         )
         .and_then(|request| known_program(state, request))
@@ -362,10 +512,12 @@ async fn answer_batch(
     batch: ParsedBatch,
 ) -> Result<Vec<BatchResolveResponse>, Status> {
     let now = state.now();
-    let resolved = if batch.pending.is_empty() {
-        Vec::new()
+    let (resolved, reserved) = if batch.pending.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
-        resolve_all(state, call, BATCH_RESOLVE, &batch.pending).await?
+        let resolved = resolve_all(state, call, BATCH_RESOLVE, &batch.pending).await?;
+        let reserved = reserve_all(state, call, &batch.pending, &resolved).await?;
+        (resolved, reserved)
     };
     Ok(batch
         .requests
@@ -374,7 +526,13 @@ async fn answer_batch(
         .map(|(r, slot)| match slot {
             Ok(i) => BatchResolveResponse {
                 correlation_id: r.correlation_id,
-                result: Some(answer(call, &batch.pending[i].request, &resolved[i].0, now)),
+                result: Some(answer(
+                    call,
+                    &batch.pending[i].request,
+                    &resolved[i].0,
+                    reserved[i].as_ref(),
+                    now,
+                )),
                 error: None,
             },
             Err(rejection) => BatchResolveResponse {

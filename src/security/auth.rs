@@ -158,9 +158,10 @@ pub fn required(path: &str) -> Option<Access> {
             "ReportPayoutFailure" => Access::AnyOf(&[PayoutsReport, AccountsVerify]),
             _ => return None,
         },
-        ("payoutregistry.v1.OversightService", "FindAccountHolders" | "ListDuplicateClaims") => {
-            Access::AnyOf(&[Oversight])
-        }
+        (
+            "payoutregistry.v1.OversightService",
+            "FindAccountHolders" | "ListDuplicateClaims" | "ListDuplicateEntitlements",
+        ) => Access::AnyOf(&[Oversight]),
         // A citizen may read who read their data (citizen.self, through VNeID).
         ("payoutregistry.v1.OversightService", "ListAccessLog") => {
             Access::AnyOf(&[Oversight, CitizenSelf])
@@ -177,6 +178,10 @@ pub fn required(path: &str) -> Option<Access> {
         ("payoutregistry.v1.PayoutResolverService", "Resolve" | "BatchResolve") => {
             // The handler further requires `resolve` for details.
             Access::AnyOf(&[Resolve, ResolveExists])
+        }
+        // A payer releases what it reserved.
+        ("payoutregistry.v1.PayoutResolverService", "ReleaseReservations") => {
+            Access::AnyOf(&[Resolve])
         }
         _ => return None,
     };

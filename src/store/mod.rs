@@ -67,6 +67,7 @@ mod planner;
 mod population;
 mod postgres;
 pub mod reference;
+mod reservations;
 mod resolution;
 mod rows;
 mod sql;
@@ -416,6 +417,37 @@ pub trait Store: Send + Sync + 'static {
         before: Option<(Timestamp, Uuid)>,
         limit: u32,
     ) -> StoreResult<Vec<DuplicateClaim>>;
+
+    /// Takes (or finds its own) reservation of each payment for `holder`, the whole batch
+    /// in one transaction; a payment another payer holds is answered
+    /// [`Reserved::Taken`](crate::domain::reservation::Reserved) and recorded, once per
+    /// claimant, as a duplicate entitlement with its event. Answers in `items` order.
+    async fn reserve(
+        &self,
+        holder: &str,
+        items: &[crate::domain::reservation::ReserveItem],
+        now: Timestamp,
+    ) -> StoreResult<Vec<crate::domain::reservation::Reserved>>;
+
+    /// Releases `holder`'s live reservations of `program_code` and `period` (only those
+    /// of `citizens`, unless empty); answers how many.
+    async fn release_reservations(
+        &self,
+        holder: &str,
+        program_code: &str,
+        period: &str,
+        citizens: &[CitizenId],
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+
+    /// Duplicate entitlements, newest first, after the `(detected_at, id)` cursor.
+    async fn duplicate_entitlements(
+        &self,
+        filter: &crate::domain::reservation::EntitlementFilter,
+        before: Option<(Timestamp, Uuid)>,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::domain::reservation::DuplicateEntitlement>>;
 
     /// Every account row, in any status, for this (kind, provider, account_ref): the
     /// citizens who ever claimed it, oldest first.

@@ -29,6 +29,10 @@ pub struct Program {
     pub code: String,
     pub name: String,
     pub description: String,
+    /// Payrolls may reserve its payments (`ResolveRequest.reservation_period`).
+    pub reservable: bool,
+    /// One holder per citizen and period, or one per payer.
+    pub reservation_scope: crate::domain::reservation::ReservationScope,
 }
 
 #[derive(Deserialize)]

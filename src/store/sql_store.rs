@@ -216,6 +216,37 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.claims_page(on, before, limit).await
     }
 
+    async fn reserve(
+        &self,
+        holder: &str,
+        items: &[crate::domain::reservation::ReserveItem],
+        now: Timestamp,
+    ) -> StoreResult<Vec<crate::domain::reservation::Reserved>> {
+        self.take_reservations(holder, items, now).await
+    }
+
+    async fn release_reservations(
+        &self,
+        holder: &str,
+        program_code: &str,
+        period: &str,
+        citizens: &[CitizenId],
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        self.release_held(holder, program_code, period, citizens, reason, now)
+            .await
+    }
+
+    async fn duplicate_entitlements(
+        &self,
+        filter: &crate::domain::reservation::EntitlementFilter,
+        before: Option<(Timestamp, Uuid)>,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::domain::reservation::DuplicateEntitlement>> {
+        self.entitlements_page(filter, before, limit).await
+    }
+
     async fn account_claims(&self, on: &AccountKey) -> StoreResult<Vec<Account>> {
         self.claims_on(on).await
     }
