@@ -120,7 +120,7 @@ async fn a_payroll_file_resolves_in_order_through_batch_resolve(backend: Backend
     std::fs::write(&input_path, input).unwrap();
     let out = dir.path().join("payroll.csv");
     let resolver = PayoutResolverServiceClient::with_interceptor(app.new_channel(), bearer(PAYER));
-    let written = bulk::resolve_file(resolver, &input_path, &out, "PENSION", false)
+    let written = bulk::resolve_file(resolver, &input_path, &out, "PENSION", false, "")
         .await
         .unwrap();
     assert_eq!(written, 401);
@@ -140,6 +140,47 @@ async fn a_payroll_file_resolves_in_order_through_batch_resolve(backend: Backend
     assert!(deceased < 30);
     assert_eq!(&rows[400][1], "ERROR");
     assert_eq!(&rows[400][6], "CITIZEN_ID_INVALID_LENGTH");
+    assert!(
+        rows.iter().all(|r| r[7].is_empty()),
+        "no reservation asked for"
+    );
+
+    // The same roll paid by two payers for December: the first reserves every payable
+    // citizen, the second is told to pay none of them.
+    let payroll = |token: &str, name: &str| {
+        let resolver =
+            PayoutResolverServiceClient::with_interceptor(app.new_channel(), bearer(token));
+        let out = dir.path().join(name);
+        let input = input_path.clone();
+        async move {
+            bulk::resolve_file(resolver, &input, &out, "PENSION", false, "2026-12")
+                .await
+                .unwrap();
+            let mut reader = csv::Reader::from_path(&out).unwrap();
+            reader
+                .records()
+                .map(Result::unwrap)
+                .collect::<Vec<csv::StringRecord>>()
+        }
+    };
+    let agency = payroll(PAYER, "agency.csv").await;
+    let province = payroll(common::MASKED, "province.csv").await;
+    for (a, p) in agency.iter().zip(&province) {
+        if &a[1] == "RESOLVED" {
+            assert!(!a[7].is_empty(), "the agency's reservation id");
+            assert_eq!(&p[1], "ALREADY_RESERVED");
+            assert!(p[4].is_empty() && p[7].is_empty());
+        } else {
+            assert_eq!(&a[1], &p[1]);
+        }
+    }
+    assert_eq!(
+        province
+            .iter()
+            .filter(|r| &r[1] == "ALREADY_RESERVED")
+            .count(),
+        resolved
+    );
 }
 
 async fn demo_data_written_straight_into_the_store_has_the_planted_anomalies(backend: Backend) {

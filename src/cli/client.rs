@@ -117,6 +117,37 @@ pub enum ClientCommand {
         /// Only ask whether the citizen can be paid.
         #[arg(long)]
         exists_only: bool,
+        /// Reserve the payment of --program for this period (e.g. 2026-12): another
+        /// payer's reserved payment is answered ALREADY_RESERVED (pay nothing).
+        #[arg(long, default_value = "")]
+        reserve_period: String,
+    },
+    /// Release this client's reservations of --program for --period (a cancelled or
+    /// corrected payroll): all of them, or those of --citizen (repeat).
+    Release {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
+        program: String,
+        #[arg(long)]
+        period: String,
+        #[arg(long = "citizen")]
+        citizens: Vec<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// For investigators (`oversight`): payments a second payer asked for while another
+    /// held their reservation, newest first, as CSV on stdout.
+    Duplicates {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long, default_value = "")]
+        program: String,
+        #[arg(long, default_value = "")]
+        period: String,
+        /// A 3-digit province code.
+        #[arg(long, default_value = "")]
+        province: String,
     },
     /// A citizen's accounts and preferences.
     List {
@@ -363,6 +394,85 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             };
             r.map_err(describe)?.iter().for_each(print_account);
         }
+        ClientCommand::Release {
+            conn,
+            program,
+            period,
+            citizens,
+            reason,
+        } => {
+            let released = resolver(&conn)
+                .await?
+                .release_reservations(proto::ReleaseReservationsRequest {
+                    program_code: program.clone(),
+                    period: period.clone(),
+                    citizen_ids: citizens,
+                    reason,
+                })
+                .await
+                .map_err(describe)?
+                .into_inner()
+                .released;
+            println!("{released} reservations of {program} for {period} released");
+        }
+        ClientCommand::Duplicates {
+            conn,
+            program,
+            period,
+            province,
+        } => {
+            let (channel, bearer) = connect(&conn.endpoint()).await?;
+            let mut oversight =
+                crate::proto::oversight_service_client::OversightServiceClient::with_interceptor(
+                    channel, bearer,
+                );
+            let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+            out.write_record([
+                "detected_at",
+                "citizen_id",
+                "program_code",
+                "period",
+                "holder",
+                "claimant",
+                "reservation_id",
+            ])?;
+            let mut page_token = String::new();
+            loop {
+                let page = oversight
+                    .list_duplicate_entitlements(proto::ListDuplicateEntitlementsRequest {
+                        page_size: 1000,
+                        page_token,
+                        purpose: conn.purpose.clone(),
+                        program_code: program.clone(),
+                        period: period.clone(),
+                        province_code: province.clone(),
+                    })
+                    .await
+                    .map_err(describe)?
+                    .into_inner();
+                for d in page.entitlements {
+                    let at = d
+                        .detected_at
+                        .and_then(|t| crate::grpc::convert::timestamp_in("detected_at", &t).ok())
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default();
+                    out.write_record([
+                        at,
+                        d.citizen_id,
+                        d.program_code,
+                        d.period,
+                        d.holder_client_id,
+                        d.claimant_client_id,
+                        d.reservation_id,
+                    ])?;
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out.flush()?;
+        }
         ClientCommand::Digest { conn, province } => {
             let (channel, bearer) = connect(&conn.endpoint()).await?;
             let d = crate::proto::change_feed_service_client::ChangeFeedServiceClient::with_interceptor(
@@ -469,6 +579,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             program,
             as_of,
             exists_only,
+            reserve_period,
         } => {
             if let (Some(file), Some(out)) = (file, out) {
                 // A payroll file is one stream, as long as the file: no per-call deadline.
@@ -484,6 +595,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     &out,
                     &program,
                     exists_only,
+                    &reserve_period,
                 )
                 .await
                 .map_err(|e| match e.downcast::<tonic::Status>() {
@@ -521,7 +633,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     as_of,
                     scope: scope.into(),
                     purpose: conn.purpose.clone(),
-                    reservation_period: String::new(),
+                    reservation_period: reserve_period,
                 })
                 .await
                 .map_err(describe)?

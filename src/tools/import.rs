@@ -454,8 +454,10 @@ pub async fn resolve_file(
     output: &Path,
     program: &str,
     exists_only: bool,
+    reservation_period: &str,
 ) -> anyhow::Result<u64> {
     let total = data_lines(input)? + 1;
+    let reservation_period = reservation_period.to_owned();
     let progress = bar(Some(total), "ids");
     let file = File::open(input).with_context(|| format!("opening {}", input.display()))?;
     let (tx, rx) = mpsc::channel::<proto::BatchResolveRequest>(READ_AHEAD);
@@ -483,6 +485,7 @@ pub async fn resolve_file(
                 citizen_id: id,
                 program_code: program.clone(),
                 scope: scope.into(),
+                reservation_period: reservation_period.clone(),
                 ..Default::default()
             };
             if tx.blocking_send(request).is_err() {
@@ -506,6 +509,7 @@ pub async fn resolve_file(
         "account_ref",
         "cooling_off",
         "error",
+        "reservation_id",
     ])?;
     let mut written = 0u64;
     while let Some(answer) = answers.message().await? {
@@ -537,6 +541,10 @@ pub async fn resolve_file(
                     account,
                     if r.cooling_off { "true" } else { "false" },
                     "",
+                    r.reservation
+                        .as_ref()
+                        .map(|h| h.reservation_id.as_str())
+                        .unwrap_or(""),
                 ]
                 .map(str::to_owned)
             }
@@ -548,6 +556,7 @@ pub async fn resolve_file(
                 String::new(),
                 String::new(),
                 e.reason.clone(),
+                String::new(),
             ],
             (None, None) => anyhow::bail!("an answer without result or error"),
         };
