@@ -24,6 +24,7 @@ on_both_backends!(
     reservations_are_refused_where_none_can_be_taken_and_nothing_is_written,
     a_program_paid_by_several_payers_lets_each_hold_its_own,
     two_payers_reserving_the_same_ten_thousand_citizens_at_once_end_with_one_holder_each,
+    the_command_line_reserves_reports_and_releases,
 );
 
 const CITIZEN: &str = "001089400001";
@@ -452,6 +453,85 @@ async fn two_payers_reserving_the_same_ten_thousand_citizens_at_once_end_with_on
         "{backend:?}: {payable} payable citizens, {held_by_agency} held by the agency, {} by \
          the province",
         payable - held_by_agency
+    );
+    app.stop().await;
+}
+
+/// `payout-registry client ...` as a payroll officer and an investigator run it.
+async fn the_command_line_reserves_reports_and_releases(backend: Backend) {
+    let app = TestApp::builder(backend).plain_text().spawn().await;
+    common::link_issuer_confirmed(&app, CITIZEN, "0071400000004").await;
+    let addr = format!("http://{}", app.addr);
+    let cli = |token: &'static str, args: Vec<&'static str>| {
+        let addr = addr.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_payout-registry"))
+                    .arg("client")
+                    .args(&args[..1])
+                    .args(["--addr", &addr, "--token", token])
+                    .args(&args[1..])
+                    .env_remove("PAYOUT_REGISTRY_CONFIG")
+                    .env_remove("PAYOUT_REGISTRY_TOKEN")
+                    .env_remove("PAYOUT_REGISTRY_ADDR")
+                    .output()
+                    .expect("run payout-registry")
+            })
+            .await
+            .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let reserve = vec![
+        "resolve",
+        "--citizen",
+        CITIZEN,
+        "--program",
+        "PENSION",
+        "--reserve-period",
+        PERIOD,
+    ];
+    let said = cli(PAYER, reserve.clone()).await;
+    assert!(
+        said.contains("outcome: RESOLVED") && said.contains("reserved: PENSION for 2026-12"),
+        "{said}"
+    );
+    let said = cli(MASKED, reserve).await;
+    assert!(
+        said.contains("outcome: ALREADY_RESERVED") && !said.contains("pay into"),
+        "{said}"
+    );
+    let report = cli(AUDITOR, vec!["duplicates", "--period", PERIOD]).await;
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 2, "{report}");
+    assert!(lines[0].starts_with("detected_at,citizen_id,program_code,period,holder,claimant"));
+    assert!(
+        lines[1].contains(&format!(
+            "{CITIZEN},PENSION,{PERIOD},vss-payroll,province-office"
+        )),
+        "{report}"
+    );
+    let said = cli(
+        PAYER,
+        vec![
+            "release",
+            "--program",
+            "PENSION",
+            "--period",
+            PERIOD,
+            "--reason",
+            "payroll corrected",
+        ],
+    )
+    .await;
+    assert!(
+        said.contains("1 reservations of PENSION for 2026-12 released"),
+        "{said}"
     );
     app.stop().await;
 }

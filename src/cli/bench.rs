@@ -65,6 +65,14 @@ pub struct BenchArgs {
     /// feed-lag: writes per second.
     #[arg(long, default_value_t = 300)]
     pub rate: u64,
+    /// batch-resolve: the program resolved for.
+    #[arg(long, default_value = "")]
+    pub program: String,
+    /// batch-resolve: after a plain pass, a second pass over the same ids reserving the
+    /// payments of --program for this period (use a fresh one, or the pass measures
+    /// re-runs that find their own reservations), and the ratio of the two rates.
+    #[arg(long, default_value = "", requires = "program")]
+    pub reserve_period: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,14 +177,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .context("batch-resolve needs --demo-citizens (the population demo-data loaded)")?;
             let client = PayoutResolverServiceClient::with_interceptor(channel, bearer()?)
                 .max_decoding_message_size(64 << 20);
-            let figures = bench::batch_resolve(client, args.ids, move |i| {
+            let id_at = move |i: u64| {
                 crate::tools::demo::citizen_id_at(
                     &spec,
                     (i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % population,
                 )
-            })
-            .await?;
-            figures.print("batch-resolve (per id)", 1);
+            };
+            let plain =
+                bench::batch_resolve(client.clone(), args.ids, &args.program, "", id_at).await?;
+            plain.print("batch-resolve (per id)", 1);
+            if !args.reserve_period.is_empty() {
+                let reserved = bench::batch_resolve(
+                    client,
+                    args.ids,
+                    &args.program,
+                    &args.reserve_period,
+                    id_at,
+                )
+                .await?;
+                reserved.print(
+                    &format!("batch-resolve reserving {} (per id)", args.reserve_period),
+                    1,
+                );
+                let rate = |f: &bench::Figures| f.calls as f64 / f.elapsed.as_secs_f64();
+                println!(
+                    "batch-resolve with reservations / without: {:.2}",
+                    rate(&reserved) / rate(&plain)
+                );
+            }
         }
         BenchScenario::SyncAccounts => {
             let client =

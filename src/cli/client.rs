@@ -655,6 +655,15 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     .unwrap_or_default();
                 println!("cooling off: a recent change takes effect at {until}");
             }
+            if let Some(h) = &r.reservation {
+                println!(
+                    "reserved: {} for {}, held by you (reservation {})",
+                    h.program_code, h.period, h.reservation_id
+                );
+            }
+            if outcome == "ALREADY_RESERVED" {
+                println!("another payer holds this payment's reservation: pay nothing");
+            }
         }
         ClientCommand::List {
             conn,

@@ -231,6 +231,8 @@ impl RssSampler {
 pub async fn batch_resolve<C>(
     mut client: PayoutResolverServiceClient<C>,
     n: u64,
+    program: &str,
+    reservation_period: &str,
     id_at: impl Fn(u64) -> String + Send + 'static,
 ) -> anyhow::Result<Figures>
 where
@@ -241,6 +243,7 @@ where
 {
     let sent: Arc<std::sync::Mutex<std::collections::VecDeque<Instant>>> = Arc::default();
     let queue = sent.clone();
+    let (program, reservation_period) = (program.to_owned(), reservation_period.to_owned());
     let requests = futures::stream::iter(0..n).map(move |i| {
         queue
             .lock()
@@ -249,6 +252,8 @@ where
         proto::BatchResolveRequest {
             correlation_id: i.to_string(),
             citizen_id: id_at(i),
+            program_code: program.clone(),
+            reservation_period: reservation_period.clone(),
             purpose: if i == 0 {
                 "benchmark".into()
             } else {
