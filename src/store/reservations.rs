@@ -83,50 +83,59 @@ impl<D: Dialect> SqlStore<D> {
         // Each payment once, in key order (see the module's documentation).
         let wanted: BTreeMap<Key, &ReserveItem> = items.iter().map(|i| (key_of(i), i)).collect();
         let at = now.micros();
-        let fresh: Vec<(Uuid, &ReserveItem)> =
-            wanted.values().map(|i| (Uuid::now_v7(), *i)).collect();
         let mut tx = self.begin_write().await?;
-        insert_rows(
-            &mut tx,
-            "INSERT INTO reservations (reservation_id, citizen_id, program_code, period, \
-             holder_key, holder, reserved_at) ",
-            " ON CONFLICT (citizen_id, program_code, period, holder_key) \
-             WHERE released_at IS NULL DO NOTHING",
-            &fresh,
-            7,
-            |b, (id, item)| {
-                b.push_bind(*id)
-                    .push_bind(item.citizen.as_str())
-                    .push_bind(item.program_code.as_str())
-                    .push_bind(item.period.as_str())
-                    .push_bind(item.holder_key.as_str())
-                    .push_bind(holder)
-                    .push_bind(at);
-            },
-        )
-        .await?;
-        let mut citizens: Vec<&str> = wanted.keys().map(|k| k.0.as_str()).collect();
-        citizens.dedup();
-        let live: Vec<LiveRow> = select_in(
-            &mut tx,
-            "SELECT reservation_id, citizen_id, program_code, period, holder_key, holder, \
-             reserved_at FROM reservations WHERE released_at IS NULL AND citizen_id",
-            "",
-            text_keys(citizens),
-        )
-        .await?;
-        let live: HashMap<Key, LiveRow> = live
-            .into_iter()
-            .map(|r| {
+        let mut live: HashMap<Key, LiveRow> = HashMap::with_capacity(wanted.len());
+        let mut missing: Vec<&ReserveItem> = wanted.values().copied().collect();
+        // A reservation another payer releases between this insert (which skipped it)
+        // and this select is neither taken nor held: insert those again (rare).
+        for _ in 0..3 {
+            if missing.is_empty() {
+                break;
+            }
+            let fresh: Vec<(Uuid, &ReserveItem)> =
+                missing.iter().map(|i| (Uuid::now_v7(), *i)).collect();
+            insert_rows(
+                &mut tx,
+                "INSERT INTO reservations (reservation_id, citizen_id, program_code, period, \
+                 holder_key, holder, reserved_at) ",
+                " ON CONFLICT (citizen_id, program_code, period, holder_key) \
+                 WHERE released_at IS NULL DO NOTHING",
+                &fresh,
+                7,
+                |b, (id, item)| {
+                    b.push_bind(*id)
+                        .push_bind(item.citizen.as_str())
+                        .push_bind(item.program_code.as_str())
+                        .push_bind(item.period.as_str())
+                        .push_bind(item.holder_key.as_str())
+                        .push_bind(holder)
+                        .push_bind(at);
+                },
+            )
+            .await?;
+            let mut citizens: Vec<&str> = missing.iter().map(|i| i.citizen.as_str()).collect();
+            citizens.dedup();
+            let rows: Vec<LiveRow> = select_in(
+                &mut tx,
+                "SELECT reservation_id, citizen_id, program_code, period, holder_key, holder, \
+                 reserved_at FROM reservations WHERE released_at IS NULL AND citizen_id",
+                "",
+                text_keys(citizens),
+            )
+            .await?;
+            for r in rows {
                 let key = (
                     r.citizen_id.clone(),
                     r.program_code.clone(),
                     r.period.clone(),
                     r.holder_key.clone(),
                 );
-                (key, r)
-            })
-            .collect();
+                if wanted.contains_key(&key) {
+                    live.insert(key, r);
+                }
+            }
+            missing.retain(|i| !live.contains_key(&key_of(i)));
+        }
         // Another payer's: recorded once per (its reservation, this claimant).
         let taken: Vec<&LiveRow> = wanted
             .keys()
