@@ -2,8 +2,8 @@
 -- the design. A reservation is never deleted: releasing it sets `released_at` once.
 CREATE TABLE reservations (
     reservation_id  BLOB PRIMARY KEY,
-    citizen_id      TEXT NOT NULL REFERENCES citizens (citizen_id),
-    program_code    TEXT NOT NULL REFERENCES programs (code),
+    citizen_id      TEXT NOT NULL,
+    program_code    TEXT NOT NULL,
     period          TEXT NOT NULL,
     holder_key      TEXT NOT NULL,
     holder          TEXT NOT NULL,
