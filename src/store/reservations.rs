@@ -9,11 +9,12 @@
 //! statement, READ COMMITTED) sees the first's rows. Keys are inserted in one order, so
 //! two such batches wait on each other without deadlocking. SQLite writers take turns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use uuid::Uuid;
 
 use super::dialect::{insert_rows, select_in, Dialect};
+use super::sql::Row;
 use super::sql::{text_keys, Sql, Val};
 use super::sql_store::SqlStore;
 use super::{corrupt, StoreResult};
@@ -94,29 +95,39 @@ impl<D: Dialect> SqlStore<D> {
             }
             let fresh: Vec<(Uuid, &ReserveItem)> =
                 missing.iter().map(|i| (Uuid::now_v7(), *i)).collect();
-            let inserted = insert_rows(
-                &mut tx,
-                "INSERT INTO reservations (reservation_id, citizen_id, program_code, period, \
-                 holder_key, holder, reserved_at) ",
-                " ON CONFLICT (citizen_id, program_code, period, holder_key) \
-                 WHERE released_at IS NULL DO NOTHING",
-                &fresh,
-                7,
-                |b, (id, item)| {
-                    b.push_bind(*id)
-                        .push_bind(item.citizen.as_str())
-                        .push_bind(item.program_code.as_str())
-                        .push_bind(item.period.as_str())
-                        .push_bind(item.holder_key.as_str())
-                        .push_bind(holder)
-                        .push_bind(at);
-                },
-            )
-            .await?;
-            if inserted == fresh.len() as u64 {
-                // Every row went in (a payroll's first run): all are this payer's, as
-                // made here; nothing to read back.
-                for (id, item) in &fresh {
+            // RETURNING says which rows went in: those are this payer's, as made here;
+            // only the others (already held, by it or by another payer) are read back.
+            let mut went_in: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
+            let per_statement = D::BINDS_PER_STATEMENT.map_or(fresh.len(), |b| (b / 7).max(1));
+            for chunk in fresh.chunks(per_statement) {
+                let rows: Vec<Row> = chunk
+                    .iter()
+                    .map(|(id, item)| {
+                        let mut b = Row(Vec::with_capacity(7));
+                        b.push_bind(*id)
+                            .push_bind(item.citizen.as_str())
+                            .push_bind(item.program_code.as_str())
+                            .push_bind(item.period.as_str())
+                            .push_bind(item.holder_key.as_str())
+                            .push_bind(holder)
+                            .push_bind(at);
+                        b
+                    })
+                    .collect();
+                let mut q = D::builder(
+                    "INSERT INTO reservations (reservation_id, citizen_id, program_code, period, \
+                     holder_key, holder, reserved_at) ",
+                );
+                D::push_relation(&mut q, rows)?;
+                q.push(
+                    " ON CONFLICT (citizen_id, program_code, period, holder_key) \
+                     WHERE released_at IS NULL DO NOTHING RETURNING reservation_id",
+                );
+                let ids: Vec<(Uuid,)> = tx.fetch_all(q.build()).await?;
+                went_in.extend(ids.into_iter().map(|(id,)| id));
+            }
+            for (id, item) in &fresh {
+                if went_in.contains(id) {
                     let (citizen, program, period, holder_key) = item.key();
                     let row = LiveRow {
                         reservation_id: *id,
@@ -129,7 +140,9 @@ impl<D: Dialect> SqlStore<D> {
                     };
                     live.insert(key_of(item), row);
                 }
-                missing.clear();
+            }
+            missing.retain(|i| !live.contains_key(&key_of(i)));
+            if missing.is_empty() {
                 break;
             }
             let mut citizens: Vec<&str> = missing.iter().map(|i| i.citizen.as_str()).collect();
