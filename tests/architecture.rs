@@ -35,17 +35,26 @@ fn room_of(file: &Path) -> String {
     name.trim_end_matches(".rs").to_owned()
 }
 
-/// The source without `//` comments (doc comments included), so that a comment naming
-/// another room is not an import. String literals in this code base never hold `//`
-/// followed by a `crate::` path, so a line-based strip is enough.
+/// The source without plain `//` comments, so that a remark naming another room is not an
+/// import. Doc comments stay: a `crate::` path in one is a link rustdoc follows, and a
+/// room's documentation pointing upwards is an arrow the wrong way too. String literals
+/// in this code base never hold `//` followed by a `crate::` path, so a line-based strip
+/// is enough.
 fn code_of(file: &Path) -> String {
-    strip_comments(&std::fs::read_to_string(file).expect("read source"))
+    strip_comments(&std::fs::read_to_string(file).expect("read source"), false)
 }
 
-fn strip_comments(text: &str) -> String {
+/// The source with its doc comments but without plain `//` comments: what the room
+/// imports and links to.
+fn code_and_docs_of(file: &Path) -> String {
+    strip_comments(&std::fs::read_to_string(file).expect("read source"), true)
+}
+
+fn strip_comments(text: &str, keep_docs: bool) -> String {
+    let is_doc = |c: &str| c.starts_with("///") || c.starts_with("//!");
     text.lines()
         .map(|line| match line.find("//") {
-            Some(i) if !line[..i].contains('"') => &line[..i],
+            Some(i) if !(line[..i].contains('"') || keep_docs && is_doc(&line[i..])) => &line[..i],
             _ => line,
         })
         .collect::<Vec<_>>()
@@ -91,7 +100,7 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
         if room == "main" || room == "lib" {
             continue;
         }
-        let named = rooms_named(&code_of(&file));
+        let named = rooms_named(&code_and_docs_of(&file));
         let entry = graph.entry(room.clone()).or_default();
         entry.extend(named.into_iter().filter(|r| *r != room));
     }
@@ -282,12 +291,17 @@ fn the_backends_share_code_through_types_not_textual_inclusion() {
 
 #[test]
 fn the_import_reader_sees_groups_paths_and_ignores_comments() {
-    let code =
-        strip_comments("use crate::{domain::X, store};\n// crate::cli\nlet a = crate::grpc::f();");
+    let code = strip_comments(
+        "use crate::{domain::X, store};\n// crate::cli\nlet a = crate::grpc::f();",
+        false,
+    );
     let named = rooms_named(&code);
     let expected: BTreeSet<String> = ["domain", "store", "grpc"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     assert_eq!(named, expected);
+    // A doc comment's path is a link: it counts as an arrow.
+    let docs = strip_comments("//! see `crate::app::App`\n// crate::cli\n", true);
+    assert_eq!(rooms_named(&docs), BTreeSet::from(["app".to_string()]));
 }

@@ -1,5 +1,5 @@
-//! The background room: work that runs beside the calls, started by the app
-//! (`crate::app::App::build`), never by a constructor.
+//! The background room: work that runs beside the calls, started by the composition
+//! root (`App::build`, in the app room above this one), never by a constructor.
 //!
 //! - [`sequencer`]: gives committed change-feed events their gapless feed positions.
 //! - [`pruner`]: deletes events past the retention horizon.

@@ -705,35 +705,25 @@ pub fn date_out(iso: &str) -> Option<proto::google_type::Date> {
 pub fn entitlement_filter(
     req: &proto::ListDuplicateEntitlementsRequest,
 ) -> Result<crate::domain::reservation::EntitlementFilter, Rejection> {
-    let optional = |raw: &str| (!raw.is_empty()).then(|| raw.to_owned());
-    let program_code = crate::domain::ProgramCode::parse_optional(&req.program_code)?
-        .map(|p| p.as_str().to_owned());
-    let period = optional(&req.period)
-        .map(|p| {
-            crate::domain::reservation::Period::parse(&p).map_err(|e| Rejection {
-                field: Some("period".into()),
-                ..e
-            })
-        })
-        .transpose()?
-        .map(|p| p.as_str().to_owned());
-    let province_code = optional(&req.province_code)
-        .map(|p| {
-            crate::domain::citizen_id::province_name(&p)
-                .map(|_| p.clone())
-                .ok_or_else(|| {
-                    Rejection::field(
-                        crate::domain::Reason::ProvinceCodeInvalid,
-                        "province_code",
-                        "not one of the 63 province codes",
-                    )
-                })
-        })
-        .transpose()?;
+    let program_code =
+        ProgramCode::parse_optional(&req.program_code)?.map(|p| p.as_str().to_owned());
+    let period = match req.period.as_str() {
+        "" => None,
+        raw => Some(period_in("period", raw)?.as_str().to_owned()),
+    };
+    let province_code = province_code("province_code", &req.province_code)?;
     Ok(crate::domain::reservation::EntitlementFilter {
         program_code,
         period,
         province_code,
+    })
+}
+
+/// A reservation period named by `field`.
+fn period_in(field: &str, raw: &str) -> Result<crate::domain::reservation::Period, Rejection> {
+    crate::domain::reservation::Period::parse(raw).map_err(|e| Rejection {
+        field: Some(field.into()),
+        ..e
     })
 }
 
@@ -760,10 +750,7 @@ pub fn release_in(
             "name the program whose reservations to release",
         )
     })?;
-    let period = crate::domain::reservation::Period::parse(&r.period).map_err(|e| Rejection {
-        field: Some("period".into()),
-        ..e
-    })?;
+    let period = period_in("period", &r.period)?;
     if r.citizen_ids.len() > MAX_RELEASE_CITIZENS {
         return Err(Rejection::field(
             Reason::TextTooLong,

@@ -32,7 +32,7 @@ pub use registry::AccountRegistryHandler;
 pub use resolver::PayoutResolverHandler;
 pub use transport::{DeadlineLayer, DecodeErrorLayer};
 
-/// What every handler needs. Built by the app (`crate::app::App::build`), which also
+/// What every handler needs. Built by the composition root (`App::build`), which also
 /// starts the background tasks whose handles it holds; building one starts nothing.
 #[derive(Clone)]
 pub struct AppState {

@@ -1,7 +1,7 @@
 //! The access log: who read which citizen's data, when, and why.
 //!
 //! Every read of a citizen's data appends an entry, so the log is on the hot path of the
-//! busiest calls. The service batches entries (`crate::access_log`) and each batch is one
+//! busiest calls. The background room's writers batch the entries, and each batch is one
 //! transaction with one set-based INSERT: on PostgreSQL one statement whose text never
 //! changes (arrays unnested server-side, prepared once whatever the batch size), committed
 //! without waiting for the WAL flush (the dialect's `ACCESS_LOG_PREAMBLE` says why that is

@@ -278,35 +278,21 @@ impl<D: Dialect> SqlStore<D> {
         now: Timestamp,
     ) -> StoreResult<u64> {
         let mut tx = self.begin_write().await?;
-        let released = if citizens.is_empty() {
-            tx.execute(
-                Sql::new(
-                    "UPDATE reservations SET released_at = $1, release_reason = $2 \
-                     WHERE released_at IS NULL AND holder = $3 AND program_code = $4 \
-                     AND period = $5",
-                )
-                .bind(now.micros())
-                .bind(reason)
-                .bind(holder)
-                .bind(program_code)
-                .bind(period),
-            )
-            .await?
-        } else {
-            let mut q = D::builder("UPDATE reservations SET released_at = ");
-            q.push_bind(now.micros())
-                .push(", release_reason = ")
-                .push_bind(reason)
-                .push(" WHERE released_at IS NULL AND holder = ")
-                .push_bind(holder)
-                .push(" AND program_code = ")
-                .push_bind(program_code)
-                .push(" AND period = ")
-                .push_bind(period)
-                .push(" AND citizen_id");
+        let mut q = D::builder("UPDATE reservations SET released_at = ");
+        q.push_bind(now.micros())
+            .push(", release_reason = ")
+            .push_bind(reason)
+            .push(" WHERE released_at IS NULL AND holder = ")
+            .push_bind(holder)
+            .push(" AND program_code = ")
+            .push_bind(program_code)
+            .push(" AND period = ")
+            .push_bind(period);
+        if !citizens.is_empty() {
+            q.push(" AND citizen_id");
             D::push_in(&mut q, text_keys(citizens.iter().map(CitizenId::as_str)))?;
-            tx.execute(q.build()).await?
-        };
+        }
+        let released = tx.execute(q.build()).await?;
         tx.commit().await?;
         Ok(released)
     }

@@ -12,7 +12,7 @@
 //!   and in order.
 //!
 //! They talk to a running registry through [`crate::client`]; the relay and the direct
-//! loaders are handed a store by the command line, which gets it from `crate::app`.
+//! loaders are handed a store by the command line, which gets it from the app room.
 
 pub mod csv;
 pub mod demo;
