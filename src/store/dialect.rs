@@ -91,6 +91,21 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// ` = ANY($n)`, ...); no key matches nothing.
     fn push_in(q: &mut SqlBuilder, keys: Vec<Val>) -> StoreResult<()>;
 
+    /// Appends `FROM <table> ...`: the rows of `table` that pass `filter` (pushed by the
+    /// caller, binds and all) and whose `column` equals one of `keys`, each key looked up
+    /// in an index on its own. For an index whose leading columns `filter` fixes by
+    /// equality and whose next column is `column`: PostgreSQL, asked `column = ANY(...)`,
+    /// may scan the whole prefix and filter when its statistics say the prefix is small
+    /// (a payroll period that began after the last ANALYZE), so there it is a LATERAL
+    /// join over the keys; SQLite probes an `IN` list key by key.
+    fn push_probes(
+        q: &mut SqlBuilder,
+        table: &str,
+        filter: impl FnOnce(&mut SqlBuilder),
+        column: &str,
+        keys: Vec<Val>,
+    ) -> StoreResult<()>;
+
     /// Runs a statement; answers the rows affected.
     fn execute<'c>(
         conn: &'c mut <Self::DB as Database>::Connection,

@@ -202,6 +202,31 @@ impl Dialect for PgDialect {
         Ok(())
     }
 
+    fn push_probes(
+        q: &mut SqlBuilder,
+        table: &str,
+        filter: impl FnOnce(&mut SqlBuilder),
+        column: &str,
+        keys: Vec<Val>,
+    ) -> StoreResult<()> {
+        if keys.is_empty() {
+            q.push(&format!(" FROM {table} WHERE false"));
+            return Ok(());
+        }
+        let col = Column::of(keys)
+            .ok_or_else(|| StoreError::Corrupt("probe keys of mixed types".into()))?;
+        q.push(" FROM UNNEST(");
+        push_array(q, col);
+        q.push(&format!(
+            ") AS probe(key) CROSS JOIN LATERAL (SELECT * FROM {table} WHERE "
+        ));
+        filter(q);
+        // OFFSET 0 keeps the planner from pulling the subquery up into a join it may
+        // then turn around (the prefix scanned once per key).
+        q.push(&format!(" AND {column} = probe.key OFFSET 0) AS probed"));
+        Ok(())
+    }
+
     async fn execute(conn: &mut PgConnection, sql: Sql) -> StoreResult<u64> {
         let (text, args) = sql.into_parts();
         let args = arguments(args)?;

@@ -1,7 +1,8 @@
 //! Payment reservations (`domain::reservation`): taken for a whole batch in one
-//! transaction, set-based (one INSERT ... ON CONFLICT DO NOTHING over the batch, one
-//! select of the live holders), released by their holder, and the conflicts kept for
-//! investigators with a DUPLICATE_ENTITLEMENT_DETECTED event each.
+//! transaction, set-based (per payment of the batch, usually one: one INSERT ... ON
+//! CONFLICT DO NOTHING over its citizens, and a select of the holders of those that did
+//! not go in), released by their holder, and the conflicts kept for investigators with a
+//! DUPLICATE_ENTITLEMENT_DETECTED event each.
 //!
 //! Concurrency: the partial unique index `reservations_live` decides. Two payers
 //! reserving the same payments at once on PostgreSQL: the second's INSERT waits for the
@@ -9,11 +10,11 @@
 //! statement, READ COMMITTED) sees the first's rows. Keys are inserted in one order, so
 //! two such batches wait on each other without deadlocking. SQLite writers take turns.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::dialect::{insert_rows, select_in, Dialect};
+use super::dialect::{insert_rows, Dialect, Tx};
 use super::sql::Row;
 use super::sql::{text_keys, Sql, Val};
 use super::sql_store::SqlStore;
@@ -24,15 +25,20 @@ use crate::domain::reservation::{
 };
 use crate::domain::{CitizenId, Timestamp};
 
-/// A live reservation, as read back.
+/// A live reservation of another batch, as read back.
 #[derive(Debug, sqlx::FromRow)]
 struct LiveRow {
     reservation_id: Uuid,
     citizen_id: String,
-    program_code: String,
-    period: String,
-    holder_key: String,
     holder: String,
+    reserved_at: i64,
+}
+
+/// Who holds a payment this batch asked for. `holder` is `None` for the caller.
+#[derive(Debug)]
+struct Holding {
+    reservation_id: Uuid,
+    holder: Option<String>,
     reserved_at: i64,
 }
 
@@ -64,12 +70,18 @@ impl From<EntitlementRow> for DuplicateEntitlement {
     }
 }
 
-type Key = (String, String, String, String);
-
-fn key_of(item: &ReserveItem) -> Key {
-    let (c, p, t, h) = item.key();
-    (c.to_owned(), p.to_owned(), t.to_owned(), h.to_owned())
+/// A payment of this batch that another payer holds.
+struct Duplicate<'a> {
+    payment: Payment<'a>,
+    citizen: &'a str,
+    reservation_id: Uuid,
+    /// The other payer.
+    holder: &'a str,
 }
+
+/// A payment's reservation key apart from the citizen: (program, period, holder_key).
+/// A batch almost always has one.
+type Payment<'a> = (&'a str, &'a str, &'a str);
 
 impl<D: Dialect> SqlStore<D> {
     pub(super) async fn take_reservations(
@@ -82,100 +94,37 @@ impl<D: Dialect> SqlStore<D> {
             return Ok(Vec::new());
         }
         // Each payment once, in key order (see the module's documentation).
-        let wanted: BTreeMap<Key, &ReserveItem> = items.iter().map(|i| (key_of(i), i)).collect();
+        let mut payments: BTreeMap<Payment, BTreeSet<&str>> = BTreeMap::new();
+        for item in items {
+            let (citizen, program, period, holder_key) = item.key();
+            payments
+                .entry((program, period, holder_key))
+                .or_default()
+                .insert(citizen);
+        }
         let at = now.micros();
         let mut tx = self.begin_write().await?;
-        let mut live: HashMap<Key, LiveRow> = HashMap::with_capacity(wanted.len());
-        let mut missing: Vec<&ReserveItem> = wanted.values().copied().collect();
-        // A reservation another payer releases between this insert (which skipped it)
-        // and this select is neither taken nor held: insert those again (rare).
-        for _ in 0..3 {
-            if missing.is_empty() {
-                break;
-            }
-            let fresh: Vec<(Uuid, &ReserveItem)> =
-                missing.iter().map(|i| (Uuid::now_v7(), *i)).collect();
-            // RETURNING says which rows went in: those are this payer's, as made here;
-            // only the others (already held, by it or by another payer) are read back.
-            let mut went_in: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-            let per_statement = D::BINDS_PER_STATEMENT.map_or(fresh.len(), |b| (b / 7).max(1));
-            for chunk in fresh.chunks(per_statement) {
-                let rows: Vec<Row> = chunk
-                    .iter()
-                    .map(|(id, item)| {
-                        let mut b = Row(Vec::with_capacity(7));
-                        b.push_bind(*id)
-                            .push_bind(item.citizen.as_str())
-                            .push_bind(item.program_code.as_str())
-                            .push_bind(item.period.as_str())
-                            .push_bind(item.holder_key.as_str())
-                            .push_bind(holder)
-                            .push_bind(at);
-                        b
-                    })
-                    .collect();
-                let mut q = D::builder(
-                    "INSERT INTO reservations (reservation_id, citizen_id, program_code, period, \
-                     holder_key, holder, reserved_at) ",
-                );
-                D::push_relation(&mut q, rows)?;
-                q.push(
-                    " ON CONFLICT (citizen_id, program_code, period, holder_key) \
-                     WHERE released_at IS NULL DO NOTHING RETURNING reservation_id",
-                );
-                let ids: Vec<(Uuid,)> = tx.fetch_all(q.build()).await?;
-                went_in.extend(ids.into_iter().map(|(id,)| id));
-            }
-            for (id, item) in &fresh {
-                if went_in.contains(id) {
-                    let (citizen, program, period, holder_key) = item.key();
-                    let row = LiveRow {
-                        reservation_id: *id,
-                        citizen_id: citizen.to_owned(),
-                        program_code: program.to_owned(),
-                        period: period.to_owned(),
-                        holder_key: holder_key.to_owned(),
-                        holder: holder.to_owned(),
-                        reserved_at: at,
-                    };
-                    live.insert(key_of(item), row);
-                }
-            }
-            missing.retain(|i| !live.contains_key(&key_of(i)));
-            if missing.is_empty() {
-                break;
-            }
-            let mut citizens: Vec<&str> = missing.iter().map(|i| i.citizen.as_str()).collect();
-            citizens.dedup();
-            let rows: Vec<LiveRow> = select_in(
-                &mut tx,
-                "SELECT reservation_id, citizen_id, program_code, period, holder_key, holder, \
-                 reserved_at FROM reservations WHERE released_at IS NULL AND citizen_id",
-                "",
-                text_keys(citizens),
-            )
-            .await?;
-            for r in rows {
-                let key = (
-                    r.citizen_id.clone(),
-                    r.program_code.clone(),
-                    r.period.clone(),
-                    r.holder_key.clone(),
-                );
-                if wanted.contains_key(&key) {
-                    live.insert(key, r);
-                }
-            }
-            missing.retain(|i| !live.contains_key(&key_of(i)));
+        let mut held: HashMap<(Payment, &str), Holding> = HashMap::with_capacity(items.len());
+        for (&payment, citizens) in &payments {
+            self.take_payment(&mut tx, holder, payment, citizens, at, &mut held)
+                .await?;
         }
-        // Another payer's: recorded once per (its reservation, this claimant).
-        let taken: Vec<&LiveRow> = wanted
-            .keys()
-            .filter_map(|k| live.get(k))
-            .filter(|r| r.holder != holder)
+        // Another payer's: recorded once per (its reservation, this claimant), in key
+        // order like the reservations.
+        let mut taken: Vec<Duplicate> = held
+            .iter()
+            .filter_map(|(&(payment, citizen), h)| {
+                h.holder.as_deref().map(|other| Duplicate {
+                    payment,
+                    citizen,
+                    reservation_id: h.reservation_id,
+                    holder: other,
+                })
+            })
             .collect();
-        let recorded: Vec<Uuid> = if taken.is_empty() {
-            Vec::new()
+        taken.sort_unstable_by_key(|d| (d.payment, d.citizen));
+        let recorded: HashSet<Uuid> = if taken.is_empty() {
+            HashSet::new()
         } else {
             let mut q =
                 D::builder("SELECT reservation_id FROM duplicate_entitlements WHERE claimant = ");
@@ -184,16 +133,16 @@ impl<D: Dialect> SqlStore<D> {
                 &mut q,
                 taken
                     .iter()
-                    .map(|r| Val::Uuid(Some(r.reservation_id)))
+                    .map(|d| Val::Uuid(Some(d.reservation_id)))
                     .collect(),
             )?;
             let rows: Vec<(Uuid,)> = tx.fetch_all(q.build()).await?;
             rows.into_iter().map(|(id,)| id).collect()
         };
-        let new: Vec<(Uuid, &LiveRow)> = taken
-            .into_iter()
-            .filter(|r| !recorded.contains(&r.reservation_id))
-            .map(|r| (Uuid::now_v7(), r))
+        let new: Vec<(Uuid, &Duplicate)> = taken
+            .iter()
+            .filter(|d| !recorded.contains(&d.reservation_id))
+            .map(|d| (Uuid::now_v7(), d))
             .collect();
         insert_rows(
             &mut tx,
@@ -202,29 +151,31 @@ impl<D: Dialect> SqlStore<D> {
             " ON CONFLICT (reservation_id, claimant) DO NOTHING",
             &new,
             8,
-            |b, (id, r)| {
+            |b, (id, d)| {
+                let (program, period, _) = d.payment;
                 b.push_bind(*id)
-                    .push_bind(r.citizen_id.as_str())
-                    .push_bind(r.program_code.as_str())
-                    .push_bind(r.period.as_str())
-                    .push_bind(r.holder.as_str())
+                    .push_bind(d.citizen)
+                    .push_bind(program)
+                    .push_bind(period)
+                    .push_bind(d.holder)
                     .push_bind(holder)
-                    .push_bind(r.reservation_id)
+                    .push_bind(d.reservation_id)
                     .push_bind(at);
             },
         )
         .await?;
         let mut payloads = Vec::with_capacity(new.len());
-        for (id, r) in &new {
+        for (id, d) in &new {
+            let (program, period, _) = d.payment;
             let payload = serde_json::to_string(&DuplicateEntitlementDetected {
                 entitlement_id: *id,
-                program_code: r.program_code.clone(),
-                period: r.period.clone(),
-                holder: r.holder.clone(),
+                program_code: program.to_owned(),
+                period: period.to_owned(),
+                holder: d.holder.to_owned(),
                 claimant: holder.to_owned(),
             })
             .map_err(corrupt)?;
-            payloads.push((r.citizen_id.as_str(), payload));
+            payloads.push((d.citizen, payload));
         }
         insert_rows(
             &mut tx,
@@ -253,19 +204,125 @@ impl<D: Dialect> SqlStore<D> {
         items
             .iter()
             .map(|item| {
-                let row = live.get(&key_of(item)).ok_or_else(|| {
-                    corrupt("a reservation neither taken nor held by another payer")
-                })?;
-                Ok(if row.holder == holder {
-                    Reserved::Held {
-                        reservation_id: row.reservation_id,
-                        reserved_at: Timestamp(row.reserved_at),
-                    }
-                } else {
-                    Reserved::Taken
+                let (citizen, program, period, holder_key) = item.key();
+                let h = held
+                    .get(&((program, period, holder_key), citizen))
+                    .ok_or_else(|| {
+                        corrupt("a reservation neither taken nor held by another payer")
+                    })?;
+                Ok(match h.holder {
+                    None => Reserved::Held {
+                        reservation_id: h.reservation_id,
+                        reserved_at: Timestamp(h.reserved_at),
+                    },
+                    Some(_) => Reserved::Taken,
                 })
             })
             .collect()
+    }
+
+    /// Takes one payment (program, period, holder_key) for `citizens`, in their order:
+    /// one INSERT ... ON CONFLICT DO NOTHING per statement's worth, the payment's columns
+    /// bound once, RETURNING saying which rows went in (the caller's, as made here); only
+    /// the others (held already, by the caller or another payer) are read back. A
+    /// reservation released by its holder between this insert (which skipped it) and the
+    /// read-back is neither taken nor held: those are inserted again (rare), up to three
+    /// rounds.
+    async fn take_payment<'a>(
+        &self,
+        tx: &mut Tx<D>,
+        holder: &str,
+        payment: Payment<'a>,
+        citizens: &BTreeSet<&'a str>,
+        at: i64,
+        held: &mut HashMap<(Payment<'a>, &'a str), Holding>,
+    ) -> StoreResult<()> {
+        let (program, period, holder_key) = payment;
+        let mut missing: Vec<&str> = citizens.iter().copied().collect();
+        for _ in 0..3 {
+            if missing.is_empty() {
+                break;
+            }
+            let fresh: Vec<(Uuid, &str)> = missing.iter().map(|c| (Uuid::now_v7(), *c)).collect();
+            let mut went_in: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
+            let per_statement =
+                D::BINDS_PER_STATEMENT.map_or(fresh.len(), |b| (b.saturating_sub(5) / 2).max(1));
+            for chunk in fresh.chunks(per_statement) {
+                let rows: Vec<Row> = chunk
+                    .iter()
+                    .map(|(id, citizen)| {
+                        let mut b = Row(Vec::with_capacity(2));
+                        b.push_bind(*id).push_bind(*citizen);
+                        b
+                    })
+                    .collect();
+                let mut q = D::builder(
+                    "INSERT INTO reservations (reservation_id, citizen_id, program_code, period, \
+                     holder_key, holder, reserved_at) SELECT r.*, ",
+                );
+                q.push_bind(program)
+                    .push(", ")
+                    .push_bind(period)
+                    .push(", ")
+                    .push_bind(holder_key)
+                    .push(", ")
+                    .push_bind(holder)
+                    .push(", ")
+                    .push_bind(at)
+                    .push(" FROM (");
+                D::push_relation(&mut q, rows)?;
+                // `WHERE true`: SQLite reads an upsert's ON after a bare FROM as a join's.
+                q.push(
+                    ") AS r WHERE true \
+                     ON CONFLICT (program_code, period, holder_key, citizen_id) \
+                     WHERE released_at IS NULL DO NOTHING RETURNING reservation_id",
+                );
+                let ids: Vec<(Uuid,)> = tx.fetch_all(q.build()).await?;
+                went_in.extend(ids.into_iter().map(|(id,)| id));
+            }
+            for (id, citizen) in &fresh {
+                if went_in.contains(id) {
+                    let own = Holding {
+                        reservation_id: *id,
+                        holder: None,
+                        reserved_at: at,
+                    };
+                    held.insert((payment, *citizen), own);
+                }
+            }
+            missing.retain(|c| !held.contains_key(&(payment, *c)));
+            if missing.is_empty() {
+                break;
+            }
+            let mut q = D::builder("SELECT reservation_id, citizen_id, holder, reserved_at");
+            D::push_probes(
+                &mut q,
+                "reservations",
+                |q| {
+                    q.push("released_at IS NULL AND program_code = ")
+                        .push_bind(program)
+                        .push(" AND period = ")
+                        .push_bind(period)
+                        .push(" AND holder_key = ")
+                        .push_bind(holder_key);
+                },
+                "citizen_id",
+                text_keys(missing.iter().copied()),
+            )?;
+            let rows: Vec<LiveRow> = tx.fetch_all(q.build()).await?;
+            for r in rows {
+                if let Some(citizen) = citizens.get(r.citizen_id.as_str()) {
+                    let holding = Holding {
+                        reservation_id: r.reservation_id,
+                        holder: (r.holder != holder).then_some(r.holder),
+                        reserved_at: r.reserved_at,
+                    };
+                    held.insert((payment, *citizen), holding);
+                }
+            }
+            missing.retain(|c| !held.contains_key(&(payment, *c)));
+        }
+        Ok(())
     }
 
     pub(super) async fn release_held(

@@ -142,6 +142,19 @@ impl Dialect for SqliteDialect {
         Ok(())
     }
 
+    fn push_probes(
+        q: &mut SqlBuilder,
+        table: &str,
+        filter: impl FnOnce(&mut SqlBuilder),
+        column: &str,
+        keys: Vec<Val>,
+    ) -> StoreResult<()> {
+        q.push(&format!(" FROM {table} WHERE "));
+        filter(q);
+        q.push(&format!(" AND {column}"));
+        Self::push_in(q, keys)
+    }
+
     /// ` IN (k1, k2, ...)`.
     fn push_in(q: &mut SqlBuilder, keys: Vec<Val>) -> StoreResult<()> {
         q.push(" IN (");
