@@ -986,12 +986,16 @@ async fn history_cannot_be_rewritten_even_with_direct_sql(backend: Backend) {
         )
         .await
         .unwrap();
+    // The link's events get their feed positions.
+    assert!(store.sequence_events(100, false).await.unwrap().assigned > 0);
     for sql in [
         "UPDATE account_history SET status = 'CLOSED'",
         "DELETE FROM account_history",
         "DELETE FROM preference_history",
         "UPDATE citizen_history SET status = 'DECEASED'",
         "UPDATE events SET event_type = 'X'",
+        "UPDATE events SET actor_capacity = 'X'",
+        "UPDATE feed SET position = position + 1",
     ] {
         let err = db.execute_raw(sql).await.expect_err(sql);
         assert!(err.contains("append-only"), "{sql}: {err}");

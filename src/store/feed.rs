@@ -7,7 +7,9 @@
 //! them out of order; a subscriber reading by that position could skip an event that
 //! commits late. The sequencer is therefore the only one to give out `feed_position`s:
 //! in one transaction it takes the head row's lock (instances take turns), numbers the
-//! committed unnumbered events after the head, and, when none is left unnumbered, brings
+//! committed unnumbered events after the head (rows of `feed_pending`, which a trigger
+//! adds in each writer's transaction, become rows of `feed`: events themselves are never
+//! rewritten), and, when none is left unnumbered, brings
 //! the sync digest up to the new head, so the digest always describes exactly the feed up
 //! to its position. The dialect adds what differs: PostgreSQL reads one REPEATABLE READ
 //! snapshot (a sequencer that loses the race on the head row starts again) and wakes every
@@ -52,9 +54,10 @@ impl<D: Dialect> SqlStore<D> {
             .await?
             .fetch_all(
                 Sql::new(
-                    "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, \
-                     actor, reason, payload, feed_position, actor_capacity FROM events WHERE position > $1 \
-                     ORDER BY position LIMIT $2",
+                    "SELECT e.position, e.event_id, e.occurred_at, e.event_type, e.citizen_id, \
+                     e.account_id, e.actor, e.reason, e.payload, f.feed_position, \
+                     e.actor_capacity FROM events e LEFT JOIN feed f ON f.position = e.position \
+                     WHERE e.position > $1 ORDER BY e.position LIMIT $2",
                 )
                 .bind(after_position)
                 .bind(i64::from(limit)),
@@ -94,16 +97,26 @@ impl<D: Dialect> SqlStore<D> {
         let assigned = tx
             .execute(
                 Sql::new(
-                    "UPDATE events SET feed_position = $1 + s.rn FROM (SELECT position, \
-                     row_number() OVER (ORDER BY position) AS rn FROM events \
-                     WHERE feed_position IS NULL ORDER BY position LIMIT $2) AS s \
-                     WHERE events.position = s.position",
+                    "INSERT INTO feed (feed_position, position) \
+                     SELECT $1 + row_number() OVER (ORDER BY position), position \
+                     FROM (SELECT position FROM feed_pending ORDER BY position LIMIT $2) AS s",
                 )
                 .bind(head)
                 .bind(i64::from(limit)),
             )
             .await?;
         let new_head = head + assigned as i64;
+        if assigned > 0 {
+            tx.execute(
+                Sql::new(
+                    "DELETE FROM feed_pending WHERE position IN \
+                     (SELECT position FROM feed WHERE feed_position > $1 AND feed_position <= $2)",
+                )
+                .bind(head)
+                .bind(new_head),
+            )
+            .await?;
+        }
         // The digest may only describe a state whose every change is in the feed up to
         // its position: when this round left events unnumbered, a later round updates it.
         let digest_due = digest && assigned < u64::from(limit) && digest_through != Some(new_head);
@@ -131,8 +144,9 @@ impl<D: Dialect> SqlStore<D> {
                 Some(through) => {
                     tx.fetch_all(
                         Sql::new(
-                            "SELECT DISTINCT citizen_id FROM events WHERE feed_position > $1 \
-                             AND feed_position <= $2",
+                            "SELECT DISTINCT e.citizen_id FROM feed f \
+                             JOIN events e ON e.position = f.position \
+                             WHERE f.feed_position > $1 AND f.feed_position <= $2",
                         )
                         .bind(through)
                         .bind(new_head),
@@ -208,9 +222,10 @@ impl<D: Dialect> SqlStore<D> {
             .await?
             .fetch_all(
                 Sql::new(
-                    "SELECT position, event_id, occurred_at, event_type, citizen_id, account_id, \
-                     actor, reason, payload, feed_position, actor_capacity FROM events WHERE feed_position > $1 \
-                     ORDER BY feed_position LIMIT $2",
+                    "SELECT e.position, e.event_id, e.occurred_at, e.event_type, e.citizen_id, \
+                     e.account_id, e.actor, e.reason, e.payload, f.feed_position, \
+                     e.actor_capacity FROM feed f JOIN events e ON e.position = f.position \
+                     WHERE f.feed_position > $1 ORDER BY f.feed_position LIMIT $2",
                 )
                 .bind(after)
                 .bind(i64::from(limit)),
@@ -233,10 +248,11 @@ impl<D: Dialect> SqlStore<D> {
             .fetch_all(
                 Sql::new(
                     "SELECT e.position, e.event_id, e.occurred_at, e.event_type, e.citizen_id, \
-                     e.account_id, e.actor, e.reason, e.payload, e.feed_position, e.actor_capacity FROM events e \
-                     WHERE e.feed_position > $1 AND EXISTS (SELECT 1 FROM watch_lists w \
+                     e.account_id, e.actor, e.reason, e.payload, f.feed_position, \
+                     e.actor_capacity FROM feed f JOIN events e ON e.position = f.position \
+                     WHERE f.feed_position > $1 AND EXISTS (SELECT 1 FROM watch_lists w \
                      WHERE w.client_id = $2 AND w.consumer = $3 AND w.citizen_id = e.citizen_id) \
-                     ORDER BY e.feed_position LIMIT $4",
+                     ORDER BY f.feed_position LIMIT $4",
                 )
                 .bind(after)
                 .bind(client_id)
@@ -294,8 +310,9 @@ impl<D: Dialect> SqlStore<D> {
         let (through,): (Option<i64>,) = tx
             .fetch_one(
                 Sql::new(
-                    "SELECT MAX(feed_position) FROM events WHERE feed_position > $1 \
-                     AND feed_position <= $2 AND occurred_at < $3",
+                    "SELECT MAX(f.feed_position) FROM feed f \
+                     JOIN events e ON e.position = f.position \
+                     WHERE f.feed_position > $1 AND f.feed_position <= $2 AND e.occurred_at < $3",
                 )
                 .bind(pruned)
                 .bind(limit)
@@ -308,11 +325,20 @@ impl<D: Dialect> SqlStore<D> {
         };
         let deleted = tx
             .execute(
-                Sql::new("DELETE FROM events WHERE feed_position > $1 AND feed_position <= $2")
-                    .bind(pruned)
-                    .bind(through),
+                Sql::new(
+                    "DELETE FROM events WHERE position IN (SELECT position FROM feed \
+                     WHERE feed_position > $1 AND feed_position <= $2)",
+                )
+                .bind(pruned)
+                .bind(through),
             )
             .await?;
+        tx.execute(
+            Sql::new("DELETE FROM feed WHERE feed_position > $1 AND feed_position <= $2")
+                .bind(pruned)
+                .bind(through),
+        )
+        .await?;
         tx.execute(Sql::new("UPDATE feed_head SET pruned_through = $1 WHERE id = 1").bind(through))
             .await?;
         tx.commit().await?;

@@ -224,9 +224,9 @@ impl<D: Dialect> SqlStore<D> {
             .await?
             .fetch_one(Sql::new(
                 "SELECT h.last_position, h.digest_through, \
-                 (SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE feed_position IS NULL \
-                  LIMIT 1000000) b), \
-                 (SELECT MIN(occurred_at) FROM events WHERE feed_position IS NULL) \
+                 (SELECT COUNT(*) FROM (SELECT 1 FROM feed_pending LIMIT 1000000) b), \
+                 (SELECT MIN(e.occurred_at) FROM feed_pending p \
+                  JOIN events e ON e.position = p.position) \
                  FROM feed_head h WHERE h.id = 1",
             ))
             .await?;
