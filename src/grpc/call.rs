@@ -379,6 +379,18 @@ pub fn failure_status(request_id: &RequestId, e: StoreError) -> Status {
             None,
         );
     };
+    if matches!(fault, Fault::Timeout) && crate::store::deadline_passed() {
+        // The statement timeout was the call's own deadline (the store lowers it to the
+        // time left): the client's deadline ran out, the database is fine. Answered as
+        // the deadline layer answers, whichever of the two timers fired first.
+        tracing::info!("the call's deadline stopped its database statement");
+        let refusal = Rejection::new(
+            Reason::DeadlineExceeded,
+            "the call did not finish within its deadline; its database statement was \
+             stopped and nothing was written: retry with the same idempotency key",
+        );
+        return status_of(&refusal, request_id, None);
+    }
     metrics::counter!(m::DATABASE_ERRORS, "kind" => fault.as_str()).increment(1);
     tracing::warn!(error = %e, source = ?std::error::Error::source(&e), kind = fault.as_str(), "database failure answered UNAVAILABLE");
     let (reason, message, retry) = match fault {
@@ -553,4 +565,59 @@ pub fn status_of(r: &Rejection, request_id: &RequestId, retry: Option<Duration>)
         _ => r.message.clone(),
     };
     Status::with_error_details(code, message, details)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+    use tonic::Code;
+
+    use super::*;
+    use crate::store::with_deadline;
+
+    /// A real SQLite "database is locked": the second writer gives up at once.
+    async fn busy_error() -> StoreError {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("busy.db"))
+            .create_if_missing(true)
+            .busy_timeout(Duration::ZERO);
+        let mut first = options.connect().await.unwrap();
+        let mut second = options.connect().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut first)
+            .await
+            .unwrap();
+        let e = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut second)
+            .await
+            .expect_err("the first writer holds the lock");
+        let _ = first.close().await;
+        StoreError::Database(e)
+    }
+
+    #[tokio::test]
+    async fn a_statement_stopped_by_the_calls_own_deadline_is_answered_deadline_exceeded() {
+        let id = RequestId::default();
+        // No deadline, or one still ahead: the database was too slow.
+        let slow = failure_status(&id, busy_error().await);
+        assert_eq!(slow.code(), Code::Unavailable);
+        assert!(slow.message().contains("database statement took longer"));
+        let ahead = Instant::now() + Duration::from_secs(60);
+        let slow = with_deadline(ahead, async { failure_status(&id, busy_error().await) }).await;
+        assert_eq!(slow.code(), Code::Unavailable);
+        // The deadline has passed: the client's deadline stopped it, whichever timer fired
+        // first, and the answer says so.
+        let passed = Instant::now();
+        let late = with_deadline(passed, async {
+            let e = busy_error().await;
+            failure_status(&id, e)
+        })
+        .await;
+        assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+        assert!(late.message().contains("nothing was written"));
+    }
 }

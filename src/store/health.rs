@@ -171,6 +171,12 @@ pub async fn with_deadline<F: Future>(deadline: Instant, work: F) -> F::Output {
     DEADLINE.scope(deadline, work).await
 }
 
+/// Whether the current call has a deadline and it has passed: a statement stopped by the
+/// timeout [`SqlStore::limit_to_deadline`] set was stopped by the call's deadline.
+pub fn deadline_passed() -> bool {
+    time_left().is_some_and(|left| left.is_zero())
+}
+
 /// The time left to the current call's deadline, if it has one.
 fn time_left() -> Option<Duration> {
     DEADLINE

@@ -323,7 +323,7 @@ impl Default for StoreOptions {
     }
 }
 
-pub use health::{fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
+pub use health::{deadline_passed, fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
 
 /// Everything the service asks of its database.
 #[async_trait]
