@@ -375,11 +375,10 @@ async fn a_program_paid_by_several_payers_lets_each_hold_its_own(backend: Backen
     app.stop().await;
 }
 
-async fn two_payers_reserving_the_same_ten_thousand_citizens_at_once_end_with_one_holder_each(
-    backend: Backend,
-) {
+/// A server whose rate limits let whole payrolls through, over a demo population of
+/// `citizens` (loaded straight into the store), and those citizens' ids.
+async fn payroll_population(backend: Backend, citizens: u64) -> (TestApp, Vec<String>) {
     use payout_registry::tools::demo::{citizen_id_at, DemoSpec};
-    const N: u64 = 10_000;
     let generous = BucketConfig {
         per_second: 1e9,
         burst: 1e9,
@@ -392,14 +391,19 @@ async fn two_payers_reserving_the_same_ten_thousand_citizens_at_once_end_with_on
         })
         .spawn()
         .await;
-    let spec = DemoSpec {
-        citizens: N,
-        seed: 16,
-    };
+    let spec = DemoSpec { citizens, seed: 16 };
     payout_registry::tools::import::demo_store(app.store.clone(), &spec)
         .await
         .expect("the population");
-    let ids: Vec<String> = (0..N).map(|i| citizen_id_at(&spec, i)).collect();
+    let ids = (0..citizens).map(|i| citizen_id_at(&spec, i)).collect();
+    (app, ids)
+}
+
+async fn two_payers_reserving_the_same_ten_thousand_citizens_at_once_end_with_one_holder_each(
+    backend: Backend,
+) {
+    const N: u64 = 10_000;
+    let (app, ids) = payroll_population(backend, N).await;
     let requests = |order: &mut dyn Iterator<Item = &String>| -> Vec<BatchResolveRequest> {
         order
             .map(|id| batch_request(id, &reserve(id, "SOCIAL_ALLOWANCE", PERIOD)))
@@ -539,7 +543,6 @@ async fn the_command_line_reserves_reports_and_releases(backend: Backend) {
 /// PostgreSQL only: what its planner does with a payroll period it has no statistics for.
 mod plans {
     use super::*;
-    use common::Backend;
 
     /// A payroll re-run reads back only the reservations it asks about. Every period
     /// starts after the last ANALYZE, so PostgreSQL believes the period holds no rows;
@@ -549,28 +552,7 @@ mod plans {
     /// 3,000-citizen period reads a few hundred index entries, not the period.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_payroll_rerun_reads_back_only_its_own_citizens_on_a_period_without_statistics() {
-        use payout_registry::tools::demo::{citizen_id_at, DemoSpec};
-        const N: u64 = 3_000;
-        let generous = BucketConfig {
-            per_second: 1e9,
-            burst: 1e9,
-        };
-        let app = TestApp::builder(Backend::Postgres)
-            .limits(RateLimitConfig {
-                resolve: generous,
-                bulk: generous,
-                ..RateLimitConfig::default()
-            })
-            .spawn()
-            .await;
-        let spec = DemoSpec {
-            citizens: N,
-            seed: 16,
-        };
-        payout_registry::tools::import::demo_store(app.store.clone(), &spec)
-            .await
-            .expect("the population");
-        let ids: Vec<String> = (0..N).map(|i| citizen_id_at(&spec, i)).collect();
+        let (app, ids) = payroll_population(Backend::Postgres, 3_000).await;
         let payroll = |period: &str, ids: &[String]| -> Vec<BatchResolveRequest> {
             ids.iter()
                 .map(|id| batch_request(id, &reserve(id, "SOCIAL_ALLOWANCE", period)))

@@ -25,7 +25,8 @@ use crate::domain::reservation::{
 };
 use crate::domain::{CitizenId, Timestamp};
 
-/// A live reservation of another batch, as read back.
+/// A live reservation that was there before this batch (the caller's or another
+/// payer's), as read back.
 #[derive(Debug, sqlx::FromRow)]
 struct LiveRow {
     reservation_id: Uuid,
@@ -106,8 +107,7 @@ impl<D: Dialect> SqlStore<D> {
         let mut tx = self.begin_write().await?;
         let mut held: HashMap<(Payment, &str), Holding> = HashMap::with_capacity(items.len());
         for (&payment, citizens) in &payments {
-            self.take_payment(&mut tx, holder, payment, citizens, at, &mut held)
-                .await?;
+            take_payment(&mut tx, holder, payment, citizens, at, &mut held).await?;
         }
         // Another payer's: recorded once per (its reservation, this claimant), in key
         // order like the reservations.
@@ -221,110 +221,6 @@ impl<D: Dialect> SqlStore<D> {
             .collect()
     }
 
-    /// Takes one payment (program, period, holder_key) for `citizens`, in their order:
-    /// one INSERT ... ON CONFLICT DO NOTHING per statement's worth, the payment's columns
-    /// bound once, RETURNING saying which rows went in (the caller's, as made here); only
-    /// the others (held already, by the caller or another payer) are read back. A
-    /// reservation released by its holder between this insert (which skipped it) and the
-    /// read-back is neither taken nor held: those are inserted again (rare), up to three
-    /// rounds.
-    async fn take_payment<'a>(
-        &self,
-        tx: &mut Tx<D>,
-        holder: &str,
-        payment: Payment<'a>,
-        citizens: &BTreeSet<&'a str>,
-        at: i64,
-        held: &mut HashMap<(Payment<'a>, &'a str), Holding>,
-    ) -> StoreResult<()> {
-        let (program, period, holder_key) = payment;
-        let mut missing: Vec<&str> = citizens.iter().copied().collect();
-        for _ in 0..3 {
-            if missing.is_empty() {
-                break;
-            }
-            let fresh: Vec<(Uuid, &str)> = missing.iter().map(|c| (Uuid::now_v7(), *c)).collect();
-            let mut went_in: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-            let per_statement =
-                D::BINDS_PER_STATEMENT.map_or(fresh.len(), |b| (b.saturating_sub(5) / 2).max(1));
-            for chunk in fresh.chunks(per_statement) {
-                let rows: Vec<Row> = chunk
-                    .iter()
-                    .map(|(id, citizen)| {
-                        let mut b = Row(Vec::with_capacity(2));
-                        b.push_bind(*id).push_bind(*citizen);
-                        b
-                    })
-                    .collect();
-                let mut q = D::builder(
-                    "INSERT INTO reservations (reservation_id, citizen_id, program_code, period, \
-                     holder_key, holder, reserved_at) SELECT r.*, ",
-                );
-                q.push_bind(program)
-                    .push(", ")
-                    .push_bind(period)
-                    .push(", ")
-                    .push_bind(holder_key)
-                    .push(", ")
-                    .push_bind(holder)
-                    .push(", ")
-                    .push_bind(at)
-                    .push(" FROM (");
-                D::push_relation(&mut q, rows)?;
-                // `WHERE true`: SQLite reads an upsert's ON after a bare FROM as a join's.
-                q.push(
-                    ") AS r WHERE true \
-                     ON CONFLICT (program_code, period, holder_key, citizen_id) \
-                     WHERE released_at IS NULL DO NOTHING RETURNING reservation_id",
-                );
-                let ids: Vec<(Uuid,)> = tx.fetch_all(q.build()).await?;
-                went_in.extend(ids.into_iter().map(|(id,)| id));
-            }
-            for (id, citizen) in &fresh {
-                if went_in.contains(id) {
-                    let own = Holding {
-                        reservation_id: *id,
-                        holder: None,
-                        reserved_at: at,
-                    };
-                    held.insert((payment, *citizen), own);
-                }
-            }
-            missing.retain(|c| !held.contains_key(&(payment, *c)));
-            if missing.is_empty() {
-                break;
-            }
-            let mut q = D::builder("SELECT reservation_id, citizen_id, holder, reserved_at");
-            D::push_probes(
-                &mut q,
-                "reservations",
-                |q| {
-                    q.push("released_at IS NULL AND program_code = ")
-                        .push_bind(program)
-                        .push(" AND period = ")
-                        .push_bind(period)
-                        .push(" AND holder_key = ")
-                        .push_bind(holder_key);
-                },
-                "citizen_id",
-                text_keys(missing.iter().copied()),
-            )?;
-            let rows: Vec<LiveRow> = tx.fetch_all(q.build()).await?;
-            for r in rows {
-                if let Some(citizen) = citizens.get(r.citizen_id.as_str()) {
-                    let holding = Holding {
-                        reservation_id: r.reservation_id,
-                        holder: (r.holder != holder).then_some(r.holder),
-                        reserved_at: r.reserved_at,
-                    };
-                    held.insert((payment, *citizen), holding);
-                }
-            }
-            missing.retain(|c| !held.contains_key(&(payment, *c)));
-        }
-        Ok(())
-    }
-
     pub(super) async fn release_held(
         &self,
         holder: &str,
@@ -384,4 +280,107 @@ impl<D: Dialect> SqlStore<D> {
             .await?;
         Ok(rows.into_iter().map(DuplicateEntitlement::from).collect())
     }
+}
+
+/// Takes one payment (program, period, holder_key) for `citizens`, in their order:
+/// one INSERT ... ON CONFLICT DO NOTHING per statement's worth, the payment's columns
+/// bound once, RETURNING saying which rows went in (the caller's, as made here); only
+/// the others (held already, by the caller or another payer) are read back. A
+/// reservation released by its holder between this insert (which skipped it) and the
+/// read-back is neither taken nor held: those are inserted again (rare), up to three
+/// rounds.
+async fn take_payment<'a, D: Dialect>(
+    tx: &mut Tx<D>,
+    holder: &str,
+    payment: Payment<'a>,
+    citizens: &BTreeSet<&'a str>,
+    at: i64,
+    held: &mut HashMap<(Payment<'a>, &'a str), Holding>,
+) -> StoreResult<()> {
+    let (program, period, holder_key) = payment;
+    let mut missing: Vec<&str> = citizens.iter().copied().collect();
+    for _ in 0..3 {
+        if missing.is_empty() {
+            break;
+        }
+        let fresh: Vec<(Uuid, &str)> = missing.iter().map(|c| (Uuid::now_v7(), *c)).collect();
+        let mut went_in: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
+        let per_statement =
+            D::BINDS_PER_STATEMENT.map_or(fresh.len(), |b| (b.saturating_sub(5) / 2).max(1));
+        for chunk in fresh.chunks(per_statement) {
+            let rows: Vec<Row> = chunk
+                .iter()
+                .map(|(id, citizen)| {
+                    let mut b = Row(Vec::with_capacity(2));
+                    b.push_bind(*id).push_bind(*citizen);
+                    b
+                })
+                .collect();
+            let mut q = D::builder(
+                "INSERT INTO reservations (reservation_id, citizen_id, program_code, period, \
+                 holder_key, holder, reserved_at) SELECT r.*, ",
+            );
+            q.push_bind(program)
+                .push(", ")
+                .push_bind(period)
+                .push(", ")
+                .push_bind(holder_key)
+                .push(", ")
+                .push_bind(holder)
+                .push(", ")
+                .push_bind(at)
+                .push(" FROM (");
+            D::push_relation(&mut q, rows)?;
+            // `WHERE true`: SQLite reads an upsert's ON after a bare FROM as a join's.
+            q.push(
+                ") AS r WHERE true \
+                 ON CONFLICT (program_code, period, holder_key, citizen_id) \
+                 WHERE released_at IS NULL DO NOTHING RETURNING reservation_id",
+            );
+            let ids: Vec<(Uuid,)> = tx.fetch_all(q.build()).await?;
+            went_in.extend(ids.into_iter().map(|(id,)| id));
+        }
+        for (id, citizen) in &fresh {
+            if went_in.contains(id) {
+                let own = Holding {
+                    reservation_id: *id,
+                    holder: None,
+                    reserved_at: at,
+                };
+                held.insert((payment, *citizen), own);
+            }
+        }
+        missing.retain(|c| !held.contains_key(&(payment, *c)));
+        if missing.is_empty() {
+            break;
+        }
+        let mut q = D::builder("SELECT reservation_id, citizen_id, holder, reserved_at");
+        D::push_probes(
+            &mut q,
+            "reservations",
+            |q| {
+                q.push("released_at IS NULL AND program_code = ")
+                    .push_bind(program)
+                    .push(" AND period = ")
+                    .push_bind(period)
+                    .push(" AND holder_key = ")
+                    .push_bind(holder_key);
+            },
+            "citizen_id",
+            text_keys(missing.iter().copied()),
+        )?;
+        let rows: Vec<LiveRow> = tx.fetch_all(q.build()).await?;
+        for r in rows {
+            if let Some(citizen) = citizens.get(r.citizen_id.as_str()) {
+                let holding = Holding {
+                    reservation_id: r.reservation_id,
+                    holder: (r.holder != holder).then_some(r.holder),
+                    reserved_at: r.reserved_at,
+                };
+                held.insert((payment, *citizen), holding);
+            }
+        }
+        missing.retain(|c| !held.contains_key(&(payment, *c)));
+    }
+    Ok(())
 }
