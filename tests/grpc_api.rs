@@ -1768,7 +1768,7 @@ async fn internal_errors_carry_a_request_id_and_no_sql(backend: Backend) {
     let citizen = "001089004201";
     verified_bank(&app, citizen, "0071004200001", InPerson).await;
     app.db
-        .execute_raw("ALTER TABLE preferences RENAME TO preferences_gone")
+        .execute_raw("ALTER TABLE resolution_inputs RENAME TO resolution_inputs_gone")
         .await
         .expect("break the schema underneath the server");
 
@@ -1781,7 +1781,13 @@ async fn internal_errors_carry_a_request_id_and_no_sql(backend: Backend) {
         "{message}"
     );
     let sent = everything_sent(&status).to_lowercase();
-    for leak in ["preferences", "select", "relation", "sqlite", "syntax"] {
+    for leak in [
+        "resolution_inputs",
+        "select",
+        "relation",
+        "sqlite",
+        "syntax",
+    ] {
         assert!(
             !sent.contains(leak),
             "internal detail {leak:?} reached the client: {sent}"

@@ -291,11 +291,12 @@ async fn backends_killed_mid_import() {
     app.stop().await;
 }
 
-/// Holds `LOCK TABLE accounts` in an open transaction on a connection of its own.
-async fn lock_accounts(app: &TestApp) -> sqlx::PgConnection {
+/// Holds `LOCK TABLE` on `accounts` (which a LinkAccount writes) and `resolution_inputs`
+/// (which a Resolve reads) in an open transaction on a connection of its own.
+async fn lock_tables(app: &TestApp) -> sqlx::PgConnection {
     let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-    sqlx::query("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE accounts, resolution_inputs IN ACCESS EXCLUSIVE MODE")
         .execute(&mut c)
         .await
         .unwrap();
@@ -309,7 +310,7 @@ async fn stalled_database() {
         .await;
     let citizen = "001089300011";
     common::link_issuer_confirmed(&app, citizen, "0071300000011").await;
-    let lock = lock_accounts(&app).await;
+    let lock = lock_tables(&app).await;
 
     let started = Instant::now();
     read_and_write_refused(&app, citizen, "001089300012", "DATABASE_TIMEOUT").await;
@@ -363,7 +364,7 @@ async fn deadline_reaches_the_database() {
         .configure(|s| s.db_statement_timeout_ms = 20_000)
         .spawn()
         .await;
-    let lock = lock_accounts(&app).await;
+    let lock = lock_tables(&app).await;
     let mut request = tonic::Request::new(common::issuer_confirmed_link(
         "001089300021",
         "0071300000021",

@@ -101,6 +101,18 @@ pub enum Command {
     /// Publish the change feed to NATS JetStream, each event exactly once and in order,
     /// until SIGTERM or Ctrl-C (see the `[relay]` settings).
     Relay(relay::RelayArgs),
+    /// Compare the resolution read model with the tables it is derived from (citizens,
+    /// preferences, accounts) and list every difference; exit 1 if there is any that
+    /// was not repaired.
+    Check {
+        /// Check this many citizens picked at random instead of all of them (a full
+        /// check also finds rows of citizens that do not exist).
+        #[arg(long)]
+        sample: Option<u64>,
+        /// Rewrite each differing row from the source tables, under its citizen's lock.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Ask a registry's health service whether it is SERVING; exit 0 if so, 1 if not
     /// (for container and load-balancer probes).
     Health(server::HealthArgs),
@@ -182,5 +194,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => data::import(conn, citizens, accounts, max_records).await,
         Command::Relay(args) => relay::run(config, args).await,
         Command::Health(args) => server::health(args).await,
+        Command::Check { sample, repair } => server::check(config, sample, repair).await,
     }
 }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::dialect::{Dialect, Handle, Session, Tx};
 use super::idempotency::{remember, replay, StoredOutcome};
 use super::planner::{duplicate_claim_payload, owned_by_another, DUPLICATE_CLAIM_REASON};
+use super::resolution_model::refresh;
 use super::rows::{AccountRow, CitizenRow, DuplicateClaimRow, HistoryRow, PreferenceRow};
 use super::sql::Sql;
 use super::sql_store::SqlStore;
@@ -95,6 +96,10 @@ impl<D: Dialect> SqlStore<D> {
                 }
                 Err(e) => return Err(e),
             };
+            if let Ok(answer) = &result {
+                // The citizen's row of the resolution read model commits with the change.
+                refresh(&mut tx, &[answer.account.citizen_id.as_str()]).await?;
+            }
             match remember(&mut tx, ctx, &stored).await {
                 Err(StoreError::Database(e)) if D::unique_target(&e).is_some() => {
                     last_error = Some(StoreError::Database(e));

@@ -58,6 +58,10 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// Run first in every access-log batch.
     const ACCESS_LOG_PREAMBLE: &'static [&'static str];
 
+    /// Run first in a read-only transaction whose statements must all see one snapshot
+    /// (`check` compares two tables).
+    const SNAPSHOT_READ: &'static [&'static str];
+
     /// Run first in the sequencer's transaction.
     const SEQUENCER_ISOLATION: &'static [&'static str];
 

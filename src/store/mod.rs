@@ -69,6 +69,7 @@ mod postgres;
 pub mod reference;
 mod reservations;
 mod resolution;
+mod resolution_model;
 mod rows;
 mod sql;
 mod sql_store;
@@ -140,6 +141,25 @@ impl Answer {
             failure_id: None,
         }
     }
+}
+
+/// What `check` found comparing the resolution read model with the source tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelCheck {
+    /// Citizens compared.
+    pub checked: u64,
+    /// Every difference, in citizen-id order per chunk.
+    pub differences: Vec<ModelDifference>,
+    /// Citizens whose rows were rewritten from the source tables (with `repair`).
+    pub repaired: u64,
+}
+
+/// One difference between the read model and the source tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDifference {
+    pub citizen_id: String,
+    /// What differs, in words (status, a preference, a missing or extra row).
+    pub what: String,
 }
 
 /// One read of a citizen's data, for the access log.
@@ -396,6 +416,14 @@ pub trait Store: Send + Sync + 'static {
         after_version: u64,
         limit: u32,
     ) -> StoreResult<Vec<HistoryEntry>>;
+
+    /// Compares the resolution read model with the source tables, for every citizen or a
+    /// random `sample` of them; with `repair`, rewrites what differs.
+    async fn check_resolution_model(
+        &self,
+        sample: Option<u64>,
+        repair: bool,
+    ) -> StoreResult<ModelCheck>;
 
     /// Which account pays, now or as of a past instant. `now` is the current instant
     /// (injected, so that cooling-off can be tested without sleeping).

@@ -17,6 +17,7 @@ use super::dialect::{insert_rows, select_in, Dialect, Tx};
 use super::planner::{
     AccountKeyTuple, CitizenState, LedgerEntry, Loaded, SyncRecord, SyncStream, Work,
 };
+use super::resolution_model::refresh;
 use super::rows::{citizen_status, AccountRow};
 use super::sql::{text_keys, Row, Sql, Val};
 use super::sql_store::SqlStore;
@@ -117,7 +118,15 @@ impl<D: Dialect> SqlStore<D> {
                 }
                 Err(e) => return Err(e),
             };
-            match write_work(&mut tx, ctx, stream, &work).await {
+            let written = match write_work(&mut tx, ctx, stream, &work).await {
+                // The changed citizens' rows of the resolution read model commit with
+                // the batch.
+                Ok(true) => refresh(&mut tx, &changed_citizens(stream, &citizens, &work))
+                    .await
+                    .map(|()| true),
+                other => other,
+            };
+            match written {
                 Ok(true) => {}
                 Ok(false) => {
                     last = Some(corrupt("sync batch lost a race on every attempt"));
@@ -217,6 +226,26 @@ impl<D: Dialect> SqlStore<D> {
         }
         Ok(out)
     }
+}
+
+/// The citizens whose resolution inputs a written batch may have changed: every citizen
+/// of an accounts batch (declaring an account first creates an unknown citizen), and
+/// those whose row, accounts or default a citizens batch wrote.
+fn changed_citizens<'a>(
+    stream: SyncStream,
+    batch: &'a [CitizenId],
+    work: &'a Work,
+) -> Vec<&'a str> {
+    let mut out: Vec<&str> = match stream {
+        SyncStream::Accounts => batch.iter().map(CitizenId::as_str).collect(),
+        SyncStream::Citizens => Vec::new(),
+    };
+    out.extend(work.citizens.iter().map(|c| c.citizen_id.as_str()));
+    out.extend(work.accounts.iter().map(|a| a.citizen_id.as_str()));
+    out.extend(work.defaults.iter().map(|d| d.account.citizen_id.as_str()));
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Creates the citizens an account batch names that the registry has never seen (ACTIVE,

@@ -137,6 +137,10 @@ impl Dialect for PgDialect {
     /// "Benchmarks").
     const ACCESS_LOG_PREAMBLE: &'static [&'static str] = &["SET LOCAL synchronous_commit = off"];
 
+    /// Every statement of the transaction sees the snapshot of its first.
+    const SNAPSHOT_READ: &'static [&'static str] =
+        &["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"];
+
     /// The sequencer reads one snapshot for the events it numbers and the state the sync
     /// digest is computed from, so the digest describes exactly the feed up to its
     /// position. A sequencer that took its snapshot before another instance's round

@@ -77,7 +77,8 @@ pub fn programs() -> Result<Vec<Program>, String> {
 pub(super) type KnownPrograms = RwLock<Option<Arc<HashSet<String>>>>;
 
 impl<D: Dialect> SqlStore<D> {
-    /// Applies pending migrations, then upserts the reference data in one transaction.
+    /// Applies pending migrations, upserts the reference data in one transaction, and builds
+    /// the resolution read model if this database has never had it.
     pub(super) async fn migrate_and_seed(&self) -> StoreResult<()> {
         D::migrate(&self.write).await?;
         let mut tx = Tx::<D>::begin_write(&self.write).await?;
@@ -112,7 +113,7 @@ impl<D: Dialect> SqlStore<D> {
         }
         tx.commit().await?;
         *self.programs.write().unwrap_or_else(|p| p.into_inner()) = None;
-        Ok(())
+        self.build_resolution_model().await
     }
 
     /// The providers as stored.

@@ -4,6 +4,7 @@
 //! table serves both. Reading a row back is the one place stored strings become domain
 //! enums again; a value that does not parse is reported as corrupt, never guessed.
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{corrupt, DuplicateClaim, Event, HistoryEntry, StoreError, StoreResult};
@@ -18,24 +19,42 @@ pub(crate) fn citizen_status(s: &str) -> StoreResult<CitizenStatus> {
     CitizenStatus::parse(s).ok_or_else(|| corrupt("citizen status"))
 }
 
-/// Columns of `accounts`, also the leading columns of `account_history`.
-#[derive(Debug, sqlx::FromRow)]
+/// Columns of `accounts`, also the leading columns of `account_history`, and the account
+/// snapshots of the resolution read model (as JSON, under short names: a row holds up to
+/// two per preference).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize)]
 pub(crate) struct AccountRow {
+    #[serde(rename = "id")]
     pub account_id: Uuid,
+    #[serde(rename = "c")]
     pub citizen_id: String,
+    #[serde(rename = "k")]
     pub kind: String,
+    #[serde(rename = "p")]
     pub provider_code: String,
+    #[serde(rename = "r")]
     pub account_ref: String,
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
     pub holder_name: Option<String>,
+    #[serde(rename = "s")]
     pub status: String,
+    #[serde(rename = "vm", default, skip_serializing_if = "Option::is_none")]
     pub verification_method: Option<String>,
+    #[serde(rename = "vb", default, skip_serializing_if = "Option::is_none")]
     pub verified_by: Option<String>,
+    #[serde(rename = "va", default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<i64>,
+    #[serde(rename = "ve", default, skip_serializing_if = "Option::is_none")]
     pub evidence_ref: Option<String>,
+    #[serde(rename = "v")]
     pub version: i64,
+    #[serde(rename = "ca")]
     pub created_at: i64,
+    #[serde(rename = "ua")]
     pub updated_at: i64,
+    #[serde(rename = "dh", default, skip_serializing_if = "Option::is_none")]
     pub declared_holder_name: Option<String>,
+    #[serde(rename = "vc", default, skip_serializing_if = "Option::is_none")]
     pub verification_capacity: Option<String>,
 }
 

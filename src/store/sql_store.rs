@@ -23,8 +23,8 @@ use super::planner::{plan_accounts, plan_citizens, SyncStream};
 use super::reference::KnownPrograms;
 use super::{
     corrupt, AccessEntry, AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event,
-    HistoryEntry, Preference, Provider, ResolveQuery, Sequenced, Store, StoreOptions, StoreResult,
-    SyncDigest, WriteContext,
+    HistoryEntry, ModelCheck, Preference, Provider, ResolveQuery, Sequenced, Store, StoreOptions,
+    StoreResult, SyncDigest, WriteContext,
 };
 use crate::domain::{
     Account, ChangeAccount, CitizenId, LegacyId, LinkAccount, RecordOutcome, ReportPayoutFailure,
@@ -188,6 +188,14 @@ impl<D: Dialect> Store for SqlStore<D> {
         limit: u32,
     ) -> StoreResult<Vec<HistoryEntry>> {
         self.history_of(id, after_version, limit).await
+    }
+
+    async fn check_resolution_model(
+        &self,
+        sample: Option<u64>,
+        repair: bool,
+    ) -> StoreResult<ModelCheck> {
+        self.check_resolution_model(sample, repair).await
     }
 
     async fn resolve(&self, q: &ResolveQuery, now: Timestamp) -> StoreResult<Resolution> {

@@ -85,6 +85,9 @@ impl Dialect for SqliteDialect {
     /// SQLite commits the access log like everything else.
     const ACCESS_LOG_PREAMBLE: &'static [&'static str] = &[];
 
+    /// A SQLite read transaction (WAL) reads one snapshot from its first statement on.
+    const SNAPSHOT_READ: &'static [&'static str] = &[];
+
     /// The single writer connection already gives the sequencer one consistent state.
     const SEQUENCER_ISOLATION: &'static [&'static str] = &[];
 

@@ -772,6 +772,15 @@ impl TestApp {
         if let Some(h) = self.server.take() {
             h.await.expect("server task").expect("server result");
         }
+        // Whatever the test wrote, the resolution read model must equal the tables it is
+        // derived from. (A database a test broke on purpose cannot be checked: skipped.)
+        if let Ok(report) = self.store.check_resolution_model(None, false).await {
+            assert_eq!(
+                report.differences,
+                vec![],
+                "the resolution read model differs from its source tables"
+            );
+        }
     }
 }
 

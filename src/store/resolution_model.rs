@@ -1,0 +1,647 @@
+//! The resolution read model (`resolution_inputs`): per citizen, in one row, what a
+//! current-state Resolve needs: the citizen's status and each of its preferences with the
+//! snapshot of the account it points at and of the previous account (paid during
+//! cooling-off). Resolve and BatchResolve read only this table, one primary-key probe per
+//! citizen; the decision (cooling-off included, as it depends on the instant) stays in
+//! `domain::resolve`.
+//!
+//! The model is derived, never written on its own: every write transaction that changes a
+//! citizen, its accounts or its preferences ends by [`refresh`]ing those citizens' rows
+//! from the source tables it has just written, under the citizens' row locks it already
+//! holds, so the model commits (or rolls back) with the change. Deriving the row from the
+//! source tables, rather than from what each script meant to write, keeps one definition
+//! of the row for the writers, the first build and `check`.
+//!
+//! [`SqlStore::check_resolution_model`] recomputes rows from the source tables and
+//! compares, in full (every citizen, in id order, which also finds rows of no citizen) or
+//! on a random sample, and can repair what differs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::dialect::{insert_rows, Dialect, Handle, Session, Tx, LOOKUP_CHUNK};
+use super::rows::{citizen_status, AccountRow, PreferenceRow};
+use super::sql::{text_keys, Sql};
+use super::sql_store::SqlStore;
+use super::{corrupt, ModelCheck, ModelDifference, StoreResult};
+use crate::domain::{Account, CitizenStatus, Timestamp};
+
+/// The `read_models` name of this model.
+const MODEL_NAME: &str = "resolution_inputs";
+
+/// One preference as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PreferenceSnapshot {
+    /// The program code; empty for the default preference.
+    #[serde(rename = "p")]
+    program_code: String,
+    /// When the preference took effect (µs).
+    #[serde(rename = "s")]
+    since: i64,
+    /// The account it points at.
+    #[serde(rename = "a")]
+    account: AccountRow,
+    /// The account paid before the change, during cooling-off.
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    previous: Option<AccountRow>,
+}
+
+/// What the read model holds for one citizen; preferences in program-code order.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct CitizenInputs {
+    status: String,
+    preferences: Vec<PreferenceSnapshot>,
+}
+
+/// A citizen's current-state inputs, decoded: status, preference rows, and the accounts
+/// they point at by id.
+pub(super) type Decoded = (CitizenStatus, Vec<PreferenceRow>, HashMap<Uuid, Account>);
+
+impl CitizenInputs {
+    /// The status, preference rows and accounts resolution reads.
+    pub(super) fn decode(self) -> StoreResult<Decoded> {
+        let status = citizen_status(&self.status)?;
+        let mut prefs = Vec::with_capacity(self.preferences.len());
+        let mut accounts = HashMap::new();
+        for p in self.preferences {
+            prefs.push(PreferenceRow {
+                program_code: p.program_code,
+                account_id: p.account.account_id,
+                previous_account_id: p.previous.as_ref().map(|b| b.account_id),
+                since: p.since,
+            });
+            for row in [Some(p.account), p.previous].into_iter().flatten() {
+                accounts.insert(row.account_id, Account::try_from(row)?);
+            }
+        }
+        Ok((status, prefs, accounts))
+    }
+
+    /// What differs between this (the model) and `source`, in words; empty when equal.
+    fn differences(&self, source: &CitizenInputs) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.status != source.status {
+            out.push(format!(
+                "status: read model {}, source {}",
+                self.status, source.status
+            ));
+        }
+        let by_program = |c: &CitizenInputs| -> BTreeMap<String, PreferenceSnapshot> {
+            c.preferences
+                .iter()
+                .map(|p| (p.program_code.clone(), p.clone()))
+                .collect()
+        };
+        let (model, source) = (by_program(self), by_program(source));
+        let programs: BTreeSet<&String> = model.keys().chain(source.keys()).collect();
+        for program in programs {
+            let name = if program.is_empty() {
+                "default".to_owned()
+            } else {
+                program.clone()
+            };
+            match (model.get(program), source.get(program)) {
+                (Some(m), Some(s)) if m == s => {}
+                (Some(m), Some(s)) => out.push(format!(
+                    "{name} preference: read model {}, source {}",
+                    describe(m),
+                    describe(s)
+                )),
+                (None, Some(_)) => out.push(format!("{name} preference: missing from read model")),
+                (Some(_), None) => out.push(format!("{name} preference: not in the source")),
+                (None, None) => {}
+            }
+        }
+        out
+    }
+}
+
+/// A preference in a difference report: which accounts, which versions, since when.
+fn describe(p: &PreferenceSnapshot) -> String {
+    let account = |a: &AccountRow| format!("account {} v{} {}", a.account_id, a.version, a.status);
+    match &p.previous {
+        Some(b) => format!(
+            "{} (previous {}) since {}",
+            account(&p.account),
+            account(b),
+            p.since
+        ),
+        None => format!("{} since {}", account(&p.account), p.since),
+    }
+}
+
+/// Reads `citizens`' rows of the read model.
+pub(super) async fn read_model<D: Dialect, C: Handle<D>>(
+    conn: &mut Session<D, C>,
+    citizens: &[&str],
+) -> StoreResult<HashMap<String, CitizenInputs>> {
+    let mut out = HashMap::with_capacity(citizens.len());
+    for chunk in citizens.chunks(LOOKUP_CHUNK) {
+        let mut q = D::builder(
+            "SELECT citizen_id, status, preferences FROM resolution_inputs WHERE citizen_id",
+        );
+        D::push_in(&mut q, text_keys(chunk.iter().copied()))?;
+        let rows: Vec<(String, String, String)> = conn.fetch_all(q.build()).await?;
+        for (citizen, status, preferences) in rows {
+            let inputs = model_row(status, &preferences)?;
+            out.insert(citizen, inputs);
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a stored row.
+fn model_row(status: String, preferences: &str) -> StoreResult<CitizenInputs> {
+    let preferences = serde_json::from_str(preferences)
+        .map_err(|e| corrupt(format!("resolution_inputs preferences: {e}")))?;
+    Ok(CitizenInputs {
+        status,
+        preferences,
+    })
+}
+
+/// Rewrites `citizens`' rows of the read model from the source tables, as this
+/// transaction sees them. Callers hold the citizens' row locks (every write script and
+/// sync batch locks its citizens first), so no other writer changes them in between.
+pub(super) async fn refresh<D: Dialect>(tx: &mut Tx<D>, citizens: &[&str]) -> StoreResult<()> {
+    let rows = source_inputs(tx, citizens).await?;
+    write_rows(tx, &rows).await
+}
+
+/// Upserts rows into the read model.
+async fn write_rows<D: Dialect>(
+    tx: &mut Tx<D>,
+    rows: &BTreeMap<String, CitizenInputs>,
+) -> StoreResult<()> {
+    let encoded: Vec<(&str, &str, String)> = rows
+        .iter()
+        .map(|(citizen, inputs)| {
+            let json = serde_json::to_string(&inputs.preferences)
+                .map_err(|e| corrupt(format!("encoding resolution inputs: {e}")))?;
+            Ok((citizen.as_str(), inputs.status.as_str(), json))
+        })
+        .collect::<StoreResult<_>>()?;
+    insert_rows(
+        tx,
+        "INSERT INTO resolution_inputs (citizen_id, status, preferences) ",
+        " ON CONFLICT (citizen_id) DO UPDATE SET status = excluded.status, \
+         preferences = excluded.preferences",
+        &encoded,
+        3,
+        |b, (citizen, status, json)| {
+            b.push_bind(*citizen)
+                .push_bind(*status)
+                .push_bind(json.as_str());
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Computes `citizens`' rows from the source tables: each citizen's status joined with
+/// all its preferences and the accounts they point at. Citizens the registry does not
+/// know have no row.
+async fn source_inputs<D: Dialect, C: Handle<D>>(
+    conn: &mut Session<D, C>,
+    citizens: &[&str],
+) -> StoreResult<BTreeMap<String, CitizenInputs>> {
+    let mut out: BTreeMap<String, CitizenInputs> = BTreeMap::new();
+    for chunk in citizens.chunks(LOOKUP_CHUNK) {
+        let mut q = D::builder(concat!(
+            "SELECT c.citizen_id, c.status, p.program_code, p.since, p.previous_account_id, ",
+            "a.account_id, a.citizen_id, a.kind, a.provider_code, a.account_ref, a.holder_name, ",
+            "a.status, a.verification_method, a.verified_by, a.verified_at, a.evidence_ref, ",
+            "a.version, a.created_at, a.updated_at, a.declared_holder_name, ",
+            "a.verification_capacity, ",
+            "b.account_id, b.citizen_id, b.kind, b.provider_code, b.account_ref, b.holder_name, ",
+            "b.status, b.verification_method, b.verified_by, b.verified_at, b.evidence_ref, ",
+            "b.version, b.created_at, b.updated_at, b.declared_holder_name, ",
+            "b.verification_capacity ",
+            "FROM citizens c LEFT JOIN preferences p ON p.citizen_id = c.citizen_id ",
+            "LEFT JOIN accounts a ON a.account_id = p.account_id ",
+            "LEFT JOIN accounts b ON b.account_id = p.previous_account_id ",
+            "WHERE c.citizen_id"
+        ));
+        D::push_in(&mut q, text_keys(chunk.iter().copied()))?;
+        for row in conn.fetch_all::<InputRow>(q.build()).await? {
+            let entry = out.entry(row.citizen_id).or_insert_with(|| CitizenInputs {
+                status: row.citizen_status,
+                preferences: Vec::new(),
+            });
+            let Some(program_code) = row.program_code else {
+                continue;
+            };
+            let Some(account) = row.current.row()? else {
+                return Err(corrupt("preference without its account"));
+            };
+            let previous = row.previous.row()?;
+            if row.previous_account_id.is_some() && previous.is_none() {
+                return Err(corrupt("preference without its previous account"));
+            }
+            entry.preferences.push(PreferenceSnapshot {
+                program_code,
+                since: row
+                    .since
+                    .ok_or_else(|| corrupt("preference without its since"))?,
+                account,
+                previous,
+            });
+        }
+    }
+    for inputs in out.values_mut() {
+        inputs
+            .preferences
+            .sort_by(|a, b| a.program_code.cmp(&b.program_code));
+    }
+    Ok(out)
+}
+
+/// How many citizens `check` and the first build handle per transaction.
+const CHECK_CHUNK: i64 = 1000;
+
+impl<D: Dialect> SqlStore<D> {
+    /// Builds the read model from the source tables if it has never been built (an
+    /// upgraded database): in citizen-id order, each chunk under its citizens' row locks,
+    /// so a writer running meanwhile is not overwritten with older state.
+    pub(super) async fn build_resolution_model(&self) -> StoreResult<()> {
+        let built: Option<(i64,)> = self
+            .writer()
+            .await?
+            .fetch_optional(
+                Sql::new("SELECT built_at FROM read_models WHERE name = $1").bind(MODEL_NAME),
+            )
+            .await?;
+        if built.is_some() {
+            return Ok(());
+        }
+        let mut after = String::new();
+        loop {
+            let mut tx = Tx::<D>::begin_write(&self.write).await?;
+            tx.run(D::BULK_PREAMBLE).await?;
+            let ids: Vec<(String,)> = tx
+                .fetch_all(
+                    Sql::new(format!(
+                        "SELECT citizen_id FROM citizens WHERE citizen_id > $1 \
+                         ORDER BY citizen_id LIMIT $2{}",
+                        D::FOR_UPDATE
+                    ))
+                    .bind(after.as_str())
+                    .bind(CHECK_CHUNK),
+                )
+                .await?;
+            let Some((last,)) = ids.last().cloned() else {
+                tx.execute(
+                    Sql::new(
+                        "INSERT INTO read_models (name, built_at) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(MODEL_NAME)
+                    .bind(Timestamp::now().micros()),
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(());
+            };
+            let keys: Vec<&str> = ids.iter().map(|(c,)| c.as_str()).collect();
+            refresh(&mut tx, &keys).await?;
+            tx.commit().await?;
+            after = last;
+        }
+    }
+
+    /// Compares the read model with the source tables: every citizen (and every model row)
+    /// when `sample` is `None`, else that many citizens picked at random. With `repair`,
+    /// rewrites each differing row from the source tables (and deletes rows of no
+    /// citizen), each under its citizen's lock.
+    pub(super) async fn check_resolution_model(
+        &self,
+        sample: Option<u64>,
+        repair: bool,
+    ) -> StoreResult<ModelCheck> {
+        let mut report = ModelCheck::default();
+        match sample {
+            Some(n) => {
+                let picked: Vec<(String,)> = self
+                    .reader()
+                    .await?
+                    .fetch_all(
+                        Sql::new("SELECT citizen_id FROM citizens ORDER BY random() LIMIT $1")
+                            .bind(i64::try_from(n).unwrap_or(i64::MAX)),
+                    )
+                    .await?;
+                let mut picked: Vec<String> = picked.into_iter().map(|(c,)| c).collect();
+                picked.sort_unstable();
+                for chunk in picked.chunks(LOOKUP_CHUNK) {
+                    let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                    let mut tx = Tx::<D>::begin(&self.read).await?;
+                    tx.run(D::SNAPSHOT_READ).await?;
+                    tx.run(D::BULK_PREAMBLE).await?;
+                    let source = source_inputs(&mut tx, &keys).await?;
+                    let model = read_model(&mut tx, &keys).await?;
+                    tx.commit().await?;
+                    compare(&keys, &source, model, &mut report);
+                }
+            }
+            None => {
+                let mut after = String::new();
+                loop {
+                    let mut tx = Tx::<D>::begin(&self.read).await?;
+                    tx.run(D::SNAPSHOT_READ).await?;
+                    tx.run(D::BULK_PREAMBLE).await?;
+                    let ids: Vec<(String,)> = tx
+                        .fetch_all(
+                            Sql::new(
+                                "SELECT citizen_id FROM citizens WHERE citizen_id > $1 \
+                                 ORDER BY citizen_id LIMIT $2",
+                            )
+                            .bind(after.as_str())
+                            .bind(CHECK_CHUNK),
+                        )
+                        .await?;
+                    let keys: Vec<&str> = ids.iter().map(|(c,)| c.as_str()).collect();
+                    let source = source_inputs(&mut tx, &keys).await?;
+                    // The model's rows in the same key range, so that a row of no
+                    // citizen is found too; the last chunk's range is open-ended.
+                    let last = keys.last().copied();
+                    let mut sql = "SELECT citizen_id, status, preferences FROM resolution_inputs \
+                                   WHERE citizen_id > $1"
+                        .to_owned();
+                    if last.is_some() {
+                        sql.push_str(" AND citizen_id <= $2");
+                    }
+                    let mut q = Sql::new(sql).bind(after.as_str());
+                    if let Some(last) = last {
+                        q = q.bind(last);
+                    }
+                    let rows: Vec<(String, String, String)> = tx.fetch_all(q).await?;
+                    tx.commit().await?;
+                    let mut model = HashMap::with_capacity(rows.len());
+                    for (citizen, status, preferences) in rows {
+                        model.insert(citizen, model_row(status, &preferences)?);
+                    }
+                    compare(&keys, &source, model, &mut report);
+                    match last {
+                        Some(last) => after = last.to_owned(),
+                        None => break,
+                    }
+                }
+            }
+        }
+        if repair && !report.differences.is_empty() {
+            report.repaired = self.repair_resolution_model(&report.differences).await?;
+        }
+        Ok(report)
+    }
+
+    /// Rewrites the named citizens' rows from the source tables, under their locks;
+    /// deletes the rows of citizens that do not exist. Answers how many citizens.
+    async fn repair_resolution_model(&self, differences: &[ModelDifference]) -> StoreResult<u64> {
+        let citizens: BTreeSet<&str> = differences.iter().map(|d| d.citizen_id.as_str()).collect();
+        let citizens: Vec<&str> = citizens.into_iter().collect();
+        for chunk in citizens.chunks(LOOKUP_CHUNK) {
+            let mut tx = Tx::<D>::begin_write(&self.write).await?;
+            let mut q = D::builder("SELECT citizen_id FROM citizens WHERE citizen_id");
+            D::push_in(&mut q, text_keys(chunk.iter().copied()))?;
+            q.push(D::FOR_UPDATE);
+            let _locked: Vec<(String,)> = tx.fetch_all(q.build()).await?;
+            let mut q = D::builder(
+                "DELETE FROM resolution_inputs WHERE NOT EXISTS (SELECT 1 FROM citizens c \
+                 WHERE c.citizen_id = resolution_inputs.citizen_id) AND citizen_id",
+            );
+            D::push_in(&mut q, text_keys(chunk.iter().copied()))?;
+            tx.execute(q.build()).await?;
+            refresh(&mut tx, chunk).await?;
+            tx.commit().await?;
+        }
+        Ok(citizens.len() as u64)
+    }
+}
+
+/// Adds to `report` how the model's rows differ from the source's for `keys` (and any
+/// model row of `model` no key names).
+fn compare(
+    keys: &[&str],
+    source: &BTreeMap<String, CitizenInputs>,
+    mut model: HashMap<String, CitizenInputs>,
+    report: &mut ModelCheck,
+) {
+    let mut note = |citizen: &str, what: String| {
+        report.differences.push(ModelDifference {
+            citizen_id: citizen.to_owned(),
+            what,
+        })
+    };
+    for key in keys {
+        let from_model = model.remove(*key);
+        match (from_model, source.get(*key)) {
+            (Some(m), Some(s)) => {
+                for what in m.differences(s) {
+                    note(key, what);
+                }
+            }
+            (None, Some(_)) => note(key, "missing from the read model".to_owned()),
+            (Some(_), None) => note(key, "in the read model but not a citizen".to_owned()),
+            (None, None) => {}
+        }
+    }
+    let mut extra: Vec<String> = model.into_keys().collect();
+    extra.sort_unstable();
+    for citizen in extra {
+        note(&citizen, "in the read model but not a citizen".to_owned());
+    }
+    report.checked += keys.len() as u64;
+}
+
+/// One row of the source join: a citizen, one of its preferences (if any), the account
+/// it points at and the previous one.
+struct InputRow {
+    citizen_id: String,
+    citizen_status: String,
+    program_code: Option<String>,
+    since: Option<i64>,
+    previous_account_id: Option<Uuid>,
+    current: JoinedAccount,
+    previous: JoinedAccount,
+}
+
+/// Read by position, as the join returns the two accounts' columns under the same names.
+/// (Generic over the row type, so that one impl decodes on both backends; the bounds are
+/// the handful of column types read here.)
+impl<'r, R> sqlx::FromRow<'r, R> for InputRow
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<InputRow, sqlx::Error> {
+        // The 16 account columns starting at `start`.
+        let account = |start: usize| -> Result<JoinedAccount, sqlx::Error> {
+            Ok(JoinedAccount {
+                account_id: row.try_get(start)?,
+                citizen_id: row.try_get(start + 1)?,
+                kind: row.try_get(start + 2)?,
+                provider_code: row.try_get(start + 3)?,
+                account_ref: row.try_get(start + 4)?,
+                holder_name: row.try_get(start + 5)?,
+                status: row.try_get(start + 6)?,
+                verification_method: row.try_get(start + 7)?,
+                verified_by: row.try_get(start + 8)?,
+                verified_at: row.try_get(start + 9)?,
+                evidence_ref: row.try_get(start + 10)?,
+                version: row.try_get(start + 11)?,
+                created_at: row.try_get(start + 12)?,
+                updated_at: row.try_get(start + 13)?,
+                declared_holder_name: row.try_get(start + 14)?,
+                verification_capacity: row.try_get(start + 15)?,
+            })
+        };
+        Ok(InputRow {
+            citizen_id: row.try_get(0)?,
+            citizen_status: row.try_get(1)?,
+            program_code: row.try_get(2)?,
+            since: row.try_get(3)?,
+            previous_account_id: row.try_get(4)?,
+            current: account(5)?,
+            previous: account(21)?,
+        })
+    }
+}
+
+/// An account's columns as a LEFT JOIN returns them: all NULL when there is none.
+struct JoinedAccount {
+    account_id: Option<Uuid>,
+    citizen_id: Option<String>,
+    kind: Option<String>,
+    provider_code: Option<String>,
+    account_ref: Option<String>,
+    holder_name: Option<String>,
+    status: Option<String>,
+    verification_method: Option<String>,
+    verified_by: Option<String>,
+    verified_at: Option<i64>,
+    evidence_ref: Option<String>,
+    version: Option<i64>,
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+    declared_holder_name: Option<String>,
+    verification_capacity: Option<String>,
+}
+
+impl JoinedAccount {
+    /// The account's row, if the join found one.
+    fn row(self) -> StoreResult<Option<AccountRow>> {
+        let Some(account_id) = self.account_id else {
+            return Ok(None);
+        };
+        let missing = |column: &str| corrupt(format!("account {account_id}: NULL {column}"));
+        Ok(Some(AccountRow {
+            account_id,
+            citizen_id: self.citizen_id.ok_or_else(|| missing("citizen_id"))?,
+            kind: self.kind.ok_or_else(|| missing("kind"))?,
+            provider_code: self.provider_code.ok_or_else(|| missing("provider_code"))?,
+            account_ref: self.account_ref.ok_or_else(|| missing("account_ref"))?,
+            holder_name: self.holder_name,
+            status: self.status.ok_or_else(|| missing("status"))?,
+            verification_method: self.verification_method,
+            verified_by: self.verified_by,
+            verified_at: self.verified_at,
+            evidence_ref: self.evidence_ref,
+            version: self.version.ok_or_else(|| missing("version"))?,
+            created_at: self.created_at.ok_or_else(|| missing("created_at"))?,
+            updated_at: self.updated_at.ok_or_else(|| missing("updated_at"))?,
+            declared_holder_name: self.declared_holder_name,
+            verification_capacity: self.verification_capacity,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(id: u128, version: i64, status: &str) -> AccountRow {
+        AccountRow {
+            account_id: Uuid::from_u128(id),
+            citizen_id: "001090000001".into(),
+            kind: "BANK_ACCOUNT".into(),
+            provider_code: "VCB".into(),
+            account_ref: "0123456789".into(),
+            holder_name: Some("NGUYEN VAN A".into()),
+            status: status.into(),
+            verification_method: Some("ISSUER_CONFIRMED".into()),
+            verified_by: Some("VCB".into()),
+            verified_at: Some(5),
+            evidence_ref: None,
+            version,
+            created_at: 1,
+            updated_at: 5,
+            declared_holder_name: None,
+            verification_capacity: Some("PROVIDER".into()),
+        }
+    }
+
+    fn inputs(status: &str, prefs: Vec<PreferenceSnapshot>) -> CitizenInputs {
+        CitizenInputs {
+            status: status.into(),
+            preferences: prefs,
+        }
+    }
+
+    fn pref(program: &str, a: AccountRow, b: Option<AccountRow>) -> PreferenceSnapshot {
+        PreferenceSnapshot {
+            program_code: program.into(),
+            since: 7,
+            account: a,
+            previous: b,
+        }
+    }
+
+    #[test]
+    fn a_stored_row_reads_back_as_what_was_written() {
+        let row = inputs(
+            "ACTIVE",
+            vec![
+                pref("", account(1, 2, "VERIFIED"), None),
+                pref(
+                    "PENSION",
+                    account(2, 1, "VERIFIED"),
+                    Some(account(1, 2, "VERIFIED")),
+                ),
+            ],
+        );
+        let json = serde_json::to_string(&row.preferences).unwrap();
+        let back = model_row("ACTIVE".into(), &json).unwrap();
+        assert_eq!(back, row);
+        let (status, prefs, accounts) = back.decode().unwrap();
+        assert_eq!(status, CitizenStatus::Active);
+        assert_eq!(prefs[1].previous_account_id, Some(Uuid::from_u128(1)));
+        assert_eq!(accounts.len(), 2);
+    }
+
+    #[test]
+    fn differences_name_the_status_and_each_preference_that_differs() {
+        let source = inputs(
+            "DECEASED",
+            vec![
+                pref("", account(1, 3, "VERIFIED"), None),
+                pref("PENSION", account(2, 1, "VERIFIED"), None),
+            ],
+        );
+        let model = inputs("ACTIVE", vec![pref("", account(1, 2, "VERIFIED"), None)]);
+        let found = model.differences(&source);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("status: read model ACTIVE, source DECEASED"));
+        assert!(found[1].starts_with("default preference") && found[1].contains("v2"));
+        assert_eq!(found[2], "PENSION preference: missing from read model");
+        assert!(source.differences(&source).is_empty());
+    }
+
+    #[test]
+    fn a_model_row_that_is_not_json_is_reported_corrupt() {
+        assert!(model_row("ACTIVE".into(), "not json").is_err());
+    }
+}

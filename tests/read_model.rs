@@ -1,0 +1,312 @@
+//! The resolution read model: Resolve answers from it, every write keeps it equal to the
+//! tables it is derived from, and `payout-registry check` finds (and repairs) any row that
+//! is not.
+
+mod common;
+
+use common::{Backend, TestApp, ADMIN, PAYER};
+use payout_registry::proto::{
+    AccountKind, CitizenRecord, CitizenStatus, LinkAccountRequest, PayoutFailureCode,
+    ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest, SetDefaultAccountRequest,
+    SuspendAccountRequest, Verification, VerificationMethod, VerifyAccountRequest,
+};
+use payout_registry::store::ModelCheck;
+use payout_registry::tools::demo::DemoSpec;
+use uuid::Uuid;
+
+on_both_backends!(
+    check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampered_row,
+    an_upgraded_database_gets_its_read_model_built_by_the_migration_step,
+);
+
+/// Citizens written one record at a time, on top of a synced demo population.
+const MOVED: &str = "001089007001";
+const SUSPENDED: &str = "001089007002";
+const FAILED: &str = "001089007003";
+const DIED: &str = "001089007004";
+/// A citizen id no citizen has.
+const NOBODY: &str = "001089007099";
+
+fn key() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// Links a Vietcombank account, verified in person at link time unless `verified` is
+/// false; answers its id.
+async fn link(app: &TestApp, citizen: &str, number: &str, verified: bool) -> String {
+    let request = LinkAccountRequest {
+        idempotency_key: key(),
+        citizen_id: citizen.into(),
+        kind: AccountKind::BankAccount.into(),
+        provider_code: "970436".into(),
+        account_ref: number.into(),
+        verification: verified.then(|| Verification {
+            method: VerificationMethod::InPerson.into(),
+            evidence_ref: "EV-7".into(),
+            ..Default::default()
+        }),
+        reason: "declared at the commune office".into(),
+        ..Default::default()
+    };
+    let response = app.registry(Some(ADMIN)).link_account(request).await;
+    response
+        .expect("link")
+        .into_inner()
+        .account
+        .expect("account")
+        .account_id
+}
+
+async fn outcome(app: &TestApp, citizen: &str, program: &str) -> ResolveOutcome {
+    let response = app
+        .resolver(Some(PAYER))
+        .resolve(ResolveRequest {
+            citizen_id: citizen.into(),
+            program_code: program.into(),
+            purpose: "monthly payroll".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("resolve");
+    response.into_inner().outcome()
+}
+
+async fn check(app: &TestApp, repair: bool) -> ModelCheck {
+    app.store
+        .check_resolution_model(None, repair)
+        .await
+        .expect("check runs")
+}
+
+/// `payout-registry check <args>` against the test's database: its exit success and
+/// standard output.
+fn check_binary(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_payout-registry"))
+        .arg("check")
+        .args(args)
+        .env_remove("PAYOUT_REGISTRY_CONFIG")
+        .env("DATABASE_URL", &app.db.url)
+        .env("PAYOUT_REGISTRY__DATA_DIR", data_dir.path())
+        .output()
+        .expect("run payout-registry check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampered_row(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    // The bulk path: a synced population with deaths, legacy ids, wallets and duplicate
+    // claims.
+    let spec = DemoSpec {
+        citizens: 1_500,
+        seed: 13,
+    };
+    payout_registry::tools::import::demo_store(app.store.clone(), &spec)
+        .await
+        .expect("the population");
+
+    // The single-record path, each write a different rule.
+    let first = link(&app, MOVED, "0071007000011", true).await;
+    let second = link(&app, MOVED, "0071007000012", false).await;
+    app.registry(Some(ADMIN))
+        .verify_account(VerifyAccountRequest {
+            idempotency_key: key(),
+            account_id: second.clone(),
+            verification: Some(Verification {
+                method: VerificationMethod::InPerson.into(),
+                evidence_ref: "EV-8".into(),
+                ..Default::default()
+            }),
+            reason: "ownership confirmed".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("verify");
+    for (account, program) in [(&second, ""), (&first, "PENSION")] {
+        app.registry(Some(ADMIN))
+            .set_default_account(SetDefaultAccountRequest {
+                idempotency_key: key(),
+                citizen_id: MOVED.into(),
+                account_id: account.clone(),
+                program_code: program.into(),
+                reason: "chosen by the citizen".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("set preference");
+    }
+    let suspended = link(&app, SUSPENDED, "0071007000021", true).await;
+    app.registry(Some(ADMIN))
+        .suspend_account(SuspendAccountRequest {
+            idempotency_key: key(),
+            account_id: suspended,
+            reason: "requested by the provider".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("suspend");
+    let failed = link(&app, FAILED, "0071007000031", true).await;
+    app.registry(Some(PAYER))
+        .report_payout_failure(ReportPayoutFailureRequest {
+            idempotency_key: key(),
+            account_id: failed,
+            failure_code: PayoutFailureCode::AccountFrozen.into(),
+            payer_reference: "PAY-2026-12-0001".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("report failure");
+    link(&app, DIED, "0071007000041", true).await;
+    let acks = common::sync_citizens(
+        &app,
+        vec![CitizenRecord {
+            record_id: "death-7004".into(),
+            version: 1,
+            citizen_id: DIED.into(),
+            full_name: "TRAN THI BINH".into(),
+            date_of_birth: common::date("1989-02-03"),
+            status: CitizenStatus::Deceased.into(),
+            date_of_death: common::date("2026-11-30"),
+            ..Default::default()
+        }],
+    )
+    .await;
+    assert_eq!(acks.iter().map(|a| a.applied).sum::<u64>(), 1, "{acks:?}");
+
+    // Every row of the model equals what the source tables say.
+    let clean = check(&app, false).await;
+    assert!(
+        clean.checked > 1_500,
+        "every citizen checked: {}",
+        clean.checked
+    );
+    assert_eq!(clean.differences, vec![], "after the workload");
+    assert_eq!(
+        outcome(&app, DIED, "").await,
+        ResolveOutcome::CitizenDeceased
+    );
+    assert_eq!(outcome(&app, MOVED, "").await, ResolveOutcome::Resolved);
+    let sampled = app
+        .store
+        .check_resolution_model(Some(200), false)
+        .await
+        .unwrap();
+    assert_eq!(sampled.checked, 200);
+    assert_eq!(sampled.differences, vec![]);
+
+    // Tampered behind the registry's back: a status, a missing row, a row of no citizen,
+    // a stale account version.
+    for sql in [
+        format!("UPDATE resolution_inputs SET status = 'DECEASED' WHERE citizen_id = '{MOVED}'"),
+        format!("DELETE FROM resolution_inputs WHERE citizen_id = '{SUSPENDED}'"),
+        format!(
+            "INSERT INTO resolution_inputs (citizen_id, status, preferences) \
+             VALUES ('{NOBODY}', 'ACTIVE', '[]')"
+        ),
+        format!(
+            "UPDATE resolution_inputs SET preferences = REPLACE(preferences, '\"v\":', '\"v\":9') \
+             WHERE citizen_id = '{FAILED}'"
+        ),
+    ] {
+        app.db.execute_raw(&sql).await.expect("tamper");
+    }
+    // Resolve answers from the model alone: the tampered status is what it says.
+    assert_eq!(
+        outcome(&app, MOVED, "").await,
+        ResolveOutcome::CitizenDeceased
+    );
+    let found = check(&app, false).await;
+    let mut who: Vec<&str> = found
+        .differences
+        .iter()
+        .map(|d| d.citizen_id.as_str())
+        .collect();
+    who.dedup();
+    assert_eq!(who, vec![MOVED, SUSPENDED, FAILED, NOBODY], "{found:?}");
+    assert!(found.differences[0].what.contains("status"), "{found:?}");
+    assert!(found.differences[1].what.contains("missing"), "{found:?}");
+    assert!(
+        found.differences[2].what.contains("default preference"),
+        "{found:?}"
+    );
+    assert!(
+        found.differences[3].what.contains("not a citizen"),
+        "{found:?}"
+    );
+
+    // The command an operator runs: it fails, names each citizen masked, and repairs.
+    let (ok, out) = check_binary(&app, &[]);
+    assert!(!ok, "differences fail the check: {out}");
+    assert!(out.contains("4 differences"), "{out}");
+    for citizen in [MOVED, SUSPENDED, FAILED, NOBODY] {
+        assert!(!out.contains(citizen), "an unmasked citizen id: {out}");
+    }
+    let (ok, out) = check_binary(&app, &["--repair"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("4 citizens repaired"), "{out}");
+    assert_eq!(check(&app, false).await.differences, vec![]);
+    assert_eq!(outcome(&app, MOVED, "").await, ResolveOutcome::Resolved);
+    assert_eq!(
+        app.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM resolution_inputs WHERE citizen_id = '{NOBODY}'"
+            ))
+            .await,
+        0
+    );
+    app.stop().await;
+}
+
+/// A database from before the read model (its table empty, never marked built) is filled
+/// from the source tables when the service migrates it, before any Resolve reads it.
+async fn an_upgraded_database_gets_its_read_model_built_by_the_migration_step(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let spec = DemoSpec {
+        citizens: 2_500,
+        seed: 14,
+    };
+    payout_registry::tools::import::demo_store(app.store.clone(), &spec)
+        .await
+        .expect("the population");
+    link(&app, MOVED, "0071007000011", true).await;
+    let rows = app.db.count("SELECT COUNT(*) FROM resolution_inputs").await;
+    assert_eq!(
+        rows,
+        app.db.count("SELECT COUNT(*) FROM citizens").await,
+        "one row per citizen"
+    );
+    for sql in ["DELETE FROM resolution_inputs", "DELETE FROM read_models"] {
+        app.db.execute_raw(sql).await.expect("back to before");
+    }
+    assert_eq!(
+        outcome(&app, MOVED, "").await,
+        ResolveOutcome::UnknownCitizen
+    );
+    assert!(!check(&app, false).await.differences.is_empty());
+
+    app.store.migrate().await.expect("migrate");
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM resolution_inputs").await,
+        rows,
+        "rebuilt in chunks, every citizen"
+    );
+    assert_eq!(check(&app, false).await.differences, vec![]);
+    assert_eq!(outcome(&app, MOVED, "").await, ResolveOutcome::Resolved);
+    // Built once: a later start does not rebuild (a row changed behind its back stays
+    // changed, for `check` to find).
+    app.db
+        .execute_raw(&format!(
+            "UPDATE resolution_inputs SET status = 'DECEASED' WHERE citizen_id = '{MOVED}'"
+        ))
+        .await
+        .unwrap();
+    app.store.migrate().await.expect("migrate again");
+    assert_eq!(check(&app, false).await.differences.len(), 1);
+    check(&app, true).await;
+    app.stop().await;
+}
