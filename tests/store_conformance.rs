@@ -1107,6 +1107,67 @@ async fn the_access_log_is_appended_in_batches_and_read_newest_first(backend: Ba
     assert_eq!(all, 6000);
 }
 
+/// A call that reads many citizens is logged as one row naming them all; each citizen's
+/// log still lists it, in order with its single reads, page by page.
+async fn a_read_of_many_citizens_is_listed_in_each_of_their_logs_in_order(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    let call = Uuid::new_v4();
+    let entry = |citizen: &str, i: i64, request_id: Uuid| AccessEntry {
+        citizen_id: cid(citizen),
+        client_id: "vss".into(),
+        method: "/payoutregistry.v1.PayoutResolverService/BatchResolve".into(),
+        purpose: format!("run {i}"),
+        accessed_at: Timestamp(now.micros() + i),
+        request_id,
+    };
+    let (a, b, c) = ("001099012345", "079200012345", "001099054321");
+    store
+        .append_access_log(&[entry(a, 1, Uuid::new_v4())])
+        .await
+        .unwrap();
+    // One writer batch holding a call of three citizens, a single read, and a call of two.
+    let second = Uuid::new_v4();
+    store
+        .append_access_log(&[
+            entry(a, 2, call),
+            entry(b, 2, call),
+            entry(c, 2, call),
+            entry(b, 3, Uuid::new_v4()),
+            entry(a, 4, second),
+            entry(c, 4, second),
+        ])
+        .await
+        .unwrap();
+    store
+        .append_access_log(&[entry(a, 5, Uuid::new_v4())])
+        .await
+        .unwrap();
+    // Rows: three singles, two calls of many.
+    assert_eq!(db.count("SELECT COUNT(*) FROM access_log").await, 5);
+    let purposes = |page: &[(i64, AccessEntry)]| -> Vec<String> {
+        page.iter().map(|(_, e)| e.purpose.clone()).collect()
+    };
+    let first = store.access_log(&cid(a), None, 2).await.unwrap();
+    assert_eq!(purposes(&first), ["run 5", "run 4"]);
+    assert!(first.iter().all(|(_, e)| e.citizen_id == cid(a)));
+    let rest = store
+        .access_log(&cid(a), Some(first[1].0), 10)
+        .await
+        .unwrap();
+    assert_eq!(purposes(&rest), ["run 2", "run 1"]);
+    assert_eq!(rest[0].1.request_id, call);
+    let b_log = store.access_log(&cid(b), None, 10).await.unwrap();
+    assert_eq!(purposes(&b_log), ["run 3", "run 2"]);
+    let c_log = store.access_log(&cid(c), None, 10).await.unwrap();
+    assert_eq!(purposes(&c_log), ["run 4", "run 2"]);
+    assert!(store
+        .access_log(&cid("001099099999"), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn every_claim_on_an_account_is_found_in_reverse(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let now = Timestamp::now();
@@ -1188,6 +1249,7 @@ async fn every_claim_on_an_account_is_found_in_reverse(backend: Backend) {
 on_both_backends!(
     payout_failures_are_recorded_and_suspend_verified_accounts,
     the_access_log_is_appended_in_batches_and_read_newest_first,
+    a_read_of_many_citizens_is_listed_in_each_of_their_logs_in_order,
     every_claim_on_an_account_is_found_in_reverse,
     linking_creates_a_pending_account_with_its_first_history_entry,
     verifying_makes_the_first_verified_account_the_default,

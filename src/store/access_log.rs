@@ -1,45 +1,43 @@
 //! The access log: who read which citizen's data, when, and why.
 //!
 //! Every read of a citizen's data appends an entry, so the log is on the hot path of the
-//! busiest calls. The background room's writers batch the entries, and each batch is one
-//! transaction with one set-based INSERT: on PostgreSQL one statement whose text never
+//! busiest calls. A call that reads many citizens (a BatchResolve batch) is one row naming
+//! them all (`citizen_ids`, searched through the dialect's `LOG_NAMES_CITIZEN`); a read of
+//! one citizen is a row of its own. The background room's writers batch the entries, and
+//! each batch is one transaction; its single reads are one set-based INSERT: on PostgreSQL one statement whose text never
 //! changes (arrays unnested server-side, prepared once whatever the batch size), committed
 //! without waiting for the WAL flush (the dialect's `ACCESS_LOG_PREAMBLE` says why that is
 //! safe); on SQLite multi-row INSERTs under the bind limit.
 
 use uuid::Uuid;
 
-use super::dialect::{insert_rows, Dialect};
-use super::sql::Sql;
+use super::dialect::{insert_rows, Dialect, Tx};
+use super::sql::{text_keys, Sql};
 use super::sql_store::SqlStore;
 use super::{AccessEntry, StoreResult};
 use crate::domain::{CitizenId, Timestamp};
 
 impl<D: Dialect> SqlStore<D> {
-    /// Appends a batch of entries in one transaction.
+    /// Appends a batch of entries in one transaction, in their order: each call's read
+    /// of many citizens as one row naming them all, reads of one citizen as rows of their
+    /// own (consecutive ones in one statement).
     pub(super) async fn append_entries(&self, entries: &[AccessEntry]) -> StoreResult<()> {
         if entries.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
         tx.run(D::ACCESS_LOG_PREAMBLE).await?;
-        insert_rows(
-            &mut tx,
-            "INSERT INTO access_log (citizen_id, client_id, method, purpose, accessed_at, \
-             request_id) ",
-            "",
-            entries,
-            6,
-            |row, e| {
-                row.push_bind(e.citizen_id.as_str())
-                    .push_bind(e.client_id.as_str())
-                    .push_bind(e.method.as_str())
-                    .push_bind(e.purpose.as_str())
-                    .push_bind(e.accessed_at.micros())
-                    .push_bind(e.request_id);
-            },
-        )
-        .await?;
+        let mut singles: Vec<&AccessEntry> = Vec::new();
+        for call in entries.chunk_by(same_call) {
+            if let [one] = call {
+                singles.push(one);
+                continue;
+            }
+            insert_singles(&mut tx, &singles).await?;
+            singles.clear();
+            insert_call(&mut tx, call).await?;
+        }
+        insert_singles(&mut tx, &singles).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -55,10 +53,15 @@ impl<D: Dialect> SqlStore<D> {
             .reader()
             .await?
             .fetch_all(
-                Sql::new(
+                Sql::new(format!(
                     "SELECT id, client_id, method, purpose, accessed_at, request_id FROM access_log \
-                     WHERE citizen_id = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-                )
+                     WHERE citizen_id = $1 AND ($2 IS NULL OR id < $2) \
+                     UNION ALL \
+                     SELECT id, client_id, method, purpose, accessed_at, request_id FROM access_log \
+                     WHERE {} AND ($2 IS NULL OR id < $2) \
+                     ORDER BY id DESC LIMIT $3",
+                    D::LOG_NAMES_CITIZEN
+                ))
                 .bind(citizen.as_str())
                 .bind(before_id)
                 .bind(i64::from(limit)),
@@ -81,4 +84,78 @@ impl<D: Dialect> SqlStore<D> {
             })
             .collect())
     }
+}
+
+/// Whether two entries are reads of one call (same client, method, purpose, instant and
+/// request id). A handler hands over all of a call's entries at once, so they are
+/// consecutive.
+fn same_call(a: &AccessEntry, b: &AccessEntry) -> bool {
+    a.request_id == b.request_id
+        && a.accessed_at == b.accessed_at
+        && a.client_id == b.client_id
+        && a.method == b.method
+        && a.purpose == b.purpose
+}
+
+/// Reads of one citizen each: rows of their own, one set-based INSERT.
+async fn insert_singles<D: Dialect>(tx: &mut Tx<D>, singles: &[&AccessEntry]) -> StoreResult<()> {
+    insert_rows(
+        tx,
+        "INSERT INTO access_log (citizen_id, client_id, method, purpose, accessed_at, \
+         request_id) ",
+        "",
+        singles,
+        6,
+        |row, e| {
+            row.push_bind(e.citizen_id.as_str())
+                .push_bind(e.client_id.as_str())
+                .push_bind(e.method.as_str())
+                .push_bind(e.purpose.as_str())
+                .push_bind(e.accessed_at.micros())
+                .push_bind(e.request_id);
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// One call's read of many citizens: one row naming them all (and, where the list cannot
+/// be indexed, a narrow row per citizen).
+async fn insert_call<D: Dialect>(tx: &mut Tx<D>, call: &[AccessEntry]) -> StoreResult<()> {
+    let e = &call[0];
+    let mut q = D::builder(
+        "INSERT INTO access_log (citizen_ids, client_id, method, purpose, accessed_at, \
+         request_id) VALUES (",
+    );
+    D::push_list(
+        &mut q,
+        text_keys(call.iter().map(|e| e.citizen_id.as_str())),
+    )?;
+    q.push(", ")
+        .push_bind(e.client_id.as_str())
+        .push(", ")
+        .push_bind(e.method.as_str())
+        .push(", ")
+        .push_bind(e.purpose.as_str())
+        .push(", ")
+        .push_bind(e.accessed_at.micros())
+        .push(", ")
+        .push_bind(e.request_id)
+        .push(") RETURNING id");
+    let (id,): (i64,) = tx.fetch_one(q.build()).await?;
+    if D::ACCESS_LOG_CITIZEN_ROWS {
+        insert_rows(
+            tx,
+            "INSERT INTO access_log_citizens (citizen_id, log_id) ",
+            // A citizen named twice in one call is one row.
+            " ON CONFLICT DO NOTHING",
+            call,
+            2,
+            |row, e| {
+                row.push_bind(e.citizen_id.as_str()).push_bind(id);
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }

@@ -62,6 +62,14 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// (`check` compares two tables).
     const SNAPSHOT_READ: &'static [&'static str];
 
+    /// A condition on `access_log` rows: the row is a read of many citizens and `$1` is
+    /// one of them (`citizen_ids` holds them; how it is searched is the backend's).
+    const LOG_NAMES_CITIZEN: &'static str;
+
+    /// Whether a row of many citizens also writes one `access_log_citizens` row per
+    /// citizen (where `citizen_ids` cannot be indexed).
+    const ACCESS_LOG_CITIZEN_ROWS: bool;
+
     /// Run first in the sequencer's transaction.
     const SEQUENCER_ISOLATION: &'static [&'static str];
 
@@ -90,6 +98,9 @@ pub trait Dialect: Send + Sync + Sized + 'static {
 
     /// Appends `rows` as a relation (after an `INSERT INTO t (...) ` or inside an `IN (`).
     fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()>;
+
+    /// Appends `items` as one value holding the list (`citizen_ids`).
+    fn push_list(q: &mut SqlBuilder, items: Vec<Val>) -> StoreResult<()>;
 
     /// Appends a membership test of the expression just pushed in `keys` (` IN (...)`,
     /// ` = ANY($n)`, ...); no key matches nothing.

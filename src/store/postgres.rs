@@ -141,6 +141,12 @@ impl Dialect for PgDialect {
     const SNAPSHOT_READ: &'static [&'static str] =
         &["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"];
 
+    /// The GIN index `access_log_by_citizen_in_batch` answers `@>`.
+    const LOG_NAMES_CITIZEN: &'static str =
+        "citizen_ids IS NOT NULL AND citizen_ids @> ARRAY[$1::text]";
+
+    const ACCESS_LOG_CITIZEN_ROWS: bool = false;
+
     /// The sequencer reads one snapshot for the events it numbers and the state the sync
     /// digest is computed from, so the digest describes exactly the feed up to its
     /// position. A sequencer that took its snapshot before another instance's round
@@ -184,6 +190,14 @@ impl Dialect for PgDialect {
             push_array(q, col);
         }
         q.push(")");
+        Ok(())
+    }
+
+    /// A `text[]` parameter.
+    fn push_list(q: &mut SqlBuilder, items: Vec<Val>) -> StoreResult<()> {
+        let col = Column::of(items)
+            .ok_or_else(|| StoreError::Corrupt("list items of mixed types".into()))?;
+        push_array(q, col);
         Ok(())
     }
 

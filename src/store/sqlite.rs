@@ -88,6 +88,12 @@ impl Dialect for SqliteDialect {
     /// A SQLite read transaction (WAL) reads one snapshot from its first statement on.
     const SNAPSHOT_READ: &'static [&'static str] = &[];
 
+    /// Through the narrow rows of `access_log_citizens`.
+    const LOG_NAMES_CITIZEN: &'static str =
+        "id IN (SELECT log_id FROM access_log_citizens WHERE citizen_id = $1)";
+
+    const ACCESS_LOG_CITIZEN_ROWS: bool = true;
+
     /// The single writer connection already gives the sequencer one consistent state.
     const SEQUENCER_ISOLATION: &'static [&'static str] = &[];
 
@@ -156,6 +162,23 @@ impl Dialect for SqliteDialect {
         filter(q);
         q.push(&format!(" AND {column}"));
         Self::push_in(q, keys)
+    }
+
+    /// A JSON array (the column is text; `access_log_citizens` is what is searched).
+    fn push_list(q: &mut SqlBuilder, items: Vec<Val>) -> StoreResult<()> {
+        let texts: Vec<Option<String>> = items
+            .into_iter()
+            .map(|v| match v {
+                Val::Text(t) => Ok(t),
+                _ => Err(super::StoreError::Corrupt(
+                    "a list of non-text items".into(),
+                )),
+            })
+            .collect::<StoreResult<_>>()?;
+        let json = serde_json::to_string(&texts)
+            .map_err(|e| super::StoreError::Corrupt(format!("encoding a list: {e}")))?;
+        q.push_bind(Val::Text(Some(json)));
+        Ok(())
     }
 
     /// ` IN (k1, k2, ...)`.
