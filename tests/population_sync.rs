@@ -917,7 +917,7 @@ fn batch_request(correlation: &str, citizen: &str) -> BatchResolveRequest {
 }
 
 async fn batch_resolve_answers_every_request_in_order_with_its_correlation_id(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::builder(backend).ticking_clock().spawn().await;
     let mut citizens = Vec::new();
     let mut accounts = Vec::new();
     for n in 0..300u32 {
@@ -1005,9 +1005,18 @@ async fn batch_resolve_answers_every_request_in_order_with_its_correlation_id(ba
             }
         }
     }
-    // Every read of a known citizen is in the access log, as ListAccessLog shows it (a
-    // batch's reads are one row naming all its citizens); checked on every 15th citizen,
-    // under the auditor's rate limit.
+    // A batch's reads are one access-log row naming all its citizens (1,000 requests a
+    // batch at most: three batches, or a few more if the stream lingered).
+    let rows = app
+        .db
+        .count("SELECT COUNT(*) FROM access_log WHERE method LIKE '%BatchResolve'")
+        .await;
+    assert!(
+        (3..=30).contains(&rows),
+        "{rows} access-log rows for 2,500 reads"
+    );
+    // Every read of a known citizen is in the access log, as ListAccessLog shows it;
+    // checked on every 15th citizen, under the auditor's rate limit.
     for n in (0..300u32).step_by(15) {
         let log = app
             .oversight(Some(common::AUDITOR))

@@ -201,6 +201,9 @@ impl Call {
         citizens: impl IntoIterator<Item = CitizenId>,
     ) -> Result<(), Status> {
         let mut seen = std::collections::HashSet::new();
+        // One instant for the call's reads: the log writes a read of many citizens as one
+        // row, which it recognises by the call, its purpose and this instant.
+        let accessed_at = state.now();
         let entries: Vec<AccessEntry> = citizens
             .into_iter()
             .filter(|c| seen.insert(c.clone()))
@@ -209,7 +212,7 @@ impl Call {
                 client_id: self.caller.client_id.clone(),
                 method: method.to_owned(),
                 purpose: purpose.to_owned(),
-                accessed_at: state.now(),
+                accessed_at,
                 request_id: self.request_id.id,
             })
             .collect();

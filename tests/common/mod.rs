@@ -558,6 +558,7 @@ pub struct AppBuilder {
     transport: Transport,
     tls_files: Option<(TlsSettings, ClientTlsConfig)>,
     configure: Vec<Configure>,
+    ticking: bool,
 }
 
 impl AppBuilder {
@@ -586,6 +587,14 @@ impl AppBuilder {
     /// Changes the test settings before the app is built.
     pub fn configure(mut self, f: impl FnOnce(&mut Settings) + Send + 'static) -> AppBuilder {
         self.configure.push(Box::new(f));
+        self
+    }
+
+    /// A clock that moves a microsecond each time the server reads it (as a real one
+    /// does between two reads), for behaviour that must not depend on two reads of the
+    /// clock being equal.
+    pub fn ticking_clock(mut self) -> AppBuilder {
+        self.ticking = true;
         self
     }
 
@@ -627,7 +636,15 @@ impl AppBuilder {
         let app = App::build(&settings)
             .await
             .expect("the app builds from the test settings")
-            .with_clock(Arc::new(move || c.now()));
+            .with_clock(if self.ticking {
+                Arc::new(move || {
+                    let now = c.now();
+                    c.advance(Duration::from_micros(1));
+                    now
+                })
+            } else {
+                Arc::new(move || c.now())
+            });
         let store = app.store();
         let reloader = app.reloader();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -685,6 +702,7 @@ impl TestApp {
             },
             tls_files: None,
             configure: Vec::new(),
+            ticking: false,
         }
     }
 
