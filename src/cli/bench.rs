@@ -47,7 +47,7 @@ pub struct BenchArgs {
     /// Ids on the BatchResolve stream.
     #[arg(long, default_value_t = 100_000)]
     pub ids: u64,
-    /// Records on the SyncAccounts stream.
+    /// Records on the sync stream (sync-accounts, sync-citizens) or copied (copy-*).
     #[arg(long, default_value_t = 100_000)]
     pub records: u64,
     /// Sample this process's RSS (the server's pid) while the scenario runs.
@@ -83,6 +83,8 @@ pub enum BenchScenario {
     BatchResolve,
     /// One SyncAccounts stream of --records new records.
     SyncAccounts,
+    /// One SyncCitizens stream of --records records of new citizens.
+    SyncCitizens,
     /// grpc.health.v1 Health/Check: the transport's ceiling.
     Health,
     /// Baseline: the resolver's lookup straight on PostgreSQL, --keys ids per `= ANY`.
@@ -92,6 +94,9 @@ pub enum BenchScenario {
     /// Baseline for sync-accounts: the same --records rows (same --demo-seed) by one COPY
     /// into a bare table on --database-url (dropped afterwards).
     CopyAccounts,
+    /// Baseline for sync-citizens: the same --records rows (same --demo-seed) by one COPY
+    /// into a bare table on --database-url (dropped afterwards).
+    CopyCitizens,
     /// Change feed: read every event from position 0 to the head (catch-up throughput).
     FeedCatchup,
     /// Change feed: --rate writes per second for --seconds while a subscriber measures
@@ -215,6 +220,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let figures = bench::sync_accounts(client, args.records, rand::random()).await?;
             figures.print("sync-accounts (per record; errors = rejected records)", 1);
         }
+        BenchScenario::SyncCitizens => {
+            let client =
+                crate::proto::population_sync_service_client::PopulationSyncServiceClient::with_interceptor(
+                    channel,
+                    bearer()?,
+                );
+            let figures = bench::sync_citizens(client, args.records, rand::random()).await?;
+            figures.print("sync-citizens (per record; errors = rejected records)", 1);
+        }
         BenchScenario::Health => {
             bench::health(channel, args.concurrency, duration)
                 .await?
@@ -284,14 +298,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 figures.calls as f64 * args.keys as f64 / figures.elapsed.as_secs_f64()
             );
         }
-        BenchScenario::CopyAccounts => {
+        BenchScenario::CopyAccounts | BenchScenario::CopyCitizens => {
+            let (name, copy) = match args.scenario {
+                BenchScenario::CopyAccounts => ("copy-accounts", true),
+                _ => ("copy-citizens", false),
+            };
             let url = args
                 .database_url
                 .clone()
-                .context("copy-accounts needs --database-url or DATABASE_URL")?;
-            let (rows, elapsed) = bench::copy_accounts(&url, args.records, args.demo_seed).await?;
+                .with_context(|| format!("{name} needs --database-url or DATABASE_URL"))?;
+            let (rows, elapsed) = if copy {
+                bench::copy_accounts(&url, args.records, args.demo_seed).await?
+            } else {
+                bench::copy_citizens(&url, args.records, args.demo_seed).await?
+            };
             println!(
-                "copy-accounts: {rows} rows in {:.2} s: {:.0} rows/s",
+                "{name}: {rows} rows in {:.2} s: {:.0} rows/s",
                 elapsed.as_secs_f64(),
                 rows as f64 / elapsed.as_secs_f64()
             );

@@ -298,48 +298,112 @@ where
     C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
-    let spec = super::demo::DemoSpec {
-        citizens: u64::MAX / 2,
-        seed,
-    };
+    let spec = unbounded(seed);
     let run = Uuid::new_v4().simple().to_string();
-    let sent: Arc<std::sync::Mutex<std::collections::VecDeque<Instant>>> = Arc::default();
+    let sent = SentAt::default();
     let queue = sent.clone();
     let requests = futures::stream::iter(0..)
         .flat_map(move |i| futures::stream::iter(super::demo::accounts_at(&spec, i)))
         .take(n as usize)
         .map(move |mut record| {
             record.record_id = format!("bench-{run}-{}", record.record_id);
-            queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back(Instant::now());
+            queue.sent();
             proto::SyncAccountsRequest {
                 record: Some(record),
             }
         });
     let started = Instant::now();
-    let mut acks = client.sync_accounts(requests).await?.into_inner();
-    let mut latency = Histogram::<u64>::new(3)?;
-    let mut committed = 0u64;
-    let mut rejected = 0u64;
-    while let Some(ack) = acks.message().await? {
-        let ack = ack.result.unwrap_or_default();
-        let mut q = sent.lock().unwrap_or_else(|p| p.into_inner());
-        for _ in committed..ack.records_committed {
-            if let Some(t) = q.pop_front() {
-                let _ = latency.record(t.elapsed().as_micros() as u64);
-            }
+    let acks = client.sync_accounts(requests).await?.into_inner();
+    sent.acknowledged(
+        acks.map(|a| a.map(|a| a.result.unwrap_or_default())),
+        started,
+    )
+    .await
+}
+
+/// Streams `n` citizen records of new citizens (a fresh population per seed) on one
+/// SyncCitizens stream; the latency is a record's time from sent to acknowledged.
+pub async fn sync_citizens<C>(
+    mut client: crate::proto::population_sync_service_client::PopulationSyncServiceClient<C>,
+    n: u64,
+    seed: u64,
+) -> anyhow::Result<Figures>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Send,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let spec = unbounded(seed);
+    let run = Uuid::new_v4().simple().to_string();
+    let sent = SentAt::default();
+    let queue = sent.clone();
+    let requests = futures::stream::iter(0..n).map(move |i| {
+        let mut record = super::demo::citizen_at(&spec, i);
+        record.record_id = format!("bench-{run}-{}", record.record_id);
+        queue.sent();
+        proto::SyncCitizensRequest {
+            record: Some(record),
         }
-        committed = ack.records_committed;
-        rejected = ack.rejected;
+    });
+    let started = Instant::now();
+    let acks = client.sync_citizens(requests).await?.into_inner();
+    sent.acknowledged(
+        acks.map(|a| a.map(|a| a.result.unwrap_or_default())),
+        started,
+    )
+    .await
+}
+
+/// A demo population without a size limit, from `seed`.
+fn unbounded(seed: u64) -> super::demo::DemoSpec {
+    super::demo::DemoSpec {
+        citizens: u64::MAX / 2,
+        seed,
     }
-    Ok(Figures {
-        calls: latency.len(),
-        errors: rejected,
-        elapsed: started.elapsed(),
-        latency,
-    })
+}
+
+/// When each record still unacknowledged on a sync stream was sent, oldest first.
+#[derive(Clone, Default)]
+struct SentAt(Arc<std::sync::Mutex<std::collections::VecDeque<Instant>>>);
+
+impl SentAt {
+    fn sent(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Instant::now());
+    }
+
+    /// Reads a sync stream's batch results to its end: each committed record's latency
+    /// is from its sending to the acknowledgement that counts it.
+    async fn acknowledged(
+        &self,
+        acks: impl futures::Stream<Item = Result<proto::SyncBatchResult, tonic::Status>>,
+        started: Instant,
+    ) -> anyhow::Result<Figures> {
+        let mut acks = std::pin::pin!(acks);
+        let mut latency = Histogram::<u64>::new(3)?;
+        let mut committed = 0u64;
+        let mut rejected = 0u64;
+        while let Some(ack) = acks.next().await {
+            let ack = ack?;
+            let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            for _ in committed..ack.records_committed {
+                if let Some(t) = q.pop_front() {
+                    let _ = latency.record(t.elapsed().as_micros() as u64);
+                }
+            }
+            committed = ack.records_committed;
+            rejected = ack.rejected;
+        }
+        Ok(Figures {
+            calls: latency.len(),
+            errors: rejected,
+            elapsed: started.elapsed(),
+            latency,
+        })
+    }
 }
 
 /// What a baseline `= ANY` select reads.
@@ -401,21 +465,14 @@ pub async fn raw_any(
     Ok(figures)
 }
 
-/// The baseline for SyncAccounts: `n` declared-account records as `sync_accounts` makes
-/// them (the same generator; `seed` picks the population), written by one
-/// `COPY ... FROM STDIN` (CSV) into a bare table of their columns (logged,
-/// no index, no constraint), created for the run and dropped after it. The rows are made
-/// before the clock starts; answers the rows copied and the COPY's time.
+/// The baseline for `sync_accounts`: the same `n` records (same `seed`) as CSV, by one
+/// COPY into a bare table (dropped afterwards); answers the rows and the COPY's time.
 pub async fn copy_accounts(
     database_url: &str,
     n: u64,
     seed: u64,
 ) -> anyhow::Result<(u64, Duration)> {
-    use sqlx::Connection as _;
-    let spec = super::demo::DemoSpec {
-        citizens: u64::MAX / 2,
-        seed,
-    };
+    let spec = unbounded(seed);
     let mut csv = Vec::with_capacity(n as usize * 96);
     {
         let mut w = ::csv::Writer::from_writer(&mut csv);
@@ -437,15 +494,66 @@ pub async fn copy_accounts(
         }
         w.flush()?;
     }
+    copy_csv(
+        database_url,
+        "record_id text, version bigint, citizen_id text, kind text, provider_code text, \
+         account_ref text, holder_name text, verification_method text, removed boolean",
+        &csv,
+    )
+    .await
+}
+
+/// The baseline for `sync_citizens`: the same `n` records (same `seed`) as CSV, by one
+/// COPY into a bare table (dropped afterwards); answers the rows and the COPY's time.
+pub async fn copy_citizens(
+    database_url: &str,
+    n: u64,
+    seed: u64,
+) -> anyhow::Result<(u64, Duration)> {
+    let spec = unbounded(seed);
+    let date = |d: &Option<proto::google_type::Date>| {
+        d.as_ref()
+            .map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
+            .unwrap_or_default()
+    };
+    let mut csv = Vec::with_capacity(n as usize * 96);
+    {
+        let mut w = ::csv::Writer::from_writer(&mut csv);
+        for r in (0..n).map(|i| super::demo::citizen_at(&spec, i)) {
+            w.write_record([
+                r.record_id.as_str(),
+                &r.version.to_string(),
+                &r.citizen_id,
+                &r.full_name,
+                &date(&r.date_of_birth),
+                r.status().as_str_name(),
+                &date(&r.date_of_death),
+                &r.legacy_ids.join(" "),
+            ])?;
+        }
+        w.flush()?;
+    }
+    copy_csv(
+        database_url,
+        "record_id text, version bigint, citizen_id text, full_name text, date_of_birth text, \
+         status text, date_of_death text, legacy_ids text",
+        &csv,
+    )
+    .await
+}
+
+/// COPYs `csv` into a new table of `columns` on `database_url`, timed, and drops it.
+async fn copy_csv(
+    database_url: &str,
+    columns: &str,
+    csv: &[u8],
+) -> anyhow::Result<(u64, Duration)> {
+    use sqlx::Connection as _;
     let table = format!("bench_copy_{}", Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(database_url).await?;
-    sqlx::query(&format!(
-        "CREATE TABLE {table} (record_id text, version bigint, citizen_id text, kind text, \
-         provider_code text, account_ref text, holder_name text, verification_method text, \
-         removed boolean)"
-    ))
-    .execute(&mut conn)
-    .await?;
+    sqlx::query(&format!("CREATE TABLE {table} ({columns})"))
+        .execute(&mut conn)
+        .await?;
     let copied = async {
         let started = Instant::now();
         let mut copy = conn
