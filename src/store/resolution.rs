@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::dialect::{Dialect, Pooled, Tx};
-use super::resolution_model::{read_model, Decoded};
+use super::resolution_model::{read_model, DecodedInputs};
 use super::rows::{HistoryRow, PreferenceRow};
 use super::sql::Sql;
 use super::sql_store::SqlStore;
@@ -23,7 +23,7 @@ use crate::domain::{
 };
 
 /// Per citizen: status, preferences, and the accounts they point at.
-type CurrentInputs = HashMap<String, Decoded>;
+type CurrentInputs = HashMap<String, DecodedInputs>;
 
 impl<D: Dialect> SqlStore<D> {
     /// Resolves many queries: current-state ones from one read of all their citizens,

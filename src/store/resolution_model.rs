@@ -57,11 +57,11 @@ pub(super) struct CitizenInputs {
 
 /// A citizen's current-state inputs, decoded: status, preference rows, and the accounts
 /// they point at by id.
-pub(super) type Decoded = (CitizenStatus, Vec<PreferenceRow>, HashMap<Uuid, Account>);
+pub(super) type DecodedInputs = (CitizenStatus, Vec<PreferenceRow>, HashMap<Uuid, Account>);
 
 impl CitizenInputs {
     /// The status, preference rows and accounts resolution reads.
-    pub(super) fn decode(self) -> StoreResult<Decoded> {
+    pub(super) fn decode(self) -> StoreResult<DecodedInputs> {
         let status = citizen_status(&self.status)?;
         let mut prefs = Vec::with_capacity(self.preferences.len());
         let mut accounts = HashMap::new();
@@ -143,13 +143,20 @@ pub(super) async fn read_model<D: Dialect, C: Handle<D>>(
             "SELECT citizen_id, status, preferences FROM resolution_inputs WHERE citizen_id",
         );
         D::push_in(&mut q, text_keys(chunk.iter().copied()))?;
-        let rows: Vec<(String, String, String)> = conn.fetch_all(q.build()).await?;
-        for (citizen, status, preferences) in rows {
-            let inputs = model_row(status, &preferences)?;
-            out.insert(citizen, inputs);
-        }
+        decode_rows(conn.fetch_all(q.build()).await?, &mut out)?;
     }
     Ok(out)
+}
+
+/// Decodes stored `(citizen_id, status, preferences)` rows into `out`.
+fn decode_rows(
+    rows: Vec<(String, String, String)>,
+    out: &mut HashMap<String, CitizenInputs>,
+) -> StoreResult<()> {
+    for (citizen, status, preferences) in rows {
+        out.insert(citizen, model_row(status, &preferences)?);
+    }
+    Ok(())
 }
 
 /// Decodes a stored row.
@@ -335,9 +342,7 @@ impl<D: Dialect> SqlStore<D> {
                 picked.sort_unstable();
                 for chunk in picked.chunks(LOOKUP_CHUNK) {
                     let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                    let mut tx = Tx::<D>::begin(&self.read).await?;
-                    tx.run(D::SNAPSHOT_READ).await?;
-                    tx.run(D::BULK_PREAMBLE).await?;
+                    let mut tx = self.snapshot().await?;
                     let source = source_inputs(&mut tx, &keys).await?;
                     let model = read_model(&mut tx, &keys).await?;
                     tx.commit().await?;
@@ -347,9 +352,7 @@ impl<D: Dialect> SqlStore<D> {
             None => {
                 let mut after = String::new();
                 loop {
-                    let mut tx = Tx::<D>::begin(&self.read).await?;
-                    tx.run(D::SNAPSHOT_READ).await?;
-                    tx.run(D::BULK_PREAMBLE).await?;
+                    let mut tx = self.snapshot().await?;
                     let ids: Vec<(String,)> = tx
                         .fetch_all(
                             Sql::new(
@@ -375,12 +378,9 @@ impl<D: Dialect> SqlStore<D> {
                     if let Some(last) = last {
                         q = q.bind(last);
                     }
-                    let rows: Vec<(String, String, String)> = tx.fetch_all(q).await?;
+                    let mut model = HashMap::new();
+                    decode_rows(tx.fetch_all(q).await?, &mut model)?;
                     tx.commit().await?;
-                    let mut model = HashMap::with_capacity(rows.len());
-                    for (citizen, status, preferences) in rows {
-                        model.insert(citizen, model_row(status, &preferences)?);
-                    }
                     compare(&keys, &source, model, &mut report);
                     match last {
                         Some(last) => after = last.to_owned(),
@@ -393,6 +393,15 @@ impl<D: Dialect> SqlStore<D> {
             report.repaired = self.repair_resolution_model(&report.differences).await?;
         }
         Ok(report)
+    }
+
+    /// A read-only transaction whose statements all see one snapshot, for comparing
+    /// the model with its source tables.
+    async fn snapshot(&self) -> StoreResult<Tx<D>> {
+        let mut tx = Tx::<D>::begin(&self.read).await?;
+        tx.run(D::SNAPSHOT_READ).await?;
+        tx.run(D::BULK_PREAMBLE).await?;
+        Ok(tx)
     }
 
     /// Rewrites the named citizens' rows from the source tables, under their locks;
