@@ -16,6 +16,7 @@ on_both_backends!(
     an_import_interrupted_midway_resumes_after_its_checkpoint_and_applies_each_record_once,
     a_payroll_file_resolves_in_order_through_batch_resolve,
     demo_data_written_straight_into_the_store_has_the_planted_anomalies,
+    a_load_with_batches_in_flight_ends_as_one_batch_at_a_time_would,
 );
 
 fn bearer(token: &str) -> Credentials {
@@ -189,7 +190,9 @@ async fn demo_data_written_straight_into_the_store_has_the_planted_anomalies(bac
         citizens: 2000,
         seed: 3,
     };
-    let (citizens, accounts) = bulk::demo_store(app.store.clone(), &spec).await.unwrap();
+    let (citizens, accounts) = bulk::demo_store(app.store.clone(), &spec, bulk::BATCHES_IN_FLIGHT)
+        .await
+        .unwrap();
     assert_eq!(citizens.applied, 2000);
     assert_eq!(citizens.rejected, 0);
     assert!(
@@ -244,4 +247,61 @@ async fn demo_data_written_straight_into_the_store_has_the_planted_anomalies(bac
         }
     }
     assert!(resolved >= 35, "{resolved} of 60 demo citizens resolved");
+}
+
+/// What a load decided, row by row: every account with its status and holder, which
+/// account each preference points at, every refused claim and every ledger entry.
+async fn loaded_state(app: &TestApp) -> Vec<String> {
+    let mut rows = Vec::new();
+    for sql in [
+        "SELECT citizen_id || '|' || kind || '|' || provider_code || '|' || account_ref || '|' \
+         || status || '|' || COALESCE(holder_name, '') FROM accounts",
+        "SELECT p.citizen_id || '|' || p.program_code || '|' || a.account_ref FROM preferences p \
+         JOIN accounts a ON a.account_id = p.account_id",
+        "SELECT claimant_citizen_id || '|' || holder_citizen_id || '|' || account_ref \
+         FROM duplicate_claims",
+        "SELECT stream || '|' || record_id || '|' || CAST(version AS TEXT) || '|' || outcome \
+         FROM sync_records",
+        "SELECT citizen_id || '|' || status FROM citizens",
+    ] {
+        let mut part = app.db.texts(sql).await;
+        part.sort();
+        rows.push(format!("{} rows of {sql}", part.len()));
+        rows.extend(part);
+    }
+    rows
+}
+
+async fn a_load_with_batches_in_flight_ends_as_one_batch_at_a_time_would(backend: Backend) {
+    // 6,000 citizens make about nine account batches; the planted duplicate claims (a
+    // citizen claiming the account of the one before) cross batch boundaries, where the
+    // order of two batches decides who holds the account and who is refused.
+    let spec = DemoSpec {
+        citizens: 6000,
+        seed: 5,
+    };
+    let one_at_a_time = TestApp::spawn(backend).await;
+    let pipelined = TestApp::spawn(backend).await;
+    let (c1, a1) = bulk::demo_store(one_at_a_time.store.clone(), &spec, 1)
+        .await
+        .unwrap();
+    let (c3, a3) = bulk::demo_store(pipelined.store.clone(), &spec, 3)
+        .await
+        .unwrap();
+    assert_eq!((c1, a1), (c3, a3));
+    assert!(a1.rejected > 0, "claims were refused: {a1:?}");
+    let (expected, got) = (
+        loaded_state(&one_at_a_time).await,
+        loaded_state(&pipelined).await,
+    );
+    assert!(expected.len() > 20_000, "{} rows", expected.len());
+    let first_difference = expected.iter().zip(&got).position(|(a, b)| a != b);
+    assert_eq!(
+        (expected.len(), first_difference),
+        (got.len(), None),
+        "first difference: {:?}",
+        first_difference.map(|i| (&expected[i], &got[i]))
+    );
+    one_at_a_time.stop().await;
+    pipelined.stop().await;
 }

@@ -106,7 +106,7 @@ async fn check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampe
         citizens: 1_500,
         seed: 13,
     };
-    payout_registry::tools::import::demo_store(app.store.clone(), &spec)
+    payout_registry::tools::import::demo_store(app.store.clone(), &spec, 2)
         .await
         .expect("the population");
 
@@ -270,7 +270,7 @@ async fn an_upgraded_database_gets_its_read_model_built_by_the_migration_step(ba
         citizens: 2_500,
         seed: 14,
     };
-    payout_registry::tools::import::demo_store(app.store.clone(), &spec)
+    payout_registry::tools::import::demo_store(app.store.clone(), &spec, 2)
         .await
         .expect("the population");
     link(&app, MOVED, "0071007000011", true).await;

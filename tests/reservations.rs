@@ -392,7 +392,7 @@ async fn payroll_population(backend: Backend, citizens: u64) -> (TestApp, Vec<St
         .spawn()
         .await;
     let spec = DemoSpec { citizens, seed: 16 };
-    payout_registry::tools::import::demo_store(app.store.clone(), &spec)
+    payout_registry::tools::import::demo_store(app.store.clone(), &spec, 2)
         .await
         .expect("the population");
     let ids = (0..citizens).map(|i| citizen_id_at(&spec, i)).collect();

@@ -1246,7 +1246,38 @@ async fn every_claim_on_an_account_is_found_in_reverse(backend: Backend) {
         .is_empty());
 }
 
+async fn analyze_gives_the_planner_statistics_of_the_tables_writes_look_up(backend: Backend) {
+    let (db, store) = setup(backend).await;
+    let now = Timestamp::now();
+    store
+        .link_account(&ctx(now), &bank_link("001099012345", "0071 0001 23456"))
+        .await
+        .unwrap();
+    store.analyze().await.unwrap();
+    let analysed = match backend {
+        Backend::Postgres => {
+            db.count(
+                "SELECT COUNT(*) FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL \
+                 AND relname IN ('citizens', 'citizen_aliases', 'sync_records', 'accounts', \
+                 'preferences')",
+            )
+            .await
+        }
+        // SQLite keeps statistics of the non-empty tables' indexes.
+        Backend::Sqlite => {
+            db.count("SELECT COUNT(DISTINCT tbl) FROM sqlite_stat1 WHERE tbl IN ('citizens', 'accounts')")
+                .await
+        }
+    };
+    let expected = match backend {
+        Backend::Postgres => 5,
+        Backend::Sqlite => 2,
+    };
+    assert_eq!(analysed, expected);
+}
+
 on_both_backends!(
+    analyze_gives_the_planner_statistics_of_the_tables_writes_look_up,
     payout_failures_are_recorded_and_suspend_verified_accounts,
     the_access_log_is_appended_in_batches_and_read_newest_first,
     a_read_of_many_citizens_is_listed_in_each_of_their_logs_in_order,

@@ -17,6 +17,7 @@
 //! - `idempotency.rs`: taking an idempotency key and replaying the first answer;
 //! - `planner.rs`: the population-sync batch planner (pure: decides in memory);
 //!   `population.rs`: reading, locking and writing those batches around it;
+//!   `pipeline.rs`: several such batches in flight at once, their order's meaning kept;
 //! - `resolution.rs`: which account pays, now (in bulk) or as of a past instant;
 //! - `feed.rs`: the event feed, the sequencer, pruning, named consumers, watch lists and
 //!   the sync digest;
@@ -63,6 +64,7 @@ mod dialect;
 mod feed;
 mod health;
 mod idempotency;
+mod pipeline;
 mod planner;
 mod population;
 mod postgres;
@@ -344,6 +346,8 @@ impl Default for StoreOptions {
 }
 
 pub use health::{deadline_passed, fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
+pub use pipeline::Pipeline;
+pub use planner::{AccountKeyTuple, SyncRecord};
 
 /// Everything the service asks of its database.
 #[async_trait]
@@ -565,6 +569,12 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers, on a connection outside the pool; `fresh`
     /// connects anew (see `health.rs`).
     async fn ping(&self, fresh: bool) -> StoreResult<()>;
+
+    /// Refreshes the query planner's statistics of the tables writes look rows up in
+    /// (`ANALYZE`). A bulk load
+    /// calls it as its tables grow: plans made on the statistics of a table a tenth of
+    /// its size scan where they should probe (see `tools::import::demo_store`).
+    async fn analyze(&self) -> StoreResult<()>;
 
     /// The change feed's head, the sequencer's backlog and the digest's position.
     async fn feed_gauges(&self) -> StoreResult<FeedGauges>;

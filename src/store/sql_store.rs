@@ -21,6 +21,7 @@ use super::accounts::Command;
 use super::dialect::{Dialect, Pooled, Tx};
 use super::planner::{plan_accounts, plan_citizens, SyncStream};
 use super::reference::KnownPrograms;
+use super::sql::Sql;
 use super::{
     corrupt, AccessEntry, AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event,
     HistoryEntry, ModelCheck, Preference, Provider, ResolveQuery, Sequenced, Store, StoreOptions,
@@ -57,6 +58,17 @@ impl<D: Dialect> Drop for SqlStore<D> {
         }
     }
 }
+
+/// The tables whose statistics a bulk load refreshes: those the write path looks rows up
+/// in. The append-only tables (history, events) are only written, and sampling the events'
+/// payloads took most of a whole-database ANALYZE.
+const ANALYZED_TABLES: [&str; 5] = [
+    "citizens",
+    "citizen_aliases",
+    "sync_records",
+    "accounts",
+    "preferences",
+];
 
 impl<D: Dialect> SqlStore<D> {
     /// A store on connected pools; `background` is aborted when the store is dropped.
@@ -348,6 +360,18 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn ping(&self, fresh: bool) -> StoreResult<()> {
         self.probe(fresh).await
+    }
+
+    async fn analyze(&self) -> StoreResult<()> {
+        let mut tx = Tx::<D>::begin_write(&self.write).await?;
+        // Sampling every table of a large database outlasts a call's statement timeout.
+        if let Some(no_limit) = D::statement_timeout(0) {
+            tx.execute(Sql::new(no_limit)).await?;
+        }
+        for table in ANALYZED_TABLES {
+            tx.execute(Sql::new(format!("ANALYZE {table}"))).await?;
+        }
+        Ok(tx.commit().await?)
     }
 
     async fn feed_gauges(&self) -> StoreResult<super::FeedGauges> {

@@ -137,6 +137,24 @@ impl TestDb {
         }
     }
 
+    /// The one text column of every row `sql` returns (raw SQL, bypassing the store).
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        match self.backend {
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql).fetch_all(&mut c).await.expect(sql)
+            }
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql).fetch_all(&mut c).await.expect(sql)
+            }
+        }
+    }
+
     /// Counts rows with raw SQL (`SELECT COUNT(*) ...`).
     pub async fn count(&self, sql: &str) -> i64 {
         match self.backend {
