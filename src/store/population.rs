@@ -17,13 +17,15 @@ use super::dialect::{insert_rows, select_in, Dialect, Tx};
 use super::planner::{
     AccountKeyTuple, CitizenState, LedgerEntry, Loaded, SyncRecord, SyncStream, Work,
 };
-use super::resolution_model::refresh;
+use super::resolution_model::{refresh, set_statuses};
 use super::rows::{citizen_status, AccountRow};
 use super::sql::{text_keys, Row, Sql, Val};
 use super::sql_store::SqlStore;
 use super::{corrupt, CitizenRecord, CitizenUpsert, StoreError, StoreResult, WriteContext};
 use crate::domain::assertion::Capacity;
-use crate::domain::{Account, Change, CitizenId, LegacyId, RecordOutcome, SyncCitizen};
+use crate::domain::{
+    Account, Change, CitizenId, CitizenStatus, LegacyId, RecordOutcome, SyncCitizen,
+};
 
 /// How often a batch is retried after losing a race with a concurrent transaction (a
 /// unique violation on a row it could not lock in advance, or a deadlock).
@@ -121,7 +123,7 @@ impl<D: Dialect> SqlStore<D> {
             let written = match write_work(&mut tx, ctx, stream, &work).await {
                 // The changed citizens' rows of the resolution read model commit with
                 // the batch.
-                Ok(true) => refresh(&mut tx, &changed_citizens(stream, &citizens, &work))
+                Ok(true) => update_model(&mut tx, stream, &citizens, &work)
                     .await
                     .map(|()| true),
                 other => other,
@@ -228,24 +230,33 @@ impl<D: Dialect> SqlStore<D> {
     }
 }
 
-/// The citizens whose resolution inputs a written batch may have changed: every citizen
-/// of an accounts batch (declaring an account first creates an unknown citizen), and
-/// those whose row, accounts or default a citizens batch wrote.
-fn changed_citizens<'a>(
+/// Brings the resolution read model up to a written batch. The citizen rows a batch
+/// wrote change only their statuses in the model (names and dates of birth are not in
+/// it), set without re-reading; the citizens whose accounts or preferences it may have
+/// changed are refreshed from the tables: every citizen of an accounts batch (declaring
+/// an account first creates an unknown citizen) and the holders of the accounts and
+/// defaults it wrote (a citizens batch writes none).
+async fn update_model<D: Dialect>(
+    tx: &mut Tx<D>,
     stream: SyncStream,
-    batch: &'a [CitizenId],
-    work: &'a Work,
-) -> Vec<&'a str> {
-    let mut out: Vec<&str> = match stream {
+    batch: &[CitizenId],
+    work: &Work,
+) -> StoreResult<()> {
+    let statuses: Vec<(&str, CitizenStatus)> = work
+        .citizens
+        .iter()
+        .map(|c| (c.citizen_id.as_str(), c.state.status))
+        .collect();
+    set_statuses(tx, &statuses).await?;
+    let mut reread: Vec<&str> = match stream {
         SyncStream::Accounts => batch.iter().map(CitizenId::as_str).collect(),
         SyncStream::Citizens => Vec::new(),
     };
-    out.extend(work.citizens.iter().map(|c| c.citizen_id.as_str()));
-    out.extend(work.accounts.iter().map(|a| a.citizen_id.as_str()));
-    out.extend(work.defaults.iter().map(|d| d.account.citizen_id.as_str()));
-    out.sort_unstable();
-    out.dedup();
-    out
+    reread.extend(work.accounts.iter().map(|a| a.citizen_id.as_str()));
+    reread.extend(work.defaults.iter().map(|d| d.account.citizen_id.as_str()));
+    reread.sort_unstable();
+    reread.dedup();
+    refresh(tx, &reread).await
 }
 
 /// Creates the citizens an account batch names that the registry has never seen (ACTIVE,

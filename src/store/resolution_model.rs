@@ -177,6 +177,32 @@ pub(super) async fn refresh<D: Dialect>(tx: &mut Tx<D>, citizens: &[&str]) -> St
     write_rows(tx, &rows).await
 }
 
+/// Sets `citizens`' statuses in the read model, keeping their preferences; a citizen
+/// without a row (new to the registry, so without preferences) gets one with none. What
+/// a citizens sync batch changes is only that (names and dates of birth are not in the
+/// model), so it writes this instead of [`refresh`]ing, which re-reads the four-table
+/// join (SyncCitizens: 8.9 k records/s with the re-read against 12.2 k before the model).
+/// Callers hold the citizens' row locks and have written their rows.
+pub(super) async fn set_statuses<D: Dialect>(
+    tx: &mut Tx<D>,
+    citizens: &[(&str, CitizenStatus)],
+) -> StoreResult<()> {
+    insert_rows(
+        tx,
+        "INSERT INTO resolution_inputs (citizen_id, status, preferences) ",
+        " ON CONFLICT (citizen_id) DO UPDATE SET status = excluded.status",
+        citizens,
+        3,
+        |b, (citizen, status)| {
+            b.push_bind(*citizen)
+                .push_bind(status.as_str())
+                .push_bind("[]");
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Upserts rows into the read model.
 async fn write_rows<D: Dialect>(
     tx: &mut Tx<D>,
