@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -29,11 +29,14 @@ use crate::proto::{
     SyncCitizensResponse,
 };
 use crate::security::limits::RpcClass;
-use crate::store::{Store, StoreResult, WriteContext};
+use crate::store::{Pipeline, Store, StoreError, StoreResult, SyncRecord, WriteContext};
 use crate::telemetry::metrics as m;
 
 /// Records applied per transaction.
 pub const SYNC_BATCH: usize = 1000;
+
+/// Batch transactions of one stream running at once (see `sync_loop`).
+const SYNC_IN_FLIGHT: usize = 2;
 
 /// How long a batch waits for more records after its first.
 const SYNC_LINGER: Duration = Duration::from_millis(20);
@@ -56,7 +59,7 @@ impl PopulationSyncHandler {
 /// How one stream reads and applies its records.
 trait SyncKind: Send + Sync + 'static {
     type Message: Send + Sync + 'static;
-    type Record: Send + Sync + 'static;
+    type Record: SyncRecord + Send + Sync + 'static;
     /// What the stream answers after each committed batch.
     type Response: Send + 'static;
     fn respond(result: SyncBatchResult) -> Self::Response;
@@ -197,82 +200,187 @@ impl PopulationSyncService for PopulationSyncHandler {
     }
 }
 
+/// A batch read and validated, waiting for its transaction: what its acknowledgement
+/// needs besides the outcomes.
+struct Pending {
+    last_record_id: String,
+    /// Each record's id, and its refusal when it failed validation (never sent to the
+    /// store), in stream order.
+    records: Vec<(String, Option<Rejection>)>,
+    /// The store's outcomes of the valid records, in order, once committed.
+    done: oneshot::Receiver<Outcomes>,
+}
+
+/// What a batch's transaction answers.
+type Outcomes = StoreResult<Vec<RecordOutcome>>;
+
+/// How the reading half of a stream ended.
+enum Ended {
+    /// The client ended its stream.
+    Client,
+    /// The server is shutting down; `held` says whether the last read held records.
+    Stopped { held: bool },
+    /// The acknowledging half stopped (a failed batch, or the client went away).
+    Acker,
+}
+
 /// Applies batches until the client ends the stream; answers the last acknowledgement.
 /// When the server shuts down, the records already read are applied and acknowledged
 /// (a final acknowledgement, even when nothing was held), and the stream ends
 /// UNAVAILABLE (SHUTTING_DOWN): the client resumes after the last record acknowledged.
+///
+/// Two halves run together: one reads, validates and starts batches, up to
+/// [`SYNC_IN_FLIGHT`] transactions at once through a [`Pipeline`] (a batch that shares a
+/// citizen, record, legacy number or account with a running one waits for it, so the
+/// outcomes are those of one batch at a time); the other acknowledges them in stream
+/// order as each commits. Acknowledging apart from reading keeps a client that waits for
+/// acknowledgements before sending more from waiting for ever. When a batch fails, the
+/// stream ends with its error; batches after it that had already committed are not
+/// acknowledged, and are answered with their recorded outcomes when the client resumes.
 async fn sync_loop<K: SyncKind>(
     state: &AppState,
     call: &Call,
     mut inbound: Streaming<K::Message>,
     tx: &mpsc::Sender<Result<K::Response, Status>>,
 ) -> Result<SyncBatchResult, Status> {
-    let mut totals = SyncBatchResult::default();
-    let mut stop = state.shutting_down.subscribe();
-    loop {
-        let batch = next_batch(call, &mut inbound, SYNC_BATCH, SYNC_LINGER, &mut stop).await?;
-        if batch.records.is_empty() && !batch.stopped {
-            return Ok(totals);
-        }
-        let ack = if batch.records.is_empty() {
-            totals.clone()
-        } else {
-            apply_batch::<K>(state, call, &batch.records, &mut totals).await?
+    let (queue, mut queued) = mpsc::channel::<Pending>(SYNC_IN_FLIGHT + 1);
+    let reader = async move {
+        let mut stop = state.shutting_down.subscribe();
+        let mut pipeline = Pipeline::new(SYNC_IN_FLIGHT);
+        let ended = loop {
+            let batch = tokio::select! {
+                batch = next_batch(call, &mut inbound, SYNC_BATCH, SYNC_LINGER, &mut stop) => batch,
+                () = queue.closed() => return Ok(Ended::Acker),
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(status) => {
+                    // What was read before the broken message is applied and
+                    // acknowledged first.
+                    let _ = pipeline.finish().await;
+                    return Err(status);
+                }
+            };
+            if batch.records.is_empty() && !batch.stopped {
+                break Ended::Client;
+            }
+            if !batch.records.is_empty() {
+                call.pace(state, batch.records.len()).await;
+                let now = state.now();
+                let (valid, pending, done) = prepare::<K>(&batch.records, now.date());
+                if queue.send(pending).await.is_err() {
+                    return Ok(Ended::Acker);
+                }
+                let store = state.store.clone();
+                let ctx = WriteContext {
+                    actor: call.caller.client_id.clone(),
+                    idempotency: None,
+                    now,
+                    authority: call.authority(),
+                };
+                let started = pipeline.submit(valid, move |valid: Vec<K::Record>| async move {
+                    let _ = done.send(K::apply(store.as_ref(), &ctx, &valid).await);
+                });
+                if started.await.is_err() {
+                    return Ok(Ended::Acker);
+                }
+            }
+            if batch.stopped {
+                break Ended::Stopped {
+                    held: !batch.records.is_empty(),
+                };
+            }
         };
-        if tx.send(Ok(K::respond(ack))).await.is_err() {
-            // The client went away after the commit; it resumes from its last ack and
-            // what it sends again is answered with its recorded outcome.
-            return Ok(totals);
+        let _ = pipeline.finish().await;
+        Ok(ended)
+    };
+    // It owns the receiving end, so that when it stops, the reader learns it (the
+    // queue closes) even while it waits for the client's next record.
+    let acker = async move {
+        let mut totals = SyncBatchResult::default();
+        while let Some(Pending {
+            last_record_id,
+            records,
+            done,
+        }) = queued.recv().await
+        {
+            let outcomes = done
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Corrupt(
+                        "a sync batch ended without its outcomes".into(),
+                    ))
+                })
+                .map_err(|e| call.fail(e))?;
+            let ack = acknowledge::<K>(last_record_id, records, outcomes, &mut totals)?;
+            if tx.send(Ok(K::respond(ack))).await.is_err() {
+                // The client went away after the commit; it resumes from its last ack and
+                // what it sends again is answered with its recorded outcome.
+                return Ok((totals, false));
+            }
         }
-        if batch.stopped {
+        Ok::<_, Status>((totals, true))
+    };
+    let (ended, acked) = tokio::join!(reader, acker);
+    let (totals, listening) = acked?;
+    match ended? {
+        Ended::Client | Ended::Acker => Ok(totals),
+        Ended::Stopped { held } => {
+            if !held && listening {
+                let _ = tx.send(Ok(K::respond(totals.clone()))).await;
+            }
             tracing::info!(
                 stream = K::NAME,
                 records = totals.records_committed,
                 "sync stream ended by the shutdown after its final acknowledgement"
             );
-            return Err(super::call::shutting_down(&call.request_id));
+            Err(super::call::shutting_down(&call.request_id))
         }
     }
 }
 
-/// Validates and applies one batch in one transaction; answers its acknowledgement and
-/// adds it to `totals`.
-async fn apply_batch<K: SyncKind>(
-    state: &AppState,
-    call: &Call,
+/// Validates a batch read from the stream: the valid records for the store, and what
+/// the acknowledgement will need (with the sender its outcomes arrive through).
+fn prepare<K: SyncKind>(
     batch: &[K::Message],
-    totals: &mut SyncBatchResult,
-) -> Result<SyncBatchResult, Status> {
-    let last_record_id = batch.last().map(K::record_id).unwrap_or("").to_owned();
-    call.pace(state, batch.len()).await;
-    let now = state.now();
-    let today = now.date();
+    today: time::Date,
+) -> (Vec<K::Record>, Pending, oneshot::Sender<Outcomes>) {
     let mut valid: Vec<K::Record> = Vec::with_capacity(batch.len());
-    let mut refused: Vec<Option<Rejection>> = Vec::with_capacity(batch.len());
+    let mut records = Vec::with_capacity(batch.len());
     for message in batch {
-        match K::parse(message, today) {
+        let refused = match K::parse(message, today) {
             Ok(record) => {
                 valid.push(record);
-                refused.push(None);
+                None
             }
-            Err(r) => refused.push(Some(r)),
-        }
+            Err(r) => Some(r),
+        };
+        records.push((K::record_id(message).to_owned(), refused));
     }
-    let ctx = WriteContext {
-        actor: call.caller.client_id.clone(),
-        idempotency: None,
-        now,
-        authority: call.authority(),
+    let (sender, done) = oneshot::channel();
+    let pending = Pending {
+        last_record_id: batch.last().map(K::record_id).unwrap_or("").to_owned(),
+        records,
+        done,
     };
-    let mut outcomes = K::apply(state.store.as_ref(), &ctx, &valid)
-        .await
-        .map_err(|e| call.fail(e))?
-        .into_iter();
+    (valid, pending, sender)
+}
+
+/// The acknowledgement of a committed batch, from its records and the store's outcomes;
+/// adds it to `totals`.
+fn acknowledge<K: SyncKind>(
+    last_record_id: String,
+    records: Vec<(String, Option<Rejection>)>,
+    outcomes: Vec<RecordOutcome>,
+    totals: &mut SyncBatchResult,
+) -> Result<SyncBatchResult, Status> {
+    let mut outcomes = outcomes.into_iter();
     let mut ack = SyncBatchResult {
         last_record_id,
         ..SyncBatchResult::default()
     };
-    for (message, refused) in batch.iter().zip(refused) {
+    let committed = records.len() as u64;
+    for (record_id, refused) in records {
         let outcome = match refused {
             None => outcomes.next().ok_or_else(|| {
                 Status::internal("the store answered fewer outcomes than records")
@@ -290,7 +398,7 @@ async fn apply_batch<K: SyncKind>(
             }
             RecordOutcome::Rejected(r) => {
                 totals.rejected += 1;
-                ack.errors.push(record_error(K::record_id(message), &r));
+                ack.errors.push(record_error(&record_id, &r));
                 ("rejected", r.reason.as_str())
             }
         };
@@ -302,7 +410,7 @@ async fn apply_batch<K: SyncKind>(
         )
         .increment(1);
     }
-    totals.records_committed += batch.len() as u64;
+    totals.records_committed += committed;
     ack.records_committed = totals.records_committed;
     ack.applied = totals.applied;
     ack.stale = totals.stale;
