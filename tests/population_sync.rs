@@ -31,6 +31,7 @@ on_both_backends!(
     legacy_cmnd_numbers_resolve_to_their_citizen_wherever_an_id_is_looked_up,
     declared_accounts_follow_the_verification_and_one_holder_rules,
     a_cut_stream_resumes_from_its_last_acknowledgement_without_double_application,
+    a_client_that_waits_for_each_acknowledgement_before_sending_more_gets_it,
     batch_resolve_answers_every_request_in_order_with_its_correlation_id,
     batch_resolve_slows_down_for_a_slow_reader_instead_of_buffering,
     the_streams_require_their_scopes,
@@ -906,6 +907,49 @@ async fn a_cut_stream_resumes_from_its_last_acknowledgement_without_double_appli
     let history = app.db.count("SELECT COUNT(*) FROM citizen_history").await;
     assert_eq!(citizens, N as i64, "no record lost");
     assert_eq!(history, N as i64, "no record applied twice");
+}
+
+async fn a_client_that_waits_for_each_acknowledgement_before_sending_more_gets_it(
+    backend: Backend,
+) {
+    // A lock-step client: a full batch, then nothing more until its acknowledgement.
+    // The server holds that batch's transaction in flight while it waits for the next
+    // record; the acknowledgement must come from the commit, not from the next read.
+    let app = TestApp::spawn(backend).await;
+    const BATCH: u32 = 1000;
+    let (tx, rx) = tokio::sync::mpsc::channel::<SyncCitizensRequest>(BATCH as usize);
+    let mut acks = app
+        .population(Some(SYNC))
+        .sync_citizens(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for round in 0..3u32 {
+        for n in round * BATCH..(round + 1) * BATCH {
+            let record = citizen(&format!("r{n:05}"), 1, n, "Bùi Văn Long");
+            tx.send(SyncCitizensRequest {
+                record: Some(record),
+            })
+            .await
+            .unwrap();
+        }
+        let ack = tokio::time::timeout(Duration::from_secs(20), acks.message())
+            .await
+            .expect("the acknowledgement of a full batch, without more records sent")
+            .unwrap()
+            .expect("an acknowledgement")
+            .result
+            .unwrap();
+        assert_eq!(ack.records_committed, u64::from((round + 1) * BATCH));
+        assert_eq!(
+            ack.last_record_id,
+            format!("r{:05}", (round + 1) * BATCH - 1)
+        );
+    }
+    drop(tx);
+    while acks.message().await.unwrap().is_some() {}
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM citizens").await, 3000);
+    app.stop().await;
 }
 
 fn batch_request(correlation: &str, citizen: &str) -> BatchResolveRequest {
