@@ -137,6 +137,7 @@ impl App {
             cooling_off: settings.cooling_off(),
             clock: Arc::new(Timestamp::now),
             access,
+            sync_batches_in_flight: settings.sync_batches_in_flight,
             limits: Arc::new(Limits::new(settings.rate_limits.clone())),
             shutting_down: Arc::new(tokio::sync::watch::Sender::new(false)),
             programs: Arc::new(

@@ -22,8 +22,7 @@ pub async fn demo_data(
         let settings = Settings::load(config)?;
         let store = crate::app::open_store(&settings).await?;
         let (c, a) =
-            crate::tools::import::demo_store(store, &spec, crate::tools::import::BATCHES_IN_FLIGHT)
-                .await?;
+            crate::tools::import::demo_store(store, &spec, settings.sync_batches_in_flight).await?;
         println!(
             "citizens: {} applied, {} stale, {} rejected\naccounts: {} applied, {} stale, {} \
              rejected (the planted duplicate claims, and NAME_MATCH records whose holder name \

@@ -42,6 +42,8 @@ pub struct AppState {
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// Where reads of citizens' data are recorded.
     pub access: AccessLog,
+    /// Batch transactions of one sync stream running at once.
+    pub sync_batches_in_flight: usize,
     /// Rate limits and the in-flight limit.
     pub limits: Arc<Limits>,
     /// Set when the server begins a graceful shutdown: open-ended streams (change-feed

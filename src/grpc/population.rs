@@ -35,9 +35,6 @@ use crate::telemetry::metrics as m;
 /// Records applied per transaction.
 pub const SYNC_BATCH: usize = 1000;
 
-/// Batch transactions of one stream running at once (see `sync_loop`).
-const SYNC_IN_FLIGHT: usize = 2;
-
 /// How long a batch waits for more records after its first.
 const SYNC_LINGER: Duration = Duration::from_millis(20);
 
@@ -230,7 +227,7 @@ enum Ended {
 /// UNAVAILABLE (SHUTTING_DOWN): the client resumes after the last record acknowledged.
 ///
 /// Two halves run together: one reads, validates and starts batches, up to
-/// [`SYNC_IN_FLIGHT`] transactions at once through a [`Pipeline`] (a batch that shares a
+/// `sync_batches_in_flight` transactions at once through a [`Pipeline`] (a batch that shares a
 /// citizen, record, legacy number or account with a running one waits for it, so the
 /// outcomes are those of one batch at a time); the other acknowledges them in stream
 /// order as each commits. Acknowledging apart from reading keeps a client that waits for
@@ -243,10 +240,10 @@ async fn sync_loop<K: SyncKind>(
     mut inbound: Streaming<K::Message>,
     tx: &mpsc::Sender<Result<K::Response, Status>>,
 ) -> Result<SyncBatchResult, Status> {
-    let (queue, mut queued) = mpsc::channel::<Pending>(SYNC_IN_FLIGHT + 1);
+    let (queue, mut queued) = mpsc::channel::<Pending>(state.sync_batches_in_flight + 1);
     let reader = async move {
         let mut stop = state.shutting_down.subscribe();
-        let mut pipeline = Pipeline::new(SYNC_IN_FLIGHT);
+        let mut pipeline = Pipeline::new(state.sync_batches_in_flight);
         let ended = loop {
             let batch = tokio::select! {
                 batch = next_batch(call, &mut inbound, SYNC_BATCH, SYNC_LINGER, &mut stop) => batch,

@@ -144,10 +144,6 @@ impl Statistics {
     }
 }
 
-/// How many of a bulk load's batches run at once by default (see `pipeline`): two keep
-/// both cores of this machine's database server busy while the loader plans the next.
-pub const BATCHES_IN_FLIGHT: usize = 2;
-
 /// Writes records (`None`: one that could not be converted, counted as rejected) through
 /// `run` in batches of about [`STORE_BATCH`], `in_flight` at a time. A batch is
 /// cut only between two citizens, so that one citizen's records never make two batches
