@@ -75,7 +75,7 @@ pub struct BenchArgs {
     pub reserve_period: String,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchScenario {
     /// Unary Resolve.
     Resolve,
@@ -211,23 +211,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        BenchScenario::SyncAccounts => {
+        BenchScenario::SyncAccounts | BenchScenario::SyncCitizens => {
             let client =
                 crate::proto::population_sync_service_client::PopulationSyncServiceClient::with_interceptor(
                     channel,
                     bearer()?,
                 );
-            let figures = bench::sync_accounts(client, args.records, rand::random()).await?;
-            figures.print("sync-accounts (per record; errors = rejected records)", 1);
-        }
-        BenchScenario::SyncCitizens => {
-            let client =
-                crate::proto::population_sync_service_client::PopulationSyncServiceClient::with_interceptor(
-                    channel,
-                    bearer()?,
-                );
-            let figures = bench::sync_citizens(client, args.records, rand::random()).await?;
-            figures.print("sync-citizens (per record; errors = rejected records)", 1);
+            // A fresh population each run: records already synced would be answered from
+            // the ledger (or stale) instead of applied.
+            let seed = rand::random();
+            let (name, figures) = if args.scenario == BenchScenario::SyncAccounts {
+                (
+                    "sync-accounts",
+                    bench::sync_accounts(client, args.records, seed).await?,
+                )
+            } else {
+                (
+                    "sync-citizens",
+                    bench::sync_citizens(client, args.records, seed).await?,
+                )
+            };
+            figures.print(
+                &format!("{name} (per record; errors = rejected records)"),
+                1,
+            );
         }
         BenchScenario::Health => {
             bench::health(channel, args.concurrency, duration)
@@ -299,15 +306,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
         BenchScenario::CopyAccounts | BenchScenario::CopyCitizens => {
-            let (name, copy) = match args.scenario {
-                BenchScenario::CopyAccounts => ("copy-accounts", true),
-                _ => ("copy-citizens", false),
+            let accounts = args.scenario == BenchScenario::CopyAccounts;
+            let name = if accounts {
+                "copy-accounts"
+            } else {
+                "copy-citizens"
             };
             let url = args
                 .database_url
                 .clone()
                 .with_context(|| format!("{name} needs --database-url or DATABASE_URL"))?;
-            let (rows, elapsed) = if copy {
+            let (rows, elapsed) = if accounts {
                 bench::copy_accounts(&url, args.records, args.demo_seed).await?
             } else {
                 bench::copy_citizens(&url, args.records, args.demo_seed).await?

@@ -227,10 +227,10 @@ enum Ended {
 /// UNAVAILABLE (SHUTTING_DOWN): the client resumes after the last record acknowledged.
 ///
 /// Two halves run together: one reads, validates and starts batches, up to
-/// `sync_batches_in_flight` transactions at once through a [`Pipeline`] (a batch that shares a
-/// citizen, record, legacy number or account with a running one waits for it, so the
-/// outcomes are those of one batch at a time); the other acknowledges them in stream
-/// order as each commits. Acknowledging apart from reading keeps a client that waits for
+/// `sync_batches_in_flight` transactions at once through a [`Pipeline`] (a batch that
+/// shares a citizen, record, legacy number or account with a running one waits for it,
+/// so the outcomes are those of one batch at a time); the other acknowledges them in
+/// stream order as each commits. Acknowledging apart from reading keeps a client that waits for
 /// acknowledgements before sending more from waiting for ever. When a batch fails, the
 /// stream ends with its error; batches after it that had already committed are not
 /// acknowledged, and are answered with their recorded outcomes when the client resumes.

@@ -571,9 +571,9 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self, fresh: bool) -> StoreResult<()>;
 
     /// Refreshes the query planner's statistics of the tables writes look rows up in
-    /// (`ANALYZE`). A bulk load
-    /// calls it as its tables grow: plans made on the statistics of a table a tenth of
-    /// its size scan where they should probe (see `tools::import::demo_store`).
+    /// (`ANALYZE`). A bulk load calls it as its tables grow: plans made on the statistics
+    /// of a table a tenth of its size scan where they should probe (see
+    /// `tools::import::demo_store`).
     async fn analyze(&self) -> StoreResult<()>;
 
     /// The change feed's head, the sequencer's backlog and the digest's position.

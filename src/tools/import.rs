@@ -164,28 +164,29 @@ where
     let mut statistics = Statistics::default();
     let mut pipeline = Pipeline::new(in_flight);
     let mut batch: Vec<R> = Vec::with_capacity(STORE_BATCH + 16);
-    let mut records = records.peekable();
-    while let Some(record) = records.next() {
-        match record {
-            Some(r) => batch.push(r),
-            None => counts.rejected += 1,
-        }
-        let next_citizen = records
-            .peek()
-            .and_then(|r| r.as_ref())
-            .map(|r| r.citizen_id());
-        let cut = match (batch.last(), next_citizen) {
-            (_, None) => records.peek().is_none(),
-            (Some(last), Some(next)) => batch.len() >= STORE_BATCH && last.citizen_id() != next,
-            (None, Some(_)) => false,
+    for record in records {
+        let Some(record) = record else {
+            counts.rejected += 1;
+            continue;
         };
-        if cut && !batch.is_empty() {
+        let full = batch.len() >= STORE_BATCH
+            && batch
+                .last()
+                .is_some_and(|last| last.citizen_id() != record.citizen_id());
+        if full {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(STORE_BATCH + 16));
             progress.inc(full.len() as u64);
             for outcomes in pipeline.submit(full, |b| run(store.clone(), b)).await? {
                 counts.add(&outcomes?);
             }
             statistics.grown(&**store, progress.position()).await?;
+        }
+        batch.push(record);
+    }
+    if !batch.is_empty() {
+        progress.inc(batch.len() as u64);
+        for outcomes in pipeline.submit(batch, |b| run(store.clone(), b)).await? {
+            counts.add(&outcomes?);
         }
     }
     for outcomes in pipeline.finish().await? {
