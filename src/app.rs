@@ -24,7 +24,7 @@ use tonic_health::ServingStatus;
 
 use crate::background::access_log::AccessLog;
 use crate::background::readiness::{self, Readiness, Signals};
-use crate::background::{pruner, sequencer, BackgroundTask};
+use crate::background::{follower, pruner, sequencer, BackgroundTask};
 use crate::config::Settings;
 use crate::domain::Timestamp;
 use crate::grpc::{
@@ -109,7 +109,13 @@ impl App {
                 signals.clone(),
                 readiness_tx,
             )),
+            BackgroundTask::spawn(follower::follow(store.clone())),
         ];
+        if !settings.read_database_urls.is_empty() {
+            tasks.push(BackgroundTask::spawn(follower::poll_replicas(
+                store.clone(),
+            )));
+        }
         if let Some(retention) = settings.feed.retention() {
             tasks.push(BackgroundTask::spawn(pruner::run(
                 store.clone(),
@@ -542,6 +548,13 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         max_connections: settings.db_max_connections,
         acquire_timeout: Duration::from_millis(settings.db_acquire_timeout_ms),
         statement_timeout: Some(Duration::from_millis(settings.db_statement_timeout_ms)),
+        resolution_cache_entries: settings.resolution_cache_entries,
+        read_urls: settings
+            .read_database_urls
+            .iter()
+            .map(|u| u.expose().to_owned())
+            .collect(),
+        replica_max_lag: settings.replica_max_lag,
     };
     let store = crate::store::connect(settings.database_url.expose(), options).await?;
     store.migrate().await?;

@@ -56,6 +56,17 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// `sqlite://data/registry.db` (embedded default) or `postgres://...`.
     pub database_url: Secret,
+    /// Read replicas: PostgreSQL streaming standbys of `database_url` that answer
+    /// Resolve, BatchResolve, GetAccount, ListCitizenAccounts, GetAccountHistory and the
+    /// change feed's catch-up (writes, the access log and the feed's live tail stay on the
+    /// primary). `READ_DATABASE_URLS` (comma-separated) overrides it.
+    pub read_database_urls: Vec<Secret>,
+    /// Most change-feed positions a replica may trail this instance's followed position
+    /// and still be read; one further behind is skipped until it catches up.
+    pub replica_max_lag: u64,
+    /// Citizens whose resolution inputs each instance caches (the change feed keeps the
+    /// cache true); 0 turns the cache off. About 1 KB of memory per cached citizen.
+    pub resolution_cache_entries: u64,
     /// Where the embedded database and the development token live.
     pub data_dir: PathBuf,
     /// Plain-text gRPC is refused on non-loopback addresses unless this is set (or `[tls]`
@@ -255,6 +266,9 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database_url: Secret::new("sqlite://data/registry.db"),
+            read_database_urls: Vec::new(),
+            replica_max_lag: 10_000,
+            resolution_cache_entries: 1_000_000,
             data_dir: PathBuf::from("data"),
             allow_plaintext_non_loopback: false,
             tls: None,
@@ -300,6 +314,15 @@ impl Settings {
         if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
             builder = builder.set_override("database_url", url)?;
         }
+        if let Ok(urls) = std::env::var("READ_DATABASE_URLS") {
+            let urls: Vec<String> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            builder = builder.set_override("read_database_urls", urls)?;
+        }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -318,6 +341,19 @@ impl Settings {
             return bad(
                 "db_acquire_timeout_ms and db_statement_timeout_ms must be positive".into(),
             );
+        }
+        if !self.read_database_urls.is_empty() && self.is_embedded() {
+            return bad("read_database_urls needs a PostgreSQL database_url".into());
+        }
+        if let Some(url) = self
+            .read_database_urls
+            .iter()
+            .find(|u| !u.expose().starts_with("postgres"))
+        {
+            let scheme = url.expose().split(':').next().unwrap_or("");
+            return bad(format!(
+                "read_database_urls takes postgres:// URLs, not {scheme}:"
+            ));
         }
         if !(1..=16).contains(&self.sync_batches_in_flight) {
             return bad(format!(

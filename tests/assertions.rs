@@ -176,6 +176,7 @@ async fn account_now(app: &TestApp, id: &str) -> Account {
         .get_account(GetAccountRequest {
             account_id: id.into(),
             purpose: "assertion test".into(),
+            min_position: 0,
         })
         .await
         .expect("get account")

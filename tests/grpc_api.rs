@@ -359,6 +359,7 @@ async fn get_account(app: &TestApp, token: &str, account_id: &str) -> Result<Acc
     let request = GetAccountRequest {
         account_id: account_id.into(),
         purpose: "case review".into(),
+        min_position: 0,
     };
     let response = app.registry(Some(token)).get_account(request).await?;
     Ok(answered(response.into_inner().account))
@@ -405,6 +406,7 @@ async fn history_page(
         page_size,
         page_token: page_token.into(),
         purpose: "audit".into(),
+        min_position: 0,
     };
     Ok(app
         .registry(Some(token))

@@ -175,7 +175,9 @@ async fn database_outage() {
 
     // Calls are answered as the database's failure, retryable, quickly.
     let started = Instant::now();
-    read_and_write_refused(&app, citizen, "001089300002", "DATABASE_UNAVAILABLE").await;
+    // (The read is of a citizen the instance has not cached: a cached resolution needs no
+    // database, and its read is refused by the access log instead, ACCESS_LOG_UNAVAILABLE.)
+    read_and_write_refused(&app, "001089300003", "001089300002", "DATABASE_UNAVAILABLE").await;
     eprintln!(
         "measured: Resolve and LinkAccount refused DATABASE_UNAVAILABLE in {:?}",
         started.elapsed()

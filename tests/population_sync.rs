@@ -122,10 +122,15 @@ async fn footprint(app: &TestApp) -> Vec<(&'static str, i64)> {
     out
 }
 
+/// Resolves at the feed's head: once every committed change is numbered, from state
+/// that includes them all (a payer's cache of an instance may otherwise trail by the feed
+/// lag; tests/consistency.rs tests that bound).
 async fn resolve(app: &TestApp, citizen: &str) -> ResolveResponse {
+    let head = common::sequenced_head(app).await as u64;
     app.resolver(Some(PAYER))
         .resolve(ResolveRequest {
             citizen_id: citizen.into(),
+            min_position: head,
             ..Default::default()
         })
         .await
@@ -457,7 +462,7 @@ async fn death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it(b
     )
     .await;
     assert_eq!(totals(&acks), (2, 2, 0, 0));
-    // The ack came after the commit: from now on nothing is paid.
+    // The ack came after the commit: from its position on, nothing is paid.
     assert_eq!(
         outcome(&resolve(&app, &cid(10)).await),
         ResolveOutcome::CitizenDeceased

@@ -99,7 +99,12 @@ fn check_binary(app: &TestApp, args: &[&str]) -> (bool, String) {
 async fn check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampered_row(
     backend: Backend,
 ) {
-    let app = TestApp::spawn(backend).await;
+    // No cache: the test tampers with the model behind the registry's back, which no
+    // change-feed event announces.
+    let app = TestApp::builder(backend)
+        .configure(|s| s.resolution_cache_entries = 0)
+        .spawn()
+        .await;
     // The bulk path: a synced population with deaths, legacy ids, wallets and duplicate
     // claims.
     let spec = DemoSpec {

@@ -330,6 +330,7 @@ fn batch_request(correlation: &str, r: &ResolveRequest) -> BatchResolveRequest {
         scope: r.scope,
         purpose: r.purpose.clone(),
         reservation_period: r.reservation_period.clone(),
+        min_position: r.min_position,
     }
 }
 

@@ -121,6 +121,7 @@ async fn a_read_without_a_purpose_is_refused(backend: Backend) {
         .get_account(GetAccountRequest {
             account_id: account.account_id.clone(),
             purpose: " ".into(),
+            min_position: 0,
         })
         .await;
     refused(result, Code::InvalidArgument, "PURPOSE_REQUIRED");
@@ -158,6 +159,7 @@ async fn every_read_is_recorded_in_the_access_log_with_client_purpose_and_reques
         .get_account(GetAccountRequest {
             account_id: account.account_id.clone(),
             purpose: "audit A".into(),
+            min_position: 0,
         })
         .await
         .expect("get");
@@ -168,6 +170,7 @@ async fn every_read_is_recorded_in_the_access_log_with_client_purpose_and_reques
             citizen_id: citizen.into(),
             include_closed: true,
             purpose: "audit B".into(),
+            min_position: 0,
         })
         .await
         .expect("list");

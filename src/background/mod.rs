@@ -5,12 +5,15 @@
 //! - [`pruner`]: deletes events past the retention horizon.
 //! - [`access_log`]: the writers that record every read before it is answered (group
 //!   commit), and the handle handlers record through.
+//! - [`follower`]: follows the change feed (the resolution cache drops what it names)
+//!   and polls the read replicas' positions.
 //! - [`readiness`]: whether the instance may be sent calls (database, sequencer, access
 //!   log), for the health service.
 //!
 //! These tasks talk to the store only; the gRPC layer holds their handles.
 
 pub mod access_log;
+pub mod follower;
 pub mod pruner;
 pub mod readiness;
 pub mod sequencer;

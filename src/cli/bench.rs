@@ -50,6 +50,14 @@ pub struct BenchArgs {
     /// Records on the sync stream (sync-accounts, sync-citizens) or copied (copy-*).
     #[arg(long, default_value_t = 100_000)]
     pub records: u64,
+    /// resolve: first resolve every id once on a BatchResolve stream (not measured), so
+    /// that the run measures a warm resolution cache.
+    #[arg(long)]
+    pub warm: bool,
+    /// resolve: the server's metrics listener (host:port); the run then prints the
+    /// resolution cache's hits, misses and hit ratio over the measured calls.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Sample this process's RSS (the server's pid) while the scenario runs.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -161,16 +169,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rss = args.server_pid.map(bench::RssSampler::start);
     match args.scenario {
         BenchScenario::Resolve => {
-            let ids = ids(channel.clone()).await?;
-            bench::resolve(
-                channel,
-                &token()?,
-                Arc::new(ids),
-                args.concurrency,
-                duration,
-            )
-            .await?
-            .print("resolve", args.concurrency);
+            let ids = Arc::new(ids(channel.clone()).await?);
+            if args.warm {
+                let client =
+                    PayoutResolverServiceClient::with_interceptor(channel.clone(), bearer()?)
+                        .max_decoding_message_size(64 << 20);
+                let warm = ids.clone();
+                bench::batch_resolve(client, ids.len() as u64, "", "", move |i| {
+                    warm[i as usize].clone()
+                })
+                .await?
+                .print("warm-up batch-resolve (per id)", 1);
+            }
+            let before = match &args.metrics_addr {
+                Some(addr) => Some(bench::cache_counters(addr).await?),
+                None => None,
+            };
+            bench::resolve(channel, &token()?, ids, args.concurrency, duration)
+                .await?
+                .print("resolve", args.concurrency);
+            if let (Some(addr), Some(before)) = (&args.metrics_addr, before) {
+                let after = bench::cache_counters(addr).await?;
+                let (hits, misses) = (after.0 - before.0, after.1 - before.1);
+                println!(
+                    "resolution cache: {hits} hits, {misses} misses: hit ratio {:.3}",
+                    hits / (hits + misses).max(1.0)
+                );
+            }
         }
         BenchScenario::BatchResolve => {
             let spec = crate::tools::demo::DemoSpec {

@@ -634,6 +634,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                     scope: scope.into(),
                     purpose: conn.purpose.clone(),
                     reservation_period: reserve_period,
+                    min_position: 0,
                 })
                 .await
                 .map_err(describe)?
@@ -709,6 +710,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                         page_size: 100,
                         page_token,
                         purpose: conn.purpose.clone(),
+                        min_position: 0,
                     })
                     .await
                     .map_err(describe)?

@@ -35,6 +35,22 @@ pub fn account_id(field: &str, raw: &str) -> Result<Uuid, Rejection> {
     })
 }
 
+/// A read's `min_position` (a consistency token) as the store takes it.
+pub fn min_position(raw: u64) -> Result<i64, Rejection> {
+    i64::try_from(raw).map_err(|_| {
+        Rejection::field(
+            Reason::FeedPositionInvalid,
+            "min_position",
+            "beyond the change feed's head: no answer can be that fresh yet",
+        )
+    })
+}
+
+/// A feed position as answers carry it.
+pub fn position_out(position: i64) -> u64 {
+    u64::try_from(position).unwrap_or(0)
+}
+
 /// A required enum field left unspecified.
 fn unspecified(field: &str) -> Rejection {
     Rejection::field(Reason::FieldRequired, field, format!("{field} is required"))

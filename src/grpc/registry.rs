@@ -3,7 +3,9 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::convert::{account_id, account_out, history_out, preference_out};
+use super::convert::{
+    account_id, account_out, history_out, min_position, position_out, preference_out,
+};
 use super::page::{page_size, Binding};
 use super::{AppState, Call};
 use crate::domain::{
@@ -37,7 +39,7 @@ impl AccountRegistryHandler {
         request: Request<M>,
         operation: &str,
         key: fn(&mut M) -> &mut String,
-    ) -> Result<(Account, bool), Status>
+    ) -> Result<(Account, bool, u64), Status>
     where
         M: Message + Clone,
         for<'a> ChangeAccount: TryFrom<&'a M, Error = Rejection>,
@@ -55,22 +57,40 @@ impl AccountRegistryHandler {
             .await
             .map_err(|e| call.fail(e))?;
         tracing::info!(account = %account.id, status = %account.status, version = account.version, "{operation}");
-        Ok((account, Self::full(&call)))
+        let position = self.written(&account).await;
+        Ok((account, Self::full(&call), position))
     }
 
     fn full(call: &Call) -> bool {
         call.caller.has(Scope::ResolveFull)
+    }
+
+    /// A write's consistency token: the feed position of the citizen's latest event once
+    /// numbered, 0 when it was not numbered in time (the write stands either way).
+    async fn written(&self, account: &Account) -> u64 {
+        match self.state.store.written_position(&account.citizen_id).await {
+            Ok(Some(position)) => position_out(position),
+            Ok(None) => {
+                tracing::warn!("the write's event was not numbered within a second; answered without a position");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the write's feed position failed; answered without one");
+                0
+            }
+        }
     }
 }
 
 /// Wraps the account of a change in its RPC's response, masked for the caller.
 macro_rules! answer {
     ($self:ident, $request:ident, $op:literal, $resp:ident) => {{
-        let (account, full) = $self
+        let (account, full, position) = $self
             .change($request, $op, |r| &mut r.idempotency_key)
             .await?;
         Ok(Response::new($resp {
             account: Some(account_out(&account, full)),
+            position,
         }))
     }};
 }
@@ -101,6 +121,7 @@ impl AccountRegistryService for AccountRegistryHandler {
         tracing::info!(account = %account.id, citizen = %account.citizen_id, account_ref = %account.account_ref, "account linked");
         Ok(Response::new(LinkAccountResponse {
             account: Some(account_out(&account, Self::full(&call))),
+            position: self.written(&account).await,
         }))
     }
 
@@ -142,6 +163,7 @@ impl AccountRegistryService for AccountRegistryHandler {
         tracing::info!(account = %account.id, program = req.program_code.as_str(), "payout preference set");
         Ok(Response::new(SetDefaultAccountResponse {
             account: Some(account_out(&account, Self::full(&call))),
+            position: self.written(&account).await,
             program_code: cmd
                 .program
                 .map(|p| p.as_str().to_owned())
@@ -179,7 +201,8 @@ impl AccountRegistryService for AccountRegistryHandler {
         let req = request.into_inner();
         let purpose = call.purpose(&req.purpose)?;
         let id = account_id("account_id", &req.account_id).map_err(|r| call.reject(r))?;
-        let account = self.account(&call, id).await?;
+        let min = min_position(req.min_position).map_err(|r| call.reject(r))?;
+        let (account, position) = self.account(&call, id, min).await?;
         call.log_reads(
             &self.state,
             GET_ACCOUNT,
@@ -189,6 +212,7 @@ impl AccountRegistryService for AccountRegistryHandler {
         .await?;
         Ok(Response::new(GetAccountResponse {
             account: Some(account_out(&account, Self::full(&call))),
+            position: position_out(position),
         }))
     }
 
@@ -210,13 +234,14 @@ impl AccountRegistryService for AccountRegistryHandler {
         };
         let size = page_size(req.page_size, DEFAULT_ACCOUNTS_PAGE, MAX_ACCOUNTS_PAGE)
             .map_err(|r| call.reject(r))?;
+        let min = min_position(req.min_position).map_err(|r| call.reject(r))?;
         let binding = Binding::new(LIST_CITIZEN_ACCOUNTS)
             .with(citizen.as_str())
             .with(req.include_closed);
-        let (accounts, prefs) = self
+        let ((accounts, prefs), position) = self
             .state
             .store
-            .list_citizen_accounts(&citizen, req.include_closed)
+            .list_citizen_accounts_at(&citizen, req.include_closed, min)
             .await
             .map_err(|e| call.fail(e))?;
         // Accounts come oldest first, (created_at, id); the cursor is the last one's id.
@@ -230,6 +255,7 @@ impl AccountRegistryService for AccountRegistryHandler {
             accounts: accounts.iter().map(|a| account_out(a, full)).collect(),
             preferences: prefs.iter().map(preference_out).collect(),
             next_page_token,
+            position: position_out(position),
         }))
     }
 
@@ -243,6 +269,7 @@ impl AccountRegistryService for AccountRegistryHandler {
         let purpose = call.purpose(&req.purpose)?;
         let id = account_id("account_id", &req.account_id).map_err(|r| call.reject(r))?;
         let size = page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE).map_err(|r| call.reject(r))?;
+        let min = min_position(req.min_position).map_err(|r| call.reject(r))?;
         let binding = Binding::new(GET_ACCOUNT_HISTORY).with(id);
         let after = binding
             .cursor_as(&req.page_token, |c| c.parse::<u64>().ok())
@@ -250,12 +277,12 @@ impl AccountRegistryService for AccountRegistryHandler {
             .unwrap_or(0);
         // Checked on every page: a page token must not turn an unknown account into an
         // empty history.
-        let account = self.account(&call, id).await?;
+        let (account, checked_at) = self.account(&call, id, min).await?;
         // One more than the page, to know whether another page follows.
-        let entries = self
+        let (entries, read_at) = self
             .state
             .store
-            .account_history(id, after, size + 1)
+            .account_history_at(id, after, size + 1, min)
             .await
             .map_err(|e| call.fail(e))?;
         let (entries, next_page_token) =
@@ -271,6 +298,7 @@ impl AccountRegistryService for AccountRegistryHandler {
         Ok(Response::new(GetAccountHistoryResponse {
             entries: entries.iter().map(|h| history_out(h, full)).collect(),
             next_page_token,
+            position: position_out(checked_at.min(read_at)),
         }))
     }
 
@@ -304,18 +332,27 @@ impl AccountRegistryService for AccountRegistryHandler {
         Ok(Response::new(ReportPayoutFailureResponse {
             account: Some(account_out(&account, Self::full(&call))),
             failure_id: failure_id.to_string(),
+            position: self.written(&account).await,
         }))
     }
 }
 
 impl AccountRegistryHandler {
-    async fn account(&self, call: &Call, id: uuid::Uuid) -> Result<Account, Status> {
-        self.state
+    /// An account from state at least `min` fresh, and the position read at.
+    async fn account(
+        &self,
+        call: &Call,
+        id: uuid::Uuid,
+        min: i64,
+    ) -> Result<(Account, i64), Status> {
+        let (account, position) = self
+            .state
             .store
-            .get_account(id)
+            .get_account_at(id, min)
             .await
-            .map_err(|e| call.fail(e))?
-            .ok_or_else(|| call.reject(account_not_found(id)))
+            .map_err(|e| call.fail(e))?;
+        let account = account.ok_or_else(|| call.reject(account_not_found(id)))?;
+        Ok((account, position))
     }
 }
 

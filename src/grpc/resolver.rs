@@ -10,7 +10,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::call::transport_status;
-use super::convert::{record_error, release_in, resolution_out, timestamp_out, ResolveRequest};
+use super::convert::{
+    min_position, position_out, record_error, release_in, resolution_out, timestamp_out,
+    ResolveRequest,
+};
 use super::{AppState, Call};
 use crate::domain::reservation::{ReserveItem, Reserved};
 use crate::domain::{CitizenId, CitizenLookup, LegacyId, Rejection, Resolution};
@@ -50,6 +53,8 @@ impl PayoutResolverHandler {
 struct Pending {
     request: ResolveRequest,
     purpose: String,
+    /// The request's `min_position` (consistency token).
+    min: i64,
 }
 
 /// Resolves a batch: legacy numbers through their aliases (one query), every citizen in
@@ -60,7 +65,7 @@ async fn resolve_all(
     call: &Call,
     method: &str,
     pending: &[Pending],
-) -> Result<Vec<(Resolution, Option<CitizenId>)>, Status> {
+) -> Result<(Vec<(Resolution, Option<CitizenId>)>, i64), Status> {
     let legacy: Vec<LegacyId> = pending
         .iter()
         .filter_map(|p| match &p.request.lookup {
@@ -90,12 +95,14 @@ async fn resolve_all(
         .filter_map(|(p, c)| c.clone().map(|c| p.request.query(c)))
         .collect();
     let now = state.now();
-    let mut found = state
+    // A batch is read from state at least as fresh as its freshest request asks.
+    let min = pending.iter().map(|p| p.min).max().unwrap_or(0);
+    let (found, position) = state
         .store
-        .resolve_many(&queries, now)
+        .resolve_many(&queries, now, min)
         .await
-        .map_err(|e| call.fail(e))?
-        .into_iter();
+        .map_err(|e| call.fail(e))?;
+    let mut found = found.into_iter();
     let mut out = Vec::with_capacity(pending.len());
     let mut unknown = 0usize;
     for citizen in citizens {
@@ -130,10 +137,23 @@ async fn resolve_all(
             .filter_map(|(_, (_, c))| c.clone());
         call.log_reads(state, method, purpose, read).await?;
     }
-    Ok(out)
+    Ok((out, position))
 }
 
 fn answer(
+    call: &Call,
+    request: &ResolveRequest,
+    resolution: &Resolution,
+    reserved: Option<&Reserved>,
+    now: crate::domain::Timestamp,
+    position: i64,
+) -> ResolveResponse {
+    let mut out = answer_of(call, request, resolution, reserved, now);
+    out.position = position_out(position);
+    out
+}
+
+fn answer_of(
     call: &Call,
     request: &ResolveRequest,
     resolution: &Resolution,
@@ -200,6 +220,7 @@ impl PayoutResolverService for PayoutResolverHandler {
         )
         .and_then(|req| known_program(&self.state, req))
         .map_err(|r| call.reject(r))?;
+        let min = min_position(r.min_position).map_err(|r| call.reject(r))?;
         if !req.exists_only {
             // `resolve.exists` clients may only ask yes/no.
             call.require(Scope::Resolve)?;
@@ -207,9 +228,10 @@ impl PayoutResolverService for PayoutResolverHandler {
         let pending = [Pending {
             request: req,
             purpose,
+            min,
         }];
         let now = self.state.now();
-        let resolved = resolve_all(&self.state, &call, RESOLVE, &pending).await?;
+        let (resolved, position) = resolve_all(&self.state, &call, RESOLVE, &pending).await?;
         let reserved = reserve_all(&self.state, &call, &pending, &resolved).await?;
         let (resolution, citizen) = resolved
             .into_iter()
@@ -221,6 +243,7 @@ impl PayoutResolverService for PayoutResolverHandler {
             &resolution,
             reserved[0].as_ref(),
             now,
+            position,
         );
         tracing::info!(
             citizen = citizen.as_ref().map(CitizenId::masked).unwrap_or_default(),
@@ -485,7 +508,12 @@ fn parse_batch(
                      request or `x-purpose` metadata",
                 )
             })?;
-            Ok(Pending { request, purpose })
+            let min = min_position(r.min_position)?;
+            Ok(Pending {
+                request,
+                purpose,
+                min,
+            })
         });
         match parsed {
             Ok(p) => {
@@ -512,12 +540,12 @@ async fn answer_batch(
     batch: ParsedBatch,
 ) -> Result<Vec<BatchResolveResponse>, Status> {
     let now = state.now();
-    let (resolved, reserved) = if batch.pending.is_empty() {
-        (Vec::new(), Vec::new())
+    let (resolved, reserved, position) = if batch.pending.is_empty() {
+        (Vec::new(), Vec::new(), 0)
     } else {
-        let resolved = resolve_all(state, call, BATCH_RESOLVE, &batch.pending).await?;
+        let (resolved, position) = resolve_all(state, call, BATCH_RESOLVE, &batch.pending).await?;
         let reserved = reserve_all(state, call, &batch.pending, &resolved).await?;
-        (resolved, reserved)
+        (resolved, reserved, position)
     };
     Ok(batch
         .requests
@@ -532,6 +560,7 @@ async fn answer_batch(
                     &resolved[i].0,
                     reserved[i].as_ref(),
                     now,
+                    position,
                 )),
                 error: None,
             },

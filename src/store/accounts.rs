@@ -14,7 +14,9 @@
 
 use uuid::Uuid;
 
-use super::dialect::{Dialect, Handle, Session, Tx};
+use sqlx::Pool;
+
+use super::dialect::{Dialect, Handle, Pooled, Session, Tx};
 use super::idempotency::{remember, replay, StoredOutcome};
 use super::planner::{duplicate_claim_payload, owned_by_another, DUPLICATE_CLAIM_REASON};
 use super::resolution_model::refresh;
@@ -901,16 +903,21 @@ async fn insert_event<D: Dialect>(
 
 /// Reads of accounts, their history and the claims refused on them.
 impl<D: Dialect> SqlStore<D> {
-    pub(super) async fn account(&self, id: Uuid) -> StoreResult<Option<Account>> {
-        load_account(&mut self.reader().await?, id).await
+    pub(super) async fn account(
+        &self,
+        pool: &Pool<D::DB>,
+        id: Uuid,
+    ) -> StoreResult<Option<Account>> {
+        load_account(&mut Pooled::<D>::acquire(pool).await?, id).await
     }
 
     pub(super) async fn citizen_accounts(
         &self,
+        pool: &Pool<D::DB>,
         citizen: &CitizenId,
         include_closed: bool,
     ) -> StoreResult<(Vec<Account>, Vec<Preference>)> {
-        let mut conn = self.reader().await?;
+        let mut conn = Pooled::<D>::acquire(pool).await?;
         let accounts = conn
             .fetch_all::<AccountRow>(
                 Sql::new(concat!(
@@ -951,11 +958,12 @@ impl<D: Dialect> SqlStore<D> {
 
     pub(super) async fn history_of(
         &self,
+        pool: &Pool<D::DB>,
         id: Uuid,
         after_version: u64,
         limit: u32,
     ) -> StoreResult<Vec<HistoryEntry>> {
-        self.reader()
+        Pooled::<D>::acquire(pool)
             .await?
             .fetch_all::<HistoryRow>(
                 Sql::new(concat!(

@@ -73,8 +73,9 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// Run first in the sequencer's transaction.
     const SEQUENCER_ISOLATION: &'static [&'static str];
 
-    /// Run in the sequencer's transaction when it assigned feed positions.
-    const FEED_ADVANCED: &'static [&'static str];
+    /// Run in the sequencer's transaction when it assigned feed positions, with the
+    /// round's payload (`freshness::Round`) bound: wakes the other instances.
+    const FEED_ADVANCED: Option<&'static str>;
 
     /// Most parameters bound in one statement (`None`: no limit, rows are bound as
     /// arrays); multi-row writes are chunked under it.

@@ -19,13 +19,27 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::dialect::{insert_rows, select_in, Dialect, Tx, LOOKUP_CHUNK};
+use sqlx::Pool;
+
+use super::dialect::{insert_rows, select_in, Dialect, Pooled, Tx, LOOKUP_CHUNK};
+use super::freshness::{Applied, Round};
 use super::rows::EventRow;
 use super::sql::{text_keys, Sql};
 use super::sql_store::SqlStore;
 use super::{corrupt, Event, Sequenced, StoreError, StoreResult, SyncDigest};
 use crate::domain::digest::{province_of, RouteDigest};
 use crate::domain::{CitizenId, Timestamp};
+
+/// The longest wake-up payload: PostgreSQL's NOTIFY takes under 8000 bytes. A round
+/// naming more citizens than fit names only its range, and followers read the feed.
+const NOTIFY_PAYLOAD_BYTES: usize = 7900;
+
+/// Feed rows a follower reads at a time.
+const FOLLOW_PAGE: u32 = 10_000;
+
+/// How long a write's answer waits for its event to be numbered before it answers
+/// without a position.
+const WRITE_POSITION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often a sequencing round starts again after a serialization failure.
 const SEQUENCER_ATTEMPTS: usize = 20;
@@ -36,6 +50,24 @@ fn serialization_failure(e: &StoreError) -> bool {
     };
     e.as_database_error()
         .is_some_and(|d| d.code().as_deref() == Some("40001"))
+}
+
+/// The citizens whose events have feed positions `from + 1 ..= to`.
+async fn citizens_numbered<D: Dialect>(
+    tx: &mut Tx<D>,
+    from: i64,
+    to: i64,
+) -> StoreResult<Vec<(String,)>> {
+    tx.fetch_all(
+        Sql::new(
+            "SELECT DISTINCT e.citizen_id FROM feed f \
+             JOIN events e ON e.position = f.position \
+             WHERE f.feed_position > $1 AND f.feed_position <= $2",
+        )
+        .bind(from)
+        .bind(to),
+    )
+    .await
 }
 
 fn stored_digest(hex_digest: &str, routes: i64) -> StoreResult<RouteDigest> {
@@ -141,18 +173,7 @@ impl<D: Dialect> SqlStore<D> {
                     tx.fetch_all(Sql::new("SELECT DISTINCT citizen_id FROM preferences"))
                         .await?
                 }
-                Some(through) => {
-                    tx.fetch_all(
-                        Sql::new(
-                            "SELECT DISTINCT e.citizen_id FROM feed f \
-                             JOIN events e ON e.position = f.position \
-                             WHERE f.feed_position > $1 AND f.feed_position <= $2",
-                        )
-                        .bind(through)
-                        .bind(new_head),
-                    )
-                    .await?
-                }
+                Some(through) => citizens_numbered(&mut tx, through, new_head).await?,
             };
             let citizens: Vec<String> = citizens.into_iter().map(|(c,)| c).collect();
             let started = std::time::Instant::now();
@@ -170,16 +191,133 @@ impl<D: Dialect> SqlStore<D> {
             )
             .await?;
         }
-        if assigned > 0 {
-            tx.run(D::FEED_ADVANCED).await?;
-        }
+        // The round names its citizens, so that every instance drops their cached
+        // resolutions without reading the feed (`freshness.rs`).
+        let named = if assigned > 0 {
+            let citizens = citizens_numbered(&mut tx, head, new_head).await?;
+            let round = Round {
+                from: head,
+                to: new_head,
+                citizens: Some(citizens.into_iter().map(|(c,)| c).collect()),
+            };
+            if let Some(notify) = D::FEED_ADVANCED {
+                tx.execute(Sql::new(notify).bind(round.payload(NOTIFY_PAYLOAD_BYTES)))
+                    .await?;
+            }
+            Some(round)
+        } else {
+            None
+        };
         tx.commit().await?;
+        if let Some(round) = named {
+            self.fresh.queue(round);
+        }
         // Subscribers wake for new positions; waiters on the digest (GetSyncDigest after
         // a write, the pruner's horizon) for its progress.
         if assigned > 0 || digest_due {
             self.tick();
         }
         Ok(round)
+    }
+
+    /// Brings this instance's cursor (and so its cache) up to the feed: applies the
+    /// rounds the wake-ups named, and reads the feed itself when `read`, after a gap, a
+    /// round too large to name its citizens, or `CONFIRM_EVERY` without a read. One at a
+    /// time.
+    pub(super) async fn follow_feed(&self, read: bool) -> StoreResult<()> {
+        let _one = self.following.lock().await;
+        let (rounds, lost) = self.fresh.take_rounds();
+        let mut gap = lost || read;
+        for round in &rounds {
+            gap |= self.fresh.apply(round) == Applied::Gap;
+        }
+        if !gap && !self.fresh.confirm_due() {
+            return Ok(());
+        }
+        let mut cursor = self.fresh.position();
+        if !self.fresh.started() {
+            // Starting: the cache is empty, so only the head matters.
+            let head = self.feed_head_now().await?;
+            self.fresh.apply_rows(&[], head);
+            self.fresh.confirm();
+            return Ok(());
+        }
+        loop {
+            let rows: Vec<(i64, String)> = self
+                .reader()
+                .await?
+                .fetch_all(
+                    Sql::new(
+                        "SELECT f.feed_position, e.citizen_id FROM feed f \
+                         JOIN events e ON e.position = f.position \
+                         WHERE f.feed_position > $1 ORDER BY f.feed_position LIMIT $2",
+                    )
+                    .bind(cursor)
+                    .bind(i64::from(FOLLOW_PAGE)),
+                )
+                .await?;
+            let Some(&(last, _)) = rows.last() else {
+                break;
+            };
+            self.fresh.apply_rows(&rows, last);
+            cursor = last;
+            if rows.len() < FOLLOW_PAGE as usize {
+                break;
+            }
+        }
+        self.fresh.confirm();
+        Ok(())
+    }
+
+    /// The feed's head as the primary has it now.
+    async fn feed_head_now(&self) -> StoreResult<i64> {
+        let (head,): (i64,) = self
+            .reader()
+            .await?
+            .fetch_one(Sql::new("SELECT last_position FROM feed_head WHERE id = 1"))
+            .await?;
+        Ok(head)
+    }
+
+    /// The feed position of `citizen`'s latest event, once numbered (a write's
+    /// consistency token); `None` when it is not numbered within `WRITE_POSITION_WAIT`.
+    /// A citizen without events answers the cursor.
+    pub(super) async fn written_position(&self, citizen: &str) -> StoreResult<Option<i64>> {
+        let latest: Option<(i64,)> = self
+            .reader()
+            .await?
+            .fetch_optional(
+                Sql::new(
+                    "SELECT position FROM events WHERE citizen_id = $1 \
+                     ORDER BY position DESC LIMIT 1",
+                )
+                .bind(citizen),
+            )
+            .await?;
+        let Some((position,)) = latest else {
+            return Ok(Some(self.fresh.position()));
+        };
+        let deadline = tokio::time::Instant::now() + WRITE_POSITION_WAIT;
+        let mut changes = self.change_signal();
+        loop {
+            changes.borrow_and_update();
+            let numbered: Option<(i64,)> = self
+                .reader()
+                .await?
+                .fetch_optional(
+                    Sql::new("SELECT feed_position FROM feed WHERE position = $1").bind(position),
+                )
+                .await?;
+            if let Some((at,)) = numbered {
+                return Ok(Some(at));
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
     }
 
     /// The sync digest of one province or of every citizen, with its position.
@@ -216,9 +354,13 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     /// Sequenced events after feed position `after`, in feed order.
-    pub(super) async fn feed_page(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
-        let rows: Vec<EventRow> = self
-            .reader()
+    pub(super) async fn feed_page(
+        &self,
+        pool: &Pool<D::DB>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        let rows: Vec<EventRow> = Pooled::<D>::acquire(pool)
             .await?
             .fetch_all(
                 Sql::new(
@@ -237,13 +379,13 @@ impl<D: Dialect> SqlStore<D> {
     /// Like [`SqlStore::feed_page`], only the events of citizens on a watch list.
     pub(super) async fn watched_page(
         &self,
+        pool: &Pool<D::DB>,
         after: i64,
         client_id: &str,
         consumer: &str,
         limit: u32,
     ) -> StoreResult<Vec<Event>> {
-        let rows: Vec<EventRow> = self
-            .reader()
+        let rows: Vec<EventRow> = Pooled::<D>::acquire(pool)
             .await?
             .fetch_all(
                 Sql::new(

@@ -62,6 +62,7 @@ mod access_log;
 mod accounts;
 mod dialect;
 mod feed;
+mod freshness;
 mod health;
 mod idempotency;
 mod pipeline;
@@ -69,6 +70,7 @@ mod planner;
 mod population;
 mod postgres;
 pub mod reference;
+mod replicas;
 mod reservations;
 mod resolution;
 mod resolution_model;
@@ -332,6 +334,13 @@ pub struct StoreOptions {
     /// timeout). `None`: no limit (migrations and maintenance commands; SQLite then
     /// waits up to 10 s for a lock).
     pub statement_timeout: Option<Duration>,
+    /// Citizens the resolution cache holds; 0: no cache.
+    pub resolution_cache_entries: u64,
+    /// Read replicas' URLs (PostgreSQL streaming standbys of this database).
+    pub read_urls: Vec<String>,
+    /// Most feed positions a replica may trail this instance's followed position and
+    /// still be read.
+    pub replica_max_lag: u64,
 }
 
 impl Default for StoreOptions {
@@ -341,13 +350,28 @@ impl Default for StoreOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(30),
             statement_timeout: None,
+            resolution_cache_entries: 0,
+            read_urls: Vec::new(),
+            replica_max_lag: 10_000,
         }
     }
 }
 
+/// What this instance's reads are served from (`Store::read_state`).
+#[derive(Debug, Clone, Default)]
+pub struct ReadState {
+    /// The feed position this instance has followed on the primary.
+    pub position: i64,
+    pub cache: CacheStats,
+    /// Each replica: name, whether it is read, the feed position visible there.
+    pub replicas: Vec<(String, bool, i64)>,
+}
+
+pub use freshness::{CacheStats, Round, CONFIRM_EVERY};
 pub use health::{deadline_passed, fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
 pub use pipeline::Pipeline;
 pub use planner::{AccountKeyTuple, SyncRecord};
+pub use replicas::REPLICA_POLL;
 
 /// Everything the service asks of its database.
 #[async_trait]
@@ -396,22 +420,54 @@ pub trait Store: Send + Sync + 'static {
         ids: &[LegacyId],
     ) -> StoreResult<std::collections::HashMap<LegacyId, CitizenId>>;
 
-    /// Resolves many queries at once (current-state queries in one round trip); one
-    /// resolution per query, in order.
+    /// Resolves many queries at once (current-state queries from the cache or in one
+    /// round trip); one resolution per query, in order, and the feed position the answers
+    /// reflect, at least `min` (a consistency token; a `min` beyond the feed's head is
+    /// refused, FEED_POSITION_INVALID).
     async fn resolve_many(
         &self,
         queries: &[ResolveQuery],
         now: Timestamp,
-    ) -> StoreResult<Vec<Resolution>>;
+        min: i64,
+    ) -> StoreResult<(Vec<Resolution>, i64)>;
 
-    async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>>;
+    /// An account, from state at least `min` fresh, and the position read at.
+    async fn get_account_at(&self, id: Uuid, min: i64) -> StoreResult<(Option<Account>, i64)>;
+
+    async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>> {
+        Ok(self.get_account_at(id, 0).await?.0)
+    }
+
+    /// A citizen's accounts (oldest first) and preferences, from state at least `min`
+    /// fresh, and the position read at.
+    async fn list_citizen_accounts_at(
+        &self,
+        citizen: &CitizenId,
+        include_closed: bool,
+        min: i64,
+    ) -> StoreResult<((Vec<Account>, Vec<Preference>), i64)>;
 
     /// A citizen's accounts (oldest first) and preferences.
     async fn list_citizen_accounts(
         &self,
         citizen: &CitizenId,
         include_closed: bool,
-    ) -> StoreResult<(Vec<Account>, Vec<Preference>)>;
+    ) -> StoreResult<(Vec<Account>, Vec<Preference>)> {
+        Ok(self
+            .list_citizen_accounts_at(citizen, include_closed, 0)
+            .await?
+            .0)
+    }
+
+    /// Versions after `after_version`, oldest first, at most `limit`, from state at least
+    /// `min` fresh, and the position read at.
+    async fn account_history_at(
+        &self,
+        id: Uuid,
+        after_version: u64,
+        limit: u32,
+        min: i64,
+    ) -> StoreResult<(Vec<HistoryEntry>, i64)>;
 
     /// Versions after `after_version`, oldest first, at most `limit`.
     async fn account_history(
@@ -419,7 +475,27 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         after_version: u64,
         limit: u32,
-    ) -> StoreResult<Vec<HistoryEntry>>;
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        Ok(self
+            .account_history_at(id, after_version, limit, 0)
+            .await?
+            .0)
+    }
+
+    /// Brings this instance's followed feed position, and so its resolution cache, up to
+    /// the feed (the background follower calls it on every wake-up).
+    async fn follow_feed(&self) -> StoreResult<()>;
+
+    /// Reads each read replica's visible feed position (the background poller).
+    async fn poll_replicas(&self);
+
+    /// The feed position of `citizen`'s latest event once the sequencer has numbered it
+    /// (a write's consistency token); `None` when it is not numbered within a second.
+    async fn written_position(&self, citizen: &CitizenId) -> StoreResult<Option<i64>>;
+
+    /// What this instance's reads are served from: the followed position, the cache's
+    /// counters, each replica's state.
+    fn read_state(&self) -> ReadState;
 
     /// Compares the resolution read model with the source tables, for every citizen or a
     /// random `sample` of them; with `repair`, rewrites what differs.

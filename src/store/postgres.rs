@@ -15,12 +15,17 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions}
 use sqlx::{Arguments, PgPool, Postgres};
 
 use super::dialect::{Dialect, UniqueTarget};
+use super::freshness::{Freshness, Round};
+use super::replicas::Replicas;
 use super::sql::{columns, Arg, Column, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::sql_store::SqlStore;
 use super::{StoreError, StoreOptions, StoreResult};
 
 /// The PostgreSQL store: one pool shared by reads and writes.
 pub type PgStore = SqlStore<PgDialect>;
+
+/// How long a read waits for a replica's connection before reading the primary.
+const REPLICA_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// PostgreSQL's SQL and behaviour.
 pub struct PgDialect;
@@ -40,19 +45,48 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
         .connect_with(connect)
         .await?;
     let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
-    let listener = tokio::spawn(listen(pool.clone(), changed.clone()));
+    let fresh = Freshness::new(options.resolution_cache_entries);
+    let listener = tokio::spawn(listen(pool.clone(), changed.clone(), fresh.clone()));
+    let mut replicas = Vec::new();
+    for url in &options.read_urls {
+        let mut connect = PgConnectOptions::from_str(url)?.application_name("payout-registry");
+        if let Some(limit) = options.statement_timeout {
+            connect = connect.options([("statement_timeout", limit.as_millis().to_string())]);
+        }
+        let name = format!(
+            "{}:{}/{}",
+            connect.get_host(),
+            connect.get_port(),
+            connect.get_database().unwrap_or("")
+        );
+        // Lazy: a replica down at start-up is only skipped until it answers a poll. A
+        // short acquire timeout: a dead replica must not hold reads up.
+        let replica = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(connect);
+        replicas.push((name, replica));
+    }
+    let replicas = Replicas::new(replicas, options.replica_max_lag);
     Ok(SqlStore::new(
         pool.clone(),
         pool,
         options,
         changed,
+        fresh,
+        replicas,
         Some(listener),
     ))
 }
 
 /// Listens for `payout_events` (events committed, by any instance) and `payout_feed`
-/// (events sequenced) and ticks `changed`; reconnects after a lost connection.
-async fn listen(pool: PgPool, changed: Arc<tokio::sync::watch::Sender<u64>>) {
+/// (events sequenced: its payload names the round, see `freshness::Round`, which is
+/// queued for the feed follower) and ticks `changed`; reconnects after a lost connection.
+async fn listen(
+    pool: PgPool,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+    fresh: Arc<Freshness>,
+) {
     loop {
         match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
@@ -63,7 +97,14 @@ async fn listen(pool: PgPool, changed: Arc<tokio::sync::watch::Sender<u64>>) {
                     changed.send_modify(|n| *n = n.wrapping_add(1));
                     loop {
                         match listener.recv().await {
-                            Ok(_) => changed.send_modify(|n| *n = n.wrapping_add(1)),
+                            Ok(n) => {
+                                if n.channel() == "payout_feed" {
+                                    if let Some(round) = Round::parse(n.payload()) {
+                                        fresh.queue(round);
+                                    }
+                                }
+                                changed.send_modify(|n| *n = n.wrapping_add(1))
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                                 break;
@@ -154,8 +195,8 @@ impl Dialect for PgDialect {
     const SEQUENCER_ISOLATION: &'static [&'static str] =
         &["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"];
 
-    /// Wakes the subscribers of every instance (delivered at commit).
-    const FEED_ADVANCED: &'static [&'static str] = &["SELECT pg_notify('payout_feed', '')"];
+    /// Wakes every instance (delivered at commit), naming the round.
+    const FEED_ADVANCED: Option<&'static str> = Some("SELECT pg_notify('payout_feed', $1)");
 
     /// Arrays: one statement for any number of rows.
     const BINDS_PER_STATEMENT: Option<usize> = None;

@@ -12,27 +12,67 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::dialect::{Dialect, Pooled, Tx};
-use super::resolution_model::{read_model, DecodedInputs};
+use super::resolution_model::{read_model, CitizenInputs, DecodedInputs};
 use super::rows::{HistoryRow, PreferenceRow};
 use super::sql::Sql;
 use super::sql_store::SqlStore;
 use super::{corrupt, HistoryEntry, ResolveQuery, StoreResult};
 use crate::domain::{
-    resolve, Account, CitizenStatus, PreferenceAt, ProgramCode, Resolution, ResolutionInputs,
-    Timestamp,
+    resolve, Account, CitizenStatus, PreferenceAt, ProgramCode, Reason, Rejection, Resolution,
+    ResolutionInputs, Timestamp,
 };
 
+/// The read model's rows of `citizens`: one key (unary Resolve) without a transaction,
+/// the primary key deciding the plan; many in a read-only transaction, so that the bulk
+/// preamble applies to it alone.
+async fn read_rows<D: Dialect>(
+    pool: &sqlx::Pool<D::DB>,
+    citizens: &[&str],
+) -> StoreResult<HashMap<String, CitizenInputs>> {
+    if citizens.len() == 1 {
+        let mut conn = Pooled::<D>::acquire(pool).await?;
+        return read_model(&mut conn, citizens).await;
+    }
+    let mut tx = Tx::<D>::begin(pool).await?;
+    tx.run(D::BULK_PREAMBLE).await?;
+    let rows = read_model(&mut tx, citizens).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// How long a read that needs a fresher state than this instance has followed waits for
+/// the sequencer's wake-up before it reads the feed itself.
+const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A citizen's current-state inputs: from the cache (shared) or just read.
+enum Inputs {
+    Cached(std::sync::Arc<(DecodedInputs, i64)>),
+    Read(DecodedInputs),
+}
+
+impl std::ops::Deref for Inputs {
+    type Target = DecodedInputs;
+    fn deref(&self) -> &DecodedInputs {
+        match self {
+            Inputs::Cached(entry) => &entry.0,
+            Inputs::Read(inputs) => inputs,
+        }
+    }
+}
+
 /// Per citizen: status, preferences, and the accounts they point at.
-type CurrentInputs = HashMap<String, DecodedInputs>;
+type CurrentInputs = HashMap<String, Inputs>;
 
 impl<D: Dialect> SqlStore<D> {
-    /// Resolves many queries: current-state ones from one read of all their citizens,
-    /// as-of ones one by one; one resolution per query, in order.
+    /// Resolves many queries: current-state ones from the cache or one read of all their
+    /// citizens, as-of ones one by one; one resolution per query, in order, and the feed
+    /// position the answers reflect (at least `min`).
     pub(super) async fn resolve_all(
         &self,
         queries: &[ResolveQuery],
         now: Timestamp,
-    ) -> StoreResult<Vec<Resolution>> {
+        min: i64,
+    ) -> StoreResult<(Vec<Resolution>, i64)> {
         for q in queries {
             self.check_program(q.program.as_ref()).await?;
         }
@@ -43,10 +83,13 @@ impl<D: Dialect> SqlStore<D> {
             .collect();
         current.sort_unstable();
         current.dedup();
+        let mut position = self.fresh_enough(min).await?;
         let found = if current.is_empty() {
             HashMap::new()
         } else {
-            self.current_inputs(&current).await?
+            let (found, at) = self.current_inputs(&current, min).await?;
+            position = position.min(at);
+            found
         };
         let mut out = Vec::with_capacity(queries.len());
         for q in queries {
@@ -56,7 +99,8 @@ impl<D: Dialect> SqlStore<D> {
                     let key = ProgramCode::key(q.program.as_ref());
                     let inputs = match found.get(q.citizen_id.as_str()) {
                         None => ResolutionInputs::default(),
-                        Some((status, prefs, accounts)) => {
+                        Some(entry) => {
+                            let (status, prefs, accounts) = &**entry;
                             inputs_from(Some(*status), prefs, key, |id| accounts.get(&id).cloned())
                         }
                     };
@@ -65,27 +109,63 @@ impl<D: Dialect> SqlStore<D> {
             };
             out.push(resolve(&inputs, at, self.options.cooling_off));
         }
-        Ok(out)
+        Ok((out, position))
     }
 
-    /// Current-state inputs for many citizens, from the resolution read model: one
-    /// primary-key probe per citizen.
-    async fn current_inputs(&self, citizens: &[&str]) -> StoreResult<CurrentInputs> {
-        let rows = if citizens.len() == 1 {
-            // One key (unary Resolve): the primary key decides the plan; no transaction.
-            let mut conn = Pooled::<D>::acquire(&self.read).await?;
-            read_model(&mut conn, citizens).await?
-        } else {
-            // Many keys: a read-only transaction, so the bulk preamble applies to it alone.
-            let mut tx = Tx::<D>::begin(&self.read).await?;
-            tx.run(D::BULK_PREAMBLE).await?;
-            let rows = read_model(&mut tx, citizens).await?;
-            tx.commit().await?;
-            rows
-        };
-        rows.into_iter()
-            .map(|(citizen, inputs)| Ok((citizen, inputs.decode()?)))
-            .collect()
+    /// Current-state inputs for many citizens: from the cache where it is fresh enough
+    /// for `min`, the rest from the resolution read model (one primary-key probe per
+    /// citizen) and then cached. Also the position they are all true at.
+    async fn current_inputs(
+        &self,
+        citizens: &[&str],
+        min: i64,
+    ) -> StoreResult<(CurrentInputs, i64)> {
+        let mut out = HashMap::with_capacity(citizens.len());
+        let mut missing = Vec::new();
+        let mut position = i64::MAX;
+        for citizen in citizens {
+            match self.fresh.cached(citizen, min) {
+                Some((entry, at)) => {
+                    position = position.min(at);
+                    out.insert((*citizen).to_owned(), Inputs::Cached(entry));
+                }
+                None => missing.push(*citizen),
+            }
+        }
+        if missing.is_empty() {
+            return Ok((out, position));
+        }
+        // From a replica fresh enough, or from the primary, which has every change the
+        // cursor has followed: either way at least `read_at` fresh.
+        let missing = &missing;
+        let (rows, read_at) = self
+            .read_fresh(min, |pool| Box::pin(read_rows::<D>(pool, missing)))
+            .await?;
+        for (citizen, inputs) in rows {
+            let decoded = inputs.decode()?;
+            self.fresh.insert(&citizen, decoded.clone(), read_at);
+            out.insert(citizen, Inputs::Read(decoded));
+        }
+        Ok((out, position.min(read_at)))
+    }
+
+    /// The cursor once it has reached `min`: waits briefly for the wake-up, then reads
+    /// the feed; refuses a `min` beyond the feed's head.
+    pub(super) async fn fresh_enough(&self, min: i64) -> StoreResult<i64> {
+        if min <= 0 || self.fresh.wait_for(min, FRESH_WAIT).await {
+            return Ok(self.fresh.position());
+        }
+        self.follow_feed(true).await?;
+        let position = self.fresh.position();
+        if position < min {
+            return Err(Rejection::field(
+                Reason::FeedPositionInvalid,
+                "min_position",
+                "beyond the change feed's head: no answer can be that fresh yet",
+            )
+            .into());
+        }
+        Ok(position)
     }
 
     /// The inputs as they were at `at`, from the history tables.

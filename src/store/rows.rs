@@ -132,7 +132,7 @@ impl TryFrom<HistoryRow> for HistoryEntry {
 }
 
 /// A row of `preferences` or `preference_history`.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct PreferenceRow {
     pub program_code: String,
     pub account_id: Uuid,

@@ -19,18 +19,21 @@ use uuid::Uuid;
 
 use super::accounts::Command;
 use super::dialect::{Dialect, Pooled, Tx};
+use super::freshness::Freshness;
 use super::planner::{plan_accounts, plan_citizens, SyncStream};
 use super::reference::KnownPrograms;
+use super::replicas::Replicas;
 use super::sql::Sql;
 use super::{
     corrupt, AccessEntry, AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event,
-    HistoryEntry, ModelCheck, Preference, Provider, ResolveQuery, Sequenced, Store, StoreOptions,
-    StoreResult, SyncDigest, WriteContext,
+    HistoryEntry, ModelCheck, Preference, Provider, ReadState, ResolveQuery, Sequenced, Store,
+    StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
 };
 use crate::domain::{
     Account, ChangeAccount, CitizenId, LegacyId, LinkAccount, RecordOutcome, ReportPayoutFailure,
     Resolution, SetPreference, SyncAccount, SyncCitizen, Timestamp,
 };
+use futures::future::BoxFuture;
 
 /// A store on a database of dialect `D`.
 pub struct SqlStore<D: Dialect> {
@@ -46,6 +49,12 @@ pub struct SqlStore<D: Dialect> {
     changed: Arc<watch::Sender<u64>>,
     /// A task the backend runs beside the store (PostgreSQL's LISTEN), stopped with it.
     background: Option<JoinHandle<()>>,
+    /// The feed position this instance has followed, and the resolution cache.
+    pub(super) fresh: Arc<Freshness>,
+    /// Read replicas (PostgreSQL; none on SQLite).
+    pub(super) replicas: Replicas<D>,
+    /// Held while following the feed (`follow_feed`): one follower at a time.
+    pub(super) following: tokio::sync::Mutex<()>,
     /// The health probe's own connection, outside the pools (see `health.rs`).
     pub(super) probe: tokio::sync::Mutex<Option<<D::DB as sqlx::Database>::Connection>>,
     dialect: PhantomData<D>,
@@ -77,6 +86,8 @@ impl<D: Dialect> SqlStore<D> {
         read: Pool<D::DB>,
         options: StoreOptions,
         changed: Arc<watch::Sender<u64>>,
+        fresh: Arc<Freshness>,
+        replicas: Replicas<D>,
         background: Option<JoinHandle<()>>,
     ) -> SqlStore<D> {
         SqlStore {
@@ -85,6 +96,9 @@ impl<D: Dialect> SqlStore<D> {
             options,
             programs: KnownPrograms::default(),
             changed,
+            fresh,
+            replicas,
+            following: tokio::sync::Mutex::new(()),
             background,
             probe: tokio::sync::Mutex::new(None),
             dialect: PhantomData,
@@ -103,9 +117,37 @@ impl<D: Dialect> SqlStore<D> {
         Pooled::acquire(&self.read).await
     }
 
+    /// Runs the read `op` on a replica fresh enough for `min` (see `replicas.rs`), else on
+    /// the primary once this instance has followed the feed to `min`; answers what it
+    /// read and the feed position that reflects. A replica's failure is read again from
+    /// the primary.
+    pub(super) async fn read_fresh<'s, 'f, T>(
+        &'s self,
+        min: i64,
+        op: impl Fn(&'s Pool<D::DB>) -> BoxFuture<'f, StoreResult<T>>,
+    ) -> StoreResult<(T, i64)>
+    where
+        's: 'f,
+    {
+        if let Some((i, at)) = self.replicas.pick(min, self.fresh.position()) {
+            match op(self.replicas.pool(i)).await {
+                Ok(v) => return Ok((v, at)),
+                Err(StoreError::Rejected(r)) => return Err(r.into()),
+                Err(e) => self.replicas.down(i, &e),
+            }
+        }
+        let at = self.fresh_enough(min).await?;
+        Ok((op(&self.read).await?, at))
+    }
+
     /// A connection of the write pool, for a single statement.
     pub(super) async fn writer(&self) -> StoreResult<Pooled<D>> {
         Pooled::acquire(&self.write).await
+    }
+
+    /// Ticks on writes and sequencing.
+    pub(super) fn change_signal(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Tells subscribers that events may have been written or sequenced.
@@ -177,29 +219,59 @@ impl<D: Dialect> Store for SqlStore<D> {
         &self,
         queries: &[ResolveQuery],
         now: Timestamp,
-    ) -> StoreResult<Vec<Resolution>> {
-        self.resolve_all(queries, now).await
+        min: i64,
+    ) -> StoreResult<(Vec<Resolution>, i64)> {
+        self.resolve_all(queries, now, min).await
     }
 
-    async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>> {
-        self.account(id).await
+    async fn get_account_at(&self, id: Uuid, min: i64) -> StoreResult<(Option<Account>, i64)> {
+        self.read_fresh(min, |pool| Box::pin(self.account(pool, id)))
+            .await
     }
 
-    async fn list_citizen_accounts(
+    async fn list_citizen_accounts_at(
         &self,
         citizen: &CitizenId,
         include_closed: bool,
-    ) -> StoreResult<(Vec<Account>, Vec<Preference>)> {
-        self.citizen_accounts(citizen, include_closed).await
+        min: i64,
+    ) -> StoreResult<((Vec<Account>, Vec<Preference>), i64)> {
+        self.read_fresh(min, |pool| {
+            Box::pin(self.citizen_accounts(pool, citizen, include_closed))
+        })
+        .await
     }
 
-    async fn account_history(
+    async fn account_history_at(
         &self,
         id: Uuid,
         after_version: u64,
         limit: u32,
-    ) -> StoreResult<Vec<HistoryEntry>> {
-        self.history_of(id, after_version, limit).await
+        min: i64,
+    ) -> StoreResult<(Vec<HistoryEntry>, i64)> {
+        self.read_fresh(min, |pool| {
+            Box::pin(self.history_of(pool, id, after_version, limit))
+        })
+        .await
+    }
+
+    async fn follow_feed(&self) -> StoreResult<()> {
+        self.follow_feed(false).await
+    }
+
+    async fn poll_replicas(&self) {
+        self.replicas.poll(self.fresh.position()).await
+    }
+
+    async fn written_position(&self, citizen: &CitizenId) -> StoreResult<Option<i64>> {
+        self.written_position(citizen.as_str()).await
+    }
+
+    fn read_state(&self) -> ReadState {
+        ReadState {
+            position: self.fresh.position(),
+            cache: self.fresh.stats(),
+            replicas: self.replicas.states(),
+        }
     }
 
     async fn check_resolution_model(
@@ -211,7 +283,7 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn resolve(&self, q: &ResolveQuery, now: Timestamp) -> StoreResult<Resolution> {
-        let mut answers = self.resolve_all(std::slice::from_ref(q), now).await?;
+        let (mut answers, _) = self.resolve_all(std::slice::from_ref(q), now, 0).await?;
         answers.pop().ok_or_else(|| corrupt("no resolution"))
     }
 
@@ -293,7 +365,15 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
-        self.feed_page(after, limit).await
+        // Catch-up pages come from a replica that has more than `after` to give; the live
+        // tail (nothing newer there) from the primary.
+        if let Some((i, _)) = self.replicas.pick(after + 1, self.fresh.position()) {
+            match self.feed_page(self.replicas.pool(i), after, limit).await {
+                Ok(page) => return Ok(page),
+                Err(e) => self.replicas.down(i, &e),
+            }
+        }
+        self.feed_page(&self.read, after, limit).await
     }
 
     async fn feed_head(&self) -> StoreResult<i64> {
@@ -347,7 +427,8 @@ impl<D: Dialect> Store for SqlStore<D> {
         consumer: &str,
         limit: u32,
     ) -> StoreResult<Vec<Event>> {
-        self.watched_page(after, client_id, consumer, limit).await
+        self.watched_page(&self.read, after, client_id, consumer, limit)
+            .await
     }
 
     async fn sync_digest(&self, province: Option<&str>) -> StoreResult<Option<SyncDigest>> {

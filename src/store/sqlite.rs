@@ -20,6 +20,8 @@ use sqlx::sqlite::{
 use sqlx::{Arguments, Sqlite, SqlitePool};
 
 use super::dialect::{Dialect, UniqueTarget};
+use super::freshness::Freshness;
+use super::replicas::Replicas;
 use super::sql::{Arg, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::sql_store::SqlStore;
 use super::{StoreOptions, StoreResult};
@@ -52,7 +54,16 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStor
         .connect_with(connect.read_only(true))
         .await?;
     let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
-    Ok(SqlStore::new(write, read, options, changed, None))
+    let fresh = Freshness::new(options.resolution_cache_entries);
+    Ok(SqlStore::new(
+        write,
+        read,
+        options,
+        changed,
+        fresh,
+        Replicas::none(),
+        None,
+    ))
 }
 
 impl Dialect for SqliteDialect {
@@ -98,7 +109,7 @@ impl Dialect for SqliteDialect {
     const SEQUENCER_ISOLATION: &'static [&'static str] = &[];
 
     /// One process owns the file: the in-process signal is all there is.
-    const FEED_ADVANCED: &'static [&'static str] = &[];
+    const FEED_ADVANCED: Option<&'static str> = None;
 
     /// SQLite has no statement timeout; its busy timeout bounds lock waits.
     fn statement_timeout(_ms: u64) -> Option<String> {

@@ -63,6 +63,16 @@ pub const STREAMS_ACTIVE: &str = "payout_registry_streams_active";
 /// stale, rejected) and `reason` (the rejection's reason; empty otherwise).
 pub const SYNC_RECORDS: &str = "payout_registry_sync_records_total";
 
+// Reads beyond the primary: the resolution cache and the read replicas.
+pub const RESOLUTION_CACHE_HITS: &str = "payout_registry_resolution_cache_hits_total";
+pub const RESOLUTION_CACHE_MISSES: &str = "payout_registry_resolution_cache_misses_total";
+pub const RESOLUTION_CACHE_ENTRIES: &str = "payout_registry_resolution_cache_entries";
+/// The feed position this instance has followed (its cache is true at it).
+pub const FOLLOWED_POSITION: &str = "payout_registry_followed_position";
+/// Label `replica` (host:port/database).
+pub const REPLICA_LAG_POSITIONS: &str = "payout_registry_replica_lag_positions";
+pub const REPLICA_UP: &str = "payout_registry_replica_up";
+
 /// Every series this crate exports, for the tests and the deployment checks.
 pub const ALL: &[&str] = &[
     GRPC_STARTED,
@@ -91,6 +101,12 @@ pub const ALL: &[&str] = &[
     SHED,
     STREAMS_ACTIVE,
     SYNC_RECORDS,
+    RESOLUTION_CACHE_HITS,
+    RESOLUTION_CACHE_MISSES,
+    RESOLUTION_CACHE_ENTRIES,
+    FOLLOWED_POSITION,
+    REPLICA_LAG_POSITIONS,
+    REPLICA_UP,
 ];
 
 /// Latency buckets (seconds) for calls: from a cached resolution to a long stream.
@@ -170,6 +186,24 @@ fn describe() {
         "time to get a pooled connection"
     );
     describe_gauge!(FEED_HEAD, "the change feed's highest numbered position");
+    describe_counter!(
+        RESOLUTION_CACHE_HITS,
+        "current-state resolutions answered from this instance's cache"
+    );
+    describe_counter!(
+        RESOLUTION_CACHE_MISSES,
+        "current-state resolutions the cache could not answer (read from the database)"
+    );
+    describe_gauge!(RESOLUTION_CACHE_ENTRIES, "citizens in the resolution cache");
+    describe_gauge!(
+        FOLLOWED_POSITION,
+        "the feed position this instance has followed; its cache is true at it"
+    );
+    describe_gauge!(
+        REPLICA_LAG_POSITIONS,
+        "feed positions a read replica trails this instance's followed position"
+    );
+    describe_gauge!(REPLICA_UP, "1 while a read replica answers its polls");
     describe_gauge!(
         FEED_SEQUENCER_BACKLOG,
         "events committed but not yet given a feed position"

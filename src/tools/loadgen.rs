@@ -121,6 +121,27 @@ pub async fn resolve(
     .await
 }
 
+/// The resolution cache's hit and miss counters, scraped from the server's metrics
+/// listener at `addr` (host:port), over plain HTTP/1.0.
+pub async fn cache_counters(addr: &str) -> anyhow::Result<(f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value(crate::telemetry::metrics::RESOLUTION_CACHE_HITS),
+        value(crate::telemetry::metrics::RESOLUTION_CACHE_MISSES),
+    ))
+}
+
 /// grpc.health.v1 Health/Check: the transport's ceiling on this machine.
 pub async fn health(
     channel: tonic::transport::Channel,

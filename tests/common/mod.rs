@@ -89,6 +89,17 @@ impl TestDb {
         }
     }
 
+    /// A PostgreSQL database the test made itself (on a [`Cluster`] of its own, which
+    /// takes the database with it).
+    pub fn at(url: String) -> TestDb {
+        TestDb {
+            backend: Backend::Postgres,
+            url,
+            name: None,
+            _dir: None,
+        }
+    }
+
     /// The PostgreSQL database's name (`None` on SQLite).
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
@@ -258,102 +269,205 @@ fn find_pg_bin(name: &str) -> Option<PathBuf> {
 /// Starts a private PostgreSQL on a free loopback port in a temp dir, stopped by a
 /// watchdog when this test process exits.
 fn start_throwaway_cluster() -> String {
-    let (Some(initdb), Some(pg_ctl)) = (find_pg_bin("initdb"), find_pg_bin("pg_ctl")) else {
-        panic!("no DATABASE_URL and no initdb/pg_ctl found: {PG_HELP}");
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("payout-pg-")
-        .tempdir()
-        .expect("temp dir")
-        .keep();
-    let data = dir.join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // PostgreSQL refuses to run as root; run it as the `postgres` user then.
-    let as_root = unsafe_is_root();
-    let run = |program: &PathBuf, args: &[&str]| {
-        let mut cmd = if as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            Command::new(program)
+    let cluster = Cluster::start();
+    let url = cluster.url("postgres");
+    // Kept for the whole test process; the watchdog stops it.
+    std::mem::forget(cluster);
+    url
+}
+
+/// A PostgreSQL cluster of a test's own, from the system's binaries, on a free loopback
+/// port in a temp dir: a primary ([`Cluster::start`]) or a streaming replica of one
+/// ([`Cluster::replica`]). Stopped and removed when dropped, and by a watchdog when the
+/// test process exits.
+pub struct Cluster {
+    pub port: u16,
+    dir: PathBuf,
+    data: PathBuf,
+    pg_ctl: PathBuf,
+}
+
+impl Cluster {
+    /// initdb and start a new cluster (trust authentication, replication allowed from
+    /// loopback, as initdb sets it up).
+    pub fn start() -> Cluster {
+        let (Some(initdb), Some(_)) = (find_pg_bin("initdb"), find_pg_bin("pg_ctl")) else {
+            panic!("no initdb/pg_ctl found: {PG_HELP}");
         };
-        let out = cmd
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}{}",
-            program.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let cluster = Cluster::new_dir();
+        let data = cluster.data.to_string_lossy().to_string();
+        pg_run(
+            &initdb,
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
         );
-    };
-    if as_root {
-        let _ = Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(&dir)
-            .status();
+        cluster.start_postmaster();
+        cluster
     }
-    let data_s = data.to_string_lossy().to_string();
-    run(
-        &initdb,
-        &[
-            "-D",
-            &data_s,
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
+
+    /// A streaming replica of this cluster: `pg_basebackup -R` (a hot standby that
+    /// follows the primary over a replication connection), started on a port of its own.
+    pub fn replica(&self) -> Cluster {
+        let basebackup = find_pg_bin("pg_basebackup")
+            .unwrap_or_else(|| panic!("no pg_basebackup found: {PG_HELP}"));
+        let replica = Cluster::new_dir();
+        let port = self.port.to_string();
+        let data = replica.data.to_string_lossy().to_string();
+        pg_run(
+            &basebackup,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ],
+        );
+        replica.start_postmaster();
+        replica
+    }
+
+    fn new_dir() -> Cluster {
+        let pg_ctl = find_pg_bin("pg_ctl").unwrap_or_else(|| panic!("no pg_ctl: {PG_HELP}"));
+        let dir = tempfile::Builder::new()
+            .prefix("payout-pg-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        if unsafe_is_root() {
+            // PostgreSQL refuses to run as root; it runs as `postgres` then.
+            let _ = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = Cluster {
+            port,
+            data: dir.join("data"),
+            dir,
+            pg_ctl,
+        };
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} -D {data} stop -m immediate; rm -rf {dir}",
+            pid = std::process::id(),
+            stop = if unsafe_is_root() {
+                format!("runuser -u postgres -- {}", cluster.pg_ctl.display())
+            } else {
+                cluster.pg_ctl.display().to_string()
+            },
+            data = cluster.data.display(),
+            dir = cluster.dir.display(),
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        cluster
+    }
+
+    fn start_postmaster(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let data = self.data.to_string_lossy().to_string();
+        let log = format!("{}/log", self.dir.display());
+        pg_run(
+            &self.pg_ctl,
+            &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
+        );
+    }
+
+    /// Stops the postmaster at once (as a crash would).
+    pub fn stop(&self) {
+        let data = self.data.to_string_lossy().to_string();
+        pg_run(
+            &self.pg_ctl,
+            &["-D", &data, "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    /// Starts it again after [`Cluster::stop`].
+    pub fn restart(&self) {
+        self.start_postmaster();
+    }
+
+    /// The URL of one of its databases.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data.to_string_lossy().to_string();
+        let _ = pg_command(&self.pg_ctl)
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL binary, run as `postgres` when the tests run as root.
+fn pg_command(program: &Path) -> Command {
+    if unsafe_is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Runs a PostgreSQL binary to completion; fails the test with its output otherwise.
+fn pg_run(program: &Path, args: &[&str]) {
+    let out = pg_command(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-        dir.display()
-    );
-    run(
-        &pg_ctl,
-        &[
-            "-D",
-            &data_s,
-            "-o",
-            &opts,
-            "-l",
-            &format!("{}/log", dir.display()),
-            "-w",
-            "start",
-        ],
-    );
-    let watchdog = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} -D {data} stop -m immediate; rm -rf {dir}",
-        pid = std::process::id(),
-        stop = if as_root { format!("runuser -u postgres -- {}", pg_ctl.display()) } else { pg_ctl.display().to_string() },
-        data = data_s,
-        dir = dir.display(),
-    );
-    let _ = Command::new("sh")
-        .args(["-c", &watchdog])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
 fn unsafe_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    static ROOT: OnceLock<bool> = OnceLock::new();
+    *ROOT.get_or_init(|| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false)
+    })
 }
 
 /// A test clock: starts at the real time and moves only when told.
@@ -577,6 +691,7 @@ pub struct AppBuilder {
     tls_files: Option<(TlsSettings, ClientTlsConfig)>,
     configure: Vec<Configure>,
     ticking: bool,
+    db: Option<TestDb>,
 }
 
 impl AppBuilder {
@@ -621,9 +736,19 @@ impl AppBuilder {
         self.configure(move |s| s.rate_limits = limits)
     }
 
+    /// On this database instead of a fresh one.
+    pub fn database(mut self, db: TestDb) -> AppBuilder {
+        self.backend = db.backend;
+        self.db = Some(db);
+        self
+    }
+
     /// Builds and starts the app.
     pub async fn spawn(self) -> TestApp {
-        let db = TestDb::new(self.backend).await;
+        let db = match self.db {
+            Some(db) => db,
+            None => TestDb::new(self.backend).await,
+        };
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(&db, data_dir.path());
         let mut material = None;
@@ -721,6 +846,7 @@ impl TestApp {
             tls_files: None,
             configure: Vec::new(),
             ticking: false,
+            db: None,
         }
     }
 
@@ -1241,4 +1367,37 @@ pub fn date(iso: &str) -> Option<payout_registry::proto::google_type::Date> {
 pub fn change_name(e: &payout_registry::proto::AccountHistoryEntry) -> &'static str {
     let name = e.change().as_str_name();
     name.strip_prefix("ACCOUNT_CHANGE_").unwrap_or(name)
+}
+
+/// Suspends or reinstates `account` (as a client with `accounts.write`); answers the
+/// write's consistency token, its feed position.
+pub async fn suspend_or_reinstate(registry: &mut Registry, account: &str, suspend: bool) -> u64 {
+    let key = Uuid::new_v4().to_string();
+    let position = if suspend {
+        registry
+            .suspend_account(payout_registry::proto::SuspendAccountRequest {
+                idempotency_key: key,
+                account_id: account.into(),
+                reason: "payout failed twice".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("suspended")
+            .into_inner()
+            .position
+    } else {
+        registry
+            .reinstate_account(payout_registry::proto::ReinstateAccountRequest {
+                idempotency_key: key,
+                account_id: account.into(),
+                reason: "provider confirmed the account".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("reinstated")
+            .into_inner()
+            .position
+    };
+    assert!(position > 0, "a write answers its position");
+    position
 }
