@@ -255,8 +255,8 @@ pub const LOOKUP_CHUNK: usize = 1000;
 
 /// Runs `head <rows> tail` over the rows `push` makes of `items` (a multi-row INSERT or
 /// upsert), chunked where the dialect limits bound parameters; answers the rows affected.
-pub async fn insert_rows<D: Dialect, T>(
-    tx: &mut Tx<D>,
+pub async fn insert_rows<D: Dialect, C: Handle<D>, T>(
+    tx: &mut Session<D, C>,
     head: &str,
     tail: &str,
     items: &[T],

@@ -237,7 +237,7 @@ impl<D: Dialect> SqlStore<D> {
         let mut cursor = self.fresh.position();
         if !self.fresh.started() {
             // Starting: the cache is empty, so only the head matters.
-            let head = self.feed_head_now().await?;
+            let head = self.head_position().await?;
             self.fresh.apply_rows(&[], head);
             self.fresh.confirm();
             return Ok(());
@@ -267,16 +267,6 @@ impl<D: Dialect> SqlStore<D> {
         }
         self.fresh.confirm();
         Ok(())
-    }
-
-    /// The feed's head as the primary has it now.
-    async fn feed_head_now(&self) -> StoreResult<i64> {
-        let (head,): (i64,) = self
-            .reader()
-            .await?
-            .fetch_one(Sql::new("SELECT last_position FROM feed_head WHERE id = 1"))
-            .await?;
-        Ok(head)
     }
 
     /// The feed position of `citizen`'s latest event, once numbered (a write's

@@ -18,11 +18,14 @@ use super::dialect::{Dialect, UniqueTarget};
 use super::freshness::{Freshness, Round};
 use super::replicas::Replicas;
 use super::sql::{columns, Arg, Column, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
-use super::sql_store::SqlStore;
+use super::sql_store::{Pools, SqlStore};
 use super::{StoreError, StoreOptions, StoreResult};
 
 /// The PostgreSQL store: one pool shared by reads and writes.
 pub type PgStore = SqlStore<PgDialect>;
+
+/// Connections of the access log's pool (its writers overlap their commits on them).
+const ACCESS_LOG_CONNECTIONS: u32 = 8;
 
 /// How long a read waits for a replica's connection before reading the primary.
 const REPLICA_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -44,6 +47,17 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)
         .await?;
+    // The access log's connections: every transaction on them commits without waiting
+    // for the WAL flush, so that a batch of single reads is one statement (see
+    // `ACCESS_LOG_PREAMBLE`).
+    let log = PgPoolOptions::new()
+        .max_connections(ACCESS_LOG_CONNECTIONS)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_lazy_with(
+            (*pool.connect_options())
+                .clone()
+                .options([("synchronous_commit", "off")]),
+        );
     let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
     let fresh = Freshness::new(options.resolution_cache_entries);
     let listener = tokio::spawn(listen(pool.clone(), changed.clone(), fresh.clone()));
@@ -69,8 +83,11 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
     }
     let replicas = Replicas::new(replicas, options.replica_max_lag);
     Ok(SqlStore::new(
-        pool.clone(),
-        pool,
+        Pools {
+            write: pool.clone(),
+            read: pool,
+            log,
+        },
         options,
         changed,
         fresh,

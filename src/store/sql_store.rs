@@ -41,6 +41,10 @@ pub struct SqlStore<D: Dialect> {
     pub(super) write: Pool<D::DB>,
     /// Reads (the same pool as `write` on PostgreSQL).
     pub(super) read: Pool<D::DB>,
+    /// The access log's writes: on PostgreSQL connections of their own whose sessions
+    /// commit without waiting for the WAL flush (`ACCESS_LOG_PREAMBLE` says why that is
+    /// safe); on SQLite the write pool.
+    pub(super) log: Pool<D::DB>,
     pub(super) options: StoreOptions,
     /// Program codes, cached (see `check_program`).
     pub(super) programs: KnownPrograms,
@@ -58,6 +62,13 @@ pub struct SqlStore<D: Dialect> {
     /// The health probe's own connection, outside the pools (see `health.rs`).
     pub(super) probe: tokio::sync::Mutex<Option<<D::DB as sqlx::Database>::Connection>>,
     dialect: PhantomData<D>,
+}
+
+/// A store's connection pools (see the fields of [`SqlStore`]).
+pub(super) struct Pools<D: Dialect> {
+    pub(super) write: Pool<D::DB>,
+    pub(super) read: Pool<D::DB>,
+    pub(super) log: Pool<D::DB>,
 }
 
 impl<D: Dialect> Drop for SqlStore<D> {
@@ -82,17 +93,18 @@ const ANALYZED_TABLES: [&str; 5] = [
 impl<D: Dialect> SqlStore<D> {
     /// A store on connected pools; `background` is aborted when the store is dropped.
     pub(super) fn new(
-        write: Pool<D::DB>,
-        read: Pool<D::DB>,
+        pools: Pools<D>,
         options: StoreOptions,
         changed: Arc<watch::Sender<u64>>,
         fresh: Arc<Freshness>,
         replicas: Replicas<D>,
         background: Option<JoinHandle<()>>,
     ) -> SqlStore<D> {
+        let Pools { write, read, log } = pools;
         SqlStore {
             write,
             read,
+            log,
             options,
             programs: KnownPrograms::default(),
             changed,

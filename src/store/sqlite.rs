@@ -23,7 +23,7 @@ use super::dialect::{Dialect, UniqueTarget};
 use super::freshness::Freshness;
 use super::replicas::Replicas;
 use super::sql::{Arg, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
-use super::sql_store::SqlStore;
+use super::sql_store::{Pools, SqlStore};
 use super::{StoreOptions, StoreResult};
 
 /// The SQLite store: a one-connection writer pool and a reader pool.
@@ -56,8 +56,11 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStor
     let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
     let fresh = Freshness::new(options.resolution_cache_entries);
     Ok(SqlStore::new(
-        write,
-        read,
+        Pools {
+            write: write.clone(),
+            read,
+            log: write,
+        },
         options,
         changed,
         fresh,
