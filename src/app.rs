@@ -424,11 +424,16 @@ fn methods() -> Methods {
 }
 
 /// Reads the database's gauges for a scrape: the feed's head, the sequencer's backlog
-/// and lag, the digest's lag, the pool.
+/// and lag, the digest's lag, the pool, the followed position and the resolution cache.
 fn gauges_of(store: Arc<dyn Store>) -> m::Refresh {
     Arc::new(move || {
         let store = store.clone();
         Box::pin(async move {
+            let reads = store.read_state();
+            metrics::gauge!(m::FOLLOWED_POSITION).set(reads.position as f64);
+            metrics::gauge!(m::RESOLUTION_CACHE_ENTRIES).set(reads.cache.entries as f64);
+            metrics::counter!(m::RESOLUTION_CACHE_HITS).absolute(reads.cache.hits);
+            metrics::counter!(m::RESOLUTION_CACHE_MISSES).absolute(reads.cache.misses);
             let pool = store.pool_gauges();
             metrics::gauge!(m::DB_POOL_CONNECTIONS, "state" => "in_use")
                 .set(f64::from(pool.in_use));

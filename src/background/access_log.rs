@@ -118,28 +118,35 @@ async fn write_batches(
             let depth = writer.capacity.saturating_sub(queue.capacity());
             metrics::gauge!(m::ACCESS_LOG_QUEUE_DEPTH).set(depth as f64);
         }
-        let entries: Vec<AccessEntry> = batch.iter().flat_map(|p| p.entries.clone()).collect();
+        // The reads' entries moved into one batch; each read keeps its span of it.
+        let mut entries: Vec<AccessEntry> = Vec::new();
+        let mut reads = Vec::with_capacity(batch.len());
+        for p in batch {
+            reads.push((entries.len()..entries.len() + p.entries.len(), p.done));
+            entries.extend(p.entries);
+        }
         let started = Instant::now();
         let written = writer.store.append_access_log(&entries).await;
         metrics::histogram!(m::ACCESS_LOG_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         if written.is_ok() {
             writer.signals.access_log_written();
-            for p in batch {
-                let _ = p.done.send(Ok(()));
+            for (_, done) in reads {
+                let _ = done.send(Ok(()));
             }
             continue;
         }
         // One bad entry must not fail its neighbours' reads: write each read's entries
         // on their own, and refuse only the reads whose entries cannot be written.
         let mut any_written = false;
-        for p in batch {
-            let result = writer.store.append_access_log(&p.entries).await.map_err(|e| {
-                tracing::error!(error = %e, entries = p.entries.len(), "access log write failed");
+        for (span, done) in reads {
+            let read = &entries[span];
+            let result = writer.store.append_access_log(read).await.map_err(|e| {
+                tracing::error!(error = %e, entries = read.len(), "access log write failed");
                 metrics::counter!(m::ACCESS_LOG_WRITE_FAILURES).increment(1);
                 AccessLogUnavailable
             });
             any_written |= result.is_ok();
-            let _ = p.done.send(result);
+            let _ = done.send(result);
         }
         if any_written {
             writer.signals.access_log_written();

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use crate::store::{Store, CONFIRM_EVERY, REPLICA_POLL};
-use crate::telemetry::metrics as m;
 
 /// Follows the feed until the task is aborted.
 pub async fn follow(store: Arc<dyn Store>) {
@@ -32,11 +31,6 @@ pub async fn follow(store: Arc<dyn Store>) {
                 failing = true;
             }
         }
-        let state = store.read_state();
-        metrics::gauge!(m::FOLLOWED_POSITION).set(state.position as f64);
-        metrics::gauge!(m::RESOLUTION_CACHE_ENTRIES).set(state.cache.entries as f64);
-        metrics::counter!(m::RESOLUTION_CACHE_HITS).absolute(state.cache.hits);
-        metrics::counter!(m::RESOLUTION_CACHE_MISSES).absolute(state.cache.misses);
         let _ = tokio::time::timeout(CONFIRM_EVERY, changes.changed()).await;
     }
 }
