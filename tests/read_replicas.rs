@@ -163,6 +163,16 @@ async fn reads_go_to_a_fresh_enough_replica_and_to_the_primary_when_it_lags_or_s
         last = toggle(&app, &account, i % 2 == 1).await;
     }
     assert!(last - replica_head > 5);
+    // Once this instance has followed the feed that far (milliseconds; no signal to wait on
+    // from here), the replica is more than `replica_max_lag` behind it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.store.read_state().position < last as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the instance did not follow the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = resolve(&app, 0).await.unwrap();
     assert!(
         r.position > replica_head + 5,
