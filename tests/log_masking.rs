@@ -310,6 +310,21 @@ async fn a_streams_call_finished_line_is_written_when_it_ends_with_its_code(back
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     drop(events);
     let held = started.elapsed();
+    // The server learns of the cancel from the transport: wait for its line before
+    // stopping the server, or a shutdown could end the stream first (SHUTTING_DOWN).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let finished_line = || {
+        String::from_utf8_lossy(&logs.0.lock().unwrap())
+            .lines()
+            .any(|l| l.contains(&request_id) && l.contains("call finished"))
+    };
+    while !finished_line() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call finished line 10 s after the reader went away"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     app.stop().await;
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
     let finished: Vec<serde_json::Value> = text
