@@ -462,6 +462,15 @@ pub fn account_not_found(id: Uuid) -> Rejection {
     )
 }
 
+/// The refusal for a read's `min_position` beyond the change feed's head.
+pub fn min_position_beyond_head() -> Rejection {
+    Rejection::field(
+        Reason::FeedPositionInvalid,
+        "min_position",
+        "beyond the change feed's head: no answer can be that fresh yet",
+    )
+}
+
 /// Refuses a write whose `expected_version` is stale.
 pub fn check_version(expected: Option<u64>, actual: u64) -> Result<(), Rejection> {
     match expected {

@@ -37,13 +37,7 @@ pub fn account_id(field: &str, raw: &str) -> Result<Uuid, Rejection> {
 
 /// A read's `min_position` (a consistency token) as the store takes it.
 pub fn min_position(raw: u64) -> Result<i64, Rejection> {
-    i64::try_from(raw).map_err(|_| {
-        Rejection::field(
-            Reason::FeedPositionInvalid,
-            "min_position",
-            "beyond the change feed's head: no answer can be that fresh yet",
-        )
-    })
+    i64::try_from(raw).map_err(|_| crate::domain::min_position_beyond_head())
 }
 
 /// A feed position as answers carry it.

@@ -148,24 +148,13 @@ fn answer(
     now: crate::domain::Timestamp,
     position: i64,
 ) -> ResolveResponse {
-    let mut out = answer_of(call, request, resolution, reserved, now);
-    out.position = position_out(position);
-    out
-}
-
-fn answer_of(
-    call: &Call,
-    request: &ResolveRequest,
-    resolution: &Resolution,
-    reserved: Option<&Reserved>,
-    now: crate::domain::Timestamp,
-) -> ResolveResponse {
     let at = request.as_of.unwrap_or(now);
     match reserved {
         // Another payer's: neither who nor where.
         Some(Reserved::Taken) => ResolveResponse {
             outcome: ResolveOutcome::AlreadyReserved.into(),
             as_of: Some(timestamp_out(at)),
+            position: position_out(position),
             ..Default::default()
         },
         _ => {
@@ -192,6 +181,7 @@ fn answer_of(
                     reserved_at: Some(timestamp_out(*reserved_at)),
                 });
             }
+            out.position = position_out(position);
             out
         }
     }

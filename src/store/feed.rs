@@ -273,33 +273,27 @@ impl<D: Dialect> SqlStore<D> {
     /// consistency token); `None` when it is not numbered within `WRITE_POSITION_WAIT`.
     /// A citizen without events answers the cursor.
     pub(super) async fn written_position(&self, citizen: &str) -> StoreResult<Option<i64>> {
-        let latest: Option<(i64,)> = self
-            .reader()
-            .await?
-            .fetch_optional(
-                Sql::new(
-                    "SELECT position FROM events WHERE citizen_id = $1 \
-                     ORDER BY position DESC LIMIT 1",
-                )
-                .bind(citizen),
-            )
-            .await?;
-        let Some((position,)) = latest else {
-            return Ok(Some(self.fresh.position()));
-        };
         let deadline = tokio::time::Instant::now() + WRITE_POSITION_WAIT;
         let mut changes = self.change_signal();
         loop {
             changes.borrow_and_update();
-            let numbered: Option<(i64,)> = self
+            // One statement: the latest event and its feed position, if it has one yet.
+            let latest: Option<(i64, Option<i64>)> = self
                 .reader()
                 .await?
                 .fetch_optional(
-                    Sql::new("SELECT feed_position FROM feed WHERE position = $1").bind(position),
+                    Sql::new(
+                        "SELECT e.position, f.feed_position FROM events e \
+                         LEFT JOIN feed f ON f.position = e.position \
+                         WHERE e.citizen_id = $1 ORDER BY e.position DESC LIMIT 1",
+                    )
+                    .bind(citizen),
                 )
                 .await?;
-            if let Some((at,)) = numbered {
-                return Ok(Some(at));
+            match latest {
+                None => return Ok(Some(self.fresh.position())),
+                Some((_, Some(at))) => return Ok(Some(at)),
+                Some((_, None)) => {}
             }
             if tokio::time::timeout_at(deadline, changes.changed())
                 .await

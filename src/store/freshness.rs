@@ -94,7 +94,7 @@ pub enum Applied {
 }
 
 /// A cached entry: the inputs and the position they were read at.
-type Entry = Arc<(DecodedInputs, i64)>;
+pub(super) type Entry = Arc<(DecodedInputs, i64)>;
 
 struct Follow {
     /// Each remembered citizen's latest invalidating position.
@@ -190,12 +190,11 @@ impl Freshness {
     pub(super) fn apply(&self, round: &Round) -> Applied {
         let mut follow = self.follow.lock().unwrap_or_else(|e| e.into_inner());
         let cursor = self.position();
-        if !follow.started || round.to <= cursor {
-            return if follow.started {
-                Applied::Old
-            } else {
-                Applied::Gap
-            };
+        if !follow.started {
+            return Applied::Gap;
+        }
+        if round.to <= cursor {
+            return Applied::Old;
         }
         let (true, Some(citizens)) = (round.from == cursor, &round.citizens) else {
             return Applied::Gap;
@@ -291,10 +290,11 @@ impl Freshness {
 
     /// Caches inputs read from state at least `read_at` fresh, unless a round past
     /// `read_at` has named the citizen since.
-    pub(super) fn insert(&self, citizen: &str, inputs: DecodedInputs, read_at: i64) {
+    pub(super) fn insert(&self, citizen: &str, entry: Entry) {
         let Some(cache) = &self.cache else {
             return;
         };
+        let read_at = entry.1;
         let follow = self.follow.lock().unwrap_or_else(|e| e.into_inner());
         if !follow.started || read_at < follow.floor {
             return;
@@ -306,7 +306,7 @@ impl Freshness {
         {
             return;
         }
-        cache.insert(citizen.to_owned(), Arc::new((inputs, read_at)));
+        cache.insert(citizen.to_owned(), entry);
     }
 
     /// Hits and misses so far, and the entries held.
@@ -332,8 +332,9 @@ mod tests {
     use super::*;
     use crate::domain::CitizenStatus;
 
-    fn inputs() -> DecodedInputs {
-        (CitizenStatus::Active, Vec::new(), HashMap::new())
+    /// Inputs read at `read_at`.
+    fn entry(read_at: i64) -> Entry {
+        Arc::new(((CitizenStatus::Active, Vec::new(), HashMap::new()), read_at))
     }
 
     fn started(at: i64) -> Arc<Freshness> {
@@ -364,8 +365,8 @@ mod tests {
     #[test]
     fn a_round_drops_the_citizens_it_names_and_moves_the_cursor() {
         let f = started(10);
-        f.insert("a", inputs(), 10);
-        f.insert("b", inputs(), 10);
+        f.insert("a", entry(10));
+        f.insert("b", entry(10));
         assert_eq!(f.apply(&round(10, 12, &["a"])), Applied::Moved);
         assert_eq!(f.position(), 12);
         assert!(f.cached("a", 0).is_none());
@@ -393,17 +394,17 @@ mod tests {
         // Read at 10; a round numbering a change of "a" at 11 is applied before the
         // reader inserts: what it read is stale.
         assert_eq!(f.apply(&round(10, 11, &["a"])), Applied::Moved);
-        f.insert("a", inputs(), 10);
+        f.insert("a", entry(10));
         assert!(f.cached("a", 0).is_none());
         // Read after the change: cached.
-        f.insert("a", inputs(), 11);
+        f.insert("a", entry(11));
         assert!(f.cached("a", 0).is_some());
     }
 
     #[test]
     fn the_cache_answers_only_reads_it_is_fresh_enough_for() {
         let f = started(10);
-        f.insert("a", inputs(), 10);
+        f.insert("a", entry(10));
         assert!(f.cached("a", 10).is_some());
         assert!(
             f.cached("a", 11).is_none(),
@@ -414,12 +415,12 @@ mod tests {
     #[test]
     fn nothing_is_cached_before_the_cursor_is_set_or_when_the_cache_is_off() {
         let f = Freshness::new(100);
-        f.insert("a", inputs(), 10);
+        f.insert("a", entry(10));
         assert!(f.cached("a", 0).is_none());
         let off = Freshness::new(0);
         off.apply_rows(&[], 5);
         off.confirm();
-        off.insert("a", inputs(), 5);
+        off.insert("a", entry(5));
         assert!(off.cached("a", 0).is_none());
         assert_eq!(
             off.position(),
@@ -432,7 +433,7 @@ mod tests {
     fn an_unconfirmed_cursor_stops_the_cache_answering() {
         let f = Freshness::new(100);
         f.apply_rows(&[], 10);
-        f.insert("a", inputs(), 10);
+        f.insert("a", entry(10));
         assert!(f.cached("a", 0).is_none(), "never confirmed");
         f.confirm();
         assert!(f.cached("a", 0).is_some());

@@ -367,7 +367,7 @@ pub struct ReadState {
     pub replicas: Vec<(String, bool, i64)>,
 }
 
-pub use freshness::{CacheStats, Round, CONFIRM_EVERY};
+pub use freshness::{CacheStats, CONFIRM_EVERY};
 pub use health::{deadline_passed, fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
 pub use pipeline::Pipeline;
 pub use planner::{AccountKeyTuple, SyncRecord};

@@ -103,10 +103,7 @@ impl<D: Dialect> Replicas<D> {
 
     /// A read on replica `i` failed: not read again until a poll answers.
     pub(super) fn down(&self, i: usize, error: &dyn std::fmt::Display) {
-        let r = &self.list[i];
-        if r.up.swap(false, Ordering::AcqRel) {
-            tracing::warn!(replica = %r.name, error = %error, "read replica failed; reading the primary");
-        }
+        mark_down(&self.list[i], error);
     }
 
     /// Reads every replica's visible feed position; `followed` is the primary's, for the
@@ -132,21 +129,10 @@ impl<D: Dialect> Replicas<D> {
                         .set(followed.saturating_sub(head).max(0) as f64);
                     metrics::gauge!(m::REPLICA_UP, "replica" => r.name.clone()).set(1.0);
                 }
-                Ok(Err(e)) => {
-                    self.down_quietly(r, &e);
-                }
-                Err(_) => {
-                    self.down_quietly(r, &"no answer within a second");
-                }
+                Ok(Err(e)) => mark_down(r, &e),
+                Err(_) => mark_down(r, &"no answer within a second"),
             }
         }
-    }
-
-    fn down_quietly(&self, r: &Replica<D>, error: &dyn std::fmt::Display) {
-        if r.up.swap(false, Ordering::AcqRel) {
-            tracing::warn!(replica = %r.name, error = %error, "read replica not answering; reading the primary");
-        }
-        metrics::gauge!(m::REPLICA_UP, "replica" => r.name.clone()).set(0.0);
     }
 
     /// Each replica: its name, whether it is read, and the position visible there.
@@ -162,4 +148,12 @@ impl<D: Dialect> Replicas<D> {
             })
             .collect()
     }
+}
+
+/// Takes a replica out of reading (a failed read or poll) until a poll answers.
+fn mark_down<D: Dialect>(r: &Replica<D>, error: &dyn std::fmt::Display) {
+    if r.up.swap(false, Ordering::AcqRel) {
+        tracing::warn!(replica = %r.name, error = %error, "read replica failing; reading the primary");
+    }
+    metrics::gauge!(m::REPLICA_UP, "replica" => r.name.clone()).set(0.0);
 }

@@ -11,15 +11,18 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use super::dialect::{Dialect, Pooled, Tx};
-use super::resolution_model::{read_model, CitizenInputs, DecodedInputs};
+use super::freshness::Entry;
+use super::resolution_model::{read_model, CitizenInputs};
 use super::rows::{HistoryRow, PreferenceRow};
 use super::sql::Sql;
 use super::sql_store::SqlStore;
 use super::{corrupt, HistoryEntry, ResolveQuery, StoreResult};
 use crate::domain::{
-    resolve, Account, CitizenStatus, PreferenceAt, ProgramCode, Reason, Rejection, Resolution,
-    ResolutionInputs, Timestamp,
+    min_position_beyond_head, resolve, Account, CitizenStatus, PreferenceAt, ProgramCode,
+    Resolution, ResolutionInputs, Timestamp,
 };
 
 /// The read model's rows of `citizens`: one key (unary Resolve) without a transaction,
@@ -44,24 +47,9 @@ async fn read_rows<D: Dialect>(
 /// the sequencer's wake-up before it reads the feed itself.
 const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// A citizen's current-state inputs: from the cache (shared) or just read.
-enum Inputs {
-    Cached(std::sync::Arc<(DecodedInputs, i64)>),
-    Read(DecodedInputs),
-}
-
-impl std::ops::Deref for Inputs {
-    type Target = DecodedInputs;
-    fn deref(&self) -> &DecodedInputs {
-        match self {
-            Inputs::Cached(entry) => &entry.0,
-            Inputs::Read(inputs) => inputs,
-        }
-    }
-}
-
-/// Per citizen: status, preferences, and the accounts they point at.
-type CurrentInputs = HashMap<String, Inputs>;
+/// Per citizen: status, preferences, and the accounts they point at, with the position
+/// they were read at (shared with the cache).
+type CurrentInputs = HashMap<String, Entry>;
 
 impl<D: Dialect> SqlStore<D> {
     /// Resolves many queries: current-state ones from the cache or one read of all their
@@ -100,7 +88,7 @@ impl<D: Dialect> SqlStore<D> {
                     let inputs = match found.get(q.citizen_id.as_str()) {
                         None => ResolutionInputs::default(),
                         Some(entry) => {
-                            let (status, prefs, accounts) = &**entry;
+                            let (status, prefs, accounts) = &entry.0;
                             inputs_from(Some(*status), prefs, key, |id| accounts.get(&id).cloned())
                         }
                     };
@@ -127,7 +115,7 @@ impl<D: Dialect> SqlStore<D> {
             match self.fresh.cached(citizen, min) {
                 Some((entry, at)) => {
                     position = position.min(at);
-                    out.insert((*citizen).to_owned(), Inputs::Cached(entry));
+                    out.insert((*citizen).to_owned(), entry);
                 }
                 None => missing.push(*citizen),
             }
@@ -142,9 +130,9 @@ impl<D: Dialect> SqlStore<D> {
             .read_fresh(min, |pool| Box::pin(read_rows::<D>(pool, missing)))
             .await?;
         for (citizen, inputs) in rows {
-            let decoded = inputs.decode()?;
-            self.fresh.insert(&citizen, decoded.clone(), read_at);
-            out.insert(citizen, Inputs::Read(decoded));
+            let entry = Arc::new((inputs.decode()?, read_at));
+            self.fresh.insert(&citizen, entry.clone());
+            out.insert(citizen, entry);
         }
         Ok((out, position.min(read_at)))
     }
@@ -158,12 +146,7 @@ impl<D: Dialect> SqlStore<D> {
         self.follow_feed(true).await?;
         let position = self.fresh.position();
         if position < min {
-            return Err(Rejection::field(
-                Reason::FeedPositionInvalid,
-                "min_position",
-                "beyond the change feed's head: no answer can be that fresh yet",
-            )
-            .into());
+            return Err(min_position_beyond_head().into());
         }
         Ok(position)
     }

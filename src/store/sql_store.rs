@@ -141,15 +141,33 @@ impl<D: Dialect> SqlStore<D> {
     where
         's: 'f,
     {
-        if let Some((i, at)) = self.replicas.pick(min, self.fresh.position()) {
-            match op(self.replicas.pool(i)).await {
-                Ok(v) => return Ok((v, at)),
-                Err(StoreError::Rejected(r)) => return Err(r.into()),
-                Err(e) => self.replicas.down(i, &e),
-            }
+        if let Some(answered) = self.on_replica(min, &op).await {
+            return answered;
         }
         let at = self.fresh_enough(min).await?;
         Ok((op(&self.read).await?, at))
+    }
+
+    /// Runs `op` on a replica showing at least `min` (see `replicas.rs`), with the
+    /// position it showed; `None` when no replica is fit or the one tried failed (it is
+    /// marked down), for the caller to read the primary.
+    async fn on_replica<'s, 'f, T>(
+        &'s self,
+        min: i64,
+        op: &impl Fn(&'s Pool<D::DB>) -> BoxFuture<'f, StoreResult<T>>,
+    ) -> Option<StoreResult<(T, i64)>>
+    where
+        's: 'f,
+    {
+        let (i, at) = self.replicas.pick(min, self.fresh.position())?;
+        match op(self.replicas.pool(i)).await {
+            Ok(v) => Some(Ok((v, at))),
+            Err(StoreError::Rejected(r)) => Some(Err(r.into())),
+            Err(e) => {
+                self.replicas.down(i, &e);
+                None
+            }
+        }
     }
 
     /// A connection of the write pool, for a single statement.
@@ -379,13 +397,11 @@ impl<D: Dialect> Store for SqlStore<D> {
     async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
         // Catch-up pages come from a replica that has more than `after` to give; the live
         // tail (nothing newer there) from the primary.
-        if let Some((i, _)) = self.replicas.pick(after + 1, self.fresh.position()) {
-            match self.feed_page(self.replicas.pool(i), after, limit).await {
-                Ok(page) => return Ok(page),
-                Err(e) => self.replicas.down(i, &e),
-            }
+        let page = |pool| Box::pin(self.feed_page(pool, after, limit)) as BoxFuture<'_, _>;
+        match self.on_replica(after + 1, &page).await {
+            Some(answered) => Ok(answered?.0),
+            None => page(&self.read).await,
         }
-        self.feed_page(&self.read, after, limit).await
     }
 
     async fn feed_head(&self) -> StoreResult<i64> {
@@ -439,8 +455,14 @@ impl<D: Dialect> Store for SqlStore<D> {
         consumer: &str,
         limit: u32,
     ) -> StoreResult<Vec<Event>> {
-        self.watched_page(&self.read, after, client_id, consumer, limit)
-            .await
+        // As `feed_after`: catch-up from a replica, the live tail from the primary.
+        let page = |pool| {
+            Box::pin(self.watched_page(pool, after, client_id, consumer, limit)) as BoxFuture<'_, _>
+        };
+        match self.on_replica(after + 1, &page).await {
+            Some(answered) => Ok(answered?.0),
+            None => page(&self.read).await,
+        }
     }
 
     async fn sync_digest(&self, province: Option<&str>) -> StoreResult<Option<SyncDigest>> {
