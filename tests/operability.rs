@@ -51,6 +51,11 @@ mod faults {
     async fn a_call_deadline_stops_the_database_statement_waiting_for_it() {
         deadline_reaches_the_database().await
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn access_log_connections_cut_between_reads_fail_no_read_and_lose_no_entry() {
+        access_log_connections_cut().await
+    }
 }
 
 /// The real binary, stopped by a signal.
@@ -223,6 +228,64 @@ async fn read_and_write_refused(app: &TestApp, citizen: &str, other: &str, reaso
         .link_account(common::issuer_confirmed_link(other, "0071300000099"))
         .await;
     assert_retry_info(&common::refused(write, Code::Unavailable, reason));
+}
+
+/// The access log's writers hold their connections outside the pools (no liveness check
+/// before each use). A connection cut while idle fails the next batch on it; the writers
+/// write that batch's reads again on a new connection, so no read fails and none goes
+/// unrecorded.
+async fn access_log_connections_cut() {
+    use payout_registry::proto::ListAccessLogRequest;
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let name = app.db.name().expect("a PostgreSQL database").to_owned();
+    let citizen = "001089300011";
+    common::link_issuer_confirmed(&app, citizen, "0071300000011").await;
+    let mut resolver = app.resolver(Some(PAYER));
+    resolver
+        .resolve(resolve_request(citizen))
+        .await
+        .expect("the first read opens the log's connections");
+    for round in 0..3 {
+        let mut c = sqlx::PgConnection::connect(&common::pg_admin_url())
+            .await
+            .expect("admin connection");
+        let cut: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND query LIKE 'INSERT INTO access_log%'",
+        )
+        .bind(&name)
+        .fetch_all(&mut c)
+        .await
+        .expect("terminate the log's connections");
+        assert!(
+            !cut.is_empty() && cut.iter().all(|(done,)| *done),
+            "round {round}: the log's connections were found and cut: {cut:?}"
+        );
+        for _ in 0..4 {
+            resolver
+                .resolve(resolve_request(citizen))
+                .await
+                .expect("a read after the log's connection was cut is answered");
+        }
+    }
+    let log = app
+        .oversight(Some(common::AUDITOR))
+        .list_access_log(ListAccessLogRequest {
+            citizen_id: citizen.into(),
+            page_size: 100,
+            page_token: String::new(),
+            purpose: "who read this citizen".into(),
+        })
+        .await
+        .expect("list the access log")
+        .into_inner();
+    let resolves = log
+        .entries
+        .iter()
+        .filter(|e| e.method.ends_with("/Resolve"))
+        .count();
+    assert_eq!(resolves, 1 + 3 * 4, "every answered read is in the log");
+    app.stop().await;
 }
 
 async fn backends_killed_mid_import() {

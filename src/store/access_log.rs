@@ -4,14 +4,18 @@
 //! busiest calls. A call that reads many citizens (a BatchResolve batch) is one row naming
 //! them all (`citizen_ids`, searched through the dialect's `LOG_NAMES_CITIZEN`); a read of
 //! one citizen is a row of its own. The background room's writers batch the entries, and
-//! each batch is one transaction; its single reads are one set-based INSERT: on PostgreSQL one statement whose text never
-//! changes (arrays unnested server-side, prepared once whatever the batch size), committed
-//! without waiting for the WAL flush (the dialect's `ACCESS_LOG_PREAMBLE` says why that is
-//! safe); on SQLite multi-row INSERTs under the bind limit.
+//! each batch is one transaction; its single reads are one set-based INSERT: on PostgreSQL
+//! one statement whose text never changes (arrays unnested server-side, prepared once
+//! whatever the batch size), on connections the writers hold outside any pool, committed
+//! without waiting for the WAL flush (the dialect's `ACCESS_LOG_OWN_CONNECTIONS` says why
+//! that is safe); on SQLite multi-row INSERTs under the bind limit.
 
 use uuid::Uuid;
 
-use super::dialect::{insert_rows, Dialect, Handle, Pooled, Session, Tx};
+use sqlx::{ConnectOptions as _, Connection as _, Database};
+
+use super::dialect::{insert_rows, Dialect, Handle, Session, Tx};
+use super::health::waiting_for;
 use super::sql::{text_keys, Sql};
 use super::sql_store::SqlStore;
 use super::{AccessEntry, StoreResult};
@@ -25,31 +29,44 @@ impl<D: Dialect> SqlStore<D> {
         if entries.is_empty() {
             return Ok(());
         }
-        if D::BINDS_PER_STATEMENT.is_none() && entries.chunk_by(same_call).all(|c| c.len() == 1) {
-            // Reads of one citizen each (unary reads), where one statement takes any
-            // number of rows: that statement alone, on the log's connections, whose
-            // sessions commit without waiting for the WAL flush. One round trip instead
-            // of four (BEGIN, the preamble, INSERT, COMMIT).
-            let singles: Vec<&AccessEntry> = entries.iter().collect();
-            let mut conn = Pooled::<D>::acquire(&self.log).await?;
-            insert_singles(&mut conn, &singles).await?;
+        if !D::ACCESS_LOG_OWN_CONNECTIONS {
+            let mut tx = Tx::<D>::begin_write(&self.log).await?;
+            insert_entries(&mut tx, entries).await?;
+            tx.commit().await?;
             return Ok(());
         }
-        let mut tx = Tx::<D>::begin_write(&self.log).await?;
-        tx.run(D::ACCESS_LOG_PREAMBLE).await?;
-        let mut singles: Vec<&AccessEntry> = Vec::new();
-        for call in entries.chunk_by(same_call) {
-            if let [one] = call {
-                singles.push(one);
-                continue;
-            }
-            insert_singles(&mut tx, &singles).await?;
-            singles.clear();
-            insert_call(&mut tx, call).await?;
+        let mut conn = self.log_connection().await?;
+        let written = if entries.chunk_by(same_call).all(|c| c.len() == 1) {
+            // Reads of one citizen each (unary reads): that statement alone, its own
+            // transaction. One round trip instead of three (BEGIN, INSERT, COMMIT).
+            let singles: Vec<&AccessEntry> = entries.iter().collect();
+            insert_singles(&mut Session::<D, _>::on(&mut conn), &singles).await
+        } else {
+            write_in_transaction::<D>(&mut conn, entries).await
+        };
+        // A connection that failed is dropped, not reused: the next batch connects anew
+        // (the writers' fallback retries each read of a failed batch on its own).
+        if written.is_ok() {
+            self.log_held.lock().expect("log connections").push(conn);
         }
-        insert_singles(&mut tx, &singles).await?;
-        tx.commit().await?;
-        Ok(())
+        written
+    }
+
+    /// An idle connection of the access log, or a new one. Held outside any pool: a
+    /// pool's liveness round trips before and after each use (sqlx pings on acquire and
+    /// on release) tripled the database's work per batch of unary reads. A connection
+    /// broken while idle fails its next batch, which the writers then retry.
+    async fn log_connection(&self) -> StoreResult<<D::DB as Database>::Connection> {
+        if let Some(conn) = self.log_held.lock().expect("log connections").pop() {
+            return Ok(conn);
+        }
+        let options = self.log.connect_options();
+        waiting_for(async {
+            tokio::time::timeout(self.options.acquire_timeout, options.connect())
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        })
+        .await
     }
 
     /// A citizen's entries, newest first, before `before_id` if given.
@@ -107,6 +124,36 @@ fn same_call(a: &AccessEntry, b: &AccessEntry) -> bool {
         && a.purpose == b.purpose
 }
 
+/// A batch naming many citizens in one call: one transaction on `conn`.
+async fn write_in_transaction<D: Dialect>(
+    conn: &mut <D::DB as Database>::Connection,
+    entries: &[AccessEntry],
+) -> StoreResult<()> {
+    let mut tx = Session::<D, _>::on(conn.begin().await?);
+    insert_entries(&mut tx, entries).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The batch's rows, in its order: each call's read of many citizens as one row naming
+/// them all, consecutive reads of one citizen as one statement.
+async fn insert_entries<D: Dialect>(
+    tx: &mut Session<D, sqlx::Transaction<'_, D::DB>>,
+    entries: &[AccessEntry],
+) -> StoreResult<()> {
+    let mut singles: Vec<&AccessEntry> = Vec::new();
+    for call in entries.chunk_by(same_call) {
+        if let [one] = call {
+            singles.push(one);
+            continue;
+        }
+        insert_singles(tx, &singles).await?;
+        singles.clear();
+        insert_call(tx, call).await?;
+    }
+    insert_singles(tx, &singles).await
+}
+
 /// Reads of one citizen each: rows of their own, one set-based INSERT.
 async fn insert_singles<D: Dialect, C: Handle<D>>(
     tx: &mut Session<D, C>,
@@ -134,7 +181,10 @@ async fn insert_singles<D: Dialect, C: Handle<D>>(
 
 /// One call's read of many citizens: one row naming them all (and, where the list cannot
 /// be indexed, a narrow row per citizen).
-async fn insert_call<D: Dialect>(tx: &mut Tx<D>, call: &[AccessEntry]) -> StoreResult<()> {
+async fn insert_call<D: Dialect>(
+    tx: &mut Session<D, sqlx::Transaction<'_, D::DB>>,
+    call: &[AccessEntry],
+) -> StoreResult<()> {
     let e = &call[0];
     let mut q = D::builder(
         "INSERT INTO access_log (citizen_ids, client_id, method, purpose, accessed_at, \

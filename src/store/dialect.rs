@@ -6,7 +6,7 @@
 //! of three kinds:
 //! - SQL that differs: the row-locking selects and `FOR UPDATE`, how a write transaction
 //!   begins, statements run first in some transactions (the bulk planner settings, the
-//!   access log's asynchronous commit, the sequencer's isolation level, `pg_notify`);
+//!   sequencer's isolation level, `pg_notify`), where the access log writes;
 //! - how a set of rows or keys is spelt ([`Dialect::push_relation`], [`Dialect::push_in`]:
 //!   bound arrays on PostgreSQL, so a statement's text does not depend on the batch size
 //!   and is prepared once per connection; multi-row `VALUES` with anonymous `?`
@@ -55,8 +55,9 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// Run first in every bulk transaction (sync batches, batch lookups).
     const BULK_PREAMBLE: &'static [&'static str];
 
-    /// Run first in every access-log batch.
-    const ACCESS_LOG_PREAMBLE: &'static [&'static str];
+    /// Whether the access log writes on connections of its own, held outside any pool
+    /// (see `access_log.rs`), rather than on the write pool.
+    const ACCESS_LOG_OWN_CONNECTIONS: bool;
 
     /// Run first in a read-only transaction whose statements must all see one snapshot
     /// (`check` compares two tables).
@@ -215,6 +216,16 @@ impl<D: Dialect, C: Handle<D>> Session<D, C> {
     }
 }
 
+impl<D: Dialect, C: Handle<D>> Session<D, C> {
+    /// A session on a connection the caller holds (outside any pool).
+    pub fn on(conn: C) -> Session<D, C> {
+        Session {
+            conn,
+            dialect: PhantomData,
+        }
+    }
+}
+
 impl<D: Dialect> Tx<D> {
     /// Begins a write transaction (`D::BEGIN_WRITE`).
     pub async fn begin_write(pool: &Pool<D::DB>) -> StoreResult<Tx<D>> {
@@ -231,7 +242,9 @@ impl<D: Dialect> Tx<D> {
             dialect: PhantomData,
         })
     }
+}
 
+impl<D: Dialect> Session<D, sqlx::Transaction<'_, D::DB>> {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.conn.commit().await
     }

@@ -24,9 +24,6 @@ use super::{StoreError, StoreOptions, StoreResult};
 /// The PostgreSQL store: one pool shared by reads and writes.
 pub type PgStore = SqlStore<PgDialect>;
 
-/// Connections of the access log's pool (its writers overlap their commits on them).
-const ACCESS_LOG_CONNECTIONS: u32 = 8;
-
 /// How long a read waits for a replica's connection before reading the primary.
 const REPLICA_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -47,11 +44,11 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)
         .await?;
-    // The access log's connections: every transaction on them commits without waiting
-    // for the WAL flush, so that a batch of single reads is one statement (see
-    // `ACCESS_LOG_PREAMBLE`).
+    // Where the access log's connections come from: every transaction on them commits
+    // without waiting for the WAL flush (see `ACCESS_LOG_OWN_CONNECTIONS`). The writers
+    // hold their connections outside this pool; it only carries the options.
     let log = PgPoolOptions::new()
-        .max_connections(ACCESS_LOG_CONNECTIONS)
+        .max_connections(1)
         .acquire_timeout(options.acquire_timeout)
         .connect_lazy_with(
             (*pool.connect_options())
@@ -187,13 +184,14 @@ impl Dialect for PgDialect {
         "SET LOCAL jit = off",
     ];
 
-    /// Access-log batches commit asynchronously: the writer does not wait for the WAL
-    /// flush (PostgreSQL flushes within three `wal_writer_delay`s, 600 ms by default). A
-    /// crash of the service loses nothing that was answered; a crash of the database
-    /// server itself may lose the last fraction of a second of access-log entries, never
-    /// registry state. This keeps the log's cost per read near zero (README,
-    /// "Benchmarks").
-    const ACCESS_LOG_PREAMBLE: &'static [&'static str] = &["SET LOCAL synchronous_commit = off"];
+    /// The access log's writers hold connections of their own (no pool's liveness
+    /// round trips around each batch), opened with `synchronous_commit = off`: a batch
+    /// commits without waiting for the WAL flush (PostgreSQL flushes within three
+    /// `wal_writer_delay`s, 600 ms by default). A crash of the service loses nothing that
+    /// was answered; a crash of the database server itself may lose the last fraction of
+    /// a second of access-log entries, never registry state. This keeps the log's cost per
+    /// read low (README, "Benchmarks").
+    const ACCESS_LOG_OWN_CONNECTIONS: bool = true;
 
     /// Every statement of the transaction sees the snapshot of its first.
     const SNAPSHOT_READ: &'static [&'static str] =

@@ -41,10 +41,14 @@ pub struct SqlStore<D: Dialect> {
     pub(super) write: Pool<D::DB>,
     /// Reads (the same pool as `write` on PostgreSQL).
     pub(super) read: Pool<D::DB>,
-    /// The access log's writes: on PostgreSQL connections of their own whose sessions
-    /// commit without waiting for the WAL flush (`ACCESS_LOG_PREAMBLE` says why that is
-    /// safe); on SQLite the write pool.
+    /// The access log's writes: on SQLite the write pool; on PostgreSQL a pool that only
+    /// carries the options of the connections the writers hold (`log_held`), whose
+    /// sessions commit without waiting for the WAL flush (`ACCESS_LOG_OWN_CONNECTIONS`
+    /// says why that is safe).
     pub(super) log: Pool<D::DB>,
+    /// The access log's idle connections on PostgreSQL, held outside any pool (see
+    /// `access_log.rs`).
+    pub(super) log_held: std::sync::Mutex<Vec<<D::DB as sqlx::Database>::Connection>>,
     pub(super) options: StoreOptions,
     /// Program codes, cached (see `check_program`).
     pub(super) programs: KnownPrograms,
@@ -105,6 +109,7 @@ impl<D: Dialect> SqlStore<D> {
             write,
             read,
             log,
+            log_held: std::sync::Mutex::new(Vec::new()),
             options,
             programs: KnownPrograms::default(),
             changed,

@@ -96,8 +96,9 @@ impl Dialect for SqliteDialect {
     /// SQLite plans every statement afresh; nothing to set.
     const BULK_PREAMBLE: &'static [&'static str] = &[];
 
-    /// SQLite commits the access log like everything else.
-    const ACCESS_LOG_PREAMBLE: &'static [&'static str] = &[];
+    /// SQLite has one writer connection: the access log commits on it like everything
+    /// else.
+    const ACCESS_LOG_OWN_CONNECTIONS: bool = false;
 
     /// A SQLite read transaction (WAL) reads one snapshot from its first statement on.
     const SNAPSHOT_READ: &'static [&'static str] = &[];
