@@ -182,6 +182,14 @@ pub type Tx<D> = Session<D, sqlx::Transaction<'static, <D as Dialect>::DB>>;
 pub type Pooled<D> = Session<D, PoolConnection<<D as Dialect>::DB>>;
 
 impl<D: Dialect, C: Handle<D>> Session<D, C> {
+    /// A session on a connection or transaction (the caller's own, or from a pool).
+    pub fn on(conn: C) -> Session<D, C> {
+        Session {
+            conn,
+            dialect: PhantomData,
+        }
+    }
+
     pub fn execute(&mut self, sql: Sql) -> impl Future<Output = StoreResult<u64>> + Send + '_ {
         D::execute(&mut *self.conn, sql)
     }
@@ -216,31 +224,17 @@ impl<D: Dialect, C: Handle<D>> Session<D, C> {
     }
 }
 
-impl<D: Dialect, C: Handle<D>> Session<D, C> {
-    /// A session on a connection the caller holds (outside any pool).
-    pub fn on(conn: C) -> Session<D, C> {
-        Session {
-            conn,
-            dialect: PhantomData,
-        }
-    }
-}
-
 impl<D: Dialect> Tx<D> {
     /// Begins a write transaction (`D::BEGIN_WRITE`).
     pub async fn begin_write(pool: &Pool<D::DB>) -> StoreResult<Tx<D>> {
-        Ok(Session {
-            conn: waiting_for(pool.begin_with(D::BEGIN_WRITE)).await?,
-            dialect: PhantomData,
-        })
+        Ok(Session::on(
+            waiting_for(pool.begin_with(D::BEGIN_WRITE)).await?,
+        ))
     }
 
     /// Begins a plain transaction (for reads).
     pub async fn begin(pool: &Pool<D::DB>) -> StoreResult<Tx<D>> {
-        Ok(Session {
-            conn: waiting_for(pool.begin()).await?,
-            dialect: PhantomData,
-        })
+        Ok(Session::on(waiting_for(pool.begin()).await?))
     }
 }
 
@@ -256,10 +250,7 @@ impl<D: Dialect> Session<D, sqlx::Transaction<'_, D::DB>> {
 
 impl<D: Dialect> Pooled<D> {
     pub async fn acquire(pool: &Pool<D::DB>) -> StoreResult<Pooled<D>> {
-        Ok(Session {
-            conn: waiting_for(pool.acquire()).await?,
-            dialect: PhantomData,
-        })
+        Ok(Session::on(waiting_for(pool.acquire()).await?))
     }
 }
 
