@@ -548,4 +548,67 @@ mod postgres_instances {
         assert_eq!(got, written, "exactly the events written");
         drop(instances);
     }
+
+    /// A subscriber far behind reads in growing pages, each read ahead while the last is
+    /// sent: 7,500 events committed before it subscribes and 2,500 more committed while
+    /// it catches up arrive exactly once, in order, across the page boundaries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_subscriber_far_behind_catches_up_in_growing_pages_without_gap_or_duplicate() {
+        let app = TestApp::spawn(Backend::Postgres).await;
+        let url = app.db.url.clone();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let insert = "INSERT INTO events (event_id, occurred_at, event_type, citizen_id, actor, \
+                      reason, payload) SELECT gen_random_uuid(), 0, 'ACCOUNT_LINKED', \
+                      '00108' || lpad(n::text, 7, '0'), 'writer', 'test', '{}' \
+                      FROM generate_series($1::int, $2::int) AS n RETURNING event_id";
+        let mut written: Vec<Uuid> = sqlx::query_scalar(insert)
+            .bind(1)
+            .bind(7_500)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let mut stream = feed_on(app.channel(), Some(FEED))
+            .subscribe(SubscribeRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut received: Vec<FeedEvent> = Vec::new();
+        while received.len() < 10_000 {
+            if received.len() == 1_500 {
+                // Committed while the subscriber is inside its catch-up.
+                written.extend(
+                    sqlx::query_scalar::<_, Uuid>(insert)
+                        .bind(7_501)
+                        .bind(10_000)
+                        .fetch_all(&mut conn)
+                        .await
+                        .unwrap(),
+                );
+            }
+            received.push(next(&mut stream).await);
+        }
+        let positions: Vec<u64> = received.iter().map(|e| e.position).collect();
+        assert_eq!(
+            positions,
+            (1..=10_000u64).collect::<Vec<_>>(),
+            "every position once, in order"
+        );
+        let got: HashSet<Uuid> = received
+            .iter()
+            .map(|e| e.event_id.parse().unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            written.into_iter().collect(),
+            "exactly the events written"
+        );
+        // Caught up, the subscription is on the live tail.
+        sqlx::query_scalar::<_, Uuid>(insert)
+            .bind(10_001)
+            .bind(10_001)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(next(&mut stream).await.position, 10_001);
+    }
 }
