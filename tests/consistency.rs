@@ -6,17 +6,19 @@
 mod common;
 
 use common::{
-    link_issuer_confirmed, refused, suspend_or_reinstate, Backend, TestApp, ADMIN, PAYER,
+    link_issuer_confirmed, refused, suspend_or_reinstate, sync_citizens, Backend, TestApp, ADMIN,
+    PAYER,
 };
 use payout_registry::proto::{
-    GetAccountHistoryRequest, GetAccountRequest, ListCitizenAccountsRequest, ResolveOutcome,
-    ResolveRequest, ResolveResponse,
+    CitizenRecord, CitizenStatus, GetAccountHistoryRequest, GetAccountRequest,
+    ListCitizenAccountsRequest, ResolveOutcome, ResolveRequest, ResolveResponse,
 };
 use tonic::Code;
 
 on_both_backends!(
     a_read_carrying_a_writes_position_shows_the_write_and_says_how_fresh_it_is,
     a_min_position_beyond_the_feed_is_refused_and_reads_nothing,
+    a_sync_acknowledgement_carries_the_position_of_its_changes,
 );
 
 fn resolve_request(citizen: &str, min_position: u64) -> ResolveRequest {
@@ -308,4 +310,92 @@ mod postgres_instances {
         drop(others);
         app.stop().await;
     }
+}
+
+/// A death reported through SyncCitizens, read back with the acknowledgement's position
+/// as the minimum: the instance whose cache holds the citizen as paid answers "deceased".
+async fn a_sync_acknowledgement_carries_the_position_of_its_changes(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut resolver = app.resolver(Some(PAYER));
+    let citizens = ["001089300011", "001089300012", "001089300013"];
+    for (i, citizen) in citizens.iter().enumerate() {
+        link_issuer_confirmed(&app, citizen, &format!("00710000001{i}")).await;
+        // Warm the cache: each citizen is paid.
+        assert!(paid(&resolve(&mut resolver, citizen, 0).await));
+    }
+    let record = |citizen: &str, version: i64, status: CitizenStatus| CitizenRecord {
+        record_id: format!("pop-{citizen}"),
+        version,
+        citizen_id: citizen.into(),
+        full_name: "Nguyễn Văn An".into(),
+        date_of_birth: common::date("1989-03-01"),
+        status: status.into(),
+        date_of_death: match status {
+            CitizenStatus::Deceased => common::date("2025-11-30"),
+            _ => None,
+        },
+        ..Default::default()
+    };
+
+    // The first two are reported alive (a change: their names and source versions), the
+    // third dead.
+    let acks = sync_citizens(
+        &app,
+        vec![
+            record(citizens[0], 1, CitizenStatus::Active),
+            record(citizens[1], 1, CitizenStatus::Active),
+            record(citizens[2], 1, CitizenStatus::Deceased),
+        ],
+    )
+    .await;
+    let position = acks.last().expect("an acknowledgement").position;
+    assert!(
+        position > 0,
+        "the acknowledgement carries a position: {acks:?}"
+    );
+    for pair in acks.windows(2) {
+        assert!(pair[0].position <= pair[1].position, "{acks:?}");
+    }
+    let r = resolve(&mut resolver, citizens[2], position).await;
+    assert_eq!(
+        r.outcome(),
+        ResolveOutcome::CitizenDeceased,
+        "read at the sync's position: {r:?}"
+    );
+    assert!(r.position >= position);
+    assert!(paid(&resolve(&mut resolver, citizens[0], position).await));
+
+    // Every event of the batch is in the feed at or before the position, and the position
+    // is one of them (not a later head).
+    let quoted: Vec<String> = citizens.iter().map(|c| format!("'{c}'")).collect();
+    let numbered = |cond: &str| {
+        format!(
+            "SELECT count(*) FROM feed f JOIN events e ON e.position = f.position \
+             WHERE e.event_type = 'CITIZEN_STATUS_CHANGED' AND e.citizen_id IN ({}) {cond}",
+            quoted.join(", ")
+        )
+    };
+    let status_events = app.db.count(&numbered("")).await;
+    assert!(status_events >= 1, "the death is an event");
+    assert_eq!(
+        app.db
+            .count(&numbered(&format!("AND f.feed_position <= {position}")))
+            .await,
+        status_events
+    );
+    assert_eq!(
+        app.db
+            .count(&format!(
+                "SELECT count(*) FROM feed f JOIN events e ON e.position = f.position \
+                 WHERE f.feed_position = {position} AND e.citizen_id IN ({})",
+                quoted.join(", ")
+            ))
+            .await,
+        1
+    );
+
+    // A stream that changes nothing (the same versions again) answers no position.
+    let again = sync_citizens(&app, vec![record(citizens[2], 1, CitizenStatus::Deceased)]).await;
+    assert_eq!(again.last().map(|a| a.position), Some(0), "{again:?}");
+    app.stop().await;
 }

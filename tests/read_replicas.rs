@@ -13,6 +13,7 @@ use common::{link_issuer_confirmed, Cluster, TestApp, TestDb, ADMIN, FEED, PAYER
 use payout_registry::proto::{
     GetAccountRequest, ResolveOutcome, ResolveRequest, ResolveResponse, SubscribeRequest,
 };
+use payout_registry::security::limits::{BucketConfig, RateLimitConfig};
 use sqlx::Connection;
 
 const CITIZEN: &str = "001089500001";
@@ -105,6 +106,15 @@ async fn reads_go_to_a_fresh_enough_replica_and_to_the_primary_when_it_lags_or_s
         .configure(move |s| {
             s.read_database_urls = vec![payout_registry::config::Secret::new(replica_url)];
             s.replica_max_lag = 5;
+        })
+        // The reads across the replica's death run as fast as they are answered; the
+        // client's read budget must not be what ends them.
+        .limits(RateLimitConfig {
+            read: BucketConfig {
+                per_second: 1_000_000.0,
+                burst: 1_000_000.0,
+            },
+            ..RateLimitConfig::default()
         })
         .spawn()
         .await;

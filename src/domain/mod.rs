@@ -13,6 +13,7 @@ pub mod citizen_id;
 pub mod digest;
 pub mod error;
 pub mod event;
+pub mod link;
 pub mod mask;
 pub mod msisdn;
 pub mod name;

@@ -29,7 +29,9 @@ use crate::proto::{
     SyncCitizensResponse,
 };
 use crate::security::limits::RpcClass;
-use crate::store::{Pipeline, Store, StoreError, StoreResult, SyncRecord, WriteContext};
+use crate::store::{
+    BatchApplied, Pipeline, Store, StoreError, StoreResult, SyncRecord, WriteContext,
+};
 use crate::telemetry::metrics as m;
 
 /// Records applied per transaction.
@@ -69,7 +71,7 @@ trait SyncKind: Send + Sync + 'static {
         store: &'a dyn Store,
         ctx: &'a WriteContext,
         batch: &'a [Self::Record],
-    ) -> BoxFuture<'a, StoreResult<Vec<RecordOutcome>>>;
+    ) -> BoxFuture<'a, StoreResult<BatchApplied>>;
 }
 
 fn missing_record() -> Rejection {
@@ -106,7 +108,7 @@ impl SyncKind for Citizens {
         store: &'a dyn Store,
         ctx: &'a WriteContext,
         batch: &'a [Self::Record],
-    ) -> BoxFuture<'a, StoreResult<Vec<RecordOutcome>>> {
+    ) -> BoxFuture<'a, StoreResult<BatchApplied>> {
         store.sync_citizens(ctx, batch)
     }
 }
@@ -141,7 +143,7 @@ impl SyncKind for Accounts {
         store: &'a dyn Store,
         ctx: &'a WriteContext,
         batch: &'a [Self::Record],
-    ) -> BoxFuture<'a, StoreResult<Vec<RecordOutcome>>> {
+    ) -> BoxFuture<'a, StoreResult<BatchApplied>> {
         store.sync_accounts(ctx, batch)
     }
 }
@@ -209,7 +211,7 @@ struct Pending {
 }
 
 /// What a batch's transaction answers.
-type Outcomes = StoreResult<Vec<RecordOutcome>>;
+type Outcomes = StoreResult<BatchApplied>;
 
 /// How the reading half of a stream ended.
 enum Ended {
@@ -295,13 +297,16 @@ async fn sync_loop<K: SyncKind>(
     // queue closes) even while it waits for the client's next record.
     let acker = async move {
         let mut totals = SyncBatchResult::default();
+        // Batches acknowledged whose events the sequencer had not numbered in time: the
+        // position an acknowledgement carries must cover every batch acknowledged.
+        let mut unnumbered: Vec<i64> = Vec::new();
         while let Some(Pending {
             last_record_id,
             records,
             done,
         }) = queued.recv().await
         {
-            let outcomes = done
+            let applied = done
                 .await
                 .unwrap_or_else(|_| {
                     Err(StoreError::Corrupt(
@@ -309,12 +314,18 @@ async fn sync_loop<K: SyncKind>(
                     ))
                 })
                 .map_err(|e| call.fail(e))?;
-            let ack = acknowledge::<K>(last_record_id, records, outcomes, &mut totals)?;
+            unnumbered.extend(applied.last_event);
+            let mut ack = acknowledge::<K>(last_record_id, records, applied.outcomes, &mut totals)?;
+            ack.position = numbered_position(state, &mut unnumbered, &mut totals).await;
             if tx.send(Ok(K::respond(ack))).await.is_err() {
                 // The client went away after the commit; it resumes from its last ack and
                 // what it sends again is answered with its recorded outcome.
                 return Ok((totals, false));
             }
+        }
+        if !unnumbered.is_empty() {
+            // A final acknowledgement must not claim a position short of its batches.
+            totals.position = 0;
         }
         Ok::<_, Status>((totals, true))
     };
@@ -332,6 +343,35 @@ async fn sync_loop<K: SyncKind>(
                 "sync stream ended by the shutdown after its final acknowledgement"
             );
             Err(super::call::shutting_down(&call.request_id))
+        }
+    }
+}
+
+/// The consistency token of an acknowledgement: the largest feed position of the events
+/// this stream's acknowledged batches appended, once the sequencer has numbered them all
+/// (a brief wait; the next batch commits meanwhile). 0 while some are not numbered (the
+/// wait ran out, or the position could not be read): a later acknowledgement carries it.
+async fn numbered_position(
+    state: &AppState,
+    unnumbered: &mut Vec<i64>,
+    totals: &mut SyncBatchResult,
+) -> u64 {
+    if unnumbered.is_empty() {
+        return totals.position;
+    }
+    match state.store.numbered_through(unnumbered).await {
+        Ok(Some(through)) => {
+            unnumbered.clear();
+            totals.position = totals.position.max(u64::try_from(through).unwrap_or(0));
+            totals.position
+        }
+        Ok(None) => {
+            tracing::warn!("a sync batch's events were not numbered within a second; acknowledged without a position");
+            0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a sync batch's feed position failed; acknowledged without one");
+            0
         }
     }
 }

@@ -9,8 +9,10 @@
 //! account, one idempotency key sent twice at once) is rolled back and run again: the
 //! retry sees the winner's committed row and answers accordingly.
 //!
-//! These rules have a twin in `planner.rs`, which applies them to population-sync batches
-//! in memory; the two are kept apart on purpose until they are merged.
+//! The rules these scripts apply are in `domain` (`domain::link` for links, claims and the
+//! first default; `Account::changed` for the state machine; `domain::assertion` for who
+//! may vouch), shared with the population-sync planner (`planner.rs`), which applies them
+//! to a batch in memory. Only the reading, locking and writing differ between the two.
 
 use uuid::Uuid;
 
@@ -18,7 +20,6 @@ use sqlx::Pool;
 
 use super::dialect::{Dialect, Handle, Pooled, Session, Tx};
 use super::idempotency::{remember, replay, StoredOutcome};
-use super::planner::{duplicate_claim_payload, owned_by_another, DUPLICATE_CLAIM_REASON};
 use super::resolution_model::refresh;
 use super::rows::{AccountRow, CitizenRow, DuplicateClaimRow, HistoryRow, PreferenceRow};
 use super::sql::Sql;
@@ -31,11 +32,16 @@ use crate::domain::assertion::{
     holder_name_source, may_reject, may_report_failure, may_verify, Capacity, Channel,
     HolderNameSource,
 };
+use crate::domain::event::PreferenceChanged;
+use crate::domain::link::{
+    check_link, claim_on_held, first_verified_default, new_link, owned_by_another, ProviderTerms,
+    DUPLICATE_CLAIM_REASON, FIRST_VERIFIED_REASON,
+};
 use crate::domain::{
     account_not_found, check_verification, check_version, previous_for_change, Account,
-    AccountAction, AccountStatus, Change, ChangeAccount, CitizenId, CitizenStatus, LinkAccount,
-    PreferenceAt, ProgramCode, Reason, Rejection, ReportPayoutFailure, SetPreference, Timestamp,
-    VerificationInput, MAX_OPEN_ACCOUNTS,
+    AccountAction, AccountKind, AccountStatus, Change, ChangeAccount, CitizenId, CitizenStatus,
+    LinkAccount, PreferenceAt, ProgramCode, Reason, Rejection, ReportPayoutFailure, SetPreference,
+    Timestamp, VerificationInput,
 };
 
 /// What a transaction script decided.
@@ -143,35 +149,24 @@ impl<D: Dialect> SqlStore<D> {
         let provider_said =
             holder_name_source(&ctx.authority, Channel::Registry, &cmd.provider_code)
                 == HolderNameSource::Provider;
-        let account = Account {
-            id: Uuid::now_v7(),
-            citizen_id: cmd.citizen_id.clone(),
-            kind: cmd.kind,
-            provider_code: cmd.provider_code.clone(),
-            account_ref: cmd.account_ref.clone(),
-            holder_name: name.clone().filter(|_| provider_said),
-            declared_holder_name: name.filter(|_| !provider_said),
-            status: AccountStatus::PendingVerification,
-            verification: None,
-            version: 1,
-            created_at: ctx.now,
-            updated_at: ctx.now,
-        };
+        let account = new_link(
+            &cmd.citizen_id,
+            cmd.kind,
+            &cmd.provider_code,
+            &cmd.account_ref,
+            name,
+            provider_said,
+            ctx.now,
+        );
         // A claim on an account another citizen holds is refused before anything is
         // created for the claimant; only the claim itself is recorded.
         if let Some(refused) = claim_conflict(tx, ctx, &account, "LINK").await? {
             return Ok(Outcome::Refuse(refused));
         }
         let citizen = ensure_citizen(tx, ctx, &cmd.citizen_id).await?;
-        if citizen.status != CitizenStatus::Active.as_str() {
-            return Err(Rejection::field(
-                Reason::CitizenNotActive,
-                "citizen_id",
-                "the citizen is not active (deceased or id revoked): no account can be linked",
-            )
-            .into());
-        }
-        check_provider(tx, &cmd.provider_code, cmd.kind).await?;
+        let status = CitizenStatus::parse(&citizen.status)
+            .ok_or_else(|| corrupt("unknown citizen status"))?;
+        let provider = provider(tx, &cmd.provider_code).await?;
         let open: Vec<Account> = tx
             .fetch_all::<AccountRow>(
                 Sql::new(concat!(
@@ -186,26 +181,7 @@ impl<D: Dialect> SqlStore<D> {
             .into_iter()
             .map(Account::try_from)
             .collect::<StoreResult<_>>()?;
-        if open.iter().any(|a| {
-            a.kind == cmd.kind
-                && a.provider_code == cmd.provider_code
-                && a.account_ref == cmd.account_ref
-        }) {
-            return Err(Rejection::field(
-                Reason::AccountAlreadyLinked,
-                "account_ref",
-                "the citizen already has this account open",
-            )
-            .into());
-        }
-        if open.len() >= MAX_OPEN_ACCOUNTS {
-            return Err(Rejection::field(
-                Reason::TooManyOpenAccounts,
-                "citizen_id",
-                format!("a citizen may have at most {MAX_OPEN_ACCOUNTS} open accounts"),
-            )
-            .into());
-        }
+        check_link(status, provider, &account, &open)?;
         if let Some(v) = &cmd.verification {
             check_verification(
                 v,
@@ -377,8 +353,8 @@ impl<D: Dialect> SqlStore<D> {
                     .bind(next.citizen_id.as_str()),
                 )
                 .await?;
-            if has_default.is_none() {
-                write_preference(tx, ctx, &next, None, None, "first verified account").await?;
+            if first_verified_default(&next, has_default.is_some()).is_some() {
+                write_preference(tx, ctx, &next, None, None, FIRST_VERIFIED_REASON).await?;
             }
         }
         Ok(Outcome::Done(Answer::of(next)))
@@ -628,39 +604,16 @@ async fn load_account<D: Dialect, C: Handle<D>>(
         .transpose()
 }
 
-async fn check_provider<D: Dialect>(
-    tx: &mut Tx<D>,
-    code: &str,
-    kind: crate::domain::AccountKind,
-) -> StoreResult<()> {
+/// The reference row of a provider, if the reference data lists it.
+async fn provider<D: Dialect>(tx: &mut Tx<D>, code: &str) -> StoreResult<Option<ProviderTerms>> {
     let row: Option<(String, bool)> = tx
         .fetch_optional(Sql::new("SELECT kind, active FROM providers WHERE code = $1").bind(code))
         .await?;
-    let Some((provider_kind, active)) = row else {
-        return Err(Rejection::field(
-            Reason::ProviderUnknown,
-            "provider_code",
-            "no such provider in the reference data",
-        )
-        .into());
-    };
-    if provider_kind != kind.as_str() {
-        return Err(Rejection::field(
-            Reason::ProviderKindMismatch,
-            "provider_code",
-            format!("this provider offers {provider_kind}, not {kind}"),
-        )
-        .into());
-    }
-    if !active {
-        return Err(Rejection::field(
-            Reason::ProviderInactive,
-            "provider_code",
-            "this provider is no longer active",
-        )
-        .into());
-    }
-    Ok(())
+    row.map(|(kind, active)| {
+        let kind = AccountKind::parse(&kind).map_err(|_| corrupt("provider kind"))?;
+        Ok(ProviderTerms { kind, active })
+    })
+    .transpose()
 }
 
 /// If another citizen holds this account, records the claim (and its event) and returns
@@ -684,16 +637,10 @@ async fn claim_conflict<D: Dialect>(
             .bind(claim.citizen_id.as_str()),
         )
         .await?;
-    let Some((holder, holder_account)) = holder else {
+    let holder = holder.as_ref().map(|(c, a)| (c.as_str(), *a));
+    let Some(claim) = claim_on_held(claim, holder, context, &ctx.actor, ctx.now) else {
         return Ok(None);
     };
-    let claim = DuplicateClaim::detected(
-        claim,
-        CitizenId::from_stored(holder),
-        holder_account,
-        context,
-        ctx,
-    );
     tx.execute(
         Sql::new(
             "INSERT INTO duplicate_claims (claim_id, kind, provider_code, account_ref, \
@@ -720,7 +667,7 @@ async fn claim_conflict<D: Dialect>(
             citizen_id: claim.claimant.as_str(),
             account_id: None,
             reason: DUPLICATE_CLAIM_REASON,
-            payload: &duplicate_claim_payload(&claim),
+            payload: &serde_json::to_value(claim.event()).map_err(corrupt)?,
             actor_capacity: None,
         },
     )
@@ -809,11 +756,12 @@ async fn write_preference<D: Dialect>(
         .bind(reason),
     )
     .await?;
-    let payload = serde_json::json!({
-        "program_code": key,
-        "previous_account_id": previous,
-        "account": account,
-    });
+    let payload = serde_json::to_value(PreferenceChanged {
+        program_code: key.to_owned(),
+        previous_account_id: previous,
+        account: account.clone(),
+    })
+    .map_err(corrupt)?;
     insert_event(
         tx,
         ctx,

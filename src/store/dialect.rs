@@ -49,6 +49,10 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// locks).
     const FOR_UPDATE: &'static str;
 
+    /// The write position (`events.position`) of the last event this transaction
+    /// appended, run right after the INSERT into `events`: the largest of them.
+    const LAST_EVENT: &'static str;
+
     /// How a write transaction begins.
     const BEGIN_WRITE: &'static str;
 

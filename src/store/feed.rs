@@ -273,10 +273,7 @@ impl<D: Dialect> SqlStore<D> {
     /// consistency token); `None` when it is not numbered within `WRITE_POSITION_WAIT`.
     /// A citizen without events answers the cursor.
     pub(super) async fn written_position(&self, citizen: &str) -> StoreResult<Option<i64>> {
-        let deadline = tokio::time::Instant::now() + WRITE_POSITION_WAIT;
-        let mut changes = self.change_signal();
-        loop {
-            changes.borrow_and_update();
+        self.when_numbered(|| async {
             // One statement: the latest event and its feed position, if it has one yet.
             let latest: Option<(i64, Option<i64>)> = self
                 .reader()
@@ -290,10 +287,50 @@ impl<D: Dialect> SqlStore<D> {
                     .bind(citizen),
                 )
                 .await?;
-            match latest {
-                None => return Ok(Some(self.fresh.position())),
-                Some((_, Some(at))) => return Ok(Some(at)),
-                Some((_, None)) => {}
+            Ok(match latest {
+                None => Some(self.fresh.position()),
+                Some((_, at)) => at,
+            })
+        })
+        .await
+    }
+
+    /// The largest feed position of `events` (write positions) once all are numbered.
+    pub(super) async fn numbered_through(&self, events: &[i64]) -> StoreResult<Option<i64>> {
+        let wanted = events.len() as i64;
+        if wanted == 0 {
+            return Ok(Some(self.fresh.position()));
+        }
+        self.when_numbered(|| async {
+            // A stream waits on the few batches acknowledged since its last numbered one.
+            let placeholders: Vec<String> = (1..=events.len()).map(|i| format!("${i}")).collect();
+            let sql = events.iter().fold(
+                Sql::new(format!(
+                    "SELECT count(*), max(feed_position) FROM feed WHERE position IN ({})",
+                    placeholders.join(", ")
+                )),
+                |sql, position| sql.bind(*position),
+            );
+            let (numbered, through): (i64, Option<i64>) =
+                self.reader().await?.fetch_one(sql).await?;
+            Ok(through.filter(|_| numbered == wanted))
+        })
+        .await
+    }
+
+    /// Runs `look` until it answers a position, again each time the sequencer numbers
+    /// events, for at most [`WRITE_POSITION_WAIT`]; `None` when the wait ends first.
+    async fn when_numbered<F, Fut>(&self, look: F) -> StoreResult<Option<i64>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<Option<i64>>>,
+    {
+        let deadline = tokio::time::Instant::now() + WRITE_POSITION_WAIT;
+        let mut changes = self.change_signal();
+        loop {
+            changes.borrow_and_update();
+            if let Some(at) = look().await? {
+                return Ok(Some(at));
             }
             if tokio::time::timeout_at(deadline, changes.changed())
                 .await

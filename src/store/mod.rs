@@ -218,43 +218,18 @@ pub struct HistoryEntry {
     pub capacity: Option<Capacity>,
 }
 
-/// A refused claim on an account held by another citizen.
-#[derive(Debug, Clone)]
-pub struct DuplicateClaim {
-    pub claim_id: Uuid,
-    pub kind: crate::domain::AccountKind,
-    pub provider_code: String,
-    pub account_ref: crate::domain::AccountRef,
-    pub claimant: CitizenId,
-    pub holder: CitizenId,
-    pub holder_account_id: Uuid,
-    pub context: String,
-    pub detected_at: Timestamp,
-    pub actor: String,
-}
+pub use crate::domain::link::DuplicateClaim;
 
-impl DuplicateClaim {
-    /// The record of `claim` refused because `holder` already holds the account.
-    pub fn detected(
-        claim: &crate::domain::Account,
-        holder: CitizenId,
-        holder_account_id: Uuid,
-        context: &str,
-        ctx: &WriteContext,
-    ) -> DuplicateClaim {
-        DuplicateClaim {
-            claim_id: Uuid::now_v7(),
-            kind: claim.kind,
-            provider_code: claim.provider_code.clone(),
-            account_ref: claim.account_ref.clone(),
-            claimant: claim.citizen_id.clone(),
-            holder,
-            holder_account_id,
-            context: context.to_owned(),
-            detected_at: ctx.now,
-            actor: ctx.actor.clone(),
-        }
-    }
+/// What a committed sync batch did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchApplied {
+    /// One outcome per record, in the batch's order.
+    pub outcomes: Vec<RecordOutcome>,
+    /// The write position (`events.position`) of the last event the batch appended;
+    /// `None` when it changed nothing. Once the sequencer has numbered it, every event of
+    /// the batch is numbered and its feed position is the batch's consistency token
+    /// ([`Store::numbered_through`]).
+    pub last_event: Option<i64>,
 }
 
 /// What one sequencing round did.
@@ -404,7 +379,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ctx: &WriteContext,
         batch: &[SyncCitizen],
-    ) -> StoreResult<Vec<RecordOutcome>>;
+    ) -> StoreResult<BatchApplied>;
 
     /// Applies a batch of declared-account records in one transaction, as
     /// [`Store::sync_citizens`].
@@ -412,7 +387,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ctx: &WriteContext,
         batch: &[SyncAccount],
-    ) -> StoreResult<Vec<RecordOutcome>>;
+    ) -> StoreResult<BatchApplied>;
 
     /// The citizens that registered legacy numbers belong to (unknown numbers are absent).
     async fn citizens_by_legacy_id(
@@ -492,6 +467,11 @@ pub trait Store: Send + Sync + 'static {
     /// The feed position of `citizen`'s latest event once the sequencer has numbered it
     /// (a write's consistency token); `None` when it is not numbered within a second.
     async fn written_position(&self, citizen: &CitizenId) -> StoreResult<Option<i64>>;
+
+    /// The largest feed position given to `events` (write positions, as a sync batch
+    /// answers them in [`BatchApplied::last_event`]) once the sequencer has numbered every
+    /// one of them; `None` when some are not numbered within a second.
+    async fn numbered_through(&self, events: &[i64]) -> StoreResult<Option<i64>>;
 
     /// What this instance's reads are served from: the followed position, the cache's
     /// counters, each replica's state.

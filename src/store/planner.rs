@@ -11,10 +11,12 @@
 //! answered with the outcome recorded then, refusal included, and an older one is STALE.
 //!
 //! It is pure (no SQL, no dialect): `population.rs` reads what a batch needs into a
-//! [`Loaded`], calls the planner, and writes the [`Work`]. Its rules are a second copy of
-//! those of the single-record scripts in `accounts.rs`, kept apart until the two are
-//! merged. (It was `store/sync.rs`; "sync" also names the population platform's streams
-//! and the sync digest.)
+//! [`Loaded`], calls the planner, and writes the [`Work`]. The rules themselves are in
+//! `domain` (`domain::link` for links and claims, `Account::changed` for the state
+//! machine, `domain::assertion` for who may vouch), shared with the single-record scripts
+//! in `accounts.rs`; what differs is only how the state is read and written. (It was
+//! `store/sync.rs`; "sync" also names the population platform's streams and the sync
+//! digest.)
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -23,10 +25,13 @@ use uuid::Uuid;
 
 use super::{DuplicateClaim, WriteContext};
 use crate::domain::assertion::{may_verify, Capacity, Channel, HolderNameSource};
+use crate::domain::link::{
+    check_link, claim_on_held, first_verified_default, new_link, owned_by_another, ProviderTerms,
+    DUPLICATE_CLAIM_REASON, FIRST_VERIFIED_REASON,
+};
 use crate::domain::{
     check_verification, Account, AccountKind, AccountRef, AccountStatus, Change, CitizenId,
     CitizenStatus, Reason, RecordOutcome, Rejection, SyncAccount, SyncCitizen, VerificationInput,
-    MAX_OPEN_ACCOUNTS,
 };
 
 /// The two sync streams, as named in `sync_records.stream`.
@@ -183,8 +188,8 @@ pub struct Loaded {
     pub holders: HashMap<AccountKeyTuple, (String, Uuid)>,
     /// Citizens of the batch that have a default preference.
     pub has_default: HashSet<String>,
-    /// Provider code -> (kind, active).
-    pub providers: HashMap<String, (AccountKind, bool)>,
+    /// The reference data's providers, by code.
+    pub providers: HashMap<String, ProviderTerms>,
 }
 
 /// A citizen row to write (insert or update).
@@ -284,33 +289,6 @@ fn outcome_text(outcome: &RecordOutcome) -> &'static str {
         RecordOutcome::Applied | RecordOutcome::Stale => APPLIED,
         RecordOutcome::Rejected(r) => r.reason.as_str(),
     }
-}
-
-/// The refusal of a claim on an account another citizen holds. It does not say who.
-pub fn owned_by_another() -> Rejection {
-    Rejection::field(
-        Reason::AccountOwnedByAnotherCitizen,
-        "account_ref",
-        "this account is already verified for another citizen; the claim has been recorded \
-         for investigation",
-    )
-}
-
-/// The reason recorded with a DUPLICATE_CLAIM_DETECTED event.
-pub const DUPLICATE_CLAIM_REASON: &str = "account already verified for another citizen";
-
-/// The event payload announcing a refused claim (DUPLICATE_CLAIM_DETECTED).
-pub fn duplicate_claim_payload(c: &DuplicateClaim) -> serde_json::Value {
-    serde_json::json!({
-        "claim_id": c.claim_id,
-        "context": c.context,
-        "claimant_citizen_id": c.claimant.as_str(),
-        "holder_citizen_id": c.holder.as_str(),
-        "holder_account_id": c.holder_account_id,
-        "kind": c.kind.as_str(),
-        "provider_code": c.provider_code,
-        "account_ref": c.account_ref.as_str(),
-    })
 }
 
 /// Keeps the last ledger entry per record id.
@@ -510,23 +488,20 @@ impl Accounts<'_> {
         claim: &Account,
         context: &str,
     ) -> Option<Rejection> {
-        let (holder, holder_account) = self.holders.get(&key_of(claim))?.clone();
-        if holder == claim.citizen_id.as_str() {
-            return None;
-        }
-        let claim = DuplicateClaim::detected(
+        let holder = self.holders.get(&key_of(claim));
+        let claim = claim_on_held(
             claim,
-            CitizenId::from_stored(holder),
-            holder_account,
+            holder.map(|(citizen, account)| (citizen.as_str(), *account)),
             context,
-            self.ctx,
-        );
+            &self.ctx.actor,
+            self.ctx.now,
+        )?;
         work.events.push(EventWrite {
             event_type: "DUPLICATE_CLAIM_DETECTED".into(),
             citizen_id: claim.claimant.as_str().to_owned(),
             account_id: None,
             reason: DUPLICATE_CLAIM_REASON.into(),
-            payload: duplicate_claim_payload(&claim),
+            payload: serde_json::to_value(claim.event()).unwrap_or_default(),
             actor_capacity: None,
         });
         work.duplicate_claims.push(claim);
@@ -567,27 +542,6 @@ impl Accounts<'_> {
             return Err(refused);
         }
         Ok(next)
-    }
-}
-
-fn check_provider(loaded: &Loaded, rec: &SyncAccount) -> Result<(), Rejection> {
-    match loaded.providers.get(&rec.provider_code) {
-        None => Err(Rejection::field(
-            Reason::ProviderUnknown,
-            "provider_code",
-            "no such provider in the reference data",
-        )),
-        Some((kind, _)) if *kind != rec.kind => Err(Rejection::field(
-            Reason::ProviderKindMismatch,
-            "provider_code",
-            format!("this provider offers {kind}, not {}", rec.kind),
-        )),
-        Some((_, false)) => Err(Rejection::field(
-            Reason::ProviderInactive,
-            "provider_code",
-            "this provider is no longer active",
-        )),
-        Some(_) => Ok(()),
     }
 }
 
@@ -711,40 +665,27 @@ fn apply_account(
     let account = match target {
         Some(account) => account,
         None => {
-            // A new link: the rules of LinkAccount.
-            let account = Account {
-                id: Uuid::now_v7(),
-                citizen_id: rec.citizen_id.clone(),
-                kind: rec.kind,
-                provider_code: rec.provider_code.clone(),
-                account_ref: rec.account_ref.clone(),
-                // What the population platform relays is the provider's statement.
-                holder_name: rec.holder_name.as_ref().map(|h| h.as_str().to_owned()),
-                declared_holder_name: None,
-                status: AccountStatus::PendingVerification,
-                verification: None,
-                version: 1,
-                created_at: state.ctx.now,
-                updated_at: state.ctx.now,
-            };
+            // A new link: the rules of LinkAccount. What the population platform relays
+            // is the provider's statement.
+            let account = new_link(
+                &rec.citizen_id,
+                rec.kind,
+                &rec.provider_code,
+                &rec.account_ref,
+                rec.holder_name.as_ref().map(|h| h.as_str().to_owned()),
+                true,
+                state.ctx.now,
+            );
             if let Some(refused) = state.claim_conflict(work, &account, "LINK") {
                 return Err(refused);
             }
-            if citizen.is_some_and(|c| c.status != CitizenStatus::Active) {
-                return Err(Rejection::field(
-                    Reason::CitizenNotActive,
-                    "citizen_id",
-                    "the citizen is not active (deceased or id revoked): no account can be linked",
-                ));
-            }
-            check_provider(loaded, rec)?;
-            if state.open_of(citizen_id).count() >= MAX_OPEN_ACCOUNTS {
-                return Err(Rejection::field(
-                    Reason::TooManyOpenAccounts,
-                    "citizen_id",
-                    format!("a citizen may have at most {MAX_OPEN_ACCOUNTS} open accounts"),
-                ));
-            }
+            // A citizen the registry has not seen is created ACTIVE by this link.
+            check_link(
+                citizen.map_or(CitizenStatus::Active, |c| c.status),
+                loaded.providers.get(&rec.provider_code).copied(),
+                &account,
+                state.open_of(citizen_id),
+            )?;
             let verified = match rec.confirmation {
                 Some(method) => Some(state.verify(work, &account, rec, method, registered_name)?),
                 None => None,
@@ -768,17 +709,15 @@ fn apply_account(
 fn finish_verification(state: &mut Accounts<'_>, work: &mut Work, next: Account) {
     let citizen = next.citizen_id.as_str().to_owned();
     state.record(work, next.clone(), Change::Verified, false);
-    if state.has_default.insert(citizen.clone()) {
+    let has_default = state.has_default.contains(&citizen);
+    if let Some(default) = first_verified_default(&next, has_default) {
+        state.has_default.insert(citizen.clone());
         work.events.push(EventWrite {
             event_type: "DEFAULT_CHANGED".into(),
             citizen_id: citizen,
             account_id: Some(next.id),
-            reason: "first verified account".into(),
-            payload: serde_json::json!({
-                "program_code": "",
-                "previous_account_id": serde_json::Value::Null,
-                "account": next,
-            }),
+            reason: FIRST_VERIFIED_REASON.into(),
+            payload: serde_json::to_value(default).unwrap_or_default(),
             actor_capacity: None,
         });
         work.defaults.push(DefaultWrite { account: next });

@@ -21,7 +21,9 @@ use super::resolution_model::{refresh, set_statuses};
 use super::rows::{citizen_status, AccountRow};
 use super::sql::{text_keys, Row, Sql, Val};
 use super::sql_store::SqlStore;
-use super::{corrupt, CitizenRecord, CitizenUpsert, StoreError, StoreResult, WriteContext};
+use super::{
+    corrupt, BatchApplied, CitizenRecord, CitizenUpsert, StoreError, StoreResult, WriteContext,
+};
 use crate::domain::assertion::Capacity;
 use crate::domain::{
     Account, Change, CitizenId, CitizenStatus, LegacyId, RecordOutcome, SyncCitizen,
@@ -69,9 +71,9 @@ impl<D: Dialect> SqlStore<D> {
         stream: SyncStream,
         batch: &[R],
         plan: impl Fn(&WriteContext, &[R], &Loaded) -> Work,
-    ) -> StoreResult<Vec<RecordOutcome>> {
+    ) -> StoreResult<BatchApplied> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(BatchApplied::default());
         }
         let mut citizens: Vec<CitizenId> = batch.iter().map(|r| r.citizen_id().clone()).collect();
         citizens.sort();
@@ -123,14 +125,14 @@ impl<D: Dialect> SqlStore<D> {
             let written = match write_work(&mut tx, ctx, stream, &work).await {
                 // The changed citizens' rows of the resolution read model commit with
                 // the batch.
-                Ok(true) => update_model(&mut tx, stream, &citizens, &work)
+                Ok(Some(last_event)) => update_model(&mut tx, stream, &citizens, &work)
                     .await
-                    .map(|()| true),
+                    .map(|()| Some(last_event)),
                 other => other,
             };
-            match written {
-                Ok(true) => {}
-                Ok(false) => {
+            let last_event = match written {
+                Ok(Some(last_event)) => last_event,
+                Ok(None) => {
                     last = Some(corrupt("sync batch lost a race on every attempt"));
                     continue;
                 }
@@ -139,7 +141,7 @@ impl<D: Dialect> SqlStore<D> {
                     continue;
                 }
                 Err(e) => return Err(e),
-            }
+            };
             match tx.commit().await {
                 Err(e) => {
                     let e = StoreError::Database(e);
@@ -151,7 +153,10 @@ impl<D: Dialect> SqlStore<D> {
                 }
                 Ok(()) => {
                     self.tick();
-                    return Ok(work.outcomes);
+                    return Ok(BatchApplied {
+                        outcomes: work.outcomes,
+                        last_event,
+                    });
                 }
             }
         }
@@ -198,6 +203,7 @@ impl<D: Dialect> SqlStore<D> {
         let outcome = self
             .sync_batch(ctx, SyncStream::Citizens, &[record], plan)
             .await?
+            .outcomes
             .pop();
         match outcome {
             Some(RecordOutcome::Applied) if existed.is_some() => Ok(CitizenUpsert::Updated),
@@ -421,7 +427,9 @@ async fn load_accounts<D: Dialect>(
     for (code, kind, active) in providers {
         let kind =
             crate::domain::AccountKind::parse(&kind).map_err(|_| corrupt("provider kind"))?;
-        loaded.providers.insert(code, (kind, active));
+        loaded
+            .providers
+            .insert(code, crate::domain::link::ProviderTerms { kind, active });
     }
     Ok(loaded)
 }
@@ -466,14 +474,15 @@ async fn load_holders<D: Dialect>(
     Ok(())
 }
 
-/// Writes a planned batch, one statement per table. Answers false when a concurrent
-/// transaction got in first (a citizen row the batch could not lock in advance).
+/// Writes a planned batch, one statement per table, and answers the write position of
+/// its last event (if it appended any). Answers `None` when a concurrent transaction got
+/// in first (a citizen row the batch could not lock in advance).
 async fn write_work<D: Dialect>(
     tx: &mut Tx<D>,
     ctx: &WriteContext,
     stream: SyncStream,
     work: &Work,
-) -> StoreResult<bool> {
+) -> StoreResult<Option<Option<i64>>> {
     let now = ctx.now.micros();
     let actor = ctx.actor.as_str();
     if !work.citizens.is_empty() {
@@ -502,7 +511,7 @@ async fn write_work<D: Dialect>(
         )
         .await?;
         if written != work.citizens.len() as u64 {
-            return Ok(false);
+            return Ok(None);
         }
     }
     insert_rows(
@@ -627,7 +636,7 @@ async fn write_work<D: Dialect>(
                 .push_bind(None::<Uuid>)
                 .push_bind(now)
                 .push_bind(actor)
-                .push_bind("first verified account");
+                .push_bind(crate::domain::link::FIRST_VERIFIED_REASON);
         },
     )
     .await?;
@@ -651,6 +660,12 @@ async fn write_work<D: Dialect>(
         },
     )
     .await?;
+    let last_event = if work.events.is_empty() {
+        None
+    } else {
+        let (last,): (i64,) = tx.fetch_one(Sql::new(D::LAST_EVENT)).await?;
+        Some(last)
+    };
     insert_rows(
         tx,
         "INSERT INTO sync_records (stream, record_id, version, outcome, citizen_id, account_id, \
@@ -676,7 +691,7 @@ async fn write_work<D: Dialect>(
         },
     )
     .await?;
-    Ok(true)
+    Ok(Some(last_event))
 }
 
 /// The columns `push_account` binds (`account_columns!`).

@@ -167,6 +167,10 @@ impl Dialect for PgDialect {
     /// Locks the rows a bulk select returns.
     const FOR_UPDATE: &'static str = " FOR UPDATE";
 
+    /// The session's last value of the events' sequence: its largest, as a sequence only
+    /// grows.
+    const LAST_EVENT: &'static str = "SELECT currval(pg_get_serial_sequence('events', 'position'))";
+
     /// Row locks order PostgreSQL's writers.
     const BEGIN_WRITE: &'static str = "BEGIN";
 

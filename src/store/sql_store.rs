@@ -25,13 +25,13 @@ use super::reference::KnownPrograms;
 use super::replicas::Replicas;
 use super::sql::Sql;
 use super::{
-    corrupt, AccessEntry, AccountKey, CitizenRecord, CitizenUpsert, DuplicateClaim, Event,
-    HistoryEntry, ModelCheck, Preference, Provider, ReadState, ResolveQuery, Sequenced, Store,
-    StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
+    corrupt, AccessEntry, AccountKey, BatchApplied, CitizenRecord, CitizenUpsert, DuplicateClaim,
+    Event, HistoryEntry, ModelCheck, Preference, Provider, ReadState, ResolveQuery, Sequenced,
+    Store, StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
 };
 use crate::domain::{
-    Account, ChangeAccount, CitizenId, LegacyId, LinkAccount, RecordOutcome, ReportPayoutFailure,
-    Resolution, SetPreference, SyncAccount, SyncCitizen, Timestamp,
+    Account, ChangeAccount, CitizenId, LegacyId, LinkAccount, ReportPayoutFailure, Resolution,
+    SetPreference, SyncAccount, SyncCitizen, Timestamp,
 };
 use futures::future::BoxFuture;
 
@@ -229,7 +229,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         &self,
         ctx: &WriteContext,
         batch: &[SyncCitizen],
-    ) -> StoreResult<Vec<RecordOutcome>> {
+    ) -> StoreResult<BatchApplied> {
         self.sync_batch(ctx, SyncStream::Citizens, batch, plan_citizens)
             .await
     }
@@ -238,7 +238,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         &self,
         ctx: &WriteContext,
         batch: &[SyncAccount],
-    ) -> StoreResult<Vec<RecordOutcome>> {
+    ) -> StoreResult<BatchApplied> {
         self.sync_batch(ctx, SyncStream::Accounts, batch, plan_accounts)
             .await
     }
@@ -299,6 +299,10 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn written_position(&self, citizen: &CitizenId) -> StoreResult<Option<i64>> {
         self.written_position(citizen.as_str()).await
+    }
+
+    async fn numbered_through(&self, events: &[i64]) -> StoreResult<Option<i64>> {
+        self.numbered_through(events).await
     }
 
     fn read_state(&self) -> ReadState {

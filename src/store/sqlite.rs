@@ -88,6 +88,10 @@ impl Dialect for SqliteDialect {
 
     const FOR_UPDATE: &'static str = "";
 
+    /// `position` is the rowid (AUTOINCREMENT: rows of one INSERT get increasing ids), and
+    /// the `feed_pending` trigger's own insert does not change what this answers.
+    const LAST_EVENT: &'static str = "SELECT last_insert_rowid()";
+
     /// With the file's write lock, waiting (busy_timeout) while another process (the
     /// relay) holds it. A deferred transaction that read first could instead fail at its
     /// first write once that process had written in between.

@@ -221,7 +221,7 @@ pub async fn demo_store(
         citizens,
         &progress,
         in_flight,
-        move |store, batch| async move { Ok(store.sync_citizens(&ctx(), &batch).await?) },
+        move |store, batch| async move { Ok(store.sync_citizens(&ctx(), &batch).await?.outcomes) },
     )
     .await?;
     progress.finish();
@@ -232,7 +232,7 @@ pub async fn demo_store(
         accounts,
         &progress,
         in_flight,
-        move |store, batch| async move { Ok(store.sync_accounts(&ctx(), &batch).await?) },
+        move |store, batch| async move { Ok(store.sync_accounts(&ctx(), &batch).await?.outcomes) },
     )
     .await?;
     progress.finish();
