@@ -3,7 +3,7 @@
 //! registry over the primary with the standby as `read_database_urls`. Reads go to the
 //! replica when it is fresh enough for them, to the primary when a read needs more than
 //! the replica shows, when the replica lags too far, and when it is stopped mid-run:
-//! no read fails because of a replica.
+//! no read fails because of a replica. A subscriber catching up reads the replica.
 
 mod common;
 
@@ -45,6 +45,22 @@ async fn on_replica(replica: &Cluster, sql: &str) {
         .await
         .expect("replica connection");
     sqlx::query(sql).execute(&mut c).await.expect(sql);
+}
+
+/// How many scans the replica's own queries made of `events` (its statistics are its
+/// own: the primary's reads and writes do not count there).
+async fn event_scans(replica: &Cluster) -> i64 {
+    let mut c = sqlx::PgConnection::connect(&replica.url("registry"))
+        .await
+        .expect("replica connection");
+    let (scans,): (i64,) = sqlx::query_as(
+        "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+         WHERE relname = 'events'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    scans
 }
 
 /// The feed position a paused replica shows, once its replay has paused.
@@ -190,7 +206,8 @@ async fn reads_go_to_a_fresh_enough_replica_and_to_the_primary_when_it_lags_or_s
     );
     assert!(!paid(&r), "{r:?}");
 
-    // The change feed's catch-up reads the replica too; the subscriber misses nothing.
+    // The change feed's catch-up skips the replica too far behind; the subscriber misses
+    // nothing.
     let mut stream = common::feed_on(app.channel(), Some(FEED))
         .subscribe(SubscribeRequest {
             after_position: 0,
@@ -212,6 +229,35 @@ async fn reads_go_to_a_fresh_enough_replica_and_to_the_primary_when_it_lags_or_s
     until_replica(&app, "to catch up", |up, head| up && head >= last as i64).await;
     let r = resolve(&app, last).await.unwrap();
     assert!(!paid(&r) && r.position >= last);
+
+    // A subscriber catching up is served by the caught-up replica: its scans of the
+    // events (which nothing else reads there) grow, and the subscriber misses nothing.
+    let scans_before = event_scans(&replica).await;
+    let mut stream = common::feed_on(app.channel(), Some(FEED))
+        .subscribe(SubscribeRequest {
+            after_position: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = 0u64;
+    while seen < last {
+        let event = stream.message().await.unwrap().unwrap().event.unwrap();
+        assert_eq!(event.position, seen + 1, "in order, without a gap");
+        seen = event.position;
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while event_scans(&replica).await <= scans_before {
+        // A backend reports its counters within PostgreSQL's stats interval (up to 10 s
+        // when idle).
+        assert!(
+            Instant::now() < deadline,
+            "the catch-up pages were not read on the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The replica dies mid-run: every read is still answered, and answered right.
     // (GetAccount, which no cache answers, so that the reads reach the replica.)

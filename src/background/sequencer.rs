@@ -9,6 +9,7 @@
 //! position and a visible position implies every lower one is visible: subscribers read
 //! by feed position and can resume after the last one they saw.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,11 +24,56 @@ const SAFETY_TICK: Duration = Duration::from_secs(1);
 /// busy feed keeps its latency; the digest trails the head by about this much.
 const DIGEST_EVERY: Duration = Duration::from_millis(200);
 
+/// The feed grows by at least this many positions between two refreshes of its
+/// statistics.
+const ANALYZE_AFTER: i64 = 10_000;
+
+/// When the feed's planner statistics are refreshed: once the head has doubled since the
+/// last refresh (and grown by [`ANALYZE_AFTER`]), and once at start on a feed of that size.
+/// A feed that outgrew its statistics (a bulk load numbered after the last ANALYZE, or
+/// autovacuum off) has its rounds and subscribers' pages planned as scans of a table
+/// thought empty: 1.1 M events numbered after an ANALYZE of an empty feed made the
+/// sequencer's statements 5x slower (`INSERT INTO feed` 9.4 ms a round against 1.5 ms,
+/// its DELETE from `feed_pending` 14 ms against under 1). Autovacuum's own analyses keep
+/// doing their part; doubling bounds the extra ones to a few per order of magnitude.
+#[derive(Debug, Default)]
+struct FeedStatistics {
+    analyzed_at: i64,
+}
+
+impl FeedStatistics {
+    /// Whether the feed at `head` needs fresh statistics; if so, counts them as taken.
+    fn due(&mut self, head: i64) -> bool {
+        let due = head - self.analyzed_at >= ANALYZE_AFTER && head >= 2 * self.analyzed_at;
+        if due {
+            self.analyzed_at = head;
+        }
+        due
+    }
+}
+
+/// Refreshes the feed's statistics off the sequencer's path (a round does not wait for
+/// the sampling), one refresh at a time.
+fn analyze_feed(store: &Arc<dyn Store>, running: &Arc<AtomicBool>) {
+    if running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (store, running) = (store.clone(), running.clone());
+    tokio::spawn(async move {
+        if let Err(e) = store.analyze_feed().await {
+            tracing::warn!(error = %e, "refreshing the change feed's statistics failed");
+        }
+        running.store(false, Ordering::Release);
+    });
+}
+
 /// Runs the sequencer until the task is aborted, numbering at most `round` events per
 /// transaction, and reports each completed round to `signals` (readiness).
 pub async fn run(store: Arc<dyn Store>, round: u32, signals: Arc<Signals>) {
     let mut changes = store.changes();
     let mut last_digest: Option<Instant> = None;
+    let mut statistics = FeedStatistics::default();
+    let analyzing = Arc::new(AtomicBool::new(false));
     loop {
         changes.borrow_and_update();
         let mut digest_behind = false;
@@ -36,6 +82,9 @@ pub async fn run(store: Arc<dyn Store>, round: u32, signals: Arc<Signals>) {
             match store.sequence_events(round, digest).await {
                 Ok(numbered) => {
                     signals.sequencer_round();
+                    if statistics.due(numbered.head) {
+                        analyze_feed(&store, &analyzing);
+                    }
                     if digest && !numbered.digest_behind {
                         last_digest = Some(Instant::now());
                     }
@@ -58,5 +107,29 @@ pub async fn run(store: Arc<dyn Store>, round: u32, signals: Arc<Signals>) {
             (false, _) => SAFETY_TICK,
         };
         let _ = tokio::time::timeout(wait, changes.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feed_is_analyzed_at_start_when_large_then_each_time_it_doubles() {
+        let mut small = FeedStatistics::default();
+        assert!(!small.due(0));
+        assert!(!small.due(9_999));
+        assert!(small.due(10_000));
+        assert!(!small.due(19_999));
+        assert!(small.due(20_000));
+        assert!(!small.due(30_000));
+        assert!(small.due(40_000));
+
+        // A restart on a large feed refreshes once, then waits for it to double.
+        let mut large = FeedStatistics::default();
+        assert!(large.due(1_100_000));
+        assert!(!large.due(1_110_000));
+        assert!(!large.due(2_199_999));
+        assert!(large.due(2_200_000));
     }
 }

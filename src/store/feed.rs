@@ -155,6 +155,7 @@ impl<D: Dialect> SqlStore<D> {
         let round = Sequenced {
             assigned,
             digest_behind: !digest_due && digest_through != Some(new_head),
+            head: new_head,
         };
         if assigned == 0 && !digest_due {
             tx.rollback().await?;
@@ -166,16 +167,33 @@ impl<D: Dialect> SqlStore<D> {
             )
             .await?;
         }
+        // The citizens this round numbered events of: named in the wake-up, and the
+        // digest's work when it was up to the old head.
+        let numbered: Vec<String> = if assigned > 0 {
+            citizens_numbered(&mut tx, head, new_head)
+                .await?
+                .into_iter()
+                .map(|(c,)| c)
+                .collect()
+        } else {
+            Vec::new()
+        };
         if digest_due {
-            let citizens: Vec<(String,)> = match digest_through {
+            let citizens: Vec<String> = match digest_through {
                 // The first build: every citizen with a preference.
-                None => {
-                    tx.fetch_all(Sql::new("SELECT DISTINCT citizen_id FROM preferences"))
-                        .await?
-                }
-                Some(through) => citizens_numbered(&mut tx, through, new_head).await?,
+                None => tx
+                    .fetch_all::<(String,)>(Sql::new("SELECT DISTINCT citizen_id FROM preferences"))
+                    .await?
+                    .into_iter()
+                    .map(|(c,)| c)
+                    .collect(),
+                Some(through) if through == head => numbered.clone(),
+                Some(through) => citizens_numbered(&mut tx, through, new_head)
+                    .await?
+                    .into_iter()
+                    .map(|(c,)| c)
+                    .collect(),
             };
-            let citizens: Vec<String> = citizens.into_iter().map(|(c,)| c).collect();
             let started = std::time::Instant::now();
             refresh_digest(&mut tx, &citizens).await?;
             if digest_through.is_none() {
@@ -194,11 +212,10 @@ impl<D: Dialect> SqlStore<D> {
         // The round names its citizens, so that every instance drops their cached
         // resolutions without reading the feed (`freshness.rs`).
         let named = if assigned > 0 {
-            let citizens = citizens_numbered(&mut tx, head, new_head).await?;
             let round = Round {
                 from: head,
                 to: new_head,
-                citizens: Some(citizens.into_iter().map(|(c,)| c).collect()),
+                citizens: Some(numbered),
             };
             if let Some(notify) = D::FEED_ADVANCED {
                 tx.execute(Sql::new(notify).bind(round.payload(NOTIFY_PAYLOAD_BYTES)))

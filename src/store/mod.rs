@@ -239,6 +239,8 @@ pub struct Sequenced {
     pub assigned: u64,
     /// The sync digest describes an earlier position than the new head.
     pub digest_behind: bool,
+    /// The feed's head after the round.
+    pub head: i64,
 }
 
 /// The sync digest as the sequencer last brought it up to date.
@@ -631,6 +633,11 @@ pub trait Store: Send + Sync + 'static {
     /// of a table a tenth of its size scan where they should probe (see
     /// `tools::import::demo_store`).
     async fn analyze(&self) -> StoreResult<()>;
+
+    /// Refreshes the planner's statistics of the change feed's tables (`events`, `feed`,
+    /// `feed_pending`): the sequencer calls it as the feed grows (see
+    /// `background::sequencer`).
+    async fn analyze_feed(&self) -> StoreResult<()>;
 
     /// The change feed's head, the sequencer's backlog and the digest's position.
     async fn feed_gauges(&self) -> StoreResult<FeedGauges>;

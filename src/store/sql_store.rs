@@ -95,6 +95,19 @@ const ANALYZED_TABLES: [&str; 5] = [
 ];
 
 impl<D: Dialect> SqlStore<D> {
+    /// `ANALYZE`s `tables`, in one transaction on the write pool.
+    async fn analyze_tables(&self, tables: &[&str]) -> StoreResult<()> {
+        let mut tx = Tx::<D>::begin_write(&self.write).await?;
+        // Sampling every table of a large database outlasts a call's statement timeout.
+        if let Some(no_limit) = D::statement_timeout(0) {
+            tx.execute(Sql::new(no_limit)).await?;
+        }
+        for table in tables {
+            tx.execute(Sql::new(format!("ANALYZE {table}"))).await?;
+        }
+        Ok(tx.commit().await?)
+    }
+
     /// A store on connected pools; `background` is aborted when the store is dropped.
     pub(super) fn new(
         pools: Pools<D>,
@@ -487,15 +500,12 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn analyze(&self) -> StoreResult<()> {
-        let mut tx = Tx::<D>::begin_write(&self.write).await?;
-        // Sampling every table of a large database outlasts a call's statement timeout.
-        if let Some(no_limit) = D::statement_timeout(0) {
-            tx.execute(Sql::new(no_limit)).await?;
-        }
-        for table in ANALYZED_TABLES {
-            tx.execute(Sql::new(format!("ANALYZE {table}"))).await?;
-        }
-        Ok(tx.commit().await?)
+        self.analyze_tables(&ANALYZED_TABLES).await
+    }
+
+    async fn analyze_feed(&self) -> StoreResult<()> {
+        self.analyze_tables(&["events", "feed", "feed_pending"])
+            .await
     }
 
     async fn feed_gauges(&self) -> StoreResult<super::FeedGauges> {
