@@ -47,6 +47,24 @@ async fn on_replica(replica: &Cluster, sql: &str) {
     sqlx::query(sql).execute(&mut c).await.expect(sql);
 }
 
+/// Subscribes from the feed's start and reads up to `last`: every event, in order.
+async fn catch_up(app: &TestApp, last: u64) {
+    let mut stream = common::feed_on(app.channel(), Some(FEED))
+        .subscribe(SubscribeRequest {
+            after_position: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = 0u64;
+    while seen < last {
+        let event = stream.message().await.unwrap().unwrap().event.unwrap();
+        assert_eq!(event.position, seen + 1, "in order, without a gap");
+        seen = event.position;
+    }
+}
+
 /// How many scans the replica's own queries made of `events` (its statistics are its
 /// own: the primary's reads and writes do not count there).
 async fn event_scans(replica: &Cluster) -> i64 {
@@ -208,21 +226,7 @@ async fn reads_go_to_a_fresh_enough_replica_and_to_the_primary_when_it_lags_or_s
 
     // The change feed's catch-up skips the replica too far behind; the subscriber misses
     // nothing.
-    let mut stream = common::feed_on(app.channel(), Some(FEED))
-        .subscribe(SubscribeRequest {
-            after_position: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = 0u64;
-    while seen < last {
-        let event = stream.message().await.unwrap().unwrap().event.unwrap();
-        assert_eq!(event.position, seen + 1, "in order, without a gap");
-        seen = event.position;
-    }
-    drop(stream);
+    catch_up(&app, last).await;
 
     // Replay resumes: the replica catches up and is read again.
     on_replica(&replica, "SELECT pg_wal_replay_resume()").await;
@@ -233,21 +237,7 @@ async fn reads_go_to_a_fresh_enough_replica_and_to_the_primary_when_it_lags_or_s
     // A subscriber catching up is served by the caught-up replica: its scans of the
     // events (which nothing else reads there) grow, and the subscriber misses nothing.
     let scans_before = event_scans(&replica).await;
-    let mut stream = common::feed_on(app.channel(), Some(FEED))
-        .subscribe(SubscribeRequest {
-            after_position: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = 0u64;
-    while seen < last {
-        let event = stream.message().await.unwrap().unwrap().event.unwrap();
-        assert_eq!(event.position, seen + 1, "in order, without a gap");
-        seen = event.position;
-    }
-    drop(stream);
+    catch_up(&app, last).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while event_scans(&replica).await <= scans_before {
         // A backend reports its counters within PostgreSQL's stats interval (up to 10 s
