@@ -335,15 +335,18 @@ impl<D: Dialect> SqlStore<D> {
         .await
     }
 
-    /// Runs `look` until it answers a position, again each time the sequencer numbers
-    /// events, for at most [`WRITE_POSITION_WAIT`]; `None` when the wait ends first.
+    /// Runs `look` until it answers a position, again each time this instance follows
+    /// the feed further (its cursor moves: events were numbered, here or by another
+    /// instance), for at most [`WRITE_POSITION_WAIT`]; `None` when the wait ends first.
+    /// Waiting on every commit instead made a write's answer look about 12 times under a
+    /// bulk load (58,668 looks for 5,000 writes).
     async fn when_numbered<F, Fut>(&self, look: F) -> StoreResult<Option<i64>>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = StoreResult<Option<i64>>>,
     {
         let deadline = tokio::time::Instant::now() + WRITE_POSITION_WAIT;
-        let mut changes = self.change_signal();
+        let mut changes = self.fresh.moves();
         loop {
             changes.borrow_and_update();
             if let Some(at) = look().await? {

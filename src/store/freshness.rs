@@ -157,6 +157,11 @@ impl Freshness {
             .started
     }
 
+    /// Tells when the cursor moves (its new position): the feed was numbered further.
+    pub(super) fn moves(&self) -> watch::Receiver<i64> {
+        self.cursor.subscribe()
+    }
+
     /// Waits up to `within` for the cursor to reach `min`; whether it did.
     pub async fn wait_for(&self, min: i64, within: Duration) -> bool {
         if self.position() >= min {

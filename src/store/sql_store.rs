@@ -193,11 +193,6 @@ impl<D: Dialect> SqlStore<D> {
         Pooled::acquire(&self.write).await
     }
 
-    /// Ticks on writes and sequencing.
-    pub(super) fn change_signal(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
     /// Tells subscribers that events may have been written or sequenced.
     pub(super) fn tick(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
