@@ -108,7 +108,7 @@ pub enum BenchScenario {
     /// Change feed: read every event from position 0 to the head (catch-up throughput).
     FeedCatchup,
     /// Change feed: --rate writes per second for --seconds while a subscriber measures
-    /// each event's commit-to-receipt lag.
+    /// each event's lag, from the write's answer and from its send.
     FeedLag,
     /// The JetStream relay: publish the whole feed of --database-url into a new stream on
     /// --nats-url (deleted afterwards), events/s.
@@ -282,7 +282,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchScenario::FeedLag => {
             let figures = bench::feed_lag(channel, &token()?, args.rate, duration).await?;
-            figures.print("feed-lag (per event: commit to receipt)", 1);
+            figures.print("feed-lag (per event: the write's answer to receipt)", 1);
         }
         BenchScenario::RelayCatchup => {
             let url = args
