@@ -120,7 +120,7 @@ pub fn check_provider(provider: Option<ProviderTerms>, kind: AccountKind) -> Res
 }
 
 /// True when two accounts name the same account at the same provider.
-pub fn same_key(a: &Account, b: &Account) -> bool {
+fn same_key(a: &Account, b: &Account) -> bool {
     a.kind == b.kind && a.provider_code == b.provider_code && a.account_ref == b.account_ref
 }
 

@@ -21,7 +21,10 @@ use sqlx::Pool;
 use super::dialect::{Dialect, Handle, Pooled, Session, Tx};
 use super::idempotency::{remember, replay, StoredOutcome};
 use super::resolution_model::refresh;
-use super::rows::{AccountRow, CitizenRow, DuplicateClaimRow, HistoryRow, PreferenceRow};
+use super::rows::{
+    citizen_status, provider_terms, AccountRow, CitizenRow, DuplicateClaimRow, HistoryRow,
+    PreferenceRow,
+};
 use super::sql::Sql;
 use super::sql_store::SqlStore;
 use super::{
@@ -39,9 +42,9 @@ use crate::domain::link::{
 };
 use crate::domain::{
     account_not_found, check_verification, check_version, previous_for_change, Account,
-    AccountAction, AccountKind, AccountStatus, Change, ChangeAccount, CitizenId, CitizenStatus,
-    LinkAccount, PreferenceAt, ProgramCode, Reason, Rejection, ReportPayoutFailure, SetPreference,
-    Timestamp, VerificationInput,
+    AccountAction, AccountStatus, Change, ChangeAccount, CitizenId, CitizenStatus, LinkAccount,
+    PreferenceAt, ProgramCode, Reason, Rejection, ReportPayoutFailure, SetPreference, Timestamp,
+    VerificationInput,
 };
 
 /// What a transaction script decided.
@@ -164,8 +167,7 @@ impl<D: Dialect> SqlStore<D> {
             return Ok(Outcome::Refuse(refused));
         }
         let citizen = ensure_citizen(tx, ctx, &cmd.citizen_id).await?;
-        let status = CitizenStatus::parse(&citizen.status)
-            .ok_or_else(|| corrupt("unknown citizen status"))?;
+        let status = citizen_status(&citizen.status)?;
         let provider = provider(tx, &cmd.provider_code).await?;
         let open: Vec<Account> = tx
             .fetch_all::<AccountRow>(
@@ -609,11 +611,8 @@ async fn provider<D: Dialect>(tx: &mut Tx<D>, code: &str) -> StoreResult<Option<
     let row: Option<(String, bool)> = tx
         .fetch_optional(Sql::new("SELECT kind, active FROM providers WHERE code = $1").bind(code))
         .await?;
-    row.map(|(kind, active)| {
-        let kind = AccountKind::parse(&kind).map_err(|_| corrupt("provider kind"))?;
-        Ok(ProviderTerms { kind, active })
-    })
-    .transpose()
+    row.map(|(kind, active)| provider_terms(&kind, active))
+        .transpose()
 }
 
 /// If another citizen holds this account, records the claim (and its event) and returns

@@ -24,7 +24,7 @@ use sqlx::Pool;
 use super::dialect::{insert_rows, select_in, Dialect, Pooled, Tx, LOOKUP_CHUNK};
 use super::freshness::{Applied, Round};
 use super::rows::EventRow;
-use super::sql::{text_keys, Sql};
+use super::sql::{text_keys, Sql, Val};
 use super::sql_store::SqlStore;
 use super::{corrupt, Event, Sequenced, StoreError, StoreResult, SyncDigest};
 use crate::domain::digest::{province_of, RouteDigest};
@@ -57,17 +57,19 @@ async fn citizens_numbered<D: Dialect>(
     tx: &mut Tx<D>,
     from: i64,
     to: i64,
-) -> StoreResult<Vec<(String,)>> {
-    tx.fetch_all(
-        Sql::new(
-            "SELECT DISTINCT e.citizen_id FROM feed f \
-             JOIN events e ON e.position = f.position \
-             WHERE f.feed_position > $1 AND f.feed_position <= $2",
+) -> StoreResult<Vec<String>> {
+    let rows: Vec<(String,)> = tx
+        .fetch_all(
+            Sql::new(
+                "SELECT DISTINCT e.citizen_id FROM feed f \
+                 JOIN events e ON e.position = f.position \
+                 WHERE f.feed_position > $1 AND f.feed_position <= $2",
+            )
+            .bind(from)
+            .bind(to),
         )
-        .bind(from)
-        .bind(to),
-    )
-    .await
+        .await?;
+    Ok(rows.into_iter().map(|(c,)| c).collect())
 }
 
 fn stored_digest(hex_digest: &str, routes: i64) -> StoreResult<RouteDigest> {
@@ -170,32 +172,33 @@ impl<D: Dialect> SqlStore<D> {
         // The citizens this round numbered events of: named in the wake-up, and the
         // digest's work when it was up to the old head.
         let numbered: Vec<String> = if assigned > 0 {
-            citizens_numbered(&mut tx, head, new_head)
-                .await?
-                .into_iter()
-                .map(|(c,)| c)
-                .collect()
+            citizens_numbered(&mut tx, head, new_head).await?
         } else {
             Vec::new()
         };
         if digest_due {
-            let citizens: Vec<String> = match digest_through {
+            let read: Vec<String>;
+            let citizens: &[String] = match digest_through {
+                Some(through) if through == head => &numbered,
                 // The first build: every citizen with a preference.
-                None => tx
-                    .fetch_all::<(String,)>(Sql::new("SELECT DISTINCT citizen_id FROM preferences"))
-                    .await?
-                    .into_iter()
-                    .map(|(c,)| c)
-                    .collect(),
-                Some(through) if through == head => numbered.clone(),
-                Some(through) => citizens_numbered(&mut tx, through, new_head)
-                    .await?
-                    .into_iter()
-                    .map(|(c,)| c)
-                    .collect(),
+                None => {
+                    read = tx
+                        .fetch_all::<(String,)>(Sql::new(
+                            "SELECT DISTINCT citizen_id FROM preferences",
+                        ))
+                        .await?
+                        .into_iter()
+                        .map(|(c,)| c)
+                        .collect();
+                    &read
+                }
+                Some(through) => {
+                    read = citizens_numbered(&mut tx, through, new_head).await?;
+                    &read
+                }
             };
             let started = std::time::Instant::now();
-            refresh_digest(&mut tx, &citizens).await?;
+            refresh_digest(&mut tx, citizens).await?;
             if digest_through.is_none() {
                 tracing::info!(
                     citizens = citizens.len(),
@@ -320,17 +323,18 @@ impl<D: Dialect> SqlStore<D> {
         }
         self.when_numbered(|| async {
             // A stream waits on the few batches acknowledged since its last numbered one.
-            let placeholders: Vec<String> = (1..=events.len()).map(|i| format!("${i}")).collect();
-            let sql = events.iter().fold(
-                Sql::new(format!(
-                    "SELECT count(*), max(feed_position) FROM feed WHERE position IN ({})",
-                    placeholders.join(", ")
-                )),
-                |sql, position| sql.bind(*position),
-            );
-            let (numbered, through): (i64, Option<i64>) =
-                self.reader().await?.fetch_one(sql).await?;
-            Ok(through.filter(|_| numbered == wanted))
+            let keys = events.iter().map(|p| Val::Int(Some(*p))).collect();
+            let counted: Vec<(i64, Option<i64>)> = select_in(
+                &mut self.reader().await?,
+                "SELECT count(*), max(feed_position) FROM feed WHERE position",
+                "",
+                keys,
+            )
+            .await?;
+            Ok(match counted.first() {
+                Some((numbered, through)) if *numbered == wanted => *through,
+                _ => None,
+            })
         })
         .await
     }

@@ -18,7 +18,7 @@ use super::planner::{
     AccountKeyTuple, CitizenState, LedgerEntry, Loaded, SyncRecord, SyncStream, Work,
 };
 use super::resolution_model::{refresh, set_statuses};
-use super::rows::{citizen_status, AccountRow};
+use super::rows::{citizen_status, provider_terms, AccountRow};
 use super::sql::{text_keys, Row, Sql, Val};
 use super::sql_store::SqlStore;
 use super::{
@@ -425,11 +425,9 @@ async fn load_accounts<D: Dialect>(
         .fetch_all(Sql::new("SELECT code, kind, active FROM providers"))
         .await?;
     for (code, kind, active) in providers {
-        let kind =
-            crate::domain::AccountKind::parse(&kind).map_err(|_| corrupt("provider kind"))?;
         loaded
             .providers
-            .insert(code, crate::domain::link::ProviderTerms { kind, active });
+            .insert(code, provider_terms(&kind, active)?);
     }
     Ok(loaded)
 }

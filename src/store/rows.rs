@@ -19,6 +19,15 @@ pub(crate) fn citizen_status(s: &str) -> StoreResult<CitizenStatus> {
     CitizenStatus::parse(s).ok_or_else(|| corrupt("citizen status"))
 }
 
+/// A `providers` row's `kind, active`, as the link rules take it.
+pub(crate) fn provider_terms(
+    kind: &str,
+    active: bool,
+) -> StoreResult<crate::domain::link::ProviderTerms> {
+    let kind = crate::domain::AccountKind::parse(kind).map_err(|_| corrupt("provider kind"))?;
+    Ok(crate::domain::link::ProviderTerms { kind, active })
+}
+
 /// Columns of `accounts`, also the leading columns of `account_history`, and the account
 /// snapshots of the resolution read model (as JSON, under short names: a row holds up to
 /// two per preference).
