@@ -133,6 +133,15 @@ pub trait Dialect: Send + Sync + Sized + 'static {
         sql: Sql,
     ) -> impl Future<Output = StoreResult<u64>> + Send + 'c;
 
+    /// Appends `rows` to `target` (`table (column, ...)`) as new rows, the fastest way the
+    /// backend has, and answers how many: binary COPY on PostgreSQL, multi-row INSERTs on
+    /// SQLite. A row that breaks a constraint fails the whole append, as an INSERT would.
+    fn append<'c>(
+        conn: &'c mut <Self::DB as Database>::Connection,
+        target: &'c str,
+        rows: Vec<Row>,
+    ) -> impl Future<Output = StoreResult<u64>> + Send + 'c;
+
     /// Runs a select; answers every row.
     fn fetch_all<'c, R: Decoded>(
         conn: &'c mut <Self::DB as Database>::Connection,
@@ -219,6 +228,15 @@ impl<D: Dialect, C: Handle<D>> Session<D, C> {
         D::fetch_one(&mut *self.conn, sql)
     }
 
+    /// Appends rows to `target` (`Dialect::append`).
+    pub fn append<'s>(
+        &'s mut self,
+        target: &'s str,
+        rows: Vec<Row>,
+    ) -> impl Future<Output = StoreResult<u64>> + Send + 's {
+        D::append(&mut *self.conn, target, rows)
+    }
+
     /// Runs fixed statements in order (a dialect's preamble).
     pub async fn run(&mut self, statements: &'static [&'static str]) -> StoreResult<()> {
         for statement in statements {
@@ -277,20 +295,43 @@ pub async fn insert_rows<D: Dialect, C: Handle<D>, T>(
     let per_statement = D::BINDS_PER_STATEMENT.map_or(items.len(), |b| (b / columns).max(1));
     let mut affected = 0;
     for chunk in items.chunks(per_statement) {
-        let rows: Vec<Row> = chunk
-            .iter()
-            .map(|item| {
-                let mut row = Row(Vec::with_capacity(columns));
-                push(&mut row, item);
-                row
-            })
-            .collect();
+        let rows = rows_of(chunk, columns, &mut push);
         let mut q = D::builder(head);
         D::push_relation(&mut q, rows)?;
         q.push(tail);
         affected += tx.execute(q.build()).await?;
     }
     Ok(affected)
+}
+
+/// Appends one row per item to `target` (`table (column, ...)`), `push` binding an
+/// item's `columns` values in column order: plain inserts of rows nothing conflicts with
+/// (history, events, rows a batch creates), the backend's fastest way
+/// ([`Dialect::append`]).
+pub async fn append_rows<D: Dialect, C: Handle<D>, T>(
+    tx: &mut Session<D, C>,
+    target: &str,
+    items: &[T],
+    columns: usize,
+    mut push: impl FnMut(&mut Row, &T),
+) -> StoreResult<u64> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let rows = rows_of(items, columns, &mut push);
+    tx.append(target, rows).await
+}
+
+/// One row per item, bound by `push`.
+fn rows_of<T>(items: &[T], columns: usize, push: &mut impl FnMut(&mut Row, &T)) -> Vec<Row> {
+    items
+        .iter()
+        .map(|item| {
+            let mut row = Row(Vec::with_capacity(columns));
+            push(&mut row, item);
+            row
+        })
+        .collect()
 }
 
 /// Runs a select of `head <IN keys> tail` and collects the rows. Batches are bounded

@@ -197,9 +197,8 @@ pub struct Loaded {
 pub struct CitizenWrite {
     pub citizen_id: CitizenId,
     pub state: CitizenState,
-    /// Whether the row existed when the batch read it. No writer reads it today (the
-    /// upsert's own WHERE clause decides); it stays as the planner computes it.
-    #[allow(dead_code)]
+    /// Whether the row existed when the batch read it (and locked it, on PostgreSQL):
+    /// existing rows are updated, new ones appended.
     pub existed: bool,
 }
 
@@ -234,6 +233,9 @@ pub struct LedgerWrite {
     /// A refusal's field and message, kept to answer the same version sent again.
     pub rejected_field: Option<String>,
     pub rejected_message: Option<String>,
+    /// Whether the ledger had the record id when the batch read it: existing entries are
+    /// updated, new ones appended.
+    pub existed: bool,
 }
 
 impl LedgerWrite {
@@ -250,6 +252,7 @@ impl LedgerWrite {
             account_id: None,
             rejected_field,
             rejected_message,
+            existed: false,
         }
     }
 }
@@ -268,8 +271,10 @@ pub struct Work {
     pub citizens: Vec<CitizenWrite>,
     pub citizen_history: Vec<CitizenHistoryWrite>,
     pub aliases: Vec<(String, String)>,
-    /// Final state per account (inserted or updated), in id order.
+    /// Final state per account the batch changed that existed before it, in id order.
     pub accounts: Vec<Account>,
+    /// Final state per account the batch created, in id order.
+    pub new_accounts: Vec<Account>,
     /// Each version an account passed through in the batch, with its change and reason.
     pub account_history: Vec<(Account, Change, String)>,
     pub duplicate_claims: Vec<DuplicateClaim>,
@@ -291,11 +296,15 @@ fn outcome_text(outcome: &RecordOutcome) -> &'static str {
     }
 }
 
-/// Keeps the last ledger entry per record id.
-fn final_ledger(entries: Vec<LedgerWrite>) -> Vec<LedgerWrite> {
+/// Keeps the last ledger entry per record id, marking those the ledger already had.
+fn final_ledger(
+    entries: Vec<LedgerWrite>,
+    read: &HashMap<String, LedgerEntry>,
+) -> Vec<LedgerWrite> {
     let mut by_id: HashMap<String, LedgerWrite> = HashMap::new();
     for e in entries {
-        by_id.insert(e.record_id.clone(), e);
+        let existed = read.contains_key(&e.record_id);
+        by_id.insert(e.record_id.clone(), LedgerWrite { existed, ..e });
     }
     let mut out: Vec<LedgerWrite> = by_id.into_values().collect();
     out.sort_by(|a, b| a.record_id.cmp(&b.record_id));
@@ -396,7 +405,7 @@ pub fn plan_citizens(_ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded
             })
         })
         .collect();
-    work.ledger = final_ledger(ledger_writes);
+    work.ledger = final_ledger(ledger_writes, &loaded.ledger);
     work
 }
 
@@ -605,11 +614,16 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
     }
     let mut changed: Vec<Uuid> = state.changed.iter().copied().collect();
     changed.sort();
-    work.accounts = changed
-        .into_iter()
-        .filter_map(|id| state.accounts.get(&id).map(|(a, _)| a.clone()))
-        .collect();
-    work.ledger = final_ledger(ledger_writes);
+    for id in changed {
+        if let Some((a, is_new)) = state.accounts.get(&id) {
+            if *is_new {
+                work.new_accounts.push(a.clone());
+            } else {
+                work.accounts.push(a.clone());
+            }
+        }
+    }
+    work.ledger = final_ledger(ledger_writes, &loaded.ledger);
     work
 }
 

@@ -13,9 +13,10 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::dialect::{insert_rows, select_in, Dialect, Tx};
+use super::dialect::{append_rows, insert_rows, select_in, Dialect, Tx};
 use super::planner::{
-    AccountKeyTuple, CitizenState, LedgerEntry, Loaded, SyncRecord, SyncStream, Work,
+    AccountKeyTuple, CitizenState, CitizenWrite, LedgerEntry, LedgerWrite, Loaded, SyncRecord,
+    SyncStream, Work,
 };
 use super::resolution_model::{refresh, set_statuses};
 use super::rows::{citizen_status, provider_terms, AccountRow};
@@ -258,7 +259,12 @@ async fn update_model<D: Dialect>(
         SyncStream::Accounts => batch.iter().map(CitizenId::as_str).collect(),
         SyncStream::Citizens => Vec::new(),
     };
-    reread.extend(work.accounts.iter().map(|a| a.citizen_id.as_str()));
+    reread.extend(
+        work.accounts
+            .iter()
+            .chain(&work.new_accounts)
+            .map(|a| a.citizen_id.as_str()),
+    );
     reread.extend(work.defaults.iter().map(|d| d.account.citizen_id.as_str()));
     reread.sort_unstable();
     reread.dedup();
@@ -293,10 +299,9 @@ async fn ensure_citizens<D: Dialect>(
     q.push(" ON CONFLICT (citizen_id) DO NOTHING RETURNING citizen_id");
     let created: Vec<(String,)> = tx.fetch_all(q.build()).await?;
     let reason = "first seen when an account was declared";
-    insert_rows(
+    append_rows(
         tx,
-        "INSERT INTO citizen_history (citizen_id, status, valid_from, actor, reason) ",
-        "",
+        "citizen_history (citizen_id, status, valid_from, actor, reason)",
         &created,
         5,
         |b, (c,)| {
@@ -483,7 +488,32 @@ async fn write_work<D: Dialect>(
 ) -> StoreResult<Option<Option<i64>>> {
     let now = ctx.now.micros();
     let actor = ctx.actor.as_str();
-    if !work.citizens.is_empty() {
+    // Rows that existed when the batch read them are updated (locked then, on
+    // PostgreSQL); new ones are appended, and a concurrent writer that created one first
+    // fails the append with a unique violation: the batch is planned again.
+    let (existing, created): (Vec<&CitizenWrite>, Vec<&CitizenWrite>) =
+        work.citizens.iter().partition(|c| c.existed);
+    let push_citizen = |b: &mut Row, c: &&CitizenWrite| {
+        b.push_bind(c.citizen_id.as_str())
+            .push_bind(c.citizen_id.province_code())
+            .push_bind(c.state.full_name.as_deref())
+            .push_bind(c.state.date_of_birth.as_deref())
+            .push_bind(c.state.status.as_str())
+            .push_bind(c.state.died_on.as_deref())
+            .push_bind(c.state.source_version)
+            .push_bind(now)
+            .push_bind(now);
+    };
+    append_rows(
+        tx,
+        "citizens (citizen_id, province_code, full_name, date_of_birth, status, died_on, \
+         source_version, created_at, updated_at)",
+        &created,
+        9,
+        push_citizen,
+    )
+    .await?;
+    if !existing.is_empty() {
         let written = insert_rows(
             tx,
             "INSERT INTO citizens (citizen_id, province_code, full_name, date_of_birth, status, \
@@ -493,30 +523,19 @@ async fn write_work<D: Dialect>(
              died_on = excluded.died_on, source_version = excluded.source_version, \
              updated_at = excluded.updated_at \
              WHERE citizens.source_version IS NULL OR citizens.source_version < excluded.source_version",
-            &work.citizens,
+            &existing,
             9,
-            |b, c| {
-                b.push_bind(c.citizen_id.as_str())
-                    .push_bind(c.citizen_id.province_code())
-                    .push_bind(c.state.full_name.as_deref())
-                    .push_bind(c.state.date_of_birth.as_deref())
-                    .push_bind(c.state.status.as_str())
-                    .push_bind(c.state.died_on.as_deref())
-                    .push_bind(c.state.source_version)
-                    .push_bind(now)
-                    .push_bind(now);
-            },
+            push_citizen,
         )
         .await?;
-        if written != work.citizens.len() as u64 {
+        if written != existing.len() as u64 {
             return Ok(None);
         }
     }
-    insert_rows(
+    append_rows(
         tx,
-        "INSERT INTO citizen_history (citizen_id, full_name, date_of_birth, status, died_on, \
-         source_version, valid_from, actor, reason) ",
-        "",
+        "citizen_history (citizen_id, full_name, date_of_birth, status, died_on, \
+         source_version, valid_from, actor, reason)",
         &work.citizen_history,
         9,
         |b, h| {
@@ -532,10 +551,9 @@ async fn write_work<D: Dialect>(
         },
     )
     .await?;
-    insert_rows(
+    append_rows(
         tx,
-        "INSERT INTO citizen_aliases (legacy_id, citizen_id, created_at) ",
-        "",
+        "citizen_aliases (legacy_id, citizen_id, created_at)",
         &work.aliases,
         3,
         |b, (legacy, citizen)| {
@@ -560,14 +578,21 @@ async fn write_work<D: Dialect>(
         push_account,
     )
     .await?;
-    insert_rows(
+    append_rows(
+        tx,
+        concat!("accounts (", account_columns!(), ")"),
+        &work.new_accounts,
+        ACCOUNT_COLUMNS,
+        push_account,
+    )
+    .await?;
+    append_rows(
         tx,
         concat!(
-            "INSERT INTO account_history (",
+            "account_history (",
             account_columns!(),
-            ", change, actor, reason, valid_from, capacity) "
+            ", change, actor, reason, valid_from, capacity)"
         ),
-        "",
         &work.account_history,
         ACCOUNT_COLUMNS + 5,
         |b, (account, change, reason)| {
@@ -584,11 +609,10 @@ async fn write_work<D: Dialect>(
         },
     )
     .await?;
-    insert_rows(
+    append_rows(
         tx,
-        "INSERT INTO duplicate_claims (claim_id, kind, provider_code, account_ref, \
-         claimant_citizen_id, holder_citizen_id, holder_account_id, context, detected_at, actor) ",
-        "",
+        "duplicate_claims (claim_id, kind, provider_code, account_ref, claimant_citizen_id, \
+         holder_citizen_id, holder_account_id, context, detected_at, actor)",
         &work.duplicate_claims,
         10,
         |b, d| {
@@ -605,10 +629,9 @@ async fn write_work<D: Dialect>(
         },
     )
     .await?;
-    insert_rows(
+    append_rows(
         tx,
-        "INSERT INTO preferences (citizen_id, program_code, account_id, previous_account_id, since) ",
-        "",
+        "preferences (citizen_id, program_code, account_id, previous_account_id, since)",
         &work.defaults,
         5,
         |b, d| {
@@ -620,11 +643,10 @@ async fn write_work<D: Dialect>(
         },
     )
     .await?;
-    insert_rows(
+    append_rows(
         tx,
-        "INSERT INTO preference_history (citizen_id, program_code, account_id, \
-         previous_account_id, valid_from, actor, reason) ",
-        "",
+        "preference_history (citizen_id, program_code, account_id, \
+         previous_account_id, valid_from, actor, reason)",
         &work.defaults,
         7,
         |b, d| {
@@ -638,11 +660,10 @@ async fn write_work<D: Dialect>(
         },
     )
     .await?;
-    insert_rows(
+    append_rows(
         tx,
-        "INSERT INTO events (event_id, occurred_at, event_type, citizen_id, account_id, actor, \
-         reason, payload, actor_capacity) ",
-        "",
+        "events (event_id, occurred_at, event_type, citizen_id, account_id, actor, \
+         reason, payload, actor_capacity)",
         &work.events,
         9,
         |b, e| {
@@ -664,6 +685,29 @@ async fn write_work<D: Dialect>(
         let (last,): (i64,) = tx.fetch_one(Sql::new(D::LAST_EVENT)).await?;
         Some(last)
     };
+    let (existing, created): (Vec<&LedgerWrite>, Vec<&LedgerWrite>) =
+        work.ledger.iter().partition(|l| l.existed);
+    let push_ledger = |b: &mut Row, l: &&LedgerWrite| {
+        b.push_bind(stream.as_str())
+            .push_bind(l.record_id.as_str())
+            .push_bind(l.version)
+            .push_bind(l.outcome)
+            .push_bind(l.citizen_id.as_str())
+            .push_bind(l.account_id)
+            .push_bind(now)
+            .push_bind(actor)
+            .push_bind(l.rejected_field.as_deref())
+            .push_bind(l.rejected_message.as_deref());
+    };
+    append_rows(
+        tx,
+        "sync_records (stream, record_id, version, outcome, citizen_id, account_id, synced_at, \
+         actor, rejected_field, rejected_message)",
+        &created,
+        10,
+        push_ledger,
+    )
+    .await?;
     insert_rows(
         tx,
         "INSERT INTO sync_records (stream, record_id, version, outcome, citizen_id, account_id, \
@@ -673,20 +717,9 @@ async fn write_work<D: Dialect>(
          account_id = excluded.account_id, synced_at = excluded.synced_at, \
          actor = excluded.actor, rejected_field = excluded.rejected_field, \
          rejected_message = excluded.rejected_message",
-        &work.ledger,
+        &existing,
         10,
-        |b, l| {
-            b.push_bind(stream.as_str())
-                .push_bind(l.record_id.as_str())
-                .push_bind(l.version)
-                .push_bind(l.outcome)
-                .push_bind(l.citizen_id.as_str())
-                .push_bind(l.account_id)
-                .push_bind(now)
-                .push_bind(actor)
-                .push_bind(l.rejected_field.as_deref())
-                .push_bind(l.rejected_message.as_deref());
-        },
+        push_ledger,
     )
     .await?;
     Ok(Some(last_event))

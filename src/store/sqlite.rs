@@ -225,6 +225,21 @@ impl Dialect for SqliteDialect {
             .rows_affected())
     }
 
+    /// Multi-row INSERTs under the bind limit: SQLite prepares them cheaply, in process.
+    async fn append(conn: &mut SqliteConnection, target: &str, rows: Vec<Row>) -> StoreResult<u64> {
+        let columns = rows.first().map_or(1, |r| r.0.len().max(1));
+        let per_statement = (Self::BINDS_PER_STATEMENT.unwrap_or(usize::MAX) / columns).max(1);
+        let head = format!("INSERT INTO {target} ");
+        let mut appended = 0;
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let mut q = Self::builder(&head);
+            Self::push_relation(&mut q, rows.by_ref().take(per_statement).collect())?;
+            appended += Self::execute(conn, q.build()).await?;
+        }
+        Ok(appended)
+    }
+
     async fn fetch_all<R: Decoded>(conn: &mut SqliteConnection, sql: Sql) -> StoreResult<Vec<R>> {
         let (text, args) = sql.into_parts();
         let args = arguments(args)?;
