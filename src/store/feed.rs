@@ -17,12 +17,11 @@
 
 use std::collections::HashMap;
 
-use uuid::Uuid;
-
 use sqlx::Pool;
 
 use super::dialect::{insert_rows, select_in, Dialect, Pooled, Tx, LOOKUP_CHUNK};
 use super::freshness::{Applied, Round};
+use super::resolution_model::read_model;
 use super::rows::EventRow;
 use super::sql::{text_keys, Sql, Val};
 use super::sql_store::SqlStore;
@@ -648,16 +647,12 @@ async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> Stor
     let mut provinces: HashMap<String, (RouteDigest, RouteDigest)> = HashMap::new();
     for chunk in citizens.chunks(LOOKUP_CHUNK) {
         let keys = || text_keys(chunk.iter().map(String::as_str));
-        let live: Vec<(String, String, Uuid)> = select_in(
-            tx,
-            "SELECT p.citizen_id, p.program_code, p.account_id FROM preferences p \
-             JOIN citizens c ON c.citizen_id = p.citizen_id \
-             JOIN accounts a ON a.account_id = p.account_id \
-             WHERE c.status = 'ACTIVE' AND a.status = 'VERIFIED' AND p.citizen_id",
-            "",
-            keys(),
-        )
-        .await?;
+        // The live routes, from the resolution read model: one primary-key row per
+        // citizen, written in the same transaction as every change it reflects, so this
+        // snapshot's rows are the snapshot's state (a join of preferences, citizens and
+        // accounts planned a scan of all preferences at 200 k citizens: 23 ms a round).
+        let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let inputs = read_model(tx, &ids).await?;
         let old: Vec<(String, String, i64)> = select_in(
             tx,
             "SELECT citizen_id, digest, routes FROM digest_citizens WHERE citizen_id",
@@ -666,9 +661,11 @@ async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> Stor
         )
         .await?;
         let mut new: HashMap<String, RouteDigest> = HashMap::new();
-        for (citizen, program, account) in live {
-            let route = RouteDigest::route(&citizen, &program, account);
-            new.entry(citizen).or_default().add(&route);
+        for (citizen, inputs) in &inputs {
+            for (program, account) in inputs.live_routes() {
+                let route = RouteDigest::route(citizen, program, account);
+                new.entry(citizen.clone()).or_default().add(&route);
+            }
         }
         for (citizen, digest, routes) in old {
             let old = stored_digest(&digest, routes)?;

@@ -26,7 +26,7 @@ use super::rows::{citizen_status, AccountRow, PreferenceRow};
 use super::sql::{text_keys, Sql};
 use super::sql_store::SqlStore;
 use super::{corrupt, ModelCheck, ModelDifference, StoreResult};
-use crate::domain::{Account, CitizenStatus, Timestamp};
+use crate::domain::{Account, AccountStatus, CitizenStatus, Timestamp};
 
 /// The `read_models` name of this model.
 const MODEL_NAME: &str = "resolution_inputs";
@@ -77,6 +77,17 @@ impl CitizenInputs {
             }
         }
         Ok((status, prefs, accounts))
+    }
+
+    /// The citizen's live routes (the sync digest's input, `domain::digest`): each
+    /// preference, by program code, whose account is VERIFIED, while the citizen is
+    /// ACTIVE; none otherwise.
+    pub(super) fn live_routes(&self) -> impl Iterator<Item = (&str, Uuid)> + '_ {
+        let active = self.status == CitizenStatus::Active.as_str();
+        self.preferences
+            .iter()
+            .filter(move |p| active && p.account.status == AccountStatus::Verified.as_str())
+            .map(|p| (p.program_code.as_str(), p.account.account_id))
     }
 
     /// What differs between this (the model) and `source`, in words; empty when equal.
