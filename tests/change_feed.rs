@@ -611,4 +611,59 @@ mod postgres_instances {
             .unwrap();
         assert_eq!(next(&mut stream).await.position, 10_001);
     }
+
+    /// Numbering an event deletes its row from the sequencer's queue (`feed_pending`),
+    /// leaving a dead row version behind. The sequencer vacuums the queue at its first
+    /// round and then every 50,000 positions, so the dead rows do not pile up where
+    /// autovacuum is off (as on the test machine) and its rounds' plans stay cheap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_sequencer_vacuums_its_queue_as_the_feed_grows() {
+        let app = TestApp::spawn(Backend::Postgres).await;
+        let vacuums = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'feed_pending'";
+        let dead = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'feed_pending'";
+        let head = "SELECT COUNT(*) FROM feed";
+        let until = |what: &'static str, sql: &'static str, at_least: i64| {
+            let db = &app.db;
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let n = db.count(sql).await;
+                    if n >= at_least {
+                        return n;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{what}: {n} after a minute, expected {at_least}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        until("vacuums at the first round", vacuums, 1).await;
+        let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO events (event_id, occurred_at, event_type, citizen_id, actor, reason, \
+             payload) SELECT gen_random_uuid(), 0, 'ACCOUNT_LINKED', \
+             '00108' || lpad(n::text, 7, '0'), 'writer', 'test', '{}' \
+             FROM generate_series(1, 60000) AS n",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        until("numbered", head, 60_000).await;
+        until("vacuums once 50,000 positions were numbered", vacuums, 2).await;
+        assert_eq!(
+            app.db.count("SELECT COUNT(*) FROM feed_pending").await,
+            0,
+            "every event numbered"
+        );
+        // The vacuum due at 50,000 reclaims what was deleted before it began; rows of the
+        // rounds committed while it ran or after it (10,000 each) stay dead until the next.
+        let dead = app.db.count(dead).await;
+        assert!(
+            dead <= 30_000,
+            "the vacuum reclaimed the dead rows of the events numbered before it: {dead} of \
+             60,000 still dead"
+        );
+    }
 }

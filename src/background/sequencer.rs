@@ -52,16 +52,48 @@ impl FeedStatistics {
     }
 }
 
-/// Refreshes the feed's statistics off the sequencer's path (a round does not wait for
-/// the sampling), one refresh at a time.
-fn analyze_feed(store: &Arc<dyn Store>, running: &Arc<AtomicBool>) {
+/// The sequencer numbers at least this many positions between two VACUUMs of its queue
+/// of unnumbered events (`Store::vacuum_feed_queue`).
+const VACUUM_QUEUE_AFTER: i64 = 50_000;
+
+/// When the queue of unnumbered events is vacuumed: at the first round (a backlog of dead
+/// rows from before a restart), then each time [`VACUUM_QUEUE_AFTER`] more positions
+/// were numbered. Every numbered event leaves a dead row there, so they pile up in
+/// proportion to the feed's growth; between two VACUUMs there are at most about this
+/// many, which keeps the cost of planning a round's statements flat.
+#[derive(Debug, Default)]
+struct QueueVacuum {
+    vacuumed_at: Option<i64>,
+}
+
+impl QueueVacuum {
+    /// Whether the queue, with the feed at `head`, is due a VACUUM; if so, counts it as
+    /// taken.
+    fn due(&mut self, head: i64) -> bool {
+        let due = self
+            .vacuumed_at
+            .is_none_or(|at| head - at >= VACUUM_QUEUE_AFTER);
+        if due {
+            self.vacuumed_at = Some(head);
+        }
+        due
+    }
+}
+
+/// Runs a maintenance task of the feed's tables off the sequencer's path (a round does
+/// not wait for it), one at a time per kind: `running` is that kind's flag.
+fn maintain(
+    running: &Arc<AtomicBool>,
+    what: &'static str,
+    task: impl std::future::Future<Output = crate::store::StoreResult<()>> + Send + 'static,
+) {
     if running.swap(true, Ordering::AcqRel) {
         return;
     }
-    let (store, running) = (store.clone(), running.clone());
+    let running = running.clone();
     tokio::spawn(async move {
-        if let Err(e) = store.analyze_feed().await {
-            tracing::warn!(error = %e, "refreshing the change feed's statistics failed");
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "{what} failed");
         }
         running.store(false, Ordering::Release);
     });
@@ -73,7 +105,9 @@ pub async fn run(store: Arc<dyn Store>, round: u32, signals: Arc<Signals>) {
     let mut changes = store.changes();
     let mut last_digest: Option<Instant> = None;
     let mut statistics = FeedStatistics::default();
+    let mut queue = QueueVacuum::default();
     let analyzing = Arc::new(AtomicBool::new(false));
+    let vacuuming = Arc::new(AtomicBool::new(false));
     loop {
         changes.borrow_and_update();
         let mut digest_behind = false;
@@ -83,7 +117,20 @@ pub async fn run(store: Arc<dyn Store>, round: u32, signals: Arc<Signals>) {
                 Ok(numbered) => {
                     signals.sequencer_round();
                     if statistics.due(numbered.head) {
-                        analyze_feed(&store, &analyzing);
+                        let store = store.clone();
+                        maintain(
+                            &analyzing,
+                            "refreshing the change feed's statistics",
+                            async move { store.analyze_feed().await },
+                        );
+                    }
+                    if queue.due(numbered.head) {
+                        let store = store.clone();
+                        maintain(
+                            &vacuuming,
+                            "vacuuming the change feed's queue",
+                            async move { store.vacuum_feed_queue().await },
+                        );
                     }
                     if digest && !numbered.digest_behind {
                         last_digest = Some(Instant::now());
@@ -113,6 +160,17 @@ pub async fn run(store: Arc<dyn Store>, round: u32, signals: Arc<Signals>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_is_vacuumed_at_the_first_round_then_every_fifty_thousand_positions() {
+        let mut queue = QueueVacuum::default();
+        assert!(queue.due(1_100_000));
+        assert!(!queue.due(1_100_000));
+        assert!(!queue.due(1_149_999));
+        assert!(queue.due(1_150_000));
+        assert!(!queue.due(1_199_999));
+        assert!(queue.due(1_200_003));
+    }
 
     #[test]
     fn the_feed_is_analyzed_at_start_when_large_then_each_time_it_doubles() {

@@ -63,6 +63,11 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// (see `access_log.rs`), rather than on the write pool.
     const ACCESS_LOG_OWN_CONNECTIONS: bool;
 
+    /// Run on a connection of its own, outside any transaction, to reclaim the rows the
+    /// sequencer has deleted from its queue (`feed_pending`); empty where a deleted row
+    /// leaves nothing behind.
+    const VACUUM_QUEUE: &'static [&'static str];
+
     /// Run first in a read-only transaction whose statements must all see one snapshot
     /// (`check` compares two tables).
     const SNAPSHOT_READ: &'static [&'static str];

@@ -639,6 +639,10 @@ pub trait Store: Send + Sync + 'static {
     /// `background::sequencer`).
     async fn analyze_feed(&self) -> StoreResult<()>;
 
+    /// Reclaims the rows the sequencer deleted from its queue of unnumbered events (see
+    /// `Dialect::VACUUM_QUEUE`); the sequencer calls it as the feed grows.
+    async fn vacuum_feed_queue(&self) -> StoreResult<()>;
+
     /// The change feed's head, the sequencer's backlog and the digest's position.
     async fn feed_gauges(&self) -> StoreResult<FeedGauges>;
 

@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::Pool;
+use sqlx::{ConnectOptions, Connection, Pool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -501,6 +501,19 @@ impl<D: Dialect> Store for SqlStore<D> {
     async fn analyze_feed(&self) -> StoreResult<()> {
         self.analyze_tables(&["events", "feed", "feed_pending"])
             .await
+    }
+
+    async fn vacuum_feed_queue(&self) -> StoreResult<()> {
+        if D::VACUUM_QUEUE.is_empty() {
+            return Ok(());
+        }
+        // A connection of its own: VACUUM runs outside any transaction, and the pooled
+        // connections keep their statement timeout.
+        let mut conn = self.write.connect_options().connect().await?;
+        for statement in D::VACUUM_QUEUE {
+            D::execute(&mut conn, Sql::new(*statement)).await?;
+        }
+        Ok(conn.close().await?)
     }
 
     async fn feed_gauges(&self) -> StoreResult<super::FeedGauges> {

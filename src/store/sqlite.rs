@@ -107,6 +107,9 @@ impl Dialect for SqliteDialect {
     /// A SQLite read transaction (WAL) reads one snapshot from its first statement on.
     const SNAPSHOT_READ: &'static [&'static str] = &[];
 
+    /// A deleted row's space goes back to its b-tree page at once: nothing to reclaim.
+    const VACUUM_QUEUE: &'static [&'static str] = &[];
+
     /// Through the narrow rows of `access_log_citizens`.
     const LOG_NAMES_CITIZEN: &'static str =
         "id IN (SELECT log_id FROM access_log_citizens WHERE citizen_id = $1)";
