@@ -91,6 +91,12 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// arrays); multi-row writes are chunked under it.
     const BINDS_PER_STATEMENT: Option<usize>;
 
+    /// Rows of `columns` values that fit in one statement under
+    /// [`Dialect::BINDS_PER_STATEMENT`] (`None`: any number).
+    fn rows_per_statement(columns: usize) -> Option<usize> {
+        Self::BINDS_PER_STATEMENT.map(|b| (b / columns.max(1)).max(1))
+    }
+
     /// Which unique constraint a database error violated, if it is one we can lose a race
     /// on.
     fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget>;
@@ -297,7 +303,7 @@ pub async fn insert_rows<D: Dialect, C: Handle<D>, T>(
     if items.is_empty() {
         return Ok(0);
     }
-    let per_statement = D::BINDS_PER_STATEMENT.map_or(items.len(), |b| (b / columns).max(1));
+    let per_statement = D::rows_per_statement(columns).unwrap_or(items.len());
     let mut affected = 0;
     for chunk in items.chunks(per_statement) {
         let rows = rows_of(chunk, columns, &mut push);

@@ -237,8 +237,8 @@ impl Dialect for SqliteDialect {
 
     /// Multi-row INSERTs under the bind limit: SQLite prepares them cheaply, in process.
     async fn append(conn: &mut SqliteConnection, target: &str, rows: Vec<Row>) -> StoreResult<u64> {
-        let columns = rows.first().map_or(1, |r| r.0.len().max(1));
-        let per_statement = (Self::BINDS_PER_STATEMENT.unwrap_or(usize::MAX) / columns).max(1);
+        let columns = rows.first().map_or(1, |r| r.0.len());
+        let per_statement = Self::rows_per_statement(columns).unwrap_or(usize::MAX);
         let head = format!("INSERT INTO {target} ");
         let mut appended = 0;
         let mut rows = rows.into_iter().peekable();
