@@ -113,15 +113,13 @@ impl<T: Send + 'static> Pipeline<T> {
     }
 }
 
-impl<T> Drop for Pipeline<T> {
-    /// Batches still running when the pipeline is dropped (an earlier batch failed) are
-    /// aborted: each is one transaction, rolled back unless it had committed.
-    fn drop(&mut self) {
-        for r in &self.running {
-            r.task.abort();
-        }
-    }
-}
+// Batches still running when the pipeline is dropped (an earlier batch failed, the
+// client went away) are left to end on their own: each is one transaction that commits or
+// rolls back, and a committed one is in the ledger for the client's resend. They are not
+// aborted: a batch stopped inside a binary COPY (between `CopyDone` and the server's
+// answer) would hand its connection back with an answer still on the wire, and the next
+// statement on it would read that answer as its own (sqlx counts no pending reply for a
+// COPY).
 
 #[cfg(test)]
 mod tests {
