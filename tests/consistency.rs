@@ -10,7 +10,7 @@ use common::{
     PAYER,
 };
 use payout_registry::proto::{
-    CitizenRecord, CitizenStatus, GetAccountHistoryRequest, GetAccountRequest,
+    BatchResolveRequest, CitizenRecord, CitizenStatus, GetAccountHistoryRequest, GetAccountRequest,
     ListCitizenAccountsRequest, ResolveOutcome, ResolveRequest, ResolveResponse,
 };
 use tonic::Code;
@@ -19,6 +19,7 @@ on_both_backends!(
     a_read_carrying_a_writes_position_shows_the_write_and_says_how_fresh_it_is,
     a_min_position_beyond_the_feed_is_refused_and_reads_nothing,
     a_sync_acknowledgement_carries_the_position_of_its_changes,
+    a_payroll_runs_bulk_reads_use_the_cache_but_do_not_fill_it,
 );
 
 fn resolve_request(citizen: &str, min_position: u64) -> ResolveRequest {
@@ -151,6 +152,79 @@ async fn a_min_position_beyond_the_feed_is_refused_and_reads_nothing(backend: Ba
     // At the head itself: answered.
     let r = resolve(&mut resolver, citizen, head).await;
     assert!(paid(&r) && r.position >= head, "{r:?}");
+    app.stop().await;
+}
+
+/// BatchResolve's answers, in request order: whether each citizen is paid.
+async fn batch_paid(resolver: &mut common::Resolver, citizens: &[&str], min: u64) -> Vec<bool> {
+    let requests: Vec<BatchResolveRequest> = citizens
+        .iter()
+        .enumerate()
+        .map(|(i, c)| BatchResolveRequest {
+            correlation_id: i.to_string(),
+            citizen_id: (*c).into(),
+            purpose: "monthly payroll".into(),
+            min_position: min,
+            ..Default::default()
+        })
+        .collect();
+    let mut answers = resolver
+        .batch_resolve(tokio_stream::iter(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut paid_now = Vec::new();
+    while let Some(a) = answers.message().await.expect("the stream goes on") {
+        paid_now.push(a.result.as_ref().is_some_and(paid));
+    }
+    paid_now
+}
+
+/// A payroll run reads millions of citizens once each: its reads are answered from
+/// entries unary reads cached, but what it reads from the database is not cached, so it
+/// neither evicts the unary readers' working set nor pays for inserting entries.
+async fn a_payroll_runs_bulk_reads_use_the_cache_but_do_not_fill_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let citizens = ["001089300011", "001089300012", "001089300013"];
+    for (i, c) in citizens.iter().enumerate() {
+        link_issuer_confirmed(&app, c, &format!("007100000001{i}")).await;
+    }
+    let head = common::sequenced_head(&app).await as u64;
+    let mut resolver = app.resolver(Some(PAYER));
+    let cache = || app.store.read_state().cache;
+
+    // A unary read caches its citizen: the second read is a hit.
+    assert!(paid(&resolve(&mut resolver, citizens[0], head).await));
+    let before = cache();
+    assert!(paid(&resolve(&mut resolver, citizens[0], head).await));
+    assert_eq!(cache().hits, before.hits + 1, "the unary read was cached");
+
+    // The batch answers the cached citizen from the cache and reads the other two.
+    let before = cache();
+    assert_eq!(batch_paid(&mut resolver, &citizens, head).await, [true; 3]);
+    let after = cache();
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (1, 2),
+        "one hit, two reads: {before:?} -> {after:?}"
+    );
+    // Read again, the two are read again: the first batch did not cache them.
+    let before = cache();
+    assert_eq!(
+        batch_paid(&mut resolver, &citizens[1..], head).await,
+        [true; 2]
+    );
+    let after = cache();
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (0, 2),
+        "{before:?} -> {after:?}"
+    );
+    // A unary read of one of them caches it as before.
+    resolve(&mut resolver, citizens[1], head).await;
+    let before = cache();
+    resolve(&mut resolver, citizens[1], head).await;
+    assert_eq!(cache().hits, before.hits + 1);
     app.stop().await;
 }
 

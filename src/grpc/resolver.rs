@@ -25,6 +25,7 @@ use crate::proto::{
 };
 use crate::security::limits::RpcClass;
 use crate::security::Scope;
+use crate::store::CacheFill;
 
 const RESOLVE: &str = "/payoutregistry.v1.PayoutResolverService/Resolve";
 const BATCH_RESOLVE: &str = "/payoutregistry.v1.PayoutResolverService/BatchResolve";
@@ -97,9 +98,15 @@ async fn resolve_all(
     let now = state.now();
     // A batch is read from state at least as fresh as its freshest request asks.
     let min = pending.iter().map(|p| p.min).max().unwrap_or(0);
+    // A payroll run's bulk reads do not fill the cache (`CacheFill`).
+    let fill = if method == BATCH_RESOLVE {
+        CacheFill::ReadOnly
+    } else {
+        CacheFill::Fill
+    };
     let (found, position) = state
         .store
-        .resolve_many(&queries, now, min)
+        .resolve_many(&queries, now, min, fill)
         .await
         .map_err(|e| call.fail(e))?;
     let mut found = found.into_iter();

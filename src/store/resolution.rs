@@ -19,7 +19,7 @@ use super::resolution_model::{read_model, CitizenInputs};
 use super::rows::{HistoryRow, PreferenceRow};
 use super::sql::Sql;
 use super::sql_store::SqlStore;
-use super::{corrupt, HistoryEntry, ResolveQuery, StoreResult};
+use super::{corrupt, CacheFill, HistoryEntry, ResolveQuery, StoreResult};
 use crate::domain::{
     min_position_beyond_head, resolve, Account, CitizenStatus, PreferenceAt, ProgramCode,
     Resolution, ResolutionInputs, Timestamp,
@@ -60,6 +60,7 @@ impl<D: Dialect> SqlStore<D> {
         queries: &[ResolveQuery],
         now: Timestamp,
         min: i64,
+        fill: CacheFill,
     ) -> StoreResult<(Vec<Resolution>, i64)> {
         for q in queries {
             self.check_program(q.program.as_ref()).await?;
@@ -75,7 +76,7 @@ impl<D: Dialect> SqlStore<D> {
         let found = if current.is_empty() {
             HashMap::new()
         } else {
-            let (found, at) = self.current_inputs(&current, min).await?;
+            let (found, at) = self.current_inputs(&current, min, fill).await?;
             position = position.min(at);
             found
         };
@@ -102,11 +103,12 @@ impl<D: Dialect> SqlStore<D> {
 
     /// Current-state inputs for many citizens: from the cache where it is fresh enough
     /// for `min`, the rest from the resolution read model (one primary-key probe per
-    /// citizen) and then cached. Also the position they are all true at.
+    /// citizen), cached if `fill` says so. Also the position they are all true at.
     async fn current_inputs(
         &self,
         citizens: &[&str],
         min: i64,
+        fill: CacheFill,
     ) -> StoreResult<(CurrentInputs, i64)> {
         let mut out = HashMap::with_capacity(citizens.len());
         let mut missing = Vec::new();
@@ -131,7 +133,9 @@ impl<D: Dialect> SqlStore<D> {
             .await?;
         for (citizen, inputs) in rows {
             let entry = Arc::new((inputs.decode()?, read_at));
-            self.fresh.insert(&citizen, entry.clone());
+            if fill == CacheFill::Fill {
+                self.fresh.insert(&citizen, entry.clone());
+            }
             out.insert(citizen, entry);
         }
         Ok((out, position.min(read_at)))

@@ -25,9 +25,9 @@ use super::reference::KnownPrograms;
 use super::replicas::Replicas;
 use super::sql::Sql;
 use super::{
-    corrupt, AccessEntry, AccountKey, BatchApplied, CitizenRecord, CitizenUpsert, DuplicateClaim,
-    Event, HistoryEntry, ModelCheck, Preference, Provider, ReadState, ResolveQuery, Sequenced,
-    Store, StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
+    corrupt, AccessEntry, AccountKey, BatchApplied, CacheFill, CitizenRecord, CitizenUpsert,
+    DuplicateClaim, Event, HistoryEntry, ModelCheck, Preference, Provider, ReadState, ResolveQuery,
+    Sequenced, Store, StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
 };
 use crate::domain::{
     Account, ChangeAccount, CitizenId, LegacyId, LinkAccount, ReportPayoutFailure, Resolution,
@@ -263,8 +263,9 @@ impl<D: Dialect> Store for SqlStore<D> {
         queries: &[ResolveQuery],
         now: Timestamp,
         min: i64,
+        fill: CacheFill,
     ) -> StoreResult<(Vec<Resolution>, i64)> {
-        self.resolve_all(queries, now, min).await
+        self.resolve_all(queries, now, min, fill).await
     }
 
     async fn get_account_at(&self, id: Uuid, min: i64) -> StoreResult<(Option<Account>, i64)> {
@@ -330,7 +331,9 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn resolve(&self, q: &ResolveQuery, now: Timestamp) -> StoreResult<Resolution> {
-        let (mut answers, _) = self.resolve_all(std::slice::from_ref(q), now, 0).await?;
+        let (mut answers, _) = self
+            .resolve_all(std::slice::from_ref(q), now, 0, CacheFill::Fill)
+            .await?;
         answers.pop().ok_or_else(|| corrupt("no resolution"))
     }
 
