@@ -6,21 +6,24 @@
 //! decides. Keeping the decision pure means "now" and "as of last May" can never disagree
 //! about the rules, only about the data.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::account::{Account, CitizenStatus, VerificationMethod};
 use super::time::Timestamp;
 
-/// A preference (default or per-program) as it stood at the resolution instant.
+/// A preference (default or per-program) as it stood at the resolution instant. Accounts
+/// are shared (`Arc`): a resolution hands on the account it chose, and a cached citizen's
+/// accounts answer many reads, without copying them.
 #[derive(Debug, Clone)]
 pub struct PreferenceAt {
     /// The chosen account, in the state it was in at the instant.
-    pub account: Option<Account>,
+    pub account: Option<Arc<Account>>,
     /// When the preference took effect.
     pub since: Timestamp,
     /// The account paid before the change, in its state at the instant; paid instead of
     /// the new one during the cooling-off period.
-    pub previous: Option<Account>,
+    pub previous: Option<Arc<Account>>,
 }
 
 /// Everything resolution needs, read at one instant.
@@ -38,7 +41,7 @@ pub struct ResolutionInputs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
     Resolved {
-        account: Box<Account>,
+        account: Arc<Account>,
         /// True when the program's own preference chose the account, false for the default.
         matched_program: bool,
         /// Set when a recent change is in its cooling-off period and `account` is the
@@ -79,13 +82,13 @@ pub fn resolve(inputs: &ResolutionInputs, at: Timestamp, cooling_off: Duration) 
         let previous = pref.previous.as_ref().filter(|p| p.is_payable());
         if let (Some(previous), false, true) = (previous, issuer_confirmed, at < until) {
             return Resolution::Resolved {
-                account: Box::new(previous.clone()),
+                account: Arc::clone(previous),
                 matched_program,
                 cooling_off_until: Some(until),
             };
         }
         return Resolution::Resolved {
-            account: Box::new(account.clone()),
+            account: Arc::clone(account),
             matched_program,
             cooling_off_until: None,
         };
@@ -161,7 +164,7 @@ mod tests {
 
     fn pref(account: Account) -> PreferenceAt {
         PreferenceAt {
-            account: Some(account),
+            account: Some(Arc::new(account)),
             since: Timestamp(0),
             previous: None,
         }
@@ -261,9 +264,9 @@ mod tests {
         let old = verified();
         let new = verified();
         let p = PreferenceAt {
-            account: Some(new.clone()),
+            account: Some(Arc::new(new.clone())),
             since: Timestamp(0),
-            previous: Some(old.clone()),
+            previous: Some(Arc::new(old.clone())),
         };
         let inputs = active(None, Some(p));
         let r = resolve(&inputs, Timestamp(0).plus(HOUR), COOLING);
@@ -280,9 +283,9 @@ mod tests {
     fn an_issuer_confirmed_account_skips_cooling_off() {
         let new = account(AccountStatus::Verified, VerificationMethod::IssuerConfirmed);
         let p = PreferenceAt {
-            account: Some(new.clone()),
+            account: Some(Arc::new(new.clone())),
             since: Timestamp(0),
-            previous: Some(verified()),
+            previous: Some(Arc::new(verified())),
         };
         let r = resolve(&active(None, Some(p)), Timestamp(1), COOLING);
         assert_eq!(resolved_id(&r), Some(new.id));
@@ -292,9 +295,12 @@ mod tests {
     fn cooling_off_pays_the_new_account_when_the_previous_is_no_longer_payable() {
         let new = verified();
         let p = PreferenceAt {
-            account: Some(new.clone()),
+            account: Some(Arc::new(new.clone())),
             since: Timestamp(0),
-            previous: Some(account(AccountStatus::Closed, VerificationMethod::InPerson)),
+            previous: Some(Arc::new(account(
+                AccountStatus::Closed,
+                VerificationMethod::InPerson,
+            ))),
         };
         let r = resolve(&active(None, Some(p)), Timestamp(1), COOLING);
         assert_eq!(resolved_id(&r), Some(new.id));
@@ -305,9 +311,9 @@ mod tests {
         let original = verified();
         let first_change = verified();
         let current = PreferenceAt {
-            account: Some(first_change.clone()),
+            account: Some(Arc::new(first_change.clone())),
             since: Timestamp(0),
-            previous: Some(original.clone()),
+            previous: Some(Arc::new(original.clone())),
         };
         let third = Uuid::new_v4();
         assert_eq!(

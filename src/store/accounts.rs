@@ -14,6 +14,8 @@
 //! may vouch), shared with the population-sync planner (`planner.rs`), which applies them
 //! to a batch in memory. Only the reading, locking and writing differ between the two.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use sqlx::Pool;
@@ -415,10 +417,10 @@ impl<D: Dialect> SqlStore<D> {
         }
         let current_at = match own.or_else(|| rows.iter().find(|r| r.program_code.is_empty())) {
             Some(row) => Some(PreferenceAt {
-                account: load_account(tx, row.account_id).await?,
+                account: load_account(tx, row.account_id).await?.map(Arc::new),
                 since: Timestamp(row.since),
                 previous: match row.previous_account_id {
-                    Some(id) => load_account(tx, id).await?,
+                    Some(id) => load_account(tx, id).await?.map(Arc::new),
                     None => None,
                 },
             }),

@@ -216,7 +216,7 @@ impl<D: Dialect> SqlStore<D> {
                 )
                 .await?;
             if let Some(row) = row {
-                accounts.push(HistoryEntry::try_from(row)?.account);
+                accounts.push(Arc::new(HistoryEntry::try_from(row)?.account));
             }
         }
         Ok(inputs_from(Some(citizen), &prefs, key, |id| {
@@ -231,7 +231,7 @@ fn inputs_from(
     citizen: Option<CitizenStatus>,
     prefs: &[PreferenceRow],
     key: &str,
-    account: impl Fn(Uuid) -> Option<Account>,
+    account: impl Fn(Uuid) -> Option<Arc<Account>>,
 ) -> ResolutionInputs {
     let at = |program: &str| {
         prefs

@@ -17,6 +17,7 @@
 //! on a random sample, and can repair what differs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -57,7 +58,11 @@ pub(super) struct CitizenInputs {
 
 /// A citizen's current-state inputs, decoded: status, preference rows, and the accounts
 /// they point at by id.
-pub(super) type DecodedInputs = (CitizenStatus, Vec<PreferenceRow>, HashMap<Uuid, Account>);
+pub(super) type DecodedInputs = (
+    CitizenStatus,
+    Vec<PreferenceRow>,
+    HashMap<Uuid, Arc<Account>>,
+);
 
 impl CitizenInputs {
     /// The status, preference rows and accounts resolution reads.
@@ -73,7 +78,7 @@ impl CitizenInputs {
                 since: p.since,
             });
             for row in [Some(p.account), p.previous].into_iter().flatten() {
-                accounts.insert(row.account_id, Account::try_from(row)?);
+                accounts.insert(row.account_id, Arc::new(Account::try_from(row)?));
             }
         }
         Ok((status, prefs, accounts))
