@@ -620,7 +620,6 @@ mod postgres_instances {
     async fn the_sequencer_vacuums_its_queue_as_the_feed_grows() {
         let app = TestApp::spawn(Backend::Postgres).await;
         let vacuums = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'feed_pending'";
-        let dead = "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'feed_pending'";
         let head = "SELECT COUNT(*) FROM feed";
         let until = |what: &'static str, sql: &'static str, at_least: i64| {
             let db = &app.db;
@@ -659,11 +658,30 @@ mod postgres_instances {
         );
         // The vacuum due at 50,000 reclaims what was deleted before it began; rows of the
         // rounds committed while it ran or after it (10,000 each) stay dead until the next.
-        let dead = app.db.count(dead).await;
-        assert!(
-            dead <= 30_000,
-            "the vacuum reclaimed the dead rows of the events numbered before it: {dead} of \
-             60,000 still dead"
-        );
+        // Counted in the table itself (pgstattuple): the statistics' `n_dead_tup` is an
+        // estimate, which counts a row deleted while the vacuum ran twice. A row some
+        // concurrent snapshot could still see is not reclaimable when the vacuum passes
+        // (seen on a loaded machine: all 50,000 left); the next round's page pruning or
+        // the next vacuum takes it, so the check allows that a few seconds.
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let dead = app
+                .db
+                .count("SELECT dead_tuple_count FROM pgstattuple('feed_pending')")
+                .await;
+            if dead <= 30_000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dead rows of the numbered events were reclaimed: {dead} of 60,000 still \
+                 dead after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
