@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Resolve at population scale: loads a demo population of CITIZENS through the bulk path
+# (`demo-data --into-store`, the same batch transactions as the sync streams) into its own
+# database, then measures unary Resolve and BatchResolve on it against a registry of its own,
+# with the resolution cache off: what is compared is the database's work at each size.
+#
+#   deploy/bench/resolve_at_scale.sh payout_1m 1000000
+#   deploy/bench/resolve_at_scale.sh payout_10m 10000000     # about 35-50 min of load on 2 cores
+#
+# A database that already holds CITIZENS citizens is measured again without reloading.
+# Env: B (the binary, default target/release/payout-registry), PGHOST/PGPORT (default
+# 127.0.0.1:5432), LISTEN (default 127.0.0.1:50071). The load's time goes to stdout; the
+# figures are the load generator's own lines. Compare runs only within one session on one
+# machine, as ratios (the README's Benchmarks section).
+set -euo pipefail
+DB=${1:?database name}
+CITIZENS=${2:?number of citizens}
+B=${B:-target/release/payout-registry}
+HOST=${PGHOST:-127.0.0.1}
+PORT=${PGPORT:-5432}
+LISTEN=${LISTEN:-127.0.0.1:50071}
+URL="postgres://postgres@$HOST:$PORT/$DB"
+psql_db() { psql -h "$HOST" -p "$PORT" -U postgres -d "$DB" -v ON_ERROR_STOP=1 "$@"; }
+
+if ! psql -h "$HOST" -p "$PORT" -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
+  psql -h "$HOST" -p "$PORT" -U postgres -c "CREATE DATABASE $DB"
+fi
+have=$(psql_db -Atc "SELECT to_regclass('citizens') IS NOT NULL" )
+if [ "$have" = t ]; then have=$(psql_db -Atc "SELECT count(*) FROM citizens"); else have=0; fi
+if [ "$have" -lt "$CITIZENS" ]; then
+  [ "$have" -eq 0 ] || { echo "$DB holds $have citizens, not $CITIZENS: drop it first" >&2; exit 1; }
+  start=$(date +%s)
+  DATABASE_URL=$URL "$B" demo-data --citizens "$CITIZENS" --seed 21 --into-store
+  echo "load: $CITIZENS citizens in $(( $(date +%s) - start )) s"
+fi
+# Statistics and visibility maps as autovacuum would have left them.
+psql_db -qc 'VACUUM ANALYZE'
+psql_db -Atc "SELECT 'population: ' || (SELECT count(*) FROM citizens) || ' citizens, ' ||
+  (SELECT count(*) FROM accounts) || ' accounts, database ' || pg_size_pretty(pg_database_size(current_database()))"
+
+conf=$(mktemp --suffix=.toml)
+ids=$(mktemp)
+pid=
+trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -f "$conf" "$ids"' EXIT
+token_sha=$("$B" hash-token benchtoken | awk '/sha256/{print $2}')
+printf '%s\n' "listen = \"$LISTEN\"" "database_url = \"$URL\"" 'log_level = "warn"' \
+  'resolution_cache_entries = 0' '[rate_limits]' \
+  'write = { per_second = 1e6, burst = 1e6 }' 'read = { per_second = 1e6, burst = 1e6 }' \
+  'resolve = { per_second = 1e6, burst = 1e6 }' 'oversight = { per_second = 10.0, burst = 10.0 }' \
+  'bulk = { per_second = 1e7, burst = 1e7 }' 'max_concurrent_calls = 4096' \
+  '[[clients]]' 'id = "bench"' "token_sha256 = \"$token_sha\"" 'providers = ["970418"]' \
+  'scopes = ["resolve", "resolve.full"]' > "$conf"
+"$B" --config "$conf" serve & pid=$!
+A="--addr http://$LISTEN --token benchtoken"
+for _ in $(seq 60); do "$B" bench health $A --concurrency 1 --seconds 1 >/dev/null 2>&1 && break; sleep 1; done
+# 200 k ids drawn from the whole population, whatever its size.
+psql_db -Atc "COPY (SELECT citizen_id FROM citizens ORDER BY random() LIMIT 200000) TO STDOUT" > "$ids"
+echo "ids sampled: $(wc -l < "$ids")"
+for c in 8 32; do
+  "$B" bench resolve $A --ids-file "$ids" --concurrency "$c" --seconds 15
+done
+"$B" bench batch-resolve $A --demo-citizens "$CITIZENS" --ids 1000000
+DATABASE_URL=$URL "$B" bench pk-any $A --demo-citizens "$CITIZENS" --keys 1000 --concurrency 1
