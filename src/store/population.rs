@@ -477,6 +477,14 @@ async fn load_holders<D: Dialect>(
     Ok(())
 }
 
+/// The columns a batch writes to `citizens`, appended (new citizens) or upserted.
+const CITIZEN_ROWS: &str = "citizens (citizen_id, province_code, full_name, date_of_birth, \
+                            status, died_on, source_version, created_at, updated_at)";
+
+/// The columns of a ledger entry (`sync_records`), appended (new record ids) or upserted.
+const LEDGER_ROWS: &str = "sync_records (stream, record_id, version, outcome, citizen_id, \
+                           account_id, synced_at, actor, rejected_field, rejected_message)";
+
 /// Writes a planned batch, one statement per table, and answers the write position of
 /// its last event (if it appended any). Answers `None` when a concurrent transaction got
 /// in first (a citizen row the batch could not lock in advance).
@@ -504,20 +512,11 @@ async fn write_work<D: Dialect>(
             .push_bind(now)
             .push_bind(now);
     };
-    append_rows(
-        tx,
-        "citizens (citizen_id, province_code, full_name, date_of_birth, status, died_on, \
-         source_version, created_at, updated_at)",
-        &created,
-        9,
-        push_citizen,
-    )
-    .await?;
+    append_rows(tx, CITIZEN_ROWS, &created, 9, push_citizen).await?;
     if !existing.is_empty() {
         let written = insert_rows(
             tx,
-            "INSERT INTO citizens (citizen_id, province_code, full_name, date_of_birth, status, \
-             died_on, source_version, created_at, updated_at) ",
+            &format!("INSERT INTO {CITIZEN_ROWS} "),
             " ON CONFLICT (citizen_id) DO UPDATE SET full_name = excluded.full_name, \
              date_of_birth = excluded.date_of_birth, status = excluded.status, \
              died_on = excluded.died_on, source_version = excluded.source_version, \
@@ -699,19 +698,10 @@ async fn write_work<D: Dialect>(
             .push_bind(l.rejected_field.as_deref())
             .push_bind(l.rejected_message.as_deref());
     };
-    append_rows(
-        tx,
-        "sync_records (stream, record_id, version, outcome, citizen_id, account_id, synced_at, \
-         actor, rejected_field, rejected_message)",
-        &created,
-        10,
-        push_ledger,
-    )
-    .await?;
+    append_rows(tx, LEDGER_ROWS, &created, 10, push_ledger).await?;
     insert_rows(
         tx,
-        "INSERT INTO sync_records (stream, record_id, version, outcome, citizen_id, account_id, \
-         synced_at, actor, rejected_field, rejected_message) ",
+        &format!("INSERT INTO {LEDGER_ROWS} "),
         " ON CONFLICT (stream, record_id) DO UPDATE SET version = excluded.version, \
          outcome = excluded.outcome, citizen_id = excluded.citizen_id, \
          account_id = excluded.account_id, synced_at = excluded.synced_at, \

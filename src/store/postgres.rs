@@ -338,10 +338,7 @@ impl Dialect for PgDialect {
         let mut copy = conn
             .copy_in_raw(&format!("COPY {target} FROM STDIN (FORMAT binary)"))
             .await?;
-        if let Err(e) = copy.send(data).await {
-            // The connection failed mid-copy; the transaction goes with it.
-            return Err(e.into());
-        }
+        copy.send(data).await?;
         Ok(copy.finish().await?)
     }
 
