@@ -37,14 +37,6 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// Applies the backend's pending migrations (its own `migrations/` folder).
     fn migrate(pool: &Pool<Self::DB>) -> impl Future<Output = StoreResult<()>> + Send + '_;
 
-    /// Reads a citizen's `full_name, status` by `$1`, locking the row where the backend
-    /// has row locks.
-    const LOCK_CITIZEN: &'static str;
-
-    /// Reads an account (`account_columns!`) by `$1`, locking the row where the backend
-    /// has row locks.
-    const LOCK_ACCOUNT: &'static str;
-
     /// Appended to a select to lock the rows it returns (empty where there are no row
     /// locks).
     const FOR_UPDATE: &'static str;
@@ -96,10 +88,6 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     fn rows_per_statement(columns: usize) -> Option<usize> {
         Self::BINDS_PER_STATEMENT.map(|b| (b / columns.max(1)).max(1))
     }
-
-    /// Which unique constraint a database error violated, if it is one we can lose a race
-    /// on.
-    fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget>;
 
     /// How built statements spell their placeholders.
     const PLACEHOLDER: Placeholder;
@@ -170,17 +158,6 @@ pub trait Dialect: Send + Sync + Sized + 'static {
         conn: &'c mut <Self::DB as Database>::Connection,
         sql: Sql,
     ) -> impl Future<Output = StoreResult<R>> + Send + 'c;
-}
-
-/// The unique constraints a write can lose a race on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UniqueTarget {
-    /// `accounts_one_holder`: another citizen's claim on the account won.
-    Holder,
-    /// `accounts_one_open_link`: the same citizen linked the same account concurrently.
-    OpenLink,
-    /// `idempotency_keys` primary key: the same key was sent twice at once.
-    Idempotency,
 }
 
 /// Something that holds a connection of `D`'s database: a transaction or a pooled

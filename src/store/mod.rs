@@ -5,19 +5,22 @@
 //! whose items are every way PostgreSQL (production, `postgres.rs`) and SQLite (the
 //! embedded default, `sqlite.rs`) differ (row locks, how write transactions begin, the
 //! preambles of bulk, access-log and sequencer transactions, how a set of rows or keys is
-//! bound, which constraint an error names, and running a statement). The rules are
+//! bound and appended, and running a statement). The rules are
 //! written once, so they cannot drift apart between backends, and the compiler checks
 //! that each backend provides every hook. [`connect`] picks the backend from the database
 //! URL's scheme; the backend files hold only what truly differs (connection set-up, the
 //! LISTEN task on PostgreSQL, their dialect).
 //!
 //! The shared code is split by job, one file each:
-//! - `accounts.rs`: the single-record write scripts (link, change, preference, payout
-//!   failure), the retry loop that runs them, and the reads of accounts and claims;
+//! - `batch.rs`: the one write path's storage half: reading and locking what a batch of
+//!   writes needs, and writing what the planner (`domain::planner`) decided, one
+//!   statement per table;
+//! - `accounts.rs`: single writes (link, change, preference, payout failure) as batches
+//!   of one (`domain::commands`), the retry loop that runs them, and the reads of
+//!   accounts and claims;
 //! - `idempotency.rs`: taking an idempotency key and replaying the first answer;
-//! - `planner.rs`: the population-sync batch planner (pure: decides in memory);
-//!   `population.rs`: reading, locking and writing those batches around it;
-//!   `pipeline.rs`: several such batches in flight at once, their order's meaning kept;
+//! - `population.rs`: the population-sync batches; `pipeline.rs`: several of them in
+//!   flight at once, their order's meaning kept;
 //! - `resolution.rs`: which account pays, now (in bulk) or as of a past instant;
 //! - `feed.rs`: the event feed, the sequencer, pruning, named consumers, watch lists and
 //!   the sync digest;
@@ -38,10 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::assertion::{Authority, Capacity};
+use crate::domain::assertion::Capacity;
 use crate::domain::{
     Account, ChangeAccount, CitizenId, CitizenStatus, LegacyId, LinkAccount, ProgramCode,
     RecordOutcome, Rejection, ReportPayoutFailure, Resolution, SetPreference, SyncAccount,
@@ -60,13 +62,13 @@ macro_rules! account_columns {
 
 mod access_log;
 mod accounts;
+mod batch;
 mod dialect;
 mod feed;
 mod freshness;
 mod health;
 mod idempotency;
 mod pipeline;
-mod planner;
 mod population;
 mod postgres;
 pub mod reference;
@@ -108,44 +110,6 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// Who is writing, when, and under which idempotency key.
-#[derive(Debug, Clone)]
-pub struct WriteContext {
-    /// The authenticated client, recorded as the actor of the change.
-    pub actor: String,
-    pub idempotency: Option<Idempotency>,
-    pub now: Timestamp,
-    /// What the client is entitled to assert (its provider bindings, `verify.in_person`,
-    /// payer): checked against each account a write vouches for (`domain::assertion`).
-    pub authority: Authority,
-}
-
-/// A write's idempotency key and a digest of the request it came with.
-#[derive(Debug, Clone)]
-pub struct Idempotency {
-    pub key: Uuid,
-    /// SHA-256 over the operation name and the request without its key.
-    pub request_hash: Vec<u8>,
-}
-
-/// A write's answer: the account as it now is, and for a payout-failure report the id of
-/// the recorded failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
-    pub account: Account,
-    #[serde(default)]
-    pub failure_id: Option<Uuid>,
-}
-
-impl Answer {
-    fn of(account: Account) -> Answer {
-        Answer {
-            account,
-            failure_id: None,
-        }
-    }
-}
 
 /// What `check` found comparing the resolution read model with the source tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -219,6 +183,7 @@ pub struct HistoryEntry {
 }
 
 pub use crate::domain::link::DuplicateClaim;
+pub use crate::domain::write::{Answer, Idempotency, WriteContext};
 
 /// What a committed sync batch did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -358,10 +323,10 @@ pub struct ReadState {
     pub replicas: Vec<(String, bool, i64)>,
 }
 
+pub use crate::domain::planner::{AccountKeyTuple, SyncRecord};
 pub use freshness::{CacheStats, CONFIRM_EVERY};
 pub use health::{deadline_passed, fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
 pub use pipeline::Pipeline;
-pub use planner::{AccountKeyTuple, SyncRecord};
 pub use replicas::REPLICA_POLL;
 
 /// Everything the service asks of its database.

@@ -20,7 +20,7 @@ use std::future::Future;
 
 use tokio::task::{JoinError, JoinHandle};
 
-use super::planner::{AccountKeyTuple, SyncRecord};
+use crate::domain::planner::{AccountKeyTuple, SyncRecord};
 
 /// What an earlier batch may decide for a later one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -14,7 +14,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Arguments, PgPool, Postgres};
 
-use super::dialect::{Dialect, UniqueTarget};
+use super::dialect::Dialect;
 use super::freshness::{Freshness, Round};
 use super::replicas::Replicas;
 use super::sql::{columns, Arg, Column, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
@@ -155,15 +155,6 @@ impl Dialect for PgDialect {
         Some(format!("SET LOCAL statement_timeout = {ms}"))
     }
 
-    const LOCK_CITIZEN: &'static str =
-        "SELECT full_name, status FROM citizens WHERE citizen_id = $1 FOR UPDATE";
-
-    const LOCK_ACCOUNT: &'static str = concat!(
-        "SELECT ",
-        account_columns!(),
-        " FROM accounts WHERE account_id = $1 FOR UPDATE"
-    );
-
     /// Locks the rows a bulk select returns.
     const FOR_UPDATE: &'static str = " FOR UPDATE";
 
@@ -232,20 +223,6 @@ impl Dialect for PgDialect {
 
     /// `$n`: PostgreSQL's only kind.
     const PLACEHOLDER: Placeholder = Placeholder::Numbered;
-
-    /// PostgreSQL names the violated constraint.
-    fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
-        let db = e.as_database_error()?;
-        if !db.is_unique_violation() {
-            return None;
-        }
-        match db.constraint()? {
-            "accounts_one_holder" => Some(UniqueTarget::Holder),
-            "accounts_one_open_link" => Some(UniqueTarget::OpenLink),
-            "idempotency_keys_pkey" => Some(UniqueTarget::Idempotency),
-            _ => None,
-        }
-    }
 
     /// One array per column, unnested, so the statement text depends only on the column
     /// types (parsed and planned once per connection).
@@ -329,10 +306,16 @@ impl Dialect for PgDialect {
     }
 
     /// Binary COPY: no statement to parse or plan and no executor per row, the rows
-    /// already in PostgreSQL's own binary forms (see `binary_copy`).
+    /// already in PostgreSQL's own binary forms (see `binary_copy`). A few rows (a single
+    /// write's) go in one prepared INSERT instead: COPY costs a round trip more to start.
     async fn append(conn: &mut PgConnection, target: &str, rows: Vec<Row>) -> StoreResult<u64> {
         if rows.is_empty() {
             return Ok(0);
+        }
+        if rows.len() <= FEW_ROWS {
+            let mut q = Self::builder(&format!("INSERT INTO {target} "));
+            Self::push_relation(&mut q, rows)?;
+            return Self::execute(conn, q.build()).await;
         }
         let data = binary_copy(&rows)?;
         let mut copy = conn
@@ -369,6 +352,9 @@ impl Dialect for PgDialect {
             .await?)
     }
 }
+
+/// Up to this many rows are appended by INSERT rather than COPY.
+const FEW_ROWS: usize = 8;
 
 /// `rows` in PostgreSQL's binary COPY format: the signature, flags (none) and an empty
 /// header extension; each row as its field count, then each field as its length in

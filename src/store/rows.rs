@@ -149,13 +149,6 @@ pub(crate) struct PreferenceRow {
     pub since: i64,
 }
 
-/// A row of `citizens`, as the write scripts need it.
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct CitizenRow {
-    pub full_name: Option<String>,
-    pub status: String,
-}
-
 /// A row of `events`.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct EventRow {

@@ -17,10 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::accounts::Command;
 use super::dialect::{Dialect, Pooled, Tx};
 use super::freshness::Freshness;
-use super::planner::{plan_accounts, plan_citizens, SyncStream};
 use super::reference::KnownPrograms;
 use super::replicas::Replicas;
 use super::sql::Sql;
@@ -29,6 +27,8 @@ use super::{
     DuplicateClaim, Event, HistoryEntry, ModelCheck, Preference, Provider, ReadState, ResolveQuery,
     Sequenced, Store, StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
 };
+use crate::domain::commands::Command;
+use crate::domain::planner::{plan_accounts, plan_citizens, SyncStream};
 use crate::domain::{
     Account, ChangeAccount, CitizenId, LegacyId, LinkAccount, ReportPayoutFailure, Resolution,
     SetPreference, SyncAccount, SyncCitizen, Timestamp,

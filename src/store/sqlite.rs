@@ -19,7 +19,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, Sqlite, SqlitePool};
 
-use super::dialect::{Dialect, UniqueTarget};
+use super::dialect::Dialect;
 use super::freshness::Freshness;
 use super::replicas::Replicas;
 use super::sql::{Arg, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
@@ -84,15 +84,6 @@ impl Dialect for SqliteDialect {
     }
 
     // The single writer connection already excludes other writers; no row locks needed.
-    const LOCK_CITIZEN: &'static str =
-        "SELECT full_name, status FROM citizens WHERE citizen_id = $1";
-
-    const LOCK_ACCOUNT: &'static str = concat!(
-        "SELECT ",
-        account_columns!(),
-        " FROM accounts WHERE account_id = $1"
-    );
-
     const FOR_UPDATE: &'static str = "";
 
     /// `position` is the rowid (AUTOINCREMENT: rows of one INSERT get increasing ids), and
@@ -143,26 +134,6 @@ impl Dialect for SqliteDialect {
     /// (tens of thousands of parameters) would cost quadratic time. Anonymous ones are
     /// bound by position.
     const PLACEHOLDER: Placeholder = Placeholder::Anonymous;
-
-    /// SQLite names the violated columns rather than the index:
-    /// `UNIQUE constraint failed: table.col, table.col`.
-    fn unique_target(e: &sqlx::Error) -> Option<UniqueTarget> {
-        let db = e.as_database_error()?;
-        if !db.is_unique_violation() {
-            return None;
-        }
-        let columns = db.message().split("failed:").nth(1)?.trim();
-        match columns {
-            "accounts.kind, accounts.provider_code, accounts.account_ref" => {
-                Some(UniqueTarget::Holder)
-            }
-            "accounts.citizen_id, accounts.kind, accounts.provider_code, accounts.account_ref" => {
-                Some(UniqueTarget::OpenLink)
-            }
-            "idempotency_keys.client_id, idempotency_keys.key" => Some(UniqueTarget::Idempotency),
-            _ => None,
-        }
-    }
 
     /// Multi-row `VALUES`.
     fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()> {

@@ -1,37 +1,40 @@
-//! Planning a population-sync batch: what each record does, decided in memory against the
-//! state the transaction read (and locked), then written with one statement per table.
+//! The write planner: what a batch of writes does, decided in memory against the state its
+//! transaction read (and locked), as rows to write.
 //!
-//! The planner walks the batch in order, so a record sees the effect of the records before
-//! it in the same batch (two revisions of one record, two claims on one account), exactly
-//! as if they had been applied one by one. It applies the same rules as the single-record
-//! commands: the account state machine, `check_verification`, the one-holder rule (a
-//! refused claim is recorded and announced), the open-account limit, the first verified
-//! account becoming the default. What it decides is a [`Work`]: rows to write. A record
-//! the ledger (`sync_records`) already answered is not planned again: the same version is
-//! answered with the outcome recorded then, refusal included, and an older one is STALE.
+//! Every write is a batch: a population-sync batch of records, or a single command
+//! (`commands.rs`) as a batch of one. [`Accounts`] is the planner's working copy of the
+//! accounts a batch touches, and its steps (link, verify, change, prefer) are what every
+//! write of accounts is made of, each applying the rules (`link` for links, claims and the
+//! first default; `Account::changed` for the state machine; `assertion` for who may
+//! vouch; `resolve::previous_for_change` for the cooling-off) once, for every path.
 //!
-//! It is pure (no SQL, no dialect): `population.rs` reads what a batch needs into a
-//! [`Loaded`], calls the planner, and writes the [`Work`]. The rules themselves are in
-//! `domain` (`domain::link` for links and claims, `Account::changed` for the state
-//! machine, `domain::assertion` for who may vouch), shared with the single-record scripts
-//! in `accounts.rs`; what differs is only how the state is read and written. (It was
-//! `store/sync.rs`; "sync" also names the population platform's streams and the sync
-//! digest.)
+//! A batch is walked in order, so a record sees the effect of the records before it in
+//! the same batch (two revisions of one record, two claims on one account), exactly as if
+//! they had been applied one by one. What it decides is a [`Work`]: rows to write, table
+//! by table. A sync record the ledger (`sync_records`) already answered is not planned
+//! again: the same version is answered with the outcome recorded then, refusal included,
+//! and an older one is STALE.
+//!
+//! It is pure (no SQL): the store reads what a batch needs into a [`Loaded`], calls the
+//! planner, and writes the [`Work`] with one statement per table (`store/batch.rs`).
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::{DuplicateClaim, WriteContext};
+use super::link::DuplicateClaim;
+use super::write::WriteContext;
 use crate::domain::assertion::{may_verify, Capacity, Channel, HolderNameSource};
+use crate::domain::event::PreferenceChanged;
 use crate::domain::link::{
     check_link, claim_on_held, first_verified_default, new_link, owned_by_another, ProviderTerms,
     DUPLICATE_CLAIM_REASON, FIRST_VERIFIED_REASON,
 };
 use crate::domain::{
-    check_verification, Account, AccountKind, AccountRef, AccountStatus, Change, CitizenId,
-    CitizenStatus, Reason, RecordOutcome, Rejection, SyncAccount, SyncCitizen, VerificationInput,
+    account_not_found, check_verification, Account, AccountKind, AccountRef, AccountStatus, Change,
+    CitizenId, CitizenStatus, HolderName, Reason, RecordOutcome, Rejection, SyncAccount,
+    SyncCitizen, Timestamp, VerificationInput,
 };
 
 /// The two sync streams, as named in `sync_records.stream`.
@@ -108,7 +111,7 @@ pub struct CitizenState {
 /// Identifies an account at its provider.
 pub type AccountKeyTuple = (AccountKind, String, AccountRef);
 
-fn key_of(a: &Account) -> AccountKeyTuple {
+pub fn key_of(a: &Account) -> AccountKeyTuple {
     (a.kind, a.provider_code.clone(), a.account_ref.clone())
 }
 
@@ -190,6 +193,17 @@ pub struct Loaded {
     pub has_default: HashSet<String>,
     /// The reference data's providers, by code.
     pub providers: HashMap<String, ProviderTerms>,
+    /// A single command's citizen's preferences (the default's program code is empty).
+    pub preferences: Vec<StoredPreference>,
+}
+
+/// A row of `preferences`, as a single command reads it.
+#[derive(Debug, Clone)]
+pub struct StoredPreference {
+    pub program_code: String,
+    pub account_id: Uuid,
+    pub previous: Option<Uuid>,
+    pub since: Timestamp,
 }
 
 /// A citizen row to write (insert or update).
@@ -225,6 +239,7 @@ pub struct EventWrite {
 /// A row of `sync_records`.
 #[derive(Debug, Clone)]
 pub struct LedgerWrite {
+    pub stream: SyncStream,
     pub record_id: String,
     pub version: i64,
     pub outcome: &'static str,
@@ -239,12 +254,19 @@ pub struct LedgerWrite {
 }
 
 impl LedgerWrite {
-    fn new(record_id: &str, version: i64, outcome: &RecordOutcome, citizen_id: &str) -> Self {
+    fn new(
+        stream: SyncStream,
+        record_id: &str,
+        version: i64,
+        outcome: &RecordOutcome,
+        citizen_id: &str,
+    ) -> Self {
         let (rejected_field, rejected_message) = match outcome {
             RecordOutcome::Rejected(r) => (r.field.clone(), Some(r.message.clone())),
             RecordOutcome::Applied | RecordOutcome::Stale => (None, None),
         };
         LedgerWrite {
+            stream,
             record_id: record_id.to_owned(),
             version,
             outcome: outcome_text(outcome),
@@ -257,10 +279,42 @@ impl LedgerWrite {
     }
 }
 
-/// A new default preference.
+/// A version of an account to append to `account_history`.
 #[derive(Debug, Clone)]
-pub struct DefaultWrite {
+pub struct HistoryWrite {
     pub account: Account,
+    pub change: Change,
+    pub reason: String,
+    /// The capacity the change was asserted in: a verification's, a rejection's, the
+    /// payer's whose failed credit suspended the account.
+    pub capacity: Option<Capacity>,
+}
+
+/// A preference pointed at an account: the default when `program_code` is empty.
+#[derive(Debug, Clone)]
+pub struct PreferenceWrite {
+    pub account: Account,
+    pub program_code: String,
+    /// The account paid during the cooling-off (`previous_for_change`).
+    pub previous: Option<Uuid>,
+    pub reason: String,
+    /// Whether the citizen had this preference when the batch read it: existing rows are
+    /// updated, new ones appended.
+    pub existed: bool,
+}
+
+/// A row of `payout_failures`.
+#[derive(Debug, Clone)]
+pub struct FailureWrite {
+    pub failure_id: Uuid,
+    pub account_id: Uuid,
+    pub citizen_id: String,
+    pub program_code: String,
+    pub failure_code: &'static str,
+    pub payer_reference: String,
+    pub failed_at: Option<Timestamp>,
+    pub reason: String,
+    pub capacity: Capacity,
 }
 
 /// Everything a batch writes, table by table.
@@ -275,15 +329,15 @@ pub struct Work {
     pub accounts: Vec<Account>,
     /// Final state per account the batch created, in id order.
     pub new_accounts: Vec<Account>,
-    /// Each version an account passed through in the batch, with its change and reason.
-    pub account_history: Vec<(Account, Change, String)>,
+    /// Each version an account passed through in the batch.
+    pub account_history: Vec<HistoryWrite>,
     pub duplicate_claims: Vec<DuplicateClaim>,
-    pub defaults: Vec<DefaultWrite>,
+    pub preferences: Vec<PreferenceWrite>,
+    pub failures: Vec<FailureWrite>,
     pub events: Vec<EventWrite>,
     /// Final entry per record id.
     pub ledger: Vec<LedgerWrite>,
 }
-
 const SYNC_REASON: &str = "population sync";
 
 /// `sync_records.outcome` of an applied record.
@@ -389,7 +443,13 @@ pub fn plan_citizens(_ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded
                 outcome: outcome.clone(),
             },
         );
-        ledger_writes.push(LedgerWrite::new(&rec.record_id, rec.version, &outcome, id));
+        ledger_writes.push(LedgerWrite::new(
+            SyncStream::Citizens,
+            &rec.record_id,
+            rec.version,
+            &outcome,
+            id,
+        ));
         work.outcomes.push(outcome);
     }
     touched.sort();
@@ -424,9 +484,22 @@ fn aliases_conflict(rec: &SyncCitizen, aliases: &HashMap<String, String>) -> Opt
     })
 }
 
-/// The planner's working copy of the accounts a batch touches.
-struct Accounts<'a> {
-    ctx: &'a WriteContext,
+/// A verification to apply: the evidence, the capacity the writer was found entitled to
+/// vouch in (`may_verify`, decided by the caller before anything is written), and the
+/// holder name sent with it, with whose statement that name is.
+pub struct Vouch<'v> {
+    pub input: VerificationInput,
+    pub capacity: Capacity,
+    pub holder_name: Option<(&'v HolderName, HolderNameSource)>,
+}
+
+/// The planner's working copy of the accounts a batch touches, and the steps every write
+/// of accounts is made of (link, verify, change, prefer), each applying the rules of
+/// `domain` to that copy and recording what to write in a [`Work`]. The population-sync
+/// records and the single commands (`commands.rs`) are sequences of these steps.
+pub struct Accounts<'a> {
+    pub ctx: &'a WriteContext,
+    loaded: &'a Loaded,
     /// Current state of every account read or created, and whether it is new.
     accounts: HashMap<Uuid, (Account, bool)>,
     /// The accounts of each citizen (ids into `accounts`), so a record looks at its own
@@ -435,9 +508,53 @@ struct Accounts<'a> {
     changed: HashSet<Uuid>,
     holders: HashMap<AccountKeyTuple, (String, Uuid)>,
     has_default: HashSet<String>,
+    /// Citizens this batch creates (first seen by a link), and the reason it records.
+    first_seen: HashSet<String>,
+    first_seen_reason: &'static str,
 }
 
-impl Accounts<'_> {
+impl<'a> Accounts<'a> {
+    /// A working copy of what `loaded` holds. A link for a citizen `loaded` lacks creates
+    /// the citizen (ACTIVE, no registered name), recording `first_seen_reason`.
+    pub fn new(
+        ctx: &'a WriteContext,
+        loaded: &'a Loaded,
+        first_seen_reason: &'static str,
+    ) -> Accounts<'a> {
+        let mut by_citizen: HashMap<String, Vec<Uuid>> = HashMap::new();
+        for a in loaded.accounts.values() {
+            by_citizen
+                .entry(a.citizen_id.as_str().to_owned())
+                .or_default()
+                .push(a.id);
+        }
+        Accounts {
+            ctx,
+            loaded,
+            accounts: loaded
+                .accounts
+                .iter()
+                .map(|(id, a)| (*id, (a.clone(), false)))
+                .collect(),
+            by_citizen,
+            changed: HashSet::new(),
+            holders: loaded.holders.clone(),
+            has_default: loaded.has_default.clone(),
+            first_seen: HashSet::new(),
+            first_seen_reason,
+        }
+    }
+
+    /// An account's state as the batch has left it so far.
+    pub fn get(&self, id: Uuid) -> Option<&Account> {
+        self.accounts.get(&id).map(|(a, _)| a)
+    }
+
+    /// The account a command names, or the refusal for an id the registry does not know.
+    pub fn existing(&self, id: Uuid) -> Result<Account, Rejection> {
+        self.get(id).cloned().ok_or_else(|| account_not_found(id))
+    }
+
     fn open_of<'s>(&'s self, citizen: &'s str) -> impl Iterator<Item = &'s Account> + 's {
         self.by_citizen
             .get(citizen)
@@ -448,7 +565,15 @@ impl Accounts<'_> {
     }
 
     /// Stores a new version of an account, with its history row and event.
-    fn record(&mut self, work: &mut Work, account: Account, change: Change, is_new: bool) {
+    fn record(
+        &mut self,
+        work: &mut Work,
+        account: Account,
+        change: Change,
+        is_new: bool,
+        reason: &str,
+        capacity: Option<Capacity>,
+    ) {
         if account.status.is_held() {
             self.holders.insert(
                 key_of(&account),
@@ -461,19 +586,19 @@ impl Accounts<'_> {
         {
             self.holders.remove(&key_of(&account));
         }
-        work.account_history
-            .push((account.clone(), change, SYNC_REASON.to_owned()));
-        let actor_capacity = match change {
-            Change::Verified => account.verification.as_ref().and_then(|v| v.capacity),
-            _ => None,
-        };
+        work.account_history.push(HistoryWrite {
+            account: account.clone(),
+            change,
+            reason: reason.to_owned(),
+            capacity,
+        });
         work.events.push(EventWrite {
             event_type: format!("ACCOUNT_{}", change.as_str()),
             citizen_id: account.citizen_id.as_str().to_owned(),
             account_id: Some(account.id),
-            reason: SYNC_REASON.into(),
+            reason: reason.to_owned(),
             payload: serde_json::to_value(&account).unwrap_or_default(),
-            actor_capacity,
+            actor_capacity: capacity,
         });
         self.changed.insert(account.id);
         if !self.accounts.contains_key(&account.id) {
@@ -517,68 +642,204 @@ impl Accounts<'_> {
         Some(owned_by_another())
     }
 
-    /// Verifies `account` with the record's confirmation: the rules of VerifyAccount, the
-    /// population platform vouching (relaying VNeID) and its holder name the provider's.
-    fn verify(
+    /// Links a new account (`new_link`), verifying it at once when `vouch` is given: a
+    /// claim on an account another citizen holds is refused (and recorded) before
+    /// anything else, then the citizen's status, the provider and the open-account limit
+    /// (`check_link`). Answers the account as the link leaves it.
+    pub fn link(
+        &mut self,
+        work: &mut Work,
+        account: Account,
+        vouch: Option<&Vouch<'_>>,
+        reason: &str,
+    ) -> Result<Account, Rejection> {
+        if let Some(refused) = self.claim_conflict(work, &account, "LINK") {
+            return Err(refused);
+        }
+        let citizen_id = account.citizen_id.as_str();
+        // A citizen the registry has not seen is created ACTIVE by this link.
+        check_link(
+            self.loaded
+                .citizens
+                .get(citizen_id)
+                .map_or(CitizenStatus::Active, |c| c.status),
+            self.loaded.providers.get(&account.provider_code).copied(),
+            &account,
+            self.open_of(citizen_id),
+        )?;
+        let verified = match vouch {
+            Some(v) => Some(self.verify(work, &account, v)?),
+            None => None,
+        };
+        self.first_seen(work, &account.citizen_id);
+        self.record(work, account.clone(), Change::Linked, true, reason, None);
+        match verified {
+            Some(next) => {
+                self.finish_verification(work, next.clone(), reason);
+                Ok(next)
+            }
+            None => Ok(account),
+        }
+    }
+
+    /// Records a citizen first seen by a link, unless the registry or this batch has it.
+    fn first_seen(&mut self, work: &mut Work, citizen: &CitizenId) {
+        let id = citizen.as_str();
+        if self.loaded.citizens.contains_key(id) || !self.first_seen.insert(id.to_owned()) {
+            return;
+        }
+        let state = CitizenState {
+            full_name: None,
+            date_of_birth: None,
+            status: CitizenStatus::Active,
+            died_on: None,
+            source_version: None,
+        };
+        work.citizen_history.push(CitizenHistoryWrite {
+            citizen_id: id.to_owned(),
+            state: state.clone(),
+            reason: self.first_seen_reason,
+        });
+        work.citizens.push(CitizenWrite {
+            citizen_id: citizen.clone(),
+            state,
+            existed: false,
+        });
+    }
+
+    /// The account as `vouch` verifies it, or the rule that refuses: the state machine,
+    /// the evidence (`check_verification`; NAME_MATCH compares the holder name the
+    /// provider reported with this verification, never one stored earlier) and the
+    /// one-holder rule. Records nothing but a refused claim; [`Accounts::finish_verification`]
+    /// records the result.
+    pub fn verify(
         &mut self,
         work: &mut Work,
         account: &Account,
-        rec: &SyncAccount,
-        method: crate::domain::VerificationMethod,
-        registered_name: Option<&str>,
+        vouch: &Vouch<'_>,
     ) -> Result<Account, Rejection> {
-        let input = VerificationInput {
-            method,
-            evidence_ref: rec.evidence(),
-        };
-        let capacity = may_verify(
-            &self.ctx.authority,
-            Channel::PopulationSync,
-            method,
-            &account.provider_code,
-        )?;
         let next = account.changed(
             Change::Verified,
             &self.ctx.actor,
             self.ctx.now,
-            Some((&input, capacity)),
-            rec.holder_name
-                .as_ref()
-                .map(|h| (h, HolderNameSource::Provider)),
+            Some((&vouch.input, vouch.capacity)),
+            vouch.holder_name,
         )?;
-        check_verification(&input, next.holder_name.as_deref(), registered_name)?;
+        let reported = vouch
+            .holder_name
+            .filter(|(_, source)| *source == HolderNameSource::Provider)
+            .map(|(h, _)| h.as_str());
+        let registered = self
+            .loaded
+            .citizens
+            .get(account.citizen_id.as_str())
+            .and_then(|c| c.full_name.as_deref());
+        check_verification(&vouch.input, reported, registered)?;
         if let Some(refused) = self.claim_conflict(work, account, "VERIFY") {
             return Err(refused);
         }
         Ok(next)
     }
+
+    /// Records a verification, and makes the account the default if the citizen has none.
+    pub fn finish_verification(&mut self, work: &mut Work, next: Account, reason: &str) {
+        let capacity = next.verification.as_ref().and_then(|v| v.capacity);
+        self.record(
+            work,
+            next.clone(),
+            Change::Verified,
+            false,
+            reason,
+            capacity,
+        );
+        let has_default = self.has_default.contains(next.citizen_id.as_str());
+        if first_verified_default(&next, has_default).is_some() {
+            self.prefer(work, &next, "", None, FIRST_VERIFIED_REASON, false);
+        }
+    }
+
+    /// Applies a change other than a verification (reject, suspend, reinstate, close)
+    /// to `account` and records it, asserted in `capacity` where one was required.
+    pub fn change(
+        &mut self,
+        work: &mut Work,
+        account: &Account,
+        change: Change,
+        capacity: Option<Capacity>,
+        reason: &str,
+    ) -> Result<Account, Rejection> {
+        let next = account.changed(change, &self.ctx.actor, self.ctx.now, None, None)?;
+        self.record(work, next.clone(), change, false, reason, capacity);
+        Ok(next)
+    }
+
+    /// Points the citizen's preference for `program_code` (the default when empty) at
+    /// `account`, remembering `previous` for the cooling-off, and announces it.
+    pub fn prefer(
+        &mut self,
+        work: &mut Work,
+        account: &Account,
+        program_code: &str,
+        previous: Option<Uuid>,
+        reason: &str,
+        existed: bool,
+    ) {
+        let citizen = account.citizen_id.as_str();
+        if program_code.is_empty() {
+            self.has_default.insert(citizen.to_owned());
+        }
+        let payload = PreferenceChanged {
+            program_code: program_code.to_owned(),
+            previous_account_id: previous,
+            account: account.clone(),
+        };
+        work.events.push(EventWrite {
+            event_type: "DEFAULT_CHANGED".into(),
+            citizen_id: citizen.to_owned(),
+            account_id: Some(account.id),
+            reason: reason.to_owned(),
+            payload: serde_json::to_value(payload).unwrap_or_default(),
+            actor_capacity: None,
+        });
+        work.preferences.push(PreferenceWrite {
+            account: account.clone(),
+            program_code: program_code.to_owned(),
+            previous,
+            reason: reason.to_owned(),
+            existed,
+        });
+    }
+
+    /// Moves the final state of every account the batch changed into `work`, existing
+    /// accounts and new ones apart, each in id order; and the citizens in id order.
+    pub fn finish(self, work: &mut Work) {
+        let mut changed: Vec<Uuid> = self.changed.iter().copied().collect();
+        changed.sort();
+        for id in changed {
+            if let Some((a, is_new)) = self.accounts.get(&id) {
+                if *is_new {
+                    work.new_accounts.push(a.clone());
+                } else {
+                    work.accounts.push(a.clone());
+                }
+            }
+        }
+        work.citizens
+            .sort_by(|a, b| a.citizen_id.as_str().cmp(b.citizen_id.as_str()));
+    }
 }
 
+/// Why a citizen first seen by a population-sync record was created.
+const FIRST_DECLARED_REASON: &str = "first seen when an account was declared";
+
 /// Plans a batch of account records. Citizens the registry has never heard of are created
-/// (ACTIVE, no registered name) as LinkAccount does; `loaded.citizens` must hold them.
+/// (ACTIVE, no registered name) by the first record that links an account to them, as
+/// LinkAccount does.
 pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded) -> Work {
     let mut work = Work::default();
     let mut ledger = loaded.ledger.clone();
     let mut ledger_writes = Vec::new();
-    let mut state = Accounts {
-        ctx,
-        accounts: loaded
-            .accounts
-            .iter()
-            .map(|(id, a)| (*id, (a.clone(), false)))
-            .collect(),
-        by_citizen: HashMap::new(),
-        changed: HashSet::new(),
-        holders: loaded.holders.clone(),
-        has_default: loaded.has_default.clone(),
-    };
-    for a in loaded.accounts.values() {
-        state
-            .by_citizen
-            .entry(a.citizen_id.as_str().to_owned())
-            .or_default()
-            .push(a.id);
-    }
+    let mut state = Accounts::new(ctx, loaded, FIRST_DECLARED_REASON);
     for rec in batch {
         let seen = ledger.get(&rec.record_id);
         if let Some(answer) = answered(seen, rec.version) {
@@ -588,11 +849,10 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
         let declared = seen.and_then(|e| e.account_id);
         // A refusal is decided before anything is recorded for the record, so it leaves
         // the work untouched except for a recorded duplicate claim.
-        let (outcome, account_id) =
-            match apply_account(&mut state, &mut work, loaded, rec, declared) {
-                Ok(id) => (RecordOutcome::Applied, id),
-                Err(refused) => (RecordOutcome::Rejected(refused), declared),
-            };
+        let (outcome, account_id) = match apply_account(&mut state, &mut work, rec, declared) {
+            Ok(id) => (RecordOutcome::Applied, id),
+            Err(refused) => (RecordOutcome::Rejected(refused), declared),
+        };
         ledger.insert(
             rec.record_id.clone(),
             LedgerEntry {
@@ -604,6 +864,7 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
         ledger_writes.push(LedgerWrite {
             account_id,
             ..LedgerWrite::new(
+                SyncStream::Accounts,
                 &rec.record_id,
                 rec.version,
                 &outcome,
@@ -612,17 +873,7 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
         });
         work.outcomes.push(outcome);
     }
-    let mut changed: Vec<Uuid> = state.changed.iter().copied().collect();
-    changed.sort();
-    for id in changed {
-        if let Some((a, is_new)) = state.accounts.get(&id) {
-            if *is_new {
-                work.new_accounts.push(a.clone());
-            } else {
-                work.accounts.push(a.clone());
-            }
-        }
-    }
+    state.finish(&mut work);
     work.ledger = final_ledger(ledger_writes, &loaded.ledger);
     work
 }
@@ -631,19 +882,13 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
 fn apply_account(
     state: &mut Accounts<'_>,
     work: &mut Work,
-    loaded: &Loaded,
     rec: &SyncAccount,
     declared: Option<Uuid>,
 ) -> Result<Option<Uuid>, Rejection> {
     let citizen_id = rec.citizen_id.as_str();
-    let citizen = loaded.citizens.get(citizen_id);
-    let registered_name = citizen.and_then(|c| c.full_name.as_deref());
     // The account this record is about: the one it declared before, else an open account
     // of the citizen with the same key (linked by another channel).
-    let target = match declared
-        .and_then(|id| state.accounts.get(&id))
-        .map(|(a, _)| a.clone())
-    {
+    let target = match declared.and_then(|id| state.get(id)).cloned() {
         Some(a)
             if a.citizen_id.as_str() != citizen_id
                 || a.kind != rec.kind
@@ -671,16 +916,39 @@ fn apply_account(
         let Some(account) = target else {
             return Ok(declared);
         };
-        let next = account.changed(Change::Closed, &state.ctx.actor, state.ctx.now, None, None)?;
-        let id = next.id;
-        state.record(work, next, Change::Closed, false);
-        return Ok(Some(id));
+        let next = state.change(work, &account, Change::Closed, None, SYNC_REASON)?;
+        return Ok(Some(next.id));
     }
-    let account = match target {
-        Some(account) => account,
+    // The population platform vouches (relaying VNeID), and the holder name it relays is
+    // the provider's statement. Who may vouch is decided before anything is recorded.
+    let vouch = match rec.confirmation {
+        Some(method)
+            if target
+                .as_ref()
+                .is_none_or(|a| a.status == AccountStatus::PendingVerification) =>
+        {
+            Some(Vouch {
+                input: VerificationInput {
+                    method,
+                    evidence_ref: rec.evidence(),
+                },
+                capacity: may_verify(
+                    &state.ctx.authority,
+                    Channel::PopulationSync,
+                    method,
+                    &rec.provider_code,
+                )?,
+                holder_name: rec
+                    .holder_name
+                    .as_ref()
+                    .map(|h| (h, HolderNameSource::Provider)),
+            })
+        }
+        _ => None,
+    };
+    match target {
+        // A new link: the rules of LinkAccount.
         None => {
-            // A new link: the rules of LinkAccount. What the population platform relays
-            // is the provider's statement.
             let account = new_link(
                 &rec.citizen_id,
                 rec.kind,
@@ -690,51 +958,19 @@ fn apply_account(
                 true,
                 state.ctx.now,
             );
-            if let Some(refused) = state.claim_conflict(work, &account, "LINK") {
-                return Err(refused);
-            }
-            // A citizen the registry has not seen is created ACTIVE by this link.
-            check_link(
-                citizen.map_or(CitizenStatus::Active, |c| c.status),
-                loaded.providers.get(&rec.provider_code).copied(),
-                &account,
-                state.open_of(citizen_id),
-            )?;
-            let verified = match rec.confirmation {
-                Some(method) => Some(state.verify(work, &account, rec, method, registered_name)?),
-                None => None,
-            };
-            state.record(work, account.clone(), Change::Linked, true);
-            if let Some(next) = verified {
-                finish_verification(state, work, next);
-            }
-            return Ok(Some(account.id));
+            Ok(Some(
+                state.link(work, account, vouch.as_ref(), SYNC_REASON)?.id,
+            ))
         }
-    };
-    // Declared again without a confirmation, or already verified: nothing to change.
-    if let (AccountStatus::PendingVerification, Some(method)) = (account.status, rec.confirmation) {
-        let next = state.verify(work, &account, rec, method, registered_name)?;
-        finish_verification(state, work, next);
-    }
-    Ok(Some(account.id))
-}
-
-/// Records a verification, and makes the account the default if the citizen has none.
-fn finish_verification(state: &mut Accounts<'_>, work: &mut Work, next: Account) {
-    let citizen = next.citizen_id.as_str().to_owned();
-    state.record(work, next.clone(), Change::Verified, false);
-    let has_default = state.has_default.contains(&citizen);
-    if let Some(default) = first_verified_default(&next, has_default) {
-        state.has_default.insert(citizen.clone());
-        work.events.push(EventWrite {
-            event_type: "DEFAULT_CHANGED".into(),
-            citizen_id: citizen,
-            account_id: Some(next.id),
-            reason: FIRST_VERIFIED_REASON.into(),
-            payload: serde_json::to_value(default).unwrap_or_default(),
-            actor_capacity: None,
-        });
-        work.defaults.push(DefaultWrite { account: next });
+        // Declared again with a confirmation while pending: verified. Without one, or
+        // already verified: nothing to change.
+        Some(account) => {
+            if let Some(vouch) = &vouch {
+                let next = state.verify(work, &account, vouch)?;
+                state.finish_verification(work, next, SYNC_REASON);
+            }
+            Ok(Some(account.id))
+        }
     }
 }
 
