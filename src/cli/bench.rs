@@ -89,6 +89,8 @@ pub enum BenchScenario {
     Resolve,
     /// One BatchResolve stream of --ids ids.
     BatchResolve,
+    /// Unary LinkAccount of new citizens, verified at link time (the single-write path).
+    Link,
     /// One SyncAccounts stream of --records new records.
     SyncAccounts,
     /// One SyncCitizens stream of --records records of new citizens.
@@ -260,6 +262,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 &format!("{name} (per record; errors = rejected records)"),
                 1,
             );
+        }
+        BenchScenario::Link => {
+            bench::link(channel, &token()?, args.concurrency, duration)
+                .await?
+                .print("link (verified at link time)", args.concurrency);
         }
         BenchScenario::Health => {
             bench::health(channel, args.concurrency, duration)

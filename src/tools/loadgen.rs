@@ -121,6 +121,37 @@ pub async fn resolve(
     .await
 }
 
+/// Unary LinkAccount of citizens new to the registry, each account confirmed by its
+/// issuer at link time (three events in one transaction: linked, verified, default
+/// changed), `concurrency` calls in flight, for `duration`: the single-write path. Ids are
+/// HCMC men born in the 1900s (`0791` + year + serial) from a random base, so runs do not
+/// collide; a refusal counts as an error.
+pub async fn link(
+    channel: tonic::transport::Channel,
+    token: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let base = (Uuid::new_v4().as_u128() % 90_000_000) as u64;
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(base));
+    run(concurrency, duration, move |_| {
+        let mut client = AccountRegistryServiceClient::new(channel.clone());
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let auth = auth.clone();
+        async move {
+            let mut request = tonic::Request::new(verified_link(
+                format!("0791{n:08}"),
+                format!("31{n:010}"),
+                "benchmark link",
+            ));
+            request.metadata_mut().insert("authorization", auth);
+            client.link_account(request).await.map(|_| ())
+        }
+    })
+    .await
+}
+
 /// The resolution cache's hit and miss counters, scraped from the server's metrics
 /// listener at `addr` (host:port), over plain HTTP/1.0.
 pub async fn cache_counters(addr: &str) -> anyhow::Result<(f64, f64)> {
