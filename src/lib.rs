@@ -12,7 +12,7 @@
 //!
 //! | room | what lives there | may import |
 //! |---|---|---|
-//! | [`domain`] | validated types (`CitizenId::parse`, ...) and every rule; no I/O | nothing |
+//! | [`domain`] | validated types (`CitizenId::parse`, ...) and every rule, the write planner too (every write decided in memory as rows to write); no I/O | nothing |
 //! | [`store`] | the `Store` trait, SQL split by job, one file per backend, the `Dialect` trait for what differs | `domain`, `telemetry` (metric names) |
 //! | [`security`] | scopes (a leaf type), clients and authentication, TLS, handshake deadline, rate limits | nothing |
 //! | [`config`] | `Settings`: defaults, then a TOML file, then the environment | `security` (its settings types) |

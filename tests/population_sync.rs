@@ -24,6 +24,7 @@ on_both_backends!(
     citizen_records_apply_once_and_replays_answer_applied_while_older_versions_are_stale,
     an_account_refusal_sent_again_is_answered_with_the_same_reason_field_and_message,
     an_applied_account_record_sent_again_is_answered_applied_and_writes_nothing,
+    a_citizen_first_seen_by_a_record_is_created_only_when_the_record_is_applied,
     a_citizen_refusal_sent_again_is_answered_with_the_same_refusal,
     a_refusal_recorded_without_its_message_is_repeated_with_a_message_that_says_so,
     death_stops_payment_from_its_commit_and_a_newer_record_can_correct_it,
@@ -274,6 +275,79 @@ async fn an_account_refusal_sent_again_is_answered_with_the_same_reason_field_an
         footprint(&app).await,
         before,
         "a stale record changes nothing"
+    );
+}
+
+async fn a_citizen_first_seen_by_a_record_is_created_only_when_the_record_is_applied(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    // Neither 720 nor 721 nor 722 is known to the registry. 720 declares an account and
+    // is created by it; 721 claims the account 720 now holds and 722 names a provider the
+    // reference data lacks: both are refused, and neither citizen is created.
+    let mut unknown_provider = bank(
+        "u1",
+        1,
+        722,
+        "0011000000722",
+        VerificationMethod::Unspecified,
+    );
+    unknown_provider.provider_code = "999999".into();
+    let acks = sync_accounts(
+        &app,
+        vec![
+            bank(
+                "h1",
+                1,
+                720,
+                "0011000000720",
+                VerificationMethod::IssuerConfirmed,
+            ),
+            bank(
+                "c1",
+                1,
+                721,
+                "0011000000720",
+                VerificationMethod::IssuerConfirmed,
+            ),
+            unknown_provider,
+        ],
+    )
+    .await;
+    assert_eq!(totals(&acks), (3, 1, 0, 2), "{acks:?}");
+    let exists = |n: u32| {
+        format!(
+            "SELECT COUNT(*) FROM citizens WHERE citizen_id = '{}'",
+            cid(n)
+        )
+    };
+    assert_eq!(app.db.count(&exists(720)).await, 1);
+    assert_eq!(
+        app.db.count(&exists(721)).await,
+        0,
+        "a refused claim creates no citizen"
+    );
+    assert_eq!(
+        app.db.count(&exists(722)).await,
+        0,
+        "a refused record creates no citizen"
+    );
+    let first_seen = app
+        .db
+        .count(&format!(
+            "SELECT COUNT(*) FROM citizen_history WHERE citizen_id = '{}' \
+             AND status = 'ACTIVE' AND reason = 'first seen when an account was declared'",
+            cid(720)
+        ))
+        .await;
+    assert_eq!(first_seen, 1, "the created citizen's first history entry");
+    assert_eq!(
+        outcome(&resolve(&app, &cid(720)).await),
+        ResolveOutcome::Resolved
+    );
+    assert_eq!(
+        outcome(&resolve(&app, &cid(721)).await),
+        ResolveOutcome::UnknownCitizen
     );
 }
 

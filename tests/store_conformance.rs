@@ -243,8 +243,13 @@ async fn a_second_citizen_claiming_a_verified_account_is_refused_and_recorded(ba
             .count(),
         2
     );
-    // The refused claimant got no account.
+    // The refused claimant got no account, and the registry still does not know them.
     assert_eq!(db.count("SELECT COUNT(*) FROM accounts").await, 1);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM citizens WHERE citizen_id = '079200012345'")
+            .await,
+        0
+    );
 }
 
 async fn verifying_an_account_another_citizen_holds_is_refused_and_recorded(backend: Backend) {

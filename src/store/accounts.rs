@@ -27,7 +27,7 @@ use super::{
     WriteContext,
 };
 use crate::domain::commands::{plan_command, Command, Planned};
-use crate::domain::planner::{key_of, Loaded, SyncStream};
+use crate::domain::planner::{key_of, Loaded};
 use crate::domain::{account_not_found, Account, CitizenId, ProgramCode, Timestamp};
 
 /// How often a write is retried after losing a race on a unique constraint. The retry
@@ -118,24 +118,14 @@ impl<D: Dialect> SqlStore<D> {
                 self.check_program(c.program.as_ref()).await?;
                 (c.citizen_id.clone(), Some(c.account_id), None)
             }
-            Command::Change(_) | Command::Failure(_) => {
-                let id = match cmd {
-                    Command::Change(c) => c.account_id,
-                    Command::Failure(c) => {
-                        self.check_program(c.program.as_ref()).await?;
-                        c.account_id
-                    }
-                    _ => unreachable!(),
-                };
-                // The citizen is read unlocked: the citizen's lock comes first.
-                let citizen = citizen_of(tx, id)
-                    .await?
-                    .ok_or_else(|| account_not_found(id))?;
-                (CitizenId::from_stored(citizen), Some(id), None)
+            Command::Change(c) => (owner(tx, c.account_id).await?, Some(c.account_id), None),
+            Command::Failure(c) => {
+                self.check_program(c.program.as_ref()).await?;
+                (owner(tx, c.account_id).await?, Some(c.account_id), None)
             }
         };
         let citizens = [citizen];
-        let mut loaded: Loaded = load(tx, SyncStream::Accounts, &[], &citizens, &[]).await?;
+        let mut loaded: Loaded = load(tx, &citizens).await?;
         let named: Vec<Uuid> = account.into_iter().collect();
         load_accounts(tx, &mut loaded, &citizens, &named).await?;
         if let Command::Prefer(_) = cmd {
@@ -148,14 +138,16 @@ impl<D: Dialect> SqlStore<D> {
     }
 }
 
-/// The citizen an account belongs to (not locked: the citizen's lock comes first).
-async fn citizen_of<D: Dialect>(tx: &mut Tx<D>, account: Uuid) -> StoreResult<Option<String>> {
+/// The citizen an account belongs to, read unlocked (the citizen's lock comes first), or
+/// the refusal for an account the registry does not know.
+async fn owner<D: Dialect>(tx: &mut Tx<D>, account: Uuid) -> StoreResult<CitizenId> {
     let row: Option<(String,)> = tx
         .fetch_optional(
             Sql::new("SELECT citizen_id FROM accounts WHERE account_id = $1").bind(account),
         )
         .await?;
-    Ok(row.map(|(c,)| c))
+    let (citizen,) = row.ok_or_else(|| account_not_found(account))?;
+    Ok(CitizenId::from_stored(citizen))
 }
 
 async fn load_account<D: Dialect, C: Handle<D>>(

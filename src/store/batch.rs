@@ -3,7 +3,7 @@
 //! Every write is a batch: a population-sync batch of up to 1,000 records, or a single
 //! command (LinkAccount, VerifyAccount, ...) as a batch of one. Its transaction reads (and
 //! on PostgreSQL locks) what the batch may touch into a [`Loaded`], the planner
-//! (`planner.rs`, `commands.rs`) decides every record in memory, and [`write_work`] writes
+//! (`domain::planner`, `domain::commands`) decides every record in memory, and [`write_work`] writes
 //! the plan with one statement per table: keys as one set, new rows appended (binary COPY
 //! on PostgreSQL), existing ones upserted. A batch that loses a race with a concurrent
 //! writer (a row it could not lock in advance, a deadlock, a serialization failure) is
@@ -54,16 +54,11 @@ type CitizenStateRow = (
     Option<i64>,
 );
 
-/// Reads (and on PostgreSQL locks) what every batch needs: its citizens, in id order (the
-/// citizen's lock comes before anything else of theirs, for every writer); for a sync
-/// batch, the ledger entries of its records (of `stream`) and the owners of its legacy
-/// numbers.
+/// Reads (and on PostgreSQL locks) what every batch needs first: its citizens, in id
+/// order (the citizen's lock comes before anything else of theirs, for every writer).
 pub(super) async fn load<D: Dialect>(
     tx: &mut Tx<D>,
-    stream: SyncStream,
-    record_ids: &[&str],
     citizens: &[CitizenId],
-    legacy: &[String],
 ) -> StoreResult<Loaded> {
     let mut loaded = Loaded::default();
     let rows: Vec<CitizenStateRow> = select_in(
@@ -86,9 +81,18 @@ pub(super) async fn load<D: Dialect>(
             },
         );
     }
-    if record_ids.is_empty() {
-        return Ok(loaded);
-    }
+    Ok(loaded)
+}
+
+/// Adds what a sync batch needs of its records: their ledger entries (of `stream`), and
+/// the owners of the legacy numbers they register.
+pub(super) async fn load_ledger<D: Dialect>(
+    tx: &mut Tx<D>,
+    loaded: &mut Loaded,
+    stream: SyncStream,
+    record_ids: &[&str],
+    legacy: &[String],
+) -> StoreResult<()> {
     let mut q = D::builder(
         "SELECT record_id, version, account_id, outcome, rejected_field, rejected_message \
          FROM sync_records WHERE stream = ",
@@ -113,7 +117,7 @@ pub(super) async fn load<D: Dialect>(
         .await?;
         loaded.aliases.extend(rows);
     }
-    Ok(loaded)
+    Ok(())
 }
 
 /// Adds what a batch of account writes needs: the accounts it may touch (the citizens'

@@ -1,5 +1,5 @@
 //! Population sync in the database: a batch of the population platform's records read,
-//! planned (`planner.rs`) and written (`batch.rs`) in one transaction.
+//! planned (`domain::planner`) and written (`batch.rs`) in one transaction.
 //!
 //! Every statement handles the whole batch (keys as one set, new rows appended by COPY,
 //! existing ones upserted), so a batch of 1,000 records costs about a dozen statements,
@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::batch::{load, load_accounts, load_holders, lost_race, write_work};
+use super::batch::{load, load_accounts, load_holders, load_ledger, lost_race, write_work};
 use super::dialect::{select_in, Dialect, Tx};
 use super::resolution_model::{refresh, set_statuses};
 use super::sql::{text_keys, Sql};
@@ -52,7 +52,8 @@ impl<D: Dialect> SqlStore<D> {
             let mut tx = self.begin_write().await?;
             tx.run(D::BULK_PREAMBLE).await?;
             let attempt = async {
-                let mut loaded = load(&mut tx, stream, &record_ids, &citizens, &legacy).await?;
+                let mut loaded = load(&mut tx, &citizens).await?;
+                load_ledger(&mut tx, &mut loaded, stream, &record_ids, &legacy).await?;
                 if stream == SyncStream::Accounts {
                     load_accounts(&mut tx, &mut loaded, &citizens, &[]).await?;
                 }
