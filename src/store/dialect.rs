@@ -55,6 +55,10 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// (see `access_log.rs`), rather than on the write pool.
     const ACCESS_LOG_OWN_CONNECTIONS: bool;
 
+    /// Run before `ANALYZE` in its write transaction: bounds how much of each table it
+    /// reads where, left alone, it would read every row while holding the only writer.
+    const ANALYZE_PREAMBLE: &'static [&'static str];
+
     /// Run on a connection of its own, outside any transaction, to reclaim the rows the
     /// sequencer has deleted from its queue (`feed_pending`); empty where a deleted row
     /// leaves nothing behind.

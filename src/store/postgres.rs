@@ -188,6 +188,10 @@ impl Dialect for PgDialect {
     /// read low (README, "Benchmarks").
     const ACCESS_LOG_OWN_CONNECTIONS: bool = true;
 
+    /// PostgreSQL's ANALYZE samples a bounded number of rows (`default_statistics_target`)
+    /// and blocks no writer.
+    const ANALYZE_PREAMBLE: &'static [&'static str] = &[];
+
     /// `feed_pending` is a queue: each event's row is inserted at one end and deleted from
     /// the other once numbered, leaving a dead row version and index entry behind until a
     /// VACUUM. Until then every plan that estimates a range of `position` walks the dead

@@ -102,6 +102,7 @@ impl<D: Dialect> SqlStore<D> {
         if let Some(no_limit) = D::statement_timeout(0) {
             tx.execute(Sql::new(no_limit)).await?;
         }
+        tx.run(D::ANALYZE_PREAMBLE).await?;
         for table in tables {
             tx.execute(Sql::new(format!("ANALYZE {table}"))).await?;
         }
