@@ -21,7 +21,7 @@ use crate::domain::assertion::{
 use crate::domain::link::new_link;
 use crate::domain::{
     check_version, previous_for_change, AccountAction, AccountStatus, ChangeAccount, LinkAccount,
-    PreferenceAt, ProgramCode, Reason, Rejection, ReportPayoutFailure, SetPreference,
+    ProgramCode, Reason, Rejection, ReportPayoutFailure, SetPreference, StoredPreference,
 };
 
 /// The command a write applies.
@@ -180,12 +180,7 @@ fn prefer(
         ));
     }
     let key = ProgramCode::key(cmd.program.as_ref());
-    let stored = |program: &str| {
-        loaded
-            .preferences
-            .iter()
-            .find(|p| p.program_code == program)
-    };
+    let stored = |program: &str| StoredPreference::of(&loaded.preferences, program);
     // What pays this program now: its own preference, else the default. A program's
     // first preference is a change of account like any other and cools off against the
     // default it replaces.
@@ -194,11 +189,7 @@ fn prefer(
         return Ok(Answer::of(account));
     }
     let snapshot = |id: Uuid| state.get(id).cloned().map(Arc::new);
-    let current = own.or_else(|| stored("")).map(|p| PreferenceAt {
-        account: snapshot(p.account_id),
-        since: p.since,
-        previous: p.previous.and_then(snapshot),
-    });
+    let current = own.or_else(|| stored("")).map(|p| p.at(&snapshot));
     let previous = previous_for_change(current.as_ref(), account.id, state.ctx.now, cooling_off);
     state.prefer(work, &account, key, previous, &cmd.reason, own.is_some());
     Ok(Answer::of(account))
@@ -267,7 +258,8 @@ mod tests {
     use super::*;
     use crate::domain::assertion::{Authority, Capacity};
     use crate::domain::link::ProviderTerms;
-    use crate::domain::planner::{plan_accounts, CitizenState, StoredPreference};
+    use crate::domain::planner::{plan_accounts, CitizenState};
+    use crate::domain::StoredPreference;
     use crate::domain::{
         Account, AccountKind, AccountRef, Change, CitizenId, CitizenStatus, HolderName,
         PayoutFailureCode, SyncAccount, Timestamp, VerificationInput, VerificationMethod,

@@ -33,8 +33,8 @@ use crate::domain::link::{
 };
 use crate::domain::{
     account_not_found, check_verification, Account, AccountKind, AccountRef, AccountStatus, Change,
-    CitizenId, CitizenStatus, HolderName, Reason, RecordOutcome, Rejection, SyncAccount,
-    SyncCitizen, Timestamp, VerificationInput,
+    CitizenId, CitizenStatus, HolderName, Reason, RecordOutcome, Rejection, StoredPreference,
+    SyncAccount, SyncCitizen, Timestamp, VerificationInput,
 };
 
 /// The two sync streams, as named in `sync_records.stream`.
@@ -195,15 +195,6 @@ pub struct Loaded {
     pub providers: HashMap<String, ProviderTerms>,
     /// A single command's citizen's preferences (the default's program code is empty).
     pub preferences: Vec<StoredPreference>,
-}
-
-/// A row of `preferences`, as a single command reads it.
-#[derive(Debug, Clone)]
-pub struct StoredPreference {
-    pub program_code: String,
-    pub account_id: Uuid,
-    pub previous: Option<Uuid>,
-    pub since: Timestamp,
 }
 
 /// A citizen row to write (insert or update).

@@ -96,6 +96,33 @@ pub fn resolve(inputs: &ResolutionInputs, at: Timestamp, cooling_off: Duration) 
     Resolution::NoVerifiedAccount
 }
 
+/// A stored preference: the account that pays a program (the default when `program_code`
+/// is empty), since when, and the account paid before it during the cooling-off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPreference {
+    pub program_code: String,
+    pub account_id: uuid::Uuid,
+    pub previous: Option<uuid::Uuid>,
+    pub since: Timestamp,
+}
+
+impl StoredPreference {
+    /// The preference for `program` among a citizen's (the default for "").
+    pub fn of<'a>(prefs: &'a [StoredPreference], program: &str) -> Option<&'a StoredPreference> {
+        prefs.iter().find(|p| p.program_code == program)
+    }
+
+    /// The preference as resolution and a change of account read it, its accounts' state
+    /// found by `account`.
+    pub fn at(&self, account: &impl Fn(uuid::Uuid) -> Option<Arc<Account>>) -> PreferenceAt {
+        PreferenceAt {
+            account: account(self.account_id),
+            since: self.since,
+            previous: self.previous.and_then(account),
+        }
+    }
+}
+
 /// Which account a new preference should remember as "previous" (paid during
 /// cooling-off). If the current preference is itself still cooling off, the account paid
 /// before it stays the previous one: changing the account twice in a row must not shorten

@@ -14,15 +14,15 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::dialect::{append_rows, insert_rows, select_in, Dialect, Tx};
-use super::rows::{citizen_status, provider_terms, AccountRow};
+use super::rows::{citizen_status, provider_terms, AccountRow, PreferenceRow};
 use super::sql::{text_keys, Row, Sql, Val};
 use super::{corrupt, StoreError, StoreResult, WriteContext};
 use crate::domain::assertion::Capacity;
 use crate::domain::planner::{
     AccountKeyTuple, CitizenState, CitizenWrite, HistoryWrite, LedgerEntry, LedgerWrite, Loaded,
-    PreferenceWrite, StoredPreference, SyncStream, Work,
+    PreferenceWrite, SyncStream, Work,
 };
-use crate::domain::{Account, CitizenId, Timestamp};
+use crate::domain::{Account, CitizenId, StoredPreference, Timestamp};
 
 /// A batch lost a race and must be planned again against the winner's committed state.
 pub(super) fn lost_race(e: &StoreError) -> bool {
@@ -195,7 +195,7 @@ pub(super) async fn load_preferences<D: Dialect>(
     loaded: &mut Loaded,
     citizen: &CitizenId,
 ) -> StoreResult<()> {
-    let rows: Vec<(String, Uuid, Option<Uuid>, i64)> = tx
+    let rows: Vec<PreferenceRow> = tx
         .fetch_all(
             Sql::new(
                 "SELECT program_code, account_id, previous_account_id, since FROM preferences \
@@ -204,9 +204,10 @@ pub(super) async fn load_preferences<D: Dialect>(
             .bind(citizen.as_str()),
         )
         .await?;
-    let named: Vec<Val> = rows
+    let prefs: Vec<StoredPreference> = rows.into_iter().map(StoredPreference::from).collect();
+    let named: Vec<Val> = prefs
         .iter()
-        .flat_map(|(_, account, previous, _)| [Some(*account), *previous])
+        .flat_map(|p| [Some(p.account_id), p.previous])
         .flatten()
         .filter(|id| !loaded.accounts.contains_key(id))
         .map(|id| Val::Uuid(Some(id)))
@@ -215,17 +216,7 @@ pub(super) async fn load_preferences<D: Dialect>(
         let a = Account::try_from(row)?;
         loaded.accounts.insert(a.id, a);
     }
-    loaded.preferences = rows
-        .into_iter()
-        .map(
-            |(program_code, account_id, previous, since)| StoredPreference {
-                program_code,
-                account_id,
-                previous,
-                since: Timestamp(since),
-            },
-        )
-        .collect();
+    loaded.preferences = prefs;
     Ok(())
 }
 

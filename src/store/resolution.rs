@@ -21,8 +21,8 @@ use super::sql::Sql;
 use super::sql_store::SqlStore;
 use super::{corrupt, CacheFill, HistoryEntry, ResolveQuery, StoreResult};
 use crate::domain::{
-    min_position_beyond_head, resolve, Account, CitizenStatus, PreferenceAt, ProgramCode,
-    Resolution, ResolutionInputs, Timestamp,
+    min_position_beyond_head, resolve, Account, CitizenStatus, ProgramCode, Resolution,
+    ResolutionInputs, StoredPreference, Timestamp,
 };
 
 /// The read model's rows of `citizens`: one key (unary Resolve) without a transaction,
@@ -191,14 +191,14 @@ impl<D: Dialect> SqlStore<D> {
                     .bind(at.micros()),
                 )
                 .await?;
-            prefs.extend(row);
+            prefs.extend(row.map(StoredPreference::from));
             if program.is_empty() {
                 break;
             }
         }
         let ids: Vec<Uuid> = prefs
             .iter()
-            .flat_map(|p| [Some(p.account_id), p.previous_account_id])
+            .flat_map(|p| [Some(p.account_id), p.previous])
             .flatten()
             .collect();
         let mut accounts = Vec::new();
@@ -225,24 +225,15 @@ impl<D: Dialect> SqlStore<D> {
     }
 }
 
-/// Builds resolution inputs from preference rows (program key and default) and a way to
-/// find each account's state.
+/// Builds resolution inputs from a citizen's preferences (program key and default) and a
+/// way to find each account's state.
 fn inputs_from(
     citizen: Option<CitizenStatus>,
-    prefs: &[PreferenceRow],
+    prefs: &[StoredPreference],
     key: &str,
     account: impl Fn(Uuid) -> Option<Arc<Account>>,
 ) -> ResolutionInputs {
-    let at = |program: &str| {
-        prefs
-            .iter()
-            .find(|p| p.program_code == program)
-            .map(|p| PreferenceAt {
-                account: account(p.account_id),
-                since: Timestamp(p.since),
-                previous: p.previous_account_id.and_then(&account),
-            })
-    };
+    let at = |program: &str| StoredPreference::of(prefs, program).map(|p| p.at(&account));
     ResolutionInputs {
         citizen,
         program: if key.is_empty() { None } else { at(key) },

@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::dialect::{insert_rows, Dialect, Handle, Session, Tx, LOOKUP_CHUNK};
-use super::rows::{citizen_status, AccountRow, PreferenceRow};
+use super::rows::{citizen_status, AccountRow};
 use super::sql::{text_keys, Sql};
 use super::sql_store::SqlStore;
 use super::{corrupt, ModelCheck, ModelDifference, StoreResult};
-use crate::domain::{Account, AccountStatus, CitizenStatus, Timestamp};
+use crate::domain::{Account, AccountStatus, CitizenStatus, StoredPreference, Timestamp};
 
 /// The `read_models` name of this model.
 const MODEL_NAME: &str = "resolution_inputs";
@@ -60,7 +60,7 @@ pub(super) struct CitizenInputs {
 /// they point at by id.
 pub(super) type DecodedInputs = (
     CitizenStatus,
-    Vec<PreferenceRow>,
+    Vec<StoredPreference>,
     HashMap<Uuid, Arc<Account>>,
 );
 
@@ -71,11 +71,11 @@ impl CitizenInputs {
         let mut prefs = Vec::with_capacity(self.preferences.len());
         let mut accounts = HashMap::new();
         for p in self.preferences {
-            prefs.push(PreferenceRow {
+            prefs.push(StoredPreference {
                 program_code: p.program_code,
                 account_id: p.account.account_id,
-                previous_account_id: p.previous.as_ref().map(|b| b.account_id),
-                since: p.since,
+                previous: p.previous.as_ref().map(|b| b.account_id),
+                since: Timestamp(p.since),
             });
             for row in [Some(p.account), p.previous].into_iter().flatten() {
                 accounts.insert(row.account_id, Arc::new(Account::try_from(row)?));
@@ -669,7 +669,7 @@ mod tests {
         assert_eq!(back, row);
         let (status, prefs, accounts) = back.decode().unwrap();
         assert_eq!(status, CitizenStatus::Active);
-        assert_eq!(prefs[1].previous_account_id, Some(Uuid::from_u128(1)));
+        assert_eq!(prefs[1].previous, Some(Uuid::from_u128(1)));
         assert_eq!(accounts.len(), 2);
     }
 

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::{corrupt, DuplicateClaim, Event, HistoryEntry, StoreError, StoreResult};
 use crate::domain::assertion::Capacity;
 use crate::domain::{
-    Account, AccountKind, AccountRef, AccountStatus, CitizenId, CitizenStatus, Timestamp,
-    Verification, VerificationMethod,
+    Account, AccountKind, AccountRef, AccountStatus, CitizenId, CitizenStatus, StoredPreference,
+    Timestamp, Verification, VerificationMethod,
 };
 
 /// A stored citizen status.
@@ -147,6 +147,17 @@ pub(crate) struct PreferenceRow {
     pub account_id: Uuid,
     pub previous_account_id: Option<Uuid>,
     pub since: i64,
+}
+
+impl From<PreferenceRow> for StoredPreference {
+    fn from(r: PreferenceRow) -> StoredPreference {
+        StoredPreference {
+            program_code: r.program_code,
+            account_id: r.account_id,
+            previous: r.previous_account_id,
+            since: Timestamp(r.since),
+        }
+    }
 }
 
 /// A row of `events`.
