@@ -424,3 +424,189 @@ async fn the_digest_needs_events_all_and_a_real_province(backend: Backend) {
         .expect_err("a token is required");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
 }
+
+/// The digest's work in bounded steps, driven round by round through the store: the
+/// first build over a population whose events were numbered before any digest existed,
+/// and the catch-up after a busy spell, each with writes between the steps. Nothing is
+/// published until the work has reached the head; what is published is what one
+/// uninterrupted build of the same state computes.
+mod in_steps {
+    use std::sync::Arc;
+
+    use crate::common::{self, Backend, TestDb};
+    use payout_registry::domain::*;
+    use payout_registry::store::{Store, SyncDigest, WriteContext};
+
+    crate::on_both_backends!(the_digest_is_built_and_caught_up_in_bounded_steps_while_writes_go_on);
+
+    const PROVINCES: [&str; 3] = ["001", "048", "079"];
+
+    fn ctx() -> WriteContext {
+        WriteContext {
+            actor: "test-client".into(),
+            idempotency: None,
+            now: Timestamp::now(),
+            authority: common::entitled(),
+        }
+    }
+
+    /// Citizen `n` of `province`: ids sort by province, then by `n`.
+    fn citizen(province: &str, n: u32) -> String {
+        format!("{province}09{n:07}")
+    }
+
+    /// Links and verifies an account, the citizen's first: it becomes the default.
+    async fn paid(store: &Arc<dyn Store>, citizen: &str, number: u32) -> Account {
+        store
+            .link_account(
+                &ctx(),
+                &LinkAccount {
+                    citizen_id: CitizenId::parse(citizen).unwrap(),
+                    kind: AccountKind::BankAccount,
+                    provider_code: "970436".into(),
+                    account_ref: AccountRef::parse(
+                        AccountKind::BankAccount,
+                        &format!("00710{number:08}"),
+                    )
+                    .unwrap(),
+                    holder_name: None,
+                    verification: Some(VerificationInput {
+                        method: VerificationMethod::InPerson,
+                        evidence_ref: "ev-1".into(),
+                    }),
+                    reason: "test".into(),
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn change(store: &Arc<dyn Store>, account: &Account, action: AccountAction) {
+        store
+            .change_account(
+                &ctx(),
+                &ChangeAccount {
+                    account_id: account.id,
+                    expected_version: None,
+                    action,
+                    reason: "test".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn published(store: &Arc<dyn Store>) -> Option<SyncDigest> {
+        store.sync_digest(None).await.unwrap()
+    }
+
+    /// Numbers every committed event without the digest's work: rounds of a busy feed.
+    async fn number_all(store: &Arc<dyn Store>) {
+        while store.sequence_events(1000, false).await.unwrap().assigned > 0 {}
+    }
+
+    /// The digest, and each province's, as one uninterrupted build computes them from
+    /// the state now: the digest is dropped and built again in a single round.
+    async fn built_at_once(db: &TestDb, store: &Arc<dyn Store>) -> Vec<SyncDigest> {
+        for sql in [
+            "UPDATE feed_head SET digest_through = NULL, digest_work_through = NULL, \
+             digest_build_cursor = NULL",
+            "DELETE FROM digest_citizens",
+            "DELETE FROM digest_provinces",
+        ] {
+            db.execute_raw(sql).await.unwrap();
+        }
+        let round = store.sequence_events(100_000, true).await.unwrap();
+        assert!(!round.digest_behind, "one round builds it");
+        every_digest(store).await
+    }
+
+    async fn every_digest(store: &Arc<dyn Store>) -> Vec<SyncDigest> {
+        let mut all = vec![published(store).await.expect("published")];
+        for province in PROVINCES {
+            all.push(store.sync_digest(Some(province)).await.unwrap().unwrap());
+        }
+        all
+    }
+
+    async fn the_digest_is_built_and_caught_up_in_bounded_steps_while_writes_go_on(
+        backend: Backend,
+    ) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        // 30 citizens, 10 per province, each paid to one verified account; their events
+        // numbered before any digest existed (a registry upgraded over a population).
+        let mut accounts = Vec::new();
+        for n in 0..30u32 {
+            let province = PROVINCES[(n % 3) as usize];
+            accounts.push(paid(&store, &citizen(province, n), n).await);
+        }
+        number_all(&store).await;
+        assert!(published(&store).await.is_none());
+
+        // The first build: four positions and four citizens a step. Between steps, writes
+        // to citizens the scan has passed and to citizens it has not reached.
+        let mut steps = 0;
+        loop {
+            let round = store.sequence_events(4, true).await.unwrap();
+            steps += 1;
+            if !round.digest_behind {
+                break;
+            }
+            assert!(published(&store).await.is_none(), "published mid-build");
+            match steps {
+                // Scanned in the first step (the smallest id): its route goes.
+                2 => change(&store, &accounts[0], AccountAction::Suspend).await,
+                // Below the cursor by now (001 sorts first): a route appears.
+                4 => {
+                    paid(&store, &citizen("001", 100), 100).await;
+                }
+                // Not yet scanned (079 sorts last): its route goes.
+                5 => change(&store, &accounts[29], AccountAction::Close).await,
+                _ => {}
+            }
+            assert!(steps < 200, "the build ends");
+        }
+        assert!(steps >= 8, "30 citizens, four a step: {steps} steps");
+        let built = every_digest(&store).await;
+        assert_eq!(built[0].position, store.feed_head().await.unwrap());
+        assert_eq!(
+            built[0].digest.routes, 29,
+            "30, one suspended, one new, one closed"
+        );
+        assert_eq!(built, built_at_once(&db, &store).await);
+
+        // A busy spell: changes numbered by rounds that skip the digest's work.
+        let before = every_digest(&store).await;
+        for account in &accounts[1..7] {
+            change(&store, account, AccountAction::Suspend).await;
+        }
+        change(&store, &accounts[1], AccountAction::Reinstate).await;
+        number_all(&store).await;
+        let head = store.feed_head().await.unwrap();
+        assert!(head - before[0].position >= 7);
+        // The catch-up, two positions a step. Until it reaches the head, the digest
+        // published before is what GetSyncDigest answers, exactly.
+        let mut steps = 0;
+        loop {
+            let round = store.sequence_events(2, true).await.unwrap();
+            steps += 1;
+            if !round.digest_behind {
+                break;
+            }
+            assert_eq!(every_digest(&store).await, before, "step {steps}");
+            if steps == 2 {
+                paid(&store, &citizen("048", 200), 200).await;
+            }
+            assert!(steps < 200, "the catch-up ends");
+        }
+        assert!(
+            steps as i64 >= (head - before[0].position) / 2,
+            "{steps} steps"
+        );
+        let caught_up = every_digest(&store).await;
+        assert_eq!(caught_up[0].position, store.feed_head().await.unwrap());
+        assert_eq!(caught_up[0].digest.routes, 29 - 6 + 1 + 1);
+        assert_eq!(caught_up, built_at_once(&db, &store).await);
+    }
+}

@@ -19,9 +19,10 @@ use crate::store::Store;
 /// How long the sequencer sleeps without a signal before looking anyway.
 const SAFETY_TICK: Duration = Duration::from_secs(1);
 
-/// How often, at most, a round also brings the sync digest up to the head. The digest's
-/// work (the routes of every citizen the new events name) stays off most rounds, so a
-/// busy feed keeps its latency; the digest trails the head by about this much.
+/// How often, at most, a round also takes a step of the sync digest's work (the routes of
+/// the citizens the new events name; `Store::sequence_events`). It stays off most rounds,
+/// so a busy feed keeps its latency; the digest trails the head by about this much, and a
+/// first build or a catch-up of a long busy spell goes one bounded step per interval.
 const DIGEST_EVERY: Duration = Duration::from_millis(200);
 
 /// The feed grows by at least this many positions between two refreshes of its
@@ -132,7 +133,10 @@ pub async fn run(store: Arc<dyn Store>, round: u32, signals: Arc<Signals>) {
                             async move { store.vacuum_feed_queue().await },
                         );
                     }
-                    if digest && !numbered.digest_behind {
+                    // A round that took a step of the digest's work starts the interval
+                    // again: a first build or a long catch-up goes a step at a time,
+                    // with the write lock free in between.
+                    if digest {
                         last_digest = Some(Instant::now());
                     }
                     digest_behind = numbered.digest_behind;

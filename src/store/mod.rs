@@ -209,7 +209,7 @@ pub struct Sequenced {
 }
 
 /// The sync digest as the sequencer last brought it up to date.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncDigest {
     /// The XOR of the live routes' hashes and their count (see `domain::digest`).
     pub digest: crate::domain::digest::RouteDigest,
@@ -540,8 +540,9 @@ pub trait Store: Send + Sync + 'static {
     /// Gives the committed events that have no feed position yet the next consecutive
     /// ones after the feed's head (at most `limit`), in one transaction; several server
     /// instances may call this at once (they take turns on the head row). With `digest`,
-    /// the same transaction also brings the sync digest up to the new head, when no
-    /// committed event is left unnumbered.
+    /// the same transaction also takes a bounded step (at most `limit` positions, and
+    /// `limit` citizens of a first build) of the sync digest's work, and publishes it when
+    /// it has reached the new head with no committed event left unnumbered.
     async fn sequence_events(&self, limit: u32, digest: bool) -> StoreResult<Sequenced>;
 
     /// Sequenced events after feed position `after`, in feed order.
