@@ -11,9 +11,9 @@
 //! adds in each writer's transaction, become rows of `feed`: events themselves are never
 //! rewritten), and takes a bounded step of the sync digest's work, which is published
 //! only when it has reached the new head with none left unnumbered, so the digest always
-//! describes exactly the feed up to its position (`digest_step`). The dialect adds what differs: PostgreSQL reads one REPEATABLE READ
-//! snapshot (a sequencer that loses the race on the head row starts again) and wakes every
-//! instance with `pg_notify`.
+//! describes exactly the feed up to its position (`digest_step`). The dialect adds what
+//! differs: PostgreSQL reads one REPEATABLE READ snapshot (a sequencer that loses the race
+//! on the head row starts again) and wakes every instance with `pg_notify`.
 
 use std::collections::HashMap;
 
