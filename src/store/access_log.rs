@@ -180,7 +180,7 @@ async fn insert_singles<D: Dialect, C: Handle<D>>(
 }
 
 /// One call's read of many citizens: one row naming them all (and, where the list cannot
-/// be indexed, a narrow row per citizen).
+/// be indexed itself, a row of the full-text index naming them).
 async fn insert_call<D: Dialect>(
     tx: &mut Session<D, sqlx::Transaction<'_, D::DB>>,
     call: &[AccessEntry],
@@ -206,17 +206,12 @@ async fn insert_call<D: Dialect>(
         .push_bind(e.request_id)
         .push(") RETURNING id");
     let (id,): (i64,) = tx.fetch_one(q.build()).await?;
-    if D::ACCESS_LOG_CITIZEN_ROWS {
-        insert_rows(
-            tx,
-            "INSERT INTO access_log_citizens (citizen_id, log_id) ",
-            // A citizen named twice in one call is one row.
-            " ON CONFLICT DO NOTHING",
-            call,
-            2,
-            |row, e| {
-                row.push_bind(e.citizen_id.as_str()).push_bind(id);
-            },
+    if D::ACCESS_LOG_TERMS {
+        let terms: Vec<&str> = call.iter().map(|e| e.citizen_id.as_str()).collect();
+        tx.execute(
+            Sql::new("INSERT INTO access_log_terms (rowid, citizen_ids) VALUES ($1, $2)")
+                .bind(id)
+                .bind(terms.join(" ")),
         )
         .await?;
     }

@@ -72,9 +72,9 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// one of them (`citizen_ids` holds them; how it is searched is the backend's).
     const LOG_NAMES_CITIZEN: &'static str;
 
-    /// Whether a row of many citizens also writes one `access_log_citizens` row per
-    /// citizen (where `citizen_ids` cannot be indexed).
-    const ACCESS_LOG_CITIZEN_ROWS: bool;
+    /// Whether a row of many citizens is also written to the full-text index
+    /// `access_log_terms` (where `citizen_ids` cannot be indexed itself).
+    const ACCESS_LOG_TERMS: bool;
 
     /// Run first in the sequencer's transaction.
     const SEQUENCER_ISOLATION: &'static [&'static str];

@@ -210,7 +210,7 @@ impl Dialect for PgDialect {
     const LOG_NAMES_CITIZEN: &'static str =
         "citizen_ids IS NOT NULL AND citizen_ids @> ARRAY[$1::text]";
 
-    const ACCESS_LOG_CITIZEN_ROWS: bool = false;
+    const ACCESS_LOG_TERMS: bool = false;
 
     /// The sequencer reads one snapshot for the events it numbers and the state the sync
     /// digest is computed from, so the digest describes exactly the feed up to its

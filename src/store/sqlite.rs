@@ -116,11 +116,11 @@ impl Dialect for SqliteDialect {
     /// A deleted row's space goes back to its b-tree page at once: nothing to reclaim.
     const VACUUM_QUEUE: &'static [&'static str] = &[];
 
-    /// Through the narrow rows of `access_log_citizens`.
-    const LOG_NAMES_CITIZEN: &'static str =
-        "id IN (SELECT log_id FROM access_log_citizens WHERE citizen_id = $1)";
+    /// Through the FTS5 index `access_log_terms` (migration 0015), the id as a phrase.
+    const LOG_NAMES_CITIZEN: &'static str = "id IN (SELECT rowid FROM access_log_terms \
+         WHERE access_log_terms MATCH '\"' || $1 || '\"')";
 
-    const ACCESS_LOG_CITIZEN_ROWS: bool = true;
+    const ACCESS_LOG_TERMS: bool = true;
 
     /// The single writer connection already gives the sequencer one consistent state.
     const SEQUENCER_ISOLATION: &'static [&'static str] = &[];
