@@ -7,7 +7,7 @@
 //! instead of one per read. If the log cannot be written, the read fails.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -65,6 +65,7 @@ impl AccessLog {
         for _ in 0..writers.max(1) {
             tokio::spawn(write_batches(writer.clone(), rx.clone(), max_batch.max(1)));
         }
+        tokio::spawn(clean_index(writer));
         AccessLog { tx: Some(tx) }
     }
 
@@ -112,6 +113,26 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Pending>>, max_batch: usize) -> Op
         }
     }
     Some(batch)
+}
+
+/// How often the access log's index has its pending entries merged (PostgreSQL).
+const CLEAN_INDEX_EVERY: Duration = Duration::from_millis(500);
+
+/// Merges the index's pending entries into the index every [`CLEAN_INDEX_EVERY`], so that
+/// the log's writers only append (migration 0015 on PostgreSQL). Ends with the log, or at
+/// once on a backend with nothing to merge.
+async fn clean_index(writer: Arc<Writer>) {
+    loop {
+        tokio::time::sleep(CLEAN_INDEX_EVERY).await;
+        if writer.queue.upgrade().is_none() {
+            return;
+        }
+        match writer.store.clean_access_log_index().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(error = %e, "merging the access log's index failed"),
+        }
+    }
 }
 
 async fn write_batches(

@@ -72,6 +72,10 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// one of them (`citizen_ids` holds them; how it is searched is the backend's).
     const LOG_NAMES_CITIZEN: &'static str;
 
+    /// Merges the pending entries of the index over the citizens of reads of many into
+    /// the index itself, off the read path (`None`: nothing to merge).
+    const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str>;
+
     /// Whether a row of many citizens is also written to the full-text index
     /// `access_log_terms` (where `citizen_ids` cannot be indexed itself).
     const ACCESS_LOG_TERMS: bool;

@@ -526,6 +526,11 @@ pub trait Store: Send + Sync + 'static {
     /// Appends reads to the access log, in one statement.
     async fn append_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()>;
 
+    /// Merges what the access log's index holds pending into the index (see
+    /// `Dialect::ACCESS_LOG_INDEX_CLEANUP`). `false`: this backend has nothing to merge,
+    /// ever.
+    async fn clean_access_log_index(&self) -> StoreResult<bool>;
+
     /// A citizen's access log, newest first; `before_id` pages on.
     async fn access_log(
         &self,

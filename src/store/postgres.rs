@@ -212,6 +212,11 @@ impl Dialect for PgDialect {
 
     const ACCESS_LOG_TERMS: bool = false;
 
+    /// The GIN index keeps new entries in its pending list (migration 0015); merged here
+    /// in bulk, not by the log writer whose row would overflow the list.
+    const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str> =
+        Some("SELECT gin_clean_pending_list('access_log_by_citizen_in_batch')");
+
     /// The sequencer reads one snapshot for the events it numbers and the state the sync
     /// digest is computed from, so the digest describes exactly the feed up to its
     /// position. A sequencer that took its snapshot before another instance's round

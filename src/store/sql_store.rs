@@ -507,6 +507,29 @@ impl<D: Dialect> Store for SqlStore<D> {
             .await
     }
 
+    async fn clean_access_log_index(&self) -> StoreResult<bool> {
+        let Some(statement) = D::ACCESS_LOG_INDEX_CLEANUP else {
+            return Ok(false);
+        };
+        match self.writer().await?.execute(Sql::new(statement)).await {
+            Ok(_) => Ok(true),
+            // Only the index's owner (or a superuser) may merge it: a role that did not
+            // run the migrations leaves it to autovacuum, and to the writer whose row
+            // overflows the pending list.
+            Err(super::StoreError::Database(e))
+                if e.as_database_error()
+                    .is_some_and(|d| d.code().as_deref() == Some("42501")) =>
+            {
+                tracing::warn!(
+                    error = %e,
+                    "this role may not merge the access log's index; autovacuum will"
+                );
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn vacuum_feed_queue(&self) -> StoreResult<()> {
         if D::VACUUM_QUEUE.is_empty() {
             return Ok(());

@@ -122,6 +122,9 @@ impl Dialect for SqliteDialect {
 
     const ACCESS_LOG_TERMS: bool = true;
 
+    /// FTS5 merges its segments as it writes them.
+    const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str> = None;
+
     /// The single writer connection already gives the sequencer one consistent state.
     const SEQUENCER_ISOLATION: &'static [&'static str] = &[];
 
