@@ -26,12 +26,9 @@ use crate::domain::{Account, CitizenId, StoredPreference, Timestamp};
 
 /// A batch lost a race and must be planned again against the winner's committed state.
 pub(super) fn lost_race(e: &StoreError) -> bool {
-    let StoreError::Database(e) = e else {
-        return false;
-    };
-    e.as_database_error().is_some_and(|d| {
-        d.is_unique_violation() || matches!(d.code().as_deref(), Some("40P01" | "40001"))
-    })
+    let unique = matches!(e, StoreError::Database(d)
+        if d.as_database_error().is_some_and(|d| d.is_unique_violation()));
+    unique || e.has_sqlstate(&["40P01", "40001"])
 }
 
 /// Columns of `sync_records` the planner reads.

@@ -44,11 +44,7 @@ const WRITE_POSITION_WAIT: std::time::Duration = std::time::Duration::from_secs(
 const SEQUENCER_ATTEMPTS: usize = 20;
 
 fn serialization_failure(e: &StoreError) -> bool {
-    let StoreError::Database(e) = e else {
-        return false;
-    };
-    e.as_database_error()
-        .is_some_and(|d| d.code().as_deref() == Some("40001"))
+    e.has_sqlstate(&["40001"])
 }
 
 /// The citizens whose events have feed positions `from + 1 ..= to`.

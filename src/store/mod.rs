@@ -111,6 +111,18 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether the database refused the statement with one of these SQLSTATEs.
+    pub(crate) fn has_sqlstate(&self, codes: &[&str]) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| codes.contains(&code.as_ref()))
+    }
+}
+
 /// What `check` found comparing the resolution read model with the source tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelCheck {

@@ -516,10 +516,7 @@ impl<D: Dialect> Store for SqlStore<D> {
             // Only the index's owner (or a superuser) may merge it: a role that did not
             // run the migrations leaves it to autovacuum, and to the writer whose row
             // overflows the pending list.
-            Err(super::StoreError::Database(e))
-                if e.as_database_error()
-                    .is_some_and(|d| d.code().as_deref() == Some("42501")) =>
-            {
+            Err(e) if e.has_sqlstate(&["42501"]) => {
                 tracing::warn!(
                     error = %e,
                     "this role may not merge the access log's index; autovacuum will"
