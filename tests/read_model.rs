@@ -17,6 +17,7 @@ use uuid::Uuid;
 on_both_backends!(
     check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampered_row,
     an_upgraded_database_gets_its_read_model_built_by_the_migration_step,
+    check_finds_every_broken_reference_between_the_source_tables,
 );
 
 /// Citizens written one record at a time, on top of a synced demo population.
@@ -191,6 +192,8 @@ async fn check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampe
         clean.checked
     );
     assert_eq!(clean.differences, vec![], "after the workload");
+    assert!(clean.references_checked);
+    assert_eq!(clean.broken_references, vec![], "after the workload");
     assert_eq!(
         outcome(&app, DIED, "").await,
         ResolveOutcome::CitizenDeceased
@@ -203,6 +206,7 @@ async fn check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampe
         .unwrap();
     assert_eq!(sampled.checked, 200);
     assert_eq!(sampled.differences, vec![]);
+    assert!(!sampled.references_checked, "a sample checks no references");
 
     // Tampered behind the registry's back: a status, a missing row, a row of no citizen,
     // a stale account version.
@@ -313,5 +317,110 @@ async fn an_upgraded_database_gets_its_read_model_built_by_the_migration_step(ba
     app.store.migrate().await.expect("migrate again");
     assert_eq!(check(&app, false).await.differences.len(), 1);
     check(&app, true).await;
+    app.stop().await;
+}
+
+/// What the write path never writes, written behind its back: `check` names each broken
+/// rule, how many rows break it and their citizens (masked by the command), and fails;
+/// `--repair` does not hide it. On PostgreSQL no foreign key refuses these rows any more
+/// (migration 0016); a preference for another citizen's account none ever refused.
+async fn check_finds_every_broken_reference_between_the_source_tables(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .configure(|s| s.resolution_cache_entries = 0)
+        .spawn()
+        .await;
+    link(&app, MOVED, "0071007000011", true).await;
+    link(&app, SUSPENDED, "0071007000021", true).await;
+    // Linked, never verified: no preference points at it.
+    link(&app, FAILED, "0071007000031", false).await;
+    let clean = check(&app, false).await;
+    assert!(clean.references_checked);
+    assert_eq!(clean.broken_references, vec![]);
+
+    // MOVED's default now points at SUSPENDED's account: money for one citizen would go
+    // to another's.
+    let misdirect = |citizen: &str, owner: &str| {
+        format!(
+            "UPDATE preferences SET account_id = \
+             (SELECT account_id FROM accounts WHERE citizen_id = '{owner}') \
+             WHERE citizen_id = '{citizen}' AND program_code = ''"
+        )
+    };
+    app.db
+        .execute_raw(&misdirect(MOVED, SUSPENDED))
+        .await
+        .expect("tamper");
+    let mut expected = vec!["a preference for an account that is not one of the citizen's"];
+    if backend == Backend::Postgres {
+        // What a foreign key refused before: an account and a legacy id of no citizen.
+        for sql in [
+            format!("UPDATE accounts SET citizen_id = '{NOBODY}' WHERE citizen_id = '{FAILED}'"),
+            format!(
+                "INSERT INTO citizen_aliases (legacy_id, citizen_id, created_at) \
+                 VALUES ('070000001', '{NOBODY}', 0)"
+            ),
+        ] {
+            app.db.execute_raw(&sql).await.expect("tamper");
+        }
+        expected = vec![
+            "an account of no citizen",
+            "a preference for an account that is not one of the citizen's",
+            "a legacy id of no citizen",
+            "an account's history of no account of that citizen",
+        ];
+    }
+    let found = check(&app, false).await;
+    let rules: Vec<&str> = found
+        .broken_references
+        .iter()
+        .map(|b| b.rule.as_str())
+        .collect();
+    assert_eq!(rules, expected, "{found:?}");
+    let misdirected = &found.broken_references[expected
+        .iter()
+        .position(|r| r.starts_with("a preference"))
+        .unwrap()];
+    assert_eq!(misdirected.rows, 1);
+    assert_eq!(misdirected.citizens, vec![MOVED.to_owned()]);
+    if backend == Backend::Postgres {
+        assert_eq!(found.broken_references[0].citizens, vec![NOBODY.to_owned()]);
+    }
+
+    // The operator's command fails, with the ids masked, and `--repair` does not pass it.
+    for args in [&[][..], &["--repair"][..]] {
+        let (ok, out) = check_binary(&app, args);
+        assert!(!ok, "broken references fail the check: {out}");
+        assert!(
+            out.contains(&format!(
+                "references between the source tables: {} rules broken",
+                expected.len()
+            )),
+            "{out}"
+        );
+        assert!(out.contains("1 rows: a preference for an account"), "{out}");
+        for citizen in [MOVED, SUSPENDED, FAILED, NOBODY] {
+            assert!(!out.contains(citizen), "an unmasked citizen id: {out}");
+        }
+    }
+    let (_, out) = check_binary(&app, &["--sample", "10"]);
+    assert!(out.contains("not checked (a sample)"), "{out}");
+
+    // Put back, the references are whole again (and the teardown's check passes).
+    if backend == Backend::Postgres {
+        for sql in [
+            format!("UPDATE accounts SET citizen_id = '{FAILED}' WHERE citizen_id = '{NOBODY}'"),
+            format!("DELETE FROM citizen_aliases WHERE citizen_id = '{NOBODY}'"),
+        ] {
+            app.db.execute_raw(&sql).await.expect("put back");
+        }
+    }
+    app.db
+        .execute_raw(&misdirect(MOVED, MOVED))
+        .await
+        .expect("put back");
+    check(&app, true).await;
+    let after = check(&app, false).await;
+    assert_eq!(after.broken_references, vec![]);
+    assert_eq!(after.differences, vec![]);
     app.stop().await;
 }

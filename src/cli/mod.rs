@@ -102,11 +102,12 @@ pub enum Command {
     /// until SIGTERM or Ctrl-C (see the `[relay]` settings).
     Relay(relay::RelayArgs),
     /// Compare the resolution read model with the tables it is derived from (citizens,
-    /// preferences, accounts) and list every difference; exit 1 if there is any that
-    /// was not repaired.
+    /// preferences, accounts) and list every difference; a full check also checks the
+    /// references between those tables. Exit 1 if there is a difference that was not
+    /// repaired, or a broken reference.
     Check {
         /// Check this many citizens picked at random instead of all of them (a full
-        /// check also finds rows of citizens that do not exist).
+        /// check also finds rows of citizens that do not exist, and broken references).
         #[arg(long)]
         sample: Option<u64>,
         /// Rewrite each differing row from the source tables, under its citizen's lock.

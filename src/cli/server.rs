@@ -93,7 +93,8 @@ pub async fn migrate(config: Option<&Path>) -> anyhow::Result<()> {
 }
 
 /// `check`: compares the resolution read model with its source tables and prints every
-/// difference (citizen ids masked); fails when one is left unrepaired.
+/// difference (citizen ids masked); fails when one is left unrepaired. A full check also
+/// checks the references between the source tables, and fails when a rule is broken.
 pub async fn check(config: Option<&Path>, sample: Option<u64>, repair: bool) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     crate::telemetry::init(settings.log_format, &settings.log_level);
@@ -114,6 +115,33 @@ pub async fn check(config: Option<&Path>, sample: Option<u64>, repair: bool) -> 
         report.differences.len(),
         report.repaired
     );
+    if report.references_checked {
+        for b in &report.broken_references {
+            let citizens: Vec<String> = b
+                .citizens
+                .iter()
+                .map(|c| crate::domain::mask::mask_citizen_id(c))
+                .collect();
+            println!(
+                "{} rows: {} (citizens {})",
+                b.rows,
+                b.rule,
+                citizens.join(", ")
+            );
+        }
+        println!(
+            "references between the source tables: {} rules broken",
+            report.broken_references.len()
+        );
+    } else {
+        println!("references between the source tables: not checked (a sample)");
+    }
+    if !report.broken_references.is_empty() {
+        anyhow::bail!(
+            "the source tables break their references; `check --repair` cannot mend that: \
+             find what wrote those rows"
+        );
+    }
     if !report.differences.is_empty() && !repair {
         anyhow::bail!(
             "the read model differs from its source tables; `check --repair` rewrites the \

@@ -72,6 +72,7 @@ mod pipeline;
 mod population;
 mod postgres;
 pub mod reference;
+mod references;
 mod replicas;
 mod reservations;
 mod resolution;
@@ -132,6 +133,24 @@ pub struct ModelCheck {
     pub differences: Vec<ModelDifference>,
     /// Citizens whose rows were rewritten from the source tables (with `repair`).
     pub repaired: u64,
+    /// Whether the references between the source tables were checked (a full check
+    /// does; a sample does not).
+    pub references_checked: bool,
+    /// Each rule of the references some rows break (`repair` cannot mend these: the
+    /// source tables themselves are wrong).
+    pub broken_references: Vec<ReferenceBreak>,
+}
+
+/// Rows of the source tables that break one rule of their references (an account of no
+/// citizen, a preference for another citizen's account, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceBreak {
+    /// The rule, in words.
+    pub rule: String,
+    /// How many rows break it.
+    pub rows: u64,
+    /// The citizens of the first of them, in id order.
+    pub citizens: Vec<String>,
 }
 
 /// One difference between the read model and the source tables.
@@ -472,7 +491,8 @@ pub trait Store: Send + Sync + 'static {
     fn read_state(&self) -> ReadState;
 
     /// Compares the resolution read model with the source tables, for every citizen or a
-    /// random `sample` of them; with `repair`, rewrites what differs.
+    /// random `sample` of them; with `repair`, rewrites what differs. A full check also
+    /// checks the references between the source tables.
     async fn check_resolution_model(
         &self,
         sample: Option<u64>,

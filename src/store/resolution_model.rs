@@ -431,6 +431,10 @@ impl<D: Dialect> SqlStore<D> {
                 }
             }
         }
+        if sample.is_none() {
+            report.broken_references = self.check_references().await?;
+            report.references_checked = true;
+        }
         if repair && !report.differences.is_empty() {
             report.repaired = self.repair_resolution_model(&report.differences).await?;
         }

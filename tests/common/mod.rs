@@ -935,12 +935,19 @@ impl TestApp {
             h.await.expect("server task").expect("server result");
         }
         // Whatever the test wrote, the resolution read model must equal the tables it is
-        // derived from. (A database a test broke on purpose cannot be checked: skipped.)
+        // derived from, and those tables' references must be whole. (A database a test broke on purpose cannot be checked: skipped.)
         if let Ok(report) = self.store.check_resolution_model(None, false).await {
             assert_eq!(
                 report.differences,
                 vec![],
                 "the resolution read model differs from its source tables"
+            );
+            // Nor may it have left a reference broken (PostgreSQL checks none with a
+            // foreign key on the hot tables; the write path must keep them).
+            assert_eq!(
+                report.broken_references,
+                vec![],
+                "the source tables break their references"
             );
         }
     }
