@@ -15,8 +15,9 @@
 --
 -- Each key was one index probe, run through a trigger and SPI, per row written. Inserting
 -- 100 k rows into a copy of accounts (its indexes, 300 k citizens loaded) took 1.32 s
--- without its two keys and 2.85 s with them; loading 1 M demo citizens took 165.3 s
--- without these six keys against 188.7 s with them (2 cores, same run). What they
+-- without its two keys and 2.85 s with them. Loading 1 M demo citizens (2 cores, runs
+-- alternated) took 249.4 and 240.9 s with these six keys against 171.2 and 199.9 s
+-- without them, and the machine's busy CPU time fell from 433/417 to 279/329 s. What they
 -- protected is now checked as a whole by `payout-registry check` (store/references.rs),
 -- which also finds what no foreign key could: a preference pointing at another citizen's
 -- account.
