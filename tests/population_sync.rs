@@ -1258,3 +1258,84 @@ async fn the_streams_require_their_scopes(backend: Backend) {
     };
     assert_eq!(status.code(), Code::PermissionDenied);
 }
+
+/// PostgreSQL's access log: a BatchResolve's row goes into the GIN index's pending list
+/// (migration 0015), and the running registry's merge task (`background/access_log.rs`,
+/// every 500 ms) moves it into the index; nothing else does here, as the test turns
+/// autovacuum off on the table. Once the registry is stopped, a new row stays pending.
+mod postgres_access_log {
+    use super::*;
+
+    /// Entries waiting in the pending list of the index over a batch's citizens.
+    async fn pending(app: &TestApp) -> i64 {
+        app.db
+            .count(
+                "SELECT n_pending_tuples FROM gin_metapage_info(\
+                 get_raw_page('access_log_by_citizen_in_batch', 0))",
+            )
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_running_registry_merges_its_batch_reads_into_the_access_log_index() {
+        let mut app = TestApp::spawn(Backend::Postgres).await;
+        for sql in [
+            "CREATE EXTENSION IF NOT EXISTS pageinspect",
+            "ALTER TABLE access_log SET (autovacuum_enabled = off)",
+        ] {
+            app.db.execute_raw(sql).await.expect(sql);
+        }
+        let citizens: Vec<CitizenRecord> = (0..50u32)
+            .map(|n| citizen(&format!("c{n}"), 1, 3000 + n, "Đặng Văn Minh"))
+            .collect();
+        sync_citizens(&app, citizens).await;
+        let requests: Vec<BatchResolveRequest> = (0..50u32)
+            .map(|n| batch_request(&format!("r{n}"), &cid(3000 + n)))
+            .collect();
+        let mut answers = app
+            .resolver(Some(PAYER))
+            .batch_resolve(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut answered = 0;
+        while answers.message().await.unwrap().is_some() {
+            answered += 1;
+        }
+        assert_eq!(answered, 50);
+        let logged = app
+            .db
+            .count("SELECT COUNT(*) FROM access_log WHERE citizen_ids IS NOT NULL")
+            .await;
+        assert!(logged >= 1, "the batch's reads are logged");
+
+        // Merged by the registry's task within a few of its rounds.
+        let mut left = pending(&app).await;
+        for _ in 0..50 {
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = pending(&app).await;
+        }
+        assert_eq!(
+            left, 0,
+            "the pending list is merged while the registry runs"
+        );
+
+        // Without the registry nothing merges it: a row appended now stays pending.
+        app.stop_server().await;
+        app.db
+            .execute_raw(&format!(
+                "INSERT INTO access_log (citizen_ids, client_id, method, purpose, \
+                 accessed_at, request_id) VALUES (ARRAY['{}', '{}'], 'test', \
+                 'BatchResolve', 'audit', 0, gen_random_uuid())",
+                cid(3000),
+                cid(3001)
+            ))
+            .await
+            .expect("append a row");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(pending(&app).await, 1, "the row's entries, not merged");
+    }
+}

@@ -926,6 +926,15 @@ impl TestApp {
         }
     }
 
+    /// Stops the server gracefully and waits for it, keeping the database and the store
+    /// (for a test that looks at what is left once no registry runs).
+    pub async fn stop_server(&mut self) {
+        self.request_stop();
+        if let Some(h) = self.server.take() {
+            h.await.expect("server task").expect("server result");
+        }
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
