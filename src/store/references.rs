@@ -4,10 +4,10 @@
 //! has read and locked, a preference only for one of that citizen's own accounts, a history
 //! row in the same transaction as the row it describes, and it deletes none of these rows.
 //! PostgreSQL no longer checks them row by row with foreign keys (migrations 0010 and
-//! 0016, which says what they cost), so `check`
-//! looks for what a foreign key would have refused, and for what none could: a preference
-//! pointing at *another* citizen's account, which would pay the wrong person. SQLite keeps
-//! its foreign keys; the same check runs there too.
+//! 0016, which says what they cost), so `check` looks for what a foreign key would have
+//! refused, and for what none could: a preference pointing at *another* citizen's
+//! account, which would pay the wrong person. SQLite keeps its foreign keys; the same
+//! check runs there too.
 //!
 //! Each rule is one anti-join over a whole table, answered with the number of rows that
 //! break it and the first few of their citizens.

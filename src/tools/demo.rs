@@ -156,9 +156,11 @@ impl LoadOrder {
             .indexes
             .iter()
             .flat_map(|&i| declared_accounts_at(&self.spec, &citizen_at(&self.spec, i), i));
+        // Only the few citizens drawn to claim are generated again.
         let claims = self
             .indexes
             .iter()
+            .filter(|&&i| AccountPlan::at(self.spec.seed, i).duplicate_claim)
             .filter_map(|&i| duplicate_claim_at(&self.spec, &citizen_at(&self.spec, i), i));
         declared.chain(claims)
     }
@@ -383,7 +385,8 @@ impl IdParts {
         }
     }
 
-    /// The id as a number, which orders as the id does (12 digits, leading zeros).
+    /// The id as a number, which orders as the id does: province (3 digits), sex and
+    /// century (1), year within the century (2), serial (6).
     fn number(&self) -> u64 {
         let century = if self.year < 2000 { 0 } else { 2 };
         let province: u64 = self.province.parse().expect("a province code is 3 digits");
@@ -393,15 +396,7 @@ impl IdParts {
     }
 
     fn citizen_id(&self) -> String {
-        let century = if self.year < 2000 { 0 } else { 2 };
-        let sex_century = century + u8::from(self.female);
-        format!(
-            "{}{}{:02}{:06}",
-            self.province,
-            sex_century,
-            self.year % 100,
-            self.serial
-        )
+        format!("{:012}", self.number())
     }
 }
 
