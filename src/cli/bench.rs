@@ -50,8 +50,8 @@ pub struct BenchArgs {
     /// Records on the sync stream (sync-accounts, sync-citizens) or copied (copy-*).
     #[arg(long, default_value_t = 100_000)]
     pub records: u64,
-    /// resolve: first resolve every id once on a BatchResolve stream (not measured), so
-    /// that the run measures a warm resolution cache.
+    /// resolve: first resolve every id once by unary Resolve at concurrency 32 (not
+    /// measured), so that the run measures a warm resolution cache.
     #[arg(long)]
     pub warm: bool,
     /// resolve: the server's metrics listener (host:port); the run then prints the
@@ -173,23 +173,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchScenario::Resolve => {
             let ids = Arc::new(ids(channel.clone()).await?);
             if args.warm {
-                let client =
-                    PayoutResolverServiceClient::with_interceptor(channel.clone(), bearer()?)
-                        .max_decoding_message_size(64 << 20);
-                let warm = ids.clone();
-                bench::batch_resolve(client, ids.len() as u64, "", "", move |i| {
-                    warm[i as usize].clone()
-                })
+                // Unary reads, each id once: BatchResolve reads the cache but does not
+                // fill it.
+                bench::resolve(
+                    channel.clone(),
+                    &token()?,
+                    ids.clone(),
+                    32,
+                    bench::Until::Each(ids.len()),
+                )
                 .await?
-                .print("warm-up batch-resolve (per id)", 1);
+                .print("warm-up resolve (each id once)", 32);
             }
             let before = match &args.metrics_addr {
                 Some(addr) => Some(bench::cache_counters(addr).await?),
                 None => None,
             };
-            bench::resolve(channel, &token()?, ids, args.concurrency, duration)
-                .await?
-                .print("resolve", args.concurrency);
+            bench::resolve(
+                channel,
+                &token()?,
+                ids,
+                args.concurrency,
+                bench::Until::Elapsed(duration),
+            )
+            .await?
+            .print("resolve", args.concurrency);
             if let (Some(addr), Some(before)) = (&args.metrics_addr, before) {
                 let after = bench::cache_counters(addr).await?;
                 let (hits, misses) = (after.0 - before.0, after.1 - before.1);

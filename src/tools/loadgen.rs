@@ -4,6 +4,7 @@
 //! to compare (README, "Benchmarks"). Each scenario runs for a fixed time or count, bounded,
 //! against the address it is given (loopback in every documented recipe).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,16 +96,27 @@ pub async fn seed(
     Ok(ids)
 }
 
-/// Unary Resolve of random ids from `ids`, `concurrency` calls in flight, for `duration`.
+/// How long a closed-loop run lasts.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// For this long.
+    Elapsed(Duration),
+    /// Until calls `0..n` have each been made once.
+    Each(usize),
+}
+
+/// Unary Resolve of ids from `ids`, `concurrency` calls in flight, until `until`: for a
+/// time (each caller from its own place in the list), or each id once (a warm-up: the
+/// resolution cache is filled by unary reads only).
 pub async fn resolve(
     channel: tonic::transport::Channel,
     token: &str,
     ids: Arc<Vec<String>>,
     concurrency: usize,
-    duration: Duration,
+    until: Until,
 ) -> anyhow::Result<Figures> {
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
-    run(concurrency, duration, move |i| {
+    run(concurrency, until, move |i| {
         let mut client = PayoutResolverServiceClient::new(channel.clone());
         let citizen = ids[i % ids.len()].clone();
         let auth = auth.clone();
@@ -135,7 +147,7 @@ pub async fn link(
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
     let base = (Uuid::new_v4().as_u128() % 90_000_000) as u64;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(base));
-    run(concurrency, duration, move |_| {
+    run(concurrency, Until::Elapsed(duration), move |_| {
         let mut client = AccountRegistryServiceClient::new(channel.clone());
         let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let auth = auth.clone();
@@ -179,7 +191,7 @@ pub async fn health(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
-    run(concurrency, duration, move |_| {
+    run(concurrency, Until::Elapsed(duration), move |_| {
         let mut client = HealthClient::new(channel.clone());
         async move {
             client
@@ -192,7 +204,7 @@ pub async fn health(
 }
 
 /// Runs `call` from `concurrency` workers until `duration` has passed.
-async fn run<F, Fut>(concurrency: usize, duration: Duration, call: F) -> anyhow::Result<Figures>
+async fn run<F, Fut>(concurrency: usize, until: Until, call: F) -> anyhow::Result<Figures>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
@@ -200,21 +212,30 @@ where
     let call = Arc::new(call);
     let total = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
-    let deadline = started + duration;
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let (call, total, errors) = (call.clone(), total.clone(), errors.clone());
+        let (call, total, errors, next) =
+            (call.clone(), total.clone(), errors.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new(3).expect("histogram");
-            let mut i = w * 7919;
-            while Instant::now() < deadline {
+            let mut own = w * 7919;
+            loop {
+                let i = match until {
+                    Until::Elapsed(d) if started.elapsed() < d => own,
+                    Until::Each(n) => match next.fetch_add(1, Ordering::Relaxed) {
+                        i if i < n => i,
+                        _ => break,
+                    },
+                    Until::Elapsed(_) => break,
+                };
+                own += 1;
                 let t = Instant::now();
                 if call(i).await.is_err() {
-                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
                 let _ = local.record(t.elapsed().as_micros() as u64);
-                i += 1;
             }
             let _ = total.lock().await.add(&local);
         }));
@@ -498,7 +519,7 @@ pub async fn raw_any(
         .max_connections(concurrency as u32)
         .connect(database_url)
         .await?;
-    let figures = run(concurrency, duration, move |i| {
+    let figures = run(concurrency, Until::Elapsed(duration), move |i| {
         let pool = pool.clone();
         let ids = ids.clone();
         async move {
