@@ -23,6 +23,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::background::access_log::AccessLog;
+use crate::background::access_spool::SpoolSettings;
 use crate::background::readiness::{self, Readiness, Signals};
 use crate::background::{follower, pruner, sequencer, BackgroundTask};
 use crate::config::Settings;
@@ -123,7 +124,18 @@ impl App {
                 Duration::from_secs(settings.feed.prune_every_secs),
             )));
         }
-        let access = if settings.access_log.enabled {
+        let log = &settings.access_log;
+        let access = if let (true, Some(dir)) = (log.enabled, &log.spool_dir) {
+            let spool = SpoolSettings {
+                dir: dir.clone(),
+                sync: log.spool_sync,
+                max_bytes: log.spool_max_bytes,
+                ship_every: Duration::from_millis(log.ship_every_ms),
+                queue: log.queue,
+                max_batch: log.max_batch,
+            };
+            AccessLog::spooled(&spool, store.clone(), signals.clone())?
+        } else if log.enabled {
             AccessLog::start(
                 store.clone(),
                 signals.clone(),
@@ -387,6 +399,12 @@ impl App {
         let _ = stopped_tx.send(true);
         for task in side {
             let _ = task.await;
+        }
+        // The reads answered are in the spool: ship them now rather than at the next
+        // start (which ships whatever this leaves, the database being down, say).
+        match tokio::time::timeout(grace, self.state.access.flush()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::warn!("the access-log spool was not shipped before stopping"),
         }
         tracing::info!("server stopped");
         result

@@ -145,6 +145,22 @@ pub struct AccessLogSettings {
     /// cores, unary Resolve at concurrency 32 did 7.2 k calls/s with 4, 8.0 k with 2 and
     /// 7.8 k with 1 (the access log's INSERTs share the cores with everything else).
     pub writers: usize,
+    /// This instance's spool: where reads are recorded before they are shipped to the
+    /// database (see `background::access_spool`). Unset: each group of reads is
+    /// committed to the database before it is answered. Each instance needs a directory
+    /// of its own (it is locked) that outlives a crash of the process.
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// `fdatasync` each spool write before its reads are answered: an answered read's
+    /// entry then survives a crash of the machine, not only of the registry. Off by
+    /// default: on two cores unary Resolve at concurrency 8 did 10 k calls/s with it
+    /// against 22.7 k without, no faster than the database path.
+    pub spool_sync: bool,
+    /// Unshipped spool bytes at most (the database down for long); beyond, reads are
+    /// refused.
+    pub spool_max_bytes: u64,
+    /// How often the spool is shipped to the database, in milliseconds: also how late a
+    /// read can appear in the database (ListAccessLog ships this instance's spool first).
+    pub ship_every_ms: u64,
 }
 
 impl Default for AccessLogSettings {
@@ -154,6 +170,10 @@ impl Default for AccessLogSettings {
             queue: 10_000,
             max_batch: 2_000,
             writers: 2,
+            spool_dir: None,
+            spool_sync: false,
+            spool_max_bytes: 1 << 30,
+            ship_every_ms: 200,
         }
     }
 }
@@ -377,8 +397,14 @@ impl Settings {
         if self.access_log.queue == 0
             || self.access_log.max_batch == 0
             || self.access_log.writers == 0
+            || self.access_log.spool_max_bytes == 0
+            || self.access_log.ship_every_ms == 0
         {
-            return bad("[access_log] queue, max_batch and writers must be positive".into());
+            return bad(
+                "[access_log] queue, max_batch, writers, spool_max_bytes and ship_every_ms \
+                 must be positive"
+                    .into(),
+            );
         }
         if self.feed.sequencer_round == 0 || self.feed.prune_every_secs == 0 {
             return bad("[feed] sequencer_round and prune_every_secs must be positive".into());

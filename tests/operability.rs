@@ -58,9 +58,165 @@ mod faults {
     }
 }
 
+/// The access log through a spool (`[access_log] spool_dir`): reads are answered once
+/// their entries are on the instance's disk, and reach the database when it takes them.
+mod spool {
+    use super::*;
+
+    on_both_backends!(
+        reads_are_answered_while_the_database_refuses_the_log_and_each_reaches_it_after,
+        a_full_spool_refuses_reads_and_every_answered_read_reaches_the_database,
+        a_second_instance_cannot_share_a_spool,
+    );
+
+    async fn a_second_instance_cannot_share_a_spool(backend: Backend) {
+        let app = TestApp::builder(backend)
+            .spooled_access_log(50)
+            .spawn()
+            .await;
+        let refused = payout_registry::app::App::build(&app.settings)
+            .await
+            .err()
+            .expect("a second app on the same spool is refused");
+        assert!(
+            format!("{refused:#}").contains("in use by another instance"),
+            "{refused:#}"
+        );
+        app.stop().await;
+    }
+
+    /// Makes the database refuse (or take again) every access-log row.
+    async fn refuse_the_log(db: &common::TestDb, refuse: bool) {
+        let statements: &[&str] = match (db.backend, refuse) {
+            (Backend::Postgres, true) => &[
+                "CREATE FUNCTION refuse_log() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'the access log is refused'; END $$",
+                "CREATE TRIGGER refuse_log BEFORE INSERT ON access_log \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_log()",
+            ],
+            (Backend::Postgres, false) => &["DROP TRIGGER refuse_log ON access_log"],
+            (Backend::Sqlite, true) => &["CREATE TRIGGER refuse_log BEFORE INSERT ON access_log \
+                 BEGIN SELECT RAISE(ABORT, 'the access log is refused'); END"],
+            (Backend::Sqlite, false) => &["DROP TRIGGER refuse_log"],
+        };
+        for sql in statements {
+            db.execute_raw(sql).await.expect(sql);
+        }
+    }
+
+    /// Bytes waiting in the app's spool.
+    fn spooled_bytes(app: &TestApp) -> u64 {
+        spooled_bytes_in(app.settings.access_log.spool_dir.as_ref().expect("a spool"))
+    }
+
+    async fn resolves_logged(app: &TestApp, citizen: &str) -> i64 {
+        app.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM access_log WHERE citizen_id = '{citizen}' \
+                 AND method LIKE '%/Resolve'"
+            ))
+            .await
+    }
+
+    /// Waits (at most 10 s) until `n` Resolves of `citizen` are in the database and the
+    /// spool holds nothing.
+    async fn shipped(app: &TestApp, citizen: &str, n: i64) {
+        let started = Instant::now();
+        loop {
+            let (logged, left) = (resolves_logged(app, citizen).await, spooled_bytes(app));
+            if logged == n && left == 0 {
+                return;
+            }
+            assert!(
+                logged <= n && started.elapsed() < Duration::from_secs(10),
+                "{logged} of {n} reads in the database, {left} bytes still spooled"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn reads_are_answered_while_the_database_refuses_the_log_and_each_reaches_it_after(
+        backend: Backend,
+    ) {
+        let app = TestApp::builder(backend)
+            .spooled_access_log(50)
+            .spawn()
+            .await;
+        let citizen = "001089300021";
+        common::link_issuer_confirmed(&app, citizen, "0071300000021").await;
+        refuse_the_log(&app.db, true).await;
+        let mut resolver = app.resolver(Some(PAYER));
+        for _ in 0..20 {
+            resolver
+                .resolve(resolve_request(citizen))
+                .await
+                .expect("a read is answered while the database refuses the log");
+        }
+        // Several shipping rounds fail meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(resolves_logged(&app, citizen).await, 0);
+        assert!(spooled_bytes(&app) > 0, "the entries wait in the spool");
+        // An auditor is not shown a log that misses them.
+        let listed = list_access_log(&app, citizen).await;
+        common::refused(listed, Code::Unavailable, "ACCESS_LOG_UNAVAILABLE");
+        refuse_the_log(&app.db, false).await;
+        shipped(&app, citizen, 20).await;
+        app.stop().await;
+    }
+
+    async fn a_full_spool_refuses_reads_and_every_answered_read_reaches_the_database(
+        backend: Backend,
+    ) {
+        let app = TestApp::builder(backend)
+            .spooled_access_log(50)
+            .configure(|s| {
+                s.access_log.spool_max_bytes = 2_000;
+                // Each group of reads synced by the writer thread (the other tests
+                // append from the handlers).
+                s.access_log.spool_sync = true;
+            })
+            .spawn()
+            .await;
+        let citizen = "001089300022";
+        common::link_issuer_confirmed(&app, citizen, "0071300000022").await;
+        refuse_the_log(&app.db, true).await;
+        let mut resolver = app.resolver(Some(PAYER));
+        let mut answered = 0;
+        let refusal = loop {
+            match resolver.resolve(resolve_request(citizen)).await {
+                Ok(_) => answered += 1,
+                Err(status) => break status,
+            }
+            assert!(answered < 100, "2,000 bytes of spool never filled");
+        };
+        assert!(
+            answered >= 3,
+            "only {answered} reads before the spool was full"
+        );
+        common::refused(
+            Err::<(), _>(refusal),
+            Code::Unavailable,
+            "ACCESS_LOG_UNAVAILABLE",
+        );
+        refuse_the_log(&app.db, false).await;
+        shipped(&app, citizen, answered).await;
+        resolver
+            .resolve(resolve_request(citizen))
+            .await
+            .expect("shipped, the spool takes reads again");
+        shipped(&app, citizen, answered + 1).await;
+        app.stop().await;
+    }
+}
+
 /// The real binary, stopped by a signal.
 mod binary {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_answered_before_a_kill_9_are_shipped_from_the_spool_by_the_next_start() {
+        killed_with_a_spool().await
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sigterm_during_an_import_acknowledges_what_was_committed_and_a_rerun_completes_it() {
@@ -119,6 +275,31 @@ fn resolve_request(citizen: &str) -> ResolveRequest {
         purpose: "monthly payroll".into(),
         ..Default::default()
     }
+}
+
+/// The first page (100 entries) of a citizen's access log, as an auditor asks for it.
+async fn list_access_log(
+    app: &TestApp,
+    citizen: &str,
+) -> Result<tonic::Response<payout_registry::proto::ListAccessLogResponse>, tonic::Status> {
+    app.oversight(Some(common::AUDITOR))
+        .list_access_log(payout_registry::proto::ListAccessLogRequest {
+            citizen_id: citizen.into(),
+            page_size: 100,
+            page_token: String::new(),
+            purpose: "who read this citizen".into(),
+        })
+        .await
+}
+
+/// Bytes waiting in the access-log spool in `dir`.
+fn spooled_bytes_in(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
 }
 
 /// Runs SQL on the cluster's administrative connection (not the test database).
@@ -235,7 +416,6 @@ async fn read_and_write_refused(app: &TestApp, citizen: &str, other: &str, reaso
 /// write that batch's reads again on a new connection, so no read fails and none goes
 /// unrecorded.
 async fn access_log_connections_cut() {
-    use payout_registry::proto::ListAccessLogRequest;
     let app = TestApp::spawn(Backend::Postgres).await;
     let name = app.db.name().expect("a PostgreSQL database").to_owned();
     let citizen = "001089300011";
@@ -268,14 +448,7 @@ async fn access_log_connections_cut() {
                 .expect("a read after the log's connection was cut is answered");
         }
     }
-    let log = app
-        .oversight(Some(common::AUDITOR))
-        .list_access_log(ListAccessLogRequest {
-            citizen_id: citizen.into(),
-            page_size: 100,
-            page_token: String::new(),
-            purpose: "who read this citizen".into(),
-        })
+    let log = list_access_log(&app, citizen)
         .await
         .expect("list the access log")
         .into_inner();
@@ -822,6 +995,92 @@ impl Process {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Reads answered by a registry killed with SIGKILL, before any shipping round, are in
+/// its spool; the next start on the same spool ships them. A SIGTERM ships at once.
+async fn killed_with_a_spool() {
+    use payout_registry::proto::account_registry_service_client::AccountRegistryServiceClient;
+    use payout_registry::proto::payout_resolver_service_client::PayoutResolverServiceClient;
+    let db = common::TestDb::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, probe) = (free_addr(), free_addr());
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{listen}\"\nhealth_listen = \"{probe}\"\ndata_dir = {data:?}\n\
+             dev_client = false\nlog_format = \"json\"\nshutdown_notice_secs = 0\n\n\
+             [access_log]\nspool_dir = {spool:?}\nship_every_ms = 600000\n\n\
+             [[clients]]\nid = \"payroll\"\ntoken_sha256 = {token:?}\n\
+             providers = [\"970418\"]\n\
+             scopes = [\"accounts.write\", \"accounts.verify\", \"resolve\"]\n",
+            data = dir.path().join("data").display().to_string(),
+            spool = spool.display().to_string(),
+            token = payout_registry::security::auth::hash_token("payroll-secret"),
+        ),
+    )
+    .unwrap();
+    let server_log = dir.path().join("server.log");
+    let serve = || {
+        Process::start(
+            &["--config", &config.display().to_string(), "serve"],
+            &[("DATABASE_URL", db.url.as_str())],
+            &server_log,
+        )
+    };
+    let channel = || {
+        tonic::transport::Endpoint::from_shared(format!("http://{listen}"))
+            .unwrap()
+            .connect_lazy()
+    };
+    let resolves = "SELECT COUNT(*) FROM access_log WHERE method LIKE '%/Resolve'";
+    let read = |citizen: String| async move {
+        let mut request = tonic::Request::new(resolve_request(&citizen));
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer payroll-secret".parse().unwrap());
+        PayoutResolverServiceClient::new(channel())
+            .resolve(request)
+            .await
+            .expect("resolve")
+    };
+
+    let server = serve();
+    health_becomes(probe, "", ServingStatus::Serving, Duration::from_secs(60)).await;
+    let mut registry = AccountRegistryServiceClient::new(channel());
+    let citizens = payout_registry::tools::loadgen::seed(&mut registry, "payroll-secret", 3, 0)
+        .await
+        .expect("seed three citizens");
+    for citizen in &citizens {
+        for _ in 0..5 {
+            read(citizen.clone()).await;
+        }
+    }
+    assert_eq!(db.count(resolves).await, 0, "no round has shipped yet");
+    drop(server); // SIGKILL
+    assert!(
+        spooled_bytes_in(&spool) > 0,
+        "the answered reads are in the spool"
+    );
+
+    let mut server = serve();
+    health_becomes(probe, "", ServingStatus::Serving, Duration::from_secs(60)).await;
+    let started = Instant::now();
+    while db.count(resolves).await < 15 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the next start shipped {} of 15 reads",
+            db.count(resolves).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(db.count(resolves).await, 15, "each read once");
+    read(citizens[0].clone()).await;
+    server.terminate();
+    assert!(server.exit().await.success(), "a clean exit on SIGTERM");
+    assert_eq!(db.count(resolves).await, 16, "SIGTERM ships the spool");
 }
 
 async fn sigterm_mid_import() {

@@ -5,12 +5,16 @@
 //! read is never answered without its log entry, a slow log slows reads down instead of
 //! losing entries (the queue is bounded), and the database sees one INSERT per batch
 //! instead of one per read. If the log cannot be written, the read fails.
+//!
+//! With a spool directory set, the reads go to this instance's spool instead and reach
+//! the database shortly after (`access_spool`: cheaper per read, with its own trade-off).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::access_spool::{Spool, SpoolSettings};
 use super::readiness::Signals;
 use crate::store::{AccessEntry, Store};
 use crate::telemetry::metrics as m;
@@ -20,15 +24,27 @@ use crate::telemetry::metrics as m;
 #[error("the access log is unavailable")]
 pub struct AccessLogUnavailable;
 
-struct Pending {
-    entries: Vec<AccessEntry>,
-    done: oneshot::Sender<Result<(), AccessLogUnavailable>>,
+/// A call's reads waiting to be written, and where to say they were.
+pub(super) struct Pending {
+    pub(super) entries: Vec<AccessEntry>,
+    pub(super) done: oneshot::Sender<Result<(), AccessLogUnavailable>>,
 }
 
 /// A handle to the access-log writer. Cloning shares the writer.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<mpsc::Sender<Pending>>,
+    sink: Sink,
+}
+
+/// Where reads are recorded.
+#[derive(Clone)]
+enum Sink {
+    /// Nowhere (benchmarks of the log's cost only).
+    Disabled,
+    /// The database, through the writer tasks.
+    Database(mpsc::Sender<Pending>),
+    /// This instance's spool, shipped to the database.
+    Spool(Arc<Spool>),
 }
 
 /// What the writers share: the store, and where they report.
@@ -65,28 +81,64 @@ impl AccessLog {
         for _ in 0..writers.max(1) {
             tokio::spawn(write_batches(writer.clone(), rx.clone(), max_batch.max(1)));
         }
-        tokio::spawn(clean_index(writer));
-        AccessLog { tx: Some(tx) }
+        let queue = writer.queue.clone();
+        tokio::spawn(clean_index(writer.store.clone(), move || {
+            queue.upgrade().is_some()
+        }));
+        AccessLog {
+            sink: Sink::Database(tx),
+        }
+    }
+
+    /// Records reads in a spool (see `access_spool`), which ships them to `store`. Also
+    /// starts the task that merges the log's index. Fails when the spool cannot be
+    /// opened (or another instance holds it).
+    pub fn spooled(
+        settings: &SpoolSettings,
+        store: Arc<dyn Store>,
+        signals: Arc<Signals>,
+    ) -> anyhow::Result<AccessLog> {
+        let spool = Spool::open(settings, store.clone(), signals.clone())?;
+        let held = Arc::downgrade(&spool);
+        tokio::spawn(clean_index(store, move || held.strong_count() > 0));
+        Ok(AccessLog {
+            sink: Sink::Spool(spool),
+        })
     }
 
     /// A log that records nothing: only for benchmarks that measure the log's cost.
     pub fn disabled() -> AccessLog {
-        AccessLog { tx: None }
+        AccessLog {
+            sink: Sink::Disabled,
+        }
     }
 
-    /// Records `entries` and returns once they are committed.
+    /// Records `entries` and returns once they are committed (to the database, or to
+    /// the spool).
     pub async fn record(&self, entries: Vec<AccessEntry>) -> Result<(), AccessLogUnavailable> {
-        let Some(tx) = &self.tx else {
-            return Ok(());
-        };
         if entries.is_empty() {
             return Ok(());
         }
-        let (done, committed) = oneshot::channel();
-        tx.send(Pending { entries, done })
-            .await
-            .map_err(|_| AccessLogUnavailable)?;
-        committed.await.map_err(|_| AccessLogUnavailable)?
+        match &self.sink {
+            Sink::Disabled => Ok(()),
+            Sink::Database(tx) => {
+                let (done, committed) = oneshot::channel();
+                tx.send(Pending { entries, done })
+                    .await
+                    .map_err(|_| AccessLogUnavailable)?;
+                committed.await.map_err(|_| AccessLogUnavailable)?
+            }
+            Sink::Spool(spool) => spool.record(entries).await,
+        }
+    }
+
+    /// Makes every read recorded so far visible in the database: with a spool, ships
+    /// it; otherwise there is nothing to do (a recorded read is committed).
+    pub async fn flush(&self) -> Result<(), AccessLogUnavailable> {
+        match &self.sink {
+            Sink::Spool(spool) => spool.flush().await,
+            Sink::Disabled | Sink::Database(_) => Ok(()),
+        }
     }
 }
 
@@ -119,15 +171,15 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Pending>>, max_batch: usize) -> Op
 const CLEAN_INDEX_EVERY: Duration = Duration::from_millis(500);
 
 /// Merges the index's pending entries into the index every [`CLEAN_INDEX_EVERY`], so that
-/// the log's writers only append (migration 0015 on PostgreSQL). Ends with the log, or at
-/// once on a backend with nothing to merge.
-async fn clean_index(writer: Arc<Writer>) {
+/// the log's writers only append (migration 0015 on PostgreSQL). Ends with the log (once
+/// `alive` says no handle is left), or at once on a backend with nothing to merge.
+async fn clean_index(store: Arc<dyn Store>, alive: impl Fn() -> bool + Send + 'static) {
     loop {
         tokio::time::sleep(CLEAN_INDEX_EVERY).await;
-        if writer.queue.upgrade().is_none() {
+        if !alive() {
             return;
         }
-        match writer.store.clean_access_log_index().await {
+        match store.clean_access_log_index().await {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => tracing::warn!(error = %e, "merging the access log's index failed"),

@@ -5,6 +5,8 @@
 //! - [`pruner`]: deletes events past the retention horizon.
 //! - [`access_log`]: the writers that record every read before it is answered (group
 //!   commit), and the handle handlers record through.
+//! - [`access_spool`]: with `[access_log] spool_dir`, the instance's local spool that
+//!   reads are recorded in instead, and its shipper to the database.
 //! - [`follower`]: follows the change feed (the resolution cache drops what it names)
 //!   and polls the read replicas' positions.
 //! - [`readiness`]: whether the instance may be sent calls (database, sequencer, access
@@ -13,6 +15,7 @@
 //! These tasks talk to the store only; the gRPC layer holds their handles.
 
 pub mod access_log;
+pub mod access_spool;
 pub mod follower;
 pub mod pruner;
 pub mod readiness;

@@ -216,13 +216,21 @@ impl Call {
                 request_id: self.request_id.id,
             })
             .collect();
-        state.access.record(entries).await.map_err(|_| {
-            let refusal = Rejection::new(
-                Reason::AccessLogUnavailable,
-                "the access log cannot be written, so the read is refused; retry shortly",
-            );
-            status_of(&refusal, &self.request_id, Some(Duration::from_secs(1)))
-        })
+        state
+            .access
+            .record(entries)
+            .await
+            .map_err(|_| self.access_log_unavailable())
+    }
+
+    /// The refusal of a read whose access-log entries cannot be written (or, for the
+    /// log's own listing, shipped), with a retry delay.
+    pub fn access_log_unavailable(&self) -> Status {
+        let refusal = Rejection::new(
+            Reason::AccessLogUnavailable,
+            "the access log cannot be written, so the read is refused; retry shortly",
+        );
+        status_of(&refusal, &self.request_id, Some(Duration::from_secs(1)))
     }
 
     /// The citizen a lookup names: a citizen id as sent, or the citizen a legacy CMND

@@ -196,6 +196,12 @@ impl OversightService for OversightHandler {
         let before = binding
             .cursor_as(&req.page_token, |c| c.parse::<i64>().ok())
             .map_err(|r| call.reject(r))?;
+        // This instance's spooled reads first, so that it lists every read it answered.
+        self.state
+            .access
+            .flush()
+            .await
+            .map_err(|_| call.access_log_unavailable())?;
         let entries = self
             .state
             .store

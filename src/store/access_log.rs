@@ -52,6 +52,19 @@ impl<D: Dialect> SqlStore<D> {
         written
     }
 
+    /// Appends a spool's entries in one transaction on the write pool, whose sessions
+    /// wait for the WAL flush at commit (unlike the log's own connections): the spool
+    /// deletes its copy once this returns.
+    pub(super) async fn ship_entries(&self, entries: &[AccessEntry]) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = Tx::<D>::begin_write(&self.write).await?;
+        insert_entries(&mut tx, entries).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// An idle connection of the access log, or a new one. Held outside any pool: a
     /// pool's liveness round trips before and after each use (sqlx pings on acquire and
     /// on release) tripled the database's work per batch of unary reads. A connection

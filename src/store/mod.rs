@@ -558,6 +558,10 @@ pub trait Store: Send + Sync + 'static {
     /// Appends reads to the access log, in one statement.
     async fn append_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()>;
 
+    /// Appends reads shipped from an instance's spool, in one transaction whose commit
+    /// waits for the database's own durability (the spool deletes its copy after).
+    async fn ship_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()>;
+
     /// Merges what the access log's index holds pending into the index (see
     /// `Dialect::ACCESS_LOG_INDEX_CLEANUP`). `false`: this backend has nothing to merge,
     /// ever.

@@ -398,6 +398,10 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.append_entries(entries).await
     }
 
+    async fn ship_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()> {
+        self.ship_entries(entries).await
+    }
+
     async fn access_log(
         &self,
         citizen: &CitizenId,

@@ -47,6 +47,8 @@ pub const DIGEST_LAG_EVENTS: &str = "payout_registry_digest_lag_events";
 pub const ACCESS_LOG_QUEUE_DEPTH: &str = "payout_registry_access_log_queue_depth";
 pub const ACCESS_LOG_BATCH_SECONDS: &str = "payout_registry_access_log_batch_seconds";
 pub const ACCESS_LOG_WRITE_FAILURES: &str = "payout_registry_access_log_write_failures_total";
+pub const ACCESS_LOG_SPOOL_BYTES: &str = "payout_registry_access_log_spool_bytes";
+pub const ACCESS_LOG_SHIP_FAILURES: &str = "payout_registry_access_log_ship_failures_total";
 
 // The JetStream relay (its own process).
 pub const RELAY_POSITION: &str = "payout_registry_relay_position";
@@ -94,6 +96,8 @@ pub const ALL: &[&str] = &[
     ACCESS_LOG_QUEUE_DEPTH,
     ACCESS_LOG_BATCH_SECONDS,
     ACCESS_LOG_WRITE_FAILURES,
+    ACCESS_LOG_SPOOL_BYTES,
+    ACCESS_LOG_SHIP_FAILURES,
     RELAY_POSITION,
     RELAY_LAG_EVENTS,
     RELAY_PUBLISHED,
@@ -229,6 +233,14 @@ fn describe() {
     describe_counter!(
         ACCESS_LOG_WRITE_FAILURES,
         "access-log writes that failed (the reads they held were refused)"
+    );
+    describe_gauge!(
+        ACCESS_LOG_SPOOL_BYTES,
+        "bytes of access-log entries in this instance's spool not yet in the database"
+    );
+    describe_counter!(
+        ACCESS_LOG_SHIP_FAILURES,
+        "rounds that could not ship the access-log spool to the database (retried)"
     );
     describe_gauge!(
         RELAY_POSITION,

@@ -731,6 +731,15 @@ impl AppBuilder {
         self
     }
 
+    /// Reads recorded through a spool in the app's data directory
+    /// (`[access_log] spool_dir`), shipped every `ship_every_ms`.
+    pub fn spooled_access_log(self, ship_every_ms: u64) -> AppBuilder {
+        self.configure(move |s| {
+            s.access_log.spool_dir = Some(s.data_dir.join("access-log-spool"));
+            s.access_log.ship_every_ms = ship_every_ms;
+        })
+    }
+
     /// With these rate limits and in-flight limit.
     pub fn limits(self, limits: RateLimitConfig) -> AppBuilder {
         self.configure(move |s| s.rate_limits = limits)

@@ -1,0 +1,465 @@
+//! The access log's local spool: an answered read's entry is on this instance's disk
+//! before the answer leaves, and in the database shortly after.
+//!
+//! Why: written to the database, each group of reads costs a round trip and a
+//! transaction, and the reads wait for both. On two cores that held unary Resolve at
+//! concurrency 8 to about 11 k calls/s against 28 k with the log off. A local append
+//! (and its `fdatasync`) is far cheaper than a database transaction, and the database
+//! then takes the entries a whole segment at a time.
+//!
+//! How:
+//! - Reads are appended to the segment being written (`<number>.spool` in the spool
+//!   directory: a JSON line per call, naming the citizens it read) before they are
+//!   answered: by the handler itself, or with `sync` by one writer thread that
+//!   `fdatasync`s each group of waiting reads (group commit). So an answered read's
+//!   entry survives a crash of the registry, and with `sync` a crash of the machine.
+//! - Every `ship_every`, the shipper has the writer close the segment (when it holds
+//!   anything) and start the next, then ships every closed segment, oldest first, to
+//!   the database in one durable transaction each, and deletes it.
+//! - At start, the segments a previous run left (a crash, or a database down at
+//!   shutdown) are shipped first. A torn last line (a write cut by a crash: its read was
+//!   not answered) is dropped.
+//! - Shipping is at least once: a crash between a shipment's commit and its segment's
+//!   deletion ships that segment again (its entries twice, with their request ids),
+//!   never loses one.
+//! - At most `max_bytes` wait unshipped: beyond that (the database down for long)
+//!   reads are refused, as when the database log cannot be written. The directory is
+//!   locked: two instances never share a spool.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::access_log::{AccessLogUnavailable, Pending};
+use super::readiness::Signals;
+use crate::domain::{CitizenId, Timestamp};
+use crate::store::{AccessEntry, Store};
+use crate::telemetry::metrics as m;
+
+/// How the spool runs (the `[access_log]` settings that name a spool directory).
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    /// `fdatasync` each write before its reads are answered.
+    pub sync: bool,
+    /// Unshipped bytes at most; beyond, reads are refused.
+    pub max_bytes: u64,
+    /// How often the segment is closed and shipped.
+    pub ship_every: Duration,
+    /// Reads waiting to be written at most.
+    pub queue: usize,
+    /// Entries written by one write at most.
+    pub max_batch: usize,
+}
+
+/// A running spool. Dropping the last handle ends the shipper (and the writer thread);
+/// what is still spooled is shipped by the next start on the same directory.
+pub struct Spool {
+    /// With `sync`, the writer thread's queue (group commit: one `fdatasync` per group
+    /// of waiting reads). Without, each handler appends its own line: a `write` of a
+    /// few hundred bytes, cheaper than handing it to another thread and back.
+    synced: Option<mpsc::Sender<Pending>>,
+    shared: Arc<Shared>,
+}
+
+/// What the handlers, the writer thread and the shipper share.
+struct Shared {
+    dir: PathBuf,
+    store: Arc<dyn Store>,
+    signals: Arc<Signals>,
+    /// The segment being written, locked for each append and for rotation.
+    segment: std::sync::Mutex<Segment>,
+    /// Bytes written and not yet shipped.
+    unshipped: AtomicU64,
+    max_bytes: u64,
+    /// The segment being written: every lower number is closed.
+    current: AtomicU64,
+    /// One shipment at a time (the shipper's rounds, `flush`).
+    shipping: tokio::sync::Mutex<()>,
+    /// The directory's lock, held while the spool runs.
+    _lock: File,
+}
+
+impl Spool {
+    /// Opens the spool in `settings.dir` (created if missing), locks it, starts the
+    /// shipper (and with `sync` the writer thread); the shipper's first round ships what
+    /// an earlier run left.
+    pub fn open(
+        settings: &SpoolSettings,
+        store: Arc<dyn Store>,
+        signals: Arc<Signals>,
+    ) -> anyhow::Result<Arc<Spool>> {
+        let dir = settings.dir.clone();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the access-log spool {}", dir.display()))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .with_context(|| format!("opening the access-log spool {}", dir.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "the access-log spool {} is in use by another instance: give each its own",
+                dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).context(format!("locking the access-log spool {}", dir.display()))
+            }
+        }
+        let mut left = 0;
+        let mut last = 0;
+        for (number, path) in segments(&dir)? {
+            left += std::fs::metadata(&path)?.len();
+            last = number;
+        }
+        let segment = Segment::create(&dir, last + 1)?;
+        let shared = Arc::new(Shared {
+            dir,
+            store,
+            signals,
+            current: AtomicU64::new(segment.number),
+            segment: std::sync::Mutex::new(segment),
+            unshipped: AtomicU64::new(left),
+            max_bytes: settings.max_bytes,
+            shipping: tokio::sync::Mutex::new(()),
+            _lock: lock,
+        });
+        metrics::gauge!(m::ACCESS_LOG_SPOOL_BYTES).set(left as f64);
+        let synced = if settings.sync {
+            let (tx, rx) = mpsc::channel(settings.queue.max(1));
+            let writer = shared.clone();
+            let max_batch = settings.max_batch.max(1);
+            std::thread::Builder::new()
+                .name("access-log-spool".into())
+                .spawn(move || write_synced(&writer, rx, max_batch))
+                .context("starting the access-log spool's writer")?;
+            Some(tx)
+        } else {
+            None
+        };
+        let spool = Arc::new(Spool { synced, shared });
+        tokio::spawn(ship_rounds(Arc::downgrade(&spool), settings.ship_every));
+        Ok(spool)
+    }
+
+    /// Records a call's reads; returns once they are written (and with `sync`, synced).
+    pub async fn record(&self, entries: Vec<AccessEntry>) -> Result<(), AccessLogUnavailable> {
+        let Some(tx) = &self.synced else {
+            let mut line = Vec::with_capacity(256);
+            encode(&mut line, &entries);
+            return self.shared.append(&line, false, 1);
+        };
+        let (done, committed) = oneshot::channel();
+        tx.send(Pending { entries, done })
+            .await
+            .map_err(|_| AccessLogUnavailable)?;
+        committed.await.map_err(|_| AccessLogUnavailable)?
+    }
+
+    /// Closes the segment being written and ships every closed one: once this returns
+    /// `Ok`, every read this instance answered before the call is in the database.
+    pub async fn flush(&self) -> Result<(), AccessLogUnavailable> {
+        // The writer thread may hold the segment through an `fdatasync`.
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.rotate())
+            .await
+            .map_err(|_| AccessLogUnavailable)?;
+        self.shared.ship_closed().await.map_err(|e| {
+            tracing::warn!(error = %e, "shipping the access-log spool failed");
+            metrics::counter!(m::ACCESS_LOG_SHIP_FAILURES).increment(1);
+            AccessLogUnavailable
+        })
+    }
+}
+
+/// The shipper: a flush every `every`, the first at once; ends with the spool.
+async fn ship_rounds(spool: Weak<Spool>, every: Duration) {
+    loop {
+        {
+            let Some(spool) = spool.upgrade() else {
+                return;
+            };
+            // A failed round is counted and logged by `flush`; the segments wait for
+            // the next round.
+            let _ = spool.flush().await;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The writer thread (with `sync`): appends and syncs each group of waiting reads as
+/// one write, until every handle is gone.
+fn write_synced(shared: &Shared, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+    let mut buf = Vec::with_capacity(64 << 10);
+    while let Some(first) = rx.blocking_recv() {
+        let mut count = first.entries.len();
+        let mut reads = vec![first];
+        while count < max_batch {
+            let Ok(p) = rx.try_recv() else {
+                break;
+            };
+            count += p.entries.len();
+            reads.push(p);
+        }
+        buf.clear();
+        for p in &reads {
+            encode(&mut buf, &p.entries);
+        }
+        let outcome = shared.append(&buf, true, reads.len());
+        for p in reads {
+            let _ = p.done.send(outcome.clone());
+        }
+    }
+}
+
+impl Shared {
+    /// Appends whole lines (the entries of `reads` reads) to the segment, synced if
+    /// `sync`, unless the spool is full; reports the outcome to readiness and metrics.
+    fn append(&self, lines: &[u8], sync: bool, reads: usize) -> Result<(), AccessLogUnavailable> {
+        let len = lines.len() as u64;
+        let started = Instant::now();
+        let result = {
+            let mut segment = self.segment.lock().expect("the spool's segment");
+            if self.unshipped.load(Ordering::Acquire) + len > self.max_bytes {
+                Err(std::io::Error::other(
+                    "the spool is full: the database has not taken its entries",
+                ))
+            } else {
+                let written = segment.append(lines, sync);
+                // A write cut short is cut back off, so that the next line starts on a
+                // line of its own; if even that fails, the next write starts a new
+                // segment.
+                if written.is_err() && segment.file.set_len(segment.bytes).is_err() {
+                    self.next_segment(&mut segment);
+                }
+                written
+            }
+        };
+        metrics::histogram!(m::ACCESS_LOG_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                let left = self.unshipped.fetch_add(len, Ordering::AcqRel) + len;
+                metrics::gauge!(m::ACCESS_LOG_SPOOL_BYTES).set(left as f64);
+                self.signals.access_log_written();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, reads, "access-log spool write failed");
+                metrics::counter!(m::ACCESS_LOG_WRITE_FAILURES).increment(reads as u64);
+                self.signals.access_log_failed();
+                Err(AccessLogUnavailable)
+            }
+        }
+    }
+
+    /// Closes the segment if it holds anything and starts the next.
+    fn rotate(&self) {
+        let mut segment = self.segment.lock().expect("the spool's segment");
+        if segment.bytes > 0 {
+            self.next_segment(&mut segment);
+        }
+    }
+
+    fn next_segment(&self, segment: &mut Segment) {
+        match Segment::create(&self.dir, segment.number + 1) {
+            Ok(next) => {
+                self.current.store(next.number, Ordering::Release);
+                *segment = next;
+            }
+            Err(e) => tracing::error!(error = %e, "access-log spool: no new segment"),
+        }
+    }
+
+    /// Ships every closed segment, oldest first, one durable transaction each, and
+    /// deletes it. Stops at the first that cannot be shipped.
+    async fn ship_closed(&self) -> anyhow::Result<()> {
+        let _one = self.shipping.lock().await;
+        let current = self.current.load(Ordering::Acquire);
+        for (number, path) in segments(&self.dir)? {
+            if number >= current {
+                break;
+            }
+            let bytes = tokio::fs::read(&path).await?;
+            let (entries, dropped) = decode(&bytes);
+            if dropped > 0 {
+                tracing::warn!(
+                    segment = number,
+                    dropped,
+                    "access-log spool: lines that could not be read were dropped (a write cut by a crash)"
+                );
+            }
+            if !entries.is_empty() {
+                self.store.ship_access_log(&entries).await?;
+            }
+            tokio::fs::remove_file(&path).await?;
+            let left = self
+                .unshipped
+                .fetch_sub(bytes.len() as u64, Ordering::AcqRel)
+                .saturating_sub(bytes.len() as u64);
+            metrics::gauge!(m::ACCESS_LOG_SPOOL_BYTES).set(left as f64);
+        }
+        Ok(())
+    }
+}
+
+/// The segments in `dir`, by number.
+fn segments(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let number = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".spool"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(number) = number {
+            found.push((number, path));
+        }
+    }
+    found.sort_unstable_by_key(|(n, _)| *n);
+    Ok(found)
+}
+
+/// The segment being written.
+struct Segment {
+    number: u64,
+    file: File,
+    /// Bytes of whole lines written.
+    bytes: u64,
+}
+
+impl Segment {
+    fn create(dir: &Path, number: u64) -> std::io::Result<Segment> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(dir.join(format!("{number:020}.spool")))?;
+        Ok(Segment {
+            number,
+            file,
+            bytes: 0,
+        })
+    }
+
+    fn append(&mut self, lines: &[u8], sync: bool) -> std::io::Result<()> {
+        self.file.write_all(lines)?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        self.bytes += lines.len() as u64;
+        Ok(())
+    }
+}
+
+/// One call's reads as a spool line.
+#[derive(Serialize, Deserialize)]
+struct Line<C> {
+    citizens: Vec<C>,
+    client: String,
+    method: String,
+    purpose: String,
+    at: i64,
+    request: Uuid,
+}
+
+/// Appends one line per call: the handler hands over all of a call's entries at once,
+/// and they share everything but the citizen.
+fn encode(buf: &mut Vec<u8>, entries: &[AccessEntry]) {
+    let Some(first) = entries.first() else {
+        return;
+    };
+    let line = Line {
+        citizens: entries.iter().map(|e| e.citizen_id.as_str()).collect(),
+        client: first.client_id.clone(),
+        method: first.method.clone(),
+        purpose: first.purpose.clone(),
+        at: first.accessed_at.micros(),
+        request: first.request_id,
+    };
+    serde_json::to_writer(&mut *buf, &line).expect("a spool line serializes");
+    buf.push(b'\n');
+}
+
+/// The entries of a segment, in order, and how many lines could not be read (a torn
+/// last line after a crash).
+fn decode(bytes: &[u8]) -> (Vec<AccessEntry>, usize) {
+    let mut entries = Vec::new();
+    let mut dropped = 0;
+    for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(line) = serde_json::from_slice::<Line<String>>(raw) else {
+            dropped += 1;
+            continue;
+        };
+        for citizen in line.citizens {
+            let Ok(citizen_id) = CitizenId::parse(&citizen) else {
+                dropped += 1;
+                continue;
+            };
+            entries.push(AccessEntry {
+                citizen_id,
+                client_id: line.client.clone(),
+                method: line.method.clone(),
+                purpose: line.purpose.clone(),
+                accessed_at: Timestamp(line.at),
+                request_id: line.request,
+            });
+        }
+    }
+    (entries, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(citizen: &str, request: Uuid) -> AccessEntry {
+        AccessEntry {
+            citizen_id: CitizenId::parse(citizen).unwrap(),
+            client_id: "payroll".into(),
+            method: "Resolve".into(),
+            purpose: "pension".into(),
+            accessed_at: Timestamp(1_700_000_000_000_000),
+            request_id: request,
+        }
+    }
+
+    #[test]
+    fn a_segment_gives_back_its_calls_entries_in_order() {
+        let one = Uuid::new_v4();
+        let many = Uuid::new_v4();
+        let calls = [
+            vec![entry("001085000001", one)],
+            vec![entry("001085000002", many), entry("079199000003", many)],
+        ];
+        let mut buf = Vec::new();
+        for call in &calls {
+            encode(&mut buf, call);
+        }
+        let (entries, dropped) = decode(&buf);
+        assert_eq!(dropped, 0);
+        assert_eq!(entries, calls.concat());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_the_whole_lines_kept() {
+        let mut buf = Vec::new();
+        encode(&mut buf, &[entry("001085000001", Uuid::new_v4())]);
+        let whole = buf.len();
+        encode(&mut buf, &[entry("001085000002", Uuid::new_v4())]);
+        buf.truncate(whole + (buf.len() - whole) / 2);
+        let (entries, dropped) = decode(&buf);
+        assert_eq!(dropped, 1);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].citizen_id.as_str(), "001085000001");
+    }
+}
