@@ -339,11 +339,14 @@ struct Segment {
 }
 
 impl Segment {
+    /// Creates segment `number` and syncs the directory, so that a synced write to the
+    /// segment cannot outlive a machine crash without the file that holds it.
     fn create(dir: &Path, number: u64) -> std::io::Result<Segment> {
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(dir.join(format!("{number:020}.spool")))?;
+        File::open(dir)?.sync_all()?;
         Ok(Segment {
             number,
             file,
