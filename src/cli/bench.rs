@@ -55,7 +55,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub warm: bool,
     /// resolve: the server's metrics listener (host:port); the run then prints the
-    /// resolution cache's hits, misses and hit ratio over the measured calls.
+    /// resolution cache's hits, misses and hit ratio over the measured calls. feed-lag:
+    /// the run also prints the server's commit-to-numbered wait of unary writes.
     #[arg(long)]
     pub metrics_addr: Option<String>,
     /// Sample this process's RSS (the server's pid) while the scenario runs.
@@ -296,8 +297,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
         BenchScenario::FeedLag => {
+            use crate::telemetry::metrics::FEED_NUMBERING_WAIT_SECONDS as WAIT;
+            let before = match &args.metrics_addr {
+                Some(addr) => Some(bench::histogram_buckets(addr, WAIT).await?),
+                None => None,
+            };
             let figures = bench::feed_lag(channel, &token()?, args.rate, duration).await?;
             figures.print("feed-lag (per event: the write's answer to receipt)", 1);
+            if let (Some(addr), Some(before)) = (&args.metrics_addr, before) {
+                // Every unary write in the server over the run, not only this run's.
+                let after = bench::histogram_buckets(addr, WAIT).await?;
+                let (writes, p50) = bench::bucket_quantile(&before, &after, 0.5);
+                let (_, p99) = bench::bucket_quantile(&before, &after, 0.99);
+                let ms = |b: Option<f64>| b.map_or("-".into(), |s| format!("{:.0}", s * 1e3));
+                println!(
+                    "commit to numbered (server, {writes} unary writes, histogram bucket bounds): \
+                     p50 <= {} ms, p99 <= {} ms",
+                    ms(p50),
+                    ms(p99)
+                );
+            }
         }
         BenchScenario::RelayCatchup => {
             let url = args

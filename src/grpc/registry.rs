@@ -68,7 +68,11 @@ impl AccountRegistryHandler {
     /// A write's consistency token: the feed position of the citizen's latest event once
     /// numbered, 0 when it was not numbered in time (the write stands either way).
     async fn written(&self, account: &Account) -> u64 {
-        match self.state.store.written_position(&account.citizen_id).await {
+        let committed = std::time::Instant::now();
+        let numbered = self.state.store.written_position(&account.citizen_id).await;
+        metrics::histogram!(crate::telemetry::metrics::FEED_NUMBERING_WAIT_SECONDS)
+            .record(committed.elapsed().as_secs_f64());
+        match numbered {
             Ok(Some(position)) => position_out(position),
             Ok(None) => {
                 tracing::warn!("the write's event was not numbered within a second; answered without a position");

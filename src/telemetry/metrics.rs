@@ -41,6 +41,9 @@ pub const DB_POOL_ACQUIRE_SECONDS: &str = "payout_registry_db_pool_acquire_secon
 pub const FEED_HEAD: &str = "payout_registry_feed_head_position";
 pub const FEED_SEQUENCER_BACKLOG: &str = "payout_registry_feed_sequencer_backlog";
 pub const FEED_LAG_SECONDS: &str = "payout_registry_feed_lag_seconds";
+/// A unary write's wait, after its commit, for its event's feed position (its answer's
+/// consistency token): commit to numbered.
+pub const FEED_NUMBERING_WAIT_SECONDS: &str = "payout_registry_feed_numbering_wait_seconds";
 pub const DIGEST_LAG_EVENTS: &str = "payout_registry_digest_lag_events";
 
 // The access log.
@@ -92,6 +95,7 @@ pub const ALL: &[&str] = &[
     FEED_HEAD,
     FEED_SEQUENCER_BACKLOG,
     FEED_LAG_SECONDS,
+    FEED_NUMBERING_WAIT_SECONDS,
     DIGEST_LAG_EVENTS,
     ACCESS_LOG_QUEUE_DEPTH,
     ACCESS_LOG_BATCH_SECONDS,
@@ -142,6 +146,12 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(DB_POOL_ACQUIRE_SECONDS.into()),
+                        DB_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(FEED_NUMBERING_WAIT_SECONDS.into()),
                         DB_BUCKETS,
                     )
                 })
@@ -216,6 +226,11 @@ fn describe() {
         FEED_LAG_SECONDS,
         Unit::Seconds,
         "age of the oldest committed event without a feed position"
+    );
+    describe_histogram!(
+        FEED_NUMBERING_WAIT_SECONDS,
+        Unit::Seconds,
+        "a unary write's wait, after its commit, for its event's feed position"
     );
     describe_gauge!(
         DIGEST_LAG_EVENTS,

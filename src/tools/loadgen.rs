@@ -164,9 +164,9 @@ pub async fn link(
     .await
 }
 
-/// The resolution cache's hit and miss counters, scraped from the server's metrics
-/// listener at `addr` (host:port), over plain HTTP/1.0.
-pub async fn cache_counters(addr: &str) -> anyhow::Result<(f64, f64)> {
+/// The server's metrics, scraped from its metrics listener at `addr` (host:port) over
+/// plain HTTP/1.0: the exposition text.
+async fn scrape(addr: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
@@ -174,15 +174,71 @@ pub async fn cache_counters(addr: &str) -> anyhow::Result<(f64, f64)> {
         .await?;
     let mut body = String::new();
     stream.read_to_string(&mut body).await?;
-    let value = |name: &str| {
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    Ok(body)
+}
+
+/// The value of the series whose line starts with `series` (name and labels), or 0.
+fn series_value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// The resolution cache's hit and miss counters, scraped from the server's metrics
+/// listener at `addr` (host:port).
+pub async fn cache_counters(addr: &str) -> anyhow::Result<(f64, f64)> {
+    let body = scrape(addr).await?;
     Ok((
-        value(crate::telemetry::metrics::RESOLUTION_CACHE_HITS),
-        value(crate::telemetry::metrics::RESOLUTION_CACHE_MISSES),
+        series_value(&body, crate::telemetry::metrics::RESOLUTION_CACHE_HITS),
+        series_value(&body, crate::telemetry::metrics::RESOLUTION_CACHE_MISSES),
     ))
+}
+
+/// A histogram's cumulative bucket counts (upper bound in seconds, count), scraped from
+/// the server's metrics listener at `addr`.
+pub async fn histogram_buckets(addr: &str, name: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+    let body = scrape(addr).await?;
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = body
+        .lines()
+        .filter_map(|l| {
+            let (le, count) = l.strip_prefix(&prefix)?.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(buckets)
+}
+
+/// From two scrapes of one histogram: the observations between them, and the smallest
+/// bucket bound (seconds) that holds at least `quantile` of them (`None`: no
+/// observations).
+pub fn bucket_quantile(
+    before: &[(f64, f64)],
+    after: &[(f64, f64)],
+    quantile: f64,
+) -> (f64, Option<f64>) {
+    let earlier = |le: f64| {
+        before
+            .iter()
+            .find(|(b, _)| *b == le)
+            .map_or(0.0, |(_, c)| *c)
+    };
+    let deltas: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| (*le, c - earlier(*le)))
+        .collect();
+    let total = deltas.last().map_or(0.0, |(_, c)| *c);
+    let bound = deltas
+        .iter()
+        .find(|(_, c)| total > 0.0 && *c >= quantile * total)
+        .map(|(le, _)| *le);
+    (total, bound)
 }
 
 /// grpc.health.v1 Health/Check: the transport's ceiling on this machine.
@@ -857,4 +913,23 @@ pub async fn feed_lag(
         elapsed: started.elapsed(),
         latency,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_quantile;
+
+    #[test]
+    fn the_bound_is_the_first_bucket_holding_the_quantile_of_the_new_observations() {
+        let before = [(0.01, 10.0), (0.1, 10.0), (f64::INFINITY, 10.0)];
+        let after = [(0.01, 60.0), (0.1, 109.0), (f64::INFINITY, 110.0)];
+        // 100 new: 50 within 10 ms, 99 within 100 ms, one beyond.
+        assert_eq!(bucket_quantile(&before, &after, 0.5), (100.0, Some(0.01)));
+        assert_eq!(bucket_quantile(&before, &after, 0.99), (100.0, Some(0.1)));
+        assert_eq!(
+            bucket_quantile(&before, &after, 0.999),
+            (100.0, Some(f64::INFINITY))
+        );
+        assert_eq!(bucket_quantile(&after, &after, 0.99), (0.0, None));
+    }
 }
