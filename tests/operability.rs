@@ -156,6 +156,15 @@ mod spool {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(resolves_logged(&app, citizen).await, 0);
         assert!(spooled_bytes(&app) > 0, "the entries wait in the spool");
+        // They name who read which citizen: for the service's user only.
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = app.settings.access_log.spool_dir.clone().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
         // An auditor is not shown a log that misses them.
         let listed = list_access_log(&app, citizen).await;
         common::refused(listed, Code::Unavailable, "ACCESS_LOG_UNAVAILABLE");
