@@ -128,6 +128,12 @@ const DB_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Buckets (seconds) for the feed's numbering wait: finer around the 100 ms that the
+/// feed's lag is held to.
+const NUMBERING_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder (once; later calls return the same handle) and
@@ -152,7 +158,7 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(FEED_NUMBERING_WAIT_SECONDS.into()),
-                        DB_BUCKETS,
+                        NUMBERING_BUCKETS,
                     )
                 })
                 .expect("the bucket lists are not empty")
