@@ -400,16 +400,29 @@ impl App {
         for task in side {
             let _ = task.await;
         }
-        // The reads answered are in the spool: ship them now rather than at the next
-        // start (which ships whatever this leaves, the database being down, say).
-        match tokio::time::timeout(grace, self.state.access.flush()).await {
-            Ok(Ok(())) => {}
-            _ => tracing::warn!("the access-log spool was not shipped before stopping"),
+        // The reads answered are in the spool: ship them now, retrying through the grace
+        // period (a database blip), rather than leave them for the next start on this
+        // directory, which may never come (a deleted pod's volume goes with it).
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            match tokio::time::timeout_at(deadline, self.state.access.flush()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) if tokio::time::Instant::now() + SHIP_RETRY < deadline => {
+                    tokio::time::sleep(SHIP_RETRY).await
+                }
+                _ => {
+                    tracing::warn!("the access-log spool was not shipped before stopping");
+                    break;
+                }
+            }
         }
         tracing::info!("server stopped");
         result
     }
 }
+
+/// How long a stopping instance waits between two attempts to ship its access-log spool.
+const SHIP_RETRY: Duration = Duration::from_millis(250);
 
 /// Binds a side listener (health, metrics) when its setting is given.
 async fn bind_side(

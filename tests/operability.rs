@@ -67,7 +67,39 @@ mod spool {
         reads_are_answered_while_the_database_refuses_the_log_and_each_reaches_it_after,
         a_full_spool_refuses_reads_and_every_answered_read_reaches_the_database,
         a_second_instance_cannot_share_a_spool,
+        a_stopping_instance_keeps_shipping_its_spool_until_the_database_takes_it,
     );
+
+    async fn a_stopping_instance_keeps_shipping_its_spool_until_the_database_takes_it(
+        backend: Backend,
+    ) {
+        let mut app = TestApp::builder(backend)
+            .spooled_access_log(60_000)
+            .spawn()
+            .await;
+        let citizen = "001089300023";
+        common::link_issuer_confirmed(&app, citizen, "0071300000023").await;
+        refuse_the_log(&app.db, true).await;
+        let mut resolver = app.resolver(Some(PAYER));
+        for _ in 0..5 {
+            resolver
+                .resolve(resolve_request(citizen))
+                .await
+                .expect("answered");
+        }
+        app.request_stop();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(resolves_logged(&app, citizen).await, 0);
+        refuse_the_log(&app.db, false).await;
+        app.stop_server().await;
+        assert_eq!(
+            resolves_logged(&app, citizen).await,
+            5,
+            "the stopping instance shipped its spool once the database took it"
+        );
+        assert_eq!(spooled_bytes(&app), 0);
+        app.stop().await;
+    }
 
     async fn a_second_instance_cannot_share_a_spool(backend: Backend) {
         let app = TestApp::builder(backend)
