@@ -337,6 +337,8 @@ impl App {
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let reporter = health.clone();
         let notice = self.shutdown_notice;
+        let drain_started = Arc::new(std::sync::OnceLock::new());
+        let started = drain_started.clone();
         let drain = async move {
             shutdown.await;
             tracing::info!(
@@ -347,6 +349,7 @@ impl App {
             set_health(&reporter, ServingStatus::NotServing).await;
             tokio::time::sleep(notice).await;
             tracing::info!("draining calls in flight");
+            let _ = started.set(tokio::time::Instant::now());
             let _ = draining_tx.send(());
         };
         let mut builder = Server::builder();
@@ -400,10 +403,16 @@ impl App {
         for task in side {
             let _ = task.await;
         }
-        // The reads answered are in the spool: ship them now, retrying through the grace
-        // period (a database blip), rather than leave them for the next start on this
-        // directory, which may never come (a deleted pod's volume goes with it).
-        let deadline = tokio::time::Instant::now() + grace;
+        // The reads answered are in the spool: ship them now, retrying until the grace
+        // period (from the drain's start) is over (a database blip), rather than leave
+        // them for the next start on this directory, which may never come (a deleted
+        // pod's volume goes with it). At least one attempt of up to a second, so that
+        // the whole stop stays within notice + grace + 1 s.
+        let now = tokio::time::Instant::now();
+        let deadline = drain_started
+            .get()
+            .map_or(now + grace, |at| *at + grace)
+            .max(now + Duration::from_secs(1));
         loop {
             match tokio::time::timeout_at(deadline, self.state.access.flush()).await {
                 Ok(Ok(())) => break,
