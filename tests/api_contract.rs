@@ -70,16 +70,7 @@ async fn batch_resolve_answers_an_unknown_program_and_a_future_as_of_in_place_an
             ..Default::default()
         })
         .collect();
-    let mut answers = app
-        .resolver(Some(PAYER))
-        .batch_resolve(tokio_stream::iter(requests))
-        .await
-        .expect("stream")
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(answer) = answers.message().await.expect("the stream goes on") {
-        got.push(answer);
-    }
+    let got = common::batch_resolve_all(&app, PAYER, requests).await;
     assert_eq!(got.len(), TOTAL, "every request is answered");
     for (i, answer) in got.iter().enumerate() {
         assert_eq!(answer.correlation_id, i.to_string(), "in request order");

@@ -73,20 +73,13 @@ mod spool {
     async fn a_stopping_instance_keeps_shipping_its_spool_until_the_database_takes_it(
         backend: Backend,
     ) {
-        let mut app = TestApp::builder(backend)
-            .spooled_access_log(60_000)
-            .spawn()
-            .await;
         let citizen = "001089300023";
-        common::link_issuer_confirmed(&app, citizen, "0071300000023").await;
-        refuse_the_log(&app.db, true).await;
-        let mut resolver = app.resolver(Some(PAYER));
-        for _ in 0..5 {
-            resolver
-                .resolve(resolve_request(citizen))
-                .await
-                .expect("answered");
-        }
+        let mut app = refused_log(
+            TestApp::builder(backend).spooled_access_log(60_000),
+            citizen,
+        )
+        .await;
+        answer(&app, citizen, 5).await;
         app.request_stop();
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(resolves_logged(&app, citizen).await, 0);
@@ -136,6 +129,28 @@ mod spool {
         }
     }
 
+    /// The app `builder` makes, with `citizen` holding a verified account (number
+    /// `00713000000` + the id's last two digits) and a database that refuses the access
+    /// log.
+    async fn refused_log(builder: common::AppBuilder, citizen: &str) -> TestApp {
+        let app = builder.spawn().await;
+        let number = format!("00713000000{}", &citizen[10..]);
+        common::link_issuer_confirmed(&app, citizen, &number).await;
+        refuse_the_log(&app.db, true).await;
+        app
+    }
+
+    /// `n` Resolves of `citizen`, each answered.
+    async fn answer(app: &TestApp, citizen: &str, n: usize) {
+        let mut resolver = app.resolver(Some(PAYER));
+        for _ in 0..n {
+            resolver
+                .resolve(resolve_request(citizen))
+                .await
+                .expect("a read is answered while the database refuses the log");
+        }
+    }
+
     /// Bytes waiting in the app's spool.
     fn spooled_bytes(app: &TestApp) -> u64 {
         spooled_bytes_in(app.settings.access_log.spool_dir.as_ref().expect("a spool"))
@@ -170,20 +185,9 @@ mod spool {
     async fn reads_are_answered_while_the_database_refuses_the_log_and_each_reaches_it_after(
         backend: Backend,
     ) {
-        let app = TestApp::builder(backend)
-            .spooled_access_log(50)
-            .spawn()
-            .await;
         let citizen = "001089300021";
-        common::link_issuer_confirmed(&app, citizen, "0071300000021").await;
-        refuse_the_log(&app.db, true).await;
-        let mut resolver = app.resolver(Some(PAYER));
-        for _ in 0..20 {
-            resolver
-                .resolve(resolve_request(citizen))
-                .await
-                .expect("a read is answered while the database refuses the log");
-        }
+        let app = refused_log(TestApp::builder(backend).spooled_access_log(50), citizen).await;
+        answer(&app, citizen, 20).await;
         // Several shipping rounds fail meanwhile.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(resolves_logged(&app, citizen).await, 0);
@@ -208,19 +212,19 @@ mod spool {
     async fn a_full_spool_refuses_reads_and_every_answered_read_reaches_the_database(
         backend: Backend,
     ) {
-        let app = TestApp::builder(backend)
-            .spooled_access_log(50)
-            .configure(|s| {
-                s.access_log.spool_max_bytes = 2_000;
-                // Each group of reads synced by the writer thread (the other tests
-                // append from the handlers).
-                s.access_log.spool_sync = true;
-            })
-            .spawn()
-            .await;
         let citizen = "001089300022";
-        common::link_issuer_confirmed(&app, citizen, "0071300000022").await;
-        refuse_the_log(&app.db, true).await;
+        let app = refused_log(
+            TestApp::builder(backend)
+                .spooled_access_log(50)
+                .configure(|s| {
+                    s.access_log.spool_max_bytes = 2_000;
+                    // Each group of reads synced by the writer thread (the other tests
+                    // append from the handlers).
+                    s.access_log.spool_sync = true;
+                }),
+            citizen,
+        )
+        .await;
         let mut resolver = app.resolver(Some(PAYER));
         let mut answered = 0;
         let refusal = loop {

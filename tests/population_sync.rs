@@ -13,10 +13,10 @@ use std::time::Duration;
 use common::{population_on, sync_accounts, sync_citizens, Backend, TestApp, EXISTS, PAYER, SYNC};
 use futures::StreamExt;
 use payout_registry::proto::{
-    AccountKind, AccountRecord, AccountStatus, BatchResolveRequest, BatchResolveResponse,
-    CitizenRecord, CitizenStatus, ListCitizenAccountsRequest, ListDuplicateClaimsRequest,
-    RecordError, ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope, SyncBatchResult,
-    SyncCitizensRequest, VerificationMethod,
+    AccountKind, AccountRecord, AccountStatus, BatchResolveRequest, CitizenRecord, CitizenStatus,
+    ListCitizenAccountsRequest, ListDuplicateClaimsRequest, RecordError, ResolveOutcome,
+    ResolveRequest, ResolveResponse, ResolveScope, SyncBatchResult, SyncCitizensRequest,
+    VerificationMethod,
 };
 use tonic::Code;
 
@@ -1039,24 +1039,6 @@ fn batch_request(correlation: &str, citizen: &str) -> BatchResolveRequest {
     }
 }
 
-/// Sends `requests` on one BatchResolve stream (as the payer) and collects every answer.
-async fn batch_resolve_all(
-    app: &TestApp,
-    requests: Vec<BatchResolveRequest>,
-) -> Vec<BatchResolveResponse> {
-    let mut responses = app
-        .resolver(Some(PAYER))
-        .batch_resolve(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(r) = responses.message().await.unwrap() {
-        got.push(r);
-    }
-    got
-}
-
 async fn batch_resolve_answers_every_request_in_order_with_its_correlation_id(backend: Backend) {
     let app = TestApp::builder(backend).ticking_clock().spawn().await;
     let mut citizens = Vec::new();
@@ -1101,7 +1083,7 @@ async fn batch_resolve_answers_every_request_in_order_with_its_correlation_id(ba
         requests_naming.push(if i % 11 == 10 { cid(2007) } else { citizen });
         expected.push(want);
     }
-    let got = batch_resolve_all(&app, requests).await;
+    let got = common::batch_resolve_all(&app, PAYER, requests).await;
     assert_eq!(got.len(), 2500);
     for (i, (r, want)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(
@@ -1301,7 +1283,10 @@ mod postgres_access_log {
         let requests: Vec<BatchResolveRequest> = (0..50u32)
             .map(|n| batch_request(&format!("r{n}"), &cid(3000 + n)))
             .collect();
-        assert_eq!(batch_resolve_all(&app, requests).await.len(), 50);
+        assert_eq!(
+            common::batch_resolve_all(&app, PAYER, requests).await.len(),
+            50
+        );
         let logged = app
             .db
             .count("SELECT COUNT(*) FROM access_log WHERE citizen_ids IS NOT NULL")

@@ -307,7 +307,7 @@ async fn reservations_are_refused_where_none_can_be_taken_and_nothing_is_written
         .map(|(i, (r, _))| batch_request(&format!("bad-{i}"), r))
         .collect();
     requests.push(batch_request("good", &reserve(CITIZEN, "PENSION", PERIOD)));
-    let answers = batch(&app, PAYER, requests).await;
+    let answers = common::batch_resolve_all(&app, PAYER, requests).await;
     for (a, (_, reason)) in answers.iter().zip(&cases) {
         assert_eq!(a.error.as_ref().map(|e| e.reason.as_str()), Some(*reason));
     }
@@ -332,24 +332,6 @@ fn batch_request(correlation: &str, r: &ResolveRequest) -> BatchResolveRequest {
         reservation_period: r.reservation_period.clone(),
         min_position: r.min_position,
     }
-}
-
-async fn batch(
-    app: &TestApp,
-    token: &str,
-    requests: Vec<BatchResolveRequest>,
-) -> Vec<BatchResolveResponse> {
-    let mut answers = app
-        .resolver(Some(token))
-        .batch_resolve(tokio_stream::iter(requests))
-        .await
-        .expect("stream")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(a) = answers.message().await.expect("answer") {
-        out.push(a);
-    }
-    out
 }
 
 async fn a_program_paid_by_several_payers_lets_each_hold_its_own(backend: Backend) {
@@ -411,8 +393,8 @@ async fn two_payers_reserving_the_same_ten_thousand_citizens_at_once_end_with_on
             .collect()
     };
     // Real parallel streams, one per payer, in opposite orders.
-    let agency = batch(&app, PAYER, requests(&mut ids.iter()));
-    let province = batch(&app, MASKED, requests(&mut ids.iter().rev()));
+    let agency = common::batch_resolve_all(&app, PAYER, requests(&mut ids.iter()));
+    let province = common::batch_resolve_all(&app, MASKED, requests(&mut ids.iter().rev()));
     let (agency, province) = tokio::join!(agency, province);
     let outcome = |answers: Vec<BatchResolveResponse>| -> HashMap<String, ResolveResponse> {
         answers
@@ -560,12 +542,12 @@ mod plans {
                 .collect()
         };
         // Last month's payroll, then statistics; this month's payroll after them.
-        batch(&app, PAYER, payroll("2026-11", &ids)).await;
+        common::batch_resolve_all(&app, PAYER, payroll("2026-11", &ids)).await;
         app.db
             .execute_raw("ANALYZE reservations")
             .await
             .expect("analyze");
-        let first = batch(&app, PAYER, payroll(PERIOD, &ids)).await;
+        let first = common::batch_resolve_all(&app, PAYER, payroll(PERIOD, &ids)).await;
         let held: Vec<String> = first
             .into_iter()
             .filter(|a| a.result.as_ref().is_some_and(|r| r.reservation.is_some()))
@@ -574,7 +556,7 @@ mod plans {
         assert!(held.len() > 2_000, "most are payable: {}", held.len());
         let read_before = index_entries_read(&app).await;
         // The re-run: 100 citizens, each getting its own reservation back.
-        let rerun = batch(&app, PAYER, payroll(PERIOD, &held[..100])).await;
+        let rerun = common::batch_resolve_all(&app, PAYER, payroll(PERIOD, &held[..100])).await;
         assert!(rerun
             .iter()
             .all(|a| a.result.as_ref().is_some_and(|r| r.reservation.is_some())));

@@ -148,10 +148,14 @@ mod spooled {
     );
 
     async fn spooled(backend: Backend) -> TestApp {
-        TestApp::builder(backend)
+        let app = TestApp::builder(backend)
             .spooled_access_log(60_000)
             .spawn()
-            .await
+            .await;
+        // The spool is open (it holds its directory's lock): reads go through it.
+        let dir = app.settings.access_log.spool_dir.as_ref().expect("a spool");
+        assert!(dir.join("LOCK").exists(), "no spool in {}", dir.display());
+        app
     }
 
     async fn every_read_is_recorded_in_the_access_log_with_client_purpose_and_request_id(

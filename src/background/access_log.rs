@@ -121,13 +121,7 @@ impl AccessLog {
         }
         match &self.sink {
             Sink::Disabled => Ok(()),
-            Sink::Database(tx) => {
-                let (done, committed) = oneshot::channel();
-                tx.send(Pending { entries, done })
-                    .await
-                    .map_err(|_| AccessLogUnavailable)?;
-                committed.await.map_err(|_| AccessLogUnavailable)?
-            }
+            Sink::Database(tx) => hand_over(tx, entries).await,
             Sink::Spool(spool) => spool.record(entries).await,
         }
     }
@@ -140,6 +134,18 @@ impl AccessLog {
             Sink::Disabled | Sink::Database(_) => Ok(()),
         }
     }
+}
+
+/// Hands a call's reads to a writer through `tx` and waits for the writer's word.
+pub(super) async fn hand_over(
+    tx: &mpsc::Sender<Pending>,
+    entries: Vec<AccessEntry>,
+) -> Result<(), AccessLogUnavailable> {
+    let (done, committed) = oneshot::channel();
+    tx.send(Pending { entries, done })
+        .await
+        .map_err(|_| AccessLogUnavailable)?;
+    committed.await.map_err(|_| AccessLogUnavailable)?
 }
 
 /// Takes the next batch: waits for one read, lets ready tasks run, then takes whatever

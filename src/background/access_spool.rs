@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::access_log::{AccessLogUnavailable, Pending};
+use super::access_log::{hand_over, AccessLogUnavailable, Pending};
 use super::readiness::Signals;
 use crate::domain::{CitizenId, Timestamp};
 use crate::store::{AccessEntry, Store};
@@ -163,11 +163,7 @@ impl Spool {
             encode(&mut line, &entries);
             return self.shared.append(&line, false, 1);
         };
-        let (done, committed) = oneshot::channel();
-        tx.send(Pending { entries, done })
-            .await
-            .map_err(|_| AccessLogUnavailable)?;
-        committed.await.map_err(|_| AccessLogUnavailable)?
+        hand_over(tx, entries).await
     }
 
     /// Closes the segment being written and ships every closed one: once this returns
@@ -369,13 +365,14 @@ impl Segment {
     }
 }
 
-/// One call's reads as a spool line.
+/// One call's reads as a spool line: written from borrowed text (`&str`, nothing copied
+/// on the read's path), read back as `String`.
 #[derive(Serialize, Deserialize)]
-struct Line<C> {
-    citizens: Vec<C>,
-    client: String,
-    method: String,
-    purpose: String,
+struct Line<S> {
+    citizens: Vec<S>,
+    client: S,
+    method: S,
+    purpose: S,
     at: i64,
     request: Uuid,
 }
@@ -388,9 +385,9 @@ fn encode(buf: &mut Vec<u8>, entries: &[AccessEntry]) {
     };
     let line = Line {
         citizens: entries.iter().map(|e| e.citizen_id.as_str()).collect(),
-        client: first.client_id.clone(),
-        method: first.method.clone(),
-        purpose: first.purpose.clone(),
+        client: first.client_id.as_str(),
+        method: first.method.as_str(),
+        purpose: first.purpose.as_str(),
         at: first.accessed_at.micros(),
         request: first.request_id,
     };

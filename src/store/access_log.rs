@@ -30,10 +30,7 @@ impl<D: Dialect> SqlStore<D> {
             return Ok(());
         }
         if !D::ACCESS_LOG_OWN_CONNECTIONS {
-            let mut tx = Tx::<D>::begin_write(&self.log).await?;
-            insert_entries(&mut tx, entries).await?;
-            tx.commit().await?;
-            return Ok(());
+            return write_on_pool::<D>(&self.log, entries).await;
         }
         let mut conn = self.log_connection().await?;
         let written = if entries.chunk_by(same_call).all(|c| c.len() == 1) {
@@ -59,10 +56,7 @@ impl<D: Dialect> SqlStore<D> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut tx = Tx::<D>::begin_write(&self.write).await?;
-        insert_entries(&mut tx, entries).await?;
-        tx.commit().await?;
-        Ok(())
+        write_on_pool::<D>(&self.write, entries).await
     }
 
     /// An idle connection of the access log, or a new one. Held outside any pool: a
@@ -135,6 +129,17 @@ fn same_call(a: &AccessEntry, b: &AccessEntry) -> bool {
         && a.client_id == b.client_id
         && a.method == b.method
         && a.purpose == b.purpose
+}
+
+/// A batch in one write transaction from `pool`.
+async fn write_on_pool<D: Dialect>(
+    pool: &sqlx::Pool<D::DB>,
+    entries: &[AccessEntry],
+) -> StoreResult<()> {
+    let mut tx = Tx::<D>::begin_write(pool).await?;
+    insert_entries(&mut tx, entries).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// A batch naming many citizens in one call: one transaction on `conn`.

@@ -1182,6 +1182,26 @@ pub async fn sync_citizens(
     all_acks(acks).await
 }
 
+/// Sends `requests` on one BatchResolve stream as the client of `token` and collects
+/// every answer.
+pub async fn batch_resolve_all(
+    app: &TestApp,
+    token: &str,
+    requests: Vec<payout_registry::proto::BatchResolveRequest>,
+) -> Vec<payout_registry::proto::BatchResolveResponse> {
+    let mut answers = app
+        .resolver(Some(token))
+        .batch_resolve(tokio_stream::iter(requests))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(a) = answers.message().await.expect("answer") {
+        out.push(a);
+    }
+    out
+}
+
 /// Sends every record on one SyncAccounts stream and collects every acknowledgement.
 pub async fn sync_accounts(
     app: &TestApp,
