@@ -156,6 +156,9 @@ impl App {
             clock: Arc::new(Timestamp::now),
             access,
             sync_batches_in_flight: settings.sync_batches_in_flight,
+            unary_writes: Arc::new(crate::grpc::priority::UnaryWrites::new(
+                std::time::Duration::from_millis(settings.sync_yield_window_ms),
+            )),
             limits: Arc::new(Limits::new(settings.rate_limits.clone())),
             shutting_down: Arc::new(tokio::sync::watch::Sender::new(false)),
             programs: Arc::new(

@@ -92,9 +92,16 @@ pub struct Settings {
     /// fewer leaves more of its commits to everything else. On two cores, beside a
     /// SyncAccounts load, a unary write's commit-to-numbered p99 was at most 50-100 ms
     /// at 1 against 150-250 ms at 2 (send to receipt p99 63-121 ms against 160-202 ms),
-    /// for 14-34% fewer records/s (3.7-4.8 k against 5.3-5.6 k).
+    /// for 14-34% fewer records/s (3.7-4.8 k against 5.3-5.6 k). Streams run one batch at
+    /// a time anyway while unary writes arrive (`sync_yield_window_ms`).
     /// SQLite has one writer: more than one changes nothing there.
     pub sync_batches_in_flight: usize,
+    /// While a unary write (LinkAccount, VerifyAccount, ...) was admitted within this many
+    /// milliseconds, a sync stream runs one batch at a time, whatever
+    /// `sync_batches_in_flight` says, so that the write's commit and its event's numbering
+    /// do not queue behind bulk WAL (`src/grpc/priority.rs`). 0: streams never yield.
+    /// At most 60,000.
+    pub sync_yield_window_ms: u64,
     /// Create a development client with every scope and write its token to
     /// `<data_dir>/dev-token` when no clients are configured.
     pub dev_client: bool,
@@ -302,6 +309,7 @@ impl Default for Settings {
             db_acquire_timeout_ms: 2_000,
             db_statement_timeout_ms: 5_000,
             sync_batches_in_flight: 2,
+            sync_yield_window_ms: 1_000,
             dev_client: true,
             clients: Vec::new(),
             shutdown_grace_secs: 30,
@@ -384,6 +392,12 @@ impl Settings {
             return bad(format!(
                 "sync_batches_in_flight must be between 1 and 16, not {}",
                 self.sync_batches_in_flight
+            ));
+        }
+        if self.sync_yield_window_ms > 60_000 {
+            return bad(format!(
+                "sync_yield_window_ms must be at most 60000, not {}",
+                self.sync_yield_window_ms
             ));
         }
         if self.request_timeout_secs == 0 {
@@ -486,20 +500,32 @@ mod tests {
     #[test]
     fn sync_batches_in_flight_outside_one_to_sixteen_is_refused_at_start_up() {
         for bad in [0, 17] {
-            let err = load_toml(&format!("sync_batches_in_flight = {bad}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("sync_batches_in_flight"), "{err}");
+            assert_refused_naming(
+                &format!("sync_batches_in_flight = {bad}\n"),
+                "sync_batches_in_flight",
+            );
         }
         assert!(load_toml("sync_batches_in_flight = 1\n").is_ok());
     }
 
     #[test]
+    fn a_sync_yield_window_over_a_minute_is_refused_and_zero_turns_it_off() {
+        assert_refused_naming("sync_yield_window_ms = 60001\n", "sync_yield_window_ms");
+        assert_eq!(
+            load_toml("sync_yield_window_ms = 0\n")
+                .unwrap()
+                .sync_yield_window_ms,
+            0
+        );
+        assert_eq!(Settings::default().sync_yield_window_ms, 1_000);
+    }
+
+    #[test]
     fn read_replicas_must_be_postgres_standbys_of_a_postgres_database() {
-        let err = load_toml("read_database_urls = [\"mysql://replica/db\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("read_database_urls"), "{err}");
+        assert_refused_naming(
+            "read_database_urls = [\"mysql://replica/db\"]\n",
+            "read_database_urls",
+        );
         let ok = load_toml(
             "database_url = \"postgres://u@primary/db\"\n\
              read_database_urls = [\"postgres://u@replica-1/db\", \"postgres://u@replica-2/db\"]\n",
@@ -539,6 +565,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.clients[0].providers, ["970436", "MOMO"]);
+    }
+
+    /// `toml` is refused at start-up with an error that names `key`.
+    fn assert_refused_naming(toml: &str, key: &str) {
+        let err = load_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
     }
 
     fn load_toml(toml: &str) -> Result<Settings, config::ConfigError> {

@@ -105,7 +105,7 @@ impl Call {
         if *state.shutting_down.borrow() {
             return Err(shutting_down(&self.request_id));
         }
-        state
+        let admission = state
             .limits
             .admit(
                 &self.caller.client_id,
@@ -155,7 +155,12 @@ impl Call {
                     "call not admitted"
                 );
                 status_of(&refusal, &self.request_id, Some(retry))
-            })
+            })?;
+        if class == RpcClass::Write && shape == Shape::Unary {
+            // Sync streams run one batch at a time while unary writes arrive.
+            state.unary_writes.admitted();
+        }
+        Ok(admission)
     }
 
     /// Charges `records` to the caller's bulk rate and waits as long as it asks: a bulk

@@ -18,6 +18,7 @@ pub mod convert;
 mod oversight;
 pub mod page;
 mod population;
+pub mod priority;
 mod registry;
 mod resolver;
 mod transport;
@@ -42,8 +43,11 @@ pub struct AppState {
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// Where reads of citizens' data are recorded.
     pub access: AccessLog,
-    /// Batch transactions of one sync stream running at once.
+    /// Batch transactions of one sync stream running at once (one while unary writes
+    /// arrive: `unary_writes`).
     pub sync_batches_in_flight: usize,
+    /// When this instance last admitted a unary write: sync streams yield to them.
+    pub unary_writes: Arc<priority::UnaryWrites>,
     /// Rate limits and the in-flight limit.
     pub limits: Arc<Limits>,
     /// Set when the server begins a graceful shutdown: open-ended streams (change-feed

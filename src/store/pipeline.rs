@@ -63,6 +63,12 @@ impl<T: Send + 'static> Pipeline<T> {
         }
     }
 
+    /// Changes how many batches may run at once from the next [`Pipeline::submit`] on (at
+    /// least one); batches already running are not stopped, the next waits for them.
+    pub fn set_depth(&mut self, depth: usize) {
+        self.depth = depth.max(1);
+    }
+
     /// Starts `batch` through `run` once the rule allows it (waiting first for earlier
     /// batches it shares a key with, and for the oldest when `depth` are running).
     /// Answers what the batches that finished meanwhile answered, in submission order
@@ -278,6 +284,33 @@ mod tests {
         assert!(second_waits(first, second.clone()).await);
         second.legacy_ids.clear();
         assert!(!second_waits(record("001085000001", "r1"), second).await);
+    }
+
+    #[tokio::test]
+    async fn a_depth_lowered_to_one_makes_the_next_batch_wait_for_every_running_one() {
+        let ended = Arc::new(Mutex::new(0));
+        let mut pipeline = Pipeline::new(2);
+        for (citizen, record_id) in [("001085000001", "r1"), ("001085000002", "r2")] {
+            let e = ended.clone();
+            pipeline
+                .submit(vec![record(citizen, record_id)], move |_| async move {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    *e.lock().unwrap() += 1;
+                })
+                .await
+                .unwrap();
+        }
+        pipeline.set_depth(1);
+        let e = ended.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pipeline
+            .submit(vec![record("001085000003", "r3")], move |_| async move {
+                let _ = tx.send(*e.lock().unwrap());
+            })
+            .await
+            .unwrap();
+        pipeline.finish().await.unwrap();
+        assert_eq!(rx.await.unwrap(), 2, "both earlier batches had ended");
     }
 
     #[tokio::test]
