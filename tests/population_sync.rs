@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{population_on, sync_accounts, sync_citizens, Backend, TestApp, EXISTS, PAYER, SYNC};
+use common::{
+    population_on, sync_accounts, sync_citizens, Backend, TestApp, ADMIN, EXISTS, PAYER, SYNC,
+};
 use futures::StreamExt;
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, BatchResolveRequest, CitizenRecord, CitizenStatus,
-    ListCitizenAccountsRequest, ListDuplicateClaimsRequest, RecordError, ResolveOutcome,
-    ResolveRequest, ResolveResponse, ResolveScope, SyncBatchResult, SyncCitizensRequest,
-    VerificationMethod,
+    LinkAccountRequest, ListCitizenAccountsRequest, ListDuplicateClaimsRequest, RecordError,
+    ResolveOutcome, ResolveRequest, ResolveResponse, ResolveScope, SyncBatchResult,
+    SyncCitizensRequest, VerificationMethod,
 };
 use tonic::Code;
 
@@ -36,6 +38,7 @@ on_both_backends!(
     batch_resolve_answers_every_request_in_order_with_its_correlation_id,
     batch_resolve_slows_down_for_a_slow_reader_instead_of_buffering,
     the_streams_require_their_scopes,
+    a_stream_beside_unary_writes_commits_small_batches_one_at_a_time,
 );
 
 fn cid(n: u32) -> String {
@@ -1322,4 +1325,62 @@ mod postgres_access_log {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(pending(&app).await, 1, "the row's entries, not merged");
     }
+}
+
+/// The records each acknowledgement of a stream covers (acknowledgements carry running
+/// totals).
+fn batch_sizes(acks: &[SyncBatchResult]) -> Vec<u64> {
+    let mut before = 0;
+    acks.iter()
+        .map(|a| {
+            let size = a.records_committed - before;
+            before = a.records_committed;
+            size
+        })
+        .collect()
+}
+
+async fn a_stream_beside_unary_writes_commits_small_batches_one_at_a_time(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let records = |from: u32| -> Vec<CitizenRecord> {
+        (from..from + 2000)
+            .map(|n| citizen(&format!("y{n:05}"), 1, n, "Đỗ Văn Hùng"))
+            .collect()
+    };
+    // Alone, a stream sent at once is committed in batches of up to 1,000.
+    let alone = batch_sizes(&sync_citizens(&app, records(0)).await);
+    assert_eq!(alone.iter().sum::<u64>(), 2000);
+    assert!(alone.iter().any(|&n| n > 250), "{alone:?}");
+
+    // Beside a payer's unary writes (one every 100 ms, as long as the stream runs), it
+    // yields: batches of at most 250, so that the writes' commits do not queue behind it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, mut registry) = (stop.clone(), app.registry(Some(ADMIN)));
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let request = LinkAccountRequest {
+                    idempotency_key: uuid::Uuid::new_v4().to_string(),
+                    citizen_id: cid(50_000 + n),
+                    kind: AccountKind::BankAccount.into(),
+                    provider_code: "970436".into(),
+                    account_ref: format!("01000{n:05}"),
+                    reason: "declared at the commune office".into(),
+                    ..Default::default()
+                };
+                registry.link_account(request).await.expect("a unary write");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let beside = batch_sizes(&sync_citizens(&app, records(10_000)).await);
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 0);
+    assert_eq!(beside.iter().sum::<u64>(), 2000);
+    assert!(beside.iter().all(|&n| n <= 250), "{beside:?}");
+    app.stop().await;
 }
