@@ -14,6 +14,10 @@
 //! write's send to the receipt of its event 559-820 ms without yielding and 200-282 ms
 //! yielding (p95 403-489 ms against 152-220 ms), for 5-21% fewer records/s.
 //!
+//! A unary write is any unary call of the write class (`RpcClass::Write`): the account
+//! commands, reservations, and a durable consumer's CommitPosition (a payer following the
+//! feed is what the yield is for).
+//!
 //! The signal is per instance: a stream yields to the unary writes of the instance it
 //! runs on. Behind a load balancer that spreads unary calls across instances, each
 //! instance that runs a stream sees its share of them.
