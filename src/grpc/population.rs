@@ -236,7 +236,8 @@ enum Ended {
 /// UNAVAILABLE (SHUTTING_DOWN): the client resumes after the last record acknowledged.
 ///
 /// Two halves run together: one reads, validates and starts batches, up to
-/// `sync_batches_in_flight` transactions at once through a [`Pipeline`] (a batch that
+/// `sync_batches_in_flight` transactions at once through a [`Pipeline`] (one, of
+/// [`YIELDING_BATCH`] records, while unary writes arrive: `super::priority`; a batch that
 /// shares a citizen, record, legacy number or account with a running one waits for it,
 /// so the outcomes are those of one batch at a time); the other acknowledges them in
 /// stream order as each commits. Acknowledging apart from reading keeps a client that waits for
@@ -287,7 +288,8 @@ async fn sync_loop<K: SyncKind>(
                     now,
                     authority: call.authority(),
                 };
-                pipeline.set_depth(if yielding {
+                // A unary write may have arrived while the batch was being read.
+                pipeline.set_depth(if yielding || state.unary_writes.yielding() {
                     1
                 } else {
                     state.sync_batches_in_flight
