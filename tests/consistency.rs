@@ -168,16 +168,11 @@ async fn batch_paid(resolver: &mut common::Resolver, citizens: &[&str], min: u64
             ..Default::default()
         })
         .collect();
-    let mut answers = resolver
-        .batch_resolve(tokio_stream::iter(requests))
+    common::batch_resolve_on(resolver, requests)
         .await
-        .expect("stream")
-        .into_inner();
-    let mut paid_now = Vec::new();
-    while let Some(a) = answers.message().await.expect("the stream goes on") {
-        paid_now.push(a.result.as_ref().is_some_and(paid));
-    }
-    paid_now
+        .iter()
+        .map(|a| a.result.as_ref().is_some_and(paid))
+        .collect()
 }
 
 /// A payroll run reads millions of citizens once each: its reads are answered from

@@ -272,6 +272,29 @@ mod binary {
 const SERVICE: &str = "payoutregistry.v1.PayoutResolverService";
 
 /// A loopback address nothing listens on (for `health_listen` and `metrics_listen`).
+/// Writes `dir/registry.toml` for the binary: the main and health listeners, a data
+/// directory in `dir`, no development client, JSON logs, `notice_secs` of shutdown notice,
+/// then `rest` (sections and clients).
+fn binary_config(
+    dir: &std::path::Path,
+    (listen, probe): (SocketAddr, SocketAddr),
+    notice_secs: u32,
+    rest: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("registry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{listen}\"\nhealth_listen = \"{probe}\"\ndata_dir = {data:?}\n\
+             dev_client = false\nlog_format = \"json\"\nshutdown_notice_secs = {notice_secs}\n\n\
+             {rest}",
+            data = dir.join("data").display().to_string(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -1051,22 +1074,19 @@ async fn killed_with_a_spool() {
     let dir = tempfile::tempdir().unwrap();
     let (listen, probe) = (free_addr(), free_addr());
     let spool = dir.path().join("spool");
-    let config = dir.path().join("registry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{listen}\"\nhealth_listen = \"{probe}\"\ndata_dir = {data:?}\n\
-             dev_client = false\nlog_format = \"json\"\nshutdown_notice_secs = 0\n\n\
-             [access_log]\nspool_dir = {spool:?}\nship_every_ms = 600000\n\n\
+    let config = binary_config(
+        dir.path(),
+        (listen, probe),
+        0,
+        &format!(
+            "[access_log]\nspool_dir = {spool:?}\nship_every_ms = 600000\n\n\
              [[clients]]\nid = \"payroll\"\ntoken_sha256 = {token:?}\n\
              providers = [\"970418\"]\n\
              scopes = [\"accounts.write\", \"accounts.verify\", \"resolve\"]\n",
-            data = dir.path().join("data").display().to_string(),
             spool = spool.display().to_string(),
             token = payout_registry::security::auth::hash_token("payroll-secret"),
         ),
-    )
-    .unwrap();
+    );
     let server_log = dir.path().join("server.log");
     let serve = || {
         Process::start(
@@ -1140,19 +1160,16 @@ async fn sigterm_mid_import() {
     let (citizens, _) = bulk::demo_csv(&spec, &dir.path().join("files")).unwrap();
     let listen = free_addr();
     let probe = free_addr();
-    let config = dir.path().join("registry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{listen}\"\nhealth_listen = \"{probe}\"\ndata_dir = {data:?}\n\
-             dev_client = false\nlog_format = \"json\"\nshutdown_notice_secs = 1\n\n\
-             [[clients]]\nid = \"population-platform\"\ntoken_sha256 = {token:?}\n\
+    let config = binary_config(
+        dir.path(),
+        (listen, probe),
+        1,
+        &format!(
+            "[[clients]]\nid = \"population-platform\"\ntoken_sha256 = {token:?}\n\
              scopes = [\"sync.population\"]\n",
-            data = dir.path().join("data").display().to_string(),
             token = payout_registry::security::auth::hash_token("sync-secret"),
         ),
-    )
-    .unwrap();
+    );
     let server_log = dir.path().join("server.log");
     let import_log = dir.path().join("import.log");
     let serve = || {

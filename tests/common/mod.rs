@@ -1189,8 +1189,16 @@ pub async fn batch_resolve_all(
     token: &str,
     requests: Vec<payout_registry::proto::BatchResolveRequest>,
 ) -> Vec<payout_registry::proto::BatchResolveResponse> {
-    let mut answers = app
-        .resolver(Some(token))
+    batch_resolve_on(&mut app.resolver(Some(token)), requests).await
+}
+
+/// Sends `requests` on one BatchResolve stream of `resolver` (any instance, any client)
+/// and collects every answer.
+pub async fn batch_resolve_on(
+    resolver: &mut Resolver,
+    requests: Vec<payout_registry::proto::BatchResolveRequest>,
+) -> Vec<payout_registry::proto::BatchResolveResponse> {
+    let mut answers = resolver
         .batch_resolve(tokio_stream::iter(requests))
         .await
         .expect("stream accepted")
