@@ -1265,7 +1265,7 @@ mod postgres_access_log {
         app.db
             .count(
                 "SELECT n_pending_tuples FROM gin_metapage_info(\
-                 get_raw_page('access_log_by_citizen_in_batch', 0))",
+                 get_raw_page('access_log_by_citizen_key', 0))",
             )
             .await
     }
@@ -1292,7 +1292,7 @@ mod postgres_access_log {
         );
         let logged = app
             .db
-            .count("SELECT COUNT(*) FROM access_log WHERE citizen_ids IS NOT NULL")
+            .count("SELECT COUNT(*) FROM access_log WHERE citizen_keys IS NOT NULL")
             .await;
         assert!(logged >= 1, "the batch's reads are logged");
 
@@ -1314,11 +1314,11 @@ mod postgres_access_log {
         app.stop_server().await;
         app.db
             .execute_raw(&format!(
-                "INSERT INTO access_log (citizen_ids, client_id, method, purpose, \
-                 accessed_at, request_id) VALUES (ARRAY['{}', '{}'], 'test', \
+                "INSERT INTO access_log (citizen_keys, client_id, method, purpose, \
+                 accessed_at, request_id) VALUES (ARRAY[{}, {}]::int8[], 'test', \
                  'BatchResolve', 'audit', 0, gen_random_uuid())",
-                cid(3000),
-                cid(3001)
+                cid(3000).parse::<i64>().unwrap(),
+                cid(3001).parse::<i64>().unwrap()
             ))
             .await
             .expect("append a row");

@@ -1174,15 +1174,60 @@ async fn a_read_of_many_citizens_is_listed_in_each_of_their_logs_in_order(backen
         let options = db
             .texts(
                 "SELECT array_to_string(reloptions, ',') FROM pg_class \
-                 WHERE relname = 'access_log_by_citizen_in_batch'",
+                 WHERE relname = 'access_log_by_citizen_key'",
             )
             .await;
         assert_eq!(options, ["fastupdate=on"]);
+        // The calls' citizens are held as numbers (migration 0017).
+        assert_eq!(
+            db.count(
+                "SELECT COUNT(*) FROM access_log WHERE citizen_keys IS NOT NULL \
+                 AND citizen_ids IS NULL AND citizen_id IS NULL"
+            )
+            .await,
+            2
+        );
     }
     let c_log = store.access_log(&cid(c), None, 10).await.unwrap();
     assert_eq!(purposes(&c_log), ["run 4", "run 2"]);
     let a_log = store.access_log(&cid(a), None, 10).await.unwrap();
     assert_eq!(purposes(&a_log), ["run 5", "run 4", "run 2", "run 1"]);
+    if merged {
+        // A call logged before migration 0017 named its citizens as text: still listed,
+        // in order, and only in its own citizens' logs.
+        db.execute_raw(&format!(
+            "INSERT INTO access_log (citizen_ids, client_id, method, purpose, accessed_at, \
+             request_id) VALUES (ARRAY['{a}', '{c}'], 'vss', 'BatchResolve', 'run 6', {}, \
+             gen_random_uuid())",
+            now.micros() + 6
+        ))
+        .await
+        .expect("a row in the form before 0017");
+        let a_log = store.access_log(&cid(a), None, 10).await.unwrap();
+        assert_eq!(
+            purposes(&a_log),
+            ["run 6", "run 5", "run 4", "run 2", "run 1"]
+        );
+        let b_log = store.access_log(&cid(b), None, 10).await.unwrap();
+        assert_eq!(purposes(&b_log), ["run 3", "run 2"]);
+        let c_page = store.access_log(&cid(c), None, 2).await.unwrap();
+        assert_eq!(purposes(&c_page), ["run 6", "run 4"]);
+        let c_rest = store
+            .access_log(&cid(c), Some(c_page[1].0), 10)
+            .await
+            .unwrap();
+        assert_eq!(purposes(&c_rest), ["run 2"]);
+        // A row naming its citizens twice over is refused.
+        let both = format!(
+            "INSERT INTO access_log (citizen_ids, citizen_keys, client_id, method, purpose, \
+             accessed_at, request_id) VALUES (ARRAY['{a}'], ARRAY[{}]::int8[], 'vss', \
+             'BatchResolve', 'x', 0, gen_random_uuid())",
+            cid(a).number().unwrap()
+        );
+        db.execute_raw(&both)
+            .await
+            .expect_err("two lists of citizens");
+    }
     assert!(store
         .access_log(&cid("001099099999"), None, 10)
         .await

@@ -102,6 +102,9 @@ pub enum BenchScenario {
     RawAny,
     /// Baseline: the citizens' primary key alone on PostgreSQL, --keys ids per `= ANY`.
     PkAny,
+    /// Baseline: BatchResolve's read straight on PostgreSQL (the resolution read model's
+    /// rows), --keys ids per `= ANY`.
+    ModelAny,
     /// Baseline for sync-accounts: the same --records rows (same --demo-seed) by one COPY
     /// into a bare table on --database-url (dropped afterwards).
     CopyAccounts,
@@ -336,9 +339,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 events as f64 / elapsed.as_secs_f64()
             );
         }
-        BenchScenario::RawAny | BenchScenario::PkAny => {
+        BenchScenario::RawAny | BenchScenario::PkAny | BenchScenario::ModelAny => {
             let (name, lookup) = match args.scenario {
                 BenchScenario::PkAny => ("pk-any", bench::Lookup::PrimaryKey),
+                BenchScenario::ModelAny => ("model-any", bench::Lookup::ReadModel),
                 _ => ("raw-any", bench::Lookup::ResolveJoin),
             };
             let url = args

@@ -188,6 +188,17 @@ impl CitizenId {
         &self.0
     }
 
+    /// The integer the 12 digits spell (`001099012345` is 1,099,012,345), a key that
+    /// compares and stores as one machine word; every id is exactly 12 digits, so padding
+    /// the number back to 12 digits gives the id again. `None` only for a corrupt value
+    /// from [`CitizenId::from_stored`].
+    pub fn number(&self) -> Option<i64> {
+        if self.0.len() != CITIZEN_ID_LEN || !self.0.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        self.0.parse().ok()
+    }
+
     /// The form to show where the id must not appear in full: `001******345`.
     pub fn masked(&self) -> String {
         mask_citizen_id(&self.0)
@@ -302,6 +313,42 @@ mod tests {
             assert_eq!(code.len(), 3);
             assert!(code.bytes().all(|b| b.is_ascii_digit()));
             assert!(!name.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_number_of_an_id_is_the_integer_its_digits_spell_and_pads_back_to_the_id() {
+        let ids = ["001099012345", "096199000001", "079000000000"];
+        for raw in ids {
+            let parsed = CitizenId::parse_with_year(raw, YEAR).expect(raw);
+            let n = parsed.number().expect("a parsed id has a number");
+            assert_eq!(format!("{n:012}"), raw);
+        }
+        assert_eq!(
+            CitizenId::parse_with_year("001099012345", YEAR)
+                .unwrap()
+                .number(),
+            Some(1_099_012_345)
+        );
+        // Distinct ids, distinct numbers: the leading zeros carry no information.
+        let numbers: std::collections::BTreeSet<i64> = ids
+            .iter()
+            .map(|raw| CitizenId::from_stored((*raw).to_owned()).number().unwrap())
+            .collect();
+        assert_eq!(numbers.len(), ids.len());
+        // A corrupt stored value has none.
+        for corrupt in [
+            "",
+            "00109901234",
+            "0010990123456",
+            "00109901234x",
+            "+01099012345",
+        ] {
+            assert_eq!(
+                CitizenId::from_stored(corrupt.to_owned()).number(),
+                None,
+                "{corrupt}"
+            );
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Every read of a citizen's data appends an entry, so the log is on the hot path of the
 //! busiest calls. A call that reads many citizens (a BatchResolve batch) is one row naming
-//! them all (`citizen_ids`, searched through the dialect's `LOG_NAMES_CITIZEN`); a read of
+//! them all (the dialect's `LOG_CITIZENS_COLUMN`, searched through its `LOG_NAMES_CITIZEN`); a read of
 //! one citizen is a row of its own. The background room's writers batch the entries, and
 //! each batch is one transaction; its single reads are one set-based INSERT: on PostgreSQL
 //! one statement whose text never changes (arrays unnested server-side, prepared once
@@ -16,7 +16,7 @@ use sqlx::{ConnectOptions as _, Connection as _, Database};
 
 use super::dialect::{insert_rows, Dialect, Handle, Session, Tx};
 use super::health::waiting_for;
-use super::sql::{text_keys, Sql};
+use super::sql::Sql;
 use super::sql_store::SqlStore;
 use super::{AccessEntry, StoreResult};
 use crate::domain::{CitizenId, Timestamp};
@@ -204,14 +204,13 @@ async fn insert_call<D: Dialect>(
     call: &[AccessEntry],
 ) -> StoreResult<()> {
     let e = &call[0];
-    let mut q = D::builder(
-        "INSERT INTO access_log (citizen_ids, client_id, method, purpose, accessed_at, \
-         request_id) VALUES (",
-    );
-    D::push_list(
-        &mut q,
-        text_keys(call.iter().map(|e| e.citizen_id.as_str())),
-    )?;
+    let mut q = D::builder(&format!(
+        "INSERT INTO access_log ({}, client_id, method, purpose, accessed_at, request_id) \
+         VALUES (",
+        D::LOG_CITIZENS_COLUMN
+    ));
+    let citizens: Vec<&CitizenId> = call.iter().map(|e| &e.citizen_id).collect();
+    D::push_citizens(&mut q, &citizens)?;
     q.push(", ")
         .push_bind(e.client_id.as_str())
         .push(", ")
@@ -225,7 +224,7 @@ async fn insert_call<D: Dialect>(
         .push(") RETURNING id");
     let (id,): (i64,) = tx.fetch_one(q.build()).await?;
     if D::ACCESS_LOG_TERMS {
-        let terms: Vec<&str> = call.iter().map(|e| e.citizen_id.as_str()).collect();
+        let terms: Vec<&str> = citizens.iter().map(|c| c.as_str()).collect();
         tx.execute(
             Sql::new("INSERT INTO access_log_terms (rowid, citizen_ids) VALUES ($1, $2)")
                 .bind(id)

@@ -28,6 +28,7 @@ use sqlx::{Database, Pool};
 use super::health::waiting_for;
 use super::sql::{Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::StoreResult;
+use crate::domain::CitizenId;
 
 /// A backend's SQL and behaviour, where they differ.
 pub trait Dialect: Send + Sync + Sized + 'static {
@@ -69,7 +70,7 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     const SNAPSHOT_READ: &'static [&'static str];
 
     /// A condition on `access_log` rows: the row is a read of many citizens and `$1` is
-    /// one of them (`citizen_ids` holds them; how it is searched is the backend's).
+    /// one of them (how they are held and searched is the backend's).
     const LOG_NAMES_CITIZEN: &'static str;
 
     /// Merges the pending entries of the index over the citizens of reads of many into
@@ -77,7 +78,7 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str>;
 
     /// Whether a row of many citizens is also written to the full-text index
-    /// `access_log_terms` (where `citizen_ids` cannot be indexed itself).
+    /// `access_log_terms` (where the list cannot be indexed itself).
     const ACCESS_LOG_TERMS: bool;
 
     /// Run first in the sequencer's transaction.
@@ -112,8 +113,11 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// Appends `rows` as a relation (after an `INSERT INTO t (...) ` or inside an `IN (`).
     fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()>;
 
-    /// Appends `items` as one value holding the list (`citizen_ids`).
-    fn push_list(q: &mut SqlBuilder, items: Vec<Val>) -> StoreResult<()>;
+    /// The `access_log` column a read of many citizens names them in.
+    const LOG_CITIZENS_COLUMN: &'static str;
+
+    /// Appends `citizens` as one value of [`Dialect::LOG_CITIZENS_COLUMN`].
+    fn push_citizens(q: &mut SqlBuilder, citizens: &[&CitizenId]) -> StoreResult<()>;
 
     /// Appends a membership test of the expression just pushed in `keys` (` IN (...)`,
     /// ` = ANY($n)`, ...); no key matches nothing.

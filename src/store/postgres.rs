@@ -20,6 +20,7 @@ use super::replicas::Replicas;
 use super::sql::{columns, Arg, Column, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::sql_store::{Pools, SqlStore};
 use super::{StoreError, StoreOptions, StoreResult};
+use crate::domain::CitizenId;
 
 /// The PostgreSQL store: one pool shared by reads and writes.
 pub type PgStore = SqlStore<PgDialect>;
@@ -206,16 +207,25 @@ impl Dialect for PgDialect {
     const SNAPSHOT_READ: &'static [&'static str] =
         &["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"];
 
-    /// The GIN index `access_log_by_citizen_in_batch` answers `@>`.
+    /// `citizen_keys` since migration 0017, `citizen_ids` before it: each through its
+    /// GIN index.
     const LOG_NAMES_CITIZEN: &'static str =
-        "citizen_ids IS NOT NULL AND citizen_ids @> ARRAY[$1::text]";
+        "(citizen_keys IS NOT NULL AND citizen_keys @> ARRAY[$1::bigint] \
+         OR citizen_ids IS NOT NULL AND citizen_ids @> ARRAY[$1::text])";
+
+    /// The citizens as numbers (`CitizenId::number`, migration 0017).
+    const LOG_CITIZENS_COLUMN: &'static str = "citizen_keys";
 
     const ACCESS_LOG_TERMS: bool = false;
 
-    /// The GIN index keeps new entries in its pending list (migration 0015); merged here
-    /// in bulk, not by the log writer whose row would overflow the list.
-    const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str> =
-        Some("SELECT gin_clean_pending_list('access_log_by_citizen_in_batch')");
+    /// The GIN index keeps new entries in its pending list (migrations 0015, 0017);
+    /// merged here in bulk, not by the log writer whose row would overflow the list. The
+    /// index of the text ids (before 0017) gets no new entries, but may hold a list
+    /// written before the upgrade: merging an empty list costs one page read.
+    const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str> = Some(
+        "SELECT gin_clean_pending_list('access_log_by_citizen_key') \
+         + gin_clean_pending_list('access_log_by_citizen_in_batch')",
+    );
 
     /// The sequencer reads one snapshot for the events it numbers and the state the sync
     /// digest is computed from, so the digest describes exactly the feed up to its
@@ -249,11 +259,17 @@ impl Dialect for PgDialect {
         Ok(())
     }
 
-    /// A `text[]` parameter.
-    fn push_list(q: &mut SqlBuilder, items: Vec<Val>) -> StoreResult<()> {
-        let col = Column::of(items)
-            .ok_or_else(|| StoreError::Corrupt("list items of mixed types".into()))?;
-        push_array(q, col);
+    /// An `int8[]` parameter: each id's number.
+    fn push_citizens(q: &mut SqlBuilder, citizens: &[&CitizenId]) -> StoreResult<()> {
+        let numbers = citizens
+            .iter()
+            .map(|c| {
+                c.number()
+                    .ok_or_else(|| StoreError::Corrupt("a citizen id".into()))
+            })
+            .map(|n| n.map(Some))
+            .collect::<StoreResult<Vec<Option<i64>>>>()?;
+        push_array(q, Column::Int(numbers));
         Ok(())
     }
 

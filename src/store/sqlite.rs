@@ -25,6 +25,7 @@ use super::replicas::Replicas;
 use super::sql::{Arg, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
 use super::sql_store::{Pools, SqlStore};
 use super::{StoreOptions, StoreResult};
+use crate::domain::CitizenId;
 
 /// The SQLite store: a one-connection writer pool and a reader pool.
 pub type SqliteStore = SqlStore<SqliteDialect>;
@@ -122,6 +123,8 @@ impl Dialect for SqliteDialect {
 
     const ACCESS_LOG_TERMS: bool = true;
 
+    const LOG_CITIZENS_COLUMN: &'static str = "citizen_ids";
+
     /// FTS5 merges its segments as it writes them.
     const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str> = None;
 
@@ -175,18 +178,11 @@ impl Dialect for SqliteDialect {
         Self::push_in(q, keys)
     }
 
-    /// A JSON array (the column is text; `access_log_citizens` is what is searched).
-    fn push_list(q: &mut SqlBuilder, items: Vec<Val>) -> StoreResult<()> {
-        let texts: Vec<Option<String>> = items
-            .into_iter()
-            .map(|v| match v {
-                Val::Text(t) => Ok(t),
-                _ => Err(super::StoreError::Corrupt(
-                    "a list of non-text items".into(),
-                )),
-            })
-            .collect::<StoreResult<_>>()?;
-        let json = serde_json::to_string(&texts)
+    /// A JSON array of the ids (the column is text; `access_log_terms` is what is
+    /// searched).
+    fn push_citizens(q: &mut SqlBuilder, citizens: &[&CitizenId]) -> StoreResult<()> {
+        let ids: Vec<&str> = citizens.iter().map(|c| c.as_str()).collect();
+        let json = serde_json::to_string(&ids)
             .map_err(|e| super::StoreError::Corrupt(format!("encoding a list: {e}")))?;
         q.push_bind(Val::Text(Some(json)));
         Ok(())

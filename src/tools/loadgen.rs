@@ -542,6 +542,8 @@ pub enum Lookup {
     ResolveJoin,
     /// The citizens' primary key alone: PostgreSQL's ceiling for a keyed batch read.
     PrimaryKey,
+    /// What BatchResolve reads: the resolution read model's rows by primary key.
+    ReadModel,
 }
 
 impl Lookup {
@@ -556,6 +558,10 @@ impl Lookup {
                  WHERE c.citizen_id = ANY($1)"
             }
             Lookup::PrimaryKey => "SELECT citizen_id FROM citizens WHERE citizen_id = ANY($1)",
+            Lookup::ReadModel => {
+                "SELECT citizen_id, status, preferences FROM resolution_inputs \
+                 WHERE citizen_id = ANY($1)"
+            }
         }
     }
 }
