@@ -7,8 +7,9 @@ mod common;
 use common::{Backend, TestApp, ADMIN, PAYER};
 use payout_registry::proto::{
     AccountKind, CitizenRecord, CitizenStatus, LinkAccountRequest, PayoutFailureCode,
-    ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest, SetDefaultAccountRequest,
-    SuspendAccountRequest, Verification, VerificationMethod, VerifyAccountRequest,
+    ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest, ResolveResponse,
+    SetDefaultAccountRequest, SuspendAccountRequest, Verification, VerificationMethod,
+    VerifyAccountRequest,
 };
 use payout_registry::store::ModelCheck;
 use payout_registry::tools::demo::DemoSpec;
@@ -58,8 +59,27 @@ async fn link(app: &TestApp, citizen: &str, number: &str, verified: bool) -> Str
         .account_id
 }
 
-async fn outcome(app: &TestApp, citizen: &str, program: &str) -> ResolveOutcome {
-    let response = app
+/// Makes `default` MOVED's default account and `pension` its PENSION account.
+async fn prefer(app: &TestApp, default: &str, pension: &str) {
+    for (account, program) in [(default, ""), (pension, "PENSION")] {
+        app.registry(Some(ADMIN))
+            .set_default_account(SetDefaultAccountRequest {
+                idempotency_key: key(),
+                citizen_id: MOVED.into(),
+                account_id: account.to_owned(),
+                program_code: program.into(),
+                reason: "chosen by the citizen".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("set preference");
+    }
+}
+
+/// The payer's answer for `citizen`, without the instant asked about and the feed
+/// position, which move on while the answer stays the same.
+async fn resolved(app: &TestApp, citizen: &str, program: &str) -> ResolveResponse {
+    let mut response = app
         .resolver(Some(PAYER))
         .resolve(ResolveRequest {
             citizen_id: citizen.into(),
@@ -68,8 +88,15 @@ async fn outcome(app: &TestApp, citizen: &str, program: &str) -> ResolveOutcome 
             ..Default::default()
         })
         .await
-        .expect("resolve");
-    response.into_inner().outcome()
+        .expect("resolve")
+        .into_inner();
+    response.as_of = None;
+    response.position = 0;
+    response
+}
+
+async fn outcome(app: &TestApp, citizen: &str, program: &str) -> ResolveOutcome {
+    resolved(app, citizen, program).await.outcome()
 }
 
 async fn check(app: &TestApp, repair: bool) -> ModelCheck {
@@ -133,19 +160,7 @@ async fn check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampe
         })
         .await
         .expect("verify");
-    for (account, program) in [(&second, ""), (&first, "PENSION")] {
-        app.registry(Some(ADMIN))
-            .set_default_account(SetDefaultAccountRequest {
-                idempotency_key: key(),
-                citizen_id: MOVED.into(),
-                account_id: account.clone(),
-                program_code: program.into(),
-                reason: "chosen by the citizen".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("set preference");
-    }
+    prefer(&app, &second, &first).await;
     let suspended = link(&app, SUSPENDED, "0071007000021", true).await;
     app.registry(Some(ADMIN))
         .suspend_account(SuspendAccountRequest {
@@ -208,8 +223,8 @@ async fn check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampe
     assert_eq!(sampled.differences, vec![]);
     assert!(!sampled.references_checked, "a sample checks no references");
 
-    // Tampered behind the registry's back: a status, a missing row, a row of no citizen,
-    // a stale account version.
+    // Tampered behind the registry's back: a status, a missing row, a row of no citizen
+    // (in the JSON form of rows before migration 0018), another citizen's preferences.
     for sql in [
         format!("UPDATE resolution_inputs SET status = 'DECEASED' WHERE citizen_id = '{MOVED}'"),
         format!("DELETE FROM resolution_inputs WHERE citizen_id = '{SUSPENDED}'"),
@@ -218,7 +233,8 @@ async fn check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampe
              VALUES ('{NOBODY}', 'ACTIVE', '[]')"
         ),
         format!(
-            "UPDATE resolution_inputs SET preferences = REPLACE(preferences, '\"v\":', '\"v\":9') \
+            "UPDATE resolution_inputs SET inputs = \
+             (SELECT inputs FROM resolution_inputs WHERE citizen_id = '{DIED}') \
              WHERE citizen_id = '{FAILED}'"
         ),
     ] {
@@ -423,4 +439,103 @@ async fn check_finds_every_broken_reference_between_the_source_tables(backend: B
     assert_eq!(after.broken_references, vec![]);
     assert_eq!(after.differences, vec![]);
     app.stop().await;
+}
+
+/// Rows written before migration 0018 hold a citizen's preferences as JSON text; the
+/// registry still answers from them, `check` finds them equal to the source tables, and
+/// the citizen's next write rewrites the row in the binary form. (PostgreSQL builds the
+/// JSON here; the code that reads it is the same on SQLite.)
+mod postgres_json_rows {
+    use super::*;
+
+    /// `alias`'s account as the JSON form's short field names spell it.
+    fn account_json(alias: &str) -> String {
+        [
+            ("id", "account_id"),
+            ("c", "citizen_id"),
+            ("k", "kind"),
+            ("p", "provider_code"),
+            ("r", "account_ref"),
+            ("h", "holder_name"),
+            ("s", "status"),
+            ("vm", "verification_method"),
+            ("vb", "verified_by"),
+            ("va", "verified_at"),
+            ("ve", "evidence_ref"),
+            ("v", "version"),
+            ("ca", "created_at"),
+            ("ua", "updated_at"),
+            ("dh", "declared_holder_name"),
+            ("vc", "verification_capacity"),
+        ]
+        .iter()
+        .map(|(key, column)| format!("'{key}', {alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+
+    async fn form(app: &TestApp) -> (i64, i64) {
+        let count = |condition: &str| {
+            format!(
+                "SELECT COUNT(*) FROM resolution_inputs WHERE citizen_id = '{MOVED}' \
+                 AND {condition}"
+            )
+        };
+        (
+            app.db
+                .count(&count("preferences IS NOT NULL AND inputs IS NULL"))
+                .await,
+            app.db
+                .count(&count("preferences IS NULL AND inputs IS NOT NULL"))
+                .await,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_in_the_json_form_answers_as_before_and_the_next_write_rewrites_it() {
+        let app = TestApp::builder(Backend::Postgres)
+            .configure(|s| s.resolution_cache_entries = 0)
+            .spawn()
+            .await;
+        // Two preferences, the default one changed (its previous account paid during
+        // cooling-off).
+        let first = link(&app, MOVED, "0071007000011", true).await;
+        let second = link(&app, MOVED, "0071007000012", true).await;
+        prefer(&app, &second, &first).await;
+        assert_eq!(form(&app).await, (0, 1), "written in the binary form");
+        let default = resolved(&app, MOVED, "").await;
+        let pension = resolved(&app, MOVED, "PENSION").await;
+        assert!(default.cooling_off, "{default:?}");
+
+        let json = format!(
+            "SELECT json_agg(json_build_object('p', p.program_code, 's', p.since, \
+             'a', json_build_object({}), \
+             'b', CASE WHEN b.account_id IS NULL THEN NULL ELSE json_build_object({}) END) \
+             ORDER BY p.program_code)::text \
+             FROM preferences p JOIN accounts a ON a.account_id = p.account_id \
+             LEFT JOIN accounts b ON b.account_id = p.previous_account_id \
+             WHERE p.citizen_id = '{MOVED}'",
+            account_json("a"),
+            account_json("b")
+        );
+        app.db
+            .execute_raw(&format!(
+                "UPDATE resolution_inputs SET inputs = NULL, preferences = ({json}) \
+                 WHERE citizen_id = '{MOVED}'"
+            ))
+            .await
+            .expect("back to the JSON form");
+        assert_eq!(form(&app).await, (1, 0), "in the JSON form");
+        assert_eq!(resolved(&app, MOVED, "").await, default);
+        assert_eq!(resolved(&app, MOVED, "PENSION").await, pension);
+        assert_eq!(check(&app, false).await.differences, vec![]);
+
+        // The citizen's next write rewrites the row, in the binary form.
+        link(&app, MOVED, "0071007000013", false).await;
+        assert_eq!(form(&app).await, (0, 1), "rewritten in the binary form");
+        assert_eq!(resolved(&app, MOVED, "").await, default);
+        assert_eq!(resolved(&app, MOVED, "PENSION").await, pension);
+        assert_eq!(check(&app, false).await.differences, vec![]);
+        app.stop().await;
+    }
 }

@@ -384,8 +384,9 @@ const FEW_ROWS: usize = 8;
 /// `rows` in PostgreSQL's binary COPY format: the signature, flags (none) and an empty
 /// header extension; each row as its field count, then each field as its length in
 /// bytes (-1: NULL) and its value in the type's binary form (text: its UTF-8 bytes;
-/// int8: 8 bytes big-endian; uuid: its 16 bytes); then the trailer, -1. Every column
-/// appended to is `text`, `bigint` or `uuid`, which [`Val`]'s three kinds match exactly.
+/// int8: 8 bytes big-endian; uuid: its 16 bytes; bytea: its bytes); then the trailer,
+/// -1. Every column appended to is `text`, `bigint`, `uuid` or `bytea`, which [`Val`]'s
+/// four kinds match exactly.
 fn binary_copy(rows: &[Row]) -> StoreResult<Vec<u8>> {
     const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
     let mut out = Vec::with_capacity(19 + rows.len() * 256);
@@ -401,7 +402,8 @@ fn binary_copy(rows: &[Row]) -> StoreResult<Vec<u8>> {
                 Val::Text(Some(t)) => copy_field(&mut out, t.as_bytes())?,
                 Val::Int(Some(i)) => copy_field(&mut out, &i.to_be_bytes())?,
                 Val::Uuid(Some(u)) => copy_field(&mut out, u.as_bytes())?,
-                Val::Text(None) | Val::Int(None) | Val::Uuid(None) => {
+                Val::Bytes(Some(b)) => copy_field(&mut out, b)?,
+                Val::Text(None) | Val::Int(None) | Val::Uuid(None) | Val::Bytes(None) => {
                     out.extend_from_slice(&(-1i32).to_be_bytes())
                 }
             }
@@ -426,6 +428,7 @@ fn push_array(q: &mut SqlBuilder, col: Column) {
         Column::Text(_) => "::text[]",
         Column::Int(_) => "::int8[]",
         Column::Uuid(_) => "::uuid[]",
+        Column::Bytes(_) => "::bytea[]",
     };
     q.push_bind(col).push(cast);
 }
@@ -443,6 +446,7 @@ fn arguments(args: Vec<Arg>) -> Result<PgArguments, sqlx::Error> {
             Arg::Array(Column::Text(v)) => out.add(v),
             Arg::Array(Column::Int(v)) => out.add(v),
             Arg::Array(Column::Uuid(v)) => out.add(v),
+            Arg::Array(Column::Bytes(v)) => out.add(v),
         }
         .map_err(sqlx::Error::Encode)?;
     }

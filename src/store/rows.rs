@@ -29,8 +29,9 @@ pub(crate) fn provider_terms(
 }
 
 /// Columns of `accounts`, also the leading columns of `account_history`, and the account
-/// snapshots of the resolution read model (as JSON, under short names: a row holds up to
-/// two per preference).
+/// snapshots of the resolution read model (a row holds up to two per preference; encoded
+/// by position, or read from the JSON of rows written before migration 0018 under these
+/// short names, where an absent optional field is `None`).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize)]
 pub(crate) struct AccountRow {
     #[serde(rename = "id")]
@@ -43,17 +44,17 @@ pub(crate) struct AccountRow {
     pub provider_code: String,
     #[serde(rename = "r")]
     pub account_ref: String,
-    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "h", default)]
     pub holder_name: Option<String>,
     #[serde(rename = "s")]
     pub status: String,
-    #[serde(rename = "vm", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vm", default)]
     pub verification_method: Option<String>,
-    #[serde(rename = "vb", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vb", default)]
     pub verified_by: Option<String>,
-    #[serde(rename = "va", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "va", default)]
     pub verified_at: Option<i64>,
-    #[serde(rename = "ve", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "ve", default)]
     pub evidence_ref: Option<String>,
     #[serde(rename = "v")]
     pub version: i64,
@@ -61,9 +62,9 @@ pub(crate) struct AccountRow {
     pub created_at: i64,
     #[serde(rename = "ua")]
     pub updated_at: i64,
-    #[serde(rename = "dh", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "dh", default)]
     pub declared_holder_name: Option<String>,
-    #[serde(rename = "vc", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vc", default)]
     pub verification_capacity: Option<String>,
 }
 

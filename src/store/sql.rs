@@ -31,6 +31,7 @@ pub enum Val {
     Text(Option<String>),
     Int(Option<i64>),
     Uuid(Option<Uuid>),
+    Bytes(Option<Vec<u8>>),
 }
 
 /// A row of values, in column order.
@@ -84,6 +85,12 @@ impl IntoVal for Option<Uuid> {
     }
 }
 
+impl IntoVal for Vec<u8> {
+    fn into_val(self) -> Val {
+        Val::Bytes(Some(self))
+    }
+}
+
 impl Row {
     /// Appends a value (named like [`Sql::push_bind`], so row-building code reads the same).
     pub fn push_bind(&mut self, v: impl IntoVal) -> &mut Row {
@@ -98,6 +105,7 @@ pub enum Column {
     Text(Vec<Option<String>>),
     Int(Vec<Option<i64>>),
     Uuid(Vec<Option<Uuid>>),
+    Bytes(Vec<Option<Vec<u8>>>),
 }
 
 impl Column {
@@ -107,6 +115,7 @@ impl Column {
             Val::Text(_) => Column::Text(Vec::with_capacity(capacity)),
             Val::Int(_) => Column::Int(Vec::with_capacity(capacity)),
             Val::Uuid(_) => Column::Uuid(Vec::with_capacity(capacity)),
+            Val::Bytes(_) => Column::Bytes(Vec::with_capacity(capacity)),
         }
     }
 
@@ -116,6 +125,7 @@ impl Column {
             (Column::Text(c), Val::Text(v)) => c.push(v),
             (Column::Int(c), Val::Int(v)) => c.push(v),
             (Column::Uuid(c), Val::Uuid(v)) => c.push(v),
+            (Column::Bytes(c), Val::Bytes(v)) => c.push(v),
             _ => return false,
         }
         true
@@ -162,7 +172,7 @@ pub enum Arg {
     Int(Option<i64>),
     Uuid(Option<Uuid>),
     Bool(bool),
-    Bytes(Vec<u8>),
+    Bytes(Option<Vec<u8>>),
     /// A whole column bound as one typed array (PostgreSQL only).
     Array(Column),
 }
@@ -178,6 +188,7 @@ impl IntoArg for Val {
             Val::Text(v) => Arg::Text(v),
             Val::Int(v) => Arg::Int(v),
             Val::Uuid(v) => Arg::Uuid(v),
+            Val::Bytes(v) => Arg::Bytes(v),
         }
     }
 }
@@ -250,7 +261,7 @@ impl IntoArg for bool {
 
 impl IntoArg for &Vec<u8> {
     fn into_arg(self) -> Arg {
-        Arg::Bytes(self.clone())
+        Arg::Bytes(Some(self.clone()))
     }
 }
 

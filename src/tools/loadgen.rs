@@ -559,7 +559,7 @@ impl Lookup {
             }
             Lookup::PrimaryKey => "SELECT citizen_id FROM citizens WHERE citizen_id = ANY($1)",
             Lookup::ReadModel => {
-                "SELECT citizen_id, status, preferences FROM resolution_inputs \
+                "SELECT citizen_id, status, preferences, inputs FROM resolution_inputs \
                  WHERE citizen_id = ANY($1)"
             }
         }
