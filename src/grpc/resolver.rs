@@ -380,8 +380,11 @@ async fn batch_loop(
 }
 
 /// Batches looked up at once on one stream: one batch's lookup overlaps the previous
-/// one's access-log commit and answers.
-const LOOKUPS_IN_FLIGHT: usize = 2;
+/// ones' decoding, access-log hand-over and answers. Three rather than two: on the 1 M
+/// population (2 cores, runs alternated) 106.5/110.6 k ids/s against 92.9/99.3 k, the
+/// machine's idle time otherwise 14%; the server's RSS over a 5 M-id stream stays within
+/// 1.16x of a 100 k one's (122.0 against 105.2 MiB).
+const LOOKUPS_IN_FLIGHT: usize = 3;
 
 /// A batch of requests, parsed: for each request its slot in `pending` or its refusal.
 struct ParsedBatch {
