@@ -2,8 +2,8 @@
 //!
 //! Every read of a citizen's data appends an entry, so the log is on the hot path of the
 //! busiest calls. A call that reads many citizens (a BatchResolve batch) is one row naming
-//! them all (the dialect's `LOG_CITIZENS_COLUMN`, searched through its `LOG_NAMES_CITIZEN`); a read of
-//! one citizen is a row of its own. The background room's writers batch the entries, and
+//! them all (in the dialect's `LOG_CITIZENS_COLUMN`, searched through its
+//! `LOG_NAMES_CITIZEN`); a read of one citizen is a row of its own. The background room's writers batch the entries, and
 //! each batch is one transaction; its single reads are one set-based INSERT: on PostgreSQL
 //! one statement whose text never changes (arrays unnested server-side, prepared once
 //! whatever the batch size), on connections the writers hold outside any pool, committed

@@ -263,11 +263,12 @@ impl Dialect for PgDialect {
     fn push_citizens(q: &mut SqlBuilder, citizens: &[&CitizenId]) -> StoreResult<()> {
         let numbers = citizens
             .iter()
-            .map(|c| {
-                c.number()
-                    .ok_or_else(|| StoreError::Corrupt("a citizen id".into()))
+            .map(|c| match c.number() {
+                Some(n) => Ok(Some(n)),
+                None => Err(StoreError::Corrupt(
+                    "a citizen id that is not 12 digits".into(),
+                )),
             })
-            .map(|n| n.map(Some))
             .collect::<StoreResult<Vec<Option<i64>>>>()?;
         push_array(q, Column::Int(numbers));
         Ok(())
@@ -464,16 +465,20 @@ mod tests {
             Val::Text(Some("Lê".into())),
             Val::Int(Some(-2)),
             Val::Uuid(Some(id)),
+            Val::Bytes(Some(vec![1, 0, 0xff])),
             Val::Text(None),
+            Val::Bytes(None),
         ])];
         let data = binary_copy(&rows).unwrap();
         let mut want: Vec<u8> = b"PGCOPY\n\xff\r\n\0".to_vec();
         want.extend([0, 0, 0, 0, 0, 0, 0, 0]); // flags, header extension
-        want.extend([0, 4]); // four fields
+        want.extend([0, 6]); // six fields
         want.extend([0, 0, 0, 3, b'L', 0xc3, 0xaa]); // "Lê": three UTF-8 bytes
         want.extend([0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]);
         want.extend([0, 0, 0, 16]);
         want.extend(1u8..=16);
+        want.extend([0, 0, 0, 3, 1, 0, 0xff]); // bytea: its bytes as they are
+        want.extend([0xff, 0xff, 0xff, 0xff]); // NULL
         want.extend([0xff, 0xff, 0xff, 0xff]); // NULL
         want.extend([0xff, 0xff]); // trailer
         assert_eq!(data, want);

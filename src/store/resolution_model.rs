@@ -187,8 +187,8 @@ fn decode_rows(rows: Vec<StoredRow>, out: &mut HashMap<String, CitizenInputs>) -
 /// integers as varints). Another encoding would take another byte.
 const FORMAT_POSTCARD: u8 = 1;
 
-/// Encodes preferences for the `inputs` column: about half the size of their JSON (a
-/// citizen with one preference: ~140 bytes against ~300).
+/// Encodes preferences for the `inputs` column: well under their JSON's size (the 1 M
+/// demo population: 172 bytes a row on average against 298).
 fn encode(preferences: &[PreferenceSnapshot]) -> StoreResult<Vec<u8>> {
     postcard::to_extend(preferences, vec![FORMAT_POSTCARD])
         .map_err(|e| corrupt(format!("encoding resolution inputs: {e}")))
