@@ -3,12 +3,13 @@
 //! Every read of a citizen's data appends an entry, so the log is on the hot path of the
 //! busiest calls. A call that reads many citizens (a BatchResolve batch) is one row naming
 //! them all (in the dialect's `LOG_CITIZENS_COLUMN`, searched through its
-//! `LOG_NAMES_CITIZEN`); a read of one citizen is a row of its own. The background room's writers batch the entries, and
-//! each batch is one transaction; its single reads are one set-based INSERT: on PostgreSQL
-//! one statement whose text never changes (arrays unnested server-side, prepared once
-//! whatever the batch size), on connections the writers hold outside any pool, committed
-//! without waiting for the WAL flush (the dialect's `ACCESS_LOG_OWN_CONNECTIONS` says why
-//! that is safe); on SQLite multi-row INSERTs under the bind limit.
+//! `LOG_NAMES_CITIZEN`); a read of one citizen is a row of its own. The background room's
+//! writers batch the entries, and each batch is one transaction; its single reads are one
+//! set-based INSERT: on PostgreSQL one statement whose text never changes (arrays
+//! unnested server-side, prepared once whatever the batch size), on connections the
+//! writers hold outside any pool, committed without waiting for the WAL flush (the
+//! dialect's `ACCESS_LOG_OWN_CONNECTIONS` says why that is safe); on SQLite multi-row
+//! INSERTs under the bind limit.
 
 use uuid::Uuid;
 
