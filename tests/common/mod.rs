@@ -42,6 +42,12 @@ pub enum Backend {
     Postgres,
 }
 
+/// How every PostgreSQL test database is created: under the Vietnamese locale (ICU vi-VN)
+/// a ministry's database may well have, not the test machine's C.UTF-8. The registry must
+/// not depend on it: its identifiers sort and compare byte by byte (migration 0019).
+pub const PRODUCTION_LOCALE: &str =
+    "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'vi-VN' LOCALE 'C.UTF-8'";
+
 /// One test's own database, dropped when the test ends (pass or fail).
 pub struct TestDb {
     pub backend: Backend,
@@ -75,7 +81,7 @@ impl TestDb {
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL for tests ({e}); {PG_HELP}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(&format!("CREATE DATABASE {name} {PRODUCTION_LOCALE}"))
             .execute(&mut conn)
             .await
             .expect("create test database");
