@@ -141,17 +141,28 @@ impl<D: Dialect> SqlStore<D> {
             )
             .await?;
         let new_head = head + assigned as i64;
-        if assigned > 0 {
-            tx.execute(
-                Sql::new(
-                    "DELETE FROM feed_pending WHERE position IN \
-                     (SELECT position FROM feed WHERE feed_position > $1 AND feed_position <= $2)",
+        // The citizens this round numbered events of, from the queue rows it takes out
+        // (each names its event's citizen): named in the wake-up, and the digest's work
+        // when it had taken in everything up to the old head.
+        let numbered: Vec<String> = if assigned > 0 {
+            let rows: Vec<(String,)> = tx
+                .fetch_all(
+                    Sql::new(
+                        "DELETE FROM feed_pending WHERE position IN \
+                         (SELECT position FROM feed WHERE feed_position > $1 \
+                         AND feed_position <= $2) RETURNING citizen_id",
+                    )
+                    .bind(head)
+                    .bind(new_head),
                 )
-                .bind(head)
-                .bind(new_head),
-            )
-            .await?;
-        }
+                .await?;
+            let mut citizens: Vec<String> = rows.into_iter().map(|(c,)| c).collect();
+            citizens.sort_unstable();
+            citizens.dedup();
+            citizens
+        } else {
+            Vec::new()
+        };
         let digest_work = digest && published != Some(new_head);
         if assigned == 0 && !digest_work {
             tx.rollback().await?;
@@ -167,13 +178,6 @@ impl<D: Dialect> SqlStore<D> {
             )
             .await?;
         }
-        // The citizens this round numbered events of: named in the wake-up, and the
-        // digest's work when it had taken in everything up to the old head.
-        let numbered: Vec<String> = if assigned > 0 {
-            citizens_numbered(&mut tx, head, new_head).await?
-        } else {
-            Vec::new()
-        };
         let published = if digest_work {
             let work = DigestWork {
                 head,
