@@ -8,8 +8,7 @@ use common::{Backend, TestApp, ADMIN, PAYER};
 use payout_registry::proto::{
     AccountKind, CitizenRecord, CitizenStatus, LinkAccountRequest, PayoutFailureCode,
     ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest, ResolveResponse,
-    SetDefaultAccountRequest, SuspendAccountRequest, Verification, VerificationMethod,
-    VerifyAccountRequest,
+    SuspendAccountRequest, Verification, VerificationMethod, VerifyAccountRequest,
 };
 use payout_registry::store::ModelCheck;
 use payout_registry::tools::demo::DemoSpec;
@@ -62,17 +61,7 @@ async fn link(app: &TestApp, citizen: &str, number: &str, verified: bool) -> Str
 /// Makes `default` MOVED's default account and `pension` its PENSION account.
 async fn prefer(app: &TestApp, default: &str, pension: &str) {
     for (account, program) in [(default, ""), (pension, "PENSION")] {
-        app.registry(Some(ADMIN))
-            .set_default_account(SetDefaultAccountRequest {
-                idempotency_key: key(),
-                citizen_id: MOVED.into(),
-                account_id: account.to_owned(),
-                program_code: program.into(),
-                reason: "chosen by the citizen".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("set preference");
+        common::set_preference(app, MOVED, account, program).await;
     }
 }
 

@@ -13,13 +13,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::{
-    feed_on, refused, sync_accounts, sync_citizens, Backend, TestApp, ADMIN, FEED, PAYER, WATCHER,
+    feed_on, refused, set_preference, sync_accounts, sync_citizens, Backend, TestApp, ADMIN, FEED,
+    PAYER, WATCHER,
 };
 use payout_registry::proto::{
     AccountKind, AccountRecord, AccountStatus, CitizenRecord, CitizenStatus, CloseAccountRequest,
     FeedEvent, GetSyncDigestRequest, GetSyncDigestResponse, PayoutFailureCode,
     ReinstateAccountRequest, ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest,
-    SetDefaultAccountRequest, SubscribeRequest, SuspendAccountRequest, VerificationMethod,
+    SubscribeRequest, SuspendAccountRequest, VerificationMethod,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -193,20 +194,6 @@ async fn link(app: &TestApp, citizen: &str, number: &str) -> String {
     common::link_issuer_confirmed(app, citizen, number).await
 }
 
-async fn prefer(app: &TestApp, citizen: &str, account: &str, program: &str) {
-    app.registry(Some(ADMIN))
-        .set_default_account(SetDefaultAccountRequest {
-            idempotency_key: key(),
-            citizen_id: citizen.into(),
-            account_id: account.into(),
-            program_code: program.into(),
-            reason: "citizen asked".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("set default");
-}
-
 #[derive(Clone, Copy)]
 enum Action {
     Suspend,
@@ -341,8 +328,8 @@ async fn a_consumer_rebuilding_from_the_feed_computes_the_registrys_digest(backe
     // A: two accounts, the second made the default, the first kept for pensions.
     let a1 = link(&app, A, "0011000001").await;
     let a2 = link(&app, A, "0011000002").await;
-    prefer(&app, A, &a2, "").await;
-    prefer(&app, A, &a1, "PENSION").await;
+    set_preference(&app, A, &a2, "").await;
+    set_preference(&app, A, &a1, "PENSION").await;
     // B: one account; C and D: one each; E: declared by the population platform.
     let b1 = link(&app, B, "0791000001").await;
     let c1 = link(&app, C, "0791000002").await;

@@ -1297,6 +1297,22 @@ pub async fn link_issuer_confirmed(app: &TestApp, citizen: &str, number: &str) -
         .account_id
 }
 
+/// Makes `account` the citizen's preference for `program` ("" is the default), as an
+/// office does through SetDefaultAccount.
+pub async fn set_preference(app: &TestApp, citizen: &str, account: &str, program: &str) {
+    app.registry(Some(ADMIN))
+        .set_default_account(payout_registry::proto::SetDefaultAccountRequest {
+            idempotency_key: Uuid::new_v4().to_string(),
+            citizen_id: citizen.into(),
+            account_id: account.into(),
+            program_code: program.into(),
+            reason: "chosen by the citizen".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("set preference");
+}
+
 /// Waits until `ready` holds, checking again each time the store signals a change (a
 /// write committed, events sequenced, the sync digest brought up): no timer decides when
 /// to look. Fails the test after 30 s, naming `what` it waited for.
