@@ -431,8 +431,9 @@ async fn check_finds_every_broken_reference_between_the_source_tables(backend: B
 }
 
 /// Rows written before migration 0018 hold a citizen's preferences as JSON text; the
-/// registry still answers from them, `check` finds them equal to the source tables, and
-/// the citizen's next write rewrites the row in the binary form. (PostgreSQL builds the
+/// registry still answers from them, `check` finds them equal to the source tables and
+/// counts them, and `check --repair` or the citizen's next write rewrites the row in the
+/// binary form. (PostgreSQL builds the
 /// JSON here; the code that reads it is the same on SQLite.)
 mod postgres_json_rows {
     use super::*;
@@ -481,7 +482,8 @@ mod postgres_json_rows {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_row_in_the_json_form_answers_as_before_and_the_next_write_rewrites_it() {
+    async fn a_row_in_the_json_form_answers_as_before_and_check_repair_or_the_next_write_rewrites_it(
+    ) {
         let app = TestApp::builder(Backend::Postgres)
             .configure(|s| s.resolution_cache_entries = 0)
             .spawn()
@@ -496,6 +498,50 @@ mod postgres_json_rows {
         let pension = resolved(&app, MOVED, "PENSION").await;
         assert!(default.cooling_off, "{default:?}");
 
+        to_json_form(&app).await;
+        assert_eq!(form(&app).await, (1, 0), "in the JSON form");
+        answers(&app, &default, &pension).await;
+        let found = check(&app, false).await;
+        assert_eq!(found.differences, vec![]);
+        assert_eq!((found.legacy_rows, found.rewritten), (1, 0), "{found:?}");
+        assert_eq!(
+            form(&app).await,
+            (1, 0),
+            "a check without --repair rewrites nothing"
+        );
+
+        // `check --repair` rewrites it in the binary form, online, with the same content.
+        let (ok, out) = check_binary(&app, &["--repair"]);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("JSON form of before migration 0018: 1 found, 1 rewritten"),
+            "{out}"
+        );
+        assert_eq!(form(&app).await, (0, 1), "rewritten by check --repair");
+        answers(&app, &default, &pension).await;
+        let after = check(&app, false).await;
+        assert_eq!(after.differences, vec![]);
+        assert_eq!((after.legacy_rows, after.rewritten), (0, 0), "{after:?}");
+
+        // Or the citizen's next write rewrites the row, in the binary form.
+        to_json_form(&app).await;
+        assert_eq!(form(&app).await, (1, 0), "in the JSON form");
+        link(&app, MOVED, "0071007000013", false).await;
+        assert_eq!(form(&app).await, (0, 1), "rewritten in the binary form");
+        answers(&app, &default, &pension).await;
+        assert_eq!(check(&app, false).await.differences, vec![]);
+        app.stop().await;
+    }
+
+    /// MOVED resolves as it did before its row changed form.
+    async fn answers(app: &TestApp, default: &ResolveResponse, pension: &ResolveResponse) {
+        assert_eq!(&resolved(app, MOVED, "").await, default);
+        assert_eq!(&resolved(app, MOVED, "PENSION").await, pension);
+    }
+
+    /// Puts MOVED's row of the read model back in the JSON form of before migration
+    /// 0018, built from the source tables as that version wrote it.
+    async fn to_json_form(app: &TestApp) {
         let json = format!(
             "SELECT json_agg(json_build_object('p', p.program_code, 's', p.since, \
              'a', json_build_object({}), \
@@ -514,17 +560,5 @@ mod postgres_json_rows {
             ))
             .await
             .expect("back to the JSON form");
-        assert_eq!(form(&app).await, (1, 0), "in the JSON form");
-        assert_eq!(resolved(&app, MOVED, "").await, default);
-        assert_eq!(resolved(&app, MOVED, "PENSION").await, pension);
-        assert_eq!(check(&app, false).await.differences, vec![]);
-
-        // The citizen's next write rewrites the row, in the binary form.
-        link(&app, MOVED, "0071007000013", false).await;
-        assert_eq!(form(&app).await, (0, 1), "rewritten in the binary form");
-        assert_eq!(resolved(&app, MOVED, "").await, default);
-        assert_eq!(resolved(&app, MOVED, "PENSION").await, pension);
-        assert_eq!(check(&app, false).await.differences, vec![]);
-        app.stop().await;
     }
 }

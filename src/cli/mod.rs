@@ -110,7 +110,9 @@ pub enum Command {
         /// check also finds rows of citizens that do not exist, and broken references).
         #[arg(long)]
         sample: Option<u64>,
-        /// Rewrite each differing row from the source tables, under its citizen's lock.
+        /// Rewrite each differing row from the source tables, under its citizen's lock;
+        /// a full check also rewrites rows still in the JSON form of before migration
+        /// 0018 in the binary form (same content, online).
         #[arg(long)]
         repair: bool,
     },

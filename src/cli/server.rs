@@ -116,6 +116,11 @@ pub async fn check(config: Option<&Path>, sample: Option<u64>, repair: bool) -> 
         report.repaired
     );
     if report.references_checked {
+        println!(
+            "rows in the JSON form of before migration 0018: {} found, {} rewritten in the \
+             binary form",
+            report.legacy_rows, report.rewritten
+        );
         for b in &report.broken_references {
             let citizens: Vec<String> = b
                 .citizens

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::dialect::{insert_rows, Dialect, Handle, Session, Tx, LOOKUP_CHUNK};
 use super::rows::{citizen_status, AccountRow};
-use super::sql::{text_keys, Sql};
+use super::sql::{text_keys, Sql, Val};
 use super::sql_store::SqlStore;
 use super::{corrupt, ModelCheck, ModelDifference, StoreResult};
 use crate::domain::{Account, AccountStatus, CitizenStatus, StoredPreference, Timestamp};
@@ -484,7 +484,63 @@ impl<D: Dialect> SqlStore<D> {
         if repair && !report.differences.is_empty() {
             report.repaired = self.repair_resolution_model(&report.differences).await?;
         }
+        if sample.is_none() {
+            (report.legacy_rows, report.rewritten) = self.legacy_rows(repair).await?;
+        }
         Ok(report)
+    }
+
+    /// Finds the model's rows still in the JSON form of before migration 0018, in
+    /// citizen-id order, and with `rewrite` rewrites each in the binary form: the same
+    /// preferences, re-encoded. Answers how many were found and how many rewritten.
+    ///
+    /// Online: a rewrite takes no citizen's lock, because it changes no content. It
+    /// updates a row only if it still holds the JSON it was read with, so a writer that
+    /// refreshed the row meanwhile (from the source tables, in the binary form) keeps
+    /// its row, and a row rewritten here is one that no writer touched since it was read.
+    async fn legacy_rows(&self, rewrite: bool) -> StoreResult<(u64, u64)> {
+        let (mut found, mut rewritten) = (0u64, 0u64);
+        let mut after = String::new();
+        loop {
+            let rows: Vec<(String, String)> = self
+                .reader()
+                .await?
+                .fetch_all(
+                    Sql::new(
+                        "SELECT citizen_id, preferences FROM resolution_inputs \
+                         WHERE citizen_id > $1 AND preferences IS NOT NULL \
+                         ORDER BY citizen_id LIMIT $2",
+                    )
+                    .bind(after.as_str())
+                    .bind(CHECK_CHUNK),
+                )
+                .await?;
+            let Some((last, _)) = rows.last() else {
+                return Ok((found, rewritten));
+            };
+            after = last.clone();
+            found += rows.len() as u64;
+            if !rewrite {
+                continue;
+            }
+            let mut tx = Tx::<D>::begin_write(&self.write).await?;
+            for (citizen, json) in &rows {
+                let preferences: Vec<PreferenceSnapshot> = serde_json::from_str(json)
+                    .map_err(|e| corrupt(format!("resolution_inputs preferences: {e}")))?;
+                rewritten += tx
+                    .execute(
+                        Sql::new(
+                            "UPDATE resolution_inputs SET inputs = $1, preferences = NULL \
+                             WHERE citizen_id = $2 AND preferences = $3",
+                        )
+                        .bind(Val::Bytes(Some(encode(&preferences)?)))
+                        .bind(citizen.as_str())
+                        .bind(json.as_str()),
+                    )
+                    .await?;
+            }
+            tx.commit().await?;
+        }
     }
 
     /// A read-only transaction whose statements all see one snapshot, for comparing
