@@ -1076,15 +1076,15 @@ async fn payout_failures_are_recorded_and_suspend_verified_accounts(backend: Bac
 async fn the_access_log_is_appended_in_batches_and_read_newest_first(backend: Backend) {
     let (_db, store) = setup(backend).await;
     let now = Timestamp::now();
-    let entry = |citizen: &str, i: i64| AccessEntry {
-        citizen_id: cid(citizen),
+    let entry = |citizen: &str, i: i64| AccessRead {
+        citizens: vec![cid(citizen)],
         client_id: "vss".into(),
         method: "/payoutregistry.v1.PayoutResolverService/Resolve".into(),
         purpose: format!("run {i}"),
         accessed_at: Timestamp(now.micros() + i),
         request_id: Uuid::new_v4(),
     };
-    let batch: Vec<AccessEntry> = (0..12_000)
+    let batch: Vec<AccessRead> = (0..12_000)
         .map(|i| {
             entry(
                 if i % 2 == 0 {
@@ -1130,8 +1130,8 @@ async fn a_read_of_many_citizens_is_listed_in_each_of_their_logs_in_order(backen
     let (db, store) = setup(backend).await;
     let now = Timestamp::now();
     let call = Uuid::new_v4();
-    let entry = |citizen: &str, i: i64, request_id: Uuid| AccessEntry {
-        citizen_id: cid(citizen),
+    let read = |citizens: &[&str], i: i64, request_id: Uuid| AccessRead {
+        citizens: citizens.iter().map(|c| cid(c)).collect(),
         client_id: "vss".into(),
         method: "/payoutregistry.v1.PayoutResolverService/BatchResolve".into(),
         purpose: format!("run {i}"),
@@ -1140,24 +1140,21 @@ async fn a_read_of_many_citizens_is_listed_in_each_of_their_logs_in_order(backen
     };
     let (a, b, c) = ("001099012345", "079200012345", "001099054321");
     store
-        .append_access_log(&[entry(a, 1, Uuid::new_v4())])
+        .append_access_log(&[read(&[a], 1, Uuid::new_v4())])
         .await
         .unwrap();
     // One writer batch holding a call of three citizens, a single read, and a call of two.
     let second = Uuid::new_v4();
     store
         .append_access_log(&[
-            entry(a, 2, call),
-            entry(b, 2, call),
-            entry(c, 2, call),
-            entry(b, 3, Uuid::new_v4()),
-            entry(a, 4, second),
-            entry(c, 4, second),
+            read(&[a, b, c], 2, call),
+            read(&[b], 3, Uuid::new_v4()),
+            read(&[a, c], 4, second),
         ])
         .await
         .unwrap();
     store
-        .append_access_log(&[entry(a, 5, Uuid::new_v4())])
+        .append_access_log(&[read(&[a], 5, Uuid::new_v4())])
         .await
         .unwrap();
     // Rows: three singles, two calls of many.

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::access_spool::{Spool, SpoolSettings};
 use super::readiness::Signals;
-use crate::store::{AccessEntry, Store};
+use crate::store::{AccessRead, Store};
 use crate::telemetry::metrics as m;
 
 /// Why a read could not be logged (and so must not be answered).
@@ -24,9 +24,9 @@ use crate::telemetry::metrics as m;
 #[error("the access log is unavailable")]
 pub struct AccessLogUnavailable;
 
-/// A call's reads waiting to be written, and where to say they were.
+/// A call's read waiting to be written, and where to say it was.
 pub(super) struct Pending {
-    pub(super) entries: Vec<AccessEntry>,
+    pub(super) read: AccessRead,
     pub(super) done: oneshot::Sender<Result<(), AccessLogUnavailable>>,
 }
 
@@ -113,16 +113,16 @@ impl AccessLog {
         }
     }
 
-    /// Records `entries` and returns once they are committed (to the database, or to
+    /// Records a call's `read` and returns once it is committed (to the database, or to
     /// the spool).
-    pub async fn record(&self, entries: Vec<AccessEntry>) -> Result<(), AccessLogUnavailable> {
-        if entries.is_empty() {
+    pub async fn record(&self, read: AccessRead) -> Result<(), AccessLogUnavailable> {
+        if read.citizens.is_empty() {
             return Ok(());
         }
         match &self.sink {
             Sink::Disabled => Ok(()),
-            Sink::Database(tx) => hand_over(tx, entries).await,
-            Sink::Spool(spool) => spool.record(entries).await,
+            Sink::Database(tx) => hand_over(tx, read).await,
+            Sink::Spool(spool) => spool.record(read).await,
         }
     }
 
@@ -139,10 +139,10 @@ impl AccessLog {
 /// Hands a call's reads to a writer through `tx` and waits for the writer's word.
 pub(super) async fn hand_over(
     tx: &mpsc::Sender<Pending>,
-    entries: Vec<AccessEntry>,
+    read: AccessRead,
 ) -> Result<(), AccessLogUnavailable> {
     let (done, committed) = oneshot::channel();
-    tx.send(Pending { entries, done })
+    tx.send(Pending { read, done })
         .await
         .map_err(|_| AccessLogUnavailable)?;
     committed.await.map_err(|_| AccessLogUnavailable)?
@@ -159,12 +159,12 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Pending>>, max_batch: usize) -> Op
     // entries on average at concurrency 8 and 32, on two cores), so fewer INSERTs
     // carry the same reads.
     tokio::task::yield_now().await;
-    let mut count = first.entries.len();
+    let mut count = first.read.citizens.len();
     let mut batch = vec![first];
     while count < max_batch {
         match rx.try_recv() {
             Ok(p) => {
-                count += p.entries.len();
+                count += p.read.citizens.len();
                 batch.push(p);
             }
             Err(_) => break,
@@ -203,19 +203,14 @@ async fn write_batches(
             let depth = writer.capacity.saturating_sub(queue.capacity());
             metrics::gauge!(m::ACCESS_LOG_QUEUE_DEPTH).set(depth as f64);
         }
-        // The reads' entries moved into one batch; each read keeps its span of it.
-        let mut entries: Vec<AccessEntry> = Vec::new();
-        let mut reads = Vec::with_capacity(batch.len());
-        for p in batch {
-            reads.push((entries.len()..entries.len() + p.entries.len(), p.done));
-            entries.extend(p.entries);
-        }
+        let (reads, done): (Vec<AccessRead>, Vec<_>) =
+            batch.into_iter().map(|p| (p.read, p.done)).unzip();
         let started = Instant::now();
-        let written = writer.store.append_access_log(&entries).await;
+        let written = writer.store.append_access_log(&reads).await;
         metrics::histogram!(m::ACCESS_LOG_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         if written.is_ok() {
             writer.signals.access_log_written();
-            for (_, done) in reads {
+            for done in done {
                 let _ = done.send(Ok(()));
             }
             continue;
@@ -223,10 +218,9 @@ async fn write_batches(
         // One bad entry must not fail its neighbours' reads: write each read's entries
         // on their own, and refuse only the reads whose entries cannot be written.
         let mut any_written = false;
-        for (span, done) in reads {
-            let read = &entries[span];
-            let result = writer.store.append_access_log(read).await.map_err(|e| {
-                tracing::error!(error = %e, entries = read.len(), "access log write failed");
+        for (read, done) in reads.iter().zip(done) {
+            let result = writer.store.append_access_log(std::slice::from_ref(read)).await.map_err(|e| {
+                tracing::error!(error = %e, entries = read.citizens.len(), "access log write failed");
                 metrics::counter!(m::ACCESS_LOG_WRITE_FAILURES).increment(1);
                 AccessLogUnavailable
             });

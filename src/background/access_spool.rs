@@ -43,7 +43,7 @@ use uuid::Uuid;
 use super::access_log::{hand_over, AccessLogUnavailable, Pending};
 use super::readiness::Signals;
 use crate::domain::{CitizenId, Timestamp};
-use crate::store::{AccessEntry, Store};
+use crate::store::{AccessRead, Store};
 use crate::telemetry::metrics as m;
 
 /// How the spool runs (the `[access_log]` settings that name a spool directory).
@@ -157,13 +157,13 @@ impl Spool {
     }
 
     /// Records a call's reads; returns once they are written (and with `sync`, synced).
-    pub async fn record(&self, entries: Vec<AccessEntry>) -> Result<(), AccessLogUnavailable> {
+    pub async fn record(&self, read: AccessRead) -> Result<(), AccessLogUnavailable> {
         let Some(tx) = &self.synced else {
             let mut line = Vec::with_capacity(256);
-            encode(&mut line, &entries);
+            encode(&mut line, &read);
             return self.shared.append(&line, false, 1);
         };
-        hand_over(tx, entries).await
+        hand_over(tx, read).await
     }
 
     /// Closes the segment being written and ships every closed one: once this returns
@@ -202,18 +202,18 @@ async fn ship_rounds(spool: Weak<Spool>, every: Duration) {
 fn write_synced(shared: &Shared, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
     let mut buf = Vec::with_capacity(64 << 10);
     while let Some(first) = rx.blocking_recv() {
-        let mut count = first.entries.len();
+        let mut count = first.read.citizens.len();
         let mut reads = vec![first];
         while count < max_batch {
             let Ok(p) = rx.try_recv() else {
                 break;
             };
-            count += p.entries.len();
+            count += p.read.citizens.len();
             reads.push(p);
         }
         buf.clear();
         for p in &reads {
-            encode(&mut buf, &p.entries);
+            encode(&mut buf, &p.read);
         }
         let outcome = shared.append(&buf, true, reads.len());
         for p in reads {
@@ -290,7 +290,7 @@ impl Shared {
                 break;
             }
             let bytes = tokio::fs::read(&path).await?;
-            let (entries, dropped) = decode(&bytes);
+            let (reads, dropped) = decode(&bytes);
             if dropped > 0 {
                 tracing::warn!(
                     segment = number,
@@ -298,8 +298,8 @@ impl Shared {
                     "access-log spool: lines that could not be read were dropped (a write cut by a crash)"
                 );
             }
-            if !entries.is_empty() {
-                self.store.ship_access_log(&entries).await?;
+            if !reads.is_empty() {
+                self.store.ship_access_log(&reads).await?;
             }
             tokio::fs::remove_file(&path).await?;
             let left = self
@@ -377,59 +377,65 @@ struct Line<S> {
     request: Uuid,
 }
 
-/// Appends one line per call: the handler hands over all of a call's entries at once,
-/// and they share everything but the citizen.
-fn encode(buf: &mut Vec<u8>, entries: &[AccessEntry]) {
-    let Some(first) = entries.first() else {
+/// Appends one line per call's read.
+fn encode(buf: &mut Vec<u8>, read: &AccessRead) {
+    if read.citizens.is_empty() {
         return;
-    };
+    }
     let line = Line {
-        citizens: entries.iter().map(|e| e.citizen_id.as_str()).collect(),
-        client: first.client_id.as_str(),
-        method: first.method.as_str(),
-        purpose: first.purpose.as_str(),
-        at: first.accessed_at.micros(),
-        request: first.request_id,
+        citizens: read.citizens.iter().map(CitizenId::as_str).collect(),
+        client: read.client_id.as_str(),
+        method: read.method.as_str(),
+        purpose: read.purpose.as_str(),
+        at: read.accessed_at.micros(),
+        request: read.request_id,
     };
     serde_json::to_writer(&mut *buf, &line).expect("a spool line serializes");
     buf.push(b'\n');
 }
 
-/// The entries of a segment, in order, and how many lines could not be read (a torn
-/// last line after a crash).
-fn decode(bytes: &[u8]) -> (Vec<AccessEntry>, usize) {
-    let mut entries = Vec::new();
+/// The reads of a segment, in order, and how many lines (or citizen ids in a line) could
+/// not be read (a torn last line after a crash).
+fn decode(bytes: &[u8]) -> (Vec<AccessRead>, usize) {
+    let mut reads = Vec::new();
     let mut dropped = 0;
     for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let Ok(line) = serde_json::from_slice::<Line<String>>(raw) else {
             dropped += 1;
             continue;
         };
+        let mut citizens = Vec::with_capacity(line.citizens.len());
         for citizen in line.citizens {
-            let Ok(citizen_id) = CitizenId::parse(&citizen) else {
-                dropped += 1;
-                continue;
-            };
-            entries.push(AccessEntry {
-                citizen_id,
-                client_id: line.client.clone(),
-                method: line.method.clone(),
-                purpose: line.purpose.clone(),
-                accessed_at: Timestamp(line.at),
-                request_id: line.request,
-            });
+            match CitizenId::parse(&citizen) {
+                Ok(id) => citizens.push(id),
+                Err(_) => dropped += 1,
+            }
         }
+        if citizens.is_empty() {
+            continue;
+        }
+        reads.push(AccessRead {
+            citizens,
+            client_id: line.client,
+            method: line.method,
+            purpose: line.purpose,
+            accessed_at: Timestamp(line.at),
+            request_id: line.request,
+        });
     }
-    (entries, dropped)
+    (reads, dropped)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(citizen: &str, request: Uuid) -> AccessEntry {
-        AccessEntry {
-            citizen_id: CitizenId::parse(citizen).unwrap(),
+    fn read(citizens: &[&str], request: Uuid) -> AccessRead {
+        AccessRead {
+            citizens: citizens
+                .iter()
+                .map(|c| CitizenId::parse(c).unwrap())
+                .collect(),
             client_id: "payroll".into(),
             method: "Resolve".into(),
             purpose: "pension".into(),
@@ -443,28 +449,28 @@ mod tests {
         let one = Uuid::new_v4();
         let many = Uuid::new_v4();
         let calls = [
-            vec![entry("001085000001", one)],
-            vec![entry("001085000002", many), entry("079199000003", many)],
+            read(&["001085000001"], one),
+            read(&["001085000002", "079199000003"], many),
         ];
         let mut buf = Vec::new();
         for call in &calls {
             encode(&mut buf, call);
         }
-        let (entries, dropped) = decode(&buf);
+        let (reads, dropped) = decode(&buf);
         assert_eq!(dropped, 0);
-        assert_eq!(entries, calls.concat());
+        assert_eq!(reads, calls);
     }
 
     #[test]
     fn a_torn_last_line_is_dropped_and_the_whole_lines_kept() {
         let mut buf = Vec::new();
-        encode(&mut buf, &[entry("001085000001", Uuid::new_v4())]);
+        encode(&mut buf, &read(&["001085000001"], Uuid::new_v4()));
         let whole = buf.len();
-        encode(&mut buf, &[entry("001085000002", Uuid::new_v4())]);
+        encode(&mut buf, &read(&["001085000002"], Uuid::new_v4()));
         buf.truncate(whole + (buf.len() - whole) / 2);
-        let (entries, dropped) = decode(&buf);
+        let (reads, dropped) = decode(&buf);
         assert_eq!(dropped, 1);
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].citizen_id.as_str(), "001085000001");
+        assert_eq!(reads.len(), 1);
+        assert_eq!(reads[0].citizens[0].as_str(), "001085000001");
     }
 }

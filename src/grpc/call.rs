@@ -21,7 +21,7 @@ use crate::domain::{bounded_text, Category, CitizenId, CitizenLookup, Reason, Re
 use crate::security::auth::{Caller, Credential, Denied, Forbidden, RequestId, Unauthenticated};
 use crate::security::limits::{Admission, Refused, RpcClass, Shape};
 use crate::security::Scope;
-use crate::store::{AccessEntry, Fault, Idempotency, StoreError, WriteContext};
+use crate::store::{AccessRead, Fault, Idempotency, StoreError, WriteContext};
 use crate::telemetry::metrics as m;
 
 /// The `google.rpc.ErrorInfo.domain` of every error this service sends.
@@ -205,25 +205,28 @@ impl Call {
         purpose: &str,
         citizens: impl IntoIterator<Item = CitizenId>,
     ) -> Result<(), Status> {
-        let mut seen = std::collections::HashSet::new();
-        // One instant for the call's reads: the log writes a read of many citizens as one
-        // row, which it recognises by the call, its purpose and this instant.
-        let accessed_at = state.now();
-        let entries: Vec<AccessEntry> = citizens
+        // Each citizen once, in the call's order: the log writes the read as one row.
+        let all: Vec<CitizenId> = citizens.into_iter().collect();
+        let first: Vec<bool> = {
+            let mut seen = std::collections::HashSet::with_capacity(all.len());
+            all.iter().map(|c| seen.insert(c.as_str())).collect()
+        };
+        let citizens: Vec<CitizenId> = all
             .into_iter()
-            .filter(|c| seen.insert(c.clone()))
-            .map(|citizen_id| AccessEntry {
-                citizen_id,
-                client_id: self.caller.client_id.clone(),
-                method: method.to_owned(),
-                purpose: purpose.to_owned(),
-                accessed_at,
-                request_id: self.request_id.id,
-            })
+            .zip(first)
+            .filter_map(|(c, first)| first.then_some(c))
             .collect();
+        let read = AccessRead {
+            citizens,
+            client_id: self.caller.client_id.clone(),
+            method: method.to_owned(),
+            purpose: purpose.to_owned(),
+            accessed_at: state.now(),
+            request_id: self.request_id.id,
+        };
         state
             .access
-            .record(entries)
+            .record(read)
             .await
             .map_err(|_| self.access_log_unavailable())
     }

@@ -19,28 +19,28 @@ use super::dialect::{insert_rows, Dialect, Handle, Session, Tx};
 use super::health::waiting_for;
 use super::sql::Sql;
 use super::sql_store::SqlStore;
-use super::{AccessEntry, StoreResult};
+use super::{AccessEntry, AccessRead, StoreResult};
 use crate::domain::{CitizenId, Timestamp};
 
 impl<D: Dialect> SqlStore<D> {
-    /// Appends a batch of entries in one transaction, in their order: each call's read
+    /// Appends a batch of reads in one transaction, in their order: each call's read
     /// of many citizens as one row naming them all, reads of one citizen as rows of their
     /// own (consecutive ones in one statement).
-    pub(super) async fn append_entries(&self, entries: &[AccessEntry]) -> StoreResult<()> {
-        if entries.is_empty() {
+    pub(super) async fn append_reads(&self, reads: &[AccessRead]) -> StoreResult<()> {
+        if reads.is_empty() {
             return Ok(());
         }
         if !D::ACCESS_LOG_OWN_CONNECTIONS {
-            return write_on_pool::<D>(&self.log, entries).await;
+            return write_on_pool::<D>(&self.log, reads).await;
         }
         let mut conn = self.log_connection().await?;
-        let written = if entries.chunk_by(same_call).all(|c| c.len() == 1) {
+        let written = if reads.iter().all(|r| r.citizens.len() == 1) {
             // Reads of one citizen each (unary reads): that statement alone, its own
             // transaction. One round trip instead of three (BEGIN, INSERT, COMMIT).
-            let singles: Vec<&AccessEntry> = entries.iter().collect();
+            let singles: Vec<&AccessRead> = reads.iter().collect();
             insert_singles(&mut Session::<D, _>::on(&mut conn), &singles).await
         } else {
-            write_in_transaction::<D>(&mut conn, entries).await
+            write_in_transaction::<D>(&mut conn, reads).await
         };
         // A connection that failed is dropped, not reused: the next batch connects anew
         // (the writers' fallback retries each read of a failed batch on its own).
@@ -50,14 +50,14 @@ impl<D: Dialect> SqlStore<D> {
         written
     }
 
-    /// Appends a spool's entries in one transaction on the write pool, whose sessions
+    /// Appends a spool's reads in one transaction on the write pool, whose sessions
     /// wait for the WAL flush at commit (unlike the log's own connections): the spool
     /// deletes its copy once this returns.
-    pub(super) async fn ship_entries(&self, entries: &[AccessEntry]) -> StoreResult<()> {
-        if entries.is_empty() {
+    pub(super) async fn ship_reads(&self, reads: &[AccessRead]) -> StoreResult<()> {
+        if reads.is_empty() {
             return Ok(());
         }
-        write_on_pool::<D>(&self.write, entries).await
+        write_on_pool::<D>(&self.write, reads).await
     }
 
     /// An idle connection of the access log, or a new one. Held outside any pool: a
@@ -121,24 +121,13 @@ impl<D: Dialect> SqlStore<D> {
     }
 }
 
-/// Whether two entries are reads of one call (same client, method, purpose, instant and
-/// request id). A handler hands over all of a call's entries at once, so they are
-/// consecutive.
-fn same_call(a: &AccessEntry, b: &AccessEntry) -> bool {
-    a.request_id == b.request_id
-        && a.accessed_at == b.accessed_at
-        && a.client_id == b.client_id
-        && a.method == b.method
-        && a.purpose == b.purpose
-}
-
 /// A batch in one write transaction from `pool`.
 async fn write_on_pool<D: Dialect>(
     pool: &sqlx::Pool<D::DB>,
-    entries: &[AccessEntry],
+    reads: &[AccessRead],
 ) -> StoreResult<()> {
     let mut tx = Tx::<D>::begin_write(pool).await?;
-    insert_entries(&mut tx, entries).await?;
+    insert_reads(&mut tx, reads).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -146,29 +135,31 @@ async fn write_on_pool<D: Dialect>(
 /// A batch naming many citizens in one call: one transaction on `conn`.
 async fn write_in_transaction<D: Dialect>(
     conn: &mut <D::DB as Database>::Connection,
-    entries: &[AccessEntry],
+    reads: &[AccessRead],
 ) -> StoreResult<()> {
     let mut tx = Session::<D, _>::on(conn.begin().await?);
-    insert_entries(&mut tx, entries).await?;
+    insert_reads(&mut tx, reads).await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// The batch's rows, in its order: each call's read of many citizens as one row naming
 /// them all, consecutive reads of one citizen as one statement.
-async fn insert_entries<D: Dialect>(
+async fn insert_reads<D: Dialect>(
     tx: &mut Session<D, sqlx::Transaction<'_, D::DB>>,
-    entries: &[AccessEntry],
+    reads: &[AccessRead],
 ) -> StoreResult<()> {
-    let mut singles: Vec<&AccessEntry> = Vec::new();
-    for call in entries.chunk_by(same_call) {
-        if let [one] = call {
-            singles.push(one);
-            continue;
+    let mut singles: Vec<&AccessRead> = Vec::new();
+    for read in reads {
+        match read.citizens.len() {
+            0 => {}
+            1 => singles.push(read),
+            _ => {
+                insert_singles(tx, &singles).await?;
+                singles.clear();
+                insert_call(tx, read).await?;
+            }
         }
-        insert_singles(tx, &singles).await?;
-        singles.clear();
-        insert_call(tx, call).await?;
     }
     insert_singles(tx, &singles).await
 }
@@ -176,7 +167,7 @@ async fn insert_entries<D: Dialect>(
 /// Reads of one citizen each: rows of their own, one set-based INSERT.
 async fn insert_singles<D: Dialect, C: Handle<D>>(
     tx: &mut Session<D, C>,
-    singles: &[&AccessEntry],
+    singles: &[&AccessRead],
 ) -> StoreResult<()> {
     insert_rows(
         tx,
@@ -186,7 +177,7 @@ async fn insert_singles<D: Dialect, C: Handle<D>>(
         singles,
         6,
         |row, e| {
-            row.push_bind(e.citizen_id.as_str())
+            row.push_bind(e.citizens[0].as_str())
                 .push_bind(e.client_id.as_str())
                 .push_bind(e.method.as_str())
                 .push_bind(e.purpose.as_str())
@@ -202,15 +193,14 @@ async fn insert_singles<D: Dialect, C: Handle<D>>(
 /// be indexed itself, a row of the full-text index naming them).
 async fn insert_call<D: Dialect>(
     tx: &mut Session<D, sqlx::Transaction<'_, D::DB>>,
-    call: &[AccessEntry],
+    e: &AccessRead,
 ) -> StoreResult<()> {
-    let e = &call[0];
     let mut q = D::builder(&format!(
         "INSERT INTO access_log ({}, client_id, method, purpose, accessed_at, request_id) \
          VALUES (",
         D::LOG_CITIZENS_COLUMN
     ));
-    let citizens: Vec<&CitizenId> = call.iter().map(|e| &e.citizen_id).collect();
+    let citizens: Vec<&CitizenId> = e.citizens.iter().collect();
     D::push_citizens(&mut q, &citizens)?;
     q.push(", ")
         .push_bind(e.client_id.as_str())

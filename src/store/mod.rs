@@ -166,7 +166,20 @@ pub struct ModelDifference {
     pub what: String,
 }
 
-/// One read of a citizen's data, for the access log.
+/// One call's read of citizens' data, for the access log: the citizens (one for a unary
+/// read, a batch's for BatchResolve) and what they share. It becomes one row of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRead {
+    /// In the call's order, each once; never empty.
+    pub citizens: Vec<CitizenId>,
+    pub client_id: String,
+    pub method: String,
+    pub purpose: String,
+    pub accessed_at: Timestamp,
+    pub request_id: Uuid,
+}
+
+/// One read of a citizen's data as the access log lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessEntry {
     pub citizen_id: CitizenId,
@@ -560,12 +573,12 @@ pub trait Store: Send + Sync + 'static {
     /// citizens who ever claimed it, oldest first.
     async fn account_claims(&self, on: &AccountKey) -> StoreResult<Vec<Account>>;
 
-    /// Appends reads to the access log, in one statement.
-    async fn append_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()>;
+    /// Appends reads to the access log, in one transaction.
+    async fn append_access_log(&self, reads: &[AccessRead]) -> StoreResult<()>;
 
     /// Appends reads shipped from an instance's spool, in one transaction whose commit
     /// waits for the database's own durability (the spool deletes its copy after).
-    async fn ship_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()>;
+    async fn ship_access_log(&self, reads: &[AccessRead]) -> StoreResult<()>;
 
     /// Merges what the access log's index holds pending into the index (see
     /// `Dialect::ACCESS_LOG_INDEX_CLEANUP`). `false`: this backend has nothing to merge,

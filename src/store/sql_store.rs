@@ -23,9 +23,10 @@ use super::reference::KnownPrograms;
 use super::replicas::Replicas;
 use super::sql::Sql;
 use super::{
-    corrupt, AccessEntry, AccountKey, BatchApplied, CacheFill, CitizenRecord, CitizenUpsert,
-    DuplicateClaim, Event, HistoryEntry, ModelCheck, Preference, Provider, ReadState, ResolveQuery,
-    Sequenced, Store, StoreError, StoreOptions, StoreResult, SyncDigest, WriteContext,
+    corrupt, AccessEntry, AccessRead, AccountKey, BatchApplied, CacheFill, CitizenRecord,
+    CitizenUpsert, DuplicateClaim, Event, HistoryEntry, ModelCheck, Preference, Provider,
+    ReadState, ResolveQuery, Sequenced, Store, StoreError, StoreOptions, StoreResult, SyncDigest,
+    WriteContext,
 };
 use crate::domain::commands::Command;
 use crate::domain::planner::{plan_accounts, plan_citizens, SyncStream};
@@ -394,12 +395,12 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.claims_on(on).await
     }
 
-    async fn append_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()> {
-        self.append_entries(entries).await
+    async fn append_access_log(&self, reads: &[AccessRead]) -> StoreResult<()> {
+        self.append_reads(reads).await
     }
 
-    async fn ship_access_log(&self, entries: &[AccessEntry]) -> StoreResult<()> {
-        self.ship_entries(entries).await
+    async fn ship_access_log(&self, reads: &[AccessRead]) -> StoreResult<()> {
+        self.ship_reads(reads).await
     }
 
     async fn access_log(
