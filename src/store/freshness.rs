@@ -339,7 +339,7 @@ mod tests {
 
     /// Inputs read at `read_at`.
     fn entry(read_at: i64) -> Entry {
-        Arc::new(((CitizenStatus::Active, Vec::new(), HashMap::new()), read_at))
+        Arc::new(((CitizenStatus::Active, Vec::new(), Vec::new()), read_at))
     }
 
     fn started(at: i64) -> Arc<Freshness> {

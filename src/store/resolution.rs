@@ -90,7 +90,9 @@ impl<D: Dialect> SqlStore<D> {
                         None => ResolutionInputs::default(),
                         Some(entry) => {
                             let (status, prefs, accounts) = &entry.0;
-                            inputs_from(Some(*status), prefs, key, |id| accounts.get(&id).cloned())
+                            inputs_from(Some(*status), prefs, key, |id| {
+                                accounts.iter().find(|a| a.id == id).cloned()
+                            })
                         }
                     };
                     (inputs, now)

@@ -57,19 +57,15 @@ pub(super) struct CitizenInputs {
 }
 
 /// A citizen's current-state inputs, decoded: status, preference rows, and the accounts
-/// they point at by id.
-pub(super) type DecodedInputs = (
-    CitizenStatus,
-    Vec<StoredPreference>,
-    HashMap<Uuid, Arc<Account>>,
-);
+/// they point at, each once (a handful: a list searched by id beats hashing it).
+pub(super) type DecodedInputs = (CitizenStatus, Vec<StoredPreference>, Vec<Arc<Account>>);
 
 impl CitizenInputs {
     /// The status, preference rows and accounts resolution reads.
     pub(super) fn decode(self) -> StoreResult<DecodedInputs> {
         let status = citizen_status(&self.status)?;
         let mut prefs = Vec::with_capacity(self.preferences.len());
-        let mut accounts = HashMap::new();
+        let mut accounts: Vec<Arc<Account>> = Vec::with_capacity(self.preferences.len());
         for p in self.preferences {
             prefs.push(StoredPreference {
                 program_code: p.program_code,
@@ -78,7 +74,9 @@ impl CitizenInputs {
                 since: Timestamp(p.since),
             });
             for row in [Some(p.account), p.previous].into_iter().flatten() {
-                accounts.insert(row.account_id, Arc::new(Account::try_from(row)?));
+                if !accounts.iter().any(|a| a.id == row.account_id) {
+                    accounts.push(Arc::new(Account::try_from(row)?));
+                }
             }
         }
         Ok((status, prefs, accounts))
