@@ -5,7 +5,7 @@
 # with the resolution cache off: what is compared is the database's work at each size.
 #
 #   deploy/bench/resolve_at_scale.sh payout_1m 1000000
-#   deploy/bench/resolve_at_scale.sh payout_10m 10000000     # about 35-50 min of load on 2 cores
+#   deploy/bench/resolve_at_scale.sh payout_10m 10000000     # 37 min of load, 6 of numbering, 56 GB
 #
 # A database that already holds CITIZENS citizens is measured again without reloading.
 # Env: B (the binary, default target/release/payout-registry), PGHOST/PGPORT (default
