@@ -115,12 +115,14 @@ pub async fn check(config: Option<&Path>, sample: Option<u64>, repair: bool) -> 
         report.differences.len(),
         report.repaired
     );
-    if report.references_checked {
+    if sample.is_none() {
         println!(
             "rows in the JSON form of before migration 0018: {} found, {} rewritten in the \
              binary form",
             report.legacy_rows, report.rewritten
         );
+    }
+    if report.references_checked {
         for b in &report.broken_references {
             let citizens: Vec<String> = b
                 .citizens

@@ -211,8 +211,7 @@ fn model_row(
             preferences
         }
         (Some(_), None) => return Err(corrupt("resolution_inputs inputs: an unknown format")),
-        (None, Some(json)) => serde_json::from_str(json)
-            .map_err(|e| corrupt(format!("resolution_inputs preferences: {e}")))?,
+        (None, Some(json)) => from_json(json)?,
         _ => {
             return Err(corrupt(
                 "resolution_inputs: a row holds its preferences in exactly one form",
@@ -223,6 +222,11 @@ fn model_row(
         status,
         preferences,
     })
+}
+
+/// The preferences of a row written before migration 0018, from its JSON.
+fn from_json(json: &str) -> StoreResult<Vec<PreferenceSnapshot>> {
+    serde_json::from_str(json).map_err(|e| corrupt(format!("resolution_inputs preferences: {e}")))
 }
 
 /// Rewrites `citizens`' rows of the read model from the source tables, as this
@@ -523,8 +527,7 @@ impl<D: Dialect> SqlStore<D> {
             }
             let mut tx = Tx::<D>::begin_write(&self.write).await?;
             for (citizen, json) in &rows {
-                let preferences: Vec<PreferenceSnapshot> = serde_json::from_str(json)
-                    .map_err(|e| corrupt(format!("resolution_inputs preferences: {e}")))?;
+                let preferences = from_json(json)?;
                 rewritten += tx
                     .execute(
                         Sql::new(
