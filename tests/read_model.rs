@@ -533,6 +533,81 @@ mod postgres_json_rows {
         app.stop().await;
     }
 
+    /// The rewrite is online: it takes no citizen's lock, and updates a row only if it
+    /// still holds the JSON it read. Here a writer holds MOVED's row while `check
+    /// --repair` has read it and waits to rewrite it; the writer puts the row in the
+    /// binary form and commits. The check must keep the writer's row. (The writer's bytes
+    /// are an earlier state's, which the check cannot produce from the JSON, so that an
+    /// overwrite would show in the bytes as well as in the count.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_repair_keeps_a_row_a_writer_refreshed_after_the_check_read_it() {
+        use sqlx::Connection;
+        let app = TestApp::builder(Backend::Postgres)
+            .configure(|s| s.resolution_cache_entries = 0)
+            .spawn()
+            .await;
+        let mut writer = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+        link(&app, MOVED, "0071007000011", true).await;
+        let earlier = inputs(&mut writer).await.expect("binary form");
+        link(&app, MOVED, "0071007000012", true).await;
+        to_json_form(&app).await;
+        assert_eq!(form(&app).await, (1, 0), "in the JSON form");
+
+        sqlx::query("BEGIN").execute(&mut writer).await.unwrap();
+        sqlx::query("SELECT 1 FROM resolution_inputs WHERE citizen_id = $1 FOR UPDATE")
+            .bind(MOVED)
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let store = app.store.clone();
+        let repair = tokio::spawn(async move { store.check_resolution_model(None, true).await });
+        // The check has read the JSON row and waits for the writer's lock to rewrite it.
+        let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                       AND wait_event_type = 'Lock' AND query LIKE 'UPDATE resolution_inputs%'";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while app.db.count(waiting).await == 0 {
+            if repair.is_finished() {
+                panic!("the check did not wait for the writer: {:?}", repair.await);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the check never reached the row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        sqlx::query(
+            "UPDATE resolution_inputs SET inputs = $1, preferences = NULL WHERE citizen_id = $2",
+        )
+        .bind(&earlier)
+        .bind(MOVED)
+        .execute(&mut writer)
+        .await
+        .unwrap();
+        sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+
+        let report = repair.await.unwrap().expect("check runs");
+        assert_eq!(
+            (report.legacy_rows, report.rewritten),
+            (1, 0),
+            "found, and left to the writer: {report:?}"
+        );
+        assert_eq!(
+            inputs(&mut writer).await,
+            Some(earlier),
+            "the writer's row is kept"
+        );
+        app.stop().await;
+    }
+
+    /// MOVED's row of the read model in the binary form (`None`: not in it).
+    async fn inputs(conn: &mut sqlx::PgConnection) -> Option<Vec<u8>> {
+        sqlx::query_scalar("SELECT inputs FROM resolution_inputs WHERE citizen_id = $1")
+            .bind(MOVED)
+            .fetch_one(conn)
+            .await
+            .expect("MOVED's row")
+    }
+
     /// MOVED resolves as it did before its row changed form.
     async fn answers(app: &TestApp, default: &ResolveResponse, pension: &ResolveResponse) {
         assert_eq!(&resolved(app, MOVED, "").await, default);
