@@ -2,12 +2,14 @@
 //! payroll run of millions.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use super::call::transport_status;
 use super::convert::{
@@ -299,7 +301,7 @@ impl PayoutResolverService for PayoutResolverHandler {
         &self,
         request: Request<Streaming<BatchResolveRequest>>,
     ) -> Result<Response<Self::BatchResolveStream>, Status> {
-        let call = Call::of(&request)?;
+        let call = Arc::new(Call::of(&request)?);
         let admitted = call.admit_stream(&self.state, RpcClass::Resolve, "BatchResolve")?;
         let state = self.state.clone();
         let inbound = request.into_inner();
@@ -324,7 +326,7 @@ impl PayoutResolverService for PayoutResolverHandler {
 /// a slow reader slows the whole stream down and memory stays bounded.
 async fn batch_loop(
     state: &AppState,
-    call: &Call,
+    call: &Arc<Call>,
     inbound: Streaming<BatchResolveRequest>,
     tx: &mpsc::Sender<Result<BatchResolveResponse, Status>>,
 ) -> Result<u64, Status> {
@@ -356,11 +358,24 @@ async fn batch_loop(
         }
     };
     let writer = async {
+        // Each lookup is a task of its own, so that the decoding and answering of
+        // consecutive batches run on different cores, beside this task's reading and
+        // sending. As futures of this one task they took turns on one core: on the 1 M
+        // population (two cores, the access log off to see the registry's own path) 161
+        // and 166 k ids/s, against 192 and 194 k as tasks. A panic in one is the
+        // stream's INTERNAL error.
         let mut answers = ReceiverStream::new(batch_rx)
-            .map(|b| answer_batch(state, call, b))
+            .map(|b| {
+                let (state, call) = (state.clone(), call.clone());
+                tokio::spawn(async move { answer_batch(&state, &call, b).await }.in_current_span())
+            })
             .buffered(LOOKUPS_IN_FLIGHT);
         let mut answered = 0u64;
         while let Some(batch) = answers.next().await {
+            let batch = batch.map_err(|e| {
+                tracing::error!(error = %e, "a batch's lookup task failed");
+                Status::internal("a batch's lookup failed")
+            })?;
             for out in batch? {
                 if tx.send(Ok(out)).await.is_err() {
                     // The client went away; nothing more to do.
