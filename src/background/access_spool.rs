@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::access_log::{hand_over, AccessLogUnavailable, Pending};
+use super::access_log::{hand_over, AccessLogUnavailable, Pending, Unmerged};
 use super::readiness::Signals;
 use crate::domain::{CitizenId, Timestamp};
 use crate::store::{AccessRead, Store};
@@ -77,6 +77,8 @@ struct Shared {
     dir: PathBuf,
     store: Arc<dyn Store>,
     signals: Arc<Signals>,
+    /// What shipping added to the log index's pending list.
+    unmerged: Arc<Unmerged>,
     /// The segment being written, locked for each append and for rotation.
     segment: std::sync::Mutex<Segment>,
     /// Bytes written and not yet shipped.
@@ -94,10 +96,11 @@ impl Spool {
     /// Opens the spool in `settings.dir` (created if missing), locks it, starts the
     /// shipper (and with `sync` the writer thread); the shipper's first round ships what
     /// an earlier run left.
-    pub fn open(
+    pub(super) fn open(
         settings: &SpoolSettings,
         store: Arc<dyn Store>,
         signals: Arc<Signals>,
+        unmerged: Arc<Unmerged>,
     ) -> anyhow::Result<Arc<Spool>> {
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir)
@@ -131,6 +134,7 @@ impl Spool {
             dir,
             store,
             signals,
+            unmerged,
             current: AtomicU64::new(segment.number),
             segment: std::sync::Mutex::new(segment),
             unshipped: AtomicU64::new(left),
@@ -300,6 +304,8 @@ impl Shared {
             }
             if !reads.is_empty() {
                 self.store.ship_access_log(&reads).await?;
+                self.unmerged
+                    .wrote(reads.iter().map(|r| r.citizens.len()).sum());
             }
             tokio::fs::remove_file(&path).await?;
             let left = self
