@@ -69,12 +69,18 @@ impl CitizenLookup {
     /// A 9-character input is a legacy number; anything else must be a citizen id, and is
     /// refused with the citizen id's rules.
     pub fn parse(s: &str) -> Result<CitizenLookup, Rejection> {
+        Self::parse_with_year(s, time::OffsetDateTime::now_utc().year())
+    }
+
+    /// As [`CitizenLookup::parse`], judging a citizen id's birth year against
+    /// `current_year` (a batch reads the clock once).
+    pub fn parse_with_year(s: &str, current_year: i32) -> Result<CitizenLookup, Rejection> {
         if s.len() == 9 {
             if let Ok(legacy) = LegacyId::parse(s) {
                 return Ok(CitizenLookup::Legacy(legacy));
             }
         }
-        CitizenId::parse(s).map(CitizenLookup::Id)
+        CitizenId::parse_with_year(s, current_year).map(CitizenLookup::Id)
     }
 }
 

@@ -462,7 +462,8 @@ impl ResolveRequest {
             ));
         }
         Ok(ResolveRequest {
-            lookup: citizen_lookup("citizen_id", citizen)?,
+            lookup: CitizenLookup::parse_with_year(citizen.trim(), now.date().year())
+                .map_err(|r| r.at("citizen_id"))?,
             program: ProgramCode::parse_optional(program_code)?,
             as_of,
             exists_only,

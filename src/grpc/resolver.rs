@@ -496,6 +496,8 @@ fn parse_batch(
 ) -> Result<ParsedBatch, Status> {
     let mut slots: Vec<Result<usize, Rejection>> = Vec::with_capacity(batch.len());
     let mut pending = Vec::with_capacity(batch.len());
+    // One clock read for the batch, not one per request.
+    let now = state.now();
     for r in &batch {
         if stream_purpose.is_none() && !r.purpose.trim().is_empty() {
             *stream_purpose = Some(r.purpose.clone());
@@ -506,7 +508,7 @@ fn parse_batch(
             r.as_of.as_ref(),
             r.scope,
             &r.reservation_period,
-            state.now(),
+            now,
         )
         .and_then(|request| known_program(state, request))
         .and_then(|request| {
