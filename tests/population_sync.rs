@@ -1257,7 +1257,7 @@ async fn the_streams_require_their_scopes(backend: Backend) {
 /// (migration 0015), and the running registry's merge task (`background/access_log.rs`)
 /// moves it into the index in bulk: at 250,000 entries, or five seconds after the first
 /// (migration 0022); nothing else does here, as the test turns autovacuum off on the
-/// table. Once the registry is stopped, a new row stays pending.
+/// table. Once the registry is stopped, a new row stays pending, until a registry starts.
 mod postgres_access_log {
     use super::*;
 
@@ -1330,6 +1330,23 @@ mod postgres_access_log {
             .expect("append a row");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(pending(&app).await, 1, "the row's entries, not merged");
+
+        // A registry started on the database merges what an earlier run left pending
+        // at once, without waiting for reads of its own.
+        let restarted = TestApp::builder(Backend::Postgres)
+            .database(common::TestDb::at(app.db.url.clone()))
+            .spawn()
+            .await;
+        let mut left = pending(&app).await;
+        for _ in 0..30 {
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = pending(&app).await;
+        }
+        assert_eq!(left, 0, "merged by the next start");
+        drop(restarted);
     }
 }
 

@@ -236,13 +236,19 @@ impl Unmerged {
 
 /// Merges the index's pending entries into the index when [`merge_due`] says so, off the
 /// read path, so that the log's writers only append (migration 0015 on PostgreSQL).
-/// Ends with the log (once `alive` says no handle is left), or after its first merge on
-/// a backend with nothing to merge.
+/// First merges what earlier runs left pending, which this instance did not count. Ends
+/// with the log (once `alive` says no handle is left), or at once on a backend with
+/// nothing to merge.
 async fn clean_index(
     store: Arc<dyn Store>,
     unmerged: Arc<Unmerged>,
     alive: impl Fn() -> bool + Send + 'static,
 ) {
+    match store.clean_access_log_index().await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => tracing::warn!(error = %e, "merging the access log's index failed"),
+    }
     loop {
         tokio::time::sleep(CLEAN_INDEX_CHECK).await;
         if !alive() {
