@@ -208,13 +208,18 @@ fn merge_due(entries: u64, age: Duration) -> bool {
 pub(super) struct Unmerged(std::sync::Mutex<(u64, Option<Instant>)>);
 
 impl Unmerged {
-    /// Counts `entries` written to the log (one per citizen of each read).
-    pub(super) fn wrote(&self, entries: usize) {
+    /// Counts the entries of `reads`, written to the log (one per citizen of each read).
+    pub(super) fn wrote_reads(&self, reads: &[AccessRead]) {
+        self.wrote(reads.iter().map(|r| r.citizens.len() as u64).sum());
+    }
+
+    /// Counts `entries` written to the log.
+    fn wrote(&self, entries: u64) {
         if entries == 0 {
             return;
         }
         let mut u = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        u.0 += entries as u64;
+        u.0 += entries;
         u.1.get_or_insert_with(Instant::now);
     }
 
@@ -244,28 +249,25 @@ async fn clean_index(
     unmerged: Arc<Unmerged>,
     alive: impl Fn() -> bool + Send + 'static,
 ) {
-    match store.clean_access_log_index().await {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => tracing::warn!(error = %e, "merging the access log's index failed"),
-    }
+    // The first round merges whatever is pending, none of it counted here.
+    let mut due = Some(0);
     loop {
+        if let Some(entries) = due {
+            match store.clean_access_log_index().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "merging the access log's index failed");
+                    // Still pending: counted again for the next attempt.
+                    unmerged.wrote(entries);
+                }
+            }
+        }
         tokio::time::sleep(CLEAN_INDEX_CHECK).await;
         if !alive() {
             return;
         }
-        let Some(entries) = unmerged.take_if_due(Instant::now()) else {
-            continue;
-        };
-        match store.clean_access_log_index().await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "merging the access log's index failed");
-                // Still pending: counted again for the next attempt.
-                unmerged.wrote(entries as usize);
-            }
-        }
+        due = unmerged.take_if_due(Instant::now());
     }
 }
 
@@ -285,9 +287,7 @@ async fn write_batches(
         let written = writer.store.append_access_log(&reads).await;
         metrics::histogram!(m::ACCESS_LOG_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         if written.is_ok() {
-            writer
-                .unmerged
-                .wrote(reads.iter().map(|r| r.citizens.len()).sum());
+            writer.unmerged.wrote_reads(&reads);
             writer.signals.access_log_written();
             for done in done {
                 let _ = done.send(Ok(()));
@@ -305,7 +305,7 @@ async fn write_batches(
             });
             if result.is_ok() {
                 any_written = true;
-                writer.unmerged.wrote(read.citizens.len());
+                writer.unmerged.wrote_reads(std::slice::from_ref(read));
             }
             let _ = done.send(result);
         }
@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(u.take_if_due(now + MERGE_AFTER), None, "nothing written");
         u.wrote(1000);
         assert_eq!(u.take_if_due(now), None, "young and small");
-        u.wrote(MERGE_AT_ENTRIES as usize - 1000);
+        u.wrote(MERGE_AT_ENTRIES - 1000);
         assert_eq!(u.take_if_due(Instant::now()), Some(MERGE_AT_ENTRIES));
         assert_eq!(u.take_if_due(Instant::now() + MERGE_AFTER), None, "taken");
         // A small write is merged once it has waited MERGE_AFTER, not before.

@@ -304,8 +304,7 @@ impl Shared {
             }
             if !reads.is_empty() {
                 self.store.ship_access_log(&reads).await?;
-                self.unmerged
-                    .wrote(reads.iter().map(|r| r.citizens.len()).sum());
+                self.unmerged.wrote_reads(&reads);
             }
             tokio::fs::remove_file(&path).await?;
             let left = self

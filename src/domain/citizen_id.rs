@@ -109,23 +109,28 @@ static PROVINCE_INDEX: [u8; 1000] = {
     let mut table = [u8::MAX; 1000];
     let mut i = 0;
     while i < PROVINCES.len() {
-        let c = PROVINCES[i].0.as_bytes();
-        let n = (c[0] - b'0') as usize * 100 + (c[1] - b'0') as usize * 10 + (c[2] - b'0') as usize;
-        table[n] = i as u8;
+        match code_number(PROVINCES[i].0.as_bytes()) {
+            Some(n) => table[n] = i as u8,
+            None => panic!("a province code that is not three digits"),
+        }
         i += 1;
     }
     table
 };
 
+/// The number 0-999 that three ASCII digits spell; `None` for anything else.
+const fn code_number(code: &[u8]) -> Option<usize> {
+    match *code {
+        [a, b, c] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+            Some((a - b'0') as usize * 100 + (b - b'0') as usize * 10 + (c - b'0') as usize)
+        }
+        _ => None,
+    }
+}
+
 /// The province a 3-digit code stands for, or `None` if the code is not one of the 63.
 pub fn province_name(code: &str) -> Option<&'static str> {
-    let &[a, b, c] = code.as_bytes() else {
-        return None;
-    };
-    if !(a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit()) {
-        return None;
-    }
-    let n = usize::from(a - b'0') * 100 + usize::from(b - b'0') * 10 + usize::from(c - b'0');
+    let n = code_number(code.as_bytes())?;
     PROVINCES
         .get(usize::from(PROVINCE_INDEX[n]))
         .map(|(_, name)| *name)

@@ -67,13 +67,7 @@ pub enum CitizenLookup {
 
 impl CitizenLookup {
     /// A 9-character input is a legacy number; anything else must be a citizen id, and is
-    /// refused with the citizen id's rules.
-    pub fn parse(s: &str) -> Result<CitizenLookup, Rejection> {
-        Self::parse_with_year(s, time::OffsetDateTime::now_utc().year())
-    }
-
-    /// As [`CitizenLookup::parse`], judging a citizen id's birth year against
-    /// `current_year` (a batch reads the clock once).
+    /// refused with the citizen id's rules, its birth year judged against `current_year`.
     pub fn parse_with_year(s: &str, current_year: i32) -> Result<CitizenLookup, Rejection> {
         if s.len() == 9 {
             if let Ok(legacy) = LegacyId::parse(s) {
@@ -338,15 +332,17 @@ mod tests {
     #[test]
     fn lookups_accept_a_legacy_number_or_a_citizen_id() {
         assert!(matches!(
-            CitizenLookup::parse("123456789"),
+            CitizenLookup::parse_with_year("123456789", 2026),
             Ok(CitizenLookup::Legacy(_))
         ));
         assert!(matches!(
-            CitizenLookup::parse("001085012345"),
+            CitizenLookup::parse_with_year("001085012345", 2026),
             Ok(CitizenLookup::Id(_))
         ));
         assert_eq!(
-            CitizenLookup::parse("12345678").unwrap_err().reason,
+            CitizenLookup::parse_with_year("12345678", 2026)
+                .unwrap_err()
+                .reason,
             Reason::CitizenIdInvalidLength
         );
         assert_eq!(

@@ -462,8 +462,7 @@ impl ResolveRequest {
             ));
         }
         Ok(ResolveRequest {
-            lookup: CitizenLookup::parse_with_year(citizen.trim(), now.date().year())
-                .map_err(|r| r.at("citizen_id"))?,
+            lookup: citizen_lookup_in_year("citizen_id", citizen, now.date().year())?,
             program: ProgramCode::parse_optional(program_code)?,
             as_of,
             exists_only,
@@ -486,7 +485,16 @@ pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5
 
 /// Parses a citizen named for a lookup: a citizen id or a legacy 9-digit CMND number.
 pub fn citizen_lookup(field: &str, raw: &str) -> Result<CitizenLookup, Rejection> {
-    CitizenLookup::parse(raw.trim()).map_err(|r| r.at(field))
+    citizen_lookup_in_year(field, raw, time::OffsetDateTime::now_utc().year())
+}
+
+/// As [`citizen_lookup`], judging a citizen id's birth year against `current_year`.
+fn citizen_lookup_in_year(
+    field: &str,
+    raw: &str,
+    current_year: i32,
+) -> Result<CitizenLookup, Rejection> {
+    CitizenLookup::parse_with_year(raw.trim(), current_year).map_err(|r| r.at(field))
 }
 
 /// A citizen record from the population platform, validated against `today`.
