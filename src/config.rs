@@ -87,8 +87,8 @@ pub struct Settings {
     /// timeout), in milliseconds. A statement stopped by it is answered UNAVAILABLE
     /// (DATABASE_TIMEOUT). Keep it well under the clients' deadlines.
     pub db_statement_timeout_ms: u64,
-    /// Batch transactions of one sync stream (and of `demo-data --into-store`) running at
-    /// once, 1 to 16. More keeps more of the database's cores busy during a bulk load;
+    /// Batch transactions of one sync stream running at once, 1 to 16 (`demo-data
+    /// --into-store` has its own `--in-flight`). More keeps more of the database's cores busy during a bulk load;
     /// fewer leaves more of its commits to everything else. On two cores, beside a
     /// SyncAccounts load, a unary write's commit-to-numbered p99 was at most 50-100 ms
     /// at 1 against 150-250 ms at 2 (send to receipt p99 63-121 ms against 160-202 ms),

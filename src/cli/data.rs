@@ -15,14 +15,14 @@ pub async fn demo_data(
     seed: u64,
     out: Option<PathBuf>,
     into_store: bool,
+    in_flight: usize,
 ) -> anyhow::Result<()> {
     let spec = crate::tools::demo::DemoSpec { citizens, seed };
     let started = std::time::Instant::now();
     if into_store {
         let settings = Settings::load(config)?;
         let store = crate::app::open_store(&settings).await?;
-        let (c, a) =
-            crate::tools::import::demo_store(store, &spec, settings.sync_batches_in_flight).await?;
+        let (c, a) = crate::tools::import::demo_store(store, &spec, in_flight).await?;
         println!(
             "citizens: {} applied, {} stale, {} rejected\naccounts: {} applied, {} stale, {} \
              rejected (the planted duplicate claims, and NAME_MATCH records whose holder name \

@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::planner::{Accounts, EventWrite, FailureWrite, Loaded, Vouch, Work};
+use super::planner::{payload_json, Accounts, EventWrite, FailureWrite, Loaded, Vouch, Work};
 use super::write::{Answer, WriteContext};
 use crate::domain::assertion::{
     holder_name_source, may_reject, may_report_failure, may_verify, Channel, HolderNameSource,
 };
+use crate::domain::event::PayoutFailureReported;
 use crate::domain::link::new_link;
 use crate::domain::{
     check_version, previous_for_change, AccountAction, AccountStatus, ChangeAccount, LinkAccount,
@@ -221,13 +222,13 @@ fn failure(
         citizen_id: account.citizen_id.as_str().to_owned(),
         account_id: Some(account.id),
         reason: cmd.reason.clone(),
-        payload: serde_json::json!({
-            "failure_id": failure_id,
-            "failure_code": cmd.failure_code.as_str(),
-            "program_code": program,
-            "payer_reference": cmd.payer_reference,
-            "failed_at": cmd.failed_at,
-            "account": account,
+        payload: payload_json(&PayoutFailureReported {
+            failure_id,
+            failure_code: cmd.failure_code.as_str().to_owned(),
+            program_code: program.to_owned(),
+            payer_reference: cmd.payer_reference.clone(),
+            failed_at: cmd.failed_at,
+            account: account.clone(),
         }),
         actor_capacity: Some(capacity),
     });
@@ -551,5 +552,14 @@ mod tests {
         );
         assert_eq!(work.accounts.len(), 1);
         assert_eq!(work.account_history[0].capacity, Some(Capacity::Payer));
+        // The stored payloads read back as their events' types (what the feed's readers
+        // parse): the failure with the account as it stood, then the suspended account.
+        let failure: PayoutFailureReported = serde_json::from_str(&work.events[0].payload).unwrap();
+        assert_eq!(failure.failure_id, work.failures[0].failure_id);
+        assert_eq!(failure.failure_code, "ACCOUNT_FROZEN");
+        assert_eq!(failure.payer_reference, "run-7");
+        assert_eq!(failure.account.status, AccountStatus::Verified);
+        let suspended: Account = serde_json::from_str(&work.events[1].payload).unwrap();
+        assert_eq!(suspended, answer.account);
     }
 }

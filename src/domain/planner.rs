@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::link::DuplicateClaim;
 use super::write::WriteContext;
 use crate::domain::assertion::{may_verify, Capacity, Channel, HolderNameSource};
-use crate::domain::event::PreferenceChanged;
+use crate::domain::event::{CitizenStatusChanged, PreferenceChanged};
 use crate::domain::link::{
     check_link, claim_on_held, first_verified_default, new_link, owned_by_another, ProviderTerms,
     DUPLICATE_CLAIM_REASON, FIRST_VERIFIED_REASON,
@@ -222,9 +222,19 @@ pub struct EventWrite {
     pub citizen_id: String,
     pub account_id: Option<Uuid>,
     pub reason: String,
-    pub payload: serde_json::Value,
+    /// The payload's JSON text, as stored ([`payload_json`]).
+    pub payload: String,
     /// The capacity the population platform vouched in (verifications).
     pub actor_capacity: Option<Capacity>,
+}
+
+/// An event's payload as the JSON text the outbox stores, serialized straight from its
+/// type (`domain::event`), with no `serde_json::Value` tree between: building and dropping
+/// one took a quarter of a bulk load's own CPU (200 k citizens: 910 / 1,002 against 666 /
+/// 718 ticks). The keys keep the type's field order. None of the payload types can fail
+/// to serialize (no map has non-string keys); `null` if one did.
+pub fn payload_json(payload: &impl serde::Serialize) -> String {
+    serde_json::to_string(payload).unwrap_or_else(|_| "null".to_owned())
 }
 
 /// A row of `sync_records`.
@@ -410,13 +420,13 @@ pub fn plan_citizens(_ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded
                         citizen_id: id.to_owned(),
                         account_id: None,
                         reason: SYNC_REASON.into(),
-                        payload: serde_json::json!({
-                            "citizen_id": id,
-                            "previous_status": previous.map(CitizenStatus::as_str),
-                            "status": rec.status.as_str(),
-                            "died_on": rec.died_on,
-                            "source_version": rec.version,
-                            "record_id": rec.record_id,
+                        payload: payload_json(&CitizenStatusChanged {
+                            citizen_id: id.to_owned(),
+                            previous_status: previous.map(|s| s.as_str().to_owned()),
+                            status: rec.status.as_str().to_owned(),
+                            died_on: rec.died_on.clone(),
+                            source_version: rec.version,
+                            record_id: rec.record_id.clone(),
                         }),
                         actor_capacity: None,
                     });
@@ -588,7 +598,7 @@ impl<'a> Accounts<'a> {
             citizen_id: account.citizen_id.as_str().to_owned(),
             account_id: Some(account.id),
             reason: reason.to_owned(),
-            payload: serde_json::to_value(&account).unwrap_or_default(),
+            payload: payload_json(&account),
             actor_capacity: capacity,
         });
         self.changed.insert(account.id);
@@ -626,7 +636,7 @@ impl<'a> Accounts<'a> {
             citizen_id: claim.claimant.as_str().to_owned(),
             account_id: None,
             reason: DUPLICATE_CLAIM_REASON.into(),
-            payload: serde_json::to_value(claim.event()).unwrap_or_default(),
+            payload: payload_json(&claim.event()),
             actor_capacity: None,
         });
         work.duplicate_claims.push(claim);
@@ -789,7 +799,7 @@ impl<'a> Accounts<'a> {
             citizen_id: citizen.to_owned(),
             account_id: Some(account.id),
             reason: reason.to_owned(),
-            payload: serde_json::to_value(payload).unwrap_or_default(),
+            payload: payload_json(&payload),
             actor_capacity: None,
         });
         work.preferences.push(PreferenceWrite {
@@ -1015,5 +1025,55 @@ mod tests {
         assert_eq!(answered(Some(&entry), 4), Some(RecordOutcome::Stale));
         assert_eq!(answered(Some(&entry), 6), None);
         assert_eq!(answered(None, 1), None);
+    }
+
+    #[test]
+    fn a_death_is_stored_as_the_citizen_status_event_the_feed_reads_back() {
+        let id = CitizenId::parse("001085000001").unwrap();
+        let mut loaded = Loaded::default();
+        loaded.citizens.insert(
+            id.as_str().to_owned(),
+            CitizenState {
+                full_name: Some("NGUYEN VAN AN".into()),
+                date_of_birth: None,
+                status: CitizenStatus::Active,
+                died_on: None,
+                source_version: Some(1),
+            },
+        );
+        let death = SyncCitizen {
+            record_id: "r-9".into(),
+            version: 2,
+            citizen_id: id.clone(),
+            full_name: Some("NGUYEN VAN AN".into()),
+            date_of_birth: None,
+            status: CitizenStatus::Deceased,
+            died_on: Some("2026-11-30".into()),
+            legacy_ids: Vec::new(),
+        };
+        let ctx = WriteContext {
+            actor: "population".into(),
+            idempotency: None,
+            now: Timestamp(1_700_000_000_000_000),
+            authority: Default::default(),
+        };
+        let work = plan_citizens(&ctx, &[death], &loaded);
+        assert_eq!(work.outcomes, [RecordOutcome::Applied]);
+        let [event] = &work.events[..] else {
+            panic!("one event, not {:?}", work.events.len())
+        };
+        assert_eq!(event.event_type, "CITIZEN_STATUS_CHANGED");
+        let stored: CitizenStatusChanged = serde_json::from_str(&event.payload).unwrap();
+        assert_eq!(
+            stored,
+            CitizenStatusChanged {
+                citizen_id: "001085000001".into(),
+                previous_status: Some("ACTIVE".into()),
+                status: "DECEASED".into(),
+                died_on: Some("2026-11-30".into()),
+                source_version: 2,
+                record_id: "r-9".into(),
+            }
+        );
     }
 }

@@ -480,7 +480,7 @@ pub(super) async fn write_work<D: Dialect>(
                 .push_bind(e.account_id)
                 .push_bind(actor)
                 .push_bind(e.reason.as_str())
-                .push_bind(e.payload.to_string())
+                .push_bind(e.payload.as_str())
                 .push_bind(e.actor_capacity.map(Capacity::as_str));
         },
     )
