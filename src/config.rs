@@ -88,13 +88,14 @@ pub struct Settings {
     /// (DATABASE_TIMEOUT). Keep it well under the clients' deadlines.
     pub db_statement_timeout_ms: u64,
     /// Batch transactions of one sync stream running at once, 1 to 16 (`demo-data
-    /// --into-store` has its own `--in-flight`). More keeps more of the database's cores busy during a bulk load;
-    /// fewer leaves more of its commits to everything else. On two cores, beside a
-    /// SyncAccounts load, a unary write's commit-to-numbered p99 was at most 50-100 ms
-    /// at 1 against 150-250 ms at 2 (send to receipt p99 63-121 ms against 160-202 ms),
-    /// for 14-34% fewer records/s (3.7-4.8 k against 5.3-5.6 k). Streams run one batch at
-    /// a time anyway while unary writes arrive (`sync_yield_window_ms`).
-    /// SQLite has one writer: more than one changes nothing there.
+    /// --into-store` has its own `--in-flight`). More keeps more of the database's cores
+    /// busy during a bulk load; fewer leaves more of its commits to everything else. On
+    /// two cores, beside a SyncAccounts load, a unary write's commit-to-numbered p99 was
+    /// at most 50-100 ms at 1 against 150-250 ms at 2 (send to receipt p99 63-121 ms
+    /// against 160-202 ms), for 14-34% fewer records/s (3.7-4.8 k against 5.3-5.6 k).
+    /// Streams run one batch at a time anyway while unary writes arrive
+    /// (`sync_yield_window_ms`). SQLite has one writer: more than one changes nothing
+    /// there.
     pub sync_batches_in_flight: usize,
     /// While a unary write (LinkAccount, VerifyAccount, ...) was admitted within this many
     /// milliseconds, a sync stream runs one batch at a time, whatever
