@@ -517,7 +517,7 @@ request_decoders_never_panic! {
         );
     list_access_log_request_decoding_never_panics: ListAccessLogRequest =>
         |r| (
-            convert::citizen_lookup("citizen_id", &r.citizen_id).map(drop),
+            convert::citizen_lookup("citizen_id", &r.citizen_id, 2026).map(drop),
             page::Binding::new("log").cursor(&r.page_token).map(drop),
         );
     batch_resolve_request_decoding_never_panics: BatchResolveRequest =>

@@ -161,8 +161,9 @@ impl CitizenId {
 
     /// Parses a citizen id as if the current year were `current_year`.
     ///
-    /// The clock is a parameter so the future-birth-year rule can be tested at its
-    /// boundaries; production code calls [`CitizenId::parse`].
+    /// The clock is a parameter so that the future-birth-year rule can be tested at its
+    /// boundaries, and so that the API's lookups judge it by the app's clock (read once
+    /// per request, or per BatchResolve batch) rather than by a read of the OS clock each.
     pub fn parse_with_year(s: &str, current_year: i32) -> Result<CitizenId, Rejection> {
         let len = s.chars().count();
         if len != CITIZEN_ID_LEN {

@@ -249,7 +249,8 @@ impl Call {
         field: &str,
         raw: &str,
     ) -> Result<Option<CitizenId>, Status> {
-        match convert::citizen_lookup(field, raw).map_err(|r| self.reject(r))? {
+        let year = state.now().date().year();
+        match convert::citizen_lookup(field, raw, year).map_err(|r| self.reject(r))? {
             CitizenLookup::Id(id) => Ok(Some(id)),
             CitizenLookup::Legacy(legacy) => Ok(state
                 .store

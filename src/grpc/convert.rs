@@ -462,7 +462,7 @@ impl ResolveRequest {
             ));
         }
         Ok(ResolveRequest {
-            lookup: citizen_lookup_in_year("citizen_id", citizen, now.date().year())?,
+            lookup: citizen_lookup("citizen_id", citizen, now.date().year())?,
             program: ProgramCode::parse_optional(program_code)?,
             as_of,
             exists_only,
@@ -483,13 +483,10 @@ impl ResolveRequest {
 /// How far a client's clock may run ahead of the registry's for `as_of`.
 pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Parses a citizen named for a lookup: a citizen id or a legacy 9-digit CMND number.
-pub fn citizen_lookup(field: &str, raw: &str) -> Result<CitizenLookup, Rejection> {
-    citizen_lookup_in_year(field, raw, time::OffsetDateTime::now_utc().year())
-}
-
-/// As [`citizen_lookup`], judging a citizen id's birth year against `current_year`.
-fn citizen_lookup_in_year(
+/// Parses a citizen named for a lookup: a citizen id or a legacy 9-digit CMND number, a
+/// citizen id's birth year judged against `current_year` (the app clock's, read once by
+/// the caller).
+pub fn citizen_lookup(
     field: &str,
     raw: &str,
     current_year: i32,

@@ -20,6 +20,7 @@ use super::sql::{text_keys, Sql, Val};
 use super::sql_store::SqlStore;
 use super::{corrupt, StoreResult};
 use crate::domain::event::DuplicateEntitlementDetected;
+use crate::domain::planner::payload_json;
 use crate::domain::reservation::{
     DuplicateEntitlement, EntitlementFilter, ReserveItem, Reserved, DUPLICATE_ENTITLEMENT_REASON,
 };
@@ -167,14 +168,13 @@ impl<D: Dialect> SqlStore<D> {
         let mut payloads = Vec::with_capacity(new.len());
         for (id, d) in &new {
             let (program, period, _) = d.payment;
-            let payload = serde_json::to_string(&DuplicateEntitlementDetected {
+            let payload = payload_json(&DuplicateEntitlementDetected {
                 entitlement_id: *id,
                 program_code: program.to_owned(),
                 period: period.to_owned(),
                 holder: d.holder.to_owned(),
                 claimant: holder.to_owned(),
-            })
-            .map_err(corrupt)?;
+            });
             payloads.push((d.citizen, payload));
         }
         insert_rows(
