@@ -6,17 +6,19 @@
 mod common;
 
 use common::{
-    link_issuer_confirmed, refused, suspend_or_reinstate, sync_citizens, Backend, TestApp, ADMIN,
-    PAYER,
+    link_issuer_confirmed, refused, set_preference, suspend_or_reinstate, sync_citizens, Backend,
+    TestApp, ADMIN, PAYER,
 };
 use payout_registry::proto::{
     BatchResolveRequest, CitizenRecord, CitizenStatus, GetAccountHistoryRequest, GetAccountRequest,
     ListCitizenAccountsRequest, ResolveOutcome, ResolveRequest, ResolveResponse,
+    SuspendAccountRequest,
 };
 use tonic::Code;
 
 on_both_backends!(
     a_read_carrying_a_writes_position_shows_the_write_and_says_how_fresh_it_is,
+    a_write_answers_its_own_events_position_its_replay_the_same_and_a_no_op_the_head,
     a_min_position_beyond_the_feed_is_refused_and_reads_nothing,
     a_sync_acknowledgement_carries_the_position_of_its_changes,
     a_payroll_runs_bulk_reads_use_the_cache_but_do_not_fill_it,
@@ -115,6 +117,77 @@ async fn a_read_carrying_a_writes_position_shows_the_write_and_says_how_fresh_it
     // A read without a minimum is at most the feed lag behind, and says how far it is.
     let r = resolve(&mut resolver, citizen, 0).await;
     assert!(r.position <= last);
+    app.stop().await;
+}
+
+/// The consistency token of a single write is the feed position of that write's own last
+/// event (not of whatever the citizen did since): a replay under the same idempotency key
+/// answers it again, and a write that changed nothing answers a position covering every
+/// earlier write.
+async fn a_write_answers_its_own_events_position_its_replay_the_same_and_a_no_op_the_head(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let citizen = "001089300002";
+    let account = link_issuer_confirmed(&app, citizen, "0071000000002").await;
+    let mut registry = app.registry(Some(ADMIN));
+    let suspend = SuspendAccountRequest {
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+        account_id: account.clone(),
+        reason: "payout failed twice".into(),
+        ..Default::default()
+    };
+    let suspended = registry
+        .suspend_account(suspend.clone())
+        .await
+        .expect("suspended")
+        .into_inner()
+        .position;
+    let at = app
+        .store
+        .feed_after(suspended as i64 - 1, 1)
+        .await
+        .expect("the feed");
+    assert_eq!(
+        (
+            at[0].event_type.as_str(),
+            at[0].account_id.map(|a| a.to_string())
+        ),
+        ("ACCOUNT_SUSPENDED", Some(account.clone())),
+        "the token is the position of the write's event"
+    );
+
+    // The citizen's later write moves their latest event, not the first write's token.
+    let reinstated = suspend_or_reinstate(&mut registry, &account, false).await;
+    assert!(reinstated > suspended);
+    let replayed = registry
+        .suspend_account(suspend)
+        .await
+        .expect("replayed")
+        .into_inner();
+    assert_eq!(
+        replayed.position, suspended,
+        "a replay answers the first token"
+    );
+    assert_eq!(
+        replayed.account.unwrap().status().as_str_name(),
+        "ACCOUNT_STATUS_SUSPENDED",
+        "and the first answer"
+    );
+
+    // The account is the default already: nothing changes, no event, and the token
+    // covers the reinstatement, so a read carrying it sees the account paid.
+    let head_before = app.store.feed_head().await.unwrap();
+    let unchanged = set_preference(&app, citizen, &account, "").await;
+    assert!(unchanged >= reinstated, "{unchanged} < {reinstated}");
+    assert_eq!(
+        app.store.feed_head().await.unwrap(),
+        head_before,
+        "no event"
+    );
+    let mut resolver = app.resolver(Some(PAYER));
+    let r = resolve(&mut resolver, citizen, unchanged).await;
+    assert!(paid(&r) && r.position >= unchanged, "{r:?}");
     app.stop().await;
 }
 

@@ -247,8 +247,8 @@ fn failure(
         account
     };
     Ok(Answer {
-        account,
         failure_id: Some(failure_id),
+        ..Answer::of(account)
     })
 }
 

@@ -28,13 +28,19 @@ pub struct Idempotency {
     pub request_hash: Vec<u8>,
 }
 
-/// A write's answer: the account as it now is, and for a payout-failure report the id of
-/// the recorded failure.
+/// A write's answer: the account as it now is, for a payout-failure report the id of the
+/// recorded failure, and the write position of the last event the write committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
     pub account: Account,
     #[serde(default)]
     pub failure_id: Option<Uuid>,
+    /// Set by the store once the write's events are in (the planner does not know
+    /// positions); kept under the idempotency key, so a replay answers the same
+    /// consistency token. `None` for a write that changed nothing, and in answers stored
+    /// before it was kept.
+    #[serde(default)]
+    pub last_event: Option<i64>,
 }
 
 impl Answer {
@@ -42,6 +48,7 @@ impl Answer {
         Answer {
             account,
             failure_id: None,
+            last_event: None,
         }
     }
 }

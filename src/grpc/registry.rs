@@ -8,6 +8,7 @@ use super::convert::{
 };
 use super::page::{page_size, Binding};
 use super::{AppState, Call};
+use crate::domain::commands::Command;
 use crate::domain::{
     account_not_found, Account, ChangeAccount, LinkAccount, Rejection, ReportPayoutFailure,
     SetPreference,
@@ -16,6 +17,7 @@ use crate::proto::account_registry_service_server::AccountRegistryService;
 use crate::proto::*;
 use crate::security::limits::RpcClass;
 use crate::security::Scope;
+use crate::store::{recorded_failure, Answer};
 
 /// Default and largest history page.
 const DEFAULT_PAGE: u32 = 100;
@@ -50,26 +52,28 @@ impl AccountRegistryHandler {
         let raw_key = key(&mut req).clone();
         let ctx = call.write_context(&self.state, operation, &raw_key, &req, |r| key(r).clear())?;
         let cmd = ChangeAccount::try_from(&req).map_err(|r| call.reject(r))?;
-        let account = self
+        let answer = self
             .state
             .store
-            .change_account(&ctx, &cmd)
+            .write(&ctx, Command::Change(&cmd))
             .await
             .map_err(|e| call.fail(e))?;
+        let account = &answer.account;
         tracing::info!(account = %account.id, status = %account.status, version = account.version, "{operation}");
-        let position = self.written(&account).await;
-        Ok((account, Self::full(&call), position))
+        let position = self.written(&answer).await;
+        Ok((answer.account, Self::full(&call), position))
     }
 
     fn full(call: &Call) -> bool {
         call.caller.has(Scope::ResolveFull)
     }
 
-    /// A write's consistency token: the feed position of the citizen's latest event once
-    /// numbered, 0 when it was not numbered in time (the write stands either way).
-    async fn written(&self, account: &Account) -> u64 {
+    /// A write's consistency token: the feed position of its last event once numbered
+    /// (see `Store::written_position`), 0 when not numbered in time (the write stands
+    /// either way).
+    async fn written(&self, answer: &Answer) -> u64 {
         let committed = std::time::Instant::now();
-        let numbered = self.state.store.written_position(&account.citizen_id).await;
+        let numbered = self.state.store.written_position(answer.last_event).await;
         metrics::histogram!(crate::telemetry::metrics::FEED_NUMBERING_WAIT_SECONDS)
             .record(committed.elapsed().as_secs_f64());
         match numbered {
@@ -116,16 +120,17 @@ impl AccountRegistryService for AccountRegistryHandler {
             |r| r.idempotency_key.clear(),
         )?;
         let cmd = LinkAccount::try_from(&req).map_err(|r| call.reject(r))?;
-        let account = self
+        let answer = self
             .state
             .store
-            .link_account(&ctx, &cmd)
+            .write(&ctx, Command::Link(&cmd))
             .await
             .map_err(|e| call.fail(e))?;
+        let account = &answer.account;
         tracing::info!(account = %account.id, citizen = %account.citizen_id, account_ref = %account.account_ref, "account linked");
         Ok(Response::new(LinkAccountResponse {
-            account: Some(account_out(&account, Self::full(&call))),
-            position: self.written(&account).await,
+            account: Some(account_out(account, Self::full(&call))),
+            position: self.written(&answer).await,
         }))
     }
 
@@ -158,16 +163,17 @@ impl AccountRegistryService for AccountRegistryHandler {
             |r| r.idempotency_key.clear(),
         )?;
         let cmd = SetPreference::try_from(&req).map_err(|r| call.reject(r))?;
-        let account = self
+        let answer = self
             .state
             .store
-            .set_preference(&ctx, &cmd)
+            .write(&ctx, Command::Prefer(&cmd))
             .await
             .map_err(|e| call.fail(e))?;
+        let account = &answer.account;
         tracing::info!(account = %account.id, program = req.program_code.as_str(), "payout preference set");
         Ok(Response::new(SetDefaultAccountResponse {
-            account: Some(account_out(&account, Self::full(&call))),
-            position: self.written(&account).await,
+            account: Some(account_out(account, Self::full(&call))),
+            position: self.written(&answer).await,
             program_code: cmd
                 .program
                 .map(|p| p.as_str().to_owned())
@@ -321,12 +327,14 @@ impl AccountRegistryService for AccountRegistryHandler {
             |r| r.idempotency_key.clear(),
         )?;
         let cmd = ReportPayoutFailure::try_from(&req).map_err(|r| call.reject(r))?;
-        let (account, failure_id) = self
+        let answer = self
             .state
             .store
-            .report_payout_failure(&ctx, &cmd)
+            .write(&ctx, Command::Failure(&cmd))
             .await
             .map_err(|e| call.fail(e))?;
+        let failure_id = recorded_failure(&answer).map_err(|e| call.fail(e))?;
+        let account = &answer.account;
         tracing::warn!(
             account = %account.id,
             failure_code = %cmd.failure_code,
@@ -334,9 +342,9 @@ impl AccountRegistryService for AccountRegistryHandler {
             "payout failure reported"
         );
         Ok(Response::new(ReportPayoutFailureResponse {
-            account: Some(account_out(&account, Self::full(&call))),
+            account: Some(account_out(account, Self::full(&call))),
             failure_id: failure_id.to_string(),
-            position: self.written(&account).await,
+            position: self.written(&answer).await,
         }))
     }
 }

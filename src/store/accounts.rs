@@ -52,11 +52,25 @@ impl<D: Dialect> SqlStore<D> {
             }
             let attempt = async {
                 let Planned { work, answer } = self.plan_in(&mut tx, ctx, cmd).await?;
+                // A refused claim on an account another citizen holds is recorded, and
+                // the refusal kept under the idempotency key; other refusals write nothing.
+                if let Err(r) = &answer {
+                    if work.duplicate_claims.is_empty() {
+                        return Ok(Err(StoreError::Rejected(r.clone())));
+                    }
+                }
+                let Some(last_event) = write_work(&mut tx, ctx, &work).await? else {
+                    return Err(corrupt("a single write updated a citizen it did not lock"));
+                };
                 let (stored, result) = match answer {
-                    Ok(answer) => (StoredOutcome::Answer(answer.clone()), Ok(answer)),
-                    // A refused claim on an account another citizen holds is recorded,
-                    // and the refusal kept under the idempotency key.
-                    Err(r) if !work.duplicate_claims.is_empty() => (
+                    Ok(answer) => {
+                        let answer = Answer {
+                            last_event,
+                            ..answer
+                        };
+                        (StoredOutcome::Answer(answer.clone()), Ok(answer))
+                    }
+                    Err(r) => (
                         StoredOutcome::Refused {
                             reason: r.reason.as_str().to_owned(),
                             field: r.field.clone(),
@@ -64,11 +78,7 @@ impl<D: Dialect> SqlStore<D> {
                         },
                         Err(StoreError::Rejected(r)),
                     ),
-                    Err(r) => return Ok(Err(StoreError::Rejected(r))),
                 };
-                if write_work(&mut tx, ctx, &work).await?.is_none() {
-                    return Err(corrupt("a single write updated a citizen it did not lock"));
-                }
                 if let Ok(answer) = &result {
                     // The citizen's row of the resolution read model commits with the
                     // change.

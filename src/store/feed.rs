@@ -277,27 +277,46 @@ impl<D: Dialect> SqlStore<D> {
         Ok(())
     }
 
-    /// The feed position of `citizen`'s latest event, once numbered (a write's
-    /// consistency token); `None` when it is not numbered within `WRITE_POSITION_WAIT`.
-    /// A citizen without events answers the cursor.
-    pub(super) async fn written_position(&self, citizen: &str) -> StoreResult<Option<i64>> {
+    /// A single write's consistency token (see `Store::written_position`); `None` when
+    /// what it waits on is not numbered within `WRITE_POSITION_WAIT`.
+    pub(super) async fn written_position(
+        &self,
+        last_event: Option<i64>,
+    ) -> StoreResult<Option<i64>> {
+        // Without an event of its own, the write showed state that earlier commits left,
+        // whose events are at most the largest position committed now.
+        let through = match last_event {
+            Some(event) => event,
+            None => {
+                let (max,): (Option<i64>,) = self
+                    .reader()
+                    .await?
+                    .fetch_one(Sql::new("SELECT MAX(position) FROM events"))
+                    .await?;
+                max.unwrap_or(0)
+            }
+        };
         self.when_numbered(|| async {
-            // One statement: the latest event and its feed position, if it has one yet.
-            let latest: Option<(i64, Option<i64>)> = self
+            // One snapshot: the event's feed position if numbered, whether anything up to
+            // it still waits for a number, and the head. An event neither numbered nor
+            // waiting was numbered and pruned since.
+            let (numbered, waiting, head): (Option<i64>, bool, i64) = self
                 .reader()
                 .await?
-                .fetch_optional(
+                .fetch_one(
                     Sql::new(
-                        "SELECT e.position, f.feed_position FROM events e \
-                         LEFT JOIN feed f ON f.position = e.position \
-                         WHERE e.citizen_id = $1 ORDER BY e.position DESC LIMIT 1",
+                        "SELECT (SELECT feed_position FROM feed WHERE position = $1), \
+                         EXISTS (SELECT 1 FROM feed_pending WHERE position <= $2), \
+                         (SELECT last_position FROM feed_head WHERE id = 1)",
                     )
-                    .bind(citizen),
+                    .bind(last_event)
+                    .bind(through),
                 )
                 .await?;
-            Ok(match latest {
-                None => Some(self.fresh.position()),
-                Some((_, at)) => at,
+            Ok(match (numbered, waiting) {
+                (Some(at), _) => Some(at),
+                (None, true) => None,
+                (None, false) => Some(head),
             })
         })
         .await
@@ -767,17 +786,25 @@ async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> Stor
             keys(),
         )
         .await?;
-        let mut new: HashMap<String, RouteDigest> = HashMap::new();
+        let mut new: HashMap<&str, RouteDigest> = HashMap::new();
         for (citizen, inputs) in &inputs {
             for (program, account) in inputs.live_routes() {
                 let route = RouteDigest::route(citizen, program, account);
-                new.entry(citizen.clone()).or_default().add(&route);
+                new.entry(citizen.as_str()).or_default().add(&route);
             }
         }
-        for (citizen, digest, routes) in old {
-            let old = stored_digest(&digest, routes)?;
+        // Only the citizens whose routes changed are rewritten: most events (a pending
+        // link, a second verified account) leave a citizen's routes as they were.
+        let mut gone: Vec<&str> = Vec::new();
+        for (citizen, digest, routes) in &old {
+            let old = stored_digest(digest, *routes)?;
+            if new.get(citizen.as_str()) == Some(&old) {
+                new.remove(citizen.as_str());
+                continue;
+            }
+            gone.push(citizen);
             let change = &mut provinces
-                .entry(province_of(&citizen).to_owned())
+                .entry(province_of(citizen).to_owned())
                 .or_default()
                 .0;
             change.remove(&old);
@@ -789,10 +816,12 @@ async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> Stor
                 .0;
             change.add(digest);
         }
-        let mut q = D::builder("DELETE FROM digest_citizens WHERE citizen_id");
-        D::push_in(&mut q, keys())?;
-        tx.execute(q.build()).await?;
-        let rows: Vec<(&String, &RouteDigest)> = new.iter().collect();
+        if !gone.is_empty() {
+            let mut q = D::builder("DELETE FROM digest_citizens WHERE citizen_id");
+            D::push_in(&mut q, text_keys(gone.iter().copied()))?;
+            tx.execute(q.build()).await?;
+        }
+        let rows: Vec<(&&str, &RouteDigest)> = new.iter().collect();
         insert_rows(
             tx,
             "INSERT INTO digest_citizens (citizen_id, digest, routes) ",
@@ -800,7 +829,7 @@ async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> Stor
             &rows,
             3,
             |row, (citizen, d)| {
-                row.push_bind(citizen.as_str())
+                row.push_bind(**citizen)
                     .push_bind(d.to_hex())
                     .push_bind(d.routes);
             },

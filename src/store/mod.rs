@@ -44,6 +44,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::domain::assertion::Capacity;
+use crate::domain::commands::Command;
 use crate::domain::{
     Account, ChangeAccount, CitizenId, CitizenStatus, LegacyId, LinkAccount, ProgramCode,
     RecordOutcome, Rejection, ReportPayoutFailure, Resolution, SetPreference, SyncAccount,
@@ -384,16 +385,32 @@ pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations and seeds the reference data from `reference/*.csv`.
     async fn migrate(&self) -> StoreResult<()>;
 
+    /// Runs one single write (a batch of one through the write planner) and answers it,
+    /// with the write position of its last event (the API's consistency token).
+    async fn write(&self, ctx: &WriteContext, cmd: Command<'_>) -> StoreResult<Answer>;
+
     /// Links a new account (LinkAccount).
-    async fn link_account(&self, ctx: &WriteContext, cmd: &LinkAccount) -> StoreResult<Account>;
+    async fn link_account(&self, ctx: &WriteContext, cmd: &LinkAccount) -> StoreResult<Account> {
+        Ok(self.write(ctx, Command::Link(cmd)).await?.account)
+    }
 
     /// Verifies, rejects, suspends, reinstates or closes an account.
-    async fn change_account(&self, ctx: &WriteContext, cmd: &ChangeAccount)
-        -> StoreResult<Account>;
+    async fn change_account(
+        &self,
+        ctx: &WriteContext,
+        cmd: &ChangeAccount,
+    ) -> StoreResult<Account> {
+        Ok(self.write(ctx, Command::Change(cmd)).await?.account)
+    }
 
     /// Sets the default or a program preference (SetDefaultAccount).
-    async fn set_preference(&self, ctx: &WriteContext, cmd: &SetPreference)
-        -> StoreResult<Account>;
+    async fn set_preference(
+        &self,
+        ctx: &WriteContext,
+        cmd: &SetPreference,
+    ) -> StoreResult<Account> {
+        Ok(self.write(ctx, Command::Prefer(cmd)).await?.account)
+    }
 
     /// Records a citizen's facts from the population platform; last source version wins.
     async fn upsert_citizen(
@@ -495,9 +512,12 @@ pub trait Store: Send + Sync + 'static {
     /// Reads each read replica's visible feed position (the background poller).
     async fn poll_replicas(&self);
 
-    /// The feed position of `citizen`'s latest event once the sequencer has numbered it
-    /// (a write's consistency token); `None` when it is not numbered within a second.
-    async fn written_position(&self, citizen: &CitizenId) -> StoreResult<Option<i64>>;
+    /// A single write's consistency token, once the sequencer has numbered what it
+    /// needs: the feed position of the write's last event (`Answer::last_event`); for a
+    /// write without one (it changed nothing, or its stored answer predates the field), or
+    /// whose event was pruned since, the feed head once every event committed before the
+    /// call is numbered. `None` when that takes more than a second.
+    async fn written_position(&self, last_event: Option<i64>) -> StoreResult<Option<i64>>;
 
     /// The largest feed position given to `events` (write positions, as a sync batch
     /// answers them in [`BatchApplied::last_event`]) once the sequencer has numbered every
@@ -527,7 +547,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ctx: &WriteContext,
         cmd: &ReportPayoutFailure,
-    ) -> StoreResult<(Account, Uuid)>;
+    ) -> StoreResult<(Account, Uuid)> {
+        let answer = self.write(ctx, Command::Failure(cmd)).await?;
+        let failure_id = recorded_failure(&answer)?;
+        Ok((answer.account, failure_id))
+    }
 
     /// Refused claims on accounts, newest first: all of them, or those on one account;
     /// `before` is the `(detected_at, claim_id)` of the last claim of the previous page.
@@ -705,6 +729,13 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<Arc<dyn St
 }
 
 /// A stored value that cannot be read back (or a bug): reported, never guessed.
+/// The id of the failure a ReportPayoutFailure's answer recorded.
+pub fn recorded_failure(answer: &Answer) -> StoreResult<Uuid> {
+    answer
+        .failure_id
+        .ok_or_else(|| corrupt("payout failure answer without its id"))
+}
+
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }

@@ -22,6 +22,7 @@ use super::freshness::Freshness;
 use super::reference::KnownPrograms;
 use super::replicas::Replicas;
 use super::sql::Sql;
+use super::Answer;
 use super::{
     corrupt, AccessEntry, AccessRead, AccountKey, BatchApplied, CacheFill, CitizenRecord,
     CitizenUpsert, DuplicateClaim, Event, HistoryEntry, ModelCheck, Preference, Provider,
@@ -31,8 +32,7 @@ use super::{
 use crate::domain::commands::Command;
 use crate::domain::planner::{plan_accounts, plan_citizens, SyncStream};
 use crate::domain::{
-    Account, ChangeAccount, CitizenId, LegacyId, LinkAccount, ReportPayoutFailure, Resolution,
-    SetPreference, SyncAccount, SyncCitizen, Timestamp,
+    Account, CitizenId, LegacyId, Resolution, SyncAccount, SyncCitizen, Timestamp,
 };
 use futures::future::BoxFuture;
 
@@ -207,24 +207,8 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.migrate_and_seed().await
     }
 
-    async fn link_account(&self, ctx: &WriteContext, cmd: &LinkAccount) -> StoreResult<Account> {
-        Ok(self.execute(ctx, Command::Link(cmd)).await?.account)
-    }
-
-    async fn change_account(
-        &self,
-        ctx: &WriteContext,
-        cmd: &ChangeAccount,
-    ) -> StoreResult<Account> {
-        Ok(self.execute(ctx, Command::Change(cmd)).await?.account)
-    }
-
-    async fn set_preference(
-        &self,
-        ctx: &WriteContext,
-        cmd: &SetPreference,
-    ) -> StoreResult<Account> {
-        Ok(self.execute(ctx, Command::Prefer(cmd)).await?.account)
+    async fn write(&self, ctx: &WriteContext, cmd: Command<'_>) -> StoreResult<Answer> {
+        self.execute(ctx, cmd).await
     }
 
     async fn upsert_citizen(
@@ -308,8 +292,8 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.replicas.poll(self.fresh.position()).await
     }
 
-    async fn written_position(&self, citizen: &CitizenId) -> StoreResult<Option<i64>> {
-        self.written_position(citizen.as_str()).await
+    async fn written_position(&self, last_event: Option<i64>) -> StoreResult<Option<i64>> {
+        self.written_position(last_event).await
     }
 
     async fn numbered_through(&self, events: &[i64]) -> StoreResult<Option<i64>> {
@@ -337,18 +321,6 @@ impl<D: Dialect> Store for SqlStore<D> {
             .resolve_all(std::slice::from_ref(q), now, 0, CacheFill::Fill)
             .await?;
         answers.pop().ok_or_else(|| corrupt("no resolution"))
-    }
-
-    async fn report_payout_failure(
-        &self,
-        ctx: &WriteContext,
-        cmd: &ReportPayoutFailure,
-    ) -> StoreResult<(Account, Uuid)> {
-        let answer = self.execute(ctx, Command::Failure(cmd)).await?;
-        let failure_id = answer
-            .failure_id
-            .ok_or_else(|| corrupt("payout failure answer without its id"))?;
-        Ok((answer.account, failure_id))
     }
 
     async fn duplicate_claims(

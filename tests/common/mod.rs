@@ -1298,8 +1298,8 @@ pub async fn link_issuer_confirmed(app: &TestApp, citizen: &str, number: &str) -
 }
 
 /// Makes `account` the citizen's preference for `program` ("" is the default), as an
-/// office does through SetDefaultAccount.
-pub async fn set_preference(app: &TestApp, citizen: &str, account: &str, program: &str) {
+/// office does through SetDefaultAccount; answers the write's position.
+pub async fn set_preference(app: &TestApp, citizen: &str, account: &str, program: &str) -> u64 {
     app.registry(Some(ADMIN))
         .set_default_account(payout_registry::proto::SetDefaultAccountRequest {
             idempotency_key: Uuid::new_v4().to_string(),
@@ -1310,7 +1310,9 @@ pub async fn set_preference(app: &TestApp, citizen: &str, account: &str, program
             ..Default::default()
         })
         .await
-        .expect("set preference");
+        .expect("set preference")
+        .into_inner()
+        .position
 }
 
 /// Waits until `ready` holds, checking again each time the store signals a change (a

@@ -1,0 +1,16 @@
+-- events keeps its primary key (position) and loses `events_by_citizen` (citizen_id,
+-- position) (issue 13: "drop what costs without protecting anything"). One query read it:
+-- a single write's consistency token looked up "the citizen's latest event" after the
+-- commit. The write now knows its own last event's position (the batch writer reads it
+-- after the COPY) and keeps it in its answer, also under its idempotency key, so a replay
+-- answers the same token; a write that changed nothing answers the head once every event
+-- committed before it is numbered (feed_pending's primary key). The feed, the watch-list
+-- page and the pruner read events by position.
+--
+-- What it cost: one insert per event at a random place in a 1 M-citizen index. In a
+-- SyncAccounts bulk load it was the largest single source of full-page images in the WAL
+-- (pg_waldump --stats, 30 k records on the 1 M population: 12,309 of the eleven random-
+-- keyed indexes' ~83 k, 14%).
+--
+-- DROP INDEX takes events' ACCESS EXCLUSIVE lock for a moment.
+DROP INDEX IF EXISTS events_by_citizen;
