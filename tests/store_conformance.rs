@@ -1436,3 +1436,41 @@ async fn postgres_indexes_compare_identifiers_byte_by_byte_under_a_vietnamese_lo
         .unwrap();
     assert_eq!(resolved_id(&r), Some(a.id));
 }
+
+/// SQLite: commits reach the database file itself shortly after, copied from the WAL by
+/// the checkpointer's own connection, long before the writer's backstop checkpoint (40,000
+/// pages) would. Read with `immutable=1`, SQLite reads the file alone and ignores the WAL.
+#[tokio::test]
+async fn sqlite_commits_are_checkpointed_off_the_writer() {
+    let (db, store) = setup(Backend::Sqlite).await;
+    let file = db
+        .url
+        .strip_prefix("sqlite://")
+        .expect("a SQLite url")
+        .to_owned();
+    // The accounts in the file alone; `None` while the file does not have the table yet.
+    let in_file = || async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&file)
+            .read_only(true)
+            .immutable(true);
+        let mut conn = sqlx::ConnectOptions::connect(&options).await.expect("open");
+        let counted: Result<(i64,), _> = sqlx::query_as("SELECT count(*) FROM accounts")
+            .fetch_one(&mut conn)
+            .await;
+        counted.ok().map(|(n,)| n)
+    };
+    let until_in_file = |accounts: i64, what: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while in_file().await != Some(accounts) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} still only in the WAL after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    until_in_file(0, "the migrations are").await;
+    link_verified(&store, "001089000001", "0071000000001", Timestamp::now()).await;
+    until_in_file(1, "the account is").await;
+}

@@ -39,15 +39,18 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// negative). Readers keep the default, as there are up to `db_max_connections` of them.
 const WRITER_CACHE: &str = "-65536";
 
-/// Pages of WAL after which a commit copies them back into the database file (SQLite's
-/// default is 1,000, 4 MB). The copy runs on the writer's thread inside the commit that
-/// crosses the mark, and each checkpoint writes every page the WAL holds once: a sync
-/// batch dirties index pages all over the file, so with the default the same pages were
-/// copied back after every few batches (checkpoints were 20% of the writer's CPU during a
-/// SyncCitizens stream, writing WAL frames another 20%). 10,000 pages (40 MB) lets the
-/// pages a stream keeps rewriting be copied once per checkpoint instead of once per few
-/// batches; crash recovery replays at most that much.
-const WAL_AUTOCHECKPOINT: &str = "10000";
+/// Pages of WAL after which the writer's own commit copies them back into the database
+/// file: the backstop, for when the checkpointer (below) falls behind. That copy runs on
+/// the writer's thread inside the commit that crosses the mark, with the database file's
+/// fsync, and all writes wait for it. 40,000 pages (160 MB) is also the most a crash
+/// recovery replays. (SQLite's default is 1,000 pages, 4 MB: with it a sync batch's index
+/// pages, dirtied all over the file, were copied back after every few batches.)
+const WAL_AUTOCHECKPOINT: &str = "40000";
+
+/// How often, at most, the checkpointer copies committed WAL frames back into the
+/// database file while writes come in; and how often without a write signalled.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 
 /// Opens (creating when missing) the database file: a writer pool of one connection and
 /// a read-only pool. One process owns the file, so the change signal is in-process only.
@@ -68,15 +71,26 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStor
             connect
                 .clone()
                 .pragma("cache_size", WRITER_CACHE)
+                // The writer's statement journals (each multi-row INSERT of a batch keeps
+                // the pages it changes, to undo the statement alone) in memory: spilled
+                // to a temporary file past 64 KB, they were 7% of the writer's time in a
+                // SyncAccounts run, in pwrite. Its sorts stay small: batches are bounded.
+                .pragma("temp_store", "MEMORY")
                 .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT),
         )
         .await?;
+    let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
+    let checkpointer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect.clone())
+        .await?;
+    tokio::spawn(checkpoint_after_writes(checkpointer, changed.subscribe()));
     let read = SqlitePoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect.read_only(true))
         .await?;
-    let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
     let fresh = Freshness::new(options.resolution_cache_entries);
     Ok(SqlStore::new(
         Pools {
@@ -90,6 +104,38 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStor
         Replicas::none(),
         None,
     ))
+}
+
+/// The checkpointer: on its own connection, copies the WAL's committed frames back into
+/// the database file (`PRAGMA wal_checkpoint(PASSIVE)`: it waits for no one, and no one
+/// waits for it) at most every [`CHECKPOINT_EVERY`] while writes come in, and every
+/// [`CHECKPOINT_IDLE`] otherwise (not every writer signals its commits: the access log's
+/// do not), so that the one writer does not: a SyncAccounts stream's commits spent 14% of
+/// the writer's time checkpointing, fsync included. Ends with the store (its change signal
+/// closes).
+async fn checkpoint_after_writes(pool: SqlitePool, mut writes: tokio::sync::watch::Receiver<u64>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            changed = writes.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(CHECKPOINT_IDLE) => {}
+        }
+        let done: Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&pool)
+                .await;
+        match &done {
+            // The writer's own checkpoint at WAL_AUTOCHECKPOINT pages still runs.
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "the WAL checkpoint failed; the writer will checkpoint")
+            }
+            Ok(_) if failing => tracing::info!("the WAL checkpoint works again"),
+            _ => {}
+        }
+        failing = done.is_err();
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+    }
+    pool.close().await;
 }
 
 impl Dialect for SqliteDialect {
