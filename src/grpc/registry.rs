@@ -17,7 +17,7 @@ use crate::proto::account_registry_service_server::AccountRegistryService;
 use crate::proto::*;
 use crate::security::limits::RpcClass;
 use crate::security::Scope;
-use crate::store::{recorded_failure, Answer};
+use crate::store::{recorded_failure, Answer, WriteContext};
 
 /// Default and largest history page.
 const DEFAULT_PAGE: u32 = 100;
@@ -52,16 +52,25 @@ impl AccountRegistryHandler {
         let raw_key = key(&mut req).clone();
         let ctx = call.write_context(&self.state, operation, &raw_key, &req, |r| key(r).clear())?;
         let cmd = ChangeAccount::try_from(&req).map_err(|r| call.reject(r))?;
-        let answer = self
-            .state
-            .store
-            .write(&ctx, Command::Change(&cmd))
-            .await
-            .map_err(|e| call.fail(e))?;
+        let answer = self.write(&call, &ctx, Command::Change(&cmd)).await?;
         let account = &answer.account;
         tracing::info!(account = %account.id, status = %account.status, version = account.version, "{operation}");
         let position = self.written(&answer).await;
         Ok((answer.account, Self::full(&call), position))
+    }
+
+    /// Runs a single write through the store's write path.
+    async fn write(
+        &self,
+        call: &Call,
+        ctx: &WriteContext,
+        cmd: Command<'_>,
+    ) -> Result<Answer, Status> {
+        self.state
+            .store
+            .write(ctx, cmd)
+            .await
+            .map_err(|e| call.fail(e))
     }
 
     fn full(call: &Call) -> bool {
@@ -120,12 +129,7 @@ impl AccountRegistryService for AccountRegistryHandler {
             |r| r.idempotency_key.clear(),
         )?;
         let cmd = LinkAccount::try_from(&req).map_err(|r| call.reject(r))?;
-        let answer = self
-            .state
-            .store
-            .write(&ctx, Command::Link(&cmd))
-            .await
-            .map_err(|e| call.fail(e))?;
+        let answer = self.write(&call, &ctx, Command::Link(&cmd)).await?;
         let account = &answer.account;
         tracing::info!(account = %account.id, citizen = %account.citizen_id, account_ref = %account.account_ref, "account linked");
         Ok(Response::new(LinkAccountResponse {
@@ -163,12 +167,7 @@ impl AccountRegistryService for AccountRegistryHandler {
             |r| r.idempotency_key.clear(),
         )?;
         let cmd = SetPreference::try_from(&req).map_err(|r| call.reject(r))?;
-        let answer = self
-            .state
-            .store
-            .write(&ctx, Command::Prefer(&cmd))
-            .await
-            .map_err(|e| call.fail(e))?;
+        let answer = self.write(&call, &ctx, Command::Prefer(&cmd)).await?;
         let account = &answer.account;
         tracing::info!(account = %account.id, program = req.program_code.as_str(), "payout preference set");
         Ok(Response::new(SetDefaultAccountResponse {
@@ -327,12 +326,7 @@ impl AccountRegistryService for AccountRegistryHandler {
             |r| r.idempotency_key.clear(),
         )?;
         let cmd = ReportPayoutFailure::try_from(&req).map_err(|r| call.reject(r))?;
-        let answer = self
-            .state
-            .store
-            .write(&ctx, Command::Failure(&cmd))
-            .await
-            .map_err(|e| call.fail(e))?;
+        let answer = self.write(&call, &ctx, Command::Failure(&cmd)).await?;
         let failure_id = recorded_failure(&answer).map_err(|e| call.fail(e))?;
         let account = &answer.account;
         tracing::warn!(

@@ -54,11 +54,12 @@ impl<D: Dialect> SqlStore<D> {
                 let Planned { work, answer } = self.plan_in(&mut tx, ctx, cmd).await?;
                 // A refused claim on an account another citizen holds is recorded, and
                 // the refusal kept under the idempotency key; other refusals write nothing.
-                if let Err(r) = &answer {
-                    if work.duplicate_claims.is_empty() {
-                        return Ok(Err(StoreError::Rejected(r.clone())));
+                let answer = match answer {
+                    Err(r) if work.duplicate_claims.is_empty() => {
+                        return Ok(Err(StoreError::Rejected(r)))
                     }
-                }
+                    answer => answer,
+                };
                 let Some(last_event) = write_work(&mut tx, ctx, &work).await? else {
                     return Err(corrupt("a single write updated a citizen it did not lock"));
                 };

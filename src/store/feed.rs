@@ -772,7 +772,6 @@ async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> Stor
     // Per province: (the change, the stored digest).
     let mut provinces: HashMap<String, (RouteDigest, RouteDigest)> = HashMap::new();
     for chunk in citizens.chunks(LOOKUP_CHUNK) {
-        let keys = || text_keys(chunk.iter().map(String::as_str));
         // The live routes, from the resolution read model: one primary-key row per
         // citizen, written in the same transaction as every change it reflects, so this
         // snapshot's rows are the snapshot's state (a join of preferences, citizens and
@@ -783,7 +782,7 @@ async fn refresh_digest<D: Dialect>(tx: &mut Tx<D>, citizens: &[String]) -> Stor
             tx,
             "SELECT citizen_id, digest, routes FROM digest_citizens WHERE citizen_id",
             "",
-            keys(),
+            text_keys(ids.iter().copied()),
         )
         .await?;
         let mut new: HashMap<&str, RouteDigest> = HashMap::new();

@@ -728,7 +728,6 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<Arc<dyn St
     }
 }
 
-/// A stored value that cannot be read back (or a bug): reported, never guessed.
 /// The id of the failure a ReportPayoutFailure's answer recorded.
 pub fn recorded_failure(answer: &Answer) -> StoreResult<Uuid> {
     answer
@@ -736,6 +735,7 @@ pub fn recorded_failure(answer: &Answer) -> StoreResult<Uuid> {
         .ok_or_else(|| corrupt("payout failure answer without its id"))
 }
 
+/// A stored value that cannot be read back (or a bug): reported, never guessed.
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
