@@ -98,6 +98,14 @@ pub trait Dialect: Send + Sync + Sized + 'static {
         Self::BINDS_PER_STATEMENT.map(|b| (b / columns.max(1)).max(1))
     }
 
+    /// Rows the next statement of a multi-row write takes, `remaining` rows of `columns`
+    /// values still to write: all of them, or as many as fit
+    /// ([`Dialect::rows_per_statement`]). A dialect that prepares each statement text
+    /// anew answers fewer, so that a few texts serve every batch.
+    fn statement_rows(remaining: usize, columns: usize) -> usize {
+        Self::rows_per_statement(columns).map_or(remaining, |most| remaining.min(most))
+    }
+
     /// How built statements spell their placeholders.
     const PLACEHOLDER: Placeholder;
 
@@ -292,9 +300,11 @@ pub async fn insert_rows<D: Dialect, C: Handle<D>, T>(
     if items.is_empty() {
         return Ok(0);
     }
-    let per_statement = D::rows_per_statement(columns).unwrap_or(items.len());
     let mut affected = 0;
-    for chunk in items.chunks(per_statement) {
+    let mut rest = items;
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(D::statement_rows(rest.len(), columns));
+        rest = after;
         let rows = rows_of(chunk, columns, &mut push);
         let mut q = D::builder(head);
         D::push_relation(&mut q, rows)?;

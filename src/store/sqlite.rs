@@ -39,6 +39,16 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// negative). Readers keep the default, as there are up to `db_max_connections` of them.
 const WRITER_CACHE: &str = "-65536";
 
+/// Prepared statements each connection keeps: the multi-row writes' and lookups'
+/// power-of-two shapes ([`SqliteDialect::statement_rows`]) of every table, beside the
+/// single statements (sqlx's default, 100, is less than one batch's shapes).
+const STATEMENT_CACHE: usize = 1000;
+
+/// The largest power of two at most `n` (`n` ≥ 1).
+fn power_of_two_at_most(n: usize) -> usize {
+    1 << n.max(1).ilog2()
+}
+
 /// Pages of WAL after which the writer's own commit copies them back into the database
 /// file: the backstop, for when the checkpointer (below) falls behind. That copy runs on
 /// the writer's thread inside the commit that crosses the mark, with the database file's
@@ -60,6 +70,7 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStor
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
+        .statement_cache_capacity(STATEMENT_CACHE)
         .busy_timeout(options.statement_timeout.unwrap_or(Duration::from_secs(10)));
     // The one writer keeps WRITER_CACHE of pages in its own cache: with SQLite's default
     // 2 MB, a sync batch's index descents re-read most pages from the OS (pread was 8% of
@@ -210,6 +221,16 @@ impl Dialect for SqliteDialect {
     /// bound by position.
     const PLACEHOLDER: Placeholder = Placeholder::Anonymous;
 
+    /// A power of two: SQLite parses and plans each statement text it has not cached,
+    /// and a multi-row INSERT of a batch's rows had a text of its own for every row
+    /// count. So a batch's rows go in statements of 512, 256, ... rows (1,000 rows: six
+    /// statements), a handful of texts per table that stay prepared in the writer's
+    /// statement cache ([`STATEMENT_CACHE`]).
+    fn statement_rows(remaining: usize, columns: usize) -> usize {
+        let most = Self::rows_per_statement(columns).unwrap_or(remaining);
+        power_of_two_at_most(remaining.min(most))
+    }
+
     /// Multi-row `VALUES`.
     fn push_relation(q: &mut SqlBuilder, rows: Vec<Row>) -> StoreResult<()> {
         q.push("VALUES ");
@@ -249,13 +270,14 @@ impl Dialect for SqliteDialect {
         Ok(())
     }
 
-    /// ` IN (k1, k2, ...)`.
+    /// ` IN (k1, k2, ...)`, the keys padded with NULLs (which match nothing) to a power
+    /// of two, so that lookups of any number of keys share a few statement texts, as
+    /// [`SqliteDialect::statement_rows`] does for writes.
     fn push_in(q: &mut SqlBuilder, keys: Vec<Val>) -> StoreResult<()> {
         q.push(" IN (");
-        if keys.is_empty() {
-            q.push("NULL");
-        }
-        for (i, k) in keys.into_iter().enumerate() {
+        let padded = keys.len().max(1).next_power_of_two();
+        let nulls = std::iter::repeat_with(|| Val::Text(None)).take(padded - keys.len());
+        for (i, k) in keys.into_iter().chain(nulls).enumerate() {
             if i > 0 {
                 q.push(", ");
             }
@@ -277,13 +299,15 @@ impl Dialect for SqliteDialect {
     /// Multi-row INSERTs under the bind limit: SQLite prepares them cheaply, in process.
     async fn append(conn: &mut SqliteConnection, target: &str, rows: Vec<Row>) -> StoreResult<u64> {
         let columns = rows.first().map_or(1, |r| r.0.len());
-        let per_statement = Self::rows_per_statement(columns).unwrap_or(usize::MAX);
         let head = format!("INSERT INTO {target} ");
         let mut appended = 0;
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
+        let mut remaining = rows.len();
+        let mut rows = rows.into_iter();
+        while remaining > 0 {
+            let take = Self::statement_rows(remaining, columns);
+            remaining -= take;
             let mut q = Self::builder(&head);
-            Self::push_relation(&mut q, rows.by_ref().take(per_statement).collect())?;
+            Self::push_relation(&mut q, rows.by_ref().take(take).collect())?;
             appended += Self::execute(conn, q.build()).await?;
         }
         Ok(appended)
@@ -333,4 +357,42 @@ fn arguments<'q>(args: Vec<Arg>) -> Result<SqliteArguments<'q>, sqlx::Error> {
         .map_err(sqlx::Error::Encode)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows of a write, split the way the SQLite writer splits them.
+    fn split(mut n: usize, columns: usize) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        while n > 0 {
+            let take = SqliteDialect::statement_rows(n, columns);
+            assert!(take >= 1 && take <= n);
+            sizes.push(take);
+            n -= take;
+        }
+        sizes
+    }
+
+    /// Every row is written once, in statements of a few shapes, each under the bound
+    /// parameter limit.
+    #[test]
+    fn a_batch_goes_in_power_of_two_statements_under_the_bind_limit() {
+        assert_eq!(split(1000, 10), [512, 256, 128, 64, 32, 8]);
+        assert_eq!(split(1, 10), [1]);
+        // 40 columns: at most 750 rows fit under 30,000 parameters.
+        assert_eq!(split(1000, 40), [512, 256, 128, 64, 32, 8]);
+        // 100 columns: 300 fit, so statements of 256.
+        assert_eq!(split(1000, 100), [256, 256, 256, 128, 64, 32, 8]);
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 1..=1000 {
+            let sizes = split(n, 12);
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.iter().all(|s| s.is_power_of_two() && s * 12 <= 30_000));
+            shapes.extend(sizes);
+        }
+        // Every batch size from 1 to 1,000 shares ten statement texts per table.
+        assert_eq!(shapes.len(), 10);
+    }
 }
