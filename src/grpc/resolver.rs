@@ -666,8 +666,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 mod tests {
     use super::*;
 
-    /// A lookup task that panics ends the stream with INTERNAL where its answer belongs:
-    /// the answers before it arrive in order, none after it, and the process lives on.
+    /// A lookup task that panics yields INTERNAL where its answer belongs, after the
+    /// answers before it in order, and the process lives on; `batch_loop` ends the stream
+    /// at that error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_lookup_is_an_internal_error_in_its_place() {
         let (tx, rx) = mpsc::channel(8);

@@ -296,7 +296,8 @@ impl Dialect for SqliteDialect {
             .rows_affected())
     }
 
-    /// Multi-row INSERTs under the bind limit: SQLite prepares them cheaply, in process.
+    /// Multi-row INSERTs under the bind limit, in power-of-two statements
+    /// ([`SqliteDialect::statement_rows`]).
     async fn append(conn: &mut SqliteConnection, target: &str, rows: Vec<Row>) -> StoreResult<u64> {
         let columns = rows.first().map_or(1, |r| r.0.len());
         let head = format!("INSERT INTO {target} ");
@@ -389,7 +390,9 @@ mod tests {
         for n in 1..=1000 {
             let sizes = split(n, 12);
             assert_eq!(sizes.iter().sum::<usize>(), n);
-            assert!(sizes.iter().all(|s| s.is_power_of_two() && s * 12 <= 30_000));
+            assert!(sizes
+                .iter()
+                .all(|s| s.is_power_of_two() && s * 12 <= 30_000));
             shapes.extend(sizes);
         }
         // Every batch size from 1 to 1,000 shares ten statement texts per table.
