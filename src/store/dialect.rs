@@ -301,17 +301,28 @@ pub async fn insert_rows<D: Dialect, C: Handle<D>, T>(
         return Ok(0);
     }
     let mut affected = 0;
-    let mut rest = items;
-    while !rest.is_empty() {
-        let (chunk, after) = rest.split_at(D::statement_rows(rest.len(), columns));
-        rest = after;
-        let rows = rows_of(chunk, columns, &mut push);
-        let mut q = D::builder(head);
-        D::push_relation(&mut q, rows)?;
-        q.push(tail);
-        affected += tx.execute(q.build()).await?;
+    for q in row_statements::<D>(head, tail, rows_of(items, columns, &mut push))? {
+        affected += tx.execute(q).await?;
     }
     Ok(affected)
+}
+
+/// The statements `head <rows> tail` that write `rows`, as many rows each as the dialect
+/// takes ([`Dialect::statement_rows`]).
+pub fn row_statements<D: Dialect>(head: &str, tail: &str, rows: Vec<Row>) -> StoreResult<Vec<Sql>> {
+    let columns = rows.first().map_or(1, |r| r.0.len());
+    let mut statements = Vec::new();
+    let mut remaining = rows.len();
+    let mut rows = rows.into_iter();
+    while remaining > 0 {
+        let take = D::statement_rows(remaining, columns);
+        remaining -= take;
+        let mut q = D::builder(head);
+        D::push_relation(&mut q, rows.by_ref().take(take).collect())?;
+        q.push(tail);
+        statements.push(q.build());
+    }
+    Ok(statements)
 }
 
 /// Appends one row per item to `target` (`table (column, ...)`), `push` binding an

@@ -19,7 +19,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, Sqlite, SqlitePool};
 
-use super::dialect::Dialect;
+use super::dialect::{row_statements, Dialect};
 use super::freshness::Freshness;
 use super::replicas::Replicas;
 use super::sql::{Arg, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
@@ -299,17 +299,9 @@ impl Dialect for SqliteDialect {
     /// Multi-row INSERTs under the bind limit, in power-of-two statements
     /// ([`SqliteDialect::statement_rows`]).
     async fn append(conn: &mut SqliteConnection, target: &str, rows: Vec<Row>) -> StoreResult<u64> {
-        let columns = rows.first().map_or(1, |r| r.0.len());
-        let head = format!("INSERT INTO {target} ");
         let mut appended = 0;
-        let mut remaining = rows.len();
-        let mut rows = rows.into_iter();
-        while remaining > 0 {
-            let take = Self::statement_rows(remaining, columns);
-            remaining -= take;
-            let mut q = Self::builder(&head);
-            Self::push_relation(&mut q, rows.by_ref().take(take).collect())?;
-            appended += Self::execute(conn, q.build()).await?;
+        for q in row_statements::<Self>(&format!("INSERT INTO {target} "), "", rows)? {
+            appended += Self::execute(conn, q).await?;
         }
         Ok(appended)
     }
@@ -397,5 +389,25 @@ mod tests {
         }
         // Every batch size from 1 to 1,000 shares ten statement texts per table.
         assert_eq!(shapes.len(), 10);
+    }
+
+    /// The text of a lookup of `n` keys.
+    fn lookup(n: usize) -> String {
+        let mut q = SqliteDialect::builder("SELECT 1 FROM citizens WHERE citizen_id");
+        let keys = (0..n).map(|i| Val::Text(Some(i.to_string()))).collect();
+        SqliteDialect::push_in(&mut q, keys).unwrap();
+        q.build().into_parts().0.into_owned()
+    }
+
+    /// Lookups of 513 to 1,024 keys are one statement text, with 1,024 placeholders; none
+    /// is empty (no keys: one NULL, which matches nothing).
+    #[test]
+    fn lookups_share_a_text_per_power_of_two() {
+        assert_eq!(lookup(513), lookup(1000));
+        assert_eq!(lookup(1000), lookup(1024));
+        assert_eq!(lookup(1000).matches('?').count(), 1024);
+        assert_ne!(lookup(512), lookup(513));
+        assert_eq!(lookup(0), lookup(1));
+        assert_eq!(lookup(0).matches('?').count(), 1);
     }
 }
