@@ -6,8 +6,9 @@
 //! PostgreSQL no longer checks them row by row with foreign keys (migrations 0010 and
 //! 0016, which says what they cost), so `check` looks for what a foreign key would have
 //! refused, and for what none could: a preference pointing at *another* citizen's
-//! account, which would pay the wrong person. SQLite keeps its foreign keys; the same
-//! check runs there too.
+//! account, which would pay the wrong person. SQLite's tables still declare theirs, but
+//! the registry's writer connection does not enforce them (`store/sqlite.rs`), so the
+//! same check is what finds a broken reference there too.
 //!
 //! Each rule is one anti-join over a whole table, answered with the number of rows that
 //! break it and the first few of their citizens.

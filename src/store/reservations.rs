@@ -305,9 +305,13 @@ async fn take_payment<'a, D: Dialect>(
         }
         let fresh: Vec<(Uuid, &str)> = missing.iter().map(|c| (Uuid::now_v7(), *c)).collect();
         let mut went_in: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-        let per_statement =
-            D::BINDS_PER_STATEMENT.map_or(fresh.len(), |b| (b.saturating_sub(5) / 2).max(1));
-        for chunk in fresh.chunks(per_statement) {
+        // Under the bind limit with the five values bound once, and in the dialect's
+        // statement sizes (SQLite: powers of two, so a few texts stay prepared).
+        let most = D::BINDS_PER_STATEMENT.map_or(fresh.len(), |b| (b.saturating_sub(5) / 2).max(1));
+        let mut rest = &fresh[..];
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(D::statement_rows(rest.len(), 2).min(most));
+            rest = after;
             let rows: Vec<Row> = chunk
                 .iter()
                 .map(|(id, citizen)| {
