@@ -36,32 +36,22 @@ work=$(mktemp -d)
 sqlite_dir=${SQLITE_DIR:-$work/sqlite}
 pid=
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=deploy/bench/common.sh
+. "$(dirname "$0")/common.sh"
 psql_db() { psql -h "$HOST" -p "$PORT" -U postgres -d "$DB" -v ON_ERROR_STOP=1 "$@"; }
 log() { echo "== $*" >&2; }
 # The last number before "$2" on the line of $1 that starts with "$3".
 figure() { grep -m1 "^$3" "$1" | grep -oE "[0-9.]+ $2" | tail -1 | awk '{print $1}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }'; }
 
-token_sha=$("$B" hash-token benchtoken | awk '/sha256/{print $2}')
-# A registry on database URL $1 with data dir $2, rate limits out of the way.
+# A registry on database URL $1 with data dir $2.
 start_registry() {
-  printf '%s\n' "listen = \"$LISTEN\"" "database_url = \"$1\"" "data_dir = \"$2\"" \
-    'log_level = "warn"' "metrics_listen = \"$METRICS\"" '[rate_limits]' \
-    'write = { per_second = 1e6, burst = 1e6 }' 'read = { per_second = 1e6, burst = 1e6 }' \
-    'resolve = { per_second = 1e6, burst = 1e6 }' 'oversight = { per_second = 10.0, burst = 10.0 }' \
-    'bulk = { per_second = 1e7, burst = 1e7 }' 'unknown_citizen_cost = 20.0' \
-    'max_concurrent_calls = 4096' '[access_log]' "spool_dir = \"$2/spool\"" \
-    '[[clients]]' 'id = "bench"' "token_sha256 = \"$token_sha\"" 'providers = ["970418"]' \
-    'scopes = ["accounts.write", "accounts.verify", "accounts.read", "resolve", "resolve.full", "sync.population", "events.subscribe", "events.all"]' \
-    > "$work/registry.toml"
+  bench_config "$work/registry.toml" "$1" "$LISTEN" \
+    '"accounts.write", "accounts.verify", "accounts.read", "resolve", "resolve.full", "sync.population", "events.subscribe", "events.all"' \
+    "data_dir = \"$2\"" "metrics_listen = \"$METRICS\"" -- '[access_log]' "spool_dir = \"$2/spool\""
   mkdir -p "$2"
   "$B" --config "$work/registry.toml" serve & pid=$!
-  for _ in $(seq 120); do
-    "$B" bench health $A --concurrency 1 --seconds 1 >/dev/null 2>&1 && return 0
-    sleep 1
-  done
-  echo "the registry did not start" >&2
-  exit 1
+  wait_for_registry "$LISTEN"
 }
 stop_registry() { kill "$pid"; wait "$pid" || true; pid=; }
 gauge() { curl -s "http://$METRICS/metrics" | awk -v g="$1" '$1 == g {print $2}'; }

@@ -20,6 +20,8 @@ HOST=${PGHOST:-127.0.0.1}
 PORT=${PGPORT:-5432}
 LISTEN=${LISTEN:-127.0.0.1:50071}
 URL="postgres://postgres@$HOST:$PORT/$DB"
+# shellcheck source=deploy/bench/common.sh
+. "$(dirname "$0")/common.sh"
 psql_db() { psql -h "$HOST" -p "$PORT" -U postgres -d "$DB" -v ON_ERROR_STOP=1 "$@"; }
 
 if ! psql -h "$HOST" -p "$PORT" -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
@@ -55,17 +57,10 @@ conf=$(mktemp --suffix=.toml)
 ids=$(mktemp)
 pid=
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -f "$conf" "$ids"' EXIT
-token_sha=$("$B" hash-token benchtoken | awk '/sha256/{print $2}')
-printf '%s\n' "listen = \"$LISTEN\"" "database_url = \"$URL\"" 'log_level = "warn"' \
-  'resolution_cache_entries = 0' '[rate_limits]' \
-  'write = { per_second = 1e6, burst = 1e6 }' 'read = { per_second = 1e6, burst = 1e6 }' \
-  'resolve = { per_second = 1e6, burst = 1e6 }' 'oversight = { per_second = 10.0, burst = 10.0 }' \
-  'bulk = { per_second = 1e7, burst = 1e7 }' 'max_concurrent_calls = 4096' \
-  '[[clients]]' 'id = "bench"' "token_sha256 = \"$token_sha\"" 'providers = ["970418"]' \
-  'scopes = ["resolve", "resolve.full"]' > "$conf"
+bench_config "$conf" "$URL" "$LISTEN" '"resolve", "resolve.full"' 'resolution_cache_entries = 0'
 "$B" --config "$conf" serve & pid=$!
 A="--addr http://$LISTEN --token benchtoken"
-for _ in $(seq 60); do "$B" bench health $A --concurrency 1 --seconds 1 >/dev/null 2>&1 && break; sleep 1; done
+wait_for_registry "$LISTEN"
 # 200 k ids drawn from the whole population, whatever its size.
 psql_db -Atc "COPY (SELECT citizen_id FROM citizens ORDER BY random() LIMIT 200000) TO STDOUT" > "$ids"
 echo "ids sampled: $(wc -l < "$ids")"
