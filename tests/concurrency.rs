@@ -220,8 +220,96 @@ async fn one_citizen_linking_many_accounts_at_once_never_exceeds_ten_open(backen
     );
 }
 
+fn declared(record: String, citizen: CitizenId, number: &str, confirmed: bool) -> SyncAccount {
+    SyncAccount {
+        record_id: record,
+        version: 1,
+        citizen_id: citizen,
+        kind: AccountKind::BankAccount,
+        provider_code: "970418".into(),
+        account_ref: AccountRef::parse(AccountKind::BankAccount, number).unwrap(),
+        holder_name: None,
+        confirmation: confirmed.then_some(VerificationMethod::IssuerConfirmed),
+        removed: false,
+    }
+}
+
+/// Sync batches from many streams at once: some claim one confirmed account each for a
+/// citizen of their own, the others each declare an account for one shared citizen. The
+/// outcomes are those of the batches in some order (one holder, ten open accounts) and
+/// the read model matches the tables.
+async fn sync_batches_racing_on_shared_keys_keep_the_one_holder_and_open_account_rules(
+    backend: Backend,
+) {
+    let (db, store) = parallel_store(backend).await;
+    // The shared citizen exists first: each declaration then only adds an account (a
+    // stale plan is not caught by the citizens' primary key).
+    let shared = SyncCitizen {
+        record_id: "shared".into(),
+        version: 1,
+        citizen_id: citizen(99),
+        full_name: None,
+        date_of_birth: None,
+        status: CitizenStatus::Active,
+        died_on: None,
+        legacy_ids: Vec::new(),
+    };
+    let applied = store.sync_citizens(&ctx(None), &[shared]).await.unwrap();
+    assert_eq!(applied.outcomes, [RecordOutcome::Applied]);
+    let results = race(2 * TASKS, |i| {
+        let store = store.clone();
+        async move {
+            let record = if i < TASKS {
+                declared(format!("claim-{i}"), citizen(i), "55555555555", true)
+            } else {
+                let number = format!("6000000{i:04}");
+                declared(format!("shared-{i}"), citizen(99), &number, false)
+            };
+            let mut outcomes = store.sync_accounts(&ctx(None), &[record]).await.unwrap();
+            outcomes.outcomes.pop().unwrap()
+        }
+    })
+    .await;
+    let rejected = |tasks: std::ops::Range<usize>, reason: Reason| {
+        results[tasks]
+            .iter()
+            .filter(|o| matches!(o, RecordOutcome::Rejected(r) if r.reason == reason))
+            .count()
+    };
+    assert_eq!(
+        rejected(0..TASKS, Reason::AccountOwnedByAnotherCitizen),
+        TASKS - 1,
+        "{results:?}"
+    );
+    assert_eq!(
+        rejected(TASKS..2 * TASKS, Reason::TooManyOpenAccounts),
+        TASKS - MAX_OPEN_ACCOUNTS,
+        "{results:?}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM accounts WHERE status = 'VERIFIED'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM accounts WHERE citizen_id = '001090000099'")
+            .await,
+        MAX_OPEN_ACCOUNTS as i64
+    );
+    let check = store.check_resolution_model(None, false).await.unwrap();
+    assert!(
+        check.differences.is_empty() && check.broken_references.is_empty(),
+        "{check:?}"
+    );
+    // The winning claimant and the shared citizen: a citizen first seen by a refused
+    // record is not created.
+    assert_eq!(check.checked, 2);
+    assert_eq!(db.count("SELECT COUNT(*) FROM citizens").await, 2);
+}
+
 on_both_backends!(
     many_citizens_claiming_one_account_at_once_leave_exactly_one_holder,
+    sync_batches_racing_on_shared_keys_keep_the_one_holder_and_open_account_rules,
     concurrent_verifications_of_competing_claims_leave_exactly_one_holder,
     one_idempotency_key_sent_many_times_at_once_creates_one_account,
     one_citizen_linking_many_accounts_at_once_never_exceeds_ten_open,
