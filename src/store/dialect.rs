@@ -312,17 +312,32 @@ pub async fn insert_rows<D: Dialect, C: Handle<D>, T>(
 pub fn row_statements<D: Dialect>(head: &str, tail: &str, rows: Vec<Row>) -> StoreResult<Vec<Sql>> {
     let columns = rows.first().map_or(1, |r| r.0.len());
     let mut statements = Vec::new();
-    let mut remaining = rows.len();
+    let sizes = statement_sizes::<D>(rows.len(), columns, usize::MAX);
     let mut rows = rows.into_iter();
-    while remaining > 0 {
-        let take = D::statement_rows(remaining, columns);
-        remaining -= take;
+    for take in sizes {
         let mut q = D::builder(head);
         D::push_relation(&mut q, rows.by_ref().take(take).collect())?;
         q.push(tail);
         statements.push(q.build());
     }
     Ok(statements)
+}
+
+/// How many rows each statement writing `n` rows of `columns` bound values takes, in
+/// order: the dialect's sizes ([`Dialect::statement_rows`]), at most `most` each.
+pub fn statement_sizes<D: Dialect>(
+    mut n: usize,
+    columns: usize,
+    most: usize,
+) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let take = D::statement_rows(n, columns).clamp(1, most.max(1));
+        n -= take;
+        Some(take)
+    })
 }
 
 /// Appends one row per item to `target` (`table (column, ...)`), `push` binding an

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::dialect::{insert_rows, Dialect, Tx};
+use super::dialect::{insert_rows, statement_sizes, Dialect, Tx};
 use super::sql::Row;
 use super::sql::{text_keys, Sql, Val};
 use super::sql_store::SqlStore;
@@ -309,8 +309,8 @@ async fn take_payment<'a, D: Dialect>(
         // statement sizes (SQLite: powers of two, so a few texts stay prepared).
         let most = D::BINDS_PER_STATEMENT.map_or(fresh.len(), |b| (b.saturating_sub(5) / 2).max(1));
         let mut rest = &fresh[..];
-        while !rest.is_empty() {
-            let (chunk, after) = rest.split_at(D::statement_rows(rest.len(), 2).min(most));
+        for size in statement_sizes::<D>(fresh.len(), 2, most) {
+            let (chunk, after) = rest.split_at(size);
             rest = after;
             let rows: Vec<Row> = chunk
                 .iter()

@@ -369,15 +369,8 @@ mod tests {
     use super::*;
 
     /// The rows of a write, split the way the SQLite writer splits them.
-    fn split(mut n: usize, columns: usize) -> Vec<usize> {
-        let mut sizes = Vec::new();
-        while n > 0 {
-            let take = SqliteDialect::statement_rows(n, columns);
-            assert!(take >= 1 && take <= n);
-            sizes.push(take);
-            n -= take;
-        }
-        sizes
+    fn split(n: usize, columns: usize) -> Vec<usize> {
+        super::super::dialect::statement_sizes::<SqliteDialect>(n, columns, usize::MAX).collect()
     }
 
     /// Every row is written once, in statements of a few shapes, each under the bound

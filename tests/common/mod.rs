@@ -29,7 +29,7 @@ use payout_registry::proto::SyncBatchResult;
 use payout_registry::security::auth::{hash_token, ClientConfig};
 use payout_registry::security::limits::RateLimitConfig;
 use payout_registry::security::tls::{generate_dev_certs, DevCertFiles, TlsSettings};
-use payout_registry::store::{connect, Store, StoreOptions};
+use payout_registry::store::{connect, ModelCheck, Store, StoreOptions};
 use sqlx::Connection;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use uuid::Uuid;
@@ -961,20 +961,26 @@ impl TestApp {
         // Whatever the test wrote, the resolution read model must equal the tables it is
         // derived from, and those tables' references must be whole. (A database a test broke on purpose cannot be checked: skipped.)
         if let Ok(report) = self.store.check_resolution_model(None, false).await {
-            assert_eq!(
-                report.differences,
-                vec![],
-                "the resolution read model differs from its source tables"
-            );
-            // Nor may it have left a reference broken (PostgreSQL checks none with a
-            // foreign key on the hot tables; the write path must keep them).
-            assert_eq!(
-                report.broken_references,
-                vec![],
-                "the source tables break their references"
-            );
+            assert_whole(&report);
         }
     }
+}
+
+/// Asserts that a full `check` found the resolution read model equal to the tables it is
+/// derived from, and those tables' references whole.
+pub fn assert_whole(report: &ModelCheck) {
+    assert_eq!(
+        report.differences,
+        vec![],
+        "the resolution read model differs from its source tables"
+    );
+    // Nor may a test have left a reference broken (PostgreSQL checks none with a foreign
+    // key on the hot tables; the write path must keep them).
+    assert_eq!(
+        report.broken_references,
+        vec![],
+        "the source tables break their references"
+    );
 }
 
 /// The certificate Common Names of the TLS test clients: the token clients' ids, so each
