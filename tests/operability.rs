@@ -56,6 +56,11 @@ mod faults {
     async fn access_log_connections_cut_between_reads_fail_no_read_and_lose_no_entry() {
         access_log_connections_cut().await
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_behind_a_stalled_feed_answer_in_time_and_leave_one_gauge_query_running() {
+        stalled_scrapes().await
+    }
 }
 
 /// The access log through a spool (`[access_log] spool_dir`): reads are answered once
@@ -600,9 +605,14 @@ async fn backends_killed_mid_import() {
 /// Holds `LOCK TABLE` on `accounts` (which a LinkAccount writes) and `resolution_inputs`
 /// (which a Resolve reads) in an open transaction on a connection of its own.
 async fn lock_tables(app: &TestApp) -> sqlx::PgConnection {
+    lock(app, "accounts, resolution_inputs").await
+}
+
+/// Holds `LOCK TABLE` on `tables` in an open transaction on a connection of its own.
+async fn lock(app: &TestApp, tables: &str) -> sqlx::PgConnection {
     let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-    sqlx::query("LOCK TABLE accounts, resolution_inputs IN ACCESS EXCLUSIVE MODE")
+    sqlx::query(&format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
         .execute(&mut c)
         .await
         .unwrap();
@@ -711,6 +721,55 @@ async fn deadline_reaches_the_database() {
         0,
         "the abandoned write left nothing"
     );
+    app.stop().await;
+}
+
+/// Scrapes while the feed's head is locked: each answers within its refresh timeout (the
+/// gauges as last read), and one gauge query waits in the database however many scrapes
+/// came. A scrape that stopped waiting used to abandon its statement, left running in the
+/// database on a pooled connection, and the next scrape started another. (The gauges'
+/// values are not compared: the recorder is the process's, and other tests in this
+/// binary scrape registries of their own.)
+async fn stalled_scrapes() {
+    let exporter = free_addr();
+    let app = TestApp::builder(Backend::Postgres)
+        .configure(move |s| {
+            s.metrics_listen = Some(exporter);
+            s.db_statement_timeout_ms = 20_000;
+        })
+        .spawn()
+        .await;
+    common::link_issuer_confirmed(&app, "001089300041", "0071300000041").await;
+    scrape(exporter).await;
+
+    let held = lock(&app, "feed_head").await;
+    for _ in 0..4 {
+        let started = Instant::now();
+        scrape(exporter).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a scrape behind the lock took {:?}",
+            started.elapsed()
+        );
+    }
+    let name = app.db.name().unwrap();
+    let mut admin = sqlx::PgConnection::connect(&common::pg_admin_url())
+        .await
+        .unwrap();
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 \
+         AND wait_event_type = 'Lock' AND query LIKE '%feed_pending LIMIT%'",
+    )
+    .bind(name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        waiting, 1,
+        "gauge queries waiting behind the lock after 4 scrapes"
+    );
+    held.close().await.unwrap();
+    common::link_issuer_confirmed(&app, "001089300042", "0071300000042").await;
     app.stop().await;
 }
 

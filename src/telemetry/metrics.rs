@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt as _, Shared};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
@@ -231,7 +232,7 @@ fn describe() {
     describe_gauge!(
         FEED_LAG_SECONDS,
         Unit::Seconds,
-        "age of the oldest committed event without a feed position"
+        "age of the committed event next in line for a feed position (the lowest unnumbered)"
     );
     describe_histogram!(
         FEED_NUMBERING_WAIT_SECONDS,
@@ -284,6 +285,46 @@ pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Se
 /// Longest a scrape waits for `refresh`: a stalled database must not stall Prometheus.
 const REFRESH_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// Runs the scrapes' `refresh`, one at a time, each in a task of its own. A scrape that
+/// stops waiting (after [`REFRESH_TIMEOUT`]) renders the gauges as last read and leaves
+/// the refresh running: dropping it would abandon its statement mid-flight, still running
+/// in the database until the statement timeout stopped it, while every later scrape
+/// started another. A scrape that comes while a refresh runs waits for that one.
+struct Refresher {
+    refresh: Refresh,
+    running: std::sync::Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
+}
+
+impl Refresher {
+    fn new(refresh: Refresh) -> Refresher {
+        Refresher {
+            refresh,
+            running: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The refresh running now, or a new one if none is.
+    fn current(&self) -> Shared<BoxFuture<'static, ()>> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(refresh) = running.as_ref().filter(|r| r.peek().is_none()) {
+            return refresh.clone();
+        }
+        let task = tokio::spawn((self.refresh)());
+        let refresh = async move {
+            let _ = task.await;
+        }
+        .boxed()
+        .shared();
+        *running = Some(refresh.clone());
+        refresh
+    }
+
+    /// Waits for the current refresh, at most `within`.
+    async fn refreshed(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.current()).await;
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -291,15 +332,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = install();
+    let refresher = Arc::new(Refresher::new(refresh));
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "metrics listening (GET /metrics)");
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let handle = handle.clone();
-            let refresh = refresh.clone();
+            let refresher = refresher.clone();
             async move {
-                let _ = tokio::time::timeout(REFRESH_TIMEOUT, refresh()).await;
+                refresher.refreshed(REFRESH_TIMEOUT).await;
                 handle.run_upkeep();
                 (
                     [(
@@ -314,4 +356,76 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A refresh that counts its starts and its ends, taking `takes` in between.
+    fn counted(takes: Duration) -> (Refresh, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (started, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (s, f) = (started.clone(), finished.clone());
+        let refresh: Refresh = Arc::new(move || {
+            let (s, f) = (s.clone(), f.clone());
+            Box::pin(async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(takes).await;
+                f.fetch_add(1, Ordering::SeqCst);
+            })
+        });
+        (refresh, started, finished)
+    }
+
+    #[tokio::test]
+    async fn a_scrape_that_stops_waiting_leaves_the_refresh_to_finish() {
+        let (refresh, started, finished) = counted(Duration::from_millis(300));
+        let refresher = Refresher::new(refresh);
+        let at = std::time::Instant::now();
+        refresher.refreshed(Duration::from_millis(50)).await;
+        assert!(
+            at.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            at.elapsed()
+        );
+        assert_eq!(finished.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            (
+                started.load(Ordering::SeqCst),
+                finished.load(Ordering::SeqCst)
+            ),
+            (1, 1),
+            "the abandoned refresh ran to its end"
+        );
+    }
+
+    #[tokio::test]
+    async fn scrapes_during_a_refresh_wait_for_it_and_the_next_scrape_starts_another() {
+        let (refresh, started, finished) = counted(Duration::from_millis(200));
+        let refresher = Arc::new(Refresher::new(refresh));
+        // Three scrapes while the first refresh runs: two give up, one waits it out.
+        refresher.refreshed(Duration::from_millis(20)).await;
+        refresher.refreshed(Duration::from_millis(20)).await;
+        refresher.refreshed(Duration::from_secs(5)).await;
+        assert_eq!(
+            (
+                started.load(Ordering::SeqCst),
+                finished.load(Ordering::SeqCst)
+            ),
+            (1, 1),
+            "one refresh at a time"
+        );
+        refresher.refreshed(Duration::from_secs(5)).await;
+        assert_eq!(
+            (
+                started.load(Ordering::SeqCst),
+                finished.load(Ordering::SeqCst)
+            ),
+            (2, 2),
+            "a scrape after the refresh ended reads the gauges anew"
+        );
+    }
 }
