@@ -1353,7 +1353,76 @@ async fn analyze_gives_the_planner_statistics_of_the_tables_writes_look_up(backe
     assert_eq!(analysed, expected);
 }
 
+/// A sync batch whose write fails partway through leaves nothing of itself behind, and
+/// sent again once the fault is gone it is applied whole. The fault is an error raised
+/// on the third record's history row, after the rows before it in the same multi-row
+/// statement were written: SQLite's `INSERT OR FAIL` keeps those rows in the transaction
+/// (it keeps no statement journal to undo them), so this holds only because every write
+/// error drops the batch's transaction unchanged.
+async fn a_sync_batch_whose_write_fails_partway_leaves_nothing_and_applies_whole_when_resent(
+    backend: Backend,
+) {
+    let (db, store) = setup(backend).await;
+    let records: Vec<SyncCitizen> = (0..5)
+        .map(|i| SyncCitizen {
+            record_id: format!("fault-{i}"),
+            version: 1,
+            citizen_id: cid(&format!("0010990000{i:02}")),
+            full_name: None,
+            date_of_birth: None,
+            status: CitizenStatus::Active,
+            died_on: None,
+            legacy_ids: Vec::new(),
+        })
+        .collect();
+    let faulty = "001099000002";
+    let inject = match backend {
+        Backend::Sqlite => vec![format!(
+            "CREATE TRIGGER injected_fault BEFORE INSERT ON citizen_history \
+             WHEN NEW.citizen_id = '{faulty}' BEGIN SELECT RAISE(FAIL, 'injected fault'); END"
+        )],
+        Backend::Postgres => vec![
+            format!(
+                "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.citizen_id = '{faulty}' THEN \
+                 RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; END $$"
+            ),
+            "CREATE TRIGGER injected_fault BEFORE INSERT ON citizen_history \
+             FOR EACH ROW EXECUTE FUNCTION injected_fault()"
+                .into(),
+        ],
+    };
+    for sql in &inject {
+        db.execute_raw(sql).await.expect("the fault is installed");
+    }
+    let failed = store.sync_citizens(&ctx(Timestamp::now()), &records).await;
+    assert!(failed.is_err(), "the batch's write failed: {failed:?}");
+    for table in ["citizens", "citizen_history", "sync_records", "events"] {
+        assert_eq!(
+            db.count(&format!("SELECT COUNT(*) FROM {table}")).await,
+            0,
+            "{table} keeps nothing of the failed batch"
+        );
+    }
+
+    let remove = match backend {
+        Backend::Sqlite => "DROP TRIGGER injected_fault",
+        Backend::Postgres => "DROP TRIGGER injected_fault ON citizen_history",
+    };
+    db.execute_raw(remove).await.expect("the fault is removed");
+    let applied = store
+        .sync_citizens(&ctx(Timestamp::now()), &records)
+        .await
+        .expect("applied once the fault is gone");
+    assert_eq!(applied.outcomes, vec![RecordOutcome::Applied; 5]);
+    assert_eq!(db.count("SELECT COUNT(*) FROM citizen_history").await, 5);
+    let check = store.check_resolution_model(None, false).await.unwrap();
+    common::assert_whole(&check);
+    assert_eq!(check.checked, 5);
+}
+
 on_both_backends!(
+    a_sync_batch_whose_write_fails_partway_leaves_nothing_and_applies_whole_when_resent,
     analyze_gives_the_planner_statistics_of_the_tables_writes_look_up,
     payout_failures_are_recorded_and_suspend_verified_accounts,
     the_access_log_is_appended_in_batches_and_read_newest_first,
