@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -289,10 +290,18 @@ const REFRESH_TIMEOUT: Duration = Duration::from_millis(800);
 /// stops waiting (after [`REFRESH_TIMEOUT`]) renders the gauges as last read and leaves
 /// the refresh running: dropping it would abandon its statement mid-flight, still running
 /// in the database until the statement timeout stopped it, while every later scrape
-/// started another. A scrape that comes while a refresh runs waits for that one.
+/// started another. A scrape that comes while a refresh runs waits for that one; one that
+/// comes after it ended starts the next.
 struct Refresher {
     refresh: Refresh,
-    running: std::sync::Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
+    running: std::sync::Mutex<Option<Running>>,
+}
+
+/// A refresh's task: a future every waiting scrape shares, and whether it has ended
+/// (the shared future only learns that when a scrape polls it).
+struct Running {
+    ended: Arc<AtomicBool>,
+    task: Shared<BoxFuture<'static, ()>>,
 }
 
 impl Refresher {
@@ -306,17 +315,29 @@ impl Refresher {
     /// The refresh running now, or a new one if none is.
     fn current(&self) -> Shared<BoxFuture<'static, ()>> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(refresh) = running.as_ref().filter(|r| r.peek().is_none()) {
-            return refresh.clone();
+        if let Some(r) = running
+            .as_ref()
+            .filter(|r| !r.ended.load(Ordering::Acquire))
+        {
+            return r.task.clone();
         }
-        let task = tokio::spawn((self.refresh)());
-        let refresh = async move {
+        let ended = Arc::new(AtomicBool::new(false));
+        let refresh = (self.refresh)();
+        let end = ended.clone();
+        let task = tokio::spawn(async move {
+            refresh.await;
+            end.store(true, Ordering::Release);
+        });
+        let task = async move {
             let _ = task.await;
         }
         .boxed()
         .shared();
-        *running = Some(refresh.clone());
-        refresh
+        *running = Some(Running {
+            ended,
+            task: task.clone(),
+        });
+        task
     }
 
     /// Waits for the current refresh, at most `within`.
@@ -360,7 +381,7 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 
@@ -399,6 +420,15 @@ mod tests {
             ),
             (1, 1),
             "the abandoned refresh ran to its end"
+        );
+        // No scrape saw it end: the next one reads the gauges anew all the same.
+        refresher.refreshed(Duration::from_secs(5)).await;
+        assert_eq!(
+            (
+                started.load(Ordering::SeqCst),
+                finished.load(Ordering::SeqCst)
+            ),
+            (2, 2)
         );
     }
 
