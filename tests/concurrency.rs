@@ -244,16 +244,7 @@ async fn sync_batches_racing_on_shared_keys_keep_the_one_holder_and_open_account
     let (db, store) = parallel_store(backend).await;
     // The shared citizen exists first: each declaration then only adds an account (a
     // stale plan is not caught by the citizens' primary key).
-    let shared = SyncCitizen {
-        record_id: "shared".into(),
-        version: 1,
-        citizen_id: citizen(99),
-        full_name: None,
-        date_of_birth: None,
-        status: CitizenStatus::Active,
-        died_on: None,
-        legacy_ids: Vec::new(),
-    };
+    let shared = common::active_citizen("shared", citizen(99));
     let applied = store.sync_citizens(&ctx(None), &[shared]).await.unwrap();
     assert_eq!(applied.outcomes, [RecordOutcome::Applied]);
     let results = race(2 * TASKS, |i| {

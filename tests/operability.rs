@@ -661,14 +661,22 @@ async fn stalled_database() {
 
 /// Backends of the test database waiting for a lock right now.
 async fn lock_waiters(app: &TestApp) -> i64 {
+    lock_waiters_running(app, "%").await
+}
+
+/// Backends of the test database waiting for a lock right now, running a statement
+/// whose text is `LIKE` `query`.
+async fn lock_waiters_running(app: &TestApp, query: &str) -> i64 {
     let name = app.db.name().unwrap();
     let mut c = sqlx::PgConnection::connect(&common::pg_admin_url())
         .await
         .unwrap();
     sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' \
+         AND query LIKE $2",
     )
     .bind(name)
+    .bind(query)
     .fetch_one(&mut c)
     .await
     .unwrap()
@@ -752,18 +760,7 @@ async fn stalled_scrapes() {
             started.elapsed()
         );
     }
-    let name = app.db.name().unwrap();
-    let mut admin = sqlx::PgConnection::connect(&common::pg_admin_url())
-        .await
-        .unwrap();
-    let waiting: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 \
-         AND wait_event_type = 'Lock' AND query LIKE '%feed_pending LIMIT%'",
-    )
-    .bind(name)
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
+    let waiting = lock_waiters_running(&app, "%feed_pending LIMIT%").await;
     assert_eq!(
         waiting, 1,
         "gauge queries waiting behind the lock after 4 scrapes"

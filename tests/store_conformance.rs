@@ -1364,16 +1364,7 @@ async fn a_sync_batch_whose_write_fails_partway_leaves_nothing_and_applies_whole
 ) {
     let (db, store) = setup(backend).await;
     let records: Vec<SyncCitizen> = (0..5)
-        .map(|i| SyncCitizen {
-            record_id: format!("fault-{i}"),
-            version: 1,
-            citizen_id: cid(&format!("0010990000{i:02}")),
-            full_name: None,
-            date_of_birth: None,
-            status: CitizenStatus::Active,
-            died_on: None,
-            legacy_ids: Vec::new(),
-        })
+        .map(|i| common::active_citizen(&format!("fault-{i}"), cid(&format!("0010990000{i:02}"))))
         .collect();
     let faulty = "001099000002";
     let inject = match backend {

@@ -385,24 +385,40 @@ mod tests {
 
     use super::*;
 
+    /// How many refreshes started and how many finished.
+    #[derive(Default)]
+    struct Counts {
+        started: AtomicUsize,
+        finished: AtomicUsize,
+    }
+
+    impl Counts {
+        fn now(&self) -> (usize, usize) {
+            (
+                self.started.load(Ordering::SeqCst),
+                self.finished.load(Ordering::SeqCst),
+            )
+        }
+    }
+
     /// A refresh that counts its starts and its ends, taking `takes` in between.
-    fn counted(takes: Duration) -> (Refresh, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-        let (started, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (s, f) = (started.clone(), finished.clone());
+    fn counted(takes: Duration) -> (Refresh, Arc<Counts>) {
+        let counts = Arc::new(Counts::default());
+        let c = counts.clone();
         let refresh: Refresh = Arc::new(move || {
-            let (s, f) = (s.clone(), f.clone());
+            let c = c.clone();
             Box::pin(async move {
-                s.fetch_add(1, Ordering::SeqCst);
+                c.started.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(takes).await;
-                f.fetch_add(1, Ordering::SeqCst);
+                c.finished.fetch_add(1, Ordering::SeqCst);
             })
         });
-        (refresh, started, finished)
+        (refresh, counts)
     }
 
     #[tokio::test]
     async fn a_scrape_that_stops_waiting_leaves_the_refresh_to_finish() {
-        let (refresh, started, finished) = counted(Duration::from_millis(300));
+        let (refresh, counts) = counted(Duration::from_millis(300));
         let refresher = Refresher::new(refresh);
         let at = std::time::Instant::now();
         refresher.refreshed(Duration::from_millis(50)).await;
@@ -411,49 +427,26 @@ mod tests {
             "{:?}",
             at.elapsed()
         );
-        assert_eq!(finished.load(Ordering::SeqCst), 0);
+        assert_eq!(counts.now().1, 0);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(
-            (
-                started.load(Ordering::SeqCst),
-                finished.load(Ordering::SeqCst)
-            ),
-            (1, 1),
-            "the abandoned refresh ran to its end"
-        );
+        assert_eq!(counts.now(), (1, 1), "the abandoned refresh ran to its end");
         // No scrape saw it end: the next one reads the gauges anew all the same.
         refresher.refreshed(Duration::from_secs(5)).await;
-        assert_eq!(
-            (
-                started.load(Ordering::SeqCst),
-                finished.load(Ordering::SeqCst)
-            ),
-            (2, 2)
-        );
+        assert_eq!(counts.now(), (2, 2));
     }
 
     #[tokio::test]
     async fn scrapes_during_a_refresh_wait_for_it_and_the_next_scrape_starts_another() {
-        let (refresh, started, finished) = counted(Duration::from_millis(200));
-        let refresher = Arc::new(Refresher::new(refresh));
+        let (refresh, counts) = counted(Duration::from_millis(200));
+        let refresher = Refresher::new(refresh);
         // Three scrapes while the first refresh runs: two give up, one waits it out.
         refresher.refreshed(Duration::from_millis(20)).await;
         refresher.refreshed(Duration::from_millis(20)).await;
         refresher.refreshed(Duration::from_secs(5)).await;
-        assert_eq!(
-            (
-                started.load(Ordering::SeqCst),
-                finished.load(Ordering::SeqCst)
-            ),
-            (1, 1),
-            "one refresh at a time"
-        );
+        assert_eq!(counts.now(), (1, 1), "one refresh at a time");
         refresher.refreshed(Duration::from_secs(5)).await;
         assert_eq!(
-            (
-                started.load(Ordering::SeqCst),
-                finished.load(Ordering::SeqCst)
-            ),
+            counts.now(),
             (2, 2),
             "a scrape after the refresh ended reads the gauges anew"
         );

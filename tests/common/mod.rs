@@ -1484,3 +1484,20 @@ pub async fn suspend_or_reinstate(registry: &mut Registry, account: &str, suspen
     assert!(position > 0, "a write answers its position");
     position
 }
+
+/// A population-sync record of an active citizen with no registered name or birth date.
+pub fn active_citizen(
+    record_id: &str,
+    citizen_id: payout_registry::domain::CitizenId,
+) -> payout_registry::domain::SyncCitizen {
+    payout_registry::domain::SyncCitizen {
+        record_id: record_id.into(),
+        version: 1,
+        citizen_id,
+        full_name: None,
+        date_of_birth: None,
+        status: payout_registry::domain::CitizenStatus::Active,
+        died_on: None,
+        legacy_ids: Vec::new(),
+    }
+}
