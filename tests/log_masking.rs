@@ -352,3 +352,106 @@ on_both_backends!(
     a_callers_request_id_and_trace_parent_appear_in_the_calls_log_lines,
     a_streams_call_finished_line_is_written_when_it_ends_with_its_code,
 );
+
+/// Maintenance statements take seconds at national scale by design (a bulk load's
+/// ANALYZE, the VACUUM of the feed's queue, the merge of the access log's index): sqlx's
+/// slow-statement line for them is information (INFO), not a warning, while a slow
+/// statement of the service's own calls stays a warning. Each statement is made slow by
+/// a lock held on its table for longer than sqlx's threshold (one second).
+mod postgres_maintenance {
+    use super::*;
+    use common::TestDb;
+    use sqlx::Connection;
+
+    /// The captured JSON lines that report a statement holding `statement` as slow (sqlx
+    /// shortens a long statement's summary, and gives a short one's text in full only
+    /// there).
+    fn slow_lines(logs: &Captured, statement: &str) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&logs.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains("slow statement"))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .filter(|l| {
+                ["summary", "db.statement"]
+                    .iter()
+                    .any(|f| l[*f].as_str().is_some_and(|s| s.contains(statement)))
+            })
+            .collect()
+    }
+
+    /// Runs `work` while `held` keeps its locks for 1.3 s (then rolls its transaction
+    /// back), and answers the slow-statement lines of `statement` logged meanwhile.
+    async fn slow_while_held<F>(
+        held: sqlx::PgConnection,
+        statement: &str,
+        work: F,
+    ) -> Vec<serde_json::Value>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let logs = captured();
+        let work = tokio::spawn(work);
+        tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+        held.close().await.unwrap();
+        work.await.unwrap();
+        slow_lines(logs, statement)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_analyze_vacuum_or_index_merge_is_logged_as_information_and_a_slow_call_as_a_warning(
+    ) {
+        let db = TestDb::postgres().await;
+        let store = db.store().await;
+        let s = store.clone();
+        let analyze = slow_while_held(
+            db.lock("sync_records").await,
+            "ANALYZE sync_records",
+            async move { s.analyze().await.expect("analyze") },
+        )
+        .await;
+        let s = store.clone();
+        let vacuum = slow_while_held(
+            db.lock("feed_pending").await,
+            "VACUUM feed_pending",
+            async move { s.vacuum_feed_queue().await.expect("vacuum") },
+        )
+        .await;
+        // The merge waits for the index's lock, held by a DROP INDEX rolled back after.
+        let s = store.clone();
+        let merge = slow_while_held(
+            db.holding("DROP INDEX access_log_by_citizen_key").await,
+            "gin_clean_pending_list",
+            async move {
+                assert!(s.clean_access_log_index().await.expect("merge"));
+            },
+        )
+        .await;
+        for (what, lines) in [
+            ("ANALYZE", &analyze),
+            ("VACUUM", &vacuum),
+            ("merge", &merge),
+        ] {
+            assert_eq!(lines.len(), 1, "one slow line for the {what}: {lines:?}");
+            assert_eq!(lines[0]["level"], "INFO", "{what}: {}", lines[0]);
+        }
+        // A call's statement behind the same kind of lock is still a warning.
+        let app = TestApp::builder(Backend::Postgres).spawn().await;
+        let resolver = app.resolver(Some(PAYER));
+        let held = app.db.lock("resolution_inputs").await;
+        let call = slow_while_held(held, "resolution_inputs", async move {
+            let mut resolver = resolver;
+            resolver
+                .resolve(ResolveRequest {
+                    citizen_id: CITIZENS[1].into(),
+                    purpose: "monthly payroll".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("resolve");
+        })
+        .await;
+        assert!(!call.is_empty(), "no slow line for the resolve");
+        assert!(call.iter().all(|l| l["level"] == "WARN"), "{call:?}");
+        app.stop().await;
+    }
+}

@@ -605,18 +605,7 @@ async fn backends_killed_mid_import() {
 /// Holds `LOCK TABLE` on `accounts` (which a LinkAccount writes) and `resolution_inputs`
 /// (which a Resolve reads) in an open transaction on a connection of its own.
 async fn lock_tables(app: &TestApp) -> sqlx::PgConnection {
-    lock(app, "accounts, resolution_inputs").await
-}
-
-/// Holds `LOCK TABLE` on `tables` in an open transaction on a connection of its own.
-async fn lock(app: &TestApp, tables: &str) -> sqlx::PgConnection {
-    let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-    sqlx::query(&format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    c
+    app.db.lock("accounts, resolution_inputs").await
 }
 
 async fn stalled_database() {
@@ -750,7 +739,7 @@ async fn stalled_scrapes() {
     common::link_issuer_confirmed(&app, "001089300041", "0071300000041").await;
     scrape(exporter).await;
 
-    let held = lock(&app, "feed_head").await;
+    let held = app.db.lock("feed_head").await;
     for _ in 0..4 {
         let started = Instant::now();
         scrape(exporter).await;

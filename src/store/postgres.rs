@@ -18,7 +18,7 @@ use super::dialect::Dialect;
 use super::freshness::{Freshness, Round};
 use super::replicas::Replicas;
 use super::sql::{columns, Arg, Column, Decoded, Placeholder, Row, Sql, SqlBuilder, Val};
-use super::sql_store::{Pools, SqlStore};
+use super::sql_store::{quiet_when_slow, Pools, SqlStore};
 use super::{StoreError, StoreOptions, StoreResult};
 use crate::domain::CitizenId;
 
@@ -56,6 +56,11 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
                 .clone()
                 .options([("synchronous_commit", "off")]),
         );
+    // Two: a merge of the access log's index need not wait for a bulk load's ANALYZE.
+    let maintenance = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_lazy_with(quiet_when_slow((*pool.connect_options()).clone()));
     let changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
     let fresh = Freshness::new(options.resolution_cache_entries);
     let listener = tokio::spawn(listen(pool.clone(), changed.clone(), fresh.clone()));
@@ -85,6 +90,7 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
             write: pool.clone(),
             read: pool,
             log,
+            maintenance,
         },
         options,
         changed,

@@ -47,6 +47,12 @@ pub struct SqlStore<D: Dialect> {
     /// sessions commit without waiting for the WAL flush (`ACCESS_LOG_OWN_CONNECTIONS`
     /// says why that is safe).
     pub(super) log: Pool<D::DB>,
+    /// Maintenance: statements expected to take seconds at scale (`ANALYZE` as a bulk
+    /// load grows the tables, the merge of the access log's index, the VACUUM of the
+    /// feed's queue), whose slow-statement lines are information, not warnings
+    /// ([`quiet_when_slow`]) on PostgreSQL. On SQLite, the write pool as it is (its one
+    /// writer; its ANALYZE reads a bounded sample).
+    pub(super) maintenance: Pool<D::DB>,
     /// The access log's idle connections on PostgreSQL, held outside any pool (see
     /// `access_log.rs`).
     pub(super) log_held: std::sync::Mutex<Vec<<D::DB as sqlx::Database>::Connection>>,
@@ -74,6 +80,19 @@ pub(super) struct Pools<D: Dialect> {
     pub(super) write: Pool<D::DB>,
     pub(super) read: Pool<D::DB>,
     pub(super) log: Pool<D::DB>,
+    pub(super) maintenance: Pool<D::DB>,
+}
+
+/// How long a statement runs before sqlx logs it as slow (its default).
+const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `options` for maintenance connections: a statement slower than [`SLOW_STATEMENT`] is
+/// logged at INFO, where sqlx's default is WARN. At 1 M citizens each merge of the access
+/// log's index after a BatchResolve run, and each ANALYZE and VACUUM of a bulk load, takes
+/// a second or more by design: as warnings, they taught operators to ignore the ones that
+/// mean something.
+pub(super) fn quiet_when_slow<O: sqlx::ConnectOptions>(options: O) -> O {
+    options.log_slow_statements(log::LevelFilter::Info, SLOW_STATEMENT)
 }
 
 impl<D: Dialect> Drop for SqlStore<D> {
@@ -96,9 +115,9 @@ const ANALYZED_TABLES: [&str; 5] = [
 ];
 
 impl<D: Dialect> SqlStore<D> {
-    /// `ANALYZE`s `tables`, in one transaction on the write pool.
+    /// `ANALYZE`s `tables`, in one transaction on the maintenance pool.
     async fn analyze_tables(&self, tables: &[&str]) -> StoreResult<()> {
-        let mut tx = Tx::<D>::begin_write(&self.write).await?;
+        let mut tx = Tx::<D>::begin_write(&self.maintenance).await?;
         // Sampling every table of a large database outlasts a call's statement timeout.
         if let Some(no_limit) = D::statement_timeout(0) {
             tx.execute(Sql::new(no_limit)).await?;
@@ -119,11 +138,17 @@ impl<D: Dialect> SqlStore<D> {
         replicas: Replicas<D>,
         background: Option<JoinHandle<()>>,
     ) -> SqlStore<D> {
-        let Pools { write, read, log } = pools;
+        let Pools {
+            write,
+            read,
+            log,
+            maintenance,
+        } = pools;
         SqlStore {
             write,
             read,
             log,
+            maintenance,
             log_held: std::sync::Mutex::new(Vec::new()),
             options,
             programs: KnownPrograms::default(),
@@ -488,7 +513,8 @@ impl<D: Dialect> Store for SqlStore<D> {
         let Some(statement) = D::ACCESS_LOG_INDEX_CLEANUP else {
             return Ok(false);
         };
-        match self.writer().await?.execute(Sql::new(statement)).await {
+        let mut conn = Pooled::<D>::acquire(&self.maintenance).await?;
+        match conn.execute(Sql::new(statement)).await {
             Ok(_) => Ok(true),
             // Only the index's owner (or a superuser) may merge it: a role that did not
             // run the migrations leaves it to autovacuum, and to the writer whose row
@@ -510,7 +536,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         }
         // A connection of its own: VACUUM runs outside any transaction, and the pooled
         // connections keep their statement timeout.
-        let mut conn = self.write.connect_options().connect().await?;
+        let mut conn = self.maintenance.connect_options().connect().await?;
         for statement in D::VACUUM_QUEUE {
             D::execute(&mut conn, Sql::new(*statement)).await?;
         }

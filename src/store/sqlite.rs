@@ -114,7 +114,8 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<SqliteStor
         Pools {
             write: write.clone(),
             read,
-            log: write,
+            log: write.clone(),
+            maintenance: write,
         },
         options,
         changed,

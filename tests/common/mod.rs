@@ -154,6 +154,23 @@ impl TestDb {
         }
     }
 
+    /// Holds `LOCK TABLE` on `tables` (PostgreSQL) in an open transaction on a connection
+    /// of its own, until the connection is dropped or its transaction ends.
+    pub async fn lock(&self, tables: &str) -> sqlx::PgConnection {
+        self.holding(&format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
+            .await
+    }
+
+    /// Runs `sql` (PostgreSQL) in a transaction left open on a connection of its own:
+    /// the locks it took are held until the connection is dropped (and the transaction
+    /// rolled back) or its transaction ends.
+    pub async fn holding(&self, sql: &str) -> sqlx::PgConnection {
+        let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+        c
+    }
+
     /// The one text column of every row `sql` returns (raw SQL, bypassing the store).
     pub async fn texts(&self, sql: &str) -> Vec<String> {
         match self.backend {
