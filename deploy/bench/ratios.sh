@@ -108,7 +108,7 @@ measure copy-accounts --database-url "$URL" --records 100000
 copy_accounts=$(figure "$work/last" rows/s copy-accounts:)
 # The feed's lag measured while the SyncAccounts stream runs.
 : > "$work/lag"
-( sleep 2; "$B" bench feed-lag $A --rate 100 --seconds 8 > "$work/lag" 2>&1 ) & lagger=$!
+( sleep 2; "$B" bench feed-lag $A --rate 100 --seconds 8 --metrics-addr "$METRICS" > "$work/lag" 2>&1 ) & lagger=$!
 measure sync-accounts --records 200000
 wait "$lagger" || true
 cat "$work/lag" >&2
@@ -116,6 +116,13 @@ sync_accounts=$(figure "$work/last" calls/s sync-accounts)
 # Commit to receipt lies between the write's answer to receipt and its send to receipt.
 lag_p99=$(grep -m1 '^feed-lag (per event' "$work/lag" | grep -oE 'p99 [0-9.]+' | awk '{print $2}')
 lag_p99_send=$(grep -m1 '^feed-lag: ' "$work/lag" | grep -oE 'p99 [0-9.]+' | head -1 | awk '{print $2}')
+# Commit to receipt, the feed's lag, is three parts: the server's wait from the write's
+# commit until it sees the event numbered (payout_registry_feed_numbering_wait_seconds,
+# read as a histogram bucket's bound), the answer's flight to the client (sent at once;
+# loopback), and the answer's arrival to the event's receipt. The table adds the first and
+# the last p99s: the p99 of their sum is at most that plus the answer's flight.
+numbering_p99=$(grep -m1 '^commit to numbered' "$work/lag" | grep -oE 'p99 <= [0-9.]+' | awk '{print $3}')
+lag_commit=$(awk -v a="${numbering_p99:-}" -v b="${lag_p99:-}" 'BEGIN { if (a != "" && b != "") printf "%.1f", a + b; else print "?" }')
 measure copy-citizens --database-url "$URL" --records 100000
 copy_citizens=$(figure "$work/last" rows/s copy-citizens:)
 measure sync-citizens --records 100000
@@ -158,7 +165,9 @@ printf '%-52s %-30s %s\n' "server RSS, 5 M-id / 100 k-id BatchResolve" "$rss_big
 printf '%-52s %-30s %s\n' "SyncAccounts / COPY" "$sync_accounts / $copy_accounts rows/s" \
   "$(ratio "$sync_accounts" "$copy_accounts") (>= 0.1)"
 printf '%-52s %-30s %s\n' "change-feed lag p99 during SyncAccounts" \
-  "${lag_p99:-?} to ${lag_p99_send:-?} ms" "(<= 100 ms; answer/send to receipt)"
+  "$lag_commit ms" "(<= 100 ms; commit to receipt: commit to numbered <= ${numbering_p99:-?} + answer to receipt ${lag_p99:-?})"
+printf '%-52s %-30s %s\n' "  a write's send to receipt of its event, p99" "${lag_p99_send:-?} ms" \
+  "(the write's own time included)"
 printf '%-52s %-30s %s\n' "SyncCitizens / COPY" "$sync_citizens / $copy_citizens rows/s" \
   "$(ratio "$sync_citizens" "$copy_citizens") (>= 0.2)"
 printf '%-52s %-30s %s\n' "check after the load and the syncs" "$check" ""
