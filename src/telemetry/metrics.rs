@@ -11,7 +11,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -297,10 +296,11 @@ struct Refresher {
     running: std::sync::Mutex<Option<Running>>,
 }
 
-/// A refresh's task: a future every waiting scrape shares, and whether it has ended
-/// (the shared future only learns that when a scrape polls it).
+/// A refresh's task: a future every waiting scrape shares, and the task's handle, which
+/// knows whether it has ended (the shared future only learns that when a scrape polls
+/// it), by returning or by panicking.
 struct Running {
-    ended: Arc<AtomicBool>,
+    handle: tokio::task::AbortHandle,
     task: Shared<BoxFuture<'static, ()>>,
 }
 
@@ -315,26 +315,18 @@ impl Refresher {
     /// The refresh running now, or a new one if none is.
     fn current(&self) -> Shared<BoxFuture<'static, ()>> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = running
-            .as_ref()
-            .filter(|r| !r.ended.load(Ordering::Acquire))
-        {
+        if let Some(r) = running.as_ref().filter(|r| !r.handle.is_finished()) {
             return r.task.clone();
         }
-        let ended = Arc::new(AtomicBool::new(false));
-        let refresh = (self.refresh)();
-        let end = ended.clone();
-        let task = tokio::spawn(async move {
-            refresh.await;
-            end.store(true, Ordering::Release);
-        });
+        let task = tokio::spawn((self.refresh)());
+        let handle = task.abort_handle();
         let task = async move {
             let _ = task.await;
         }
         .boxed()
         .shared();
         *running = Some(Running {
-            ended,
+            handle,
             task: task.clone(),
         });
         task
@@ -381,7 +373,7 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
@@ -449,6 +441,28 @@ mod tests {
             counts.now(),
             (2, 2),
             "a scrape after the refresh ended reads the gauges anew"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_that_panicked_does_not_stop_the_next_scrape_from_refreshing() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let refresh: Refresh = Arc::new(move || {
+            let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+            Box::pin(async move {
+                if first {
+                    panic!("the gauges' read failed");
+                }
+            })
+        });
+        let refresher = Refresher::new(refresh);
+        refresher.refreshed(Duration::from_secs(5)).await;
+        refresher.refreshed(Duration::from_secs(5)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the second scrape refreshed"
         );
     }
 }
