@@ -361,6 +361,7 @@ on_both_backends!(
 mod postgres_maintenance {
     use super::*;
     use common::TestDb;
+    use payout_registry::store::SyncStream;
     use sqlx::Connection;
 
     /// The captured JSON lines that report a statement holding `statement` as slow (sqlx
@@ -406,7 +407,7 @@ mod postgres_maintenance {
         let analyze = slow_while_held(
             db.lock("sync_records").await,
             "ANALYZE sync_records",
-            async move { s.analyze().await.expect("analyze") },
+            async move { s.analyze(SyncStream::Citizens).await.expect("analyze") },
         )
         .await;
         let s = store.clone();

@@ -55,6 +55,8 @@ impl SyncStream {
 
 /// What a batch needs to know of each record before it reads the database.
 pub trait SyncRecord: Sync {
+    /// The stream the record arrives on.
+    const STREAM: SyncStream;
     fn record_id(&self) -> &str;
     fn citizen_id(&self) -> &CitizenId;
     /// Legacy numbers the record registers.
@@ -68,6 +70,7 @@ pub trait SyncRecord: Sync {
 }
 
 impl SyncRecord for SyncCitizen {
+    const STREAM: SyncStream = SyncStream::Citizens;
     fn record_id(&self) -> &str {
         &self.record_id
     }
@@ -83,6 +86,7 @@ impl SyncRecord for SyncCitizen {
 }
 
 impl SyncRecord for SyncAccount {
+    const STREAM: SyncStream = SyncStream::Accounts;
     fn record_id(&self) -> &str {
         &self.record_id
     }

@@ -373,7 +373,7 @@ pub struct ReadState {
     pub replicas: Vec<(String, bool, i64)>,
 }
 
-pub use crate::domain::planner::{AccountKeyTuple, SyncRecord};
+pub use crate::domain::planner::{AccountKeyTuple, SyncRecord, SyncStream};
 pub use freshness::{CacheStats, CONFIRM_EVERY};
 pub use health::{deadline_passed, fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
 pub use pipeline::Pipeline;
@@ -692,11 +692,11 @@ pub trait Store: Send + Sync + 'static {
     /// connects anew (see `health.rs`).
     async fn ping(&self, fresh: bool) -> StoreResult<()>;
 
-    /// Refreshes the query planner's statistics of the tables writes look rows up in
-    /// (`ANALYZE`). A bulk load calls it as its tables grow: plans made on the statistics
-    /// of a table a tenth of its size scan where they should probe (see
-    /// `tools::import::demo_store`).
-    async fn analyze(&self) -> StoreResult<()>;
+    /// Refreshes the query planner's statistics of the tables a bulk load of `stream`'s
+    /// records fills and looks rows up in (`ANALYZE`). A bulk load calls it as its tables
+    /// grow: plans made on the statistics of a table a tenth of its size scan where they
+    /// should probe (see `tools::import::demo_store`).
+    async fn analyze(&self, stream: SyncStream) -> StoreResult<()>;
 
     /// Refreshes the planner's statistics of the change feed's tables (`events`, `feed`,
     /// `feed_pending`): the sequencer calls it as the feed grows (see
