@@ -361,7 +361,7 @@ on_both_backends!(
 mod postgres_maintenance {
     use super::*;
     use common::TestDb;
-    use payout_registry::store::SyncStream;
+    use payout_registry::store::{StoreOptions, SyncStream};
     use sqlx::Connection;
 
     /// The captured JSON lines that report a statement holding `statement` as slow (sqlx
@@ -454,5 +454,63 @@ mod postgres_maintenance {
         assert!(!call.is_empty(), "no slow line for the resolve");
         assert!(call.iter().all(|l| l["level"] == "WARN"), "{call:?}");
         app.stop().await;
+    }
+
+    /// `check`'s reads of whole tables (the references between the source tables, a
+    /// sample's pick) outlast a call's statement timeout on a large population (1.1 s for
+    /// one rule at 1 M citizens; 5 s is the default limit): they run without it, on the
+    /// maintenance connections, and a slow one is INFO. Here a lock held for 1.3 s makes
+    /// each slower than the store's 300 ms limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_check_whose_whole_table_reads_outlast_the_statement_timeout_completes_and_logs_information(
+    ) {
+        let db = TestDb::postgres().await;
+        let store = db
+            .store_with(StoreOptions {
+                statement_timeout: Some(std::time::Duration::from_millis(300)),
+                max_connections: 4,
+                ..StoreOptions::default()
+            })
+            .await;
+        // The same limit stops a call's read behind the same lock.
+        let s = store.clone();
+        let held = db.lock("account_history").await;
+        let timed_out = tokio::spawn(async move {
+            s.account_history_at(Uuid::now_v7(), 0, 10, 0)
+                .await
+                .is_err()
+        });
+        let s = store.clone();
+        let full = slow_while_held(held, "account_history", async move {
+            let report = s
+                .check_resolution_model(None, false)
+                .await
+                .expect("a full check");
+            assert!(report.references_checked);
+            assert!(
+                report.broken_references.is_empty(),
+                "{:?}",
+                report.broken_references
+            );
+        })
+        .await;
+        assert!(
+            timed_out.await.unwrap(),
+            "a call's read waited out the lock"
+        );
+        let s = store.clone();
+        let sample = slow_while_held(db.lock("citizens").await, "random()", async move {
+            s.check_resolution_model(Some(10), false)
+                .await
+                .expect("a sample check");
+        })
+        .await;
+        for (what, lines) in [("references", &full), ("sample", &sample)] {
+            assert!(!lines.is_empty(), "no slow line for the {what}");
+            assert!(
+                lines.iter().all(|l| l["level"] == "INFO"),
+                "{what}: {lines:?}"
+            );
+        }
     }
 }

@@ -73,7 +73,7 @@ impl<D: Dialect> SqlStore<D> {
     /// references are whole.
     pub(super) async fn check_references(&self) -> StoreResult<Vec<ReferenceBreak>> {
         let mut breaks = Vec::new();
-        let mut reader = self.reader().await?;
+        let mut reader = self.long_read().await?;
         for (rule, rows) in RULES {
             // One pass: the window counts every breaking row before the limit applies.
             let found: Vec<(String, i64)> = reader
@@ -93,6 +93,7 @@ impl<D: Dialect> SqlStore<D> {
                 });
             }
         }
+        reader.commit().await?;
         Ok(breaks)
     }
 }

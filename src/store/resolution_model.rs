@@ -420,14 +420,15 @@ impl<D: Dialect> SqlStore<D> {
         let mut report = ModelCheck::default();
         match sample {
             Some(n) => {
-                let picked: Vec<(String,)> = self
-                    .reader()
-                    .await?
+                // A sort of every citizen's id: a long read.
+                let mut tx = self.long_read().await?;
+                let picked: Vec<(String,)> = tx
                     .fetch_all(
                         Sql::new("SELECT citizen_id FROM citizens ORDER BY random() LIMIT $1")
                             .bind(i64::try_from(n).unwrap_or(i64::MAX)),
                     )
                     .await?;
+                tx.commit().await?;
                 let mut picked: Vec<String> = picked.into_iter().map(|(c,)| c).collect();
                 picked.sort_unstable();
                 for chunk in picked.chunks(LOOKUP_CHUNK) {
@@ -504,9 +505,9 @@ impl<D: Dialect> SqlStore<D> {
         let (mut found, mut rewritten) = (0u64, 0u64);
         let mut after = String::new();
         loop {
-            let rows: Vec<(String, String)> = self
-                .reader()
-                .await?
+            // Where no row of the old form is left, one statement scans the whole table.
+            let mut tx = self.long_read().await?;
+            let rows: Vec<(String, String)> = tx
                 .fetch_all(
                     Sql::new(
                         "SELECT citizen_id, preferences FROM resolution_inputs \
@@ -517,6 +518,7 @@ impl<D: Dialect> SqlStore<D> {
                     .bind(CHECK_CHUNK),
                 )
                 .await?;
+            tx.commit().await?;
             let Some((last, _)) = rows.last() else {
                 return Ok((found, rewritten));
             };
