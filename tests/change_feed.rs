@@ -22,6 +22,7 @@ on_both_backends!(
     subscriptions_are_filtered_minimised_and_masked,
     a_watch_list_limits_a_subscription_to_the_citizens_it_serves,
     retention_prunes_old_events_but_never_past_the_slowest_consumer,
+    retention_prunes_a_long_backlog_in_steps_up_to_the_slowest_consumer,
     a_graceful_shutdown_ends_live_subscriptions_instead_of_waiting_on_them,
 );
 
@@ -58,25 +59,13 @@ async fn retention_prunes_old_events_but_never_past_the_slowest_consumer(backend
     }
     drop(stream);
     let mut feed = feed_on(app.channel(), Some(FEED));
-    feed.commit_position(CommitPositionRequest {
-        consumer: "slow".into(),
-        position: 4,
-    })
-    .await
-    .unwrap();
+    commit_slow(&mut feed, 4).await;
     // Every event is older than a horizon a day ahead; the slow consumer holds back 5..9.
     // (Pruning also waits for the sync digest, which trails the head by a moment.)
     common::digest_at_head(&app).await;
     let tomorrow = payout_registry::domain::Timestamp::now().plus(Duration::from_secs(86_400));
     assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 4);
-    let position = feed
-        .get_position(GetPositionRequest {
-            consumer: "slow".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((position.earliest, position.head), (5, 9));
+    assert_eq!(earliest_and_head(&mut feed, "slow").await, (5, 9));
     let status = refused(
         feed.subscribe(SubscribeRequest::default()).await,
         Code::OutOfRange,
@@ -101,12 +90,7 @@ async fn retention_prunes_old_events_but_never_past_the_slowest_consumer(backend
     let yesterday = payout_registry::domain::Timestamp(
         payout_registry::domain::Timestamp::now().micros() - 86_400_000_000,
     );
-    feed.commit_position(CommitPositionRequest {
-        consumer: "slow".into(),
-        position: 7,
-    })
-    .await
-    .unwrap();
+    commit_slow(&mut feed, 7).await;
     assert_eq!(app.store.prune_events(yesterday).await.unwrap(), 0);
     assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 3);
     // A consumer that is gone no longer holds retention back once forgotten.
@@ -122,6 +106,64 @@ async fn retention_prunes_old_events_but_never_past_the_slowest_consumer(backend
         .await
         .unwrap());
     assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 2);
+}
+
+/// Retention past more events than one pruning transaction takes (1,000 feed positions)
+/// goes in steps, and ends where one delete would have: at the slowest consumer's
+/// position, in the middle of a step, then at the head once that consumer is forgotten.
+async fn retention_prunes_a_long_backlog_in_steps_up_to_the_slowest_consumer(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let spec = payout_registry::tools::demo::DemoSpec {
+        citizens: 1_000,
+        seed: 7,
+    };
+    common::sync_accounts(
+        &app,
+        payout_registry::tools::demo::accounts(&spec).collect(),
+    )
+    .await;
+    let head = common::digest_at_head(&app).await;
+    assert!(head > 2_500, "a backlog of several steps: {head} events");
+    let mut feed = feed_on(app.channel(), Some(FEED));
+    commit_slow(&mut feed, 1_500).await;
+    let tomorrow = payout_registry::domain::Timestamp::now().plus(Duration::from_secs(86_400));
+    assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), 1_500);
+    assert_eq!(app.store.feed_pruned_through().await.unwrap(), 1_500);
+    assert_eq!(
+        earliest_and_head(&mut feed, "slow").await,
+        (1_501, head as u64)
+    );
+    assert!(app
+        .store
+        .delete_consumer("feed-reader", "slow")
+        .await
+        .unwrap());
+    let rest = u64::try_from(head - 1_500).unwrap();
+    assert_eq!(app.store.prune_events(tomorrow).await.unwrap(), rest);
+    assert_eq!(app.store.feed_pruned_through().await.unwrap(), head);
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM events").await, 0);
+}
+
+/// Records position `position` for the consumer "slow".
+async fn commit_slow(feed: &mut common::Feed, position: u64) {
+    feed.commit_position(CommitPositionRequest {
+        consumer: "slow".into(),
+        position,
+    })
+    .await
+    .unwrap();
+}
+
+/// The feed's earliest position kept and its head, as `consumer` is told them.
+async fn earliest_and_head(feed: &mut common::Feed, consumer: &str) -> (u64, u64) {
+    let position = feed
+        .get_position(GetPositionRequest {
+            consumer: consumer.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (position.earliest, position.head)
 }
 
 /// Links (and verifies) an account for citizen `n`: two events, three with the default.

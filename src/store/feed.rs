@@ -67,6 +67,13 @@ async fn citizens_numbered<D: Dialect>(
     Ok(rows.into_iter().map(|(c,)| c).collect())
 }
 
+/// Feed positions one pruning transaction deletes at most. The transaction holds the
+/// feed's head row, which the sequencer needs for every round, so a pruner catching up
+/// with millions of events past retention (a national first load's, once it ages out)
+/// goes in steps the sequencer's rounds fit between, each far inside the statement
+/// timeout, instead of one delete that holds the feed still until it times out.
+const PRUNE_CHUNK: i64 = 1_000;
+
 fn stored_digest(hex_digest: &str, routes: i64) -> StoreResult<RouteDigest> {
     RouteDigest::from_hex(hex_digest, routes).ok_or_else(|| corrupt("stored sync digest"))
 }
@@ -480,8 +487,21 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     /// Deletes sequenced events older than `before`, within what every named consumer
-    /// and the sync digest have read.
+    /// and the sync digest have read, [`PRUNE_CHUNK`] feed positions per transaction.
     pub(super) async fn prune(&self, before: Timestamp) -> StoreResult<u64> {
+        let mut deleted = 0;
+        loop {
+            let (chunk, more) = self.prune_chunk(before).await?;
+            deleted += chunk;
+            if !more {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// Prunes the next [`PRUNE_CHUNK`] feed positions at most; answers how many events
+    /// it deleted and whether more may be due.
+    async fn prune_chunk(&self, before: Timestamp) -> StoreResult<(u64, bool)> {
         let mut tx = self.begin_write().await?;
         // Same lock as the sequencer: the head and the pruning mark move one at a time.
         let (head, pruned, digest_through): (i64, i64, Option<i64>) = tx
@@ -501,6 +521,7 @@ impl<D: Dialect> SqlStore<D> {
             .unwrap_or(head)
             .min(head)
             .min(digest_through.unwrap_or(pruned));
+        let window = limit.min(pruned.saturating_add(PRUNE_CHUNK));
         let (through,): (Option<i64>,) = tx
             .fetch_one(
                 Sql::new(
@@ -509,13 +530,13 @@ impl<D: Dialect> SqlStore<D> {
                      WHERE f.feed_position > $1 AND f.feed_position <= $2 AND e.occurred_at < $3",
                 )
                 .bind(pruned)
-                .bind(limit)
+                .bind(window)
                 .bind(before.micros()),
             )
             .await?;
         let Some(through) = through else {
             tx.rollback().await?;
-            return Ok(0);
+            return Ok((0, false));
         };
         let deleted = tx
             .execute(
@@ -536,7 +557,8 @@ impl<D: Dialect> SqlStore<D> {
         tx.execute(Sql::new("UPDATE feed_head SET pruned_through = $1 WHERE id = 1").bind(through))
             .await?;
         tx.commit().await?;
-        Ok(deleted)
+        // A window whose last event was old enough to go may be followed by more.
+        Ok((deleted, through == window && window < limit))
     }
 
     /// Records a named consumer's position.
