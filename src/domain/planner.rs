@@ -449,7 +449,7 @@ pub fn plan_citizens(_ctx: &WriteContext, batch: &[SyncCitizen], loaded: &Loaded
             },
         );
         ledger_writes.push(LedgerWrite::new(
-            SyncStream::Citizens,
+            SyncCitizen::STREAM,
             &rec.record_id,
             rec.version,
             &outcome,
@@ -869,7 +869,7 @@ pub fn plan_accounts(ctx: &WriteContext, batch: &[SyncAccount], loaded: &Loaded)
         ledger_writes.push(LedgerWrite {
             account_id,
             ..LedgerWrite::new(
-                SyncStream::Accounts,
+                SyncAccount::STREAM,
                 &rec.record_id,
                 rec.version,
                 &outcome,

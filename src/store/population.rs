@@ -25,17 +25,18 @@ use crate::domain::{CitizenId, CitizenStatus, LegacyId, RecordOutcome, SyncCitiz
 const BATCH_ATTEMPTS: usize = 5;
 
 impl<D: Dialect> SqlStore<D> {
-    /// Plans and writes a sync batch in one transaction, retrying when it loses a race.
+    /// Plans and writes a sync batch of `R::STREAM` in one transaction, retrying when it
+    /// loses a race.
     pub(super) async fn sync_batch<R: SyncRecord>(
         &self,
         ctx: &WriteContext,
-        stream: SyncStream,
         batch: &[R],
         plan: impl Fn(&WriteContext, &[R], &Loaded) -> Work,
     ) -> StoreResult<BatchApplied> {
         if batch.is_empty() {
             return Ok(BatchApplied::default());
         }
+        let stream = R::STREAM;
         let mut citizens: Vec<CitizenId> = batch.iter().map(|r| r.citizen_id().clone()).collect();
         citizens.sort();
         citizens.dedup();
@@ -154,11 +155,7 @@ impl<D: Dialect> SqlStore<D> {
             }
             work
         };
-        let outcome = self
-            .sync_batch(ctx, SyncStream::Citizens, &[record], plan)
-            .await?
-            .outcomes
-            .pop();
+        let outcome = self.sync_batch(ctx, &[record], plan).await?.outcomes.pop();
         match outcome {
             Some(RecordOutcome::Applied) if existed.is_some() => Ok(CitizenUpsert::Updated),
             Some(RecordOutcome::Applied) => Ok(CitizenUpsert::Created),

@@ -267,8 +267,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         ctx: &WriteContext,
         batch: &[SyncCitizen],
     ) -> StoreResult<BatchApplied> {
-        self.sync_batch(ctx, SyncStream::Citizens, batch, plan_citizens)
-            .await
+        self.sync_batch(ctx, batch, plan_citizens).await
     }
 
     async fn sync_accounts(
@@ -276,8 +275,7 @@ impl<D: Dialect> Store for SqlStore<D> {
         ctx: &WriteContext,
         batch: &[SyncAccount],
     ) -> StoreResult<BatchApplied> {
-        self.sync_batch(ctx, SyncStream::Accounts, batch, plan_accounts)
-            .await
+        self.sync_batch(ctx, batch, plan_accounts).await
     }
 
     async fn citizens_by_legacy_id(
