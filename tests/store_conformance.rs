@@ -1004,7 +1004,7 @@ async fn history_cannot_be_rewritten_even_with_direct_sql(backend: Backend) {
         .await
         .unwrap();
     // The link's events get their feed positions.
-    assert!(store.sequence_events(100, false).await.unwrap().assigned > 0);
+    assert!(store.sequence_events(100).await.unwrap().assigned > 0);
     for sql in [
         "UPDATE account_history SET status = 'CLOSED'",
         "DELETE FROM account_history",

@@ -424,7 +424,10 @@ mod in_steps {
     use payout_registry::domain::*;
     use payout_registry::store::{Store, SyncDigest, WriteContext};
 
-    crate::on_both_backends!(the_digest_is_built_and_caught_up_in_bounded_steps_while_writes_go_on);
+    crate::on_both_backends!(
+        the_digest_is_built_and_caught_up_in_bounded_steps_while_writes_go_on,
+        a_step_defers_a_citizen_whose_change_waits_for_its_feed_position
+    );
 
     const PROVINCES: [&str; 3] = ["001", "048", "079"];
 
@@ -489,22 +492,24 @@ mod in_steps {
 
     /// Numbers every committed event without the digest's work: rounds of a busy feed.
     async fn number_all(store: &Arc<dyn Store>) {
-        while store.sequence_events(1000, false).await.unwrap().assigned > 0 {}
+        while store.sequence_events(1000).await.unwrap().assigned > 0 {}
     }
 
     /// The digest, and each province's, as one uninterrupted build computes them from
     /// the state now: the digest is dropped and built again in a single round.
     async fn built_at_once(db: &TestDb, store: &Arc<dyn Store>) -> Vec<SyncDigest> {
         for sql in [
-            "UPDATE feed_head SET digest_through = NULL, digest_work_through = NULL, \
+            "UPDATE digest_head SET digest_through = NULL, digest_work_through = NULL, \
              digest_build_cursor = NULL",
+            "DELETE FROM digest_deferred",
             "DELETE FROM digest_citizens",
             "DELETE FROM digest_provinces",
         ] {
             db.execute_raw(sql).await.unwrap();
         }
-        let round = store.sequence_events(100_000, true).await.unwrap();
-        assert!(!round.digest_behind, "one round builds it");
+        number_all(store).await;
+        let step = store.step_digest(100_000).await.unwrap();
+        assert!(!step.behind, "one step builds it");
         every_digest(store).await
     }
 
@@ -535,9 +540,10 @@ mod in_steps {
         // to citizens the scan has passed and to citizens it has not reached.
         let mut steps = 0;
         loop {
-            let round = store.sequence_events(4, true).await.unwrap();
+            store.sequence_events(4).await.unwrap();
+            let step = store.step_digest(4).await.unwrap();
             steps += 1;
-            if !round.digest_behind {
+            if !step.behind {
                 break;
             }
             assert!(published(&store).await.is_none(), "published mid-build");
@@ -576,9 +582,10 @@ mod in_steps {
         // published before is what GetSyncDigest answers, exactly.
         let mut steps = 0;
         loop {
-            let round = store.sequence_events(2, true).await.unwrap();
+            store.sequence_events(2).await.unwrap();
+            let step = store.step_digest(2).await.unwrap();
             steps += 1;
-            if !round.digest_behind {
+            if !step.behind {
                 break;
             }
             assert_eq!(every_digest(&store).await, before, "step {steps}");
@@ -595,5 +602,70 @@ mod in_steps {
         assert_eq!(caught_up[0].position, store.feed_head().await.unwrap());
         assert_eq!(caught_up[0].digest.routes, 29 - 6 + 1 + 1);
         assert_eq!(caught_up, built_at_once(&db, &store).await);
+    }
+
+    /// A step runs apart from numbering, so its snapshot may hold committed changes the
+    /// feed has not numbered yet. A citizen with such a change is not read ahead of the
+    /// head: a step that takes in the citizen's numbered events defers it and publishes
+    /// nothing; a citizen whose only change waits is left for the step that takes it in.
+    async fn a_step_defers_a_citizen_whose_change_waits_for_its_feed_position(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let mut accounts = Vec::new();
+        for n in 0..6u32 {
+            let province = PROVINCES[(n % 3) as usize];
+            accounts.push(paid(&store, &citizen(province, n), n).await);
+        }
+        number_all(&store).await;
+        assert!(!store.step_digest(1000).await.unwrap().behind);
+        let built = every_digest(&store).await;
+        assert_eq!(built[0].digest.routes, 6);
+
+        // Citizen 0's suspension is numbered, its reinstatement committed but not yet:
+        // the step takes in the suspension, and would read citizen 0 reinstated.
+        change(&store, &accounts[0], AccountAction::Suspend).await;
+        number_all(&store).await;
+        let suspended_at = store.feed_head().await.unwrap();
+        change(&store, &accounts[0], AccountAction::Reinstate).await;
+        let step = store.step_digest(1000).await.unwrap();
+        assert!(step.behind, "nothing published while citizen 0 is deferred");
+        assert_eq!(
+            every_digest(&store).await,
+            built,
+            "the digest published before"
+        );
+
+        // Numbered, the reinstatement is taken in with the deferred citizen: the digest
+        // is published at the head, and is what one build of the state computes.
+        number_all(&store).await;
+        assert!(store.feed_head().await.unwrap() > suspended_at);
+        assert!(!store.step_digest(1000).await.unwrap().behind);
+        let caught_up = every_digest(&store).await;
+        assert_eq!(caught_up[0].position, store.feed_head().await.unwrap());
+        assert_eq!(caught_up[0].digest.routes, 6);
+        assert_eq!(caught_up, built_at_once(&db, &store).await);
+
+        // Citizen 1's suspension is numbered; citizen 2's waits. The step publishes at the
+        // head: citizen 2's route is still in the digest, its change past the position.
+        change(&store, &accounts[1], AccountAction::Suspend).await;
+        number_all(&store).await;
+        let head = store.feed_head().await.unwrap();
+        change(&store, &accounts[2], AccountAction::Suspend).await;
+        assert!(!store.step_digest(1000).await.unwrap().behind);
+        let at_head = every_digest(&store).await;
+        assert_eq!(at_head[0].position, head);
+        assert_eq!(
+            at_head[0].digest.routes, 5,
+            "citizen 1 suspended, citizen 2 not yet"
+        );
+
+        // And the next, once citizen 2's change is numbered.
+        number_all(&store).await;
+        let step = store.step_digest(1000).await.unwrap();
+        assert!(!step.behind);
+        let last = every_digest(&store).await;
+        assert_eq!(last[0].position, store.feed_head().await.unwrap());
+        assert_eq!(last[0].digest.routes, 4);
+        assert_eq!(last, built_at_once(&db, &store).await);
     }
 }

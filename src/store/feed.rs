@@ -9,13 +9,14 @@
 //! in one transaction it takes the head row's lock (instances take turns), numbers the
 //! committed unnumbered events after the head (rows of `feed_pending`, which a trigger
 //! adds in each writer's transaction, become rows of `feed`: events themselves are never
-//! rewritten), and takes a bounded step of the sync digest's work, which is published
-//! only when it has reached the new head with none left unnumbered, so the digest always
-//! describes exactly the feed up to its position (`digest_step`). The dialect adds what
-//! differs: PostgreSQL reads one REPEATABLE READ snapshot (a sequencer that loses the race
-//! on the head row starts again) and wakes every instance with `pg_notify`.
+//! rewritten). The sync digest's work goes in bounded steps of its own, on the digest's
+//! row, so numbering never waits for it; it is published only when it has reached the head
+//! with no citizen read ahead of it, so the digest always describes exactly the feed up to
+//! its position (`digest_step`). The dialect adds what differs: PostgreSQL reads one
+//! REPEATABLE READ snapshot (a sequencer or a digest step that loses the race on its row
+//! starts again) and wakes every instance with `pg_notify`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::Pool;
 
@@ -25,7 +26,7 @@ use super::resolution_model::read_model;
 use super::rows::EventRow;
 use super::sql::{text_keys, Sql, Val};
 use super::sql_store::SqlStore;
-use super::{corrupt, Event, Sequenced, StoreError, StoreResult, SyncDigest};
+use super::{corrupt, DigestStep, Event, Sequenced, StoreError, StoreResult, SyncDigest};
 use crate::domain::digest::{province_of, RouteDigest};
 use crate::domain::{CitizenId, Timestamp};
 
@@ -102,14 +103,17 @@ impl<D: Dialect> SqlStore<D> {
         Ok(rows.into_iter().map(Event::from).collect())
     }
 
-    /// Runs a sequencing round, again after a serialization failure.
-    pub(super) async fn sequence(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
+    /// Runs `round` until it does not fail on serialization: another instance's round
+    /// (or the pruner) committed after its snapshot, so it starts again from there.
+    async fn retried<T, F, Fut>(&self, round: F) -> StoreResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
         let mut attempt = 0;
         loop {
-            match self.sequence_round(limit, digest).await {
+            match round().await {
                 Err(e) if serialization_failure(&e) && attempt < SEQUENCER_ATTEMPTS => {
-                    // Another instance's round (or the pruner) committed after this one's
-                    // snapshot: start again from the new head.
                     attempt += 1;
                 }
                 done => return done,
@@ -117,22 +121,21 @@ impl<D: Dialect> SqlStore<D> {
         }
     }
 
-    /// One sequencing round: numbers the unsequenced events, then (with `digest`) takes
-    /// one bounded step of the sync digest's work ([`digest_step`]).
-    async fn sequence_round(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
+    /// Runs a sequencing round, again after a serialization failure.
+    pub(super) async fn sequence(&self, limit: u32) -> StoreResult<Sequenced> {
+        self.retried(|| self.sequence_round(limit)).await
+    }
+
+    /// One sequencing round: numbers the unsequenced events after the head, and names
+    /// their citizens to every instance.
+    async fn sequence_round(&self, limit: u32) -> StoreResult<Sequenced> {
         let mut tx = self.begin_write().await?;
         tx.run(D::SEQUENCER_ISOLATION).await?;
         // Instances take turns here: the head row is locked until this commits, and the
         // next sequencer's statements see what this one assigned.
-        let (head, published, work_through, cursor): (
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-        ) = tx
+        let (head,): (i64,) = tx
             .fetch_one(Sql::new(format!(
-                "SELECT last_position, digest_through, digest_work_through, \
-                 digest_build_cursor FROM feed_head WHERE id = 1{}",
+                "SELECT last_position FROM feed_head WHERE id = 1{}",
                 D::FOR_UPDATE
             )))
             .await?;
@@ -148,91 +151,102 @@ impl<D: Dialect> SqlStore<D> {
             )
             .await?;
         let new_head = head + assigned as i64;
-        // The citizens this round numbered events of, from the queue rows it takes out
-        // (each names its event's citizen): named in the wake-up, and the digest's work
-        // when it had taken in everything up to the old head.
-        let numbered: Vec<String> = if assigned > 0 {
-            let rows: Vec<(String,)> = tx
-                .fetch_all(
-                    Sql::new(
-                        "DELETE FROM feed_pending WHERE position IN \
-                         (SELECT position FROM feed WHERE feed_position > $1 \
-                         AND feed_position <= $2) RETURNING citizen_id",
-                    )
-                    .bind(head)
-                    .bind(new_head),
-                )
-                .await?;
-            let mut citizens: Vec<String> = rows.into_iter().map(|(c,)| c).collect();
-            citizens.sort_unstable();
-            citizens.dedup();
-            citizens
-        } else {
-            Vec::new()
-        };
-        let digest_work = digest && published != Some(new_head);
-        if assigned == 0 && !digest_work {
+        if assigned == 0 {
             tx.rollback().await?;
             return Ok(Sequenced {
                 assigned,
-                digest_behind: published != Some(new_head),
                 head: new_head,
             });
         }
-        if assigned > 0 {
-            tx.execute(
-                Sql::new("UPDATE feed_head SET last_position = $1 WHERE id = 1").bind(new_head),
+        // The citizens this round numbered events of, from the queue rows it takes out
+        // (each names its event's citizen), for the wake-up.
+        let rows: Vec<(String,)> = tx
+            .fetch_all(
+                Sql::new(
+                    "DELETE FROM feed_pending WHERE position IN \
+                     (SELECT position FROM feed WHERE feed_position > $1 \
+                     AND feed_position <= $2) RETURNING citizen_id",
+                )
+                .bind(head)
+                .bind(new_head),
             )
             .await?;
-        }
-        let published = if digest_work {
-            let work = DigestWork {
-                head,
-                new_head,
-                // Every committed event has its position: the state read now is the
-                // state at `new_head`.
-                all_numbered: assigned < u64::from(limit),
-                positions: i64::from(limit),
-                citizens: DIGEST_SCAN.min(i64::from(limit)),
-                published,
-                through: work_through,
-                cursor,
-            };
-            digest_step(&mut tx, work, &numbered).await?.or(published)
-        } else {
-            published
-        };
-        let round = Sequenced {
-            assigned,
-            digest_behind: published != Some(new_head),
-            head: new_head,
-        };
+        let mut numbered: Vec<String> = rows.into_iter().map(|(c,)| c).collect();
+        numbered.sort_unstable();
+        numbered.dedup();
+        tx.execute(Sql::new("UPDATE feed_head SET last_position = $1 WHERE id = 1").bind(new_head))
+            .await?;
         // The round names its citizens, so that every instance drops their cached
         // resolutions without reading the feed (`freshness.rs`).
-        let named = if assigned > 0 {
-            let round = Round {
-                from: head,
-                to: new_head,
-                citizens: Some(numbered),
-            };
-            if let Some(notify) = D::FEED_ADVANCED {
-                tx.execute(Sql::new(notify).bind(round.payload(NOTIFY_PAYLOAD_BYTES)))
-                    .await?;
-            }
-            Some(round)
-        } else {
-            None
+        let round = Round {
+            from: head,
+            to: new_head,
+            citizens: Some(numbered),
         };
+        if let Some(notify) = D::FEED_ADVANCED {
+            tx.execute(Sql::new(notify).bind(round.payload(NOTIFY_PAYLOAD_BYTES)))
+                .await?;
+        }
         tx.commit().await?;
-        if let Some(round) = named {
-            self.fresh.queue(round);
+        self.fresh.queue(round);
+        // Subscribers wake for new positions.
+        self.tick();
+        Ok(Sequenced {
+            assigned,
+            head: new_head,
+        })
+    }
+
+    /// Takes a step of the sync digest's work, again after a serialization failure.
+    pub(super) async fn take_digest_step(&self, limit: u32) -> StoreResult<DigestStep> {
+        self.retried(|| self.digest_round(limit)).await
+    }
+
+    /// One step of the sync digest's work ([`digest_step`]), in a transaction of its own:
+    /// instances take turns on the digest's row, and numbering goes on meanwhile.
+    async fn digest_round(&self, limit: u32) -> StoreResult<DigestStep> {
+        let mut tx = self.begin_write().await?;
+        tx.run(D::SEQUENCER_ISOLATION).await?;
+        let (published, through, cursor): (Option<i64>, Option<i64>, Option<String>) = tx
+            .fetch_one(Sql::new(format!(
+                "SELECT digest_through, digest_work_through, digest_build_cursor \
+                 FROM digest_head WHERE id = 1{}",
+                D::FOR_UPDATE
+            )))
+            .await?;
+        // The same snapshot's head, and the committed events it has not numbered yet
+        // (a round's worth at most: more is a backlog the sequencer is still taking in).
+        let (head,): (i64,) = tx
+            .fetch_one(Sql::new("SELECT last_position FROM feed_head WHERE id = 1"))
+            .await?;
+        let waiting: Vec<(String,)> = tx
+            .fetch_all(
+                Sql::new("SELECT citizen_id FROM feed_pending LIMIT $1").bind(i64::from(limit) + 1),
+            )
+            .await?;
+        if published == Some(head) || waiting.len() > limit as usize {
+            tx.rollback().await?;
+            return Ok(DigestStep {
+                behind: published != Some(head),
+            });
         }
-        // Subscribers wake for new positions; waiters on the digest (GetSyncDigest after
-        // a write, the pruner's horizon) for its progress.
-        if assigned > 0 || digest_work {
-            self.tick();
-        }
-        Ok(round)
+        let work = DigestWork {
+            head,
+            waiting: waiting.into_iter().map(|(c,)| c).collect(),
+            positions: i64::from(limit),
+            citizens: DIGEST_SCAN.min(i64::from(limit)),
+            published,
+            through,
+            cursor,
+        };
+        let published = digest_step(&mut tx, work).await?.or(published);
+        tx.commit().await?;
+        // Waiters on the digest (GetSyncDigest after a write, the pruner's horizon) wake
+        // for its progress.
+        self.tick();
+        Ok(DigestStep {
+            behind: published != Some(head),
+        })
     }
 
     /// Brings this instance's cursor (and so its cache) up to the feed: applies the
@@ -390,7 +404,7 @@ impl<D: Dialect> SqlStore<D> {
             .await?
             .fetch_all(
                 Sql::new(
-                    "SELECT h.digest_through, d.digest, d.routes FROM feed_head h \
+                    "SELECT h.digest_through, d.digest, d.routes FROM digest_head h \
                      LEFT JOIN digest_provinces d ON ($1 IS NULL OR d.province = $1) \
                      WHERE h.id = 1",
                 )
@@ -504,12 +518,18 @@ impl<D: Dialect> SqlStore<D> {
     async fn prune_chunk(&self, before: Timestamp) -> StoreResult<(u64, bool)> {
         let mut tx = self.begin_write().await?;
         // Same lock as the sequencer: the head and the pruning mark move one at a time.
-        let (head, pruned, digest_through): (i64, i64, Option<i64>) = tx
+        let (head, pruned): (i64, i64) = tx
             .fetch_one(Sql::new(format!(
-                "SELECT last_position, pruned_through, digest_through FROM feed_head \
-                 WHERE id = 1{}",
+                "SELECT last_position, pruned_through FROM feed_head WHERE id = 1{}",
                 D::FOR_UPDATE
             )))
+            .await?;
+        // The digest's position only moves on, and its steps read no event at or before
+        // it: one read now may only prune less than it could.
+        let (digest_through,): (Option<i64>,) = tx
+            .fetch_one(Sql::new(
+                "SELECT digest_through FROM digest_head WHERE id = 1",
+            ))
             .await?;
         let (slowest,): (Option<i64>,) = tx
             .fetch_one(Sql::new("SELECT MIN(position) FROM feed_consumers"))
@@ -675,14 +695,12 @@ impl<D: Dialect> SqlStore<D> {
 /// write connection for at most 37 ms (the whole build in one transaction: 5.9 s).
 const DIGEST_SCAN: i64 = 2_000;
 
-/// Where the sync digest's work stands at a round, and what the round did.
+/// Where the sync digest's work stands at a step, in the step's snapshot.
 struct DigestWork {
-    /// The feed's head before the round, and after it.
+    /// The feed's head.
     head: i64,
-    new_head: i64,
-    /// The round left no committed event unnumbered: the state it reads is the state at
-    /// `new_head`.
-    all_numbered: bool,
+    /// The citizens of the committed events the head does not include yet (all of them).
+    waiting: HashSet<String>,
     /// Feed positions taken in, and citizens a first build scans, in this step at most.
     positions: i64,
     citizens: i64,
@@ -695,40 +713,39 @@ struct DigestWork {
     cursor: Option<String>,
 }
 
-/// One bounded step of the sync digest's work (migration 0014). The work is the digest
-/// being brought up to date: `digest_citizens` and each province's `work_digest`. A step
-/// takes in the events numbered after `through`, at most one sequencer round of positions,
-/// refreshing their citizens; during the first build it also scans the next
+/// One bounded step of the sync digest's work (migrations 0014 and 0024). The work is the
+/// digest being brought up to date: `digest_citizens` and each province's `work_digest`. A
+/// step takes in the events numbered after `through`, at most one sequencer round of
+/// positions, refreshing their citizens; during the first build it also scans the next
 /// [`DIGEST_SCAN`] citizens with a preference after the scan's cursor, and takes in only
 /// the events of citizens the scan has passed (the others it will read as they are when it
-/// reaches them). A refresh reads the state now, so a citizen taken in and changed afterwards is
+/// reaches them).
+///
+/// A refresh reads the state in the step's snapshot, which numbering (in transactions of
+/// its own) may not have caught up with: a citizen with a committed event still waiting
+/// for its feed position would be read ahead of the head. Such a citizen is deferred
+/// instead (`digest_deferred`) and refreshed by the first step that sees none of its events
+/// waiting. Every other citizen's state in the snapshot is its state at the head, since all
+/// its committed events are numbered by then. A citizen taken in and changed afterwards is
 /// refreshed again when the change's event is taken in. When the work has taken in every
-/// event up to the new head, the scan is over and no committed event is left unnumbered,
-/// the work is the state at the new head, exactly: it is published, and that position
-/// returned. Until then GetSyncDigest answers the digest published before, and no step
-/// holds the write lock for more than its bounded work (the first build of 819 k
-/// citizens in one transaction held SQLite's only writer for seconds).
-async fn digest_step<D: Dialect>(
-    tx: &mut Tx<D>,
-    work: DigestWork,
-    numbered: &[String],
-) -> StoreResult<Option<i64>> {
+/// event up to the head, the scan is over and no citizen is deferred, the work is the state
+/// at the head, exactly: it is published, and that position returned. Until then
+/// GetSyncDigest answers the digest published before, and no step holds the write lock
+/// for more than its bounded work (the first build of 819 k citizens in one transaction
+/// held SQLite's only writer for seconds).
+async fn digest_step<D: Dialect>(tx: &mut Tx<D>, work: DigestWork) -> StoreResult<Option<i64>> {
     let started = std::time::Instant::now();
     let (from, scanned_through) = match work.through {
         Some(through) => (through, work.cursor),
-        // The first build begins once the feed has no backlog (a registry started over a
-        // loaded population numbers it first), at the new head: its scan reads a state
-        // that every event up to it is in.
-        None if !work.all_numbered => return Ok(None),
+        // The first build begins at the head: its scan reads a state that every event up
+        // to it is in, but for the citizens it defers.
         None => {
-            tracing::info!(position = work.new_head, "building the sync digest");
-            (work.new_head, Some(String::new()))
+            tracing::info!(position = work.head, "building the sync digest");
+            (work.head, Some(String::new()))
         }
     };
-    let to = work.new_head.min(from + work.positions);
-    let mut citizens: Vec<String> = if from == work.head && to == work.new_head {
-        numbered.to_vec()
-    } else if from < to {
+    let to = work.head.min(from + work.positions);
+    let mut citizens: Vec<String> = if from < to {
         citizens_numbered(tx, from, to).await?
     } else {
         Vec::new()
@@ -750,11 +767,32 @@ async fn digest_step<D: Dialect>(
             cursor = scanned.last().map(|(c,)| c.clone());
         }
         citizens.extend(scanned.into_iter().map(|(c,)| c));
-        citizens.sort_unstable();
-        citizens.dedup();
     }
-    refresh_digest(tx, &citizens).await?;
-    let publish = to == work.new_head && cursor.is_none() && work.all_numbered;
+    let deferred: Vec<(String,)> = tx
+        .fetch_all(Sql::new("SELECT citizen_id FROM digest_deferred"))
+        .await?;
+    let had_deferred = !deferred.is_empty();
+    citizens.extend(deferred.into_iter().map(|(c,)| c));
+    citizens.sort_unstable();
+    citizens.dedup();
+    let (deferring, ready): (Vec<String>, Vec<String>) =
+        citizens.into_iter().partition(|c| work.waiting.contains(c));
+    refresh_digest(tx, &ready).await?;
+    if had_deferred {
+        tx.execute(Sql::new("DELETE FROM digest_deferred")).await?;
+    }
+    insert_rows(
+        tx,
+        "INSERT INTO digest_deferred (citizen_id) ",
+        "",
+        &deferring,
+        1,
+        |row, citizen| {
+            row.push_bind(citizen.as_str());
+        },
+    )
+    .await?;
+    let publish = to == work.head && cursor.is_none() && deferring.is_empty();
     if publish {
         tx.execute(Sql::new(
             "UPDATE digest_provinces SET digest = work_digest, routes = work_routes",
@@ -763,7 +801,7 @@ async fn digest_step<D: Dialect>(
     }
     tx.execute(
         Sql::new(format!(
-            "UPDATE feed_head SET digest_work_through = $1, digest_build_cursor = $2{} \
+            "UPDATE digest_head SET digest_work_through = $1, digest_build_cursor = $2{} \
              WHERE id = 1",
             if publish { ", digest_through = $1" } else { "" }
         ))
@@ -773,7 +811,8 @@ async fn digest_step<D: Dialect>(
     .await?;
     tracing::debug!(
         positions = to - from,
-        citizens = citizens.len(),
+        citizens = ready.len(),
+        deferred = deferring.len(),
         millis = started.elapsed().as_millis() as u64,
         published = publish,
         "sync digest step"

@@ -234,11 +234,11 @@ impl<D: Dialect> SqlStore<D> {
             .reader()
             .await?
             .fetch_one(Sql::new(
-                "SELECT h.last_position, h.digest_through, \
+                "SELECT h.last_position, d.digest_through, \
                  (SELECT COUNT(*) FROM (SELECT 1 FROM feed_pending LIMIT 1000000) b), \
                  (SELECT e.occurred_at FROM events e \
                   WHERE e.position = (SELECT MIN(position) FROM feed_pending)) \
-                 FROM feed_head h WHERE h.id = 1",
+                 FROM feed_head h, digest_head d WHERE h.id = 1 AND d.id = 1",
             ))
             .await?;
         Ok(FeedGauges {

@@ -252,10 +252,16 @@ pub struct BatchApplied {
 pub struct Sequenced {
     /// Events given their feed position.
     pub assigned: u64,
-    /// The sync digest describes an earlier position than the new head.
-    pub digest_behind: bool,
     /// The feed's head after the round.
     pub head: i64,
+}
+
+/// What a step of the sync digest's work left ([`Store::step_digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestStep {
+    /// The published digest describes an earlier position than the feed's head as the
+    /// step saw it: more steps are due.
+    pub behind: bool,
 }
 
 /// The sync digest as the sequencer last brought it up to date.
@@ -622,11 +628,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives the committed events that have no feed position yet the next consecutive
     /// ones after the feed's head (at most `limit`), in one transaction; several server
-    /// instances may call this at once (they take turns on the head row). With `digest`,
-    /// the same transaction also takes a bounded step (at most `limit` positions, and
-    /// `limit` citizens of a first build) of the sync digest's work, and publishes it when
-    /// it has reached the new head with no committed event left unnumbered.
-    async fn sequence_events(&self, limit: u32, digest: bool) -> StoreResult<Sequenced>;
+    /// instances may call this at once (they take turns on the head row).
+    async fn sequence_events(&self, limit: u32) -> StoreResult<Sequenced>;
+
+    /// Takes a bounded step (at most `limit` feed positions, and `limit` citizens of a
+    /// first build) of the sync digest's work, in a transaction of its own (instances
+    /// take turns on the digest's row; numbering does not wait for it), and publishes the
+    /// digest when the work has reached the feed's head exactly.
+    async fn step_digest(&self, limit: u32) -> StoreResult<DigestStep>;
 
     /// Sequenced events after feed position `after`, in feed order.
     async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>>;

@@ -25,9 +25,9 @@ use super::sql::Sql;
 use super::Answer;
 use super::{
     corrupt, AccessEntry, AccessRead, AccountKey, BatchApplied, CacheFill, CitizenRecord,
-    CitizenUpsert, DuplicateClaim, Event, HistoryEntry, ModelCheck, Preference, Provider,
-    ReadState, ResolveQuery, Sequenced, Store, StoreError, StoreOptions, StoreResult, SyncDigest,
-    WriteContext,
+    CitizenUpsert, DigestStep, DuplicateClaim, Event, HistoryEntry, ModelCheck, Preference,
+    Provider, ReadState, ResolveQuery, Sequenced, Store, StoreError, StoreOptions, StoreResult,
+    SyncDigest, WriteContext,
 };
 use crate::domain::commands::Command;
 use crate::domain::planner::{plan_accounts, plan_citizens, SyncStream};
@@ -429,8 +429,12 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.events_from(after_position, limit).await
     }
 
-    async fn sequence_events(&self, limit: u32, digest: bool) -> StoreResult<Sequenced> {
-        self.sequence(limit, digest).await
+    async fn sequence_events(&self, limit: u32) -> StoreResult<Sequenced> {
+        self.sequence(limit).await
+    }
+
+    async fn step_digest(&self, limit: u32) -> StoreResult<DigestStep> {
+        self.take_digest_step(limit).await
     }
 
     async fn feed_after(&self, after: i64, limit: u32) -> StoreResult<Vec<Event>> {
