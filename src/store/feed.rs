@@ -305,34 +305,40 @@ impl<D: Dialect> SqlStore<D> {
         last_event: Option<i64>,
     ) -> StoreResult<Option<i64>> {
         // Without an event of its own, the write showed state that earlier commits left,
-        // whose events are at most the largest position committed now.
-        let through = match last_event {
-            Some(event) => event,
+        // whose events are at most the largest position committed now: it waits until
+        // none up to that one is left unnumbered. With one, it waits for its own event:
+        // a lookup by key, where the range's scan of the queue (several hundred pages of
+        // dead rows between two VACUUMs under a bulk load) by every waiting write at every
+        // round made the first bulk stream after a start lag by seconds.
+        let (through, waiting) = match last_event {
+            Some(event) => (
+                event,
+                "EXISTS (SELECT 1 FROM feed_pending WHERE position = $2)",
+            ),
             None => {
                 let (max,): (Option<i64>,) = self
                     .reader()
                     .await?
                     .fetch_one(Sql::new("SELECT MAX(position) FROM events"))
                     .await?;
-                max.unwrap_or(0)
+                (
+                    max.unwrap_or(0),
+                    "EXISTS (SELECT 1 FROM feed_pending WHERE position <= $2)",
+                )
             }
         };
+        let look = format!(
+            "SELECT (SELECT feed_position FROM feed WHERE position = $1), {waiting}, \
+             (SELECT last_position FROM feed_head WHERE id = 1)"
+        );
         self.when_numbered(|| async {
-            // One snapshot: the event's feed position if numbered, whether anything up to
-            // it still waits for a number, and the head. An event neither numbered nor
-            // waiting was numbered and pruned since.
+            // One snapshot: the event's feed position if numbered, whether it (or anything
+            // up to `through`) still waits for a number, and the head. An event neither
+            // numbered nor waiting was numbered and pruned since.
             let (numbered, waiting, head): (Option<i64>, bool, i64) = self
                 .reader()
                 .await?
-                .fetch_one(
-                    Sql::new(
-                        "SELECT (SELECT feed_position FROM feed WHERE position = $1), \
-                         EXISTS (SELECT 1 FROM feed_pending WHERE position <= $2), \
-                         (SELECT last_position FROM feed_head WHERE id = 1)",
-                    )
-                    .bind(last_event)
-                    .bind(through),
-                )
+                .fetch_one(Sql::new(look.clone()).bind(last_event).bind(through))
                 .await?;
             Ok(match (numbered, waiting) {
                 (Some(at), _) => Some(at),
