@@ -219,11 +219,15 @@ impl<D: Dialect> SqlStore<D> {
         let (head,): (i64,) = tx
             .fetch_one(Sql::new("SELECT last_position FROM feed_head WHERE id = 1"))
             .await?;
-        let waiting: Vec<(String,)> = tx
-            .fetch_all(
+        // Published at the head: no step left any citizen deferred, and nothing to read.
+        let waiting: Vec<(String,)> = if published == Some(head) {
+            Vec::new()
+        } else {
+            tx.fetch_all(
                 Sql::new("SELECT citizen_id FROM feed_pending LIMIT $1").bind(i64::from(limit) + 1),
             )
-            .await?;
+            .await?
+        };
         if published == Some(head) || waiting.len() > limit as usize {
             tx.rollback().await?;
             return Ok(DigestStep {
@@ -310,10 +314,12 @@ impl<D: Dialect> SqlStore<D> {
         // a lookup by key, where the range's scan of the queue (several hundred pages of
         // dead rows between two VACUUMs under a bulk load) by every waiting write at every
         // round made the first bulk stream after a start lag by seconds.
-        let (through, waiting) = match last_event {
+        let (through, look) = match last_event {
             Some(event) => (
                 event,
-                "EXISTS (SELECT 1 FROM feed_pending WHERE position = $2)",
+                "SELECT (SELECT feed_position FROM feed WHERE position = $1), \
+                 EXISTS (SELECT 1 FROM feed_pending WHERE position = $2), \
+                 (SELECT last_position FROM feed_head WHERE id = 1)",
             ),
             None => {
                 let (max,): (Option<i64>,) = self
@@ -323,14 +329,12 @@ impl<D: Dialect> SqlStore<D> {
                     .await?;
                 (
                     max.unwrap_or(0),
-                    "EXISTS (SELECT 1 FROM feed_pending WHERE position <= $2)",
+                    "SELECT (SELECT feed_position FROM feed WHERE position = $1), \
+                     EXISTS (SELECT 1 FROM feed_pending WHERE position <= $2), \
+                     (SELECT last_position FROM feed_head WHERE id = 1)",
                 )
             }
         };
-        let look = format!(
-            "SELECT (SELECT feed_position FROM feed WHERE position = $1), {waiting}, \
-             (SELECT last_position FROM feed_head WHERE id = 1)"
-        );
         self.when_numbered(|| async {
             // One snapshot: the event's feed position if numbered, whether it (or anything
             // up to `through`) still waits for a number, and the head. An event neither
@@ -338,7 +342,7 @@ impl<D: Dialect> SqlStore<D> {
             let (numbered, waiting, head): (Option<i64>, bool, i64) = self
                 .reader()
                 .await?
-                .fetch_one(Sql::new(look.clone()).bind(last_event).bind(through))
+                .fetch_one(Sql::new(look).bind(last_event).bind(through))
                 .await?;
             Ok(match (numbered, waiting) {
                 (Some(at), _) => Some(at),
