@@ -1530,8 +1530,8 @@ async fn postgres_indexes_compare_identifiers_byte_by_byte_under_a_vietnamese_lo
 /// catch-up empty its front, and the rounds after the last one leave dead rows on a few
 /// pages at its end: too few (under 2% of the pages) for PostgreSQL's VACUUM to clean the
 /// index by default, and the pages that keep their dead entries cannot be truncated. The
-/// queue then stayed that long, read whole by every step of the sync digest (60-160 ms a
-/// read during a SyncAccounts stream).
+/// queue then stayed that long, read whole by every step of the sync digest (46-279 ms a
+/// read in the first SyncAccounts stream after a load).
 #[tokio::test]
 async fn postgres_gives_back_the_pages_of_a_drained_event_queue() {
     let (db, store) = setup(Backend::Postgres).await;

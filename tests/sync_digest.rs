@@ -490,6 +490,18 @@ mod in_steps {
         store.sync_digest(None).await.unwrap()
     }
 
+    /// Citizens `0..n`, spread over the provinces in turn, each paid to one verified
+    /// account (citizen `n`'s is `accounts[n]`), their events numbered.
+    async fn paid_population(store: &Arc<dyn Store>, n: u32) -> Vec<Account> {
+        let mut accounts = Vec::new();
+        for n in 0..n {
+            let province = PROVINCES[(n % 3) as usize];
+            accounts.push(paid(store, &citizen(province, n), n).await);
+        }
+        number_all(store).await;
+        accounts
+    }
+
     /// Numbers every committed event without the digest's work: rounds of a busy feed.
     async fn number_all(store: &Arc<dyn Store>) {
         while store.sequence_events(1000).await.unwrap().assigned > 0 {}
@@ -528,12 +540,7 @@ mod in_steps {
         let store = db.store().await;
         // 30 citizens, 10 per province, each paid to one verified account; their events
         // numbered before any digest existed (a registry upgraded over a population).
-        let mut accounts = Vec::new();
-        for n in 0..30u32 {
-            let province = PROVINCES[(n % 3) as usize];
-            accounts.push(paid(&store, &citizen(province, n), n).await);
-        }
-        number_all(&store).await;
+        let accounts = paid_population(&store, 30).await;
         assert!(published(&store).await.is_none());
 
         // The first build: four positions and four citizens a step. Between steps, writes
@@ -611,12 +618,7 @@ mod in_steps {
     async fn a_step_defers_a_citizen_whose_change_waits_for_its_feed_position(backend: Backend) {
         let db = TestDb::new(backend).await;
         let store = db.store().await;
-        let mut accounts = Vec::new();
-        for n in 0..6u32 {
-            let province = PROVINCES[(n % 3) as usize];
-            accounts.push(paid(&store, &citizen(province, n), n).await);
-        }
-        number_all(&store).await;
+        let accounts = paid_population(&store, 6).await;
         assert!(!store.step_digest(1000).await.unwrap().behind);
         let built = every_digest(&store).await;
         assert_eq!(built[0].digest.routes, 6);

@@ -10,8 +10,8 @@
 -- stay, so do the pages that hold them, and every later VACUUM decides the same. After a
 -- 1 M-citizen load and a VACUUM ANALYZE the empty queue was 22,431 pages (175 MB) long, and
 -- each step of the sync digest, which reads the queue whole (`SELECT citizen_id FROM
--- feed_pending LIMIT n`), took 60-160 ms during a SyncAccounts stream; at a national load
--- it would have been a hundred times that.
+-- feed_pending LIMIT n`), took 46-279 ms (median 89 ms) in the first SyncAccounts stream
+-- after the load; at a national load the queue would be a hundred times that long.
 --
 -- With index cleanup always on, the VACUUM that follows the drain removes those pointers and
 -- truncates the queue to its live rows (0 pages there). Cleaning the index of a queue costs
