@@ -365,13 +365,18 @@ async fn list_access_log(
         .await
 }
 
-/// Bytes waiting in the access-log spool in `dir`.
+/// Bytes waiting in the access-log spool in `dir`. A file the drainer removes between the
+/// listing and its size has nothing waiting any more.
 fn spooled_bytes_in(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "spool"))
-        .map(|p| std::fs::metadata(p).unwrap().len())
+        .map(|p| match std::fs::metadata(&p) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => panic!("{}: {e}", p.display()),
+        })
         .sum()
 }
 
