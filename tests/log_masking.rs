@@ -380,6 +380,19 @@ mod postgres_maintenance {
             .collect()
     }
 
+    /// A test database and a store on it whose calls' statements time out after 300 ms.
+    async fn timed_store() -> (TestDb, std::sync::Arc<dyn payout_registry::store::Store>) {
+        let db = TestDb::postgres().await;
+        let store = db
+            .store_with(StoreOptions {
+                statement_timeout: Some(std::time::Duration::from_millis(300)),
+                max_connections: 4,
+                ..StoreOptions::default()
+            })
+            .await;
+        (db, store)
+    }
+
     /// Runs `work` while `held` keeps its locks for 1.3 s (then rolls its transaction
     /// back), and answers the slow-statement lines of `statement` logged meanwhile.
     async fn slow_while_held<F>(
@@ -439,7 +452,9 @@ mod postgres_maintenance {
         let app = TestApp::builder(Backend::Postgres).spawn().await;
         let resolver = app.resolver(Some(PAYER));
         let held = app.db.lock("resolution_inputs").await;
-        let call = slow_while_held(held, "resolution_inputs", async move {
+        // The lookup's own statement: other tests' slow reads of the table are INFO.
+        let lookup = "FROM resolution_inputs WHERE citizen_id = ";
+        let call = slow_while_held(held, lookup, async move {
             let mut resolver = resolver;
             resolver
                 .resolve(ResolveRequest {
@@ -464,14 +479,7 @@ mod postgres_maintenance {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_check_whose_whole_table_reads_outlast_the_statement_timeout_completes_and_logs_information(
     ) {
-        let db = TestDb::postgres().await;
-        let store = db
-            .store_with(StoreOptions {
-                statement_timeout: Some(std::time::Duration::from_millis(300)),
-                max_connections: 4,
-                ..StoreOptions::default()
-            })
-            .await;
+        let (db, store) = timed_store().await;
         // The same limit stops a call's read behind the same lock.
         let s = store.clone();
         let held = db.lock("account_history").await;
@@ -512,5 +520,42 @@ mod postgres_maintenance {
                 "{what}: {lines:?}"
             );
         }
+    }
+
+    /// A full check's last read, the search for the read model's rows still in the JSON
+    /// form of before migration 0018, scans the whole model where none is left: it too
+    /// runs without the calls' statement timeout. The model's table is locked once the
+    /// check has passed it, while the check waits on a lock held on `account_history`
+    /// (its references), so that only the search waits on it, for over a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checks_search_for_rows_of_the_old_form_outlasts_the_statement_timeout() {
+        let (db, store) = timed_store().await;
+        let logs = captured();
+        let references = db.lock("account_history").await;
+        let s = store.clone();
+        let check = tokio::spawn(async move { s.check_resolution_model(None, false).await });
+        let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                       AND query LIKE '%account_history%' AND pid <> pg_backend_pid()";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while db.count(waiting).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the check never reached its references"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let model = db.lock("resolution_inputs").await;
+        references.close().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        model.close().await.unwrap();
+        let report = check
+            .await
+            .unwrap()
+            .expect("a full check whose last read waited 1.5 s");
+        assert!(report.references_checked);
+        assert_eq!(report.legacy_rows, 0);
+        let lines = slow_lines(logs, "preferences IS NOT NULL");
+        assert!(!lines.is_empty(), "the search did not wait on the lock");
+        assert!(lines.iter().all(|l| l["level"] == "INFO"), "{lines:?}");
     }
 }
