@@ -156,6 +156,7 @@ impl App {
             clock: Arc::new(Timestamp::now),
             access,
             sync_batches_in_flight: settings.sync_batches_in_flight,
+            sync_batch_records: settings.sync_batch_records,
             unary_writes: Arc::new(crate::grpc::priority::UnaryWrites::new(
                 std::time::Duration::from_millis(settings.sync_yield_window_ms),
             )),

@@ -39,6 +39,7 @@ on_both_backends!(
     batch_resolve_slows_down_for_a_slow_reader_instead_of_buffering,
     the_streams_require_their_scopes,
     a_stream_beside_unary_writes_commits_small_batches_one_at_a_time,
+    a_stream_commits_batches_of_at_most_the_configured_size,
 );
 
 fn cid(n: u32) -> String {
@@ -1363,6 +1364,31 @@ fn batch_sizes(acks: &[SyncBatchResult]) -> Vec<u64> {
             size
         })
         .collect()
+}
+
+/// `sync_batch_records` bounds every transaction of a stream (here 400, yielding off);
+/// the default of 1,000 commits a stream sent at once in larger batches (the test
+/// below).
+async fn a_stream_commits_batches_of_at_most_the_configured_size(backend: Backend) {
+    let app = TestApp::builder(backend)
+        .configure(|s| {
+            s.sync_batch_records = 400;
+            s.sync_yield_window_ms = 0;
+        })
+        .spawn()
+        .await;
+    let records: Vec<CitizenRecord> = (0..2000)
+        .map(|n| citizen(&format!("b{n:05}"), 1, n, "Đỗ Văn Hùng"))
+        .collect();
+    let sizes = batch_sizes(&sync_citizens(&app, records).await);
+    assert_eq!(sizes.iter().sum::<u64>(), 2000);
+    assert!(sizes.iter().all(|&n| n <= 400), "{sizes:?}");
+    assert!(sizes.len() >= 5, "{sizes:?}");
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM citizens").await,
+        2000,
+        "every record applied"
+    );
 }
 
 async fn a_stream_beside_unary_writes_commits_small_batches_one_at_a_time(backend: Backend) {

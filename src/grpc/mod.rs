@@ -46,6 +46,8 @@ pub struct AppState {
     /// Batch transactions of one sync stream running at once (one while unary writes
     /// arrive: `unary_writes`).
     pub sync_batches_in_flight: usize,
+    /// Most records of a sync stream per transaction (`sync_batch_records`).
+    pub sync_batch_records: usize,
     /// When this instance last admitted a unary write: sync streams yield to them.
     pub unary_writes: Arc<priority::UnaryWrites>,
     /// Rate limits and the in-flight limit.

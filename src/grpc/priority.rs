@@ -1,7 +1,7 @@
 //! Unary writes before bulk batches.
 //!
-//! A sync stream keeps up to `sync_batches_in_flight` batch transactions of up to 1,000
-//! records running at once. Every commit waits for the WAL flush, and a unary write's
+//! A sync stream keeps up to `sync_batches_in_flight` batch transactions of up to
+//! `sync_batch_records` (1,000 by default) records running at once. Every commit waits for the WAL flush, and a unary write's
 //! commit (and the sequencer's round that numbers its event) waits behind the bulk
 //! batches' WAL. So while unary writes are arriving, a sync stream runs one batch at a
 //! time, of 250 records (`population::YIELDING_BATCH`), and it goes back to its
