@@ -1,15 +1,14 @@
 //! `PopulationSyncService`: bulk streams of citizens' facts and declared accounts from the
 //! population platform.
 //!
-//! Both RPCs run the same loop: read up to `sync_batch_records` records (1,000 by
-//! default), validate each (a bad one is rejected alone), apply the batch in one
-//! transaction, then acknowledge it with the last record committed and the counts so
-//! far. The acknowledgement is sent only
-//! after the commit, so everything up to it is durable. The registry's per-record ledger
-//! makes anything sent again after a cut stream change nothing: the same version of a
-//! record is answered with the outcome recorded the first time (APPLIED, or REJECTED with
-//! the same reason, field and message), so the refusals of batches committed after the
-//! last acknowledgement still reach the client; an older version is STALE.
+//! Both RPCs run the same loop: read up to `sync_batch_records` records (1,000 by default),
+//! validate each (a bad one is rejected alone), apply the batch in one transaction, then
+//! acknowledge it with the last record committed and the counts so far. The acknowledgement
+//! is sent only after the commit, so everything up to it is durable. The registry's
+//! per-record ledger makes anything sent again after a cut stream change nothing: the same
+//! version of a record is answered with the outcome recorded the first time (APPLIED, or
+//! REJECTED with the same reason, field and message), so the refusals of batches committed
+//! after the last acknowledgement still reach the client; an older version is STALE.
 
 use std::pin::Pin;
 use std::time::Duration;

@@ -1,13 +1,13 @@
 //! Unary writes before bulk batches.
 //!
 //! A sync stream keeps up to `sync_batches_in_flight` batch transactions of up to
-//! `sync_batch_records` (1,000 by default) records running at once. Every commit waits for the WAL flush, and a unary write's
-//! commit (and the sequencer's round that numbers its event) waits behind the bulk
-//! batches' WAL. So while unary writes are arriving, a sync stream runs one batch at a
-//! time, of 250 records (`population::YIELDING_BATCH`), and it goes back to its
-//! configured shape once none has been admitted for a window (`sync_yield_window_ms`). A
-//! load that runs alone keeps its full rate; a load beside payers' writes gives up part
-//! of it to their feed lag.
+//! `sync_batch_records` (1,000 by default) records running at once. Every commit waits for
+//! the WAL flush, and a unary write's commit (and the sequencer's round that numbers its
+//! event) waits behind the bulk batches' WAL. So while unary writes are arriving, a sync
+//! stream runs one batch at a time, of 250 records (`population::YIELDING_BATCH`), and it
+//! goes back to its configured shape once none has been admitted for a window
+//! (`sync_yield_window_ms`). A load that runs alone keeps its full rate; a load beside
+//! payers' writes gives up part of it to their feed lag.
 //!
 //! Measured on two cores (the registry, PostgreSQL and both load generators on them),
 //! a 120 k-record SyncAccounts stream beside 50 LinkAccounts/s, alternated: p99 from a
