@@ -534,10 +534,9 @@ mod postgres_maintenance {
         let references = db.lock("account_history").await;
         let s = store.clone();
         let check = tokio::spawn(async move { s.check_resolution_model(None, false).await });
-        let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                       AND query LIKE '%account_history%' AND pid <> pg_backend_pid()";
+        // This database's backends only: the test beside it locks the same table.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while db.count(waiting).await == 0 {
+        while db.lock_waiters("%account_history%").await == 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the check never reached its references"

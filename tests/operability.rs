@@ -653,29 +653,6 @@ async fn stalled_database() {
     app.stop().await;
 }
 
-/// Backends of the test database waiting for a lock right now.
-async fn lock_waiters(app: &TestApp) -> i64 {
-    lock_waiters_running(app, "%").await
-}
-
-/// Backends of the test database waiting for a lock right now, running a statement
-/// whose text is `LIKE` `query`.
-async fn lock_waiters_running(app: &TestApp, query: &str) -> i64 {
-    let name = app.db.name().unwrap();
-    let mut c = sqlx::PgConnection::connect(&common::pg_admin_url())
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' \
-         AND query LIKE $2",
-    )
-    .bind(name)
-    .bind(query)
-    .fetch_one(&mut c)
-    .await
-    .unwrap()
-}
-
 async fn deadline_reaches_the_database() {
     // The statement timeout is long; the client's deadline is what must stop the wait.
     let app = TestApp::builder(Backend::Postgres)
@@ -703,11 +680,11 @@ async fn deadline_reaches_the_database() {
     assert!(started.elapsed() < Duration::from_secs(2));
     // What matters to the database: the statement waiting for the lock was stopped at
     // the call's deadline, not after the 20 s statement timeout.
-    let mut waiting = lock_waiters(&app).await;
+    let mut waiting = app.db.lock_waiters("%").await;
     let watch = Instant::now();
     while waiting > 0 && watch.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        waiting = lock_waiters(&app).await;
+        waiting = app.db.lock_waiters("%").await;
     }
     assert_eq!(
         waiting,
@@ -754,7 +731,7 @@ async fn stalled_scrapes() {
             started.elapsed()
         );
     }
-    let waiting = lock_waiters_running(&app, "%feed_pending LIMIT%").await;
+    let waiting = app.db.lock_waiters("%feed_pending LIMIT%").await;
     assert_eq!(
         waiting, 1,
         "gauge queries waiting behind the lock after 4 scrapes"

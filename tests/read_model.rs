@@ -560,10 +560,8 @@ mod postgres_json_rows {
         let store = app.store.clone();
         let repair = tokio::spawn(async move { store.check_resolution_model(None, true).await });
         // The check has read the JSON row and waits for the writer's lock to rewrite it.
-        let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                       AND wait_event_type = 'Lock' AND query LIKE 'UPDATE resolution_inputs%'";
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while app.db.count(waiting).await == 0 {
+        while app.db.lock_waiters("UPDATE resolution_inputs%").await == 0 {
             if repair.is_finished() {
                 panic!("the check did not wait for the writer: {:?}", repair.await);
             }

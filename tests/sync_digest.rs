@@ -494,9 +494,9 @@ mod in_steps {
     /// account (citizen `n`'s is `accounts[n]`), their events numbered.
     async fn paid_population(store: &Arc<dyn Store>, n: u32) -> Vec<Account> {
         let mut accounts = Vec::new();
-        for n in 0..n {
-            let province = PROVINCES[(n % 3) as usize];
-            accounts.push(paid(store, &citizen(province, n), n).await);
+        for i in 0..n {
+            let province = PROVINCES[(i % 3) as usize];
+            accounts.push(paid(store, &citizen(province, i), i).await);
         }
         number_all(store).await;
         accounts

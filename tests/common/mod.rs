@@ -189,6 +189,22 @@ impl TestDb {
         }
     }
 
+    /// Backends of this (PostgreSQL) database waiting for a lock right now, running a
+    /// statement whose text is `LIKE` `query`.
+    pub async fn lock_waiters(&self, query: &str) -> i64 {
+        let mut c = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect");
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE $1",
+        )
+        .bind(query)
+        .fetch_one(&mut c)
+        .await
+        .expect("pg_stat_activity")
+    }
+
     /// Counts rows with raw SQL (`SELECT COUNT(*) ...`).
     pub async fn count(&self, sql: &str) -> i64 {
         match self.backend {
