@@ -604,6 +604,10 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
             .map(|u| u.expose().to_owned())
             .collect(),
         replica_max_lag: settings.replica_max_lag,
+        model_format: match settings.resolution_model_format {
+            1 => crate::store::ModelFormat::First,
+            _ => crate::store::ModelFormat::Compact,
+        },
     };
     let store = crate::store::connect(settings.database_url.expose(), options).await?;
     store.migrate().await?;

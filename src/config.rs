@@ -68,6 +68,11 @@ pub struct Settings {
     /// cache true); 0 turns the cache off. About 1.4 KB of memory per cached citizen
     /// (measured: 1 M entries, 1.4 GiB RSS): size it with the pod's memory limit.
     pub resolution_cache_entries: u64,
+    /// The form this instance writes the resolution read model's rows in: 2, the compact
+    /// form (the default), or 1, the first binary form. Every instance reads both. Set 1
+    /// while a rolling update replaces instances older than the compact form (they read
+    /// only 1), then 2 with the next rollout.
+    pub resolution_model_format: u8,
     /// Where the embedded database and the development token live.
     pub data_dir: PathBuf,
     /// Plain-text gRPC is refused on non-loopback addresses unless this is set (or `[tls]`
@@ -312,6 +317,7 @@ impl Default for Settings {
             read_database_urls: Vec::new(),
             replica_max_lag: 10_000,
             resolution_cache_entries: 250_000,
+            resolution_model_format: 2,
             data_dir: PathBuf::from("data"),
             allow_plaintext_non_loopback: false,
             tls: None,
@@ -404,6 +410,12 @@ impl Settings {
             return bad(format!(
                 "sync_batches_in_flight must be between 1 and 16, not {}",
                 self.sync_batches_in_flight
+            ));
+        }
+        if !(1..=2).contains(&self.resolution_model_format) {
+            return bad(format!(
+                "resolution_model_format must be 1 or 2, not {}",
+                self.resolution_model_format
             ));
         }
         if !(250..=10_000).contains(&self.sync_batch_records) {
@@ -524,6 +536,18 @@ mod tests {
             );
         }
         assert!(load_toml("sync_batches_in_flight = 1\n").is_ok());
+    }
+
+    #[test]
+    fn a_resolution_model_format_other_than_1_or_2_is_refused_at_start_up() {
+        for bad in [0, 3] {
+            assert_refused_naming(
+                &format!("resolution_model_format = {bad}\n"),
+                "resolution_model_format",
+            );
+        }
+        assert_eq!(Settings::default().resolution_model_format, 2);
+        assert!(load_toml("resolution_model_format = 1\n").is_ok());
     }
 
     #[test]

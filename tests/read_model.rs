@@ -18,6 +18,7 @@ on_both_backends!(
     check_is_clean_after_a_mixed_workload_and_finds_and_repairs_every_tampered_row,
     an_upgraded_database_gets_its_read_model_built_by_the_migration_step,
     check_finds_every_broken_reference_between_the_source_tables,
+    a_rolling_update_writes_the_first_form_until_every_instance_reads_the_compact_one,
 );
 
 /// Citizens written one record at a time, on top of a synced demo population.
@@ -35,6 +36,16 @@ fn key() -> String {
 /// Links a Vietcombank account, verified in person at link time unless `verified` is
 /// false; answers its id.
 async fn link(app: &TestApp, citizen: &str, number: &str, verified: bool) -> String {
+    link_with(app.registry(Some(ADMIN)), citizen, number, verified).await
+}
+
+/// [`link`] through `registry`.
+async fn link_with(
+    mut registry: common::Registry,
+    citizen: &str,
+    number: &str,
+    verified: bool,
+) -> String {
     let request = LinkAccountRequest {
         idempotency_key: key(),
         citizen_id: citizen.into(),
@@ -49,7 +60,7 @@ async fn link(app: &TestApp, citizen: &str, number: &str, verified: bool) -> Str
         reason: "declared at the commune office".into(),
         ..Default::default()
     };
-    let response = app.registry(Some(ADMIN)).link_account(request).await;
+    let response = registry.link_account(request).await;
     response
         .expect("link")
         .into_inner()
@@ -68,8 +79,16 @@ async fn prefer(app: &TestApp, default: &str, pension: &str) {
 /// The payer's answer for `citizen`, without the instant asked about and the feed
 /// position, which move on while the answer stays the same.
 async fn resolved(app: &TestApp, citizen: &str, program: &str) -> ResolveResponse {
-    let mut response = app
-        .resolver(Some(PAYER))
+    resolved_with(app.resolver(Some(PAYER)), citizen, program).await
+}
+
+/// [`resolved`] through `resolver`.
+async fn resolved_with(
+    mut resolver: common::Resolver,
+    citizen: &str,
+    program: &str,
+) -> ResolveResponse {
+    let mut response = resolver
         .resolve(ResolveRequest {
             citizen_id: citizen.into(),
             program_code: program.into(),
@@ -324,6 +343,113 @@ async fn an_upgraded_database_gets_its_read_model_built_by_the_migration_step(ba
     app.stop().await;
 }
 
+/// The first byte of MOVED's row of the model: the form it is in.
+async fn form_of_moved(app: &TestApp) -> i64 {
+    let first_byte = match app.db.backend {
+        Backend::Postgres => "get_byte(inputs, 0)::bigint",
+        Backend::Sqlite => "CAST(hex(substr(inputs, 1, 1)) AS INTEGER)",
+    };
+    app.db
+        .count(&format!(
+            "SELECT {first_byte} FROM resolution_inputs WHERE citizen_id = '{MOVED}'"
+        ))
+        .await
+}
+
+/// A rolling update from instances that read only the first binary form: the new ones run
+/// with `resolution_model_format = 1` and write that form; an instance writing the
+/// compact form (the next rollout) answers the same from those rows, and the first
+/// instance the same from compact rows. `check --repair` compacts the rows of the first
+/// form, and so does a citizen's next write by a compact instance. Without the setting a
+/// new instance would write rows the old ones cannot read.
+async fn a_rolling_update_writes_the_first_form_until_every_instance_reads_the_compact_one(
+    backend: Backend,
+) {
+    let app = TestApp::builder(backend)
+        .configure(|s| {
+            s.resolution_cache_entries = 0;
+            s.resolution_model_format = 1;
+        })
+        .spawn()
+        .await;
+    // Two preferences, the default one changed (its previous account paid during
+    // cooling-off): every part of a row.
+    let first = link(&app, MOVED, "0071007000011", true).await;
+    let second = link(&app, MOVED, "0071007000012", true).await;
+    prefer(&app, &second, &first).await;
+    assert_eq!(form_of_moved(&app).await, 1, "written in the first form");
+    let default = resolved(&app, MOVED, "").await;
+    let pension = resolved(&app, MOVED, "PENSION").await;
+    assert!(default.cooling_off, "{default:?}");
+    assert_eq!(pension.outcome(), ResolveOutcome::Resolved);
+
+    let compact = app
+        .another_instance_with(|s| s.resolution_model_format = 2)
+        .await;
+    let on_compact = || common::resolver_on(compact.channel(), Some(PAYER));
+    let both_answer_as_before = || async {
+        for program in ["", "PENSION"] {
+            let expected = if program.is_empty() {
+                &default
+            } else {
+                &pension
+            };
+            assert_eq!(&resolved_with(on_compact(), MOVED, program).await, expected);
+            assert_eq!(&resolved(&app, MOVED, program).await, expected);
+        }
+    };
+    both_answer_as_before().await;
+    assert_eq!(form_of_moved(&app).await, 1, "reading rewrites nothing");
+
+    // Once every instance reads the compact form, `check --repair` (compact, as the
+    // default) rewrites the rows of the first form, online, with the same content.
+    let in_first_form = app
+        .db
+        .count(&format!(
+            "SELECT COUNT(*) FROM resolution_inputs WHERE {}",
+            match backend {
+                Backend::Postgres => "get_byte(inputs, 0) = 1",
+                Backend::Sqlite => "hex(substr(inputs, 1, 1)) = '01'",
+            }
+        ))
+        .await;
+    assert!(in_first_form >= 1);
+    let (ok, out) = check_binary(&app, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "first binary form): {in_first_form} found, 0 rewritten"
+        )),
+        "{out}"
+    );
+    let (ok, out) = check_binary(&app, &["--repair"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "first binary form): {in_first_form} found, {in_first_form} rewritten"
+        )),
+        "{out}"
+    );
+    assert_eq!(form_of_moved(&app).await, 2, "rewritten by check --repair");
+    both_answer_as_before().await;
+
+    // Or a citizen's next write by a compact instance rewrites its row. (Accounts not yet
+    // verified: the answers stay.)
+    link(&app, MOVED, "0071007000013", false).await;
+    assert_eq!(form_of_moved(&app).await, 1, "written in the first form");
+    let registry = common::registry_on(compact.channel(), Some(ADMIN));
+    link_with(registry, MOVED, "0071007000014", false).await;
+    assert_eq!(
+        form_of_moved(&app).await,
+        2,
+        "rewritten in the compact form"
+    );
+    both_answer_as_before().await;
+    assert_eq!(check(&app, false).await.differences, vec![]);
+    drop(compact);
+    app.stop().await;
+}
+
 /// What the write path never writes, written behind its back: `check` names each broken
 /// rule, how many rows break it and their citizens (masked by the command), and fails;
 /// `--repair` does not hide it. On PostgreSQL no foreign key refuses these rows any more
@@ -512,7 +638,9 @@ mod postgres_json_rows {
         let (ok, out) = check_binary(&app, &["--repair"]);
         assert!(ok, "{out}");
         assert!(
-            out.contains("JSON form of before migration 0018: 1 found, 1 rewritten"),
+            out.contains(
+                "JSON of before migration 0018, or the first binary form): 1 found, 1 rewritten"
+            ),
             "{out}"
         );
         assert_eq!(form(&app).await, (0, 1), "rewritten by check --repair");

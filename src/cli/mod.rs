@@ -117,8 +117,9 @@ pub enum Command {
         #[arg(long)]
         sample: Option<u64>,
         /// Rewrite each differing row from the source tables, under its citizen's lock;
-        /// a full check also rewrites rows still in the JSON form of before migration
-        /// 0018 in the binary form (same content, online).
+        /// a full check also rewrites rows in an older form (the JSON of before
+        /// migration 0018, or the first binary form) in the compact form (same content,
+        /// online).
         #[arg(long)]
         repair: bool,
     },

@@ -117,8 +117,8 @@ pub async fn check(config: Option<&Path>, sample: Option<u64>, repair: bool) -> 
     );
     if sample.is_none() {
         println!(
-            "rows in the JSON form of before migration 0018: {} found, {} rewritten in the \
-             binary form",
+            "rows in an older form (the JSON of before migration 0018, or the first binary \
+             form): {} found, {} rewritten in this instance's form",
             report.legacy_rows, report.rewritten
         );
     }

@@ -83,7 +83,8 @@ impl<D: Dialect> SqlStore<D> {
                 if let Ok(answer) = &result {
                     // The citizen's row of the resolution read model commits with the
                     // change.
-                    refresh(&mut tx, &[answer.account.citizen_id.as_str()]).await?;
+                    let citizen = answer.account.citizen_id.as_str();
+                    refresh(&mut tx, self.options.model_format, &[citizen]).await?;
                 }
                 remember(&mut tx, ctx, &stored).await?;
                 Ok(Ok(result))

@@ -134,10 +134,11 @@ pub struct ModelCheck {
     pub differences: Vec<ModelDifference>,
     /// Citizens whose rows were rewritten from the source tables (with `repair`).
     pub repaired: u64,
-    /// Rows still in the JSON form of before migration 0018, found by a full check
-    /// (they answer as the binary form does, but are larger and slower to decode).
+    /// Rows in a form older than the one this instance writes (the JSON of before
+    /// migration 0018, or the first binary form), found by a full check (they answer as
+    /// the compact form does, but are larger and slower to decode).
     pub legacy_rows: u64,
-    /// Of those, rows rewritten in the binary form (with `repair`).
+    /// Of those, rows rewritten in this instance's form (with `repair`).
     pub rewritten: u64,
     /// Whether the references between the source tables were checked (a full check
     /// does; a sample does not).
@@ -353,6 +354,20 @@ pub struct StoreOptions {
     /// Most feed positions a replica may trail this instance's followed position and
     /// still be read.
     pub replica_max_lag: u64,
+    /// The form this instance writes the resolution read model's rows in.
+    pub model_format: ModelFormat,
+}
+
+/// The form of the resolution read model's rows a writer writes (`inputs`' first byte;
+/// `store/resolution_model.rs`). Every instance reads both; `First` is for a rolling
+/// upgrade from instances that read only it, until they are all replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelFormat {
+    /// Each account snapshot in full (format 1).
+    First,
+    /// The compact form (format 2): a row about two thirds of the first form's size.
+    #[default]
+    Compact,
 }
 
 impl Default for StoreOptions {
@@ -365,6 +380,7 @@ impl Default for StoreOptions {
             resolution_cache_entries: 0,
             read_urls: Vec::new(),
             replica_max_lag: 10_000,
+            model_format: ModelFormat::default(),
         }
     }
 }

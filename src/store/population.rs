@@ -15,7 +15,8 @@ use super::resolution_model::{refresh, set_statuses};
 use super::sql::{text_keys, Sql};
 use super::sql_store::SqlStore;
 use super::{
-    corrupt, BatchApplied, CitizenRecord, CitizenUpsert, StoreError, StoreResult, WriteContext,
+    corrupt, BatchApplied, CitizenRecord, CitizenUpsert, ModelFormat, StoreError, StoreResult,
+    WriteContext,
 };
 use crate::domain::planner::{AccountKeyTuple, Loaded, SyncRecord, SyncStream, Work};
 use crate::domain::{CitizenId, CitizenStatus, LegacyId, RecordOutcome, SyncCitizen};
@@ -80,9 +81,11 @@ impl<D: Dialect> SqlStore<D> {
             let written = match write_work(&mut tx, ctx, &work).await {
                 // The changed citizens' rows of the resolution read model commit with
                 // the batch.
-                Ok(Some(last_event)) => update_model(&mut tx, stream, &citizens, &work)
-                    .await
-                    .map(|()| Some(last_event)),
+                Ok(Some(last_event)) => {
+                    update_model(&mut tx, self.options.model_format, stream, &citizens, &work)
+                        .await
+                        .map(|()| Some(last_event))
+                }
                 other => other,
             };
             let last_event = match written {
@@ -195,6 +198,7 @@ impl<D: Dialect> SqlStore<D> {
 /// the holders of the accounts and defaults it wrote (a citizens batch writes none).
 async fn update_model<D: Dialect>(
     tx: &mut Tx<D>,
+    format: ModelFormat,
     stream: SyncStream,
     batch: &[CitizenId],
     work: &Work,
@@ -209,7 +213,7 @@ async fn update_model<D: Dialect>(
             .iter()
             .map(|c| (c.citizen_id.as_str(), c.state.status))
             .collect();
-        set_statuses(tx, &statuses).await?;
+        set_statuses(tx, format, &statuses).await?;
     }
     reread.extend(
         work.accounts
@@ -224,5 +228,5 @@ async fn update_model<D: Dialect>(
     );
     reread.sort_unstable();
     reread.dedup();
-    refresh(tx, &reread).await
+    refresh(tx, format, &reread).await
 }

@@ -908,8 +908,14 @@ impl TestApp {
     /// Another instance of the registry over the same database, built from the same
     /// settings (plain text on loopback), stopped when dropped.
     pub async fn another_instance(&self) -> Instance {
+        self.another_instance_with(|_| {}).await
+    }
+
+    /// [`TestApp::another_instance`], its settings changed by `f` first.
+    pub async fn another_instance_with(&self, f: impl FnOnce(&mut Settings)) -> Instance {
         let mut settings = self.settings.clone();
         settings.tls = None;
+        f(&mut settings);
         let app = App::build(&settings)
             .await
             .expect("a second instance builds");
