@@ -343,15 +343,20 @@ async fn an_upgraded_database_gets_its_read_model_built_by_the_migration_step(ba
     app.stop().await;
 }
 
-/// The first byte of MOVED's row of the model: the form it is in.
-async fn form_of_moved(app: &TestApp) -> i64 {
-    let first_byte = match app.db.backend {
+/// A model row's form (the first byte of its `inputs`) as an integer, in `backend`'s SQL.
+fn form_sql(backend: Backend) -> &'static str {
+    match backend {
         Backend::Postgres => "get_byte(inputs, 0)::bigint",
         Backend::Sqlite => "CAST(hex(substr(inputs, 1, 1)) AS INTEGER)",
-    };
+    }
+}
+
+/// The form of MOVED's row of the model.
+async fn form_of_moved(app: &TestApp) -> i64 {
     app.db
         .count(&format!(
-            "SELECT {first_byte} FROM resolution_inputs WHERE citizen_id = '{MOVED}'"
+            "SELECT {} FROM resolution_inputs WHERE citizen_id = '{MOVED}'",
+            form_sql(app.db.backend)
         ))
         .await
 }
@@ -406,11 +411,8 @@ async fn a_rolling_update_writes_the_first_form_until_every_instance_reads_the_c
     let in_first_form = app
         .db
         .count(&format!(
-            "SELECT COUNT(*) FROM resolution_inputs WHERE {}",
-            match backend {
-                Backend::Postgres => "get_byte(inputs, 0) = 1",
-                Backend::Sqlite => "hex(substr(inputs, 1, 1)) = '01'",
-            }
+            "SELECT COUNT(*) FROM resolution_inputs WHERE {} = 1",
+            form_sql(backend)
         ))
         .await;
     assert!(in_first_form >= 1);
