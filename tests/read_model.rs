@@ -691,7 +691,7 @@ mod postgres_json_rows {
         let repair = tokio::spawn(async move { store.check_resolution_model(None, true).await });
         // The check has read the JSON row and waits for the writer's lock to rewrite it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while app.db.lock_waiters("UPDATE resolution_inputs%").await == 0 {
+        while app.db.lock_waiters("%UPDATE resolution_inputs%").await == 0 {
             if repair.is_finished() {
                 panic!("the check did not wait for the writer: {:?}", repair.await);
             }

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::dialect::{insert_rows, Dialect, Handle, Session, Tx, LOOKUP_CHUNK};
+use super::dialect::{insert_rows, row_statements, Dialect, Handle, Session, Tx, LOOKUP_CHUNK};
 use super::rows::{citizen_status, AccountRow};
-use super::sql::{text_keys, Sql, Val};
+use super::sql::{text_keys, Row, Sql, Val};
 use super::sql_store::SqlStore;
 use super::{corrupt, ModelCheck, ModelDifference, ModelFormat, StoreResult};
 use crate::domain::{Account, AccountStatus, CitizenStatus, StoredPreference, Timestamp};
@@ -549,6 +549,17 @@ async fn source_inputs<D: Dialect, C: Handle<D>>(
 /// How many citizens `check` and the first build handle per transaction.
 const CHECK_CHUNK: i64 = 1000;
 
+/// The rewrite of rows of an older form (`legacy_rows`), around a relation of
+/// (citizen id, new inputs, JSON read, inputs read): a row is rewritten only if it still
+/// holds the JSON it was read with, or, read in a binary form, still holds those bytes.
+/// A writer that refreshed the row meanwhile keeps its row.
+const REWRITE_HEAD: &str = "WITH v (citizen_id, inputs, old_json, old_inputs) AS (";
+const REWRITE_TAIL: &str = ") UPDATE resolution_inputs SET inputs = v.inputs, preferences = NULL \
+     FROM v WHERE resolution_inputs.citizen_id = v.citizen_id \
+     AND (resolution_inputs.preferences = v.old_json \
+     OR (v.old_json IS NULL AND resolution_inputs.preferences IS NULL \
+     AND resolution_inputs.inputs = v.old_inputs))";
+
 impl<D: Dialect> SqlStore<D> {
     /// Builds the read model from the source tables if it has never been built (an
     /// upgraded database): in citizen-id order, each chunk under its citizens' row locks,
@@ -728,27 +739,22 @@ impl<D: Dialect> SqlStore<D> {
             if !rewrite {
                 continue;
             }
-            let mut tx = Tx::<D>::begin_write(&self.write).await?;
-            for (citizen, json, inputs) in &rows {
+            let mut rewrites = Vec::with_capacity(rows.len());
+            for (citizen, json, inputs) in rows {
                 // The status is not rewritten; any will do to decode.
-                let row = model_row(citizen, String::new(), json.as_deref(), inputs.as_deref())?;
-                let encoded = Val::Bytes(Some(encode(format, citizen, &row.preferences)?));
-                let update = match (json, inputs) {
-                    (Some(json), _) => Sql::new(
-                        "UPDATE resolution_inputs SET inputs = $1, preferences = NULL \
-                         WHERE citizen_id = $2 AND preferences = $3",
-                    )
-                    .bind(encoded)
-                    .bind(citizen.as_str())
-                    .bind(json.as_str()),
-                    (None, inputs) => Sql::new(
-                        "UPDATE resolution_inputs SET inputs = $1 \
-                         WHERE citizen_id = $2 AND inputs = $3",
-                    )
-                    .bind(encoded)
-                    .bind(citizen.as_str())
-                    .bind(Val::Bytes(inputs.clone())),
-                };
+                let row = model_row(&citizen, String::new(), json.as_deref(), inputs.as_deref())?;
+                let encoded = encode(format, &citizen, &row.preferences)?;
+                rewrites.push(Row(vec![
+                    Val::Text(Some(citizen)),
+                    Val::Bytes(Some(encoded)),
+                    Val::Text(json),
+                    Val::Bytes(inputs),
+                ]));
+            }
+            // Set-based: one statement per chunk (per bound-parameter limit on SQLite),
+            // each row guarded by the value it was read with, JSON or bytes.
+            let mut tx = Tx::<D>::begin_write(&self.write).await?;
+            for update in row_statements::<D>(REWRITE_HEAD, REWRITE_TAIL, rewrites)? {
                 rewritten += tx.execute(update).await?;
             }
             tx.commit().await?;
