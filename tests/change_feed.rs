@@ -758,3 +758,79 @@ mod postgres_instances {
         }
     }
 }
+
+/// SQLite only: the change feed's planner statistics.
+mod sqlite_feed_statistics {
+    use super::*;
+    use sqlx::Connection;
+
+    /// The sequencer's statements that delete from `events` (the retention prune) and from
+    /// `feed_pending` (numbering), as SQLite plans them on a new connection.
+    async fn delete_plans(app: &TestApp) -> Vec<String> {
+        let mut conn = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        let mut details = Vec::new();
+        for statement in [
+            "DELETE FROM events WHERE position IN (SELECT position FROM feed \
+             WHERE feed_position > 1 AND feed_position <= 2)",
+            "DELETE FROM feed_pending WHERE position IN (SELECT position FROM feed \
+             WHERE feed_position > 1 AND feed_position <= 2) RETURNING citizen_id",
+        ] {
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {statement}"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+            details.extend(rows.into_iter().map(|(_, _, _, detail)| detail));
+        }
+        details
+    }
+
+    /// Statistics taken while the feed was small (here written as if ten rows were
+    /// counted; an ANALYZE of the test's few events records as few) make SQLite scan `events` and `feed_pending` to delete a few rows from
+    /// them, however far the feed has grown since. The sequencer's refresh leaves the
+    /// feed's tables no statistics to go stale (on SQLite an ANALYZE of them counts every
+    /// index entry while holding the one writer: seconds at millions of events, failing
+    /// the writes that wait), and SQLite then deletes by key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_feeds_statistics_refresh_leaves_sqlite_none_to_go_stale() {
+        let app = TestApp::spawn(Backend::Sqlite).await;
+        // A few events, numbered: an ANALYZE of the feed would now record a small feed.
+        for n in 0..3 {
+            change(&app, n).await;
+        }
+        for statement in [
+            "ANALYZE sqlite_schema",
+            "DELETE FROM sqlite_stat1 WHERE tbl IN ('events', 'feed', 'feed_pending')",
+            "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES \
+             ('events', 'sqlite_autoindex_events_1', '10 1'), \
+             ('feed', 'sqlite_autoindex_feed_1', '10 1'), ('feed_pending', NULL, '10')",
+        ] {
+            app.db.execute_raw(statement).await.expect(statement);
+        }
+        let stale = delete_plans(&app).await;
+        assert!(
+            stale.iter().any(|d| d == "SCAN events")
+                && stale.iter().any(|d| d == "SCAN feed_pending"),
+            "statistics of a small feed make SQLite scan: {stale:?}"
+        );
+
+        app.store.analyze_feed().await.expect("refresh");
+        assert_eq!(
+            app.db
+                .count("SELECT COUNT(*) FROM sqlite_stat1 WHERE tbl IN ('events', 'feed', 'feed_pending')")
+                .await,
+            0,
+            "no statistics of the feed's tables are left"
+        );
+        let plans = delete_plans(&app).await;
+        for table in ["events", "feed_pending"] {
+            assert!(
+                plans.contains(&format!(
+                    "SEARCH {table} USING INTEGER PRIMARY KEY (rowid=?)"
+                )),
+                "{table} deleted from by key: {plans:?}"
+            );
+        }
+        app.stop().await;
+    }
+}

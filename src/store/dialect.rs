@@ -60,6 +60,11 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// reads where, left alone, it would read every row while holding the only writer.
     const ANALYZE_PREAMBLE: &'static [&'static str];
 
+    /// Where the change feed's planner statistics are not sampled as it grows: the
+    /// statements that remove them instead (run in one write transaction), so that the
+    /// planner keeps its defaults. Empty where the feed's tables are `ANALYZE`d.
+    const FEED_STATISTICS_FORGOTTEN: &'static [&'static str];
+
     /// Run on a connection of its own, outside any transaction, to reclaim the rows the
     /// sequencer has deleted from its queue (`feed_pending`); empty where a deleted row
     /// leaves nothing behind.

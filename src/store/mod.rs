@@ -725,7 +725,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Refreshes the planner's statistics of the change feed's tables (`events`, `feed`,
     /// `feed_pending`): the sequencer calls it as the feed grows (see
-    /// `background::sequencer`).
+    /// `background::sequencer`). On SQLite it removes them instead
+    /// (`Dialect::FEED_STATISTICS_FORGOTTEN`).
     async fn analyze_feed(&self) -> StoreResult<()>;
 
     /// Reclaims the rows the sequencer deleted from its queue of unnumbered events (see

@@ -199,6 +199,10 @@ impl Dialect for PgDialect {
     /// and blocks no writer.
     const ANALYZE_PREAMBLE: &'static [&'static str] = &[];
 
+    /// PostgreSQL samples the feed's tables (`ANALYZE` reads a bounded sample, beside the
+    /// writers).
+    const FEED_STATISTICS_FORGOTTEN: &'static [&'static str] = &[];
+
     /// `feed_pending` is a queue: each event's row is inserted at one end and deleted from
     /// the other once numbered, leaving a dead row version and index entry behind until a
     /// VACUUM. Until then every plan that estimates a range of `position` walks the dead

@@ -525,8 +525,14 @@ impl<D: Dialect> Store for SqlStore<D> {
     }
 
     async fn analyze_feed(&self) -> StoreResult<()> {
-        self.analyze_tables(&["events", "feed", "feed_pending"])
-            .await
+        if D::FEED_STATISTICS_FORGOTTEN.is_empty() {
+            return self
+                .analyze_tables(&["events", "feed", "feed_pending"])
+                .await;
+        }
+        let mut tx = Tx::<D>::begin_write(&self.maintenance).await?;
+        tx.run(D::FEED_STATISTICS_FORGOTTEN).await?;
+        Ok(tx.commit().await?)
     }
 
     async fn clean_access_log_index(&self) -> StoreResult<bool> {

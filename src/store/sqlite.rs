@@ -187,12 +187,30 @@ impl Dialect for SqliteDialect {
     const SNAPSHOT_READ: &'static [&'static str] = &[];
 
     /// SQLite's ANALYZE reads every row of every index, holding the one writer
-    /// connection meanwhile: 3.3 s for `events` at a 1 M-citizen population, longer than
-    /// a write waits for that connection (`db_acquire_timeout_ms`), so the sequencer's
-    /// statistics refresh at start failed concurrent writes UNAVAILABLE. About 1,000 rows
-    /// per index give the planner the same choices (SQLite's own advice for
-    /// `PRAGMA optimize`); it takes about a millisecond a table.
+    /// connection meanwhile. About 1,000 rows per index give the planner the same
+    /// choices (SQLite's own advice for `PRAGMA optimize`). The limit bounds the sampling
+    /// only: the entries are still counted, one pass over each index, so an ANALYZE of a
+    /// large table still takes seconds from a cold cache. Only the bulk load's tables are
+    /// analyzed, by a load that is the only writer; the feed's tables are not
+    /// ([`SqliteDialect::FEED_STATISTICS_FORGOTTEN`]).
     const ANALYZE_PREAMBLE: &'static [&'static str] = &["PRAGMA analysis_limit = 1000"];
+
+    /// The feed's tables get no statistics on SQLite. Its ANALYZE counts every entry of
+    /// each index exactly whatever `analysis_limit` says (3.46 codes an exact `OP_Count`
+    /// unless the STAT4 optimization is switched off, which only a test control can do),
+    /// and it holds the one writer meanwhile: at 3.5 M events (a 1 M-citizen database)
+    /// the sequencer's refresh at start took 3-5.5 s from a cold cache, past
+    /// `db_acquire_timeout_ms`, and a SyncCitizens stream sent as the registry started
+    /// ended UNAVAILABLE. Without statistics SQLite plans every feed statement by its key
+    /// (the rowid, or the unique index), as it does with fresh statistics; with the
+    /// statistics of a feed analyzed when small it scanned `events` and `feed_pending`
+    /// to delete from them. So the refresh deletes them (`ANALYZE sqlite_schema` creates
+    /// `sqlite_stat1` where it is missing, and reloads what is left): milliseconds.
+    const FEED_STATISTICS_FORGOTTEN: &'static [&'static str] = &[
+        "ANALYZE sqlite_schema",
+        "DELETE FROM sqlite_stat1 WHERE tbl IN ('events', 'feed', 'feed_pending')",
+        "ANALYZE sqlite_schema",
+    ];
 
     /// A deleted row's space goes back to its b-tree page at once: nothing to reclaim.
     const VACUUM_QUEUE: &'static [&'static str] = &[];
