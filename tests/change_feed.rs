@@ -786,11 +786,12 @@ mod sqlite_feed_statistics {
     }
 
     /// Statistics taken while the feed was small (here written as if ten rows were
-    /// counted; an ANALYZE of the test's few events records as few) make SQLite scan `events` and `feed_pending` to delete a few rows from
-    /// them, however far the feed has grown since. The sequencer's refresh leaves the
-    /// feed's tables no statistics to go stale (on SQLite an ANALYZE of them counts every
-    /// index entry while holding the one writer: seconds at millions of events, failing
-    /// the writes that wait), and SQLite then deletes by key.
+    /// counted; an ANALYZE of the test's few events records as few) make SQLite scan
+    /// `events` and `feed_pending` to delete a few rows from them, however far the feed
+    /// has grown since. The sequencer's refresh leaves the feed's tables no statistics to
+    /// go stale (on SQLite an ANALYZE of them counts every index entry while holding the
+    /// one writer: seconds at millions of events, failing the writes that wait), and
+    /// SQLite then deletes by key.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_feeds_statistics_refresh_leaves_sqlite_none_to_go_stale() {
         let app = TestApp::spawn(Backend::Sqlite).await;
