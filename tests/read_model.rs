@@ -559,8 +559,9 @@ async fn check_finds_every_broken_reference_between_the_source_tables(backend: B
 /// Rows written before migration 0018 hold a citizen's preferences as JSON text; the
 /// registry still answers from them, `check` finds them equal to the source tables and
 /// counts them, and `check --repair` or the citizen's next write rewrites the row in the
-/// binary form. (PostgreSQL builds the
-/// JSON here; the code that reads it is the same on SQLite.)
+/// binary form. (PostgreSQL builds the JSON here; the code that reads it is the same on
+/// SQLite.) Beside them, the online rewrite's guard for either older form, JSON or the
+/// first binary form (it needs a second connection to hold the row's lock).
 mod postgres_json_rows {
     use super::*;
 
@@ -662,24 +663,71 @@ mod postgres_json_rows {
     }
 
     /// The rewrite is online: it takes no citizen's lock, and updates a row only if it
-    /// still holds the JSON it read. Here a writer holds MOVED's row while `check
-    /// --repair` has read it and waits to rewrite it; the writer puts the row in the
-    /// binary form and commits. The check must keep the writer's row. (The writer's bytes
-    /// are an earlier state's, which the check cannot produce from the JSON, so that an
-    /// overwrite would show in the bytes as well as in the count.)
+    /// still holds what it read, the JSON or the first binary form's bytes. Here a writer
+    /// holds MOVED's row while `check --repair` has read it and waits to rewrite it; the
+    /// writer puts the row in an earlier state and commits. The check must keep the
+    /// writer's row. (The writer's bytes are an earlier state's, which the check cannot
+    /// produce from what it read, so that an overwrite would show in the bytes as well as
+    /// in the count.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn check_repair_keeps_a_row_a_writer_refreshed_after_the_check_read_it() {
+    async fn check_repair_keeps_a_json_row_a_writer_refreshed_after_the_check_read_it() {
+        repair_keeps_a_row_a_writer_refreshed(Older::Json).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_repair_keeps_a_first_form_row_a_writer_refreshed_after_the_check_read_it() {
+        repair_keeps_a_row_a_writer_refreshed(Older::FirstBinary).await
+    }
+
+    /// The older form a row is in when `check --repair` reads it.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Older {
+        /// Written by this instance, then put back in the JSON of before migration 0018.
+        Json,
+        /// Written by an instance with `resolution_model_format = 1`.
+        FirstBinary,
+    }
+
+    async fn repair_keeps_a_row_a_writer_refreshed(older: Older) {
         use sqlx::Connection;
         let app = TestApp::builder(Backend::Postgres)
             .configure(|s| s.resolution_cache_entries = 0)
             .spawn()
             .await;
+        let first_form = app
+            .another_instance_with(|s| s.resolution_model_format = 1)
+            .await;
+        let registry = || match older {
+            Older::Json => app.registry(Some(ADMIN)),
+            Older::FirstBinary => common::registry_on(first_form.channel(), Some(ADMIN)),
+        };
         let mut writer = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-        link(&app, MOVED, "0071007000011", true).await;
+        link_with(registry(), MOVED, "0071007000011", true).await;
         let earlier = inputs(&mut writer).await.expect("binary form");
-        link(&app, MOVED, "0071007000012", true).await;
-        to_json_form(&app).await;
-        assert_eq!(form(&app).await, (1, 0), "in the JSON form");
+        let second = link_with(registry(), MOVED, "0071007000012", true).await;
+        // The pension paid to the second account, so that the row the check reads is not
+        // the earlier state's.
+        registry()
+            .set_default_account(payout_registry::proto::SetDefaultAccountRequest {
+                idempotency_key: key(),
+                citizen_id: MOVED.into(),
+                account_id: second,
+                program_code: "PENSION".into(),
+                reason: "chosen by the citizen".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("prefer");
+        match older {
+            Older::Json => {
+                to_json_form(&app).await;
+                assert_eq!(form(&app).await, (1, 0), "in the JSON form");
+            }
+            Older::FirstBinary => {
+                assert_eq!(form_of_moved(&app).await, 1, "in the first form");
+                assert_ne!(inputs(&mut writer).await.as_ref(), Some(&earlier));
+            }
+        }
 
         sqlx::query("BEGIN").execute(&mut writer).await.unwrap();
         sqlx::query("SELECT 1 FROM resolution_inputs WHERE citizen_id = $1 FOR UPDATE")
@@ -689,7 +737,7 @@ mod postgres_json_rows {
             .unwrap();
         let store = app.store.clone();
         let repair = tokio::spawn(async move { store.check_resolution_model(None, true).await });
-        // The check has read the JSON row and waits for the writer's lock to rewrite it.
+        // The check has read the row and waits for the writer's lock to rewrite it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while app.db.lock_waiters("%UPDATE resolution_inputs%").await == 0 {
             if repair.is_finished() {
@@ -722,6 +770,10 @@ mod postgres_json_rows {
             Some(earlier),
             "the writer's row is kept"
         );
+        // The writer's earlier state is a difference from the source tables, which a
+        // repair puts right (the harness checks the model at stop).
+        check(&app, true).await;
+        drop(first_form);
         app.stop().await;
     }
 
