@@ -815,3 +815,87 @@ mod postgres_json_rows {
             .expect("back to the JSON form");
     }
 }
+
+/// BatchResolve reads the read model by its primary key however small the table's
+/// statistics say it is. Its read keeps one plan per connection (PostgreSQL's generic
+/// plan, made once); with the statistics of a table of three rows, as a fresh database
+/// analysed before its first load has, that plan would be a sequential scan, and a
+/// connection would keep scanning the whole table for every batch as the population grew.
+mod postgres_batch_read {
+    use super::*;
+    use payout_registry::proto::BatchResolveRequest;
+
+    const CITIZENS: [&str; 3] = ["001089007011", "001089007012", "001089007013"];
+    /// Streams sent, each read in one batch: far more than anything else in the test
+    /// could scan the table.
+    const STREAMS: i64 = 40;
+
+    async fn scans(app: &TestApp) -> (i64, i64) {
+        let of = |column: &str| {
+            format!("SELECT {column} FROM pg_stat_user_tables WHERE relname = 'resolution_inputs'")
+        };
+        (
+            app.db.count(&of("seq_scan")).await,
+            app.db.count(&of("idx_scan")).await,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_read_of_a_small_analysed_model_searches_its_primary_key() {
+        let app = TestApp::spawn(Backend::Postgres).await;
+        for (i, citizen) in CITIZENS.iter().enumerate() {
+            link(&app, citizen, &format!("007100700011{i}"), true).await;
+        }
+        app.db
+            .execute_raw("ANALYZE resolution_inputs")
+            .await
+            .expect("analyse");
+        let (seq_before, idx_before) = scans(&app).await;
+        for stream in 0..STREAMS {
+            let requests = CITIZENS
+                .iter()
+                .chain([NOBODY].iter())
+                .map(|c| BatchResolveRequest {
+                    correlation_id: format!("{stream}-{c}"),
+                    citizen_id: (*c).into(),
+                    purpose: "monthly payroll".into(),
+                    ..Default::default()
+                })
+                .collect();
+            let answers = common::batch_resolve_all(&app, PAYER, requests).await;
+            let outcomes: Vec<_> = answers
+                .iter()
+                .map(|a| a.result.as_ref().expect("answered").outcome())
+                .collect();
+            assert_eq!(
+                outcomes,
+                [
+                    ResolveOutcome::Resolved,
+                    ResolveOutcome::Resolved,
+                    ResolveOutcome::Resolved,
+                    ResolveOutcome::UnknownCitizen
+                ]
+            );
+        }
+        // A backend reports its counts when idle, at most once a second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let (seq_after, idx_after) = loop {
+            let (seq, idx) = scans(&app).await;
+            if idx - idx_before >= STREAMS || std::time::Instant::now() > deadline {
+                break (seq, idx);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
+        assert!(
+            idx_after - idx_before >= STREAMS,
+            "every batch searched the primary key: {} index scans for {STREAMS} batches",
+            idx_after - idx_before
+        );
+        assert!(
+            seq_after - seq_before < STREAMS / 4,
+            "no batch scanned the table: {} sequential scans for {STREAMS} batches",
+            seq_after - seq_before
+        );
+        app.stop().await;
+    }
+}

@@ -52,6 +52,11 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// Run first in every bulk transaction (sync batches, batch lookups).
     const BULK_PREAMBLE: &'static [&'static str];
 
+    /// Run first in a transaction that reads many rows of one table by its primary key
+    /// alone (BatchResolve's read of the resolution read model), instead of
+    /// [`Dialect::BULK_PREAMBLE`].
+    const KEY_LOOKUP_PREAMBLE: &'static [&'static str];
+
     /// Whether the access log writes on connections of its own, held outside any pool
     /// (see `access_log.rs`), rather than on the write pool.
     const ACCESS_LOG_OWN_CONNECTIONS: bool;

@@ -26,8 +26,8 @@ use crate::domain::{
 };
 
 /// The read model's rows of `citizens`: one key (unary Resolve) without a transaction,
-/// the primary key deciding the plan; many in a read-only transaction, so that the bulk
-/// preamble applies to it alone.
+/// the primary key deciding the plan; many in a read-only transaction, so that the key
+/// lookup's preamble (one plan per connection, by the primary key) applies to it alone.
 async fn read_rows<D: Dialect>(
     pool: &sqlx::Pool<D::DB>,
     citizens: &[&str],
@@ -37,7 +37,7 @@ async fn read_rows<D: Dialect>(
         return read_model(&mut conn, citizens).await;
     }
     let mut tx = Tx::<D>::begin(pool).await?;
-    tx.run(D::BULK_PREAMBLE).await?;
+    tx.run(D::KEY_LOOKUP_PREAMBLE).await?;
     let rows = read_model(&mut tx, citizens).await?;
     tx.commit().await?;
     Ok(rows)

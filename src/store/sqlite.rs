@@ -178,6 +178,7 @@ impl Dialect for SqliteDialect {
 
     /// SQLite plans every statement afresh; nothing to set.
     const BULK_PREAMBLE: &'static [&'static str] = &[];
+    const KEY_LOOKUP_PREAMBLE: &'static [&'static str] = &[];
 
     /// SQLite has one writer connection: the access log commits on it like everything
     /// else.
