@@ -835,3 +835,44 @@ mod sqlite_feed_statistics {
         app.stop().await;
     }
 }
+
+/// Writers wake their own instance's sequencer in process and send no NOTIFY: PostgreSQL
+/// serializes the commits of every transaction that sent one (a lock for the whole cluster,
+/// held until the commit is flushed), so each write and sequencing round waited behind a
+/// bulk batch's commit. The sequencing round still notifies, which wakes the other
+/// instances' followers.
+mod postgres_wake_ups {
+    use super::*;
+    use sqlx::postgres::PgListener;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_sends_no_notification_and_its_events_are_numbered_and_announced() {
+        let app = TestApp::spawn(Backend::Postgres).await;
+        let mut listener = PgListener::connect(&app.db.url).await.expect("connect");
+        listener
+            .listen_all(["payout_events", "payout_feed"])
+            .await
+            .expect("listen");
+        let mut stream = subscribe(&app, FEED, SubscribeRequest::default()).await;
+        change(&app, 1).await;
+        for _ in 0..3 {
+            next(&mut stream).await;
+        }
+        // Every notification committed so far is queued on the listener's connection.
+        let mut channels = HashSet::new();
+        while let Ok(received) =
+            tokio::time::timeout(Duration::from_millis(500), listener.recv()).await
+        {
+            channels.insert(received.expect("notification").channel().to_owned());
+        }
+        assert!(
+            channels.contains("payout_feed"),
+            "the sequencing round announces the events: {channels:?}"
+        );
+        assert!(
+            !channels.contains("payout_events"),
+            "a writer sent a notification: {channels:?}"
+        );
+        app.stop().await;
+    }
+}

@@ -100,9 +100,11 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
     ))
 }
 
-/// Listens for `payout_events` (events committed, by any instance) and `payout_feed`
-/// (events sequenced: its payload names the round, see `freshness::Round`, which is
-/// queued for the feed follower) and ticks `changed`; reconnects after a lost connection.
+/// Listens for `payout_feed` (events sequenced by any instance: its payload names the
+/// round, see `freshness::Round`, which is queued for the feed follower) and ticks
+/// `changed`; reconnects after a lost connection. Committed events wake the sequencer in
+/// process (`SqlStore::tick`): a writer's NOTIFY would serialize its commit with every
+/// other notifying transaction's (migration 0026).
 async fn listen(
     pool: PgPool,
     changed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -111,7 +113,7 @@ async fn listen(
     loop {
         match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
-                if let Err(e) = listener.listen_all(["payout_events", "payout_feed"]).await {
+                if let Err(e) = listener.listen_all(["payout_feed"]).await {
                     tracing::warn!(error = %e, "LISTEN failed; retrying");
                 } else {
                     // A tick after (re)connecting: anything missed meanwhile is read now.
