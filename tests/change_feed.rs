@@ -845,8 +845,11 @@ mod postgres_wake_ups {
     use super::*;
     use sqlx::postgres::PgListener;
 
+    /// Writes made one after another, each waiting for its events.
+    const WRITES: u32 = 20;
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_write_sends_no_notification_and_its_events_are_numbered_and_announced() {
+    async fn writes_send_no_notification_and_their_events_are_numbered_at_once_and_announced() {
         let app = TestApp::spawn(Backend::Postgres).await;
         let mut listener = PgListener::connect(&app.db.url).await.expect("connect");
         listener
@@ -854,10 +857,20 @@ mod postgres_wake_ups {
             .await
             .expect("listen");
         let mut stream = subscribe(&app, FEED, SubscribeRequest::default()).await;
-        change(&app, 1).await;
-        for _ in 0..3 {
-            next(&mut stream).await;
+        // The writer's own instance numbers its events at once, woken in process: left to
+        // the sequencer's one-second safety tick, 20 writes in turn would take about 10 s.
+        let started = Instant::now();
+        for n in 1..=WRITES {
+            change(&app, n).await;
+            for _ in 0..3 {
+                next(&mut stream).await;
+            }
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{WRITES} writes in turn, each until its events were received: {:?}",
+            started.elapsed()
+        );
         // Every notification committed so far is queued on the listener's connection.
         let mut channels = HashSet::new();
         while let Ok(received) =

@@ -6,8 +6,9 @@
 //! signal; on PostgreSQL also another instance's round, through LISTEN), and on a slow
 //! tick as a safety net (events another instance or a tool wrote are numbered by that
 //! instance's sequencer, or within the tick), and numbers the committed, unnumbered
-//! events consecutively after the feed's head, in one transaction per round. Instances take turns on the head row, so each event gets exactly one feed
-//! position and a visible position implies every lower one is visible: subscribers read
+//! events consecutively after the feed's head, in one transaction per round. Instances
+//! take turns on the head row, so each event gets exactly one feed position and a
+//! visible position implies every lower one is visible: subscribers read
 //! by feed position and can resume after the last one they saw. The same task keeps the
 //! sync digest up to date, in transactions of its own beside the rounds.
 

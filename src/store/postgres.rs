@@ -142,6 +142,19 @@ async fn listen(
     }
 }
 
+/// The settings of a transaction that reads or writes many rows by key (one statement:
+/// `set_config(..., true)` is `SET LOCAL`): index access only, no JIT, and plans made per
+/// `$plan_cache_mode` (see `BULK_PREAMBLE` and `KEY_LOOKUP_PREAMBLE`).
+macro_rules! bulk_settings {
+    ($plan_cache_mode:literal) => {
+        concat!(
+            "SELECT set_config('plan_cache_mode', '",
+            $plan_cache_mode,
+            "', true), set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"
+        )
+    };
+}
+
 impl Dialect for PgDialect {
     type DB = Postgres;
 
@@ -184,9 +197,7 @@ impl Dialect for PgDialect {
     /// run in milliseconds (200 k citizens: 63.2/69.4 s with it, 61.0/67.0 s without).
     /// The three settings are one statement (`set_config(..., true)` is `SET LOCAL`):
     /// one round trip per batch, not three.
-    const BULK_PREAMBLE: &'static [&'static str] = &["SELECT \
-        set_config('plan_cache_mode', 'force_custom_plan', true), \
-        set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"];
+    const BULK_PREAMBLE: &'static [&'static str] = &[bulk_settings!("force_custom_plan")];
 
     /// A batch read of the read model by its primary key alone keeps one plan per
     /// connection: with sequential scans off, the generic plan of `citizen_id = ANY($1)`
@@ -195,9 +206,7 @@ impl Dialect for PgDialect {
     /// planning estimated each key of the list: 0.38-0.43 ms of the backend per 1,000
     /// keys on the 1 M population, against 0.10 ms to reuse the plan (`EXPLAIN ANALYZE
     /// EXECUTE`, same session, warm), beside 2.3-3.3 ms to run the lookup.
-    const KEY_LOOKUP_PREAMBLE: &'static [&'static str] = &["SELECT \
-        set_config('plan_cache_mode', 'force_generic_plan', true), \
-        set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"];
+    const KEY_LOOKUP_PREAMBLE: &'static [&'static str] = &[bulk_settings!("force_generic_plan")];
 
     /// The access log's writers hold connections of their own (no pool's liveness
     /// round trips around each batch), opened with `synchronous_commit = off`: a batch
