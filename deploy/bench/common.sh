@@ -22,11 +22,21 @@ bench_config() {
     "scopes = [$scopes]" > "$file"
 }
 
-# Waits (up to two minutes) until the registry at LISTEN answers Health/Check.
+# Waits (up to two minutes) until the registry at LISTEN answers Health/Check. With PID,
+# the registry's process: if it exits first (a port or spool still held by an instance
+# shutting down, a bad configuration), says so at once with its exit status instead of
+# waiting out the two minutes; its own error is on stderr above.
+#   wait_for_registry LISTEN [PID]
 wait_for_registry() {
+  local status
   for _ in $(seq 120); do
     "$B" bench health --addr "http://$1" --token benchtoken --concurrency 1 --seconds 1 \
       >/dev/null 2>&1 && return 0
+    if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
+      wait "$2" && status=0 || status=$?
+      echo "the registry at $1 exited (status $status) before answering" >&2
+      return 1
+    fi
     sleep 1
   done
   echo "the registry at $1 did not start" >&2

@@ -60,7 +60,7 @@ trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -f "$conf" "$ids"' EX
 bench_config "$conf" "$URL" "$LISTEN" '"resolve", "resolve.full"' 'resolution_cache_entries = 0'
 "$B" --config "$conf" serve & pid=$!
 A="--addr http://$LISTEN --token benchtoken"
-wait_for_registry "$LISTEN"
+wait_for_registry "$LISTEN" "$pid"
 # 200 k ids drawn from the whole population, whatever its size.
 psql_db -Atc "COPY (SELECT citizen_id FROM citizens ORDER BY random() LIMIT 200000) TO STDOUT" > "$ids"
 echo "ids sampled: $(wc -l < "$ids")"
