@@ -129,13 +129,7 @@ async fn reads_go_to_a_fresh_enough_replica_and_to_the_primary_when_it_lags_or_s
     let mut admin = sqlx::PgConnection::connect(&primary.url("postgres"))
         .await
         .expect("primary");
-    sqlx::query(&format!(
-        "CREATE DATABASE registry {}",
-        common::PRODUCTION_LOCALE
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    common::create_registry_database(&mut admin).await;
     let replica = primary.replica();
     let replica_url = replica.url("registry");
     let app = TestApp::builder(common::Backend::Postgres)

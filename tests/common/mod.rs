@@ -330,6 +330,46 @@ impl Cluster {
     /// initdb and start a new cluster (trust authentication, replication allowed from
     /// loopback, as initdb sets it up).
     pub fn start() -> Cluster {
+        let cluster = Cluster::initialised();
+        cluster.start_postmaster();
+        cluster
+    }
+
+    /// Like [`Cluster::start`], but serving TLS with the PEM certificate `cert` and key
+    /// `key`, and refusing every TCP connection without it (`hostssl` lines only in
+    /// `pg_hba.conf`).
+    pub fn start_tls_only(cert: &Path, key: &Path) -> Cluster {
+        let cluster = Cluster::initialised();
+        let crt = cluster.data.join("server.crt");
+        let pem_key = cluster.data.join("server.key");
+        std::fs::copy(cert, &crt).expect("copy the server certificate");
+        std::fs::copy(key, &pem_key).expect("copy the server key");
+        if unsafe_is_root() {
+            let _ = Command::new("chown")
+                .args(["postgres"])
+                .arg(&crt)
+                .arg(&pem_key)
+                .status();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600))
+            .expect("key mode");
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(cluster.data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(&mut conf, b"\nssl = on\n").expect("postgresql.conf");
+        std::fs::write(
+            cluster.data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("pg_hba.conf");
+        cluster.start_postmaster();
+        cluster
+    }
+
+    /// A new cluster's data directory, made by initdb; not started.
+    fn initialised() -> Cluster {
         let (Some(initdb), Some(_)) = (find_pg_bin("initdb"), find_pg_bin("pg_ctl")) else {
             panic!("no initdb/pg_ctl found: {PG_HELP}");
         };
@@ -349,7 +389,6 @@ impl Cluster {
                 "UTF8",
             ],
         );
-        cluster.start_postmaster();
         cluster
     }
 
@@ -470,6 +509,15 @@ impl Drop for Cluster {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Creates the database `registry`, in the production locale, over `admin` (a connection
+/// to a [`Cluster`] of the test's own).
+pub async fn create_registry_database(admin: &mut sqlx::PgConnection) {
+    sqlx::query(&format!("CREATE DATABASE registry {PRODUCTION_LOCALE}"))
+        .execute(admin)
+        .await
+        .expect("CREATE DATABASE registry");
 }
 
 /// A PostgreSQL binary, run as `postgres` when the tests run as root.
