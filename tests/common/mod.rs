@@ -344,13 +344,8 @@ impl Cluster {
         let pem_key = cluster.data.join("server.key");
         std::fs::copy(cert, &crt).expect("copy the server certificate");
         std::fs::copy(key, &pem_key).expect("copy the server key");
-        if unsafe_is_root() {
-            let _ = Command::new("chown")
-                .args(["postgres"])
-                .arg(&crt)
-                .arg(&pem_key)
-                .status();
-        }
+        give_to_postgres(&crt);
+        give_to_postgres(&pem_key);
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600))
             .expect("key mode");
@@ -429,13 +424,7 @@ impl Cluster {
             .tempdir()
             .expect("temp dir")
             .keep();
-        if unsafe_is_root() {
-            // PostgreSQL refuses to run as root; it runs as `postgres` then.
-            let _ = Command::new("chown")
-                .args(["-R", "postgres"])
-                .arg(&dir)
-                .status();
-        }
+        give_to_postgres(&dir);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -518,6 +507,17 @@ pub async fn create_registry_database(admin: &mut sqlx::PgConnection) {
         .execute(admin)
         .await
         .expect("CREATE DATABASE registry");
+}
+
+/// Hands `path` (and all below it) to `postgres` when the tests run as root: PostgreSQL
+/// refuses to run as root, and runs as `postgres` then.
+fn give_to_postgres(path: &Path) {
+    if unsafe_is_root() {
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(path)
+            .status();
+    }
 }
 
 /// A PostgreSQL binary, run as `postgres` when the tests run as root.
