@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::dialect::{Dialect, Pooled, Tx};
 use super::freshness::Entry;
-use super::resolution_model::{read_model, CitizenInputs};
+use super::resolution_model::{read_resolved, DecodedInputs};
 use super::rows::{HistoryRow, PreferenceRow};
 use super::sql::Sql;
 use super::sql_store::SqlStore;
@@ -31,14 +31,14 @@ use crate::domain::{
 async fn read_rows<D: Dialect>(
     pool: &sqlx::Pool<D::DB>,
     citizens: &[&str],
-) -> StoreResult<HashMap<String, CitizenInputs>> {
+) -> StoreResult<HashMap<String, DecodedInputs>> {
     if citizens.len() == 1 {
         let mut conn = Pooled::<D>::acquire(pool).await?;
-        return read_model(&mut conn, citizens).await;
+        return read_resolved(&mut conn, citizens).await;
     }
     let mut tx = Tx::<D>::begin(pool).await?;
     tx.run(D::KEY_LOOKUP_PREAMBLE).await?;
-    let rows = read_model(&mut tx, citizens).await?;
+    let rows = read_resolved(&mut tx, citizens).await?;
     tx.commit().await?;
     Ok(rows)
 }
@@ -134,7 +134,7 @@ impl<D: Dialect> SqlStore<D> {
             .read_fresh(min, |pool| Box::pin(read_rows::<D>(pool, missing)))
             .await?;
         for (citizen, inputs) in rows {
-            let entry = Arc::new((inputs.decode()?, read_at));
+            let entry = Arc::new((inputs, read_at));
             if fill == CacheFill::Fill {
                 self.fresh.insert(&citizen, entry.clone());
             }

@@ -75,7 +75,7 @@ pub(crate) fn capacity(stored: Option<&str>) -> StoreResult<Option<Capacity>> {
         .transpose()
 }
 
-fn corrupt_account(what: &str, id: Uuid) -> StoreError {
+pub(crate) fn corrupt_account(what: &str, id: Uuid) -> StoreError {
     StoreError::Corrupt(format!("account {id}: unreadable {what}"))
 }
 
