@@ -468,10 +468,14 @@ fn methods() -> Methods {
 }
 
 /// Reads the database's gauges for a scrape: the feed's head, the sequencer's backlog
-/// and lag, the digest's lag, the pool, the followed position and the resolution cache.
+/// and lag, the digest's lag, the pool, the followed position, the resolution cache, and
+/// the read model beside the database's buffer cache.
 fn gauges_of(store: Arc<dyn Store>) -> m::Refresh {
+    // The read model's block counts at the last scrape.
+    let blocks = Arc::new(std::sync::Mutex::new(None::<(i64, i64)>));
     Arc::new(move || {
         let store = store.clone();
+        let blocks = blocks.clone();
         Box::pin(async move {
             let reads = store.read_state();
             metrics::gauge!(m::FOLLOWED_POSITION).set(reads.position as f64);
@@ -495,6 +499,30 @@ fn gauges_of(store: Arc<dyn Store>) -> m::Refresh {
                     metrics::gauge!(m::DIGEST_LAG_EVENTS).set(digest_lag.max(0) as f64);
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the feed's gauges failed"),
+            }
+            match store.model_gauges().await {
+                Ok(Some(model)) => {
+                    metrics::gauge!(m::READ_MODEL_BYTES).set(model.bytes as f64);
+                    metrics::gauge!(m::DATABASE_BUFFER_CACHE_BYTES).set(model.cache_bytes as f64);
+                    // The database's counts grow from its last statistics reset: the
+                    // counters take what they grew by since the last scrape, or all of
+                    // them after a reset.
+                    let counts = (model.blocks_hit.max(0), model.blocks_read.max(0));
+                    let before = blocks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .replace(counts);
+                    let grew = |now: i64, before: Option<i64>| match before {
+                        Some(b) if now >= b => (now - b) as u64,
+                        _ => now as u64,
+                    };
+                    metrics::counter!(m::READ_MODEL_BLOCKS_READ, "found" => "cache")
+                        .increment(grew(counts.0, before.map(|b| b.0)));
+                    metrics::counter!(m::READ_MODEL_BLOCKS_READ, "found" => "outside")
+                        .increment(grew(counts.1, before.map(|b| b.1)));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the read model's gauges failed"),
             }
         })
     })

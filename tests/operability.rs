@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, ADMIN, FEED, PAYER, SYNC};
+use common::{free_addr, sample, scrape, Backend, TestApp, ADMIN, FEED, PAYER, SYNC};
 use payout_registry::proto::{
     CitizenRecord, CitizenStatus, ResolveRequest, SubscribeRequest, SyncCitizensRequest,
 };
@@ -298,11 +298,6 @@ fn binary_config(
     )
     .unwrap();
     config
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 async fn health(addr: SocketAddr, service: &str) -> Result<ServingStatus, tonic::Status> {
@@ -739,35 +734,6 @@ async fn stalled_scrapes() {
     held.close().await.unwrap();
     common::link_issuer_confirmed(&app, "001089300042", "0071300000042").await;
     app.stop().await;
-}
-
-/// `GET /metrics` on `addr`: the body.
-async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-/// The value of the sample of `name` whose labels include every one of `labels`.
-fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 async fn metrics_show_the_standard_grpc_series_with_the_codes_of_the_calls_made(backend: Backend) {

@@ -87,6 +87,12 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// the index itself, off the read path (`None`: nothing to merge).
     const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str>;
 
+    /// Reads the resolution read model's size beside the database's buffer cache, and
+    /// the model's blocks read from that cache and from outside it, as one row of four
+    /// integers (`None`: the backend has no such cache of its own; SQLite reads through
+    /// the operating system's).
+    const MODEL_CACHE_GAUGES: Option<&'static str>;
+
     /// Whether a row of many citizens is also written to the full-text index
     /// `access_log_terms` (where the list cannot be indexed itself).
     const ACCESS_LOG_TERMS: bool;

@@ -121,6 +121,19 @@ pub struct FeedGauges {
     pub digest_through: Option<i64>,
 }
 
+/// The resolution read model beside the database's buffer cache (PostgreSQL's primary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelGauges {
+    /// The model's table and index.
+    pub bytes: i64,
+    /// The buffer cache (`shared_buffers`).
+    pub cache_bytes: i64,
+    /// Blocks of the model found in the buffer cache, since the statistics were reset.
+    pub blocks_hit: i64,
+    /// Blocks of the model read from outside it.
+    pub blocks_read: i64,
+}
+
 /// The connection pool's gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolGauges {
@@ -247,6 +260,21 @@ impl<D: Dialect> SqlStore<D> {
             oldest_unsequenced: oldest.map(Timestamp),
             digest_through,
         })
+    }
+
+    /// The read model's gauges (`None` on a backend without a buffer cache of its own).
+    pub(super) async fn gauges_of_model(&self) -> StoreResult<Option<ModelGauges>> {
+        let Some(sql) = D::MODEL_CACHE_GAUGES else {
+            return Ok(None);
+        };
+        let (bytes, cache_bytes, blocks_hit, blocks_read): (i64, i64, i64, i64) =
+            self.reader().await?.fetch_one(Sql::new(sql)).await?;
+        Ok(Some(ModelGauges {
+            bytes,
+            cache_bytes,
+            blocks_hit,
+            blocks_read,
+        }))
     }
 
     /// The pools' gauges (reads and writes together).

@@ -397,7 +397,9 @@ pub struct ReadState {
 
 pub use crate::domain::planner::{AccountKeyTuple, SyncRecord, SyncStream};
 pub use freshness::{CacheStats, CONFIRM_EVERY};
-pub use health::{deadline_passed, fault_of, with_deadline, Fault, FeedGauges, PoolGauges};
+pub use health::{
+    deadline_passed, fault_of, with_deadline, Fault, FeedGauges, ModelGauges, PoolGauges,
+};
 pub use pipeline::Pipeline;
 pub use replicas::REPLICA_POLL;
 
@@ -735,6 +737,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The change feed's head, the sequencer's backlog and the digest's position.
     async fn feed_gauges(&self) -> StoreResult<FeedGauges>;
+
+    /// The resolution read model's size beside the database's buffer cache, and its
+    /// blocks read from that cache and from outside it (`None`: SQLite, which reads
+    /// through the operating system's cache).
+    async fn model_gauges(&self) -> StoreResult<Option<ModelGauges>>;
 
     /// Connections in use and idle, and calls waiting for one.
     fn pool_gauges(&self) -> PoolGauges;

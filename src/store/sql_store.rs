@@ -573,6 +573,10 @@ impl<D: Dialect> Store for SqlStore<D> {
         self.gauges_of_feed().await
     }
 
+    async fn model_gauges(&self) -> StoreResult<Option<super::ModelGauges>> {
+        self.gauges_of_model().await
+    }
+
     fn pool_gauges(&self) -> super::PoolGauges {
         self.gauges_of_pool()
     }

@@ -226,6 +226,7 @@ impl Dialect for SqliteDialect {
 
     /// FTS5 merges its segments as it writes them.
     const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str> = None;
+    const MODEL_CACHE_GAUGES: Option<&'static str> = None;
 
     /// The single writer connection already gives the sequencer one consistent state.
     const SEQUENCER_ISOLATION: &'static [&'static str] = &[];

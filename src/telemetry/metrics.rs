@@ -79,6 +79,17 @@ pub const FOLLOWED_POSITION: &str = "payout_registry_followed_position";
 pub const REPLICA_LAG_POSITIONS: &str = "payout_registry_replica_lag_positions";
 pub const REPLICA_UP: &str = "payout_registry_replica_up";
 
+// The resolution read model beside the database's buffer cache (PostgreSQL only): every
+// BatchResolve id is a probe of the model, and a model larger than the cache is read
+// from outside it (deploy/RUNBOOK.md, PayoutRegistryReadModelOutgrowsCache).
+/// The model's table and index, in bytes.
+pub const READ_MODEL_BYTES: &str = "payout_registry_read_model_bytes";
+/// The database's buffer cache (`shared_buffers`), in bytes.
+pub const DATABASE_BUFFER_CACHE_BYTES: &str = "payout_registry_database_buffer_cache_bytes";
+/// Blocks of the model the database read, by where it found them. Label `found`: cache
+/// (in its buffer cache), outside (the operating system's cache or the disk).
+pub const READ_MODEL_BLOCKS_READ: &str = "payout_registry_read_model_blocks_read_total";
+
 /// Every series this crate exports, for the tests and the deployment checks.
 pub const ALL: &[&str] = &[
     GRPC_STARTED,
@@ -116,6 +127,9 @@ pub const ALL: &[&str] = &[
     FOLLOWED_POSITION,
     REPLICA_LAG_POSITIONS,
     REPLICA_UP,
+    READ_MODEL_BYTES,
+    DATABASE_BUFFER_CACHE_BYTES,
+    READ_MODEL_BLOCKS_READ,
 ];
 
 /// Latency buckets (seconds) for calls: from a cached resolution to a long stream.
@@ -225,6 +239,20 @@ fn describe() {
         "feed positions a read replica trails this instance's followed position"
     );
     describe_gauge!(REPLICA_UP, "1 while a read replica answers its polls");
+    describe_gauge!(
+        READ_MODEL_BYTES,
+        Unit::Bytes,
+        "the resolution read model's table and index on the primary (PostgreSQL)"
+    );
+    describe_gauge!(
+        DATABASE_BUFFER_CACHE_BYTES,
+        Unit::Bytes,
+        "the primary's buffer cache, shared_buffers (PostgreSQL)"
+    );
+    describe_counter!(
+        READ_MODEL_BLOCKS_READ,
+        "blocks of the resolution read model the primary read, found in its buffer cache or outside it"
+    );
     describe_gauge!(
         FEED_SEQUENCER_BACKLOG,
         "events committed but not yet given a feed position"
