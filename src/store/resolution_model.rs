@@ -432,21 +432,24 @@ impl<'a> CompactAccount<'a> {
     fn account(self, citizen: &str) -> StoreResult<Account> {
         let id = Uuid::from_bytes(self.id);
         let created = self.created_at;
-        let verification = match (
-            self.verification_method,
-            self.verified_by,
-            self.verified_after_created,
-        ) {
+        // Every word is read, used or not, so that a corrupt one fails here as it does
+        // on the way through the row.
+        let method = self
+            .verification_method
+            .as_ref()
+            .map(Word::as_str)
+            .transpose()?;
+        let verification_capacity = (self.verification_capacity.as_ref())
+            .map(Word::as_str)
+            .transpose()?;
+        let verification = match (method, self.verified_by, self.verified_after_created) {
             (Some(method), Some(verified_by), Some(after)) => Some(Verification {
-                method: VerificationMethod::parse(method.as_str()?)
+                method: VerificationMethod::parse(method)
                     .map_err(|_| corrupt_account("verification method", id))?,
                 verified_by: verified_by.into_owned(),
                 verified_at: Timestamp(created.wrapping_add(after)),
                 evidence_ref: self.evidence_ref.map(Cow::into_owned).unwrap_or_default(),
-                capacity: match &self.verification_capacity {
-                    Some(word) => capacity(Some(word.as_str()?))?,
-                    None => None,
-                },
+                capacity: capacity(verification_capacity)?,
             }),
             _ => None,
         };
@@ -1214,6 +1217,35 @@ mod tests {
         odd_capacity.verification_capacity = Some("NOT_A_CAPACITY".into());
         rows.push(("ACTIVE", vec![pref("", odd_capacity, None)]));
         let mut read = 0;
+        // Words the compact form does not know, in fields the account does not use (no
+        // verification without its verifier).
+        let mut encoded_rows: Vec<(&str, Vec<u8>)> = Vec::new();
+        for unused in [0, 1] {
+            let mut a = account(10, 2, "PENDING_VERIFICATION");
+            a.verified_by = None;
+            let mut compact = CompactAccount::of(CITIZEN, &a);
+            if unused == 0 {
+                compact.verification_method = Some(Word::Known(200));
+            } else {
+                compact.verification_capacity = Some(Word::Known(200));
+            }
+            let p = CompactPreference {
+                program_code: Cow::Borrowed(""),
+                account: compact,
+                since_after_created: 0,
+                previous: None,
+            };
+            encoded_rows.push((
+                "ACTIVE",
+                postcard::to_extend(&vec![p], vec![FORMAT_COMPACT]).unwrap(),
+            ));
+        }
+        for (status, encoded) in &encoded_rows {
+            let direct = decode_inputs(CITIZEN, status, None, Some(encoded));
+            assert!(direct.is_err(), "{direct:?}");
+            let expected = general(status, None, Some(encoded));
+            assert_eq!(format!("{direct:?}"), format!("{expected:?}"));
+        }
         for (status, preferences) in &rows {
             for format in [ModelFormat::Compact, ModelFormat::First] {
                 let encoded = encode(format, CITIZEN, preferences).unwrap();
