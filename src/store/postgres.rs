@@ -254,18 +254,19 @@ impl Dialect for PgDialect {
     /// merged here in bulk, not by the log writer whose row would overflow the list. The
     /// index of the text ids (before 0017) gets no new entries, but may hold a list
     /// written before the upgrade: merging an empty list costs one page read.
-    // The table and its index (the toast of rows over 2 kB too: none in practice), the
-    // configured shared_buffers, and the cumulative statistics' block counts of both.
+    const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str> = Some(
+        "SELECT gin_clean_pending_list('access_log_by_citizen_key') \
+         + gin_clean_pending_list('access_log_by_citizen_in_batch')",
+    );
+
+    /// The table and its index (the toast of rows over 2 kB too: none in practice), the
+    /// configured shared_buffers, and the cumulative statistics' block counts of both.
     const MODEL_CACHE_GAUGES: Option<&'static str> = Some(
         "SELECT pg_total_relation_size(s.relid), \
          pg_size_bytes(current_setting('shared_buffers')), \
          s.heap_blks_hit + COALESCE(s.idx_blks_hit, 0), \
          s.heap_blks_read + COALESCE(s.idx_blks_read, 0) \
          FROM pg_statio_all_tables s WHERE s.relid = 'resolution_inputs'::regclass",
-    );
-    const ACCESS_LOG_INDEX_CLEANUP: Option<&'static str> = Some(
-        "SELECT gin_clean_pending_list('access_log_by_citizen_key') \
-         + gin_clean_pending_list('access_log_by_citizen_in_batch')",
     );
 
     /// The sequencer reads one snapshot for the events it numbers and the state the sync
