@@ -91,7 +91,8 @@ async fn metrics_report_the_read_model_beside_the_buffer_cache_and_where_its_blo
 
 /// Resolves `citizens` in one BatchResolve, then scrapes until the model's block counters
 /// have grown by at least a block per citizen from `before` (each key descends the
-/// index; rows on one page may share a heap read), 20 s at most; answers them then. Neither counter may go down meanwhile.
+/// index; rows on one page may share a heap read), 20 s at most; answers them then.
+/// Neither counter may go down meanwhile.
 async fn resolve_and_watch(
     app: &TestApp,
     exporter: std::net::SocketAddr,

@@ -439,7 +439,9 @@ impl<'a> CompactAccount<'a> {
             .as_ref()
             .map(Word::as_str)
             .transpose()?;
-        let verification_capacity = (self.verification_capacity.as_ref())
+        let verification_capacity = self
+            .verification_capacity
+            .as_ref()
             .map(Word::as_str)
             .transpose()?;
         let verification = match (method, self.verified_by, self.verified_after_created) {

@@ -62,7 +62,7 @@ fn power_of_two_at_most(n: usize) -> usize {
 const WAL_AUTOCHECKPOINT: &str = "100000";
 
 /// How often, at most, the checkpointer copies committed WAL frames back into the
-/// database file while writes come in; and how often without a write signalled. A page
+/// database file while writes come in. A page
 /// changed by several commits within the interval is copied back once: a sync batch's
 /// random index pages are changed again by the next batches. Measured on the 1 M-citizen
 /// file (2 cores; SyncCitizens 100 k after 40 k on the same registry, three alternated
@@ -72,6 +72,8 @@ const WAL_AUTOCHECKPOINT: &str = "100000";
 /// against 273.6 s (one pair): a longer WAL is searched by every page read. At 1 s with
 /// a 200,000-page backstop the load took 16% longer (850 MB of WAL).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often the checkpointer runs without a write signalled (the access log's writes
+/// signal none).
 const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 
 /// Opens (creating when missing) the database file: a writer pool of one connection and
