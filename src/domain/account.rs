@@ -173,6 +173,10 @@ impl AccountRef {
         &self.0
     }
 
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// The last four characters visible, the rest starred.
     pub fn masked(&self) -> String {
         mask_tail(&self.0, 4)

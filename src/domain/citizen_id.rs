@@ -215,6 +215,11 @@ impl CitizenId {
         &self.0
     }
 
+    /// The raw 12 digits, moved out (for a message the caller sends on). Never log this.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// The integer the 12 digits spell (`001099012345` is 1,099,012,345), a key that
     /// compares and stores as one machine word; every id is exactly 12 digits, so padding
     /// the number back to 12 digits gives the id again. `None` only for a corrupt value

@@ -152,7 +152,7 @@ async fn resolve_all(
 fn answer(
     call: &Call,
     request: &ResolveRequest,
-    resolution: &Resolution,
+    resolution: Resolution,
     reserved: Option<&Reserved>,
     now: crate::domain::Timestamp,
     position: i64,
@@ -239,7 +239,7 @@ impl PayoutResolverService for PayoutResolverHandler {
         let out = answer(
             &call,
             &pending[0].request,
-            &resolution,
+            resolution,
             reserved[0].as_ref(),
             now,
             position,
@@ -582,30 +582,38 @@ async fn answer_batch(
         let reserved = reserve_all(state, call, &batch.pending, &resolved).await?;
         (resolved, reserved, position)
     };
-    Ok(batch
-        .requests
-        .into_iter()
-        .zip(batch.slots)
-        .map(|(r, slot)| match slot {
-            Ok(i) => BatchResolveResponse {
-                correlation_id: r.correlation_id,
-                result: Some(answer(
-                    call,
-                    &batch.pending[i].request,
-                    &resolved[i].0,
-                    reserved[i].as_ref(),
-                    now,
-                    position,
-                )),
-                error: None,
-            },
+    // Each pending request has one slot, so each resolution is answered once: it moves
+    // into its answer.
+    let mut resolved: Vec<Option<Resolution>> =
+        resolved.into_iter().map(|(r, _)| Some(r)).collect();
+    let mut answers = Vec::with_capacity(batch.requests.len());
+    for (r, slot) in batch.requests.into_iter().zip(batch.slots) {
+        answers.push(match slot {
+            Ok(i) => {
+                let resolution = resolved[i]
+                    .take()
+                    .ok_or_else(|| Status::internal("a resolution answered twice"))?;
+                BatchResolveResponse {
+                    correlation_id: r.correlation_id,
+                    result: Some(answer(
+                        call,
+                        &batch.pending[i].request,
+                        resolution,
+                        reserved[i].as_ref(),
+                        now,
+                        position,
+                    )),
+                    error: None,
+                }
+            }
             Err(rejection) => BatchResolveResponse {
                 error: Some(record_error(&r.correlation_id, &rejection)),
                 correlation_id: r.correlation_id,
                 result: None,
             },
-        })
-        .collect())
+        });
+    }
+    Ok(answers)
 }
 
 /// Waits for the next message, then takes what arrives within `linger`, up to `max`.
