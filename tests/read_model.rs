@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{Backend, TestApp, ADMIN, PAYER};
+use common::{Backend, TestApp, ADMIN, MASKED, PAYER};
 use payout_registry::proto::{
-    AccountKind, CitizenRecord, CitizenStatus, LinkAccountRequest, PayoutFailureCode,
-    ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest, ResolveResponse,
+    AccountKind, BatchResolveRequest, CitizenRecord, CitizenStatus, LinkAccountRequest,
+    PayoutFailureCode, ReportPayoutFailureRequest, ResolveOutcome, ResolveRequest, ResolveResponse,
     SuspendAccountRequest, Verification, VerificationMethod, VerifyAccountRequest,
 };
 use payout_registry::store::ModelCheck;
@@ -19,6 +19,7 @@ on_both_backends!(
     an_upgraded_database_gets_its_read_model_built_by_the_migration_step,
     check_finds_every_broken_reference_between_the_source_tables,
     a_rolling_update_writes_the_first_form_until_every_instance_reads_the_compact_one,
+    a_batch_answers_each_account_as_resolve_does_in_full_and_masked,
 );
 
 /// Citizens written one record at a time, on top of a synced demo population.
@@ -898,4 +899,59 @@ mod postgres_batch_read {
         );
         app.stop().await;
     }
+}
+
+/// BatchResolve moves each account's text into its answer, where unary Resolve copies it:
+/// both must answer the same, field for field, to a payer that sees account numbers in
+/// full and to one that sees them masked.
+async fn a_batch_answers_each_account_as_resolve_does_in_full_and_masked(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // The default changed (its previous account paid during cooling-off), and PENSION's
+    // own account.
+    let first = link(&app, MOVED, "0071007000011", true).await;
+    let second = link(&app, MOVED, "0071007000012", true).await;
+    prefer(&app, &second, &first).await;
+    for token in [PAYER, MASKED] {
+        let mut expected = Vec::new();
+        let mut requests = Vec::new();
+        for program in ["", "PENSION"] {
+            expected.push(resolved_with(app.resolver(Some(token)), MOVED, program).await);
+            requests.push(BatchResolveRequest {
+                correlation_id: program.into(),
+                citizen_id: MOVED.into(),
+                program_code: program.into(),
+                purpose: "monthly payroll".into(),
+                ..Default::default()
+            });
+        }
+        let got: Vec<ResolveResponse> = common::batch_resolve_all(&app, token, requests)
+            .await
+            .into_iter()
+            .map(|a| {
+                let mut r = a.result.expect("answered");
+                r.as_of = None;
+                r.position = 0;
+                r
+            })
+            .collect();
+        assert_eq!(got, expected, "{token}");
+        assert!(got[0].cooling_off, "{token}: {got:?}");
+        for answer in &got {
+            let account = answer.account.as_ref().expect("an account");
+            assert_eq!(account.account_id, first, "{token}");
+            assert_eq!(account.account_ref_masked, token == MASKED, "{token}");
+            assert_eq!(
+                account.account_ref == "0071007000011",
+                token == PAYER,
+                "{token}"
+            );
+            assert_eq!(
+                (account.citizen_id.as_str(), account.provider_code.as_str()),
+                (MOVED, "970436")
+            );
+            let verification = account.verification.as_ref().expect("verified");
+            assert_eq!(verification.evidence_ref, "EV-7", "{token}");
+        }
+    }
+    app.stop().await;
 }

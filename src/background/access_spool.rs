@@ -43,6 +43,7 @@ use uuid::Uuid;
 
 use super::access_log::{hand_over, AccessLogUnavailable, Pending, Unmerged};
 use super::readiness::Signals;
+use crate::domain::citizen_id::CITIZEN_ID_LEN;
 use crate::domain::{CitizenId, Timestamp};
 use crate::store::{AccessRead, Store};
 use crate::telemetry::metrics as m;
@@ -399,17 +400,17 @@ struct Line<'a> {
     request: Uuid,
 }
 
-/// The length of every citizen id, and so of each id's place in a line's `ids`.
-const ID_LEN: usize = 12;
-
 /// Appends one line per call's read.
 fn encode(buf: &mut Vec<u8>, read: &AccessRead) {
     if read.citizens.is_empty() {
         return;
     }
-    let framed = read.citizens.iter().all(|c| c.as_str().len() == ID_LEN);
+    let framed = read
+        .citizens
+        .iter()
+        .all(|c| c.as_str().len() == CITIZEN_ID_LEN);
     let (ids, citizens) = if framed {
-        let mut ids = String::with_capacity(read.citizens.len() * ID_LEN);
+        let mut ids = String::with_capacity(read.citizens.len() * CITIZEN_ID_LEN);
         read.citizens.iter().for_each(|c| ids.push_str(c.as_str()));
         (Cow::Owned(ids), None)
     } else {
@@ -442,8 +443,8 @@ fn decode(bytes: &[u8]) -> (Vec<AccessRead>, usize) {
             dropped += 1;
             continue;
         };
-        let mut citizens = Vec::with_capacity(line.ids.len() / ID_LEN);
-        for id in line.ids.as_bytes().chunks(ID_LEN) {
+        let mut citizens = Vec::with_capacity(line.ids.len() / CITIZEN_ID_LEN);
+        for id in line.ids.as_bytes().chunks(CITIZEN_ID_LEN) {
             match std::str::from_utf8(id).ok().and_then(parse) {
                 Some(id) => citizens.push(id),
                 None => dropped += 1,

@@ -173,6 +173,8 @@ impl AccountRef {
         &self.0
     }
 
+    /// The normalised reference, moved out (for a message the caller sends on). Never log
+    /// this: [`AccountRef::masked`] is the form for logs.
     pub fn into_string(self) -> String {
         self.0
     }

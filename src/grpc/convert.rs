@@ -690,7 +690,7 @@ pub fn resolution_out(
             if !exists_only {
                 // The last holder of the account (a batch's answers outlive the rows
                 // read for them) gives its text to the message; else it is copied.
-                let account = Arc::try_unwrap(account).unwrap_or_else(|a| (*a).clone());
+                let account = Arc::unwrap_or_clone(account);
                 out.account = Some(account_into(account, full));
                 if matched_program {
                     out.matched_program_code = ProgramCode::key(program).to_owned();

@@ -62,9 +62,9 @@ fn power_of_two_at_most(n: usize) -> usize {
 const WAL_AUTOCHECKPOINT: &str = "100000";
 
 /// How often, at most, the checkpointer copies committed WAL frames back into the
-/// database file while writes come in. A page
-/// changed by several commits within the interval is copied back once: a sync batch's
-/// random index pages are changed again by the next batches. Measured on the 1 M-citizen
+/// database file while writes come in. A page changed by several commits within the
+/// interval is copied back once: a sync batch's random index pages are changed again by
+/// the next batches. Measured on the 1 M-citizen
 /// file (2 cores; SyncCitizens 100 k after 40 k on the same registry, three alternated
 /// pairs): every 1 s with the backstop at 100,000 pages, 10.1-11.9 k records/s and the
 /// checkpointer's thread 0.8-0.9 core-s, against 8.9-10.4 k/s and 2.3-2.6 core-s every
