@@ -401,6 +401,7 @@ pub use health::{
     deadline_passed, fault_of, with_deadline, Fault, FeedGauges, ModelGauges, PoolGauges,
 };
 pub use pipeline::Pipeline;
+pub use postgres::connect_options as postgres_options;
 pub use replicas::REPLICA_POLL;
 
 /// Everything the service asks of its database.

@@ -577,9 +577,11 @@ pub async fn raw_any(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
+    // Connected as the registry connects (`store::postgres_options`), so that both sides
+    // of a ratio pay the same for the link.
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(concurrency as u32)
-        .connect(database_url)
+        .connect_with(crate::store::postgres_options(database_url).await?)
         .await?;
     let figures = run(concurrency, Until::Elapsed(duration), move |i| {
         let pool = pool.clone();
@@ -685,7 +687,9 @@ async fn copy_csv(
 ) -> anyhow::Result<(u64, Duration)> {
     use sqlx::Connection as _;
     let table = format!("bench_copy_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(database_url).await?;
+    let mut conn =
+        sqlx::PgConnection::connect_with(&crate::store::postgres_options(database_url).await?)
+            .await?;
     sqlx::query(&format!("CREATE TABLE {table} ({columns})"))
         .execute(&mut conn)
         .await?;

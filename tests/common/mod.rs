@@ -339,6 +339,17 @@ impl Cluster {
     /// `key`, and refusing every TCP connection without it (`hostssl` lines only in
     /// `pg_hba.conf`).
     pub fn start_tls_only(cert: &Path, key: &Path) -> Cluster {
+        Cluster::start_tls(cert, key, "hostssl all all 127.0.0.1/32 trust\n")
+    }
+
+    /// Like [`Cluster::start_tls_only`], but also taking plain TCP connections: TLS is
+    /// offered, as by a server with `ssl = on` and `host` lines in `pg_hba.conf`.
+    pub fn start_tls_offered(cert: &Path, key: &Path) -> Cluster {
+        Cluster::start_tls(cert, key, "host all all 127.0.0.1/32 trust\n")
+    }
+
+    /// A cluster serving TLS with `cert` and `key`, TCP connections as `hba` says.
+    fn start_tls(cert: &Path, key: &Path, hba: &str) -> Cluster {
         let cluster = Cluster::initialised();
         let crt = cluster.data.join("server.crt");
         let pem_key = cluster.data.join("server.key");
@@ -356,7 +367,7 @@ impl Cluster {
         std::io::Write::write_all(&mut conf, b"\nssl = on\n").expect("postgresql.conf");
         std::fs::write(
             cluster.data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            format!("local all all trust\n{hba}"),
         )
         .expect("pg_hba.conf");
         cluster.start_postmaster();
