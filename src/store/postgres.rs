@@ -36,12 +36,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Opens the store: one pool for reads and writes, and the LISTEN task that ticks the
 /// store's change signal when any instance sharing the database writes or sequences.
 pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
-    let mut connect = connect_options(url)
-        .await?
-        .application_name("payout-registry");
-    if let Some(limit) = options.statement_timeout {
-        connect = connect.options([("statement_timeout", limit.as_millis().to_string())]);
-    }
+    let connect = session_options(url, &options).await?;
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
@@ -68,12 +63,7 @@ pub async fn connect(url: &str, options: StoreOptions) -> StoreResult<PgStore> {
     let listener = tokio::spawn(listen(pool.clone(), changed.clone(), fresh.clone()));
     let mut replicas = Vec::new();
     for url in &options.read_urls {
-        let mut connect = connect_options(url)
-            .await?
-            .application_name("payout-registry");
-        if let Some(limit) = options.statement_timeout {
-            connect = connect.options([("statement_timeout", limit.as_millis().to_string())]);
-        }
+        let connect = session_options(url, &options).await?;
         let name = format!(
             "{}:{}/{}",
             connect.get_host(),
@@ -159,6 +149,18 @@ macro_rules! bulk_settings {
     };
 }
 
+/// The options of the registry's own sessions on the server at `url` (the primary's or a
+/// replica's): [`connect_options`], named, under the statement timeout.
+async fn session_options(url: &str, options: &StoreOptions) -> StoreResult<PgConnectOptions> {
+    let mut connect = connect_options(url)
+        .await?
+        .application_name("payout-registry");
+    if let Some(limit) = options.statement_timeout {
+        connect = connect.options([("statement_timeout", limit.as_millis().to_string())]);
+    }
+    Ok(connect)
+}
+
 /// The options of a connection to the server at `url`, as the registry and its
 /// benchmarks' baselines read it. The URL's `sslmode` (or `PGSSLMODE`) decides. Without
 /// one, a server on this machine (a loopback address or `localhost`) is reached in plain
@@ -169,10 +171,9 @@ macro_rules! bulk_settings {
 /// cost: with the server offering TLS, a 200 k-citizen load took 26.6 s on average
 /// against 24.6 s in plain text (seven alternated runs each, 2 cores), the registry
 /// encrypting every COPY (AES-GCM was 5.3% of the loader's instructions under callgrind)
-/// and PostgreSQL decrypting it. A loopback server that refuses
-/// plain connections (`hostssl` lines only) is still reached, over TLS: one plain
-/// connection is tried first (sqlx reads `sslmode=allow` as `disable`, so that
-/// fall-forward is here).
+/// and PostgreSQL decrypting it. A loopback server that refuses plain connections
+/// (`hostssl` lines only) is still reached, over TLS: one plain connection is tried first
+/// (sqlx reads `sslmode=allow` as `disable`, so that fall-forward is here).
 pub async fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
     let options = PgConnectOptions::from_str(url)?;
     if !plain_on_loopback(url, &options, std::env::var_os("PGSSLMODE").is_some()) {
