@@ -165,7 +165,14 @@ impl CitizenId {
     /// boundaries, and so that the API's lookups judge it by the app's clock (read once
     /// per request, or per BatchResolve batch) rather than by a read of the OS clock each.
     pub fn parse_with_year(s: &str, current_year: i32) -> Result<CitizenId, Rejection> {
-        let len = s.chars().count();
+        // Twelve bytes, all digits, is twelve characters: only a value that is not needs
+        // its characters counted (for the message).
+        let digits = s.len() == CITIZEN_ID_LEN && s.bytes().all(|b| b.is_ascii_digit());
+        let len = if digits {
+            CITIZEN_ID_LEN
+        } else {
+            s.chars().count()
+        };
         if len != CITIZEN_ID_LEN {
             return Err(Rejection::field(
                 Reason::CitizenIdInvalidLength,
@@ -175,7 +182,7 @@ impl CitizenId {
                 ),
             ));
         }
-        if !s.bytes().all(|b| b.is_ascii_digit()) {
+        if !digits {
             return Err(Rejection::field(
                 Reason::CitizenIdNotDigits,
                 FIELD,

@@ -108,7 +108,8 @@ struct Follow {
 /// The cursor, the confirmation and the cache. Shared by the store, its reads and (on
 /// PostgreSQL) the LISTEN task that queues rounds.
 pub struct Freshness {
-    cache: Option<Cache<String, Entry>>,
+    /// Hashed with foldhash: a BatchResolve looks each of its ids up here.
+    cache: Option<Cache<String, Entry, foldhash::fast::RandomState>>,
     follow: Mutex<Follow>,
     cursor: watch::Sender<i64>,
     /// Fast copy of the cursor for the read path.
@@ -127,7 +128,11 @@ impl Freshness {
     /// `entries`: the cache's bound in citizens; 0 turns the cache off.
     pub fn new(entries: u64) -> Arc<Freshness> {
         Arc::new(Freshness {
-            cache: (entries > 0).then(|| Cache::builder().max_capacity(entries).build()),
+            cache: (entries > 0).then(|| {
+                Cache::builder()
+                    .max_capacity(entries)
+                    .build_with_hasher(foldhash::fast::RandomState::default())
+            }),
             follow: Mutex::new(Follow {
                 invalidated: HashMap::new(),
                 floor: 0,

@@ -7,7 +7,7 @@
 //! single Resolve reads its row without a transaction. As-of queries read the history
 //! tables, one citizen at a time: they are rare (audits, disputes).
 
-use std::collections::HashMap;
+use foldhash::HashMapExt;
 
 use uuid::Uuid;
 
@@ -25,13 +25,14 @@ use crate::domain::{
     ResolutionInputs, StoredPreference, Timestamp,
 };
 
-/// The read model's rows of `citizens`: one key (unary Resolve) without a transaction,
-/// the primary key deciding the plan; many in a read-only transaction, so that the key
-/// lookup's preamble (one plan per connection, by the primary key) applies to it alone.
+/// The read model's rows of `citizens` (each citizen found once, in no particular order):
+/// one key (unary Resolve) without a transaction, the primary key deciding the plan; many
+/// in a read-only transaction, so that the key lookup's preamble (one plan per
+/// connection, by the primary key) applies to it alone.
 async fn read_rows<D: Dialect>(
     pool: &sqlx::Pool<D::DB>,
     citizens: &[&str],
-) -> StoreResult<HashMap<String, DecodedInputs>> {
+) -> StoreResult<Vec<(String, DecodedInputs)>> {
     if citizens.len() == 1 {
         let mut conn = Pooled::<D>::acquire(pool).await?;
         return read_resolved(&mut conn, citizens).await;
@@ -48,8 +49,10 @@ async fn read_rows<D: Dialect>(
 const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Per citizen: status, preferences, and the accounts they point at, with the position
-/// they were read at (shared with the cache).
-type CurrentInputs = HashMap<String, Entry>;
+/// they were read at (shared with the cache). Hashed with foldhash, not std's SipHash:
+/// BatchResolve hashes each of its ids here and in the citizens' set of `resolve_all`,
+/// and SipHash cost the registry as much as the read model's decoding of a preference.
+type CurrentInputs = foldhash::HashMap<String, Entry>;
 
 impl<D: Dialect> SqlStore<D> {
     /// Resolves many queries: current-state ones from the cache or one read of all their
@@ -65,6 +68,8 @@ impl<D: Dialect> SqlStore<D> {
         for q in queries {
             self.check_program(q.program.as_ref()).await?;
         }
+        // Sorted, not only each citizen once: PostgreSQL sorts an `= ANY` array's keys
+        // itself, and checks first whether they already are.
         let mut current: Vec<&str> = queries
             .iter()
             .filter(|q| q.as_of.is_none())
@@ -74,7 +79,7 @@ impl<D: Dialect> SqlStore<D> {
         current.dedup();
         let mut position = self.fresh_enough(min).await?;
         let found = if current.is_empty() {
-            HashMap::new()
+            CurrentInputs::default()
         } else {
             let (found, at) = self.current_inputs(&current, min, fill).await?;
             position = position.min(at);
@@ -112,7 +117,7 @@ impl<D: Dialect> SqlStore<D> {
         min: i64,
         fill: CacheFill,
     ) -> StoreResult<(CurrentInputs, i64)> {
-        let mut out = HashMap::with_capacity(citizens.len());
+        let mut out = CurrentInputs::with_capacity(citizens.len());
         let mut missing = Vec::new();
         let mut position = i64::MAX;
         for citizen in citizens {

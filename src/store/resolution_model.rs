@@ -144,11 +144,17 @@ fn gather<A>(
             previous: previous.as_ref().map(&id),
             since: Timestamp(since),
         });
-        for snapshot in [Some(current), previous].into_iter().flatten() {
+        // Each snapshot moved once, into its account (not through an array of both).
+        let mut add = |snapshot: A| -> StoreResult<()> {
             let snapshot_id = id(&snapshot);
             if !accounts.iter().any(|a| a.id == snapshot_id) {
                 accounts.push(Arc::new(account(snapshot)?));
             }
+            Ok(())
+        };
+        add(current)?;
+        if let Some(previous) = previous {
+            add(previous)?;
         }
     }
     Ok((status, prefs, accounts))
@@ -193,11 +199,11 @@ pub(super) async fn read_model<D: Dialect, C: Handle<D>>(
 pub(super) async fn read_resolved<D: Dialect, C: Handle<D>>(
     conn: &mut Session<D, C>,
     citizens: &[&str],
-) -> StoreResult<HashMap<String, DecodedInputs>> {
-    let mut out = HashMap::with_capacity(citizens.len());
+) -> StoreResult<Vec<(String, DecodedInputs)>> {
+    let mut out = Vec::with_capacity(citizens.len());
     for chunk in citizens.chunks(LOOKUP_CHUNK) {
         for ResolvedRow(citizen, inputs) in conn.fetch_all(model_select::<D>(chunk)?).await? {
-            out.insert(citizen, inputs?);
+            out.push((citizen, inputs?));
         }
     }
     Ok(out)
@@ -231,10 +237,14 @@ impl ResolvedRow {
         &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         usize: sqlx::ColumnIndex<R>,
     {
-        let citizen: &str = row.try_get(0)?;
-        let status: &str = row.try_get(1)?;
-        let json: Option<&str> = row.try_get(2)?;
-        let inputs: Option<&[u8]> = row.try_get(3)?;
+        // Unchecked: the columns are [`MODEL_COLUMNS`], of the types the migrations give
+        // them, and each value is still decoded (text checked as UTF-8). The driver's check
+        // of each column's type against the Rust one, per row, was 2% of the registry's
+        // instructions per id of a BatchResolve (callgrind, 20 k ids).
+        let citizen: &str = row.try_get_unchecked(0)?;
+        let status: &str = row.try_get_unchecked(1)?;
+        let json: Option<&str> = row.try_get_unchecked(2)?;
+        let inputs: Option<&[u8]> = row.try_get_unchecked(3)?;
         Ok(ResolvedRow(
             citizen.to_owned(),
             decode_inputs(citizen, status, json, inputs),
