@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{free_addr, sample, scrape, Backend, TestApp, ADMIN, FEED, PAYER, SYNC};
 use payout_registry::proto::{
-    CitizenRecord, CitizenStatus, ResolveRequest, SubscribeRequest, SyncCitizensRequest,
+    BatchResolveRequest, CitizenRecord, CitizenStatus, ResolveRequest, SubscribeRequest,
+    SyncCitizensRequest,
 };
 use sqlx::Connection;
 use tonic::Code;
@@ -22,7 +23,7 @@ use tonic_types::StatusExt;
 
 on_both_backends!(
     metrics_show_the_standard_grpc_series_with_the_codes_of_the_calls_made,
-    shutdown_turns_health_first_refuses_new_calls_and_ends_sync_streams_after_a_final_ack,
+    shutdown_turns_health_first_refuses_new_calls_and_ends_open_streams_retryably,
     idle_streams_do_not_starve_unary_calls_and_have_a_limit_of_their_own,
 );
 
@@ -849,7 +850,7 @@ fn citizen_record(n: u32) -> CitizenRecord {
     }
 }
 
-async fn shutdown_turns_health_first_refuses_new_calls_and_ends_sync_streams_after_a_final_ack(
+async fn shutdown_turns_health_first_refuses_new_calls_and_ends_open_streams_retryably(
     backend: Backend,
 ) {
     let probe = free_addr();
@@ -891,6 +892,24 @@ async fn shutdown_turns_health_first_refuses_new_calls_and_ends_sync_streams_aft
             .unwrap();
     }
     let mut resolver = app.resolver(Some(PAYER));
+    // A BatchResolve stream open at the same time, its first request answered.
+    let (lookups, lookups_in) = tokio::sync::mpsc::channel::<BatchResolveRequest>(8);
+    let mut answers = resolver
+        .batch_resolve(tokio_stream::wrappers::ReceiverStream::new(lookups_in))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    lookups
+        .send(BatchResolveRequest {
+            correlation_id: "before".into(),
+            citizen_id: "001089300001".into(),
+            purpose: "monthly payroll".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let answered = answers.message().await.expect("answer").expect("an answer");
+    assert_eq!(answered.correlation_id, "before");
     app.request_stop();
     let asked = Instant::now();
 
@@ -943,6 +962,15 @@ async fn shutdown_turns_health_first_refuses_new_calls_and_ends_sync_streams_aft
     );
     assert_eq!(last, format!("shutdown-{}", applied - 1), "where to resume");
     drop(records);
+
+    // The BatchResolve stream, its client still sending nothing, ends the same way.
+    let end = match answers.message().await {
+        Ok(Some(answer)) => panic!("no request was pending: {answer:?}"),
+        Ok(None) => panic!("the stream ended OK; expected UNAVAILABLE (SHUTTING_DOWN)"),
+        Err(status) => status,
+    };
+    common::refused::<()>(Err(end), Code::Unavailable, "SHUTTING_DOWN");
+    drop(lookups);
     app.stop().await;
 }
 
