@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use foldhash::HashSetExt;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Status};
@@ -208,7 +209,7 @@ impl Call {
         // Each citizen once, in the call's order: the log writes the read as one row.
         let all: Vec<CitizenId> = citizens.into_iter().collect();
         let first: Vec<bool> = {
-            let mut seen = <foldhash::HashSet<_> as foldhash::HashSetExt>::with_capacity(all.len());
+            let mut seen = foldhash::HashSet::with_capacity(all.len());
             all.iter().map(|c| seen.insert(c.as_str())).collect()
         };
         let citizens: Vec<CitizenId> = all

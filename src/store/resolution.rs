@@ -50,8 +50,9 @@ const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Per citizen: status, preferences, and the accounts they point at, with the position
 /// they were read at (shared with the cache). Hashed with foldhash, not std's SipHash:
-/// BatchResolve hashes each of its ids here and in the citizens' set of `resolve_all`,
-/// and SipHash cost the registry as much as the read model's decoding of a preference.
+/// a BatchResolve hashes each of its ids here, in the cache and in the access log's set
+/// of the call's citizens, and SipHash there was 4% of the registry's instructions per
+/// id (callgrind, 20 k ids).
 type CurrentInputs = foldhash::HashMap<String, Entry>;
 
 impl<D: Dialect> SqlStore<D> {
