@@ -326,11 +326,11 @@ impl PayoutResolverService for PayoutResolverHandler {
             }
         });
         let answers = ReceiverStream::new(rx).flat_map(|batch| {
-            let answers: Box<dyn Iterator<Item = _> + Send> = match batch {
-                Ok(answers) => Box::new(answers.into_iter().map(Ok)),
-                Err(status) => Box::new(std::iter::once(Err(status))),
+            let (answers, end) = match batch {
+                Ok(answers) => (answers, None),
+                Err(status) => (Vec::new(), Some(status)),
             };
-            futures::stream::iter(answers)
+            futures::stream::iter(answers.into_iter().map(Ok).chain(end.map(Err)))
         });
         Ok(Response::new(Box::pin(answers)))
     }
