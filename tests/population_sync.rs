@@ -1016,18 +1016,28 @@ async fn a_client_that_waits_for_each_acknowledgement_before_sending_more_gets_i
             .await
             .unwrap();
         }
-        let ack = tokio::time::timeout(Duration::from_secs(20), acks.message())
-            .await
-            .expect("the acknowledgement of a full batch, without more records sent")
-            .unwrap()
-            .expect("an acknowledgement")
-            .result
-            .unwrap();
-        assert_eq!(ack.records_committed, u64::from((round + 1) * BATCH));
-        assert_eq!(
-            ack.last_record_id,
-            format!("r{:05}", (round + 1) * BATCH - 1)
-        );
+        // On a loaded machine the records may trickle in slower than the server's
+        // linger, which then commits part of the round on its own: several
+        // acknowledgements are fine, as long as the last record sent is acknowledged
+        // without another record after it.
+        let sent = u64::from((round + 1) * BATCH);
+        loop {
+            let ack = tokio::time::timeout(Duration::from_secs(20), acks.message())
+                .await
+                .expect("the acknowledgement of every record sent, without more sent")
+                .unwrap()
+                .expect("an acknowledgement")
+                .result
+                .unwrap();
+            assert!(ack.records_committed <= sent, "acknowledged unsent records");
+            assert_eq!(
+                ack.last_record_id,
+                format!("r{:05}", ack.records_committed - 1)
+            );
+            if ack.records_committed == sent {
+                break;
+            }
+        }
     }
     drop(tx);
     while acks.message().await.unwrap().is_some() {}
