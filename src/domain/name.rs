@@ -13,8 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use unicode_normalization::char::is_combining_mark;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::{decompose_canonical, is_combining_mark};
 
 use super::error::{Reason, Rejection};
 use super::mask::mask_name;
@@ -44,15 +43,26 @@ pub fn normalize_name(s: &str) -> String {
     if s.is_ascii() {
         return single_spaced(&s.to_ascii_uppercase());
     }
-    let folded: String = s
-        .nfd()
-        .filter(|c| !is_combining_mark(*c))
-        .flat_map(char::to_uppercase)
-        .map(|c| match c {
-            'Đ' | 'Ð' => 'D',
-            other => other,
-        })
-        .collect();
+    // Each character decomposed on its own, its marks dropped: the same letters as
+    // decomposing the whole text (NFD), whose only other step, reordering the marks that
+    // follow a letter, reorders nothing that is kept (every character with a combining
+    // class is a mark; tested below). The streaming NFD buffers and sorts each letter's
+    // marks: 4,400 instructions per name of a SyncCitizens record (callgrind, 20 k records).
+    let mut folded = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            folded.push(c.to_ascii_uppercase());
+            continue;
+        }
+        decompose_canonical(c, |d| {
+            if !is_combining_mark(d) {
+                folded.extend(d.to_uppercase().map(|u| match u {
+                    'Đ' | 'Ð' => 'D',
+                    other => other,
+                }));
+            }
+        });
+    }
     single_spaced(&folded)
 }
 
@@ -172,6 +182,7 @@ impl From<HolderName> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use unicode_normalization::UnicodeNormalization;
 
     const NAMES: &[(&str, &str)] = &[
         ("Nguyễn Văn Đức", "NGUYEN VAN DUC"),
@@ -221,6 +232,47 @@ mod tests {
             assert_eq!(normalize_name(s), decomposed(s), "{s:?}");
         }
         assert_eq!(normalize_name("  nguyen\tvan  an "), "NGUYEN VAN AN");
+    }
+
+    /// The normalisation as first written: the whole text decomposed (NFD, marks
+    /// reordered), marks dropped, upper-cased, `Đ` mapped.
+    fn by_whole_text_nfd(s: &str) -> String {
+        let folded: String = s
+            .nfd()
+            .filter(|c| !is_combining_mark(*c))
+            .flat_map(char::to_uppercase)
+            .map(|c| match c {
+                'Đ' | 'Ð' => 'D',
+                other => other,
+            })
+            .collect();
+        single_spaced(&folded)
+    }
+
+    #[test]
+    fn decomposing_character_by_character_drops_only_what_reordering_would_move() {
+        // NFD's reordering moves only characters of a non-zero combining class; if each
+        // is a mark, the filter drops them all and the order they had cannot show.
+        use unicode_normalization::char::canonical_combining_class;
+        let unmarked: Vec<char> = (0..=char::MAX as u32)
+            .filter_map(char::from_u32)
+            .filter(|&c| canonical_combining_class(c) != 0 && !is_combining_mark(c))
+            .collect();
+        assert!(unmarked.is_empty(), "{unmarked:?}");
+        // And every character alone, and beside a letter and marks out of order, folds
+        // as the whole-text NFD folds it.
+        for c in (0..=char::MAX as u32).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("a{c}\u{301}\u{323}b")] {
+                assert_eq!(normalize_name(&s), by_whole_text_nfd(&s), "{s:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_folds_as_the_whole_text_nfd_folds_it(s in "\\PC{0,40}") {
+            proptest::prop_assert_eq!(normalize_name(&s), by_whole_text_nfd(&s));
+        }
     }
 
     #[test]

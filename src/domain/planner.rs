@@ -18,8 +18,8 @@
 //! It is pure (no SQL): the store reads what a batch needs into a [`Loaded`], calls the
 //! planner, and writes the [`Work`] with one statement per table (`store/batch.rs`).
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
@@ -360,7 +360,7 @@ fn final_ledger(
     entries: Vec<LedgerWrite>,
     read: &HashMap<String, LedgerEntry>,
 ) -> Vec<LedgerWrite> {
-    let mut by_id: HashMap<String, LedgerWrite> = HashMap::new();
+    let mut by_id: HashMap<String, LedgerWrite> = HashMap::with_capacity(entries.len());
     for e in entries {
         let existed = read.contains_key(&e.record_id);
         by_id.insert(e.record_id.clone(), LedgerWrite { existed, ..e });
@@ -526,7 +526,8 @@ impl<'a> Accounts<'a> {
         loaded: &'a Loaded,
         first_seen_reason: &'static str,
     ) -> Accounts<'a> {
-        let mut by_citizen: HashMap<String, Vec<Uuid>> = HashMap::new();
+        let mut by_citizen: HashMap<String, Vec<Uuid>> =
+            HashMap::with_capacity(loaded.accounts.len());
         for a in loaded.accounts.values() {
             by_citizen
                 .entry(a.citizen_id.as_str().to_owned())

@@ -9,7 +9,7 @@
 //! writer (a row it could not lock in advance, a deadlock, a serialization failure) is
 //! rolled back and planned again against the winner's committed state.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use uuid::Uuid;
 
