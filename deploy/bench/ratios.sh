@@ -13,7 +13,9 @@
 # registry on that database:
 #   health (the transport's ceiling), pk-any / model-any / batch-resolve twice in turn,
 #   batch-resolve of 100 k and of 5 M ids (server RSS), copy-accounts then sync-accounts
-#   with feed-lag beside it, copy-citizens then sync-citizens, and `check`.
+#   with feed-lag beside it, copy-citizens then sync-citizens, and `check`; beside each
+#   sync stream, the WAL PostgreSQL wrote per record and how much of it was full-page
+#   images (`pg_stat_wal`, the whole server's: nothing else should run meanwhile).
 # With SQLITE=1 (the default) it loads the same population into a SQLite file under
 # $SQLITE_DIR and runs batch-resolve, sync-accounts and sync-citizens there.
 # Figures are only comparable within one run: the registry, the database and the load
@@ -74,6 +76,14 @@ out=$work/out
 run() { log "$*"; "$B" bench "$@" $A 2>&1 | tee -a "$work/last" "$out" >&2; }
 measure() { : > "$work/last"; run "$@"; }
 now() { date +%s.%N; }
+# The server's WAL so far: records, full-page images, bytes (pg_stat_wal, PostgreSQL 14+).
+wal_mark() { psql_db -Atc 'SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal' | tr '|' ' '; }
+# "KB of WAL per record, full-page images per record" between two marks, over $3 records.
+wal_per_record() {
+  awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {
+    split(a, x, " "); split(b, y, " ")
+    printf "%.1f KB, %.2f full-page images", (y[3] - x[3]) / n / 1024, (y[2] - x[2]) / n }'
+}
 load() {
   local start
   start=$(now)
@@ -112,7 +122,9 @@ copy_accounts=$(figure "$work/last" rows/s copy-accounts:)
 # p99 bucket ranged from 25 to 500 ms).
 : > "$work/lag"
 ( sleep 2; "$B" bench feed-lag $A --rate 100 --seconds 20 --metrics-addr "$METRICS" > "$work/lag" 2>&1 ) & lagger=$!
+wal_before=$(wal_mark)
 measure sync-accounts --records 200000
+wal_accounts=$(wal_per_record "$wal_before" "$(wal_mark)" 200000)
 wait "$lagger" || true
 cat "$work/lag" >&2
 sync_accounts=$(figure "$work/last" calls/s sync-accounts)
@@ -128,7 +140,9 @@ numbering_p99=$(grep -m1 '^commit to numbered' "$work/lag" | grep -oE 'p99 <= [0
 lag_commit=$(awk -v a="${numbering_p99:-}" -v b="${lag_p99:-}" 'BEGIN { if (a != "" && b != "") printf "%.1f", a + b; else print "?" }')
 measure copy-citizens --database-url "$URL" --records 100000
 copy_citizens=$(figure "$work/last" rows/s copy-citizens:)
+wal_before=$(wal_mark)
 measure sync-citizens --records 100000
+wal_citizens=$(wal_per_record "$wal_before" "$(wal_mark)" 100000)
 sync_citizens=$(figure "$work/last" calls/s sync-citizens)
 stop_registry
 log "check"
@@ -167,12 +181,14 @@ printf '%-52s %-30s %s\n' "server RSS, 5 M-id / 100 k-id BatchResolve" "$rss_big
   "$(ratio "$rss_big" "$rss_small") (<= 1.2)"
 printf '%-52s %-30s %s\n' "SyncAccounts / COPY" "$sync_accounts / $copy_accounts rows/s" \
   "$(ratio "$sync_accounts" "$copy_accounts") (>= 0.1)"
+printf '%-52s %-30s %s\n' "  WAL per SyncAccounts record" "$wal_accounts" "(the feed-lag writes included)"
 printf '%-52s %-30s %s\n' "change-feed lag p99 during SyncAccounts" \
   "$lag_commit ms" "(<= 100 ms; commit to receipt: commit to numbered <= ${numbering_p99:-?} + answer to receipt ${lag_p99:-?})"
 printf '%-52s %-30s %s\n' "  a write's send to receipt of its event, p99" "${lag_p99_send:-?} ms" \
   "(the write's own time included)"
 printf '%-52s %-30s %s\n' "SyncCitizens / COPY" "$sync_citizens / $copy_citizens rows/s" \
   "$(ratio "$sync_citizens" "$copy_citizens") (>= 0.2)"
+printf '%-52s %-30s %s\n' "  WAL per SyncCitizens record" "$wal_citizens" ""
 printf '%-52s %-30s %s\n' "check after the load and the syncs" "$check" ""
 if [ "$SQLITE" = 1 ]; then
   printf '%-52s %-30s %s\n' "SQLite / PostgreSQL: demo-data load (rate)" "$sq_load s / $pg_load s" \
