@@ -294,10 +294,17 @@ impl<D: Dialect> SqlStore<D> {
         self.reader()
             .await?
             .fetch_all::<AccountRow>(
+                // Each arm's status condition is its index's (`accounts_one_holder`,
+                // `accounts_by_ref_unheld`): together they hold every account once.
                 Sql::new(concat!(
-                    "SELECT ",
+                    "SELECT * FROM (SELECT ",
                     account_columns!(),
                     " FROM accounts WHERE kind = $1 AND provider_code = $2 AND account_ref = $3 \
+                     AND status IN ('VERIFIED', 'SUSPENDED') \
+                     UNION ALL SELECT ",
+                    account_columns!(),
+                    " FROM accounts WHERE kind = $1 AND provider_code = $2 AND account_ref = $3 \
+                     AND status NOT IN ('VERIFIED', 'SUSPENDED')) claims \
                      ORDER BY created_at, account_id"
                 ))
                 .bind(on.kind.as_str())
