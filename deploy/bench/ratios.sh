@@ -76,13 +76,13 @@ out=$work/out
 run() { log "$*"; "$B" bench "$@" $A 2>&1 | tee -a "$work/last" "$out" >&2; }
 measure() { : > "$work/last"; run "$@"; }
 now() { date +%s.%N; }
-# The server's WAL so far: records, full-page images, bytes (pg_stat_wal, PostgreSQL 14+).
-wal_mark() { psql_db -Atc 'SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal' | tr '|' ' '; }
+# The server's WAL so far: full-page images, bytes (pg_stat_wal, PostgreSQL 14+).
+wal_mark() { psql_db -Atc 'SELECT wal_fpi, wal_bytes FROM pg_stat_wal' | tr '|' ' '; }
 # "KB of WAL per record, full-page images per record" between two marks, over $3 records.
 wal_per_record() {
   awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {
     split(a, x, " "); split(b, y, " ")
-    printf "%.1f KB, %.2f full-page images", (y[3] - x[3]) / n / 1024, (y[2] - x[2]) / n }'
+    printf "%.1f KB, %.2f full-page images", (y[2] - x[2]) / n / 1024, (y[1] - x[1]) / n }'
 }
 load() {
   local start
